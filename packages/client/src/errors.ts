@@ -1,0 +1,29 @@
+import { ProtocolError, RemoteError, type ErrorCode } from '@gravitas/protocol';
+
+/** Failures of the SDK itself (as opposed to coded errors sent by the server). */
+export const ClientErrorCode = {
+  CONNECT_FAILED: 'CONNECT_FAILED',
+  CONNECT_TIMEOUT: 'CONNECT_TIMEOUT',
+  CLOSED: 'CLOSED',
+  NOT_CONNECTED: 'NOT_CONNECTED',
+  SEND_TIMEOUT: 'SEND_TIMEOUT',
+  OUTBOX_FULL: 'OUTBOX_FULL',
+} as const;
+export type ClientErrorCode = (typeof ClientErrorCode)[keyof typeof ClientErrorCode];
+
+export class ClientError extends Error {
+  override name = 'ClientError';
+  constructor(readonly code: ClientErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+/** A message the server refused or could not deliver (status `failed`). */
+export class DeliveryError extends RemoteError {
+  override name = 'DeliveryError';
+  constructor(code: ErrorCode, id: string) {
+    super(code, `message ${id} was not delivered: ${code}`, id);
+  }
+}
+
+export { ProtocolError, RemoteError };

@@ -1,0 +1,53 @@
+import { ChannelError, ErrorCode } from './errors.js';
+import { seal, open, NONCE_BYTES, MAC_BYTES } from './crypto.js';
+import { MAX_FRAME_COUNTER } from './limits.js';
+
+const COUNTER_BYTES = 8;
+
+function nonceFor(counter: number): Uint8Array {
+  const n = new Uint8Array(NONCE_BYTES);
+  new DataView(n.buffer).setBigUint64(NONCE_BYTES - COUNTER_BYTES, BigInt(counter));
+  return n;
+}
+
+/**
+ * The transport after a handshake: one key and one counter per direction. A sealed
+ * frame body is [u64 counter][secretbox]. TCP is ordered, so the receiver demands
+ * exactly the next counter: a replayed or reordered frame is refused before it is
+ * decrypted, and a nonce is never used twice under one key.
+ */
+export class SecureChannel {
+  private sendCounter = 0;
+  private recvCounter = 0;
+
+  constructor(private readonly sendKey: Uint8Array, private readonly recvKey: Uint8Array) {}
+
+  get sent(): number {
+    return this.sendCounter;
+  }
+  get received(): number {
+    return this.recvCounter;
+  }
+
+  seal(plain: Uint8Array): Buffer {
+    if (this.sendCounter >= MAX_FRAME_COUNTER) throw new ChannelError(ErrorCode.NONCE_REUSE, 'send counter exhausted: reconnect to rekey');
+    const counter = this.sendCounter++;
+    const box = seal(plain, nonceFor(counter), this.sendKey);
+    const out = Buffer.allocUnsafe(COUNTER_BYTES + box.length);
+    out.writeBigUInt64BE(BigInt(counter), 0);
+    out.set(box, COUNTER_BYTES);
+    return out;
+  }
+
+  open(body: Uint8Array): Uint8Array {
+    if (body.length < COUNTER_BYTES + MAC_BYTES) throw new ChannelError(ErrorCode.DECRYPT_FAILED, 'sealed frame too short');
+    const view = new DataView(body.buffer, body.byteOffset, body.length);
+    const counter = Number(view.getBigUint64(0));
+    if (counter < this.recvCounter) throw new ChannelError(ErrorCode.NONCE_REUSE, `frame counter ${counter} was already used`);
+    if (counter > this.recvCounter) throw new ChannelError(ErrorCode.NONCE_GAP, `frame counter ${counter} skips ahead of ${this.recvCounter}`);
+    const plain = open(body.subarray(COUNTER_BYTES), nonceFor(counter), this.recvKey);
+    if (plain === null) throw new ChannelError(ErrorCode.DECRYPT_FAILED, 'sealed frame failed authentication');
+    this.recvCounter++;
+    return plain;
+  }
+}

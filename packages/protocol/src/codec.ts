@@ -1,0 +1,26 @@
+import { Packr, Unpackr } from 'msgpackr';
+import { DecodeError, ErrorCode } from './errors.js';
+
+// Plain maps, no records, no custom types: the wire format stays readable by any
+// msgpack implementation and decoding untrusted bytes cannot instantiate classes.
+const packr = new Packr({ useRecords: false, moreTypes: false, structuredClone: false, variableMapSize: true });
+const unpackr = new Unpackr({ useRecords: false, moreTypes: false, structuredClone: false, mapsAsObjects: true });
+
+export function pack(value: unknown): Buffer {
+  return packr.pack(value);
+}
+
+/**
+ * Decode exactly one msgpack value. The caller has already capped the size (a
+ * frame limit). Trailing bytes or any decoder failure give DECODE_FAILED.
+ */
+export function unpack(bytes: Uint8Array): unknown {
+  let values: unknown[];
+  try {
+    values = unpackr.unpackMultiple(bytes) as unknown[];
+  } catch (err) {
+    throw new DecodeError(ErrorCode.DECODE_FAILED, 'malformed msgpack', { cause: err });
+  }
+  if (values.length !== 1) throw new DecodeError(ErrorCode.DECODE_FAILED, `expected one msgpack value, got ${values.length}`);
+  return values[0];
+}

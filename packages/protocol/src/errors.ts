@@ -1,0 +1,118 @@
+/**
+ * Stable error codes shared by server and clients. Clients switch on `code`; the
+ * human text may change. Every code here must be documented in docs/protocol.md
+ * (a test enforces it).
+ */
+export const ErrorCode = {
+  // framing and decoding
+  FRAME_TOO_LARGE: 'FRAME_TOO_LARGE',
+  FRAME_TRUNCATED: 'FRAME_TRUNCATED',
+  DECODE_FAILED: 'DECODE_FAILED',
+  BAD_MESSAGE: 'BAD_MESSAGE',
+  UNKNOWN_TYPE: 'UNKNOWN_TYPE',
+  UNEXPECTED_MESSAGE: 'UNEXPECTED_MESSAGE',
+  // handshake
+  UNSUPPORTED_VERSION: 'UNSUPPORTED_VERSION',
+  HANDSHAKE_FAILED: 'HANDSHAKE_FAILED',
+  HANDSHAKE_REPLAY: 'HANDSHAKE_REPLAY',
+  HANDSHAKE_STALE: 'HANDSHAKE_STALE',
+  HANDSHAKE_TIMEOUT: 'HANDSHAKE_TIMEOUT',
+  BAD_PUBLIC_KEY: 'BAD_PUBLIC_KEY',
+  UNKNOWN_DEVICE: 'UNKNOWN_DEVICE',
+  REGISTRATION_DENIED: 'REGISTRATION_DENIED',
+  DEVICE_KEY_MISMATCH: 'DEVICE_KEY_MISMATCH',
+  TICKET_INVALID: 'TICKET_INVALID',
+  TICKET_EXPIRED: 'TICKET_EXPIRED',
+  TICKET_REPLAYED: 'TICKET_REPLAYED',
+  BUSY: 'BUSY',
+  // secure channel
+  DECRYPT_FAILED: 'DECRYPT_FAILED',
+  NONCE_REUSE: 'NONCE_REUSE',
+  NONCE_GAP: 'NONCE_GAP',
+  // session and delivery
+  RATE_LIMITED: 'RATE_LIMITED',
+  TOO_MANY_IN_FLIGHT: 'TOO_MANY_IN_FLIGHT',
+  RECIPIENT_OFFLINE: 'RECIPIENT_OFFLINE',
+  DELIVERY_TIMEOUT: 'DELIVERY_TIMEOUT',
+  SESSION_REPLACED: 'SESSION_REPLACED',
+  SHUTTING_DOWN: 'SHUTTING_DOWN',
+  IDLE_TIMEOUT: 'IDLE_TIMEOUT',
+  INTERNAL: 'INTERNAL',
+} as const;
+
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+const CODES = new Set<string>(Object.values(ErrorCode));
+export function isErrorCode(v: unknown): v is ErrorCode {
+  return typeof v === 'string' && CODES.has(v);
+}
+
+/**
+ * Codes after which the byte stream cannot be trusted any more: the peer closes
+ * the connection after sending the error frame.
+ */
+export const FATAL_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  ErrorCode.FRAME_TOO_LARGE,
+  ErrorCode.FRAME_TRUNCATED,
+  ErrorCode.DECODE_FAILED,
+  ErrorCode.UNEXPECTED_MESSAGE,
+  ErrorCode.UNSUPPORTED_VERSION,
+  ErrorCode.HANDSHAKE_FAILED,
+  ErrorCode.HANDSHAKE_REPLAY,
+  ErrorCode.HANDSHAKE_STALE,
+  ErrorCode.HANDSHAKE_TIMEOUT,
+  ErrorCode.BAD_PUBLIC_KEY,
+  ErrorCode.UNKNOWN_DEVICE,
+  ErrorCode.REGISTRATION_DENIED,
+  ErrorCode.DEVICE_KEY_MISMATCH,
+  ErrorCode.TICKET_INVALID,
+  ErrorCode.TICKET_EXPIRED,
+  ErrorCode.TICKET_REPLAYED,
+  ErrorCode.BUSY,
+  ErrorCode.DECRYPT_FAILED,
+  ErrorCode.NONCE_REUSE,
+  ErrorCode.NONCE_GAP,
+  ErrorCode.SESSION_REPLACED,
+  ErrorCode.SHUTTING_DOWN,
+  ErrorCode.IDLE_TIMEOUT,
+  ErrorCode.INTERNAL,
+]);
+
+/** Base class of every coded protocol error. */
+export class ProtocolError extends Error {
+  override name = 'ProtocolError';
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+  get fatal(): boolean {
+    return FATAL_CODES.has(this.code);
+  }
+}
+
+export class FramingError extends ProtocolError {
+  override name = 'FramingError';
+}
+
+export class DecodeError extends ProtocolError {
+  override name = 'DecodeError';
+}
+
+export class HandshakeError extends ProtocolError {
+  override name = 'HandshakeError';
+}
+
+export class ChannelError extends ProtocolError {
+  override name = 'ChannelError';
+}
+
+/** An error frame received from the peer, surfaced as an exception. */
+export class RemoteError extends ProtocolError {
+  override name = 'RemoteError';
+  readonly ref: string | undefined;
+  constructor(code: ErrorCode, message: string, ref?: string) {
+    super(code, message);
+    this.ref = ref;
+  }
+}

@@ -1,0 +1,10 @@
+export * from './errors.js';
+export * from './limits.js';
+export * from './framing.js';
+export * from './codec.js';
+export * from './messages.js';
+export * from './crypto.js';
+export * from './channel.js';
+export * from './ticket.js';
+export * from './handshake.js';
+export { isName } from './validate.js';

@@ -1,0 +1,13 @@
+/** Protocol-wide constants. Limits that operators may tune live in server config. */
+export const PROTOCOL_VERSION = 1;
+/** Default and hard upper bound of one frame body (bytes after the length prefix). */
+export const DEFAULT_MAX_FRAME_BYTES = 64 * 1024;
+export const HARD_MAX_FRAME_BYTES = 1024 * 1024;
+export const FRAME_HEADER_BYTES = 4;
+/** Text of one chat message, in UTF-16 code units (bounded well below a frame). */
+export const MAX_TEXT_LENGTH = 16 * 1024;
+export const MAX_ID_LENGTH = 64;
+/** Accepted clock skew of a hello's timestamp; also the replay-cache window. */
+export const HELLO_MAX_SKEW_MS = 120_000;
+/** A sealed frame's counter may not reach 2^48: the session must reconnect first. */
+export const MAX_FRAME_COUNTER = 2 ** 48;

@@ -1,0 +1,80 @@
+import { createHmac, randomBytes } from 'node:crypto';
+import { equalBytes, ErrorCode, HandshakeError, HELLO_MAX_SKEW_MS } from '@gravitas/protocol';
+
+const COOKIE_BYTES = 16;
+const COOKIE_ROTATE_MS = 120_000;
+const REPLAY_MAX = 500_000;
+
+/**
+ * Protects a cell from handshake floods and replays, before any costly X25519:
+ *  - a bounded count of handshakes in progress (BUSY beyond it);
+ *  - above a rate threshold, a client must echo a cookie (HMAC of its address and
+ *    ephemeral key under a rotating secret) — proof that it can receive at its
+ *    address, WireGuard-style — before the server spends DH work on it;
+ *  - a replay cache of ephemeral keys seen within the hello time window (two
+ *    generations, bounded), so a recorded hello cannot be replayed into this cell.
+ */
+export class HandshakeGuard {
+  private inFlight = 0;
+  private windowStart = Date.now();
+  private windowCount = 0;
+  private secret = randomBytes(32);
+  private previousSecret = randomBytes(32);
+  private secretAt = Date.now();
+  private seen = new Set<string>();
+  private seenPrev = new Set<string>();
+  private seenAt = Date.now();
+
+  constructor(private readonly maxInFlight: number, private readonly cookieThresholdPerSec: number) {}
+
+  /** Call when a first flight arrives. Returns a cookie to send back, or null to proceed. */
+  admit(remote: string, ephemeral: Uint8Array, cookie: Uint8Array | undefined): Uint8Array | null {
+    const now = Date.now();
+    if (now - this.windowStart >= 1000) {
+      this.windowStart = now;
+      this.windowCount = 0;
+    }
+    this.windowCount++;
+    if (this.inFlight >= this.maxInFlight) throw new HandshakeError(ErrorCode.BUSY, 'too many handshakes in progress; retry later');
+    if (this.windowCount > this.cookieThresholdPerSec) {
+      this.rotate(now);
+      if (!cookie) return this.cookie(this.secret, remote, ephemeral);
+      const ok = equalBytes(cookie, this.cookie(this.secret, remote, ephemeral)) || equalBytes(cookie, this.cookie(this.previousSecret, remote, ephemeral));
+      if (!ok) return this.cookie(this.secret, remote, ephemeral);
+    }
+    return null;
+  }
+
+  /** Records an ephemeral key that passed authentication; throws HANDSHAKE_REPLAY if seen before. */
+  recordEphemeral(ephemeral: Uint8Array): void {
+    const now = Date.now();
+    if (now - this.seenAt >= HELLO_MAX_SKEW_MS * 2) {
+      this.seenPrev = this.seen;
+      this.seen = new Set();
+      this.seenAt = now;
+    }
+    const k = Buffer.from(ephemeral).toString('base64');
+    if (this.seen.has(k) || this.seenPrev.has(k)) throw new HandshakeError(ErrorCode.HANDSHAKE_REPLAY, 'this hello was already used');
+    if (this.seen.size + this.seenPrev.size >= REPLAY_MAX) throw new HandshakeError(ErrorCode.BUSY, 'handshake replay cache is full; retry later');
+    this.seen.add(k);
+  }
+
+  begin(): void {
+    this.inFlight++;
+  }
+
+  end(): void {
+    this.inFlight--;
+  }
+
+  private rotate(now: number): void {
+    if (now - this.secretAt < COOKIE_ROTATE_MS) return;
+    this.previousSecret = this.secret;
+    this.secret = randomBytes(32);
+    this.secretAt = now;
+  }
+
+  private cookie(secret: Buffer, remote: string, ephemeral: Uint8Array): Uint8Array {
+    return new Uint8Array(createHmac('sha256', secret).update(remote).update(ephemeral).digest().subarray(0, COOKIE_BYTES));
+  }
+}

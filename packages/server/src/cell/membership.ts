@@ -1,0 +1,72 @@
+import type { KV } from '@nats-io/kv';
+import { pack, unpack } from '@gravitas/protocol';
+
+/** What a cell announces about itself on every heartbeat. */
+export interface CellInfo {
+  cell: string;
+  node: string;
+  address: string;
+  sessions: number;
+  lagMs: number;
+  state: 'up' | 'draining';
+}
+
+/**
+ * Cells announce themselves by writing a heartbeat into a KV bucket with a short
+ * max age; everyone watches the bucket. A cell is live while heartbeats keep
+ * arriving: KV expiry leaves no tombstone, so silence for `timeoutMs` (judged by
+ * local receive time, immune to clock skew) is what marks a crashed cell dead.
+ */
+export class Membership {
+  private readonly seen = new Map<string, { info: CellInfo; at: number }>();
+  private hb: NodeJS.Timeout | undefined;
+  private watcher: { stop(): void } | undefined;
+
+  constructor(
+    private readonly kv: KV,
+    private readonly self: () => CellInfo,
+    private readonly heartbeatMs: number,
+    private readonly timeoutMs: number,
+  ) {}
+
+  async start(): Promise<void> {
+    await this.beat();
+    const w = await this.kv.watch();
+    this.watcher = w;
+    void (async () => {
+      for await (const e of w) {
+        if (e.operation === 'PUT') {
+          try {
+            this.seen.set(e.key, { info: unpack(e.value) as CellInfo, at: Date.now() });
+          } catch {
+            // a foreign writer; ignore the entry
+          }
+        } else this.seen.delete(e.key);
+      }
+    })();
+    this.hb = setInterval(() => void this.beat().catch(() => undefined), this.heartbeatMs);
+    this.hb.unref();
+  }
+
+  private async beat(): Promise<void> {
+    const info = this.self();
+    await this.kv.put(info.cell, pack(info));
+  }
+
+  isLive(cell: string): boolean {
+    const s = this.seen.get(cell);
+    return s !== undefined && Date.now() - s.at <= this.timeoutMs;
+  }
+
+  live(): CellInfo[] {
+    const now = Date.now();
+    return [...this.seen.values()].filter((s) => now - s.at <= this.timeoutMs).map((s) => s.info);
+  }
+
+  /** Leave at once (graceful stop): others see the delete instead of waiting for the timeout. */
+  async stop(cellId: string): Promise<void> {
+    clearInterval(this.hb);
+    this.watcher?.stop();
+    await this.kv.delete(cellId).catch(() => undefined);
+  }
+}

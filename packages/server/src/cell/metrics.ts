@@ -1,0 +1,52 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+
+/**
+ * One registry per cell; the supervisor merges them into one exposition. Counters
+ * and gauges without a `cell` label are summed over cells by the aggregation; the
+ * event-loop lag keeps its `cell` label so each cell's lag stays visible.
+ */
+export class CellMetrics {
+  readonly registry = new Registry();
+  readonly connections = new Gauge({ name: 'gravitas_connections', help: 'Open client connections', registers: [this.registry] });
+  readonly sessions = new Gauge({ name: 'gravitas_sessions', help: 'Authenticated sessions', registers: [this.registry] });
+  readonly framesIn = new Counter({ name: 'gravitas_frames_in_total', help: 'Frames received from clients', registers: [this.registry] });
+  readonly framesOut = new Counter({ name: 'gravitas_frames_out_total', help: 'Frames sent to clients', registers: [this.registry] });
+  readonly messagesIn = new Counter({ name: 'gravitas_messages_in_total', help: 'Chat messages accepted from senders', registers: [this.registry] });
+  readonly messagesOut = new Counter({ name: 'gravitas_messages_out_total', help: 'Chat messages written to recipient devices', registers: [this.registry] });
+  readonly deliveries = new Counter({ name: 'gravitas_deliveries_total', help: 'Deliveries to recipient devices by path', labelNames: ['path'] as const, registers: [this.registry] });
+  readonly handshakes = new Counter({ name: 'gravitas_handshakes_total', help: 'Handshakes by kind and result (ok or an error code)', labelNames: ['kind', 'result'] as const, registers: [this.registry] });
+  readonly handshakeSeconds = new Histogram({
+    name: 'gravitas_handshake_duration_seconds',
+    help: 'Time from first flight to key confirmation',
+    labelNames: ['kind'] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+    registers: [this.registry],
+  });
+  readonly protocolErrors = new Counter({ name: 'gravitas_protocol_errors_total', help: 'Error frames sent to clients by code', labelNames: ['code'] as const, registers: [this.registry] });
+  readonly eventLoopLag = new Gauge({ name: 'gravitas_event_loop_lag_seconds', help: 'Event-loop delay p99 over the last interval, per cell', labelNames: ['cell'] as const, registers: [this.registry] });
+  readonly natsReconnects = new Counter({ name: 'gravitas_nats_reconnects_total', help: 'Reconnects of the cell NATS connection', registers: [this.registry] });
+  readonly cookiesSent = new Counter({ name: 'gravitas_handshake_cookies_total', help: 'Cookie challenges sent under handshake load', registers: [this.registry] });
+
+  private readonly loop = monitorEventLoopDelay({ resolution: 10 });
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(readonly cellId: string) {
+    this.loop.enable();
+    this.timer = setInterval(() => {
+      this.eventLoopLag.set({ cell: cellId }, this.loop.percentile(99) / 1e9);
+      this.loop.reset();
+    }, 1000);
+    this.timer.unref();
+  }
+
+  /** Current p99 event-loop delay in ms (for heartbeats). */
+  lagMs(): number {
+    return this.loop.count > 0 ? this.loop.percentile(99) / 1e6 : 0;
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.loop.disable();
+  }
+}

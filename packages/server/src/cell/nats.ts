@@ -1,0 +1,45 @@
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { Kvm, type KV } from '@nats-io/kv';
+import type { NodeConfig } from '../config.js';
+import { Names } from '../subjects.js';
+
+export interface Buckets {
+  cells: KV;
+  directory: KV;
+  accounts: KV;
+  tickets: KV;
+}
+
+/** A long-lived connection: never give up reconnecting (the default gives up after 10 tries). */
+export async function connectNats(cfg: NodeConfig, name: string): Promise<NatsConnection> {
+  return connect({
+    servers: cfg.nats.servers,
+    name,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+    waitOnFirstConnect: true,
+    pingInterval: 10_000,
+    ...(cfg.nats.token && { token: cfg.nats.token }),
+    ...(cfg.nats.user && { user: cfg.nats.user, pass: cfg.nats.pass }),
+  });
+}
+
+/** Creates (or binds to) the KV buckets of the cluster. Idempotent across cells and nodes. */
+export async function openBuckets(nc: NatsConnection, cfg: NodeConfig): Promise<Buckets> {
+  const kvm = new Kvm(nc);
+  const n = new Names(cfg.prefix);
+  const [cells, directory, accounts, tickets] = await Promise.all([
+    kvm.create(n.cellsBucket, { history: 1, ttl: cfg.membership.timeoutMs * 2 }),
+    kvm.create(n.directoryBucket, { history: 1 }),
+    kvm.create(n.accountsBucket, { history: 1 }),
+    // Spent tickets only need to be remembered while the ticket could still be valid.
+    kvm.create(n.ticketsBucket, { history: 1, ttl: cfg.ticketLifetimeMs + 60_000 }),
+  ]);
+  return { cells, directory, accounts, tickets };
+}
+
+/** JetStream "wrong last sequence": an optimistic-concurrency (create/update) conflict. */
+export function isCasConflict(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown };
+  return e?.code === 10071 || (typeof e?.message === 'string' && e.message.includes('wrong last sequence'));
+}

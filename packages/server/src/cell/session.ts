@@ -1,0 +1,274 @@
+import type { Socket } from 'node:net';
+import {
+  checkFinish, decodeClientHandshake, decodeClientMessage, encodeFrame, ErrorCode, FrameDecoder, pack, ProtocolError, readHello, readResume, unpack, writeWelcome,
+  type ClientMessage, type ErrorCode as Code, type SecureChannel, type ServerMessage,
+} from '@gravitas/protocol';
+import type { Cell } from './cell.js';
+
+type State = 'handshake' | 'working' | 'confirming' | 'open' | 'closed';
+
+/** Where a delivered message came from, so the device's ack can find its way back. */
+export interface Origin { cell: string; user: string; device: string }
+
+type Command = { k: 'register' } | { k: 'client'; m: ClientMessage };
+
+let sessionSeq = 0;
+
+/**
+ * The actor of one connected device. Frames are decoded as they arrive; the
+ * commands they carry are queued (bounded) and processed one at a time, so a
+ * sender's messages are routed in the order it sent them. A full inbox pauses the
+ * socket: TCP backpressure instead of buffering.
+ */
+export class Session {
+  readonly id: string;
+  private state: State = 'handshake';
+  private readonly decoder: FrameDecoder;
+  private channel: SecureChannel | undefined;
+  private expectedFinish: Uint8Array | undefined;
+  private readonly inbox: Command[] = [];
+  private running = false;
+  private paused = false;
+  private readonly startedAt = performance.now();
+  private kind: 'full' | 'resume' = 'full';
+  private handshakeTimer: NodeJS.Timeout | undefined;
+  private tokens: number;
+  private tokensAt = Date.now();
+  /** Delivered but not yet acknowledged: id → origin. Bounded; oldest dropped. */
+  readonly unacked = new Map<string, Origin>();
+  user = '';
+  device = '';
+  epoch = 0;
+  registered = false;
+
+  constructor(private readonly cell: Cell, readonly socket: Socket) {
+    this.id = `${cell.cellId}-${(++sessionSeq).toString(36)}`;
+    this.decoder = new FrameDecoder(cell.config.limits.maxFrameBytes);
+    this.tokens = cell.config.limits.msgBurst;
+    socket.setNoDelay(true);
+    socket.setTimeout(cell.config.limits.idleTimeoutMs, () => this.fail(new ProtocolError(ErrorCode.IDLE_TIMEOUT, 'no traffic within the idle timeout')));
+    this.handshakeTimer = setTimeout(() => this.fail(new ProtocolError(ErrorCode.HANDSHAKE_TIMEOUT, 'handshake did not complete in time')), cell.config.limits.handshakeTimeoutMs);
+    socket.on('data', (chunk) => this.onData(chunk));
+    socket.on('end', () => this.onEnd());
+    socket.on('error', () => this.close());
+    socket.on('close', () => this.close());
+  }
+
+  get isOpen(): boolean {
+    return this.state === 'open';
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.state === 'closed') return;
+    try {
+      this.decoder.push(chunk, (body) => this.onFrame(body));
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  private onEnd(): void {
+    if (this.state === 'closed') return;
+    try {
+      this.decoder.end();
+      this.close();
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  private onFrame(body: Buffer): void {
+    if (this.state === 'closed') return;
+    this.cell.metrics.framesIn.inc();
+    switch (this.state) {
+      case 'handshake':
+        this.onFirstFlight(body);
+        return;
+      case 'working':
+        throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, 'frame sent before the welcome');
+      case 'confirming': {
+        const m = decodeClientMessage(unpack(this.channel!.open(body)));
+        if (m.t !== 'finish') throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, 'expected finish (key confirmation)');
+        checkFinish(this.expectedFinish!, m.h);
+        this.expectedFinish = undefined;
+        clearTimeout(this.handshakeTimer);
+        this.state = 'open';
+        this.cell.metrics.handshakes.inc({ kind: this.kind, result: 'ok' });
+        this.cell.metrics.handshakeSeconds.observe({ kind: this.kind }, (performance.now() - this.startedAt) / 1000);
+        this.enqueue({ k: 'register' });
+        return;
+      }
+      case 'open': {
+        const plain = this.channel!.open(body);
+        let m: ClientMessage;
+        try {
+          m = decodeClientMessage(unpack(plain));
+        } catch (err) {
+          // An authentic frame with a bad message: report it, keep the session.
+          if (err instanceof ProtocolError && !err.fatal) return this.sendError(err.code, err.message);
+          throw err;
+        }
+        if (m.t === 'finish') throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, 'finish after the handshake');
+        this.enqueue({ k: 'client', m });
+      }
+    }
+  }
+
+  private onFirstFlight(body: Buffer): void {
+    const hello = decodeClientHandshake(unpack(body));
+    const remote = `${this.socket.remoteAddress}:${this.socket.remotePort}`;
+    const cookie = this.cell.guard.admit(remote, hello.e, hello.cookie);
+    if (cookie) {
+      this.cell.metrics.cookiesSent.inc();
+      this.writePlain({ t: 'cookie', c: cookie });
+      return;
+    }
+    this.kind = hello.t === 'hello' ? 'full' : 'resume';
+    this.state = 'working';
+    this.cell.guard.begin();
+    void this.completeHandshake(hello).finally(() => this.cell.guard.end());
+  }
+
+  private async completeHandshake(hello: ReturnType<typeof decodeClientHandshake>): Promise<void> {
+    const ctx = this.cell.handshakeContext;
+    try {
+      const pending = hello.t === 'hello' ? readHello(hello, ctx) : readResume(hello, ctx);
+      if (pending.kind === 'full') {
+        this.cell.guard.recordEphemeral(pending.clientEphemeral);
+        await this.cell.accounts.authenticate(pending.user, pending.device, pending.clientStatic, pending.registration);
+      } else {
+        await this.cell.tickets.spend(pending.ticket!.id);
+      }
+      if (this.state === 'closed') return;
+      const res = writeWelcome(pending, { session: this.id, cell: this.cell.cellId, node: this.cell.config.nodeId }, ctx);
+      this.user = pending.user;
+      this.device = pending.device;
+      this.channel = res.channel;
+      this.expectedFinish = res.expectedFinish;
+      this.state = 'confirming';
+      this.writePlain(res.welcome);
+    } catch (err) {
+      if (err instanceof ProtocolError) this.cell.metrics.handshakes.inc({ kind: this.kind, result: err.code });
+      this.fail(err);
+    }
+  }
+
+  private enqueue(c: Command): void {
+    this.inbox.push(c);
+    if (this.inbox.length >= this.cell.config.limits.maxInboxDepth && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+    if (!this.running) void this.run();
+  }
+
+  private async run(): Promise<void> {
+    this.running = true;
+    try {
+      while (this.inbox.length > 0 && this.state === 'open') {
+        const c = this.inbox.shift()!;
+        if (this.paused && this.inbox.length < this.cell.config.limits.maxInboxDepth / 2) {
+          this.paused = false;
+          this.socket.resume();
+        }
+        await this.handle(c);
+      }
+    } catch (err) {
+      this.fail(err);
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async handle(c: Command): Promise<void> {
+    if (c.k === 'register') {
+      await this.cell.registerSession(this);
+      return;
+    }
+    const m = c.m;
+    switch (m.t) {
+      case 'send':
+        if (!this.takeToken()) return this.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.RATE_LIMITED });
+        this.cell.metrics.messagesIn.inc();
+        return this.cell.route(this, m);
+      case 'ack': {
+        const origin = this.unacked.get(m.id);
+        if (origin) {
+          this.unacked.delete(m.id);
+          this.cell.ackToOrigin(origin, m.id, this.user, this.device);
+        }
+        return;
+      }
+      case 'ping':
+        return this.send({ t: 'pong', n: m.n });
+      case 'bye':
+        return this.close();
+    }
+  }
+
+  private takeToken(): boolean {
+    const { msgRatePerSec, msgBurst } = this.cell.config.limits;
+    const now = Date.now();
+    this.tokens = Math.min(msgBurst, this.tokens + ((now - this.tokensAt) * msgRatePerSec) / 1000);
+    this.tokensAt = now;
+    if (this.tokens < 1) return false;
+    this.tokens--;
+    return true;
+  }
+
+  /** Writes a chat message to the device. False if the device cannot take it now. */
+  deliver(m: { id: string; from: string; fd: string; to: string; text: string; ts: number }, origin: Origin): boolean {
+    if (this.state !== 'open' || this.socket.writableLength > this.cell.config.limits.maxOutboundBytes) return false;
+    if (this.unacked.size >= this.cell.config.limits.maxInFlightPerSession * 4) this.unacked.delete(this.unacked.keys().next().value!);
+    this.unacked.set(m.id, origin);
+    this.send({ t: 'msg', ...m });
+    this.cell.metrics.messagesOut.inc();
+    return true;
+  }
+
+  send(m: ServerMessage): void {
+    if (this.state === 'closed' || !this.channel) return;
+    this.socket.write(encodeFrame(this.channel.seal(pack(m))));
+    this.cell.metrics.framesOut.inc();
+  }
+
+  private writePlain(m: object): void {
+    this.socket.write(encodeFrame(pack(m)));
+    this.cell.metrics.framesOut.inc();
+  }
+
+  sendError(code: Code, message: string, ref?: string): void {
+    this.cell.metrics.protocolErrors.inc({ code });
+    const m = { t: 'error' as const, code, message, ...(ref !== undefined && { ref }) };
+    if (this.state === 'open' || (this.state === 'confirming' && this.channel)) this.send(m);
+    else this.writePlain(m);
+  }
+
+  /** Sends a coded error, then closes if the code is fatal or the handshake is not done. Unknown errors become INTERNAL. */
+  fail(err: unknown): void {
+    if (this.state === 'closed') return;
+    const pe = err instanceof ProtocolError ? err : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
+    if (!(err instanceof ProtocolError)) this.cell.log('session error', err);
+    this.sendError(pe.code, pe.message);
+    // Before the session is open nothing is worth keeping: any error ends it.
+    if (pe.fatal || this.state !== 'open') this.close();
+  }
+
+  /** Says goodbye with a reason (shutdown, replaced), then closes. */
+  bye(code: Code, message: string): void {
+    if (this.state === 'open') this.send({ t: 'bye', code, message });
+    this.close();
+  }
+
+  close(): void {
+    if (this.state === 'closed') return;
+    const wasOpen = this.state === 'open';
+    this.state = 'closed';
+    clearTimeout(this.handshakeTimer);
+    this.inbox.length = 0;
+    this.socket.end();
+    // Give the last frame a moment to leave, then make sure the descriptor is freed.
+    setTimeout(() => this.socket.destroy(), 1000).unref();
+    this.cell.detach(this, wasOpen);
+  }
+}

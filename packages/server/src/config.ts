@@ -1,0 +1,290 @@
+import { readFileSync } from 'node:fs';
+import { availableParallelism, hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { fromBase64Url, isName, HARD_MAX_FRAME_BYTES, MAX_TICKET_LIFETIME_MS, DEFAULT_MAX_FRAME_BYTES } from '@gravitas/protocol';
+import { ConfigError, ServerError, ServerErrorCode, type ConfigIssue } from './errors.js';
+
+/** The validated configuration of one node. docs/operations.md documents every field. */
+export interface Limits {
+  maxFrameBytes: number;
+  maxConnectionsPerCell: number;
+  handshakeTimeoutMs: number;
+  maxHandshakesInFlight: number;
+  /** Above this many handshakes per second on a cell, clients must first echo a cookie. */
+  cookieThresholdPerSec: number;
+  idleTimeoutMs: number;
+  msgRatePerSec: number;
+  msgBurst: number;
+  maxInFlightPerSession: number;
+  custodyWindowMs: number;
+  maxOutboundBytes: number;
+  maxInboxDepth: number;
+}
+
+export interface NodeConfig {
+  nodeId: string;
+  nats: { servers: string[]; token?: string; user?: string; pass?: string };
+  prefix: string;
+  cells: number;
+  listen: { host: string; basePort: number };
+  advertiseHost: string;
+  admin: { host: string; port: number; token?: string };
+  dataDir: string;
+  /** The cluster's X25519 server key (secret half, base64url). */
+  serverKey: string;
+  /** Ticket keys, current first; the second, if any, is only accepted (rotation). */
+  ticketKeys: Array<{ id: number; key: string }>;
+  ticketLifetimeMs: number;
+  registration: { mode: 'open' | 'token'; token?: string };
+  membership: { heartbeatMs: number; timeoutMs: number };
+  limits: Limits;
+  testHooks: boolean;
+}
+
+export const DEFAULT_LIMITS: Limits = {
+  maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
+  maxConnectionsPerCell: 15_000,
+  handshakeTimeoutMs: 10_000,
+  maxHandshakesInFlight: 512,
+  cookieThresholdPerSec: 5_000,
+  idleTimeoutMs: 120_000,
+  msgRatePerSec: 200,
+  msgBurst: 400,
+  maxInFlightPerSession: 1024,
+  custodyWindowMs: 10_000,
+  maxOutboundBytes: 4 * 1024 * 1024,
+  maxInboxDepth: 256,
+};
+
+type Json = Record<string, unknown>;
+
+function isJson(v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Deep-merge plain objects; arrays and scalars from `b` replace those of `a`. */
+function merge(a: Json, b: Json): Json {
+  const out: Json = { ...a };
+  for (const [k, v] of Object.entries(b)) {
+    if (v === undefined) continue;
+    out[k] = isJson(v) && isJson(out[k]) ? merge(out[k] as Json, v) : v;
+  }
+  return out;
+}
+
+function setPath(o: Json, path: string, v: unknown): void {
+  const parts = path.split('.');
+  let cur = o;
+  for (const p of parts.slice(0, -1)) {
+    if (!isJson(cur[p])) cur[p] = {};
+    cur = cur[p] as Json;
+  }
+  cur[parts[parts.length - 1]!] = v;
+}
+
+/** Environment variables and the config path each sets. Values are strings, coerced by validation. */
+export const ENV_VARS: Record<string, string> = {
+  GRAVITAS_NODE_ID: 'nodeId',
+  GRAVITAS_NATS_SERVERS: 'nats.servers',
+  GRAVITAS_NATS_TOKEN: 'nats.token',
+  GRAVITAS_PREFIX: 'prefix',
+  GRAVITAS_CELLS: 'cells',
+  GRAVITAS_LISTEN_HOST: 'listen.host',
+  GRAVITAS_BASE_PORT: 'listen.basePort',
+  GRAVITAS_ADVERTISE_HOST: 'advertiseHost',
+  GRAVITAS_ADMIN_HOST: 'admin.host',
+  GRAVITAS_ADMIN_PORT: 'admin.port',
+  GRAVITAS_ADMIN_TOKEN: 'admin.token',
+  GRAVITAS_DATA_DIR: 'dataDir',
+  GRAVITAS_SERVER_KEY: 'serverKey',
+  GRAVITAS_TICKET_KEYS: 'ticketKeys',
+  GRAVITAS_REGISTRATION_TOKEN: 'registration.token',
+};
+
+/** Command-line flags and the config path each sets. */
+export const FLAGS: Record<string, string> = {
+  'node-id': 'nodeId',
+  nats: 'nats.servers',
+  prefix: 'prefix',
+  cells: 'cells',
+  host: 'listen.host',
+  port: 'listen.basePort',
+  advertise: 'advertiseHost',
+  'admin-host': 'admin.host',
+  'admin-port': 'admin.port',
+  'data-dir': 'dataDir',
+  'server-key': 'serverKey',
+  'ticket-keys': 'ticketKeys',
+  registration: 'registration.mode',
+  'registration-token': 'registration.token',
+};
+
+export interface ConfigSources {
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Parsed flags, keyed by flag name without dashes. */
+  flags?: Record<string, string>;
+  /** Programmatic overrides (tests, `gravitas dev`). Highest precedence. */
+  overrides?: Json;
+}
+
+/** Loads file < env < flags < overrides, then validates. Throws ConfigError listing every problem. */
+export function loadConfig(src: ConfigSources = {}): NodeConfig {
+  let raw: Json = {};
+  if (src.file) {
+    let text: string;
+    try {
+      text = readFileSync(src.file, 'utf8');
+    } catch (err) {
+      throw new ServerError(ServerErrorCode.CONFIG_UNREADABLE, `cannot read config file ${src.file}: ${(err as Error).message}`, { cause: err });
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (err) {
+      throw new ConfigError([{ path: src.file, message: `not valid JSON: ${(err as Error).message}` }]);
+    }
+    if (!isJson(parsed)) throw new ConfigError([{ path: src.file, message: 'must contain a JSON object' }]);
+    raw = parsed;
+  }
+  const env: Json = {};
+  for (const [name, path] of Object.entries(ENV_VARS)) {
+    const v = src.env?.[name];
+    if (v !== undefined && v !== '') setPath(env, path, v);
+  }
+  const flags: Json = {};
+  for (const [name, v] of Object.entries(src.flags ?? {})) {
+    const path = FLAGS[name];
+    if (!path) throw new ConfigError([{ path: `--${name}`, message: 'unknown flag' }]);
+    setPath(flags, path, v);
+  }
+  return validateConfig(merge(merge(merge(raw, env), flags), src.overrides ?? {}));
+}
+
+const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'limits', 'testHooks']);
+
+/** Validates a merged raw configuration, coercing strings from env/flags. */
+export function validateConfig(raw: Json): NodeConfig {
+  const issues: ConfigIssue[] = [];
+  const fail = (path: string, message: string): undefined => {
+    issues.push({ path, message });
+    return undefined;
+  };
+  const get = (path: string): unknown => path.split('.').reduce<unknown>((o, k) => (isJson(o) ? o[k] : undefined), raw);
+
+  for (const k of Object.keys(raw)) if (!KNOWN_TOP.has(k)) fail(k, 'unknown setting');
+
+  const int = (path: string, def: number, min: number, max: number): number => {
+    let v = get(path);
+    if (v === undefined) return def;
+    if (typeof v === 'string' && /^-?\d+$/.test(v.trim())) v = Number(v);
+    if (typeof v !== 'number' || !Number.isInteger(v)) return fail(path, `must be an integer, got ${JSON.stringify(v)}`) ?? def;
+    if (v < min || v > max) return fail(path, `must be between ${min} and ${max}, got ${v}`) ?? def;
+    return v;
+  };
+  const string = (path: string, def: string | undefined, check?: (s: string) => string | undefined): string | undefined => {
+    const v = get(path);
+    if (v === undefined) return def;
+    if (typeof v !== 'string' || v.length === 0) return fail(path, 'must be a non-empty string');
+    const why = check?.(v);
+    return why ? fail(path, why) : v;
+  };
+  const bool = (path: string, def: boolean): boolean => {
+    const v = get(path);
+    if (v === undefined) return def;
+    if (v === true || v === 'true' || v === '1') return true;
+    if (v === false || v === 'false' || v === '0') return false;
+    return fail(path, 'must be true or false') ?? def;
+  };
+  const key32 = (s: string): string | undefined => {
+    try {
+      fromBase64Url(s, 32);
+      return undefined;
+    } catch {
+      return 'must be 32 bytes in base64url (see `gravitas keygen`)';
+    }
+  };
+  const host = (s: string): string | undefined => (/^[A-Za-z0-9.:_-]+$/.test(s) ? undefined : 'must be a host name or IP address');
+
+  let servers = get('nats.servers');
+  if (typeof servers === 'string') servers = servers.split(',').map((s) => s.trim()).filter(Boolean);
+  if (servers === undefined) servers = ['nats://127.0.0.1:4222'];
+  if (!Array.isArray(servers) || servers.length === 0 || !servers.every((s) => typeof s === 'string' && /^(nats|tls):\/\/[^\s/]+$|^[^\s/:]+:\d+$/.test(s))) {
+    fail('nats.servers', 'must be a list of nats://host:port URLs (or host:port)');
+    servers = [];
+  }
+
+  let ticketKeys = get('ticketKeys');
+  if (typeof ticketKeys === 'string') {
+    ticketKeys = ticketKeys.split(',').map((pair) => {
+      const [id, key] = pair.split(':');
+      return { id: Number(id), key };
+    });
+  }
+  const tk: Array<{ id: number; key: string }> = [];
+  if (!Array.isArray(ticketKeys) || ticketKeys.length < 1 || ticketKeys.length > 2) {
+    fail('ticketKeys', 'must list 1 or 2 ticket keys ({ id, key }), current first (see `gravitas keygen`)');
+  } else {
+    ticketKeys.forEach((k: unknown, i) => {
+      if (!isJson(k) || !Number.isInteger(k.id) || (k.id as number) < 0 || (k.id as number) > 255 || typeof k.key !== 'string' || key32(k.key)) {
+        fail(`ticketKeys[${i}]`, 'must be { id: 0..255, key: 32 bytes base64url }');
+      } else tk.push({ id: k.id as number, key: k.key });
+    });
+    if (tk.length === 2 && tk[0]!.id === tk[1]!.id) fail('ticketKeys', 'current and previous key need different ids');
+  }
+
+  const mode = string('registration.mode', 'token');
+  if (mode !== 'open' && mode !== 'token') fail('registration.mode', 'must be "open" or "token"');
+  const regToken = string('registration.token', undefined);
+  if (mode === 'token' && !regToken) fail('registration.token', 'is required when registration.mode is "token" (use "open" only for development)');
+
+  const L = DEFAULT_LIMITS;
+  const limits: Limits = {
+    maxFrameBytes: int('limits.maxFrameBytes', L.maxFrameBytes, 1024, HARD_MAX_FRAME_BYTES),
+    maxConnectionsPerCell: int('limits.maxConnectionsPerCell', L.maxConnectionsPerCell, 1, 1_000_000),
+    handshakeTimeoutMs: int('limits.handshakeTimeoutMs', L.handshakeTimeoutMs, 100, 120_000),
+    maxHandshakesInFlight: int('limits.maxHandshakesInFlight', L.maxHandshakesInFlight, 1, 100_000),
+    cookieThresholdPerSec: int('limits.cookieThresholdPerSec', L.cookieThresholdPerSec, 0, 1_000_000),
+    idleTimeoutMs: int('limits.idleTimeoutMs', L.idleTimeoutMs, 1000, 3_600_000),
+    msgRatePerSec: int('limits.msgRatePerSec', L.msgRatePerSec, 1, 1_000_000),
+    msgBurst: int('limits.msgBurst', L.msgBurst, 1, 1_000_000),
+    maxInFlightPerSession: int('limits.maxInFlightPerSession', L.maxInFlightPerSession, 1, 100_000),
+    custodyWindowMs: int('limits.custodyWindowMs', L.custodyWindowMs, 100, 600_000),
+    maxOutboundBytes: int('limits.maxOutboundBytes', L.maxOutboundBytes, 64 * 1024, 1024 ** 3),
+    maxInboxDepth: int('limits.maxInboxDepth', L.maxInboxDepth, 1, 100_000),
+  };
+
+  const listenHost = string('listen.host', '127.0.0.1', host)!;
+  const prefix = string('prefix', 'gravitas', (s) => (isName(s, 32) ? undefined : 'may only contain A-Z a-z 0-9 _ - (at most 32)'))!;
+  const cfg: NodeConfig = {
+    nodeId: string('nodeId', `${hostname().replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 24)}-${randomBytes(3).toString('hex')}`, (s) => (isName(s, 48) ? undefined : 'may only contain A-Z a-z 0-9 _ - (at most 48)'))!,
+    nats: { servers: servers as string[] },
+    prefix,
+    cells: int('cells', availableParallelism(), 1, 256),
+    listen: { host: listenHost, basePort: int('listen.basePort', 7400, 0, 65535) },
+    advertiseHost: string('advertiseHost', listenHost === '0.0.0.0' || listenHost === '::' ? hostname() : listenHost, host)!,
+    admin: { host: string('admin.host', '127.0.0.1', host)!, port: int('admin.port', 7300, 0, 65535) },
+    dataDir: string('dataDir', './data')!,
+    serverKey: string('serverKey', undefined, key32) ?? (get('serverKey') === undefined ? fail('serverKey', 'is required (see `gravitas keygen`)') ?? '' : ''),
+    ticketKeys: tk,
+    ticketLifetimeMs: int('ticketLifetimeMs', 24 * 3600_000, 60_000, MAX_TICKET_LIFETIME_MS),
+    registration: { mode: mode === 'open' ? 'open' : 'token' },
+    membership: { heartbeatMs: int('membership.heartbeatMs', 1000, 100, 60_000), timeoutMs: int('membership.timeoutMs', 5000, 300, 600_000) },
+    limits,
+    testHooks: bool('testHooks', false),
+  };
+  const natsToken = string('nats.token', undefined);
+  if (natsToken) cfg.nats.token = natsToken;
+  const natsUser = string('nats.user', undefined);
+  const natsPass = string('nats.pass', undefined);
+  if (natsUser) cfg.nats.user = natsUser;
+  if (natsPass) cfg.nats.pass = natsPass;
+  const adminToken = string('admin.token', undefined);
+  if (adminToken) cfg.admin.token = adminToken;
+  if (regToken) cfg.registration.token = regToken;
+  if (cfg.listen.basePort !== 0 && cfg.listen.basePort + cfg.cells - 1 > 65535) fail('listen.basePort', `base port + cells exceeds 65535`);
+  if (cfg.membership.timeoutMs < 2 * cfg.membership.heartbeatMs) fail('membership.timeoutMs', 'must be at least twice membership.heartbeatMs');
+  if (limits.msgBurst < 1) fail('limits.msgBurst', 'must be at least 1');
+  if (issues.length > 0) throw new ConfigError(issues);
+  return cfg;
+}

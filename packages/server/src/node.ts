@@ -1,0 +1,69 @@
+import { mkdirSync } from 'node:fs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { NodeConfig } from './config.js';
+import { startAdmin } from './admin.js';
+import { Supervisor } from './supervisor.js';
+
+export interface RunningNode {
+  config: NodeConfig;
+  supervisor: Supervisor;
+  /** Client addresses of the cells (host:port). */
+  clientAddresses: string[];
+  adminUrl: string;
+  /** Graceful stop: drain every cell, close admin. */
+  stop(): Promise<void>;
+}
+
+/** Starts a node: its cells and its admin HTTP server. Resolves once every cell listens. */
+export async function startNode(config: NodeConfig, log: (msg: string) => void = (m) => process.stderr.write(`${m}\n`)): Promise<RunningNode> {
+  mkdirSync(config.dataDir, { recursive: true });
+  const supervisor = new Supervisor(config, log);
+  await supervisor.start();
+  let admin: Server;
+  try {
+    admin = await startAdmin(config, supervisor);
+  } catch (err) {
+    await supervisor.stop();
+    throw err;
+  }
+  const port = (admin.address() as AddressInfo).port;
+  let stopping: Promise<void> | undefined;
+  return {
+    config,
+    supervisor,
+    clientAddresses: supervisor.addresses(),
+    adminUrl: `http://${config.admin.host}:${port}`,
+    stop() {
+      stopping ??= (async () => {
+        await supervisor.stop();
+        await new Promise<void>((r) => admin.close(() => r()));
+      })();
+      return stopping;
+    },
+  };
+}
+
+/** The `ready` line printed by `gravitas node` and `gravitas dev`: scripts wait for it. */
+export function readyLine(node: RunningNode): string {
+  return `ready client=${node.clientAddresses.join(',')} admin=${node.adminUrl}`;
+}
+
+/** Runs until SIGTERM/SIGINT, then drains and exits 0. */
+export function stopOnSignals(stop: () => Promise<void>, log: (msg: string) => void): void {
+  let signalled = false;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (signalled) return;
+    signalled = true;
+    log(`${sig}: draining`);
+    stop().then(
+      () => process.exit(0),
+      (err: Error) => {
+        log(`shutdown failed: ${err.message}`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}
