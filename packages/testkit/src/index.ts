@@ -1,0 +1,13 @@
+export { check, type CheckOptions } from './check.js';
+export { NatsCluster, type NatsClusterOptions } from './cluster.js';
+export { CheckTimeoutError, NatsClusterError, NatsServerNotFoundError, NatsServerStartError } from './errors.js';
+export {
+  findNatsServer,
+  mergeConfig,
+  NatsServer,
+  type Jsz,
+  type NatsConfig,
+  type NatsServerOptions,
+  type StopOptions,
+} from './server.js';
+export { freePort, tempDir, type TempDir } from './util.js';
