@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { AggregatorRegistry, collectDefaultMetrics, Counter, Gauge, Registry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import type { NodeConfig } from './config.js';
@@ -60,7 +61,11 @@ export class Supervisor {
   }
 
   private spawn(c: CellHandle): Promise<void> {
-    const init: CellInit = { config: this.config, index: c.index, cellId: c.cellId, generation: c.generation };
+    const port = c.status ? Number(c.status.address.slice(c.status.address.lastIndexOf(':') + 1)) : undefined;
+    // Each incarnation gets a fresh id: directory entries of a crashed incarnation then
+    // point at a cell that stopped heartbeating, and stop counting after the timeout.
+    c.cellId = `${this.config.nodeId}-${c.index}-${randomBytes(3).toString('hex')}`;
+    const init: CellInit = { config: this.config, index: c.index, cellId: c.cellId, generation: c.generation, ...(port && { port }) };
     const worker = new Worker(new URL('./cell/worker.js', import.meta.url), { workerData: init, stdout: false, stderr: false });
     c.worker = worker;
     c.ready = false;

@@ -13,6 +13,8 @@ export interface CellInit {
   cellId: string;
   /** Incremented each time the supervisor restarts this cell. */
   generation: number;
+  /** The port an earlier generation listened on: a restarted cell keeps its address. */
+  port?: number;
 }
 
 export type ToCell =

@@ -60,6 +60,8 @@ export class Cell {
     readonly index: number,
     readonly nc: NatsConnection,
     readonly log: (msg: string, err?: unknown) => void,
+    /** Port of an earlier generation of this cell, reused so clients find it again. */
+    private readonly previousPort?: number,
   ) {
     this.metrics = new CellMetrics(cellId);
     this.names = new Names(config.prefix);
@@ -102,7 +104,7 @@ export class Cell {
     this.server = server;
     return new Promise((resolve, reject) => {
       server.once('error', reject);
-      server.listen(basePort === 0 ? 0 : basePort + this.index, host, () => {
+      server.listen(this.previousPort ?? (basePort === 0 ? 0 : basePort + this.index), host, () => {
         server.off('error', reject);
         server.on('error', (err) => this.log('listener error', err));
         const addr = server.address();

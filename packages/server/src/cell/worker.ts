@@ -18,7 +18,7 @@ let natsUp = false;
 async function main(): Promise<void> {
   const nc = await connectNats(init.config, `gravitas ${init.cellId}`);
   natsUp = true;
-  const cell = new Cell(init.config, init.cellId, init.index, nc, log);
+  const cell = new Cell(init.config, init.cellId, init.index, nc, log, init.port);
   void (async () => {
     for await (const s of nc.status()) {
       if (s.type === 'disconnect') natsUp = false;
