@@ -4,7 +4,10 @@ import { DecodeError, ErrorCode } from './errors.js';
 // Plain maps, no records, no custom types: the wire format stays readable by any
 // msgpack implementation and decoding untrusted bytes cannot instantiate classes.
 const packr = new Packr({ useRecords: false, moreTypes: false, structuredClone: false, variableMapSize: true });
-const unpackr = new Unpackr({ useRecords: false, moreTypes: false, structuredClone: false, mapsAsObjects: true });
+// int64AsType 'number': other encoders send integers above 2^32 (timestamps) as
+// uint64/int64, which msgpackr would otherwise return as BigInt and validation
+// would refuse. Values beyond 2^53 lose precision and fail the integer range check.
+const unpackr = new Unpackr({ useRecords: false, moreTypes: false, structuredClone: false, mapsAsObjects: true, int64AsType: 'number' });
 
 export function pack(value: unknown): Buffer {
   return packr.pack(value);

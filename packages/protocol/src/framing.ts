@@ -30,24 +30,29 @@ export class FrameDecoder {
   /**
    * Feed bytes; calls `onFrame` for every complete frame, in order. Throws
    * FramingError(FRAME_TOO_LARGE) as soon as a length prefix exceeds the limit.
-   * The subarray handed to onFrame is only valid during the call.
+   * The subarray handed to onFrame is only valid during the call. If onFrame
+   * throws, that frame counts as consumed and the bytes after it stay buffered
+   * (push an empty chunk to drain them): nothing is lost or delivered twice.
    */
   push(chunk: Uint8Array, onFrame: (body: Buffer) => void): void {
-    let buf = this.buf.length === 0 ? Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length) : Buffer.concat([this.buf, chunk]);
+    const buf = this.buf.length === 0 ? Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length) : Buffer.concat([this.buf, chunk]);
     let off = 0;
-    while (buf.length - off >= FRAME_HEADER_BYTES) {
-      const len = buf.readUInt32BE(off);
-      if (len > this.maxFrameBytes) {
-        this.buf = Buffer.alloc(0);
-        throw new FramingError(ErrorCode.FRAME_TOO_LARGE, `frame of ${len} bytes exceeds the limit of ${this.maxFrameBytes}`);
+    try {
+      while (buf.length - off >= FRAME_HEADER_BYTES) {
+        const len = buf.readUInt32BE(off);
+        if (len > this.maxFrameBytes) {
+          off = buf.length; // the stream is unusable: drop everything held
+          throw new FramingError(ErrorCode.FRAME_TOO_LARGE, `frame of ${len} bytes exceeds the limit of ${this.maxFrameBytes}`);
+        }
+        if (buf.length - off - FRAME_HEADER_BYTES < len) break;
+        const start = off + FRAME_HEADER_BYTES;
+        off = start + len;
+        onFrame(buf.subarray(start, off));
       }
-      if (buf.length - off - FRAME_HEADER_BYTES < len) break;
-      const start = off + FRAME_HEADER_BYTES;
-      off = start + len;
-      onFrame(buf.subarray(start, off));
+    } finally {
+      // Copy the remainder: the caller's chunk may be reused after we return.
+      this.buf = off === buf.length ? Buffer.alloc(0) : Buffer.from(buf.subarray(off));
     }
-    // Copy the remainder: the caller's chunk may be reused after we return.
-    this.buf = off === buf.length ? Buffer.alloc(0) : Buffer.from(buf.subarray(off));
   }
 
   /** At end of stream: throws FRAME_TRUNCATED if a partial frame is held. */

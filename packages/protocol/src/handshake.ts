@@ -180,6 +180,8 @@ export interface ServerHandshakeContext {
   ticketLifetimeMs: number;
   suite: DhSuite;
   now: () => number;
+  /** Source of the ticket id and nonce; defaults to crypto random (inject only for test vectors). */
+  random?: (n: number) => Uint8Array;
 }
 
 /** A first flight that authenticated; the caller checks device/ticket state before answering. */
@@ -236,9 +238,11 @@ export function writeWelcome(p: PendingHandshake, info: { session: string; cell:
   if (p.kind === 'full') t.mixKey(eph.dh(p.clientStatic));
   const now = ctx.now();
   const expiresAt = now + ctx.ticketLifetimeMs;
+  const rnd = ctx.random ?? random;
   const ticket = sealTicket(
-    { id: random(TICKET_ID_BYTES), user: p.user, device: p.device, clientStatic: p.clientStatic, secret: t.resumptionSecret(), issuedAt: now, expiresAt },
+    { id: rnd(TICKET_ID_BYTES), user: p.user, device: p.device, clientStatic: p.clientStatic, secret: t.resumptionSecret(), issuedAt: now, expiresAt },
     ctx.ticketKeys,
+    rnd,
   );
   const payload: WelcomePayload = { ...info, serverTime: now, resumed: p.kind === 'resume', ticket, ticketExpires: expiresAt };
   const sealed = t.encryptAndHash(pack(payload));

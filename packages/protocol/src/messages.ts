@@ -82,11 +82,11 @@ function errorMsg(o: Obj): ErrorMsg {
 export function decodeClientHandshake(v: unknown): Hello | Resume {
   const o = obj(v);
   const t = typeOf(o);
+  if (t !== 'hello' && t !== 'resume') return unknownType(t);
   const cookie = optBytes(o, 'cookie', 16, 64);
   const base = { v: int(o, 'v', 0, 255), e: bytes(o, 'e', KEY), p: bytes(o, 'p', 16, 1024), ...(cookie && { cookie }) };
   if (t === 'hello') return { t, ...base, s: bytes(o, 's', KEY + 16) };
-  if (t === 'resume') return { t, ...base, tk: bytes(o, 'tk', 32, 1024) };
-  return unknownType(t);
+  return { t, ...base, tk: bytes(o, 'tk', 32, 1024) };
 }
 
 /** Client side: the server's answer to hello/resume. */

@@ -27,9 +27,10 @@ export const TICKET_ID_BYTES = 16;
 /** Upper bound of a ticket lifetime (the server's setting may be shorter). */
 export const MAX_TICKET_LIFETIME_MS = 7 * 24 * 3600_000;
 
-export function sealTicket(t: TicketContents, keyring: TicketKeyring): Uint8Array {
+/** `rnd` supplies the nonce (injectable for deterministic test vectors only). */
+export function sealTicket(t: TicketContents, keyring: TicketKeyring, rnd: (n: number) => Uint8Array = random): Uint8Array {
   const body = pack({ id: t.id, u: t.user, d: t.device, c: t.clientStatic, rs: t.secret, iat: t.issuedAt, exp: t.expiresAt });
-  const nonce = random(NONCE_BYTES);
+  const nonce = rnd(NONCE_BYTES);
   const box = seal(body, nonce, keyring.current.key);
   const out = new Uint8Array(1 + NONCE_BYTES + box.length);
   out[0] = keyring.current.id;
