@@ -94,10 +94,12 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   }
 
   private async open(server: string): Promise<WelcomePayload> {
+    const hadTicket = this.resumption !== undefined;
     try {
       return await this.handshake(server);
     } catch (err) {
-      if (err instanceof RemoteError && TICKET_CODES.has(err.code) && this.resumption) {
+      // handshake() has already dropped the ticket it sent, so test what we had before.
+      if (err instanceof RemoteError && TICKET_CODES.has(err.code) && hadTicket) {
         this.setResumption(undefined); // a spent or stale ticket: fall back to a full handshake
         return this.handshake(server);
       }
@@ -114,7 +116,6 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     const [host, portText] = splitHostPort(server);
     const o = this.options;
     const resume = this.resumption && this.resumption.expiresAt > Date.now() ? this.resumption : undefined;
-    if (resume) this.setResumption(undefined); // single use, whatever happens next
     const hs = new ClientHandshake({
       serverPublicKey: o.serverPublicKey,
       identity: o.identity,
@@ -136,7 +137,12 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         socket.destroy();
         reject(err);
       };
-      socket.once('connect', () => socket.write(encodeFrame(pack(hs.hello()))));
+      socket.once('connect', () => {
+        // Single use from the moment it is sent, whatever happens next; a server that
+        // could not be reached never saw it, so it stays for the next one.
+        if (resume) this.setResumption(undefined);
+        socket.write(encodeFrame(pack(hs.hello())));
+      });
       socket.on('error', (err) => (done ? this.onLost(socket, err) : fail(new ClientError(ClientErrorCode.CONNECT_FAILED, `cannot connect to ${server}: ${err.message}`, { cause: err }))));
       socket.on('close', () => (done ? this.onLost(socket) : fail(new ClientError(ClientErrorCode.CONNECT_FAILED, `${server} closed the connection during the handshake`))));
       socket.on('data', (chunk) => {

@@ -163,6 +163,15 @@ export function loadConfig(src: ConfigSources = {}): NodeConfig {
 
 const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'limits', 'testHooks']);
 
+const KNOWN_NESTED: Record<string, Set<string>> = {
+  nats: new Set(['servers', 'token', 'user', 'pass']),
+  listen: new Set(['host', 'basePort']),
+  admin: new Set(['host', 'port', 'token']),
+  registration: new Set(['mode', 'token']),
+  membership: new Set(['heartbeatMs', 'timeoutMs']),
+  limits: new Set(Object.keys(DEFAULT_LIMITS)),
+};
+
 /** Validates a merged raw configuration, coercing strings from env/flags. */
 export function validateConfig(raw: Json): NodeConfig {
   const issues: ConfigIssue[] = [];
@@ -173,6 +182,13 @@ export function validateConfig(raw: Json): NodeConfig {
   const get = (path: string): unknown => path.split('.').reduce<unknown>((o, k) => (isJson(o) ? o[k] : undefined), raw);
 
   for (const k of Object.keys(raw)) if (!KNOWN_TOP.has(k)) fail(k, 'unknown setting');
+  // Sections too: a misspelt limit would otherwise silently keep its default.
+  for (const [section, known] of Object.entries(KNOWN_NESTED)) {
+    const v = raw[section];
+    if (v === undefined) continue;
+    if (!isJson(v)) fail(section, 'must be an object');
+    else for (const k of Object.keys(v)) if (!known.has(k)) fail(`${section}.${k}`, 'unknown setting');
+  }
 
   const int = (path: string, def: number, min: number, max: number): number => {
     let v = get(path);

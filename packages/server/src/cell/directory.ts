@@ -80,7 +80,9 @@ export class Directory {
   /** Online devices of a user, on live cells. Positive answers are cached briefly. */
   async lookup(user: string, fresh = false): Promise<DeviceLocation[]> {
     const hit = this.cache.get(user);
-    if (!fresh && hit && Date.now() - hit.at < CACHE_TTL_MS) return hit.locs.filter((l) => this.isLive(l.cell));
+    // A cached location on a cell that died since is stale: the device may have
+    // registered again elsewhere, so read the entry instead of answering "offline".
+    if (!fresh && hit && Date.now() - hit.at < CACHE_TTL_MS && hit.locs.every((l) => this.isLive(l.cell))) return hit.locs;
     const cur = await this.kv.get(user);
     const entry = cur && cur.operation === 'PUT' ? decode(cur.value) : {};
     const locs = Object.entries(entry)
