@@ -1,0 +1,358 @@
+import { spawn } from 'node:child_process';
+import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createServer, type AddressInfo } from 'node:net';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { pack, unpack } from 'msgpackr';
+import nacl from 'tweetnacl';
+import { LatencyHistogram, type LatencySummary } from './histogram.js';
+import { makeResult, type BenchOptions, type BenchResult, type Row } from './report.js';
+
+export const name = 'ceilings';
+export const description = 'raw ceilings: NATS pub/sub + request/reply, secretbox, X25519 (tweetnacl vs native), msgpackr';
+
+/** Metric names of the ceiling rows, for other benchmarks' `ceiling` column. */
+export const CEILING = {
+  natsPubSub: 'nats.pubsub',
+  natsReqRep: 'nats.reqrep',
+  secretbox: 'secretbox.seal_open',
+  x25519Nacl: 'x25519.tweetnacl',
+  x25519Native: 'x25519.native',
+  x25519NativeFromRaw: 'x25519.native_from_raw',
+  x25519NativeFromRawJwk: 'x25519.native_from_raw_jwk',
+  x25519Keygen: 'x25519.native_keygen',
+  msgpack: 'msgpackr.pack_unpack',
+} as const;
+
+const PAYLOAD_BYTES = 100;
+const REQ_WINDOW = 32;
+
+// ---------- helpers ----------
+
+const log = (msg: string): void => void process.stderr.write(`  ${msg}\n`);
+const yieldLoop = (): Promise<void> => new Promise((r) => setImmediate(r));
+const warmupMs = (durationMs: number): number => Math.min(300, durationMs / 5);
+
+/**
+ * Runs `op` in batches until `durationMs` elapses and returns ops/s. The clock is read once per
+ * batch so timing overhead stays negligible; a short warmup lets the JIT settle first.
+ */
+export function opsPerSec(durationMs: number, op: () => void, batch = 100): number {
+  const warmEnd = performance.now() + warmupMs(durationMs);
+  while (performance.now() < warmEnd) for (let i = 0; i < batch; i++) op();
+  let n = 0;
+  const t0 = performance.now();
+  const end = t0 + durationMs;
+  let t = t0;
+  do {
+    for (let i = 0; i < batch; i++) op();
+    n += batch;
+    t = performance.now();
+  } while (t < end);
+  return (n * 1000) / (t - t0);
+}
+
+export interface NatsServerHandle {
+  url: string;
+  port: number;
+  stop(): Promise<void>;
+}
+
+/** Asks the OS for a free port; never 4222 so we can't collide with a developer's own server. */
+async function freePort(): Promise<number> {
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const s = createServer();
+      s.once('error', reject);
+      s.listen(0, '127.0.0.1', () => {
+        const { port } = s.address() as AddressInfo;
+        s.close(() => resolve(port));
+      });
+    });
+    if (port !== 4222) return port;
+  }
+}
+
+/** Spawns a throwaway nats-server on 127.0.0.1 and resolves once it logs "Server is ready". */
+export async function startNatsServer(bin = process.env['NATS_SERVER'] ?? 'nats-server'): Promise<NatsServerHandle> {
+  const port = await freePort();
+  const proc = spawn(bin, ['-a', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // Safety net: don't leak the server if we die before stop() runs.
+  const killOnExit = (): void => void proc.kill('SIGKILL');
+  process.once('exit', killOnExit);
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  let tail = '';
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`nats-server not ready after 5s:\n${tail}`)), 5000);
+      proc.stderr.on('data', (d: Buffer) => {
+        tail = (tail + d.toString()).slice(-4000); // keep draining so the pipe never blocks
+        if (tail.includes('Server is ready')) clearTimeout(timer), resolve();
+      });
+      proc.once('error', (e) => (clearTimeout(timer), reject(e)));
+      proc.once('exit', (code) => (clearTimeout(timer), reject(new Error(`nats-server exited (${code}):\n${tail}`))));
+    });
+  } catch (e) {
+    proc.kill('SIGKILL');
+    process.off('exit', killOnExit);
+    throw e;
+  }
+  return {
+    port,
+    url: `nats://127.0.0.1:${port}`,
+    async stop() {
+      process.off('exit', killOnExit);
+      if (proc.exitCode === null && proc.signalCode === null) {
+        proc.kill('SIGTERM');
+        await exited;
+      }
+    },
+  };
+}
+
+/** Uses the caller's server if given, otherwise a private one for the duration of `fn`. */
+async function withNats<T>(natsUrl: string | undefined, fn: (url: string) => Promise<T>): Promise<T> {
+  if (natsUrl !== undefined) return fn(natsUrl);
+  const srv = await startNatsServer();
+  try {
+    return await fn(srv.url);
+  } finally {
+    await srv.stop();
+  }
+}
+
+async function withConns<T>(url: string, n: number, fn: (ncs: NatsConnection[]) => Promise<T>): Promise<T> {
+  const ncs = await Promise.all(Array.from({ length: n }, () => connect({ servers: url })));
+  try {
+    return await fn(ncs);
+  } finally {
+    await Promise.all(ncs.map((nc) => nc.close()));
+  }
+}
+
+// ---------- NATS ----------
+
+/**
+ * Core NATS pub/sub msgs/s counted at the subscriber (100 B payloads, separate pub and sub
+ * connections). Starts its own nats-server unless `natsUrl` is given.
+ */
+export async function measureNatsPubSub(durationMs: number, natsUrl?: string): Promise<number> {
+  const BATCH = 1000;
+  const MAX_LAG = 50_000; // bounds server-side buffering so we measure sustained delivery
+  return withNats(natsUrl, (url) =>
+    withConns(url, 2, async ([pub, sub]) => {
+      if (!pub || !sub) throw new Error('unreachable');
+      const subject = 'bench.ceilings.pubsub';
+      const payload = new Uint8Array(PAYLOAD_BYTES);
+      let received = 0;
+      let sent = 0;
+      sub.subscribe(subject, { callback: () => void received++ });
+      await sub.flush(); // SUB must reach the server before the first publish
+      const pump = async (ms: number): Promise<void> => {
+        const end = performance.now() + ms;
+        while (performance.now() < end) {
+          for (let i = 0; i < BATCH; i++) pub.publish(subject, payload);
+          sent += BATCH;
+          await pub.flush(); // PING/PONG: keeps the client's outbound buffer bounded
+          while (sent - received > MAX_LAG) {
+            if (sub.isClosed()) throw new Error('subscriber connection closed');
+            await yieldLoop();
+          }
+        }
+      };
+      await pump(warmupMs(durationMs));
+      const r0 = received;
+      const t0 = performance.now();
+      await pump(durationMs);
+      return ((received - r0) * 1000) / (performance.now() - t0);
+    }),
+  );
+}
+
+export interface ReqRepResult {
+  perSec: number;
+  latency: LatencySummary;
+}
+
+/** Core NATS request/reply round trips/s with REQ_WINDOW requests in flight, plus latency. */
+export async function measureNatsRequestReply(durationMs: number, natsUrl?: string, window = REQ_WINDOW): Promise<ReqRepResult> {
+  return withNats(natsUrl, (url) =>
+    withConns(url, 2, async ([requester, responder]) => {
+      if (!requester || !responder) throw new Error('unreachable');
+      const subject = 'bench.ceilings.reqrep';
+      const payload = new Uint8Array(PAYLOAD_BYTES);
+      responder.subscribe(subject, { callback: (_err, m) => void m.respond(m.data) });
+      await responder.flush();
+      const hist = new LatencyHistogram();
+      // `window` sequential loops = a fixed number of requests in flight.
+      const phase = async (ms: number): Promise<void> => {
+        const end = performance.now() + ms;
+        await Promise.all(
+          Array.from({ length: window }, async () => {
+            while (performance.now() < end) {
+              const t = performance.now();
+              await requester.request(subject, payload, { timeout: 5000 });
+              hist.recordSince(t);
+            }
+          }),
+        );
+      };
+      await phase(warmupMs(durationMs));
+      hist.reset();
+      const t0 = performance.now();
+      await phase(durationMs);
+      return { perSec: (hist.count * 1000) / (performance.now() - t0), latency: hist.summary() };
+    }),
+  );
+}
+
+// ---------- crypto ----------
+
+/** secretbox seal + open of a 100 B message per second (tweetnacl). */
+export function measureSecretbox(durationMs: number): number {
+  const key = nacl.randomBytes(nacl.secretbox.keyLength);
+  const nonce = nacl.randomBytes(nacl.secretbox.nonceLength);
+  const msg = nacl.randomBytes(PAYLOAD_BYTES);
+  return opsPerSec(durationMs, () => {
+    const box = nacl.secretbox(msg, nonce, key);
+    if (nacl.secretbox.open(box, nonce, key) === null) throw new Error('secretbox.open failed');
+  });
+}
+
+const PKCS8_X25519 = Buffer.from('302e020100300506032b656e04220420', 'hex');
+const SPKI_X25519 = Buffer.from('302a300506032b656e032100', 'hex');
+
+/** Wraps a raw 32-byte X25519 private key in PKCS8 DER so node:crypto can import it. */
+export function x25519PrivateKey(raw: Uint8Array): KeyObject {
+  return createPrivateKey({ key: Buffer.concat([PKCS8_X25519, raw]), format: 'der', type: 'pkcs8' });
+}
+
+/** Wraps a raw 32-byte X25519 public key in SPKI DER so node:crypto can import it. */
+export function x25519PublicKey(raw: Uint8Array): KeyObject {
+  return createPublicKey({ key: Buffer.concat([SPKI_X25519, raw]), format: 'der', type: 'spki' });
+}
+
+/**
+ * Same import via JWK. Node builds OKP keys from JWK with EVP_PKEY_new_raw_*_key, skipping the
+ * OpenSSL 3 DER decoder lookup that dominates the DER path. Node requires `x` on private JWKs but
+ * derives the public half from `d` (v20 ignores the value), so pass the known public key.
+ */
+export function x25519PrivateKeyJwk(raw: Uint8Array, rawPublic: Uint8Array): KeyObject {
+  const b64 = (u: Uint8Array): string => Buffer.from(u).toString('base64url');
+  return createPrivateKey({ key: { kty: 'OKP', crv: 'X25519', d: b64(raw), x: b64(rawPublic) }, format: 'jwk' });
+}
+
+export function x25519PublicKeyJwk(raw: Uint8Array): KeyObject {
+  return createPublicKey({ key: { kty: 'OKP', crv: 'X25519', x: Buffer.from(raw).toString('base64url') }, format: 'jwk' });
+}
+
+export interface X25519Result {
+  /** tweetnacl nacl.scalarMult ops/s */
+  naclScalarMult: number;
+  /** crypto.diffieHellman with pre-built KeyObjects */
+  nativeDh: number;
+  /** crypto.diffieHellman including KeyObject import of both raw keys (realistic server cost) */
+  nativeDhFromRaw: number;
+  /** same, importing both raw keys via JWK instead of DER */
+  nativeDhFromRawJwk: number;
+  /** crypto.generateKeyPairSync('x25519') */
+  nativeKeygen: number;
+}
+
+export function measureX25519(durationMs: number): X25519Result {
+  const a = nacl.box.keyPair();
+  const b = nacl.box.keyPair();
+  const privA = x25519PrivateKey(a.secretKey);
+  const pubB = x25519PublicKey(b.publicKey);
+  // Sanity: both implementations must derive the same shared secret from the same raw keys.
+  const ref = nacl.scalarMult(a.secretKey, b.publicKey);
+  const jwkShared = diffieHellman({ privateKey: x25519PrivateKeyJwk(a.secretKey, a.publicKey), publicKey: x25519PublicKeyJwk(b.publicKey) });
+  if (!Buffer.from(ref).equals(diffieHellman({ privateKey: privA, publicKey: pubB })) || !Buffer.from(ref).equals(jwkShared)) {
+    throw new Error('native X25519 disagrees with tweetnacl');
+  }
+  log('x25519.tweetnacl');
+  const naclScalarMult = opsPerSec(durationMs, () => void nacl.scalarMult(a.secretKey, b.publicKey), 10);
+  log('x25519.native');
+  const nativeDh = opsPerSec(durationMs, () => void diffieHellman({ privateKey: privA, publicKey: pubB }));
+  log('x25519.native_from_raw');
+  const nativeDhFromRaw = opsPerSec(durationMs, () => {
+    diffieHellman({ privateKey: x25519PrivateKey(a.secretKey), publicKey: x25519PublicKey(b.publicKey) });
+  });
+  log('x25519.native_from_raw_jwk');
+  const nativeDhFromRawJwk = opsPerSec(durationMs, () => {
+    diffieHellman({ privateKey: x25519PrivateKeyJwk(a.secretKey, a.publicKey), publicKey: x25519PublicKeyJwk(b.publicKey) });
+  });
+  // Keys are deliberately not exported as JWK here: on node v20.20 generateKeyPairSync keys +
+  // export({format:'jwk'}) intermittently self-deadlock (GC runs KeyGenJob's destructor, which
+  // takes the key mutex ExportJWKEdKey already holds).
+  log('x25519.native_keygen');
+  const nativeKeygen = opsPerSec(durationMs, () => void generateKeyPairSync('x25519'));
+  return { naclScalarMult, nativeDh, nativeDhFromRaw, nativeDhFromRawJwk, nativeKeygen };
+}
+
+// ---------- msgpackr ----------
+
+export const SAMPLE_CHAT_MSG = {
+  t: 'msg',
+  id: '01HZX3M5Q8R9T2V4W6Y8Z0A1B2',
+  from: 'alice',
+  to: 'bob',
+  text: 'hello world',
+  ts: Date.now(),
+} as const;
+
+/** msgpackr pack + unpack of a small chat message per second. */
+export function measureMsgpack(durationMs: number): { perSec: number; encodedBytes: number } {
+  const perSec = opsPerSec(durationMs, () => {
+    if (unpack(pack(SAMPLE_CHAT_MSG)) === undefined) throw new Error('unpack failed');
+  });
+  return { perSec, encodedBytes: pack(SAMPLE_CHAT_MSG).length };
+}
+
+// ---------- all together ----------
+
+export interface Ceilings {
+  natsPubSub: number;
+  natsReqRep: ReqRepResult;
+  secretbox: number;
+  x25519: X25519Result;
+  msgpack: { perSec: number; encodedBytes: number };
+}
+
+/** Measures every ceiling sequentially (each for `durationMs`); one nats-server is shared. */
+export async function measureCeilings(durationMs: number, natsUrl?: string): Promise<Ceilings> {
+  const nats = await withNats(natsUrl, async (url) => {
+    log(CEILING.natsPubSub);
+    const pubsub = await measureNatsPubSub(durationMs, url);
+    log(CEILING.natsReqRep);
+    return { pubsub, reqrep: await measureNatsRequestReply(durationMs, url) };
+  });
+  log(CEILING.secretbox);
+  const secretbox = measureSecretbox(durationMs);
+  const x25519 = measureX25519(durationMs);
+  log(CEILING.msgpack);
+  const msgpack = measureMsgpack(durationMs);
+  return { natsPubSub: nats.pubsub, natsReqRep: nats.reqrep, secretbox, x25519, msgpack };
+}
+
+export function ceilingRows(c: Ceilings): Row[] {
+  const lat = c.natsReqRep.latency;
+  return [
+    { metric: CEILING.natsPubSub, value: c.natsPubSub, unit: 'msg/s', note: `${PAYLOAD_BYTES} B, 1 pub + 1 sub conn` },
+    { metric: CEILING.natsReqRep, value: c.natsReqRep.perSec, unit: 'req/s', note: `${REQ_WINDOW} in flight` },
+    { metric: `${CEILING.natsReqRep}.p50`, value: lat.p50, unit: 'ms' },
+    { metric: `${CEILING.natsReqRep}.p99`, value: lat.p99, unit: 'ms' },
+    { metric: CEILING.secretbox, value: c.secretbox, unit: 'op/s', note: `${PAYLOAD_BYTES} B` },
+    { metric: CEILING.x25519Nacl, value: c.x25519.naclScalarMult, unit: 'op/s' },
+    { metric: CEILING.x25519Native, value: c.x25519.nativeDh, unit: 'op/s', note: 'pre-built KeyObjects' },
+    { metric: CEILING.x25519NativeFromRaw, value: c.x25519.nativeDhFromRaw, unit: 'op/s', note: 'incl. raw→KeyObject import via DER' },
+    { metric: CEILING.x25519NativeFromRawJwk, value: c.x25519.nativeDhFromRawJwk, unit: 'op/s', note: 'incl. raw→KeyObject import via JWK' },
+    { metric: CEILING.x25519Keygen, value: c.x25519.nativeKeygen, unit: 'op/s', note: 'generateKeyPairSync' },
+    { metric: CEILING.msgpack, value: c.msgpack.perSec, unit: 'op/s', note: `${c.msgpack.encodedBytes} B encoded` },
+  ];
+}
+
+export async function run(opts: BenchOptions): Promise<BenchResult> {
+  const startedAt = new Date();
+  const c = await measureCeilings(opts.durationMs);
+  return makeResult(name, startedAt, { durationMs: opts.durationMs, payloadBytes: PAYLOAD_BYTES, reqWindow: REQ_WINDOW }, ceilingRows(c), c);
+}

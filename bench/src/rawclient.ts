@@ -1,0 +1,107 @@
+import { connect, type Socket } from 'node:net';
+import {
+  ClientHandshake, decodeServerHandshake, decodeServerMessage, encodeFrame, FrameDecoder, nativeSuite, pack, unpack,
+  type DhKey, type DhSuite, type KeyPair, type ResumptionState, type SecureChannel,
+} from '@gravitas/protocol';
+
+/*
+ * A bare-bones protocol client for load generation: one ClientHandshake over one socket, then
+ * `finish` + `ping` in one write, done when the `pong` arrives (which proves the server accepted
+ * the key confirmation and registered the session — the ping is queued behind the registration).
+ * No SDK machinery: no outbox, no reconnects, no EventEmitter.
+ */
+
+export interface Identity {
+  user: string;
+  device: string;
+  keys: KeyPair;
+}
+
+/**
+ * nativeSuite with the identity's static key imported once: ClientHandshake calls
+ * fromSecret(identity) on every handshake (PKCS8 import + public key export), which is load
+ * generator cost, not server cost.
+ */
+export function cachingSuite(): DhSuite {
+  const cache = new Map<string, DhKey>();
+  return {
+    name: 'native',
+    generate: () => nativeSuite.generate(),
+    fromSecret(sk) {
+      const k = Buffer.from(sk.buffer, sk.byteOffset, sk.length).toString('base64');
+      let key = cache.get(k);
+      if (!key) cache.set(k, (key = nativeSuite.fromSecret(sk)));
+      return key;
+    },
+  };
+}
+
+export function newHandshake(serverPublicKey: Uint8Array, id: Identity, suite: DhSuite, resume?: ResumptionState): ClientHandshake {
+  return new ClientHandshake({ serverPublicKey, identity: id.keys, user: id.user, device: id.device, registration: '', suite, ...(resume && { resume }) });
+}
+
+export type HandshakeOutcome =
+  | { ok: true; ms: number; resumption: ResumptionState | undefined; socket: Socket | undefined; channel: SecureChannel }
+  | { ok: false; ms: number; code: string };
+
+export interface Target {
+  host: string;
+  port: number;
+}
+
+export function parseTarget(addr: string): Target {
+  const i = addr.lastIndexOf(':');
+  return { host: addr.slice(0, i), port: Number(addr.slice(i + 1)) };
+}
+
+/**
+ * Runs one handshake. With `keepOpen` the socket stays connected (an idle session; frames the
+ * server sends later are ignored) and is returned; otherwise it is ended right after the pong.
+ */
+export function handshake(target: Target, hs: ClientHandshake, keepOpen = false, timeoutMs = 15_000): Promise<HandshakeOutcome> {
+  const t0 = performance.now();
+  return new Promise((resolve) => {
+    const socket = connect({ host: target.host, port: target.port, noDelay: true });
+    const decoder = new FrameDecoder();
+    let channel: SecureChannel | undefined;
+    let resumption: ResumptionState | undefined;
+    let done = false;
+    const finish = (o: HandshakeOutcome): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      if (!o.ok || !keepOpen) socket.end();
+      if (!o.ok) setTimeout(() => socket.destroy(), 1000).unref();
+      resolve(o);
+    };
+    const fail = (code: string): void => finish({ ok: false, ms: performance.now() - t0, code });
+    const timer = setTimeout(() => fail('TIMEOUT'), timeoutMs);
+    socket.once('connect', () => socket.write(encodeFrame(pack(hs.hello()))));
+    socket.on('error', (e: NodeJS.ErrnoException) => fail(e.code ?? 'SOCKET_ERROR'));
+    socket.on('close', () => fail('CLOSED'));
+    socket.on('data', (chunk) => {
+      if (done) return;
+      try {
+        decoder.push(chunk, (body) => {
+          if (done) return;
+          if (!channel) {
+            const m = decodeServerHandshake(unpack(body));
+            if (m.t === 'error') return fail(m.code);
+            if (m.t === 'cookie') return void socket.write(encodeFrame(pack(hs.hello(m.c))));
+            const r = hs.complete(m);
+            channel = r.channel;
+            resumption = r.resumption;
+            socket.write(Buffer.concat([encodeFrame(channel.seal(pack(r.finish))), encodeFrame(channel.seal(pack({ t: 'ping', n: 1 })))]));
+            return;
+          }
+          const m = decodeServerMessage(unpack(channel.open(body)));
+          if (m.t === 'pong') return finish({ ok: true, ms: performance.now() - t0, resumption, socket: keepOpen ? socket : undefined, channel });
+          if (m.t === 'error' || m.t === 'bye') return fail(m.code ?? m.t);
+          fail(`UNEXPECTED_${m.t}`);
+        });
+      } catch (e) {
+        fail((e as { code?: string }).code ?? 'CLIENT_ERROR');
+      }
+    });
+  });
+}
