@@ -89,7 +89,7 @@ export class Supervisor {
           case 'fatal':
             if (!settled) {
               settled = true;
-              reject(new ServerError(ServerErrorCode.CELL_START_FAILED, `cell ${c.cellId} failed to start: ${m.message}`));
+              reject(new ServerError(m.code === ServerErrorCode.NATS_UNAVAILABLE ? ServerErrorCode.NATS_UNAVAILABLE : ServerErrorCode.CELL_START_FAILED, `cell ${c.cellId} failed to start: ${m.message}`));
             }
             return;
           case 'drained':

@@ -1,6 +1,7 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { NodeConfig } from '../config.js';
+import { ServerError, ServerErrorCode } from '../errors.js';
 import { Names } from '../subjects.js';
 
 export interface Buckets {
@@ -10,18 +11,34 @@ export interface Buckets {
   tickets: KV;
 }
 
-/** A long-lived connection: never give up reconnecting (the default gives up after 10 tries). */
+/** How long a starting cell keeps trying to reach NATS before it gives up with NATS_UNAVAILABLE. */
+export const FIRST_CONNECT_TIMEOUT_MS = 15_000;
+
+/**
+ * A long-lived connection: once up, never give up reconnecting (the client's
+ * default gives up after 10 tries). At start-up, fail with a clear error instead
+ * of waiting silently forever.
+ */
 export async function connectNats(cfg: NodeConfig, name: string): Promise<NatsConnection> {
-  return connect({
-    servers: cfg.nats.servers,
-    name,
-    maxReconnectAttempts: -1,
-    reconnectTimeWait: 250,
-    waitOnFirstConnect: true,
-    pingInterval: 10_000,
-    ...(cfg.nats.token && { token: cfg.nats.token }),
-    ...(cfg.nats.user && { user: cfg.nats.user, pass: cfg.nats.pass }),
-  });
+  const deadline = Date.now() + FIRST_CONNECT_TIMEOUT_MS;
+  for (;;) {
+    try {
+      return await connect({
+        servers: cfg.nats.servers,
+        name,
+        maxReconnectAttempts: -1,
+        reconnectTimeWait: 250,
+        pingInterval: 10_000,
+        ...(cfg.nats.token && { token: cfg.nats.token }),
+        ...(cfg.nats.user && { user: cfg.nats.user, pass: cfg.nats.pass }),
+      });
+    } catch (err) {
+      if (Date.now() >= deadline) {
+        throw new ServerError(ServerErrorCode.NATS_UNAVAILABLE, `cannot reach NATS at ${cfg.nats.servers.join(', ')}: ${(err as Error).message}`, { cause: err });
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
 }
 
 /** Creates (or binds to) the KV buckets of the cluster. Idempotent across cells and nodes. */
