@@ -1,6 +1,7 @@
 import t from 'tap';
 import nacl from 'tweetnacl';
 import { ChannelError, ErrorCode, MAX_FRAME_COUNTER, ProtocolError, random, SecureChannel } from '@gravitas/protocol';
+import { codeOf } from '../fixtures/codes.js';
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -11,14 +12,6 @@ function pair(): { a: SecureChannel; b: SecureChannel; k1: Uint8Array; k2: Uint8
   return { a: new SecureChannel(k1, k2), b: new SecureChannel(k2, k1), k1, k2 };
 }
 
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return err instanceof ProtocolError ? err.code : `not a ProtocolError: ${String(err)}`;
-  }
-  return undefined;
-}
 
 function nonce(counter: bigint): Uint8Array {
   const n = new Uint8Array(24);

@@ -1,5 +1,6 @@
 import t from 'tap';
 import { decodeClientHandshake, decodeClientMessage, DecodeError, ErrorCode, pack, ProtocolError, unpack } from '@gravitas/protocol';
+import { codeOf, norm } from '../fixtures/codes.js';
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 const str = (s: string): number[] => {
@@ -8,22 +9,7 @@ const str = (s: string): number[] => {
   return [0xa0 | b.length, ...b];
 };
 
-/** Binary fields as hex, so Buffer and Uint8Array compare equal. */
-function norm(v: unknown): unknown {
-  if (v instanceof Uint8Array) return `bin:${Buffer.from(v).toString('hex')}`;
-  if (Array.isArray(v)) return v.map(norm);
-  if (typeof v === 'object' && v !== null) return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, norm(x)]));
-  return v;
-}
 
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return err instanceof ProtocolError ? err.code : `not a ProtocolError: ${String(err)}`;
-  }
-  return undefined;
-}
 
 /** unpack must either return a value or throw DecodeError(DECODE_FAILED); anything else is a bug. */
 function unpackOrCoded(bytes: Uint8Array): { ok: true; value: unknown } | { ok: false; code: string } {

@@ -1,5 +1,6 @@
 import t from 'tap';
 import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, ErrorCode, FRAME_HEADER_BYTES, FrameDecoder, FramingError, ProtocolError } from '@gravitas/protocol';
+import { codeOf } from '../fixtures/codes.js';
 
 /** Deterministic pseudo-random bytes (xorshift32), so failures reproduce. */
 function prng(seed: number): (n: number) => number {
@@ -29,14 +30,6 @@ function decodeAll(chunks: Uint8Array[], max?: number): Buffer[] {
   return out;
 }
 
-function code(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return err instanceof ProtocolError ? err.code : `not a ProtocolError: ${String(err)}`;
-  }
-  return undefined;
-}
 
 const bodies = [body(0, 0), body(1, 7), body(3, 9), body(300, 1), body(70, 2), body(0, 0), body(1000, 3)];
 const stream = Buffer.concat(bodies.map(encodeFrame));
@@ -127,11 +120,11 @@ t.test('oversized length prefix is rejected before any body byte is buffered', a
   const d2 = new FrameDecoder(100);
   d2.push(header.subarray(0, 3), () => t.fail('no frame'));
   t.equal(d2.pending, 3);
-  t.equal(code(() => d2.push(header.subarray(3), () => t.fail('no frame'))), ErrorCode.FRAME_TOO_LARGE);
+  t.equal(codeOf(() => d2.push(header.subarray(3), () => t.fail('no frame'))), ErrorCode.FRAME_TOO_LARGE);
 
   // 4 GiB - 1 claimed, a few bytes sent.
   const huge = Buffer.from([0xff, 0xff, 0xff, 0xff, 1, 2, 3]);
-  t.equal(code(() => new FrameDecoder().push(huge, () => t.fail('no frame'))), ErrorCode.FRAME_TOO_LARGE);
+  t.equal(codeOf(() => new FrameDecoder().push(huge, () => t.fail('no frame'))), ErrorCode.FRAME_TOO_LARGE);
 });
 
 t.test('frames before an oversized one are delivered, nothing after it', async (t) => {
@@ -140,7 +133,7 @@ t.test('frames before an oversized one are delivered, nothing after it', async (
   bad.writeUInt32BE(1_000_000);
   const got: Buffer[] = [];
   const chunk = Buffer.concat([encodeFrame(body(5, 1)), encodeFrame(body(100, 2)), bad, encodeFrame(body(5, 3))]);
-  t.equal(code(() => d.push(chunk, (b) => got.push(Buffer.from(b)))), ErrorCode.FRAME_TOO_LARGE);
+  t.equal(codeOf(() => d.push(chunk, (b) => got.push(Buffer.from(b)))), ErrorCode.FRAME_TOO_LARGE);
   t.same(got, [body(5, 1), body(100, 2)], 'a frame of exactly the limit is accepted');
   t.equal(d.pending, 0);
 });
@@ -150,7 +143,7 @@ t.test('truncated stream', async (t) => {
   for (const cut of [1, 3, 4, 5, 23]) {
     const d = new FrameDecoder();
     d.push(f.subarray(0, cut), () => t.fail('no complete frame'));
-    t.equal(code(() => d.end()), ErrorCode.FRAME_TRUNCATED, `cut after ${cut} bytes`);
+    t.equal(codeOf(() => d.end()), ErrorCode.FRAME_TRUNCATED, `cut after ${cut} bytes`);
   }
   const clean = new FrameDecoder();
   clean.push(f, () => {});

@@ -3,6 +3,9 @@ import {
   decodeClientHandshake, decodeClientMessage, decodeHelloPayload, decodeServerHandshake, decodeServerMessage, decodeWelcomePayload,
   DecodeError, ErrorCode, isName, MAX_ID_LENGTH, MAX_TEXT_LENGTH, pack, ProtocolError, unpack,
 } from '@gravitas/protocol';
+import { codeOf, norm } from '../fixtures/codes.js';
+
+const codeOfClass = (fn: () => unknown): string | undefined => codeOf(fn, DecodeError);
 
 /*
  * Table-driven: for every decoder and message type, a valid message, then each
@@ -31,23 +34,7 @@ const code: Spec = { k: 'code' };
 const opt = (spec: Spec): Field => ({ spec, optional: true });
 const req = (spec: Spec): Field => ({ spec });
 
-/** Binary fields as hex, so Buffer and Uint8Array compare equal. */
-function norm(v: unknown): unknown {
-  if (v instanceof Uint8Array) return `bin:${Buffer.from(v).toString('hex')}`;
-  if (Array.isArray(v)) return v.map(norm);
-  if (typeof v === 'object' && v !== null) return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, norm(x)]));
-  return v;
-}
 
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    if (!(err instanceof DecodeError)) return `not a DecodeError: ${String(err)}`;
-    return err.code;
-  }
-  return undefined;
-}
 
 const cases: Case[] = [
   {
@@ -183,16 +170,16 @@ for (const c of cases) {
     for (const [field, f] of Object.entries(c.fields)) {
       const without = { ...c.valid };
       delete without[field];
-      if (f.optional) t.equal(codeOf(() => c.decode(without)), undefined, `${field} may be absent`);
-      else t.equal(codeOf(() => c.decode(without)), ErrorCode.BAD_MESSAGE, `${field} missing`);
-      t.equal(codeOf(() => c.decode({ ...c.valid, [field]: undefined })), f.optional ? undefined : ErrorCode.BAD_MESSAGE, `${field} undefined`);
+      if (f.optional) t.equal(codeOfClass(() => c.decode(without)), undefined, `${field} may be absent`);
+      else t.equal(codeOfClass(() => c.decode(without)), ErrorCode.BAD_MESSAGE, `${field} missing`);
+      t.equal(codeOfClass(() => c.decode({ ...c.valid, [field]: undefined })), f.optional ? undefined : ErrorCode.BAD_MESSAGE, `${field} undefined`);
 
       for (const [what, v] of WRONG_TYPES) {
         if (acceptsType(f.spec, v)) continue;
-        t.equal(codeOf(() => c.decode({ ...c.valid, [field]: v })), ErrorCode.BAD_MESSAGE, `${field} as ${what}`);
+        t.equal(codeOfClass(() => c.decode({ ...c.valid, [field]: v })), ErrorCode.BAD_MESSAGE, `${field} as ${what}`);
       }
       const { bad, good } = limits(f.spec);
-      for (const [what, v] of bad) t.equal(codeOf(() => c.decode({ ...c.valid, [field]: v })), ErrorCode.BAD_MESSAGE, `${field}: ${what} rejected`);
+      for (const [what, v] of bad) t.equal(codeOfClass(() => c.decode({ ...c.valid, [field]: v })), ErrorCode.BAD_MESSAGE, `${field}: ${what} rejected`);
       for (const [what, v] of good) {
         const m = { ...c.valid, [field]: v };
         t.strictSame(norm(c.decode(m)), norm(m), `${field}: ${what} accepted`);
@@ -201,14 +188,14 @@ for (const c of cases) {
 
     // The message-level checks.
     for (const [what, v] of [['null', null], ['array', [c.valid]], ['string', 'hello'], ['number', 1], ['binary', pack(c.valid)], ['undefined', undefined]] as const) {
-      t.equal(codeOf(() => c.decode(v)), ErrorCode.BAD_MESSAGE, `message as ${what}`);
+      t.equal(codeOfClass(() => c.decode(v)), ErrorCode.BAD_MESSAGE, `message as ${what}`);
     }
     if (c.type) {
       const { t: _t, ...untyped } = c.valid;
-      t.equal(codeOf(() => c.decode(untyped)), ErrorCode.BAD_MESSAGE, 't missing');
-      for (const v of [1, null, b(4), ['hello']]) t.equal(codeOf(() => c.decode({ ...c.valid, t: v })), ErrorCode.BAD_MESSAGE, `t as ${JSON.stringify(norm(v))}`);
+      t.equal(codeOfClass(() => c.decode(untyped)), ErrorCode.BAD_MESSAGE, 't missing');
+      for (const v of [1, null, b(4), ['hello']]) t.equal(codeOfClass(() => c.decode({ ...c.valid, t: v })), ErrorCode.BAD_MESSAGE, `t as ${JSON.stringify(norm(v))}`);
       for (const v of ['', 'HELLO', `${c.type} `, 'x'.repeat(10_000), '__proto__', 'constructor', 'toString']) {
-        t.equal(codeOf(() => c.decode({ ...c.valid, t: v })), ErrorCode.UNKNOWN_TYPE, `t = ${JSON.stringify(v.slice(0, 12))}`);
+        t.equal(codeOfClass(() => c.decode({ ...c.valid, t: v })), ErrorCode.UNKNOWN_TYPE, `t = ${JSON.stringify(v.slice(0, 12))}`);
       }
     }
   });
@@ -216,8 +203,8 @@ for (const c of cases) {
 
 t.test('welcome payload: a ticket needs its expiry', async (t) => {
   const w = { session: 's', cell: 'c', node: 'n', serverTime: 1, resumed: true, ticket: b(64) };
-  t.equal(codeOf(() => decodeWelcomePayload(w)), ErrorCode.BAD_MESSAGE);
-  t.equal(codeOf(() => decodeWelcomePayload({ ...w, ticketExpires: -1 })), ErrorCode.BAD_MESSAGE);
+  t.equal(codeOfClass(() => decodeWelcomePayload(w)), ErrorCode.BAD_MESSAGE);
+  t.equal(codeOfClass(() => decodeWelcomePayload({ ...w, ticketExpires: -1 })), ErrorCode.BAD_MESSAGE);
   const { ticket: _x, ...noTicket } = w;
   t.strictSame(decodeWelcomePayload({ ...noTicket, ticketExpires: 5 }), noTicket, 'an expiry without a ticket is ignored');
 });
@@ -238,8 +225,8 @@ t.test('types of the other direction or phase are UNKNOWN_TYPE', async (t) => {
     ['hello to the client', decodeServerHandshake, { t: 'hello', v: 1, e: b(32), s: b(48), p: b(16) }],
     ['msg before the welcome', decodeServerHandshake, { t: 'msg', id: 'a', from: 'b', fd: 'c', to: 'd', text: 'e', ts: 1 }],
   ];
-  for (const [what, dec, m] of wrongPlace) t.equal(codeOf(() => dec(m)), ErrorCode.UNKNOWN_TYPE, what);
-  t.equal(codeOf(() => decodeClientHandshake({ t: 'hello3' })), ErrorCode.UNKNOWN_TYPE, 'an unknown first flight is UNKNOWN_TYPE even without the other fields');
+  for (const [what, dec, m] of wrongPlace) t.equal(codeOfClass(() => dec(m)), ErrorCode.UNKNOWN_TYPE, what);
+  t.equal(codeOfClass(() => decodeClientHandshake({ t: 'hello3' })), ErrorCode.UNKNOWN_TYPE, 'an unknown first flight is UNKNOWN_TYPE even without the other fields');
 });
 
 t.test('decode errors are coded, non-fatal, and name the field', async (t) => {

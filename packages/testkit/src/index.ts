@@ -11,3 +11,6 @@ export {
   type StopOptions,
 } from './server.js';
 export { freePort, tempDir, type TempDir } from './util.js';
+
+/** Kill a spawned child with SIGKILL if the test process exits or is signalled first. */
+export { trackChild } from './registry.js';
