@@ -8,7 +8,7 @@ const USAGE = `gravitas — a horizontally scaled chat cluster
 usage:
   gravitas dev [--cells 2] [--port 7400] [--admin-port 7300]   local nats-server + one node
   gravitas node [--config FILE] [--nats URLS] [--cells N] [--port P] [--admin-port P] ...
-  gravitas keygen                                            server key + ticket key (JSON)
+  gravitas keygen [--ticket-id N]                            server key + ticket key (JSON config fragment)
   gravitas chat --server H:P --as NAME [--device D]          interactive: "@bob hello"
   gravitas send --server H:P --as NAME --to USER --text TEXT [--json]
   gravitas recv --server H:P --as NAME [--count N] [--json] [--timeout S]
@@ -16,7 +16,7 @@ usage:
 client commands also take --server-key KEY (pinned server public key) and
 --registration-token TOKEN. See docs/operations.md for every node setting.`;
 
-const STRING_FLAGS = ['config', 'nats', 'prefix', 'cells', 'host', 'port', 'advertise', 'admin-host', 'admin-port', 'data-dir', 'server-key', 'ticket-keys', 'registration', 'registration-token', 'node-id', 'server', 'as', 'device', 'to', 'text', 'count', 'timeout'];
+const STRING_FLAGS = ['config', 'nats', 'prefix', 'cells', 'host', 'port', 'advertise', 'admin-host', 'admin-port', 'data-dir', 'server-key', 'ticket-keys', 'registration', 'registration-token', 'node-id', 'server', 'as', 'device', 'to', 'text', 'count', 'timeout', 'ticket-id'];
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
@@ -37,7 +37,7 @@ async function main(argv: string[]): Promise<void> {
   }
   switch (command) {
     case 'keygen':
-      return keygen();
+      return keygen(values);
     case 'dev':
       return dev(values);
     case 'node':

@@ -28,15 +28,17 @@ function intFlag(flags: Flags, name: string, def: number): number {
   return Number(v);
 }
 
-/** `gravitas keygen`: a server key and a ticket key, ready for a node config. */
-export function keygen(): void {
+/**
+ * `gravitas keygen [--ticket-id N]`: a config fragment (server key, ticket key) on
+ * stdout, ready to merge into a node config; the public key clients pin on stderr.
+ */
+export function keygen(flags: Flags): void {
+  const id = intFlag(flags, 'ticket-id', 1);
+  if (id > 255) throw new UsageError('--ticket-id must be 0..255');
   const server = generateKeyPair();
-  const out = {
-    serverKey: toBase64Url(server.secretKey),
-    serverPublicKey: toBase64Url(server.publicKey),
-    ticketKeys: [{ id: 1, key: toBase64Url(random(32)) }],
-  };
+  const out = { serverKey: toBase64Url(server.secretKey), ticketKeys: [{ id, key: toBase64Url(random(32)) }] };
   process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+  log(`server public key (clients pin this, e.g. --server-key): ${toBase64Url(server.publicKey)}`);
 }
 
 /** `gravitas node`: config from --config file, GRAVITAS_* env and flags. */

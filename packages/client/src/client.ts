@@ -28,7 +28,12 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** Unconfirmed outgoing messages kept for re-sending (default 1024). */
   maxOutbox?: number;
+  /** Ping interval that keeps an idle session under the server's idle timeout (default 30 s; 0 = off). */
+  keepaliveMs?: number;
 }
+
+/** Ids of recently received messages remembered to drop re-deliveries. */
+const SEEN_MAX = 10_000;
 
 export interface SendResult { id: string; status: 'delivered' }
 
@@ -60,6 +65,8 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private serverIndex = 0;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private pingSeq = 0;
+  private keepalive: NodeJS.Timeout | undefined;
+  private readonly seen = new Map<string, true>();
   private readonly pings = new Map<number, () => void>();
   welcome: WelcomePayload | undefined;
   /** Address of the cell currently connected to. */
@@ -167,6 +174,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
             this.attempt = 0;
             if (r.resumption) this.setResumption(r.resumption);
             this.resendOutbox();
+            this.startKeepalive();
             resolve(r.welcome);
             this.emit('connected', r.welcome);
           });
@@ -182,10 +190,17 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private onFrame(channel: SecureChannel, body: Buffer): void {
     const m: ServerMessage = decodeServerMessage(unpack(channel.open(body)));
     switch (m.t) {
-      case 'msg':
-        this.emit('message', m);
+      case 'msg': {
+        // A re-delivery (e.g. the sender re-sent after losing its status): ack it again, show it once.
+        const key = `${m.from}/${m.id}`;
+        if (!this.seen.has(key)) {
+          if (this.seen.size >= SEEN_MAX) this.seen.delete(this.seen.keys().next().value!);
+          this.seen.set(key, true);
+          this.emit('message', m);
+        }
         if (this.options.autoAck !== false) this.ack(m.id);
         return;
+      }
       case 'status': {
         const out = this.outbox.get(m.id);
         if (!out) return;
@@ -216,8 +231,20 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     }
   }
 
+  private startKeepalive(): void {
+    clearInterval(this.keepalive);
+    const every = this.options.keepaliveMs ?? 30_000;
+    if (every <= 0) return;
+    this.keepalive = setInterval(() => {
+      if (this.channel) void this.ping();
+    }, every);
+    this.keepalive.unref();
+  }
+
   private onLost(socket: Socket, err?: Error): void {
     if (socket !== this.socket) return;
+    clearInterval(this.keepalive);
+    this.pings.clear();
     this.socket = undefined;
     this.channel = undefined;
     this.emit('disconnected', err);
@@ -285,6 +312,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.reconnectTimer);
+    clearInterval(this.keepalive);
     const socket = this.socket;
     if (socket && this.channel) {
       try {

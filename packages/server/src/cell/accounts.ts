@@ -1,8 +1,15 @@
+import { timingSafeEqual } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
 import { equalBytes, ErrorCode, HandshakeError, pack, unpack } from '@gravitas/protocol';
 import { isCasConflict } from './nats.js';
 
 const CACHE_MAX = 50_000;
+
+function sameSecret(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
 const CACHE_TTL_MS = 60_000;
 
 /**
@@ -42,7 +49,7 @@ export class Accounts {
       return false;
     }
     if (registration === undefined) throw new HandshakeError(ErrorCode.UNKNOWN_DEVICE, 'device is not registered');
-    if (this.registration.mode === 'token' && registration !== this.registration.token) {
+    if (this.registration.mode === 'token' && !sameSecret(registration, this.registration.token ?? '')) {
       throw new HandshakeError(ErrorCode.REGISTRATION_DENIED, 'registration token is not valid');
     }
     try {

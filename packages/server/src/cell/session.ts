@@ -190,7 +190,13 @@ export class Session {
       case 'send':
         if (!this.takeToken()) return this.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.RATE_LIMITED });
         this.cell.metrics.messagesIn.inc();
-        return this.cell.route(this, m);
+        try {
+          return await this.cell.route(this, m);
+        } catch (err) {
+          // The directory is unreachable (NATS away): this message failed, the session lives on.
+          this.cell.log('routing failed', err);
+          return this.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.BUSY });
+        }
       case 'ack': {
         const origin = this.unacked.get(m.id);
         if (origin) {
