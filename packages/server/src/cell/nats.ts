@@ -29,6 +29,8 @@ export async function connectNats(cfg: NodeConfig, name: string): Promise<NatsCo
         maxReconnectAttempts: -1,
         reconnectTimeWait: 250,
         pingInterval: 10_000,
+        // Stack traces for every request cost ~9-15% of a cell's CPU under handshake load.
+        noAsyncTraces: true,
         ...(cfg.nats.token && { token: cfg.nats.token }),
         ...(cfg.nats.user && { user: cfg.nats.user, pass: cfg.nats.pass }),
       });
