@@ -6,7 +6,6 @@ export const ClientErrorCode = {
   CONNECT_TIMEOUT: 'CONNECT_TIMEOUT',
   CLOSED: 'CLOSED',
   NOT_CONNECTED: 'NOT_CONNECTED',
-  SEND_TIMEOUT: 'SEND_TIMEOUT',
   OUTBOX_FULL: 'OUTBOX_FULL',
 } as const;
 export type ClientErrorCode = (typeof ClientErrorCode)[keyof typeof ClientErrorCode];

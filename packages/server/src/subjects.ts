@@ -9,9 +9,6 @@ export class Names {
   cellInbox(cellId: string): string {
     return `${this.prefix}.cell.${cellId}.in`;
   }
-  nodeControl(nodeId: string): string {
-    return `${this.prefix}.node.${nodeId}.ctl`;
-  }
   /** Membership and load heartbeats of cells (short max age). */
   get cellsBucket(): string {
     return `${this.prefix}_cells`;

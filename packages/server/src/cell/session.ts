@@ -4,6 +4,7 @@ import {
   type ClientMessage, type ErrorCode as Code, type SecureChannel, type ServerMessage,
 } from '@gravitas/protocol';
 import type { Cell } from './cell.js';
+import type { WireMsg } from './envelope.js';
 
 type State = 'handshake' | 'working' | 'confirming' | 'open' | 'closed';
 
@@ -223,7 +224,7 @@ export class Session {
   }
 
   /** Writes a chat message to the device. False if the device cannot take it now. */
-  deliver(m: { id: string; from: string; fd: string; to: string; text: string; ts: number }, origin: Origin): boolean {
+  deliver(m: WireMsg, origin: Origin): boolean {
     if (this.state !== 'open' || this.socket.writableLength > this.cell.config.limits.maxOutboundBytes) return false;
     if (this.unacked.size >= this.cell.config.limits.maxInFlightPerSession * 4) this.unacked.delete(this.unacked.keys().next().value!);
     this.unacked.set(m.id, origin);
