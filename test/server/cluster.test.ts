@@ -73,13 +73,13 @@ t.test('two nodes × two cells: routing on every path, metrics, graceful stop', 
     for (const c of clients) t.equal(c.inbox.length, 3, `${c.user} received one message from each other client, no duplicates`);
   });
 
-  t.test('unknown recipient: RECIPIENT_OFFLINE', async (t) => {
+  t.test('unknown recipient: UNDELIVERABLE', async (t) => {
     const err = await alice.client.send('nobody-here', 'hello?').then(
       () => undefined,
       (e: unknown) => e,
     );
     t.type(err, DeliveryError);
-    t.equal((err as DeliveryError).code, ErrorCode.RECIPIENT_OFFLINE);
+    t.equal((err as DeliveryError).code, ErrorCode.UNDELIVERABLE);
   });
 
   t.test('/metrics of a node', async (t) => {

@@ -3,7 +3,8 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import {
   ClientHandshake, decodeServerHandshake, decodeServerMessage, encodeFrame, ErrorCode, FrameDecoder, pack, ProtocolError, RemoteError, unpack,
-  type KeyPair, type Msg, type ResumptionState, type SecureChannel, type ServerMessage, type WelcomePayload,
+  type KeyPair, type Msg, type Presence, type Receipt, type RequestArgs, type RequestOp, type ResumptionState, type SecureChannel, type ServerMessage,
+  type TypingEvent, type WelcomePayload,
 } from '@gravitas/protocol';
 import { ClientError, ClientErrorCode, DeliveryError } from './errors.js';
 
@@ -35,19 +36,29 @@ export interface ClientOptions {
 /** Ids of recently received messages remembered to drop re-deliveries. */
 const SEEN_MAX = 10_000;
 
-export interface SendResult { id: string; status: 'delivered' }
+/** `delivered`: every device of the recipient acknowledged; `stored`: durable in the mailbox (or group log). */
+export interface SendResult { id: string; status: 'delivered' | 'stored' }
 
-interface Outgoing { id: string; to: string; text: string; resolve: (r: SendResult) => void; reject: (e: Error) => void }
+/** Where a message goes: a user or a group. */
+export type Target = { to: string } | { g: string };
+
+interface Outgoing { id: string; target: Target; text: string; attempts: number; resolve: (r: SendResult) => void; reject: (e: Error) => void }
 
 export interface ClientEvents {
   message: [Msg];
+  receipt: [Receipt];
+  presence: [Presence];
+  typing: [TypingEvent];
   connected: [WelcomePayload];
   disconnected: [Error | undefined];
   error: [Error];
 }
 
 const TICKET_CODES = new Set<string>([ErrorCode.TICKET_EXPIRED, ErrorCode.TICKET_INVALID, ErrorCode.TICKET_REPLAYED]);
-const NO_RECONNECT = new Set<string>([ErrorCode.SESSION_REPLACED, ErrorCode.DEVICE_KEY_MISMATCH, ErrorCode.UNKNOWN_DEVICE, ErrorCode.REGISTRATION_DENIED]);
+const NO_RECONNECT = new Set<string>([ErrorCode.SESSION_REPLACED, ErrorCode.DEVICE_KEY_MISMATCH, ErrorCode.UNKNOWN_DEVICE, ErrorCode.REGISTRATION_DENIED, ErrorCode.TOO_MANY_DEVICES]);
+/** A `failed` status with one of these means "not now": the message stays in the outbox and is sent again. */
+const RETRYABLE = new Set<string>([ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.BUSY, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_IN_FLIGHT]);
+const RETRY_MAX_MS = 5000;
 
 /**
  * The Node SDK: one secure connection to a cell, re-established after failures
@@ -68,6 +79,9 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private keepalive: NodeJS.Timeout | undefined;
   private readonly seen = new Map<string, true>();
   private readonly pings = new Map<number, () => void>();
+  private readonly requests = new Map<number, { resolve: (data: unknown) => void; reject: (e: Error) => void }>();
+  private requestSeq = 0;
+  private readonly retries = new Map<string, NodeJS.Timeout>();
   welcome: WelcomePayload | undefined;
   /** Address of the cell currently connected to. */
   server: string | undefined;
@@ -190,23 +204,37 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private onFrame(channel: SecureChannel, body: Buffer): void {
     const m: ServerMessage = decodeServerMessage(unpack(channel.open(body)));
     switch (m.t) {
-      case 'msg': {
-        // A re-delivery (e.g. the sender re-sent after losing its status): ack it again, show it once.
-        const key = `${m.from}/${m.id}`;
-        if (!this.seen.has(key)) {
-          if (this.seen.size >= SEEN_MAX) this.seen.delete(this.seen.keys().next().value!);
-          this.seen.set(key, true);
-          this.emit('message', m);
-        }
-        if (this.options.autoAck !== false) this.ack(m.id);
+      case 'msg':
+        // A re-delivery (the sender re-sent after losing its status, a mailbox drain
+        // after a lost ack): ack it again, show it once.
+        if (this.firstSight(`${m.from}/${m.id}`)) this.emit('message', m);
+        if (this.options.autoAck !== false) this.ack(m.id, m.from);
+        return;
+      case 'rcpt':
+        if (this.firstSight(`${m.by}/${m.id}`)) this.emit('receipt', m);
+        this.ack(m.id, m.by);
+        return;
+      case 'pres':
+        this.emit('presence', m);
+        return;
+      case 'typing':
+        this.emit('typing', m);
+        return;
+      case 'res': {
+        const r = this.requests.get(m.rid);
+        if (!r) return;
+        this.requests.delete(m.rid);
+        if (m.ok) r.resolve(m.data);
+        else r.reject(new RemoteError(m.code, m.message));
         return;
       }
       case 'status': {
         const out = this.outbox.get(m.id);
         if (!out) return;
+        if (m.s === 'failed' && m.code && RETRYABLE.has(m.code)) return this.retryLater(out);
         this.outbox.delete(m.id);
-        if (m.s === 'delivered') out.resolve({ id: m.id, status: 'delivered' });
-        else out.reject(new DeliveryError(m.code ?? ErrorCode.INTERNAL, m.id));
+        if (m.s === 'failed') out.reject(new DeliveryError(m.code ?? ErrorCode.INTERNAL, m.id));
+        else out.resolve({ id: m.id, status: m.s });
         return;
       }
       case 'pong':
@@ -231,6 +259,27 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     }
   }
 
+  /** True the first time a (sender, id) pair is seen: the application sees each message once. */
+  private firstSight(key: string): boolean {
+    if (this.seen.has(key)) return false;
+    if (this.seen.size >= SEEN_MAX) this.seen.delete(this.seen.keys().next().value!);
+    this.seen.set(key, true);
+    return true;
+  }
+
+  /** The server could not take custody now: send it again after a backoff (reset by a reconnect). */
+  private retryLater(out: Outgoing): void {
+    if (this.retries.has(out.id)) return;
+    const n = Math.min(10, out.attempts++);
+    const delay = Math.min(RETRY_MAX_MS, 50 * 2 ** n) * (0.5 + Math.random() / 2);
+    const timer = setTimeout(() => {
+      this.retries.delete(out.id);
+      if (this.channel && this.outbox.get(out.id) === out) this.write(sendFrame(out));
+    }, delay);
+    timer.unref();
+    this.retries.set(out.id, timer);
+  }
+
   private startKeepalive(): void {
     clearInterval(this.keepalive);
     const every = this.options.keepaliveMs ?? 30_000;
@@ -245,6 +294,10 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     if (socket !== this.socket) return;
     clearInterval(this.keepalive);
     this.pings.clear();
+    for (const r of this.requests.values()) r.reject(new ClientError(ClientErrorCode.NOT_CONNECTED, 'connection lost before the answer'));
+    this.requests.clear();
+    for (const t of this.retries.values()) clearTimeout(t);
+    this.retries.clear();
     this.socket = undefined;
     this.channel = undefined;
     this.emit('disconnected', err);
@@ -275,7 +328,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   }
 
   private resendOutbox(): void {
-    for (const o of this.outbox.values()) this.write({ t: 'send', id: o.id, to: o.to, text: o.text });
+    for (const o of this.outbox.values()) this.write(sendFrame(o));
   }
 
   private failOutbox(): void {
@@ -283,20 +336,61 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     this.outbox.clear();
   }
 
-  /** Sends a text message; resolves when every online recipient device acknowledged it. */
+  /**
+   * Sends a text message to a user. Resolves once the server holds custody:
+   * `delivered` (every device of the recipient acknowledged) or `stored` (durable
+   * in its mailbox). Until then it stays in the outbox and is re-sent, with the
+   * same id, after a reconnect.
+   */
   send(to: string, text: string, id: string = newMessageId()): Promise<SendResult> {
+    return this.submit({ to }, text, id);
+  }
+
+  /** Sends a text message to a group; resolves `stored` once it is durable in the group's log. */
+  sendToGroup(g: string, text: string, id: string = newMessageId()): Promise<SendResult> {
+    return this.submit({ g }, text, id);
+  }
+
+  private submit(target: Target, text: string, id: string): Promise<SendResult> {
     if (this.closed) return Promise.reject(new ClientError(ClientErrorCode.CLOSED, 'client is closed'));
+    if (this.outbox.has(id)) return Promise.reject(new ClientError(ClientErrorCode.DUPLICATE_ID, `message ${id} is already in the outbox`));
     if (this.outbox.size >= (this.options.maxOutbox ?? 1024)) return Promise.reject(new ClientError(ClientErrorCode.OUTBOX_FULL, 'too many unconfirmed messages'));
     return new Promise((resolve, reject) => {
-      this.outbox.set(id, { id, to, text, resolve, reject });
+      const out: Outgoing = { id, target, text, attempts: 0, resolve, reject };
+      this.outbox.set(id, out);
       // Not connected: it stays in the outbox and goes out after the reconnect.
-      if (this.channel) this.write({ t: 'send', id, to, text });
+      if (this.channel) this.write(sendFrame(out));
     });
   }
 
   /** Acknowledges a received message (automatic unless autoAck is false). */
-  ack(id: string): void {
-    if (this.channel) this.write({ t: 'ack', id });
+  ack(id: string, from: string): void {
+    if (this.channel) this.write({ t: 'ack', id, from });
+  }
+
+  /** Tells the sender that this user read its message (dropped by the server if read receipts are off). */
+  markRead(id: string, from: string): void {
+    if (this.channel) this.write({ t: 'read', id, from });
+  }
+
+  /** Ephemeral typing indicator to a user or a group; never stored, lost if nobody is online. */
+  typing(target: Target, on = true): void {
+    if (this.channel) this.write({ t: 'typing', on, ...target });
+  }
+
+  /** Sets this user's presence as seen by its contacts. */
+  setPresence(s: 'online' | 'away'): void {
+    if (this.channel) this.write({ t: 'presence', s });
+  }
+
+  /** Contacts, blocks, preferences, devices and groups: one request, one answer (rejects with a RemoteError code). */
+  request<K extends RequestOp>(op: K, args: RequestArgs[K]): Promise<unknown> {
+    if (!this.channel) return Promise.reject(new ClientError(ClientErrorCode.NOT_CONNECTED, 'not connected'));
+    const rid = (this.requestSeq = (this.requestSeq + 1) % 2 ** 32);
+    return new Promise((resolve, reject) => {
+      this.requests.set(rid, { resolve, reject });
+      this.write({ t: 'req', rid, op, a: args });
+    });
   }
 
   /** Round trip to the cell. */
@@ -331,6 +425,10 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     }
     this.failOutbox();
   }
+}
+
+function sendFrame(o: Outgoing): object {
+  return { t: 'send', id: o.id, text: o.text, ...o.target };
 }
 
 export function splitHostPort(s: string): [string, string] {

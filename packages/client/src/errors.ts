@@ -7,6 +7,7 @@ export const ClientErrorCode = {
   CLOSED: 'CLOSED',
   NOT_CONNECTED: 'NOT_CONNECTED',
   OUTBOX_FULL: 'OUTBOX_FULL',
+  DUPLICATE_ID: 'DUPLICATE_ID',
 } as const;
 export type ClientErrorCode = (typeof ClientErrorCode)[keyof typeof ClientErrorCode];
 

@@ -32,8 +32,18 @@ export const ErrorCode = {
   // session and delivery
   RATE_LIMITED: 'RATE_LIMITED',
   TOO_MANY_IN_FLIGHT: 'TOO_MANY_IN_FLIGHT',
-  RECIPIENT_OFFLINE: 'RECIPIENT_OFFLINE',
-  DELIVERY_TIMEOUT: 'DELIVERY_TIMEOUT',
+  /** The recipient does not exist, or refuses the sender: deliberately one code for both. */
+  UNDELIVERABLE: 'UNDELIVERABLE',
+  MAILBOX_FULL: 'MAILBOX_FULL',
+  STORAGE_UNAVAILABLE: 'STORAGE_UNAVAILABLE',
+  SLOW_CONSUMER: 'SLOW_CONSUMER',
+  // accounts, contacts and groups (in `res` answers)
+  TOO_MANY_DEVICES: 'TOO_MANY_DEVICES',
+  NOT_FOUND: 'NOT_FOUND',
+  NOT_ALLOWED: 'NOT_ALLOWED',
+  NOT_A_MEMBER: 'NOT_A_MEMBER',
+  GROUP_FULL: 'GROUP_FULL',
+  CONFLICT: 'CONFLICT',
   SESSION_REPLACED: 'SESSION_REPLACED',
   SHUTTING_DOWN: 'SHUTTING_DOWN',
   IDLE_TIMEOUT: 'IDLE_TIMEOUT',
@@ -75,6 +85,7 @@ export const FATAL_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.SESSION_REPLACED,
   ErrorCode.SHUTTING_DOWN,
   ErrorCode.IDLE_TIMEOUT,
+  ErrorCode.SLOW_CONSUMER,
   ErrorCode.INTERNAL,
 ]);
 

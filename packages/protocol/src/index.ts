@@ -8,3 +8,4 @@ export * from './channel.js';
 export * from './ticket.js';
 export * from './handshake.js';
 export { isName } from './validate.js';
+export * from './requests.js';

@@ -35,21 +35,51 @@ export interface WelcomePayload {
 // ---- sealed, client → server ---------------------------------------------------
 
 export interface Finish { t: 'finish'; h: Uint8Array }
-export interface Send { t: 'send'; id: string; to: string; text: string }
-export interface Ack { t: 'ack'; id: string }
+/** A chat message to a user (`to`) or a group (`g`): exactly one of the two. */
+export type Send = { t: 'send'; id: string; text: string } & ({ to: string; g?: undefined } | { g: string; to?: undefined });
+/** The device has the message (or receipt) `id` from `from`: the server may forget it. */
+export interface Ack { t: 'ack'; id: string; from?: string }
+/** The user has read message `id` from `from` (a read receipt, unless turned off). */
+export interface Read { t: 'read'; id: string; from: string }
+/** Ephemeral: the user is typing to a user or in a group. Never stored. */
+export type Typing = { t: 'typing'; on: boolean } & ({ to: string; g?: undefined } | { g: string; to?: undefined });
+/** Sets the user's own presence (offline is implied by having no session). */
+export interface SetPresence { t: 'presence'; s: 'online' | 'away' }
+/** A request with an answer (`res` with the same `rid`): contacts, blocks, devices, groups, preferences. */
+export interface Request { t: 'req'; rid: number; op: RequestOp; a: Record<string, unknown> }
 export interface Ping { t: 'ping'; n: number }
 export interface Bye { t: 'bye'; code?: Code; message?: string }
-export type ClientMessage = Finish | Send | Ack | Ping | Bye;
+export type ClientMessage = Finish | Send | Ack | Read | Typing | SetPresence | Request | Ping | Bye;
+
+/** Operations of `req`; their arguments are checked by decodeRequestArgs. */
+export const REQUEST_OPS = [
+  'contacts.list', 'contacts.add', 'contacts.remove', 'contacts.block', 'contacts.unblock',
+  'prefs.get', 'prefs.set',
+  'devices.list', 'devices.remove',
+  'groups.list', 'groups.create', 'groups.info', 'groups.add', 'groups.remove', 'groups.admin', 'groups.leave',
+] as const;
+export type RequestOp = (typeof REQUEST_OPS)[number];
 
 // ---- sealed, server → client ---------------------------------------------------
 
-/** A chat message delivered to a device. */
-export interface Msg { t: 'msg'; id: string; from: string; fd: string; to: string; text: string; ts: number }
-export type DeliveryState = 'delivered' | 'failed';
-/** Fate of a message the client sent. */
+/** A chat message delivered to a device. `g` names the group; `seq` orders a group's log. */
+export interface Msg { t: 'msg'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number }
+export type ReceiptState = 'delivered' | 'read' | 'expired';
+/**
+ * A receipt about message `ref` that this user sent: device `bd` of `by` got it,
+ * `by` read it, or it expired undelivered in `by`'s mailbox. Receipts travel
+ * under custody like messages (acked by `id`, from `by`).
+ */
+export interface Receipt { t: 'rcpt'; id: string; ref: string; by: string; bd?: string; s: ReceiptState; ts: number }
+export type DeliveryState = 'delivered' | 'stored' | 'failed';
+/** Fate of a message the client sent: every device acknowledged, durable in the mailbox, or refused. */
 export interface Status { t: 'status'; id: string; s: DeliveryState; code?: Code }
+export type PresenceState = 'online' | 'away' | 'offline';
+export interface Presence { t: 'pres'; user: string; s: PresenceState; last?: number }
+export interface TypingEvent { t: 'typing'; from: string; on: boolean; g?: string }
+export type Response = { t: 'res'; rid: number; ok: true; data?: unknown } | { t: 'res'; rid: number; ok: false; code: Code; message: string };
 export interface Pong { t: 'pong'; n: number }
-export type ServerMessage = Msg | Status | Pong | ErrorMsg | Bye;
+export type ServerMessage = Msg | Receipt | Status | Presence | TypingEvent | Response | Pong | ErrorMsg | Bye;
 
 const KEY = 32;
 
@@ -120,14 +150,36 @@ export function decodeWelcomePayload(v: unknown): WelcomePayload {
   };
 }
 
+/** `to` (a user) or `g` (a group), exactly one. */
+function target(o: Obj): { to: string } | { g: string } {
+  if ((o.to === undefined) === (o.g === undefined)) bad('to', 'exactly one of "to" and "g" is required');
+  return o.to !== undefined ? { to: name(o, 'to') } : { g: name(o, 'g') };
+}
+
+function bool(o: Obj, field: string): boolean {
+  const v = o[field];
+  if (typeof v !== 'boolean') bad(field, 'must be a boolean');
+  return v;
+}
+
 export function decodeClientMessage(v: unknown): ClientMessage {
   const o = obj(v);
   const t = typeOf(o);
   switch (t) {
     case 'send':
-      return { t, id: name(o, 'id'), to: name(o, 'to'), text: str(o, 'text', MAX_TEXT_LENGTH) };
-    case 'ack':
-      return { t, id: name(o, 'id') };
+      return { t, id: name(o, 'id'), text: str(o, 'text', MAX_TEXT_LENGTH), ...target(o) } as Send;
+    case 'ack': {
+      const from = o.from === undefined ? undefined : name(o, 'from');
+      return { t, id: name(o, 'id'), ...(from !== undefined && { from }) };
+    }
+    case 'read':
+      return { t, id: name(o, 'id'), from: name(o, 'from') };
+    case 'typing':
+      return { t, on: bool(o, 'on'), ...target(o) } as Typing;
+    case 'presence':
+      return { t, s: oneOf(o, 's', ['online', 'away'] as const) };
+    case 'req':
+      return { t, rid: int(o, 'rid', 0, 2 ** 32), op: oneOf(o, 'op', REQUEST_OPS), a: o.a === undefined ? {} : obj(o.a, 'a') };
     case 'ping':
       return { t, n: int(o, 'n') };
     case 'finish':
@@ -146,11 +198,34 @@ export function decodeServerMessage(v: unknown): ServerMessage {
   const o = obj(v);
   const t = typeOf(o);
   switch (t) {
-    case 'msg':
-      return { t, id: name(o, 'id'), from: name(o, 'from'), fd: name(o, 'fd', 32), to: name(o, 'to'), text: str(o, 'text', MAX_TEXT_LENGTH), ts: int(o, 'ts') };
+    case 'msg': {
+      const g = o.g === undefined ? undefined : name(o, 'g');
+      const seq = o.seq === undefined ? undefined : int(o, 'seq');
+      return {
+        t, id: name(o, 'id'), from: name(o, 'from'), fd: name(o, 'fd', 32), to: name(o, 'to'), text: str(o, 'text', MAX_TEXT_LENGTH), ts: int(o, 'ts'),
+        ...(g !== undefined && { g }), ...(seq !== undefined && { seq }),
+      };
+    }
+    case 'rcpt': {
+      const bd = o.bd === undefined ? undefined : name(o, 'bd', 32);
+      return { t, id: name(o, 'id'), ref: name(o, 'ref'), by: name(o, 'by'), s: oneOf(o, 's', ['delivered', 'read', 'expired'] as const), ts: int(o, 'ts'), ...(bd !== undefined && { bd }) };
+    }
     case 'status': {
       const c = optCode(o, 'code');
-      return { t, id: name(o, 'id'), s: oneOf(o, 's', ['delivered', 'failed'] as const), ...(c && { code: c }) };
+      return { t, id: name(o, 'id'), s: oneOf(o, 's', ['delivered', 'stored', 'failed'] as const), ...(c && { code: c }) };
+    }
+    case 'pres': {
+      const last = o.last === undefined ? undefined : int(o, 'last');
+      return { t, user: name(o, 'user'), s: oneOf(o, 's', ['online', 'away', 'offline'] as const), ...(last !== undefined && { last }) };
+    }
+    case 'typing': {
+      const g = o.g === undefined ? undefined : name(o, 'g');
+      return { t, from: name(o, 'from'), on: bool(o, 'on'), ...(g !== undefined && { g }) };
+    }
+    case 'res': {
+      const rid = int(o, 'rid', 0, 2 ** 32);
+      if (o.ok === true) return { t, rid, ok: true, ...(o.data !== undefined && { data: o.data }) };
+      return { t, rid, ok: false, code: code(o, 'code'), message: str(o, 'message', 1024) };
     }
     case 'pong':
       return { t, n: int(o, 'n') };

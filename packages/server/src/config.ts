@@ -19,6 +19,24 @@ export interface Limits {
   custodyWindowMs: number;
   maxOutboundBytes: number;
   maxInboxDepth: number;
+  maxDevicesPerUser: number;
+  maxGroupSize: number;
+}
+
+/** Durable mailboxes on JetStream; docs/operations.md says what production needs. */
+export interface MailboxConfig {
+  /** Streams the users are spread over (by a hash of the user id); fixed for the cluster's life. */
+  partitions: number;
+  /** Copies of each stream in a NATS cluster (1 for a single server; 3 in production). */
+  replicas: number;
+  /** Undelivered messages older than this expire and their senders get an `expired` receipt. */
+  retentionMs: number;
+  /** Size cap of each partition stream (bytes); past it stores fail with MAILBOX_FULL. */
+  maxBytesPerPartition: number;
+  /** How often the expiry sweep runs. */
+  sweepIntervalMs: number;
+  /** Mailbox messages in flight to one device during a drain (backpressure). */
+  drainWindow: number;
 }
 
 export interface NodeConfig {
@@ -37,6 +55,7 @@ export interface NodeConfig {
   ticketLifetimeMs: number;
   registration: { mode: 'open' | 'token'; token?: string };
   membership: { heartbeatMs: number; timeoutMs: number };
+  mailbox: MailboxConfig;
   limits: Limits;
   testHooks: boolean;
 }
@@ -51,9 +70,20 @@ export const DEFAULT_LIMITS: Limits = {
   msgRatePerSec: 200,
   msgBurst: 400,
   maxInFlightPerSession: 1024,
-  custodyWindowMs: 10_000,
+  custodyWindowMs: 3_000,
   maxOutboundBytes: 4 * 1024 * 1024,
   maxInboxDepth: 256,
+  maxDevicesPerUser: 8,
+  maxGroupSize: 1024,
+};
+
+export const DEFAULT_MAILBOX: MailboxConfig = {
+  partitions: 4,
+  replicas: 1,
+  retentionMs: 30 * 24 * 3600_000,
+  maxBytesPerPartition: 8 * 1024 ** 3,
+  sweepIntervalMs: 60_000,
+  drainWindow: 256,
 };
 
 type Json = Record<string, unknown>;
@@ -99,6 +129,8 @@ export const ENV_VARS: Record<string, string> = {
   GRAVITAS_SERVER_KEY: 'serverKey',
   GRAVITAS_TICKET_KEYS: 'ticketKeys',
   GRAVITAS_REGISTRATION_TOKEN: 'registration.token',
+  GRAVITAS_MAILBOX_PARTITIONS: 'mailbox.partitions',
+  GRAVITAS_MAILBOX_REPLICAS: 'mailbox.replicas',
 };
 
 /** Command-line flags and the config path each sets. */
@@ -161,7 +193,7 @@ export function loadConfig(src: ConfigSources = {}): NodeConfig {
   return validateConfig(merge(merge(merge(raw, env), flags), src.overrides ?? {}));
 }
 
-const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'limits', 'testHooks']);
+const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'mailbox', 'limits', 'testHooks']);
 
 const KNOWN_NESTED: Record<string, Set<string>> = {
   nats: new Set(['servers', 'token', 'user', 'pass']),
@@ -169,6 +201,7 @@ const KNOWN_NESTED: Record<string, Set<string>> = {
   admin: new Set(['host', 'port', 'token']),
   registration: new Set(['mode', 'token']),
   membership: new Set(['heartbeatMs', 'timeoutMs']),
+  mailbox: new Set(Object.keys(DEFAULT_MAILBOX)),
   limits: new Set(Object.keys(DEFAULT_LIMITS)),
 };
 
@@ -268,6 +301,17 @@ export function validateConfig(raw: Json): NodeConfig {
     custodyWindowMs: int('limits.custodyWindowMs', L.custodyWindowMs, 100, 600_000),
     maxOutboundBytes: int('limits.maxOutboundBytes', L.maxOutboundBytes, 64 * 1024, 1024 ** 3),
     maxInboxDepth: int('limits.maxInboxDepth', L.maxInboxDepth, 1, 100_000),
+    maxDevicesPerUser: int('limits.maxDevicesPerUser', L.maxDevicesPerUser, 1, 64),
+    maxGroupSize: int('limits.maxGroupSize', L.maxGroupSize, 2, 100_000),
+  };
+  const M = DEFAULT_MAILBOX;
+  const mailbox: MailboxConfig = {
+    partitions: int('mailbox.partitions', M.partitions, 1, 1024),
+    replicas: int('mailbox.replicas', M.replicas, 1, 5),
+    retentionMs: int('mailbox.retentionMs', M.retentionMs, 1000, 365 * 24 * 3600_000),
+    maxBytesPerPartition: int('mailbox.maxBytesPerPartition', M.maxBytesPerPartition, 1024 * 1024, 2 ** 50),
+    sweepIntervalMs: int('mailbox.sweepIntervalMs', M.sweepIntervalMs, 100, 3_600_000),
+    drainWindow: int('mailbox.drainWindow', M.drainWindow, 1, 10_000),
   };
 
   const listenHost = string('listen.host', '127.0.0.1', host)!;
@@ -286,6 +330,7 @@ export function validateConfig(raw: Json): NodeConfig {
     ticketLifetimeMs: int('ticketLifetimeMs', 24 * 3600_000, 60_000, MAX_TICKET_LIFETIME_MS),
     registration: { mode: mode === 'open' ? 'open' : 'token' },
     membership: { heartbeatMs: int('membership.heartbeatMs', 1000, 100, 60_000), timeoutMs: int('membership.timeoutMs', 5000, 300, 600_000) },
+    mailbox,
     limits,
     testHooks: bool('testHooks', false),
   };

@@ -1,55 +1,55 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { encodeFrame, ErrorCode, nativeSuite, fromBase64Url, pack, unpack, type Send, type ServerHandshakeContext } from '@gravitas/protocol';
+import {
+  decodeRequestArgs, encodeFrame, ErrorCode, nativeSuite, fromBase64Url, pack, ProtocolError, unpack, type Request, type ServerHandshakeContext,
+} from '@gravitas/protocol';
 import type { NodeConfig } from '../config.js';
 import { Names } from '../subjects.js';
 import type { CellStatus } from '../types.js';
 import { Accounts } from './accounts.js';
+import { Custody } from './custody.js';
 import { Directory, type DeviceLocation } from './directory.js';
+import { ExpirySweeper } from './expiry.js';
+import { Groups } from './groups.js';
 import { HandshakeGuard } from './guard.js';
 import { Membership } from './membership.js';
 import { CellMetrics } from './metrics.js';
+import { Mailbox } from './mailbox.js';
 import { openBuckets } from './nats.js';
-import { Session, type Origin } from './session.js';
+import { PresenceHub } from './presence.js';
+import { Session, type Delivery } from './session.js';
+import { Social } from './social.js';
 import { SpentTickets } from './tickets.js';
-import { decodeEnvelope, type Envelope, type WireMsg } from './envelope.js';
-
-/** A message awaiting acknowledgement from every recipient device. */
-interface Pending {
-  from: string;
-  fd: string;
-  m: WireMsg;
-  /** device → where we sent it, and whether we already retried after a "not here". */
-  remaining: Map<string, { loc: DeviceLocation; retried: boolean }>;
-  acked: number;
-  deadline: number;
-}
-
-const SWEEP_MS = 100;
+import { decodeEnvelope, decodeInvalidation, type Envelope, type Invalidation } from './envelope.js';
 
 /**
  * One cell: a TCP listener, the sessions it accepted, its own NATS connection and
- * inbox subject. Routes a message by direct call when the recipient device is on
- * this cell and by one NATS publish when it is elsewhere.
+ * inbox subject, and the modules that act for those sessions: custody (1:1
+ * messages and receipts), mailboxes, groups, presence and the social graph. An
+ * item reaches a device on this cell by a call and one on another cell by one
+ * NATS publish to that cell's inbox.
  */
 export class Cell {
   readonly metrics: CellMetrics;
   readonly guard: HandshakeGuard;
   readonly handshakeContext: ServerHandshakeContext;
   readonly names: Names;
+  readonly custody: Custody;
   accounts!: Accounts;
   tickets!: SpentTickets;
   directory!: Directory;
   membership!: Membership;
+  mailbox!: Mailbox;
+  social!: Social;
+  presence!: PresenceHub;
+  groups!: Groups;
+  private expiry: ExpirySweeper | undefined;
   private server: Server | undefined;
-  private sub: Subscription | undefined;
+  private readonly subs: Subscription[] = [];
   private readonly sockets = new Set<Socket>();
-  /** Open sessions by `user/device`. */
+  /** Open sessions by `user/device`, and the devices of each user with a session here. */
   private readonly sessions = new Map<string, Session>();
-  private readonly pending = new Map<string, Pending>();
-  /** Messages in flight per sending device (bounded by limits.maxInFlightPerSession). */
-  private readonly inFlight = new Map<string, number>();
-  private sweeper: NodeJS.Timeout | undefined;
+  private readonly byUser = new Map<string, Set<Session>>();
   private draining = false;
   address = '';
   private port = 0;
@@ -64,7 +64,7 @@ export class Cell {
     private readonly previousPort?: number,
   ) {
     this.metrics = new CellMetrics(cellId);
-    this.names = new Names(config.prefix);
+    this.names = new Names(config.prefix, config.mailbox.partitions);
     this.guard = new HandshakeGuard(config.limits.maxHandshakesInFlight, config.limits.cookieThresholdPerSec);
     const [current, previous] = config.ticketKeys.map((k) => ({ id: k.id, key: fromBase64Url(k.key, 32) }));
     this.handshakeContext = {
@@ -74,28 +74,39 @@ export class Cell {
       suite: nativeSuite,
       now: Date.now,
     };
+    this.custody = new Custody(this);
   }
 
   async start(): Promise<void> {
     const b = await openBuckets(this.nc, this.config);
-    this.accounts = new Accounts(b.accounts, this.config.registration);
+    this.accounts = new Accounts(b.accounts, this.config.registration, this.config.limits.maxDevicesPerUser, (user) => this.invalidate({ kind: 'devices', key: user }));
     this.tickets = new SpentTickets(b.tickets);
-    this.sub = this.nc.subscribe(this.names.cellInbox(this.cellId), {
-      callback: (err, msg) => {
-        if (!err) this.onEnvelope(msg.data);
-      },
-    });
+    this.mailbox = new Mailbox(this.nc, this.names, this.config.mailbox);
+    this.social = new Social(this, b.social);
+    this.presence = new PresenceHub(this, b.presence);
+    this.groups = new Groups(this, b.groups);
+    await Promise.all([this.mailbox.start(), this.groups.start()]);
+    this.subs.push(
+      this.nc.subscribe(this.names.cellInbox(this.cellId), { callback: (err, msg) => void (err || this.onEnvelope(msg.data)) }),
+      this.nc.subscribe(this.names.invalidations, { callback: (err, msg) => void (err || this.onInvalidation(msg.data)) }),
+    );
     await this.listen();
     this.membership = new Membership(
       b.cells,
       () => ({ cell: this.cellId, node: this.config.nodeId, address: this.address, sessions: this.sessions.size, lagMs: this.metrics.lagMs(), state: this.draining ? 'draining' : 'up' }),
       this.config.membership.heartbeatMs,
       this.config.membership.timeoutMs,
+      (cell) => this.presence.cellDied(cell),
     );
     this.directory = new Directory(b.directory, (cell) => cell === this.cellId || this.membership.isLive(cell));
     await this.membership.start();
-    this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
-    this.sweeper.unref();
+    this.custody.start();
+    this.presence.start();
+    // One sweeper per node is plenty; sweeps by several are harmless (stores and deletes are idempotent).
+    if (this.index === 0) {
+      this.expiry = new ExpirySweeper(this);
+      this.expiry.start();
+    }
   }
 
   private listen(): Promise<void> {
@@ -142,6 +153,15 @@ export class Cell {
 
   // ---- sessions ---------------------------------------------------------------
 
+  session(user: string, device: string): Session | undefined {
+    return this.sessions.get(`${user}/${device}`);
+  }
+
+  /** Every session of `user` on this cell. */
+  sessionsOf(user: string): Iterable<Session> {
+    return this.byUser.get(user) ?? [];
+  }
+
   async registerSession(s: Session): Promise<void> {
     const key = `${s.user}/${s.device}`;
     const { epoch, replaced } = await this.directory.register(s.user, s.device, this.cellId, this.config.nodeId);
@@ -154,112 +174,157 @@ export class Cell {
     const local = this.sessions.get(key);
     if (local && local !== s) local.bye(ErrorCode.SESSION_REPLACED, 'this device connected again elsewhere');
     this.sessions.set(key, s);
+    let mine = this.byUser.get(s.user);
+    if (!mine) this.byUser.set(s.user, (mine = new Set()));
+    mine.add(s);
     this.metrics.sessions.set(this.sessions.size);
     if (replaced && replaced.cell !== this.cellId) this.publish(replaced.cell, { k: 'kick', user: s.user, dev: s.device, ep: replaced.epoch });
+    // Registered first, then drained: a store that raced with this registration is
+    // followed by a lookup that finds the session and wakes the drain again.
+    this.drainMailbox(s);
+    this.groups.catchUp(s);
+    this.presence.online(s);
   }
 
   detach(s: Session, wasOpen: boolean): void {
     const key = `${s.user}/${s.device}`;
     if (this.sessions.get(key) === s) {
       this.sessions.delete(key);
+      const mine = this.byUser.get(s.user);
+      mine?.delete(s);
+      if (mine?.size === 0) this.byUser.delete(s.user);
       this.metrics.sessions.set(this.sessions.size);
     }
     if (wasOpen && s.registered) {
+      this.presence.offline(s);
+      this.groups.detached(s);
       this.directory.unregister(s.user, s.device, s.epoch).catch((err) => this.log('directory unregister failed', err));
     }
   }
 
-  // ---- routing ----------------------------------------------------------------
+  // ---- mailbox drain ------------------------------------------------------------
 
-  async route(s: Session, m: Send): Promise<void> {
-    const key = `${s.user}/${s.device}/${m.id}`;
-    if (this.pending.has(key)) return; // a re-send of a message still in flight: its status will come
-    const sender = `${s.user}/${s.device}`;
-    const inFlight = this.inFlight.get(sender) ?? 0;
-    if (inFlight >= this.config.limits.maxInFlightPerSession) return s.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.TOO_MANY_IN_FLIGHT });
-    const locs = (await this.directory.lookup(m.to)).filter((l) => !(m.to === s.user && l.device === s.device));
-    if (locs.length === 0) return s.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.RECIPIENT_OFFLINE });
-    const wire: WireMsg = { id: m.id, from: s.user, fd: s.device, to: m.to, text: m.text, ts: Date.now() };
-    const p: Pending = { from: s.user, fd: s.device, m: wire, remaining: new Map(), acked: 0, deadline: Date.now() + this.config.limits.custodyWindowMs };
-    for (const loc of locs) p.remaining.set(loc.device, { loc, retried: false });
-    this.pending.set(key, p);
-    this.inFlight.set(sender, inFlight + 1);
-    for (const loc of locs) this.dispatch(p, loc);
+  /**
+   * Delivers a device's mailbox in order, at most `mailbox.drainWindow` items
+   * unacknowledged at a time. One drain per session; a wake-up during a drain
+   * makes it run once more from where it stopped.
+   */
+  drainMailbox(s: Session): void {
+    const d = s.drain;
+    if (d.running) {
+      d.again = true;
+      return;
+    }
+    d.running = true;
+    void (async () => {
+      try {
+        do {
+          d.again = false;
+          for await (const { item, ref } of this.mailbox.read(s.user, s.device, d.next, this.config.mailbox.drainWindow)) {
+            if (!s.isOpen) return;
+            d.next = ref.seq + 1;
+            if (s.unacked.has(`${item.from}/${item.id}`)) continue; // already in flight on this session
+            await s.windowFor(this.config.mailbox.drainWindow);
+            if (!s.isOpen) return;
+            s.deliverStored(item, ref);
+            this.metrics.deliveries.inc({ path: 'mailbox' });
+          }
+        } while (d.again && s.isOpen);
+      } catch (err) {
+        // NATS away: the items stay in the mailbox; the next connect or wake-up drains them.
+        this.log('mailbox drain failed', err);
+      } finally {
+        d.running = false;
+      }
+    })();
   }
 
-  private dispatch(p: Pending, loc: DeviceLocation): void {
+  /** Tells the cell hosting `loc` that the device's mailbox has new items. */
+  pokeMailbox(loc: DeviceLocation, user: string): void {
     if (loc.cell === this.cellId) {
-      const target = this.sessions.get(`${p.m.to}/${loc.device}`);
-      if (target?.deliver(p.m, { cell: this.cellId, user: p.from, device: p.fd })) this.metrics.deliveries.inc({ path: 'local' });
-      else this.notHere(p, loc.device);
-    } else {
-      this.publish(loc.cell, { k: 'dlv', m: p.m, dev: loc.device, oc: this.cellId });
-      this.metrics.deliveries.inc({ path: 'cross_cell' });
+      const s = this.session(user, loc.device);
+      if (s) this.drainMailbox(s);
+    } else this.publish(loc.cell, { k: 'mbx', user, dev: loc.device });
+  }
+
+  // ---- acknowledgements -----------------------------------------------------------
+
+  /** A device acknowledged something it was given; what that means depends on how it came. */
+  onDeviceAck(s: Session, d: Delivery): void {
+    const item = d.item;
+    switch (d.via) {
+      case 'live': {
+        const key = `${item.from}/${item.fd}/${item.id}`;
+        if (d.origin === this.cellId) this.custody.acked(key, s.user, s.device);
+        else this.publish(d.origin, { k: 'ack', id: item.id, from: item.from, fd: item.fd, u: s.user, dev: s.device });
+        return;
+      }
+      case 'mbox':
+        this.mailbox
+          .remove(d.ref)
+          .then((removed) => {
+            // The sender was told `stored`; now tell it this device has it. Not for the
+            // sender's own devices, nor for receipts (no receipts of receipts).
+            if (removed && item.k === 'm' && item.from !== s.user) return this.custody.receipt(item.from, item.id, s.user, s.device, 'delivered');
+          })
+          .catch((err) => this.log('mailbox ack failed', err));
+        return;
+      case 'group':
+        this.groups.acked(s, d.item);
     }
   }
 
-  /** The device was not where the directory said: look again once, then give up on it. */
-  private notHere(p: Pending, device: string): void {
-    const r = p.remaining.get(device);
-    if (!r) return;
-    if (r.retried) {
-      p.remaining.delete(device);
-      return this.settleIfDone(p);
+  // ---- requests -----------------------------------------------------------------
+
+  /** A `req` from a session: validated here, answered with `res` carrying the same rid. */
+  async request(s: Session, m: Request): Promise<void> {
+    try {
+      const args = decodeRequestArgs(m.op, m.a);
+      const [area] = m.op.split('.');
+      let data: unknown;
+      if (area === 'contacts' || area === 'prefs') data = await this.social.handle(s, m.op, args);
+      else if (area === 'groups') data = await this.groups.handle(s, m.op, args);
+      else data = await this.devices(s, m.op, args);
+      s.send({ t: 'res', rid: m.rid, ok: true, ...(data !== undefined && { data }) });
+    } catch (err) {
+      const pe = err instanceof ProtocolError ? err : undefined;
+      if (!pe) this.log(`request ${m.op} failed`, err);
+      s.send({ t: 'res', rid: m.rid, ok: false, code: pe?.code ?? ErrorCode.BUSY, message: pe?.message ?? 'the request could not be completed now' });
     }
-    r.retried = true;
-    this.directory.invalidate(p.m.to);
-    this.directory
-      .lookup(p.m.to, true)
-      .then((locs) => {
-        const loc = locs.find((l) => l.device === device);
-        if (loc && (loc.cell !== r.loc.cell || loc.epoch !== r.loc.epoch)) {
-          r.loc = loc;
-          this.dispatch(p, loc);
-        } else this.notHere(p, device);
-      })
-      .catch(() => this.notHere(p, device));
   }
 
-  ackToOrigin(origin: Origin, id: string, byUser: string, byDevice: string): void {
-    if (origin.cell === this.cellId) this.onAck(origin.user, origin.device, id, byDevice);
-    else this.publish(origin.cell, { k: 'ack', id, from: origin.user, fd: origin.device, to: byUser, dev: byDevice });
-  }
-
-  private onAck(from: string, fd: string, id: string, byDevice: string): void {
-    const p = this.pending.get(`${from}/${fd}/${id}`);
-    if (!p || !p.remaining.delete(byDevice)) return;
-    p.acked++;
-    this.settleIfDone(p);
-  }
-
-  private settleIfDone(p: Pending): void {
-    if (p.remaining.size > 0) return;
-    this.settle(p, p.acked > 0 ? 'delivered' : 'failed', p.acked > 0 ? undefined : ErrorCode.RECIPIENT_OFFLINE);
-  }
-
-  private settle(p: Pending, state: 'delivered' | 'failed', code?: ErrorCode): void {
-    this.pending.delete(`${p.from}/${p.fd}/${p.m.id}`);
-    const key = `${p.from}/${p.fd}`;
-    const n = (this.inFlight.get(key) ?? 1) - 1;
-    if (n > 0) this.inFlight.set(key, n);
-    else this.inFlight.delete(key);
-    const sender = this.sessions.get(key);
-    sender?.send({ t: 'status', id: p.m.id, s: state, ...(code && { code }) });
-  }
-
-  /** Pending entries are in deadline order (one window for all), so the sweep stops at the first live one. */
-  private sweep(): void {
-    const now = Date.now();
-    for (const p of this.pending.values()) {
-      if (p.deadline > now) break;
-      this.settle(p, 'failed', ErrorCode.DELIVERY_TIMEOUT);
-    }
+  private async devices(s: Session, op: string, args: unknown): Promise<unknown> {
+    if (op === 'devices.list') return { devices: await this.accounts.deviceList(s.user) };
+    const { device } = args as { device: string };
+    await this.accounts.removeDevice(s.user, device);
+    await this.mailbox.purgeDevice(s.user, device);
+    // Its sessions end now, wherever they are.
+    const locs = await this.directory.lookup(s.user, true);
+    for (const l of locs) if (l.device === device) this.publish(l.cell, { k: 'kick', user: s.user, dev: device, ep: Number.MAX_SAFE_INTEGER });
+    return undefined;
   }
 
   // ---- NATS -------------------------------------------------------------------
 
-  private publish(cell: string, e: Envelope): void {
+  publish(cell: string, e: Envelope): void {
     this.nc.publish(this.names.cellInbox(cell), pack(e));
+  }
+
+  /** Tells every cell of the cluster (this one included) that a cached record changed. */
+  invalidate(i: Invalidation): void {
+    this.nc.publish(this.names.invalidations, pack(i));
+  }
+
+  private onInvalidation(data: Uint8Array): void {
+    let i: Invalidation;
+    try {
+      i = decodeInvalidation(unpack(data));
+    } catch {
+      return;
+    }
+    if (i.kind === 'devices') this.accounts.invalidate(i.key);
+    else if (i.kind === 'social') this.social.invalidate(i.key);
+    else this.groups.invalidate(i.key);
   }
 
   private onEnvelope(data: Uint8Array): void {
@@ -272,24 +337,28 @@ export class Cell {
     }
     switch (e.k) {
       case 'dlv': {
-        const target = this.sessions.get(`${e.m.to}/${e.dev}`);
-        if (!target?.deliver(e.m, { cell: e.oc, user: e.m.from, device: e.m.fd })) {
-          this.publish(e.oc, { k: 'nh', id: e.m.id, from: e.m.from, fd: e.m.fd, dev: e.dev });
-        }
+        const target = this.session(e.u, e.dev);
+        if (!target?.deliverLive(e.m, e.oc)) this.publish(e.oc, { k: 'nh', id: e.m.id, from: e.m.from, fd: e.m.fd, u: e.u, dev: e.dev });
         return;
       }
       case 'ack':
-        return this.onAck(e.from, e.fd, e.id, e.dev);
-      case 'nh': {
-        const p = this.pending.get(`${e.from}/${e.fd}/${e.id}`);
-        if (p) this.notHere(p, e.dev);
-        return;
-      }
+        return this.custody.acked(`${e.from}/${e.fd}/${e.id}`, e.u, e.dev);
+      case 'nh':
+        return this.custody.notHereFor(`${e.from}/${e.fd}/${e.id}`, e.u, e.dev);
       case 'kick': {
-        const s = this.sessions.get(`${e.user}/${e.dev}`);
-        if (s && s.epoch <= e.ep) s.bye(ErrorCode.SESSION_REPLACED, 'this device connected again elsewhere');
+        const s = this.session(e.user, e.dev);
+        if (s && s.epoch <= e.ep) s.bye(ErrorCode.SESSION_REPLACED, e.ep === Number.MAX_SAFE_INTEGER ? 'this device was removed from the account' : 'this device connected again elsewhere');
         return;
       }
+      case 'mbx': {
+        const s = this.session(e.user, e.dev);
+        if (s) this.drainMailbox(s);
+        return;
+      }
+      case 'gdlv':
+        return this.groups.onDelivery(e.m, e.to);
+      case 'typ':
+        return this.presence.onTyping(e);
     }
   }
 
@@ -308,9 +377,12 @@ export class Cell {
     });
     for (const socket of this.sockets) socket.end();
     await Promise.race([Promise.all(leaving), new Promise((r) => setTimeout(r, 5000))]);
-    clearInterval(this.sweeper);
+    this.custody.stop();
+    this.expiry?.stop();
+    this.presence.stop();
+    await this.groups.stop();
     await this.membership?.stop(this.cellId);
-    this.sub?.unsubscribe();
+    for (const sub of this.subs) sub.unsubscribe();
     this.metrics.stop();
   }
 }

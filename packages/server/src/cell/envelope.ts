@@ -1,39 +1,98 @@
-import { isName, MAX_TEXT_LENGTH } from '@gravitas/protocol';
+import { isName, MAX_TEXT_LENGTH, type Msg, type Receipt, type ReceiptState } from '@gravitas/protocol';
 
-/** A chat message as it travels between cells. */
-export interface WireMsg { id: string; from: string; fd: string; to: string; text: string; ts: number }
+/*
+ * What travels between cells (core NATS) and into mailboxes (JetStream): items
+ * under custody, and the envelopes that carry them. All msgpack; every decoder
+ * checks shapes, because a bad envelope must never crash a cell.
+ */
 
-/** Messages on a cell's inbox subject (msgpack, discriminated on `k`). */
+/** A chat message under custody. `g`/`seq`: a group message and its place in the group's log. */
+export interface ChatItem { k: 'm'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number }
+/**
+ * A receipt under custody, addressed to `to` (who sent message `ref`): `from` is the
+ * user it is about, `fd` its device (or '_' for a user-level read/expired receipt).
+ */
+export interface ReceiptItem { k: 'r'; id: string; from: string; fd: string; to: string; ref: string; s: ReceiptState; ts: number }
+export type Item = ChatItem | ReceiptItem;
+
+/** A receipt about a whole user rather than one device. */
+export const ANY_DEVICE = '_';
+
+/** Where a delivered item came from, so the device's ack can find its way back. */
+export interface Origin { cell: string; user: string; device: string }
+
+/** Messages on a cell's inbox subject (discriminated on `k`). */
 export type Envelope =
-  | { k: 'dlv'; m: WireMsg; dev: string; oc: string } // deliver to device; oc = origin cell
-  | { k: 'ack'; id: string; from: string; fd: string; to: string; dev: string } // device `to/dev` acknowledged
-  | { k: 'nh'; id: string; from: string; fd: string; dev: string } // "not here": the device has no session on this cell
-  | { k: 'kick'; user: string; dev: string; ep: number }; // a newer session of the device exists
+  | { k: 'dlv'; m: Item; u: string; dev: string; oc: string } // deliver to device `u/dev`; oc = origin cell holding custody
+  | { k: 'ack'; id: string; from: string; fd: string; u: string; dev: string } // device `u/dev` acknowledged item from/fd/id
+  | { k: 'nh'; id: string; from: string; fd: string; u: string; dev: string } // "not here": device `u/dev` has no session on this cell
+  | { k: 'kick'; user: string; dev: string; ep: number } // a newer session of the device exists
+  | { k: 'mbx'; user: string; dev: string } // the device's mailbox has new items: drain again
+  | { k: 'gdlv'; m: ChatItem; to: Array<[string, string]> } // a group message for these (user, device) sessions
+  | { k: 'typ'; from: string; to: string; on: boolean; g?: string }; // typing indicator for every session of `to`
 
+/** Envelope on the invalidations subject: a cached record changed. */
+export interface Invalidation { kind: 'devices' | 'social' | 'group'; key: string }
+
+type O = Record<string, unknown>;
 const s = (v: unknown): v is string => typeof v === 'string';
 const n = (v: unknown): v is string => typeof v === 'string' && isName(v, 128);
+const num = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+const RECEIPT_STATES = new Set(['delivered', 'read', 'expired']);
 
-/** Envelopes come from other cells of the cluster; still, a bad one must never crash a cell. */
+export function toClient(i: Item): Msg | Receipt {
+  if (i.k === 'r') return { t: 'rcpt', id: i.id, ref: i.ref, by: i.from, s: i.s, ts: i.ts, ...(i.fd !== ANY_DEVICE && { bd: i.fd }) };
+  return { t: 'msg', id: i.id, from: i.from, fd: i.fd, to: i.to, text: i.text, ts: i.ts, ...(i.g !== undefined && { g: i.g }), ...(i.seq !== undefined && { seq: i.seq }) };
+}
+
+export function decodeItem(v: unknown): Item {
+  const m = v as O;
+  if (typeof m === 'object' && m && n(m.id) && n(m.from) && n(m.fd) && n(m.to) && num(m.ts)) {
+    if (m.k === 'm' && s(m.text) && m.text.length <= MAX_TEXT_LENGTH && (m.g === undefined || n(m.g)) && (m.seq === undefined || num(m.seq))) {
+      return { k: 'm', id: m.id, from: m.from, fd: m.fd, to: m.to, text: m.text, ts: m.ts, ...(m.g !== undefined && { g: m.g as string }), ...(m.seq !== undefined && { seq: m.seq as number }) };
+    }
+    if (m.k === 'r' && n(m.ref) && s(m.s) && RECEIPT_STATES.has(m.s)) {
+      return { k: 'r', id: m.id, from: m.from, fd: m.fd, to: m.to, ref: m.ref, s: m.s as ReceiptState, ts: m.ts };
+    }
+  }
+  throw new TypeError('malformed item');
+}
+
 export function decodeEnvelope(v: unknown): Envelope {
-  const o = v as Record<string, unknown>;
+  const o = v as O;
   if (typeof o !== 'object' || o === null) throw new TypeError('envelope must be a map');
   switch (o.k) {
-    case 'dlv': {
-      const m = o.m as Record<string, unknown>;
-      if (typeof m === 'object' && m && n(m.id) && n(m.from) && n(m.fd) && n(m.to) && s(m.text) && m.text.length <= MAX_TEXT_LENGTH && typeof m.ts === 'number' && n(o.dev) && n(o.oc)) {
-        return { k: 'dlv', m: { id: m.id, from: m.from, fd: m.fd, to: m.to, text: m.text, ts: m.ts }, dev: o.dev, oc: o.oc };
+    case 'dlv':
+      if (n(o.u) && n(o.dev) && n(o.oc)) return { k: 'dlv', m: decodeItem(o.m), u: o.u, dev: o.dev, oc: o.oc };
+      break;
+    case 'ack':
+    case 'nh':
+      if (n(o.id) && n(o.from) && n(o.fd) && n(o.u) && n(o.dev)) return { k: o.k, id: o.id, from: o.from, fd: o.fd, u: o.u, dev: o.dev };
+      break;
+    case 'kick':
+      if (n(o.user) && n(o.dev) && num(o.ep)) return { k: 'kick', user: o.user, dev: o.dev, ep: o.ep };
+      break;
+    case 'mbx':
+      if (n(o.user) && n(o.dev)) return { k: 'mbx', user: o.user, dev: o.dev };
+      break;
+    case 'gdlv': {
+      const item = decodeItem(o.m);
+      if (item.k === 'm' && Array.isArray(o.to) && o.to.every((p) => Array.isArray(p) && p.length === 2 && n(p[0]) && n(p[1]))) {
+        return { k: 'gdlv', m: item, to: o.to as Array<[string, string]> };
       }
       break;
     }
-    case 'ack':
-      if (n(o.id) && n(o.from) && n(o.fd) && n(o.to) && n(o.dev)) return { k: 'ack', id: o.id, from: o.from, fd: o.fd, to: o.to, dev: o.dev };
-      break;
-    case 'nh':
-      if (n(o.id) && n(o.from) && n(o.fd) && n(o.dev)) return { k: 'nh', id: o.id, from: o.from, fd: o.fd, dev: o.dev };
-      break;
-    case 'kick':
-      if (n(o.user) && n(o.dev) && typeof o.ep === 'number') return { k: 'kick', user: o.user, dev: o.dev, ep: o.ep };
+    case 'typ':
+      if (n(o.from) && n(o.to) && typeof o.on === 'boolean' && (o.g === undefined || n(o.g))) {
+        return { k: 'typ', from: o.from, to: o.to, on: o.on, ...(o.g !== undefined && { g: o.g as string }) };
+      }
       break;
   }
   throw new TypeError(`malformed envelope of kind ${String(o.k)}`);
+}
+
+export function decodeInvalidation(v: unknown): Invalidation {
+  const o = v as O;
+  if (typeof o === 'object' && o && (o.kind === 'devices' || o.kind === 'social' || o.kind === 'group') && n(o.key)) return { kind: o.kind, key: o.key };
+  throw new TypeError('malformed invalidation');
 }

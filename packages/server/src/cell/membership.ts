@@ -20,6 +20,7 @@ export interface CellInfo {
 export class Membership {
   private readonly seen = new Map<string, { info: CellInfo; at: number }>();
   private hb: NodeJS.Timeout | undefined;
+  private reaper: NodeJS.Timeout | undefined;
   private watcher: { stop(): void } | undefined;
 
   constructor(
@@ -27,6 +28,8 @@ export class Membership {
     private readonly self: () => CellInfo,
     private readonly heartbeatMs: number,
     private readonly timeoutMs: number,
+    /** Called once for each cell that left or fell silent (presence turns its users offline). */
+    private readonly onGone: (cell: string) => void = () => undefined,
   ) {}
 
   async start(): Promise<void> {
@@ -41,11 +44,22 @@ export class Membership {
           } catch {
             // a foreign writer; ignore the entry
           }
-        } else this.seen.delete(e.key);
+        } else if (this.seen.delete(e.key)) this.onGone(e.key);
       }
     })();
     this.hb = setInterval(() => void this.beat().catch(() => undefined), this.heartbeatMs);
     this.hb.unref();
+    this.reaper = setInterval(() => this.reap(), this.heartbeatMs);
+    this.reaper.unref();
+  }
+
+  private reap(): void {
+    const now = Date.now();
+    for (const [cell, s] of this.seen) {
+      if (now - s.at <= this.timeoutMs) continue;
+      this.seen.delete(cell);
+      this.onGone(cell);
+    }
   }
 
   private async beat(): Promise<void> {
@@ -66,6 +80,7 @@ export class Membership {
   /** Leave at once (graceful stop): others see the delete instead of waiting for the timeout. */
   async stop(cellId: string): Promise<void> {
     clearInterval(this.hb);
+    clearInterval(this.reaper);
     this.watcher?.stop();
     await this.kv.delete(cellId).catch(() => undefined);
   }

@@ -26,6 +26,8 @@ export class CellMetrics {
   readonly protocolErrors = new Counter({ name: 'gravitas_protocol_errors_total', help: 'Error frames sent to clients by code', labelNames: ['code'] as const, registers: [this.registry] });
   readonly eventLoopLag = new Gauge({ name: 'gravitas_event_loop_lag_seconds', help: 'Event-loop delay p99 over the last interval, per cell', labelNames: ['cell'] as const, registers: [this.registry] });
   readonly natsReconnects = new Counter({ name: 'gravitas_nats_reconnects_total', help: 'Reconnects of the cell NATS connection', registers: [this.registry] });
+  readonly mailboxStores = new Counter({ name: 'gravitas_mailbox_stores_total', help: 'Items written to device mailboxes (JetStream acknowledged)', registers: [this.registry] });
+  readonly mailboxExpired = new Counter({ name: 'gravitas_mailbox_expired_total', help: 'Undelivered mailbox items expired by retention', registers: [this.registry] });
   readonly cookiesSent = new Counter({ name: 'gravitas_handshake_cookies_total', help: 'Cookie challenges sent under handshake load', registers: [this.registry] });
 
   private readonly loop = monitorEventLoopDelay({ resolution: 10 });

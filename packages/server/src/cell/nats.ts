@@ -9,6 +9,9 @@ export interface Buckets {
   directory: KV;
   accounts: KV;
   tickets: KV;
+  social: KV;
+  presence: KV;
+  groups: KV;
 }
 
 /** How long a starting cell keeps trying to reach NATS before it gives up with NATS_UNAVAILABLE. */
@@ -47,14 +50,17 @@ export async function connectNats(cfg: NodeConfig, name: string): Promise<NatsCo
 export async function openBuckets(nc: NatsConnection, cfg: NodeConfig): Promise<Buckets> {
   const kvm = new Kvm(nc);
   const n = new Names(cfg.prefix);
-  const [cells, directory, accounts, tickets] = await Promise.all([
+  const [cells, directory, accounts, tickets, social, presence, groups] = await Promise.all([
     kvm.create(n.cellsBucket, { history: 1, ttl: cfg.membership.timeoutMs * 2 }),
     kvm.create(n.directoryBucket, { history: 1 }),
     kvm.create(n.accountsBucket, { history: 1 }),
     // Spent tickets only need to be remembered while the ticket could still be valid.
     kvm.create(n.ticketsBucket, { history: 1, ttl: cfg.ticketLifetimeMs + 60_000 }),
+    kvm.create(n.socialBucket, { history: 1, replicas: cfg.mailbox.replicas }),
+    kvm.create(n.presenceBucket, { history: 1 }),
+    kvm.create(n.groupsBucket, { history: 1, replicas: cfg.mailbox.replicas }),
   ]);
-  return { cells, directory, accounts, tickets };
+  return { cells, directory, accounts, tickets, social, presence, groups };
 }
 
 /** JetStream "wrong last sequence": an optimistic-concurrency (create/update) conflict. */

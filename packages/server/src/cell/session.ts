@@ -4,12 +4,20 @@ import {
   type ClientMessage, type ErrorCode as Code, type SecureChannel, type ServerMessage,
 } from '@gravitas/protocol';
 import type { Cell } from './cell.js';
-import type { WireMsg } from './envelope.js';
+import { toClient, type ChatItem, type Item } from './envelope.js';
+import type { StoredRef } from './mailbox.js';
 
 type State = 'handshake' | 'working' | 'confirming' | 'open' | 'closed';
 
-/** Where a delivered message came from, so the device's ack can find its way back. */
-export interface Origin { cell: string; user: string; device: string }
+/**
+ * An item written to this device and not yet acknowledged, and how it came: live
+ * (custody held by cell `origin`), from the mailbox (delete `ref` on ack), or from
+ * a group's log (advance the device's cursor on ack).
+ */
+export type Delivery =
+  | { via: 'live'; item: Item; origin: string }
+  | { via: 'mbox'; item: Item; ref: StoredRef }
+  | { via: 'group'; item: ChatItem };
 
 type Command = { k: 'register' } | { k: 'client'; m: ClientMessage };
 
@@ -35,8 +43,15 @@ export class Session {
   private handshakeTimer: NodeJS.Timeout | undefined;
   private tokens: number;
   private tokensAt = Date.now();
-  /** Delivered but not yet acknowledged: id → origin. Bounded; oldest dropped. */
-  readonly unacked = new Map<string, Origin>();
+  /**
+   * Delivered but not yet acknowledged, by `from/id`. Bounded: the oldest is
+   * forgotten, which only means its ack no longer counts (custody stores it, a
+   * drain delivers it again, the client drops the duplicate).
+   */
+  readonly unacked = new Map<string, Delivery>();
+  /** State of this device's mailbox drain (Cell.drainMailbox). */
+  readonly drain = { running: false, again: false, next: 1, inFlight: 0 };
+  private windowWaiters: Array<() => void> = [];
   user = '';
   device = '';
   epoch = 0;
@@ -192,20 +207,31 @@ export class Session {
         if (!this.takeToken()) return this.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.RATE_LIMITED });
         this.cell.metrics.messagesIn.inc();
         try {
-          return await this.cell.route(this, m);
+          return await (m.g !== undefined ? this.cell.groups.send(this, m) : this.cell.custody.submit(this, m));
         } catch (err) {
-          // The directory is unreachable (NATS away): this message failed, the session lives on.
-          this.cell.log('routing failed', err);
-          return this.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.BUSY });
+          // NATS away or a store refused: this message failed (the SDK retries), the session lives on.
+          const pe = err instanceof ProtocolError ? err : undefined;
+          if (!pe) this.cell.log('routing failed', err);
+          return this.send({ t: 'status', id: m.id, s: 'failed', code: pe?.code ?? ErrorCode.BUSY });
         }
       case 'ack': {
-        const origin = this.unacked.get(m.id);
-        if (origin) {
-          this.unacked.delete(m.id);
-          this.cell.ackToOrigin(origin, m.id, this.user, this.device);
+        const key = `${m.from}/${m.id}`;
+        const d = this.unacked.get(key);
+        if (d) {
+          this.unacked.delete(key);
+          if (d.via === 'mbox') this.releaseWindow();
+          this.cell.onDeviceAck(this, d);
         }
         return;
       }
+      case 'read':
+        return this.cell.custody.read(this, m);
+      case 'typing':
+        return this.cell.presence.typing(this, m);
+      case 'presence':
+        return this.cell.presence.set(this, m.s);
+      case 'req':
+        return this.cell.request(this, m);
       case 'ping':
         return this.send({ t: 'pong', n: m.n });
       case 'bye':
@@ -223,14 +249,62 @@ export class Session {
     return true;
   }
 
-  /** Writes a chat message to the device. False if the device cannot take it now. */
-  deliver(m: WireMsg, origin: Origin): boolean {
-    if (this.state !== 'open' || this.socket.writableLength > this.cell.config.limits.maxOutboundBytes) return false;
-    if (this.unacked.size >= this.cell.config.limits.maxInFlightPerSession * 4) this.unacked.delete(this.unacked.keys().next().value!);
-    this.unacked.set(m.id, origin);
-    this.send({ t: 'msg', ...m });
+  /**
+   * Can the device take one more item? A device that stopped reading is cut with
+   * SLOW_CONSUMER once its unread bytes pass limits.maxOutboundBytes: memory stays
+   * bounded, and what it did not acknowledge goes to its mailbox.
+   */
+  private writable(): boolean {
+    if (this.state !== 'open') return false;
+    if (this.socket.writableLength <= this.cell.config.limits.maxOutboundBytes) return true;
+    this.fail(new ProtocolError(ErrorCode.SLOW_CONSUMER, 'the connection is not reading what it is sent'));
+    return false;
+  }
+
+  private track(d: Delivery): void {
+    const key = `${d.item.from}/${d.item.id}`;
+    if (this.unacked.size >= this.cell.config.limits.maxInFlightPerSession * 4 && !this.unacked.has(key)) {
+      const [oldKey, old] = this.unacked.entries().next().value!;
+      this.unacked.delete(oldKey);
+      if (old.via === 'mbox') this.releaseWindow();
+    }
+    this.unacked.set(key, d);
+    this.send(toClient(d.item));
     this.cell.metrics.messagesOut.inc();
+  }
+
+  /** Writes an item whose custody cell `origin` holds. False if the device cannot take it now. */
+  deliverLive(item: Item, origin: string): boolean {
+    if (!this.writable()) return false;
+    this.track({ via: 'live', item, origin });
     return true;
+  }
+
+  /** Writes an item from this device's mailbox (the drain keeps within its window). */
+  deliverStored(item: Item, ref: StoredRef): void {
+    if (!this.writable()) return;
+    this.drain.inFlight++;
+    this.track({ via: 'mbox', item, ref });
+  }
+
+  /** Writes a group message (its log holds custody). False if the device cannot take it now. */
+  deliverGroup(item: ChatItem): boolean {
+    if (!this.writable()) return false;
+    this.track({ via: 'group', item });
+    return true;
+  }
+
+  /** Resolves when fewer than `window` mailbox items are unacknowledged (or the session ended). */
+  windowFor(window: number): Promise<void> {
+    if (this.drain.inFlight < window || this.state === 'closed') return Promise.resolve();
+    return new Promise((resolve) => this.windowWaiters.push(resolve));
+  }
+
+  private releaseWindow(): void {
+    this.drain.inFlight--;
+    const waiters = this.windowWaiters;
+    this.windowWaiters = [];
+    for (const w of waiters) w();
   }
 
   send(m: ServerMessage): void {
@@ -273,6 +347,8 @@ export class Session {
     this.state = 'closed';
     clearTimeout(this.handshakeTimer);
     this.inbox.length = 0;
+    for (const w of this.windowWaiters) w();
+    this.windowWaiters = [];
     this.socket.end();
     // Give the last frame a moment to leave, then make sure the descriptor is freed.
     setTimeout(() => this.socket.destroy(), 1000).unref();

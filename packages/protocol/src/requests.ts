@@ -1,0 +1,77 @@
+import type { RequestOp } from './messages.js';
+import { bad, isObj, name, oneOf, str, type Obj } from './validate.js';
+
+/** Who may see a user's presence. */
+export type PresenceVisibility = 'contacts' | 'nobody';
+export interface Prefs { readReceipts: boolean; presence: PresenceVisibility }
+
+/** Arguments of each request operation, after validation. */
+export interface RequestArgs {
+  'contacts.list': Record<string, never>;
+  'contacts.add': { user: string };
+  'contacts.remove': { user: string };
+  'contacts.block': { user: string };
+  'contacts.unblock': { user: string };
+  'prefs.get': Record<string, never>;
+  'prefs.set': Partial<Prefs>;
+  'devices.list': Record<string, never>;
+  'devices.remove': { device: string };
+  'groups.list': Record<string, never>;
+  'groups.create': { name: string; members: string[] };
+  'groups.info': { g: string };
+  'groups.add': { g: string; users: string[] };
+  'groups.remove': { g: string; users: string[] };
+  'groups.admin': { g: string; user: string; on: boolean };
+  'groups.leave': { g: string };
+}
+
+/** Users named in one request (a group's initial members, users to add): at most this many. */
+export const MAX_USERS_PER_REQUEST = 1024;
+export const MAX_GROUP_NAME_LENGTH = 128;
+
+function users(o: Obj, field: string): string[] {
+  const v = o[field];
+  if (!Array.isArray(v)) bad(field, 'must be a list of user names');
+  if (v.length > MAX_USERS_PER_REQUEST) bad(field, `may list at most ${MAX_USERS_PER_REQUEST} users`);
+  const out = new Set<string>();
+  v.forEach((u, i) => out.add(name({ [`${field}[${i}]`]: u }, `${field}[${i}]`)));
+  return [...out];
+}
+
+function flag(o: Obj, field: string): boolean {
+  const v = o[field];
+  if (typeof v !== 'boolean') bad(field, 'must be a boolean');
+  return v;
+}
+
+const none = (): Record<string, never> => ({});
+const user = (a: Obj) => ({ user: name(a, 'user') });
+const group = (a: Obj) => ({ g: name(a, 'g') });
+
+const DECODERS: { [K in RequestOp]: (a: Obj) => RequestArgs[K] } = {
+  'contacts.list': none,
+  'contacts.add': user,
+  'contacts.remove': user,
+  'contacts.block': user,
+  'contacts.unblock': user,
+  'prefs.get': none,
+  'prefs.set': (a) => ({
+    ...(a.readReceipts !== undefined && { readReceipts: flag(a, 'readReceipts') }),
+    ...(a.presence !== undefined && { presence: oneOf(a, 'presence', ['contacts', 'nobody'] as const) }),
+  }),
+  'devices.list': none,
+  'devices.remove': (a) => ({ device: name(a, 'device', 32) }),
+  'groups.list': none,
+  'groups.create': (a) => ({ name: str(a, 'name', MAX_GROUP_NAME_LENGTH, 1), members: a.members === undefined ? [] : users(a, 'members') }),
+  'groups.info': group,
+  'groups.add': (a) => ({ ...group(a), users: users(a, 'users') }),
+  'groups.remove': (a) => ({ ...group(a), users: users(a, 'users') }),
+  'groups.admin': (a) => ({ ...group(a), user: name(a, 'user'), on: flag(a, 'on') }),
+  'groups.leave': group,
+};
+
+/** Validates the arguments of a `req`; throws BAD_MESSAGE naming the field. */
+export function decodeRequestArgs<K extends RequestOp>(op: K, a: unknown): RequestArgs[K] {
+  if (!isObj(a)) bad('a', 'must be a map');
+  return DECODERS[op](a);
+}

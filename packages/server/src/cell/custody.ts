@@ -1,0 +1,306 @@
+import { randomBytes } from 'node:crypto';
+import { ErrorCode, ProtocolError, type ErrorCode as Code, type Read, type Send } from '@gravitas/protocol';
+import type { Cell } from './cell.js';
+import type { DeviceLocation } from './directory.js';
+import { ANY_DEVICE, type ChatItem, type Item, type ReceiptItem } from './envelope.js';
+import type { StoredRef } from './mailbox.js';
+import type { Session } from './session.js';
+import { TtlCache } from './ttl-cache.js';
+
+/** One device an item must reach, and how far it got. */
+interface Target {
+  user: string;
+  device: string;
+  loc: DeviceLocation | undefined;
+  retried: boolean;
+  state: 'live' | 'storing' | 'done';
+  /** It acknowledged while its mailbox copy was being written: that copy is deleted once written. */
+  ackedWhileStoring: boolean;
+}
+
+/** An item under this cell's custody: it is settled when every target device acked it or holds it in its mailbox. */
+interface Pending {
+  key: string;
+  item: Item;
+  /** The sending device that gets the `status` (none for receipts the server generates). */
+  sender: { user: string; device: string } | undefined;
+  targets: Map<string, Target>;
+  open: number;
+  stored: number;
+  deadline: number;
+  failure: Code | undefined;
+}
+
+const SWEEP_MS = 100;
+/** Final statuses remembered to answer re-sends without routing them again. */
+const SETTLED_MAX = 100_000;
+const SETTLED_TTL_MS = 10 * 60_000;
+/** Stored copies of items whose devices were online but silent: a late ack still deletes them. */
+const LATE_MAX = 100_000;
+const LATE_TTL_MS = 10 * 60_000;
+
+const tkey = (user: string, device: string): string => `${user}/${device}`;
+
+/** Ids of items the server creates (receipts): time-ordered, unique. */
+export function serverItemId(prefix: string): string {
+  return `${prefix}${Date.now().toString(36)}${randomBytes(8).toString('base64url')}`;
+}
+
+/**
+ * The custody protocol of one cell (docs/architecture.md, "Custody"). An item
+ * accepted from a sender fans out to every registered device of the recipient and
+ * to the sender's other devices. Online devices get it live (a call or one NATS
+ * publish); offline ones, and online ones that do not acknowledge within the
+ * custody window, get it in their mailbox (JetStream). The sender hears
+ * `delivered` when every device acknowledged, `stored` when the rest are durable.
+ * Until then the SDK keeps the message and re-sends it after a reconnect; a
+ * re-send is matched to the pending or settled entry by (sender, device, id).
+ */
+export class Custody {
+  private readonly pending = new Map<string, Pending>();
+  private readonly settled = new TtlCache<string, { s: 'delivered' | 'stored' | 'failed'; code?: Code }>(SETTLED_MAX, SETTLED_TTL_MS);
+  private readonly late = new TtlCache<string, StoredRef>(LATE_MAX, LATE_TTL_MS);
+  /** Messages in flight per sending device (bounded by limits.maxInFlightPerSession). */
+  private readonly inFlight = new Map<string, number>();
+  /** Users whose mailbox got items this tick: looked up once afterwards to wake their drains. */
+  private readonly recheck = new Set<string>();
+  private recheckScheduled = false;
+  private sweeper: NodeJS.Timeout | undefined;
+
+  constructor(private readonly cell: Cell) {}
+
+  start(): void {
+    this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
+    this.sweeper.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.sweeper);
+  }
+
+  get pendingCount(): number {
+    return this.pending.size;
+  }
+
+  // ---- accepting --------------------------------------------------------------
+
+  /** A chat message from a session, to a user. */
+  async submit(s: Session, m: Send & { to: string }): Promise<void> {
+    const key = `${s.user}/${s.device}/${m.id}`;
+    if (this.pending.has(key)) return; // a re-send of a message still in flight: its status will come
+    const done = this.settled.get(key);
+    if (done) return s.send({ t: 'status', id: m.id, ...done });
+    const sender = tkey(s.user, s.device);
+    const inFlight = this.inFlight.get(sender) ?? 0;
+    if (inFlight >= this.cell.config.limits.maxInFlightPerSession) return s.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.TOO_MANY_IN_FLIGHT });
+    const item: ChatItem = { k: 'm', id: m.id, from: s.user, fd: s.device, to: m.to, text: m.text, ts: Date.now() };
+    // Refusal and non-existence look the same to the sender: UNDELIVERABLE reveals nothing.
+    const [recipients, own, refused] = await Promise.all([
+      this.cell.accounts.devices(m.to),
+      m.to === s.user ? Promise.resolve([]) : this.cell.accounts.devices(s.user),
+      this.cell.social.refuses(m.to, s.user),
+    ]);
+    if (refused || recipients.length === 0) return this.answer(s, key, m.id, { s: 'failed', code: ErrorCode.UNDELIVERABLE });
+    const targets: Array<[string, string]> = [];
+    for (const d of recipients) if (!(m.to === s.user && d === s.device)) targets.push([m.to, d]);
+    for (const d of own) if (d !== s.device) targets.push([s.user, d]);
+    if (targets.length === 0) return this.answer(s, key, m.id, { s: 'delivered' }); // a note to self, single device
+    if (this.pending.has(key)) return; // re-sent while we were looking things up
+    this.inFlight.set(sender, inFlight + 1);
+    await this.take(key, item, { user: s.user, device: s.device }, targets);
+  }
+
+  /** A read receipt from a session: a receipt item to the message's sender, under custody. */
+  async read(s: Session, m: Read): Promise<void> {
+    if (m.from === s.user) return;
+    const [mine, theirs, refused] = await Promise.all([this.cell.social.prefs(s.user), this.cell.social.prefs(m.from), this.cell.social.refuses(m.from, s.user)]);
+    // Reciprocal, as users expect: whoever turns read receipts off neither sends nor gets them.
+    if (!mine.readReceipts || !theirs.readReceipts || refused) return;
+    await this.receipt(m.from, m.id, s.user, ANY_DEVICE, 'read');
+  }
+
+  /** Generates a receipt about message `ref` (sent by `to`) and takes custody of it. */
+  async receipt(to: string, ref: string, by: string, byDevice: string, state: ReceiptItem['s']): Promise<void> {
+    const item: ReceiptItem = { k: 'r', id: serverItemId(state[0]!), from: by, fd: byDevice, to, ref, s: state, ts: Date.now() };
+    const devices = await this.cell.accounts.devices(to);
+    if (devices.length === 0) return;
+    await this.take(`${by}/${byDevice}/${item.id}`, item, undefined, devices.map((d) => [to, d]));
+  }
+
+  private answer(s: Session, key: string, id: string, st: { s: 'delivered' | 'stored' | 'failed'; code?: Code }): void {
+    this.settled.set(key, st);
+    s.send({ t: 'status', id, ...st });
+  }
+
+  private async take(key: string, item: Item, sender: Pending['sender'], targets: Array<[string, string]>): Promise<void> {
+    const p: Pending = { key, item, sender, targets: new Map(), open: targets.length, stored: 0, deadline: Date.now() + this.cell.config.limits.custodyWindowMs, failure: undefined };
+    for (const [user, device] of targets) p.targets.set(tkey(user, device), { user, device, loc: undefined, retried: false, state: 'live', ackedWhileStoring: false });
+    this.pending.set(key, p);
+    const users = [...new Set(targets.map(([u]) => u))];
+    let located: DeviceLocation[][];
+    try {
+      located = await Promise.all(users.map((u) => this.cell.directory.lookup(u)));
+    } catch {
+      located = users.map(() => []); // directory unreachable: the mailbox is the safe path
+    }
+    for (const [i, user] of users.entries()) {
+      for (const loc of located[i]!) {
+        const t = p.targets.get(tkey(user, loc.device));
+        if (t) t.loc = loc;
+      }
+    }
+    for (const t of p.targets.values()) {
+      if (t.loc) this.dispatch(p, t);
+      else this.store(p, t);
+    }
+  }
+
+  // ---- live delivery ------------------------------------------------------------
+
+  private dispatch(p: Pending, t: Target): void {
+    const loc = t.loc!;
+    if (loc.cell === this.cell.cellId) {
+      const target = this.cell.session(t.user, t.device);
+      if (target?.deliverLive(p.item, this.cell.cellId)) this.cell.metrics.deliveries.inc({ path: 'local' });
+      else this.notHere(p, t);
+    } else {
+      this.cell.publish(loc.cell, { k: 'dlv', m: p.item, u: t.user, dev: t.device, oc: this.cell.cellId });
+      this.cell.metrics.deliveries.inc({ path: 'cross_cell' });
+    }
+  }
+
+  /** "Not here" from a cell, for an item this cell holds. */
+  notHereFor(key: string, user: string, device: string): void {
+    const p = this.pending.get(key);
+    const t = p?.targets.get(tkey(user, device));
+    if (p && t) this.notHere(p, t);
+  }
+
+  /** The device was not where the directory said (or cannot take it now): look once more, then store. */
+  private notHere(p: Pending, t: Target): void {
+    if (t.state !== 'live') return;
+    if (t.retried) return this.store(p, t);
+    t.retried = true;
+    this.cell.directory.invalidate(t.user);
+    this.cell.directory
+      .lookup(t.user, true)
+      .then((locs) => {
+        if (t.state !== 'live') return;
+        const loc = locs.find((l) => l.device === t.device);
+        if (loc && (loc.cell !== t.loc?.cell || loc.epoch !== t.loc?.epoch)) {
+          t.loc = loc;
+          this.dispatch(p, t);
+        } else this.store(p, t);
+      })
+      .catch(() => this.store(p, t));
+  }
+
+  /** A device acknowledged an item this cell holds (or held). */
+  acked(key: string, user: string, device: string): void {
+    const p = this.pending.get(key);
+    const t = p?.targets.get(tkey(user, device));
+    if (p && t) {
+      if (t.state === 'live') {
+        t.state = 'done';
+        p.open--;
+        return this.settleIfDone(p);
+      }
+      if (t.state === 'storing') {
+        t.ackedWhileStoring = true;
+        return;
+      }
+    }
+    // Acknowledged after the window: the stored copy is now redundant.
+    const lk = `${key}/${user}/${device}`;
+    const ref = this.late.get(lk);
+    if (ref) {
+      this.late.delete(lk);
+      this.cell.mailbox.remove(ref).catch((err) => this.cell.log('late-ack delete failed', err));
+    }
+  }
+
+  // ---- storing ------------------------------------------------------------------
+
+  private store(p: Pending, t: Target): void {
+    if (t.state !== 'live') return;
+    t.state = 'storing';
+    this.cell.mailbox
+      .store(t.user, t.device, p.item)
+      .then(
+        (ref) => {
+          t.state = 'done';
+          p.open--;
+          this.cell.metrics.mailboxStores.inc();
+          if (t.ackedWhileStoring) {
+            this.cell.mailbox.remove(ref).catch(() => undefined); // redundant already
+          } else {
+            p.stored++;
+            // Delivered live too: a late ack deletes the copy; otherwise wake the device's drain.
+            if (t.loc) this.late.set(`${p.key}/${t.user}/${t.device}`, ref);
+            this.wake(t.user);
+          }
+          this.settleIfDone(p);
+        },
+        (err: unknown) => {
+          t.state = 'done';
+          p.open--;
+          if (!t.ackedWhileStoring) {
+            this.cell.log('mailbox store failed', err);
+            p.failure = err instanceof ProtocolError ? err.code : ErrorCode.STORAGE_UNAVAILABLE;
+          }
+          this.settleIfDone(p);
+        },
+      );
+  }
+
+  /**
+   * After a store, look the user up again (once per tick for all stores): a device
+   * that registered while we decided it was offline may have drained already, so it
+   * is told to drain again. Lookup after the store's ack closes that race.
+   */
+  private wake(user: string): void {
+    this.recheck.add(user);
+    if (this.recheckScheduled) return;
+    this.recheckScheduled = true;
+    setImmediate(() => {
+      this.recheckScheduled = false;
+      const users = [...this.recheck];
+      this.recheck.clear();
+      for (const u of users) {
+        this.cell.directory
+          .lookup(u, true)
+          .then((locs) => {
+            for (const l of locs) this.cell.pokeMailbox(l, u);
+          })
+          .catch(() => undefined);
+      }
+    });
+  }
+
+  // ---- settling -----------------------------------------------------------------
+
+  private settleIfDone(p: Pending): void {
+    if (p.open > 0 || this.pending.get(p.key) !== p) return;
+    this.pending.delete(p.key);
+    if (!p.sender) return;
+    const key = tkey(p.sender.user, p.sender.device);
+    const n = (this.inFlight.get(key) ?? 1) - 1;
+    if (n > 0) this.inFlight.set(key, n);
+    else this.inFlight.delete(key);
+    // A failed store is only final if nothing else holds the message; the SDK retries STORAGE_UNAVAILABLE.
+    const st = p.failure ? { s: 'failed' as const, code: p.failure } : { s: p.stored > 0 ? ('stored' as const) : ('delivered' as const) };
+    if (!p.failure) this.settled.set(p.key, st);
+    this.cell.session(p.sender.user, p.sender.device)?.send({ t: 'status', id: p.item.id, ...st });
+  }
+
+  /** Live targets past the window go to the mailbox. Pending entries are in deadline order. */
+  private sweep(): void {
+    const now = Date.now();
+    for (const p of this.pending.values()) {
+      if (p.deadline === Number.POSITIVE_INFINITY) continue; // already swept, its stores are under way
+      if (p.deadline > now) break;
+      p.deadline = Number.POSITIVE_INFINITY;
+      for (const t of p.targets.values()) if (t.state === 'live') this.store(p, t);
+    }
+  }
+}
