@@ -258,7 +258,7 @@ export class Custody {
    * that registered while we decided it was offline may have drained already, so it
    * is told to drain again. Lookup after the store's ack closes that race.
    */
-  private wake(user: string): void {
+  wake(user: string): void {
     this.recheck.add(user);
     if (this.recheckScheduled) return;
     this.recheckScheduled = true;

@@ -56,6 +56,7 @@ export class ExpirySweeper {
         const receipt: ReceiptItem = { k: 'r', id: `x${k}-${ref.seq}`, from: item.to, fd: ANY_DEVICE, to: item.from, ref: item.id, s: 'expired', ts: Date.now() };
         const devices = await accounts.devices(item.from);
         await Promise.all(devices.map((d) => mailbox.store(item.from, d, receipt)));
+        this.cell.custody.wake(item.from);
       }
       await mailbox.remove(ref);
       this.cell.metrics.mailboxExpired.inc();
