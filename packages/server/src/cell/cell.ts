@@ -77,6 +77,13 @@ export class Cell {
     this.custody = new Custody(this);
   }
 
+  /** Scrape-time view of the largest connection backlog (O(sessions), only when metrics are read). */
+  sampleGauges(): void {
+    let max = 0;
+    for (const s of this.sessions.values()) max = Math.max(max, s.outboundBytes);
+    this.metrics.outboundMax.set({ cell: this.cellId }, max);
+  }
+
   async start(): Promise<void> {
     const b = await openBuckets(this.nc, this.config);
     this.accounts = new Accounts(b.accounts, this.config.registration, this.config.limits.maxDevicesPerUser, (user) => this.invalidate({ kind: 'devices', key: user }));

@@ -26,9 +26,14 @@ export class CellMetrics {
   readonly protocolErrors = new Counter({ name: 'gravitas_protocol_errors_total', help: 'Error frames sent to clients by code', labelNames: ['code'] as const, registers: [this.registry] });
   readonly eventLoopLag = new Gauge({ name: 'gravitas_event_loop_lag_seconds', help: 'Event-loop delay p99 over the last interval, per cell', labelNames: ['cell'] as const, registers: [this.registry] });
   readonly natsReconnects = new Counter({ name: 'gravitas_nats_reconnects_total', help: 'Reconnects of the cell NATS connection', registers: [this.registry] });
+  /** Largest unsent backlog of any connection of the cell, read at scrape time (bounded by limits.maxOutboundBytes + one frame). */
+  readonly outboundMax = new Gauge({ name: 'gravitas_connection_outbound_max_bytes', help: 'Largest per-connection unsent backlog, per cell', labelNames: ['cell'] as const, registers: [this.registry] });
   readonly mailboxStores = new Counter({ name: 'gravitas_mailbox_stores_total', help: 'Items written to device mailboxes (JetStream acknowledged)', registers: [this.registry] });
   readonly mailboxExpired = new Counter({ name: 'gravitas_mailbox_expired_total', help: 'Undelivered mailbox items expired by retention', registers: [this.registry] });
   readonly cookiesSent = new Counter({ name: 'gravitas_handshake_cookies_total', help: 'Cookie challenges sent under handshake load', registers: [this.registry] });
+  readonly presenceWatched = new Gauge({ name: 'gravitas_presence_watched', help: 'Users whose presence this cell watches (one NATS subscription each)', registers: [this.registry] });
+  readonly presenceRefused = new Counter({ name: 'gravitas_presence_watch_refused_total', help: 'Contacts not watched because the cell reached its presence watch limits', registers: [this.registry] });
+  readonly typingDropped = new Counter({ name: 'gravitas_typing_dropped_total', help: 'Typing indicators dropped over the per-session rate', registers: [this.registry] });
 
   private readonly loop = monitorEventLoopDelay({ resolution: 10 });
   private timer: NodeJS.Timeout | undefined;

@@ -257,8 +257,21 @@ export class Session {
   private writable(): boolean {
     if (this.state !== 'open') return false;
     if (this.socket.writableLength <= this.cell.config.limits.maxOutboundBytes) return true;
-    this.fail(new ProtocolError(ErrorCode.SLOW_CONSUMER, 'the connection is not reading what it is sent'));
+    this.cutSlow();
     return false;
+  }
+
+  /** Ends a connection that does not read: one last error frame, then close. Nothing more is buffered for it. */
+  private cutSlow(): void {
+    if (this.state === 'closed') return;
+    this.cell.metrics.protocolErrors.inc({ code: ErrorCode.SLOW_CONSUMER });
+    if (this.channel) this.socket.write(encodeFrame(this.channel.seal(pack({ t: 'error', code: ErrorCode.SLOW_CONSUMER, message: 'the connection is not reading what it is sent' }))));
+    this.close();
+  }
+
+  /** Bytes written to this connection and not yet taken by the kernel. */
+  get outboundBytes(): number {
+    return this.socket.writableLength;
   }
 
   private track(d: Delivery): void {
@@ -307,8 +320,10 @@ export class Session {
     for (const w of waiters) w();
   }
 
+  /** Every server frame goes through here, so a peer that sends without reading cannot grow our buffers either. */
   send(m: ServerMessage): void {
     if (this.state === 'closed' || !this.channel) return;
+    if (this.socket.writableLength > this.cell.config.limits.maxOutboundBytes) return this.cutSlow();
     this.socket.write(encodeFrame(this.channel.seal(pack(m))));
     this.cell.metrics.framesOut.inc();
   }

@@ -37,6 +37,7 @@ async function main(): Promise<void> {
   port.on('message', (m: ToCell) => {
     switch (m.type) {
       case 'metrics':
+        cell.sampleGauges();
         void cell.metrics.registry.getMetricsAsJSON().then((metrics) => post({ type: 'metrics', req: m.req, metrics }));
         return;
       case 'drain':
