@@ -31,7 +31,11 @@ export interface MailboxConfig {
   replicas: number;
   /** Undelivered messages older than this expire and their senders get an `expired` receipt. */
   retentionMs: number;
-  /** Size cap of each partition stream (bytes); past it stores fail with MAILBOX_FULL. */
+  /**
+   * Size cap of each partition stream (bytes); past it stores fail with MAILBOX_FULL.
+   * 0: no per-stream cap, the JetStream server's max_file_store bounds them all. A cap
+   * is reserved up front by JetStream, so caps × streams must fit in that store.
+   */
   maxBytesPerPartition: number;
   /** How often the expiry sweep runs. */
   sweepIntervalMs: number;
@@ -81,7 +85,7 @@ export const DEFAULT_MAILBOX: MailboxConfig = {
   partitions: 4,
   replicas: 1,
   retentionMs: 30 * 24 * 3600_000,
-  maxBytesPerPartition: 8 * 1024 ** 3,
+  maxBytesPerPartition: 0,
   sweepIntervalMs: 60_000,
   drainWindow: 256,
 };
@@ -309,7 +313,7 @@ export function validateConfig(raw: Json): NodeConfig {
     partitions: int('mailbox.partitions', M.partitions, 1, 1024),
     replicas: int('mailbox.replicas', M.replicas, 1, 5),
     retentionMs: int('mailbox.retentionMs', M.retentionMs, 1000, 365 * 24 * 3600_000),
-    maxBytesPerPartition: int('mailbox.maxBytesPerPartition', M.maxBytesPerPartition, 1024 * 1024, 2 ** 50),
+    maxBytesPerPartition: int('mailbox.maxBytesPerPartition', M.maxBytesPerPartition, 0, 2 ** 50),
     sweepIntervalMs: int('mailbox.sweepIntervalMs', M.sweepIntervalMs, 100, 3_600_000),
     drainWindow: int('mailbox.drainWindow', M.drainWindow, 1, 10_000),
   };

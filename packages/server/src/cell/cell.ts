@@ -15,7 +15,7 @@ import { HandshakeGuard } from './guard.js';
 import { Membership } from './membership.js';
 import { CellMetrics } from './metrics.js';
 import { Mailbox } from './mailbox.js';
-import { openBuckets } from './nats.js';
+import { openBuckets, untilReady } from './nats.js';
 import { PresenceHub } from './presence.js';
 import { Session, type Delivery } from './session.js';
 import { Social } from './social.js';
@@ -85,14 +85,15 @@ export class Cell {
   }
 
   async start(): Promise<void> {
-    const b = await openBuckets(this.nc, this.config);
+    // A fresh NATS cluster creates replicated streams slowly, and many cells ask at once.
+    const b = await untilReady(() => openBuckets(this.nc, this.config), 'KV buckets');
     this.accounts = new Accounts(b.accounts, this.config.registration, this.config.limits.maxDevicesPerUser, (user) => this.invalidate({ kind: 'devices', key: user }));
     this.tickets = new SpentTickets(b.tickets);
     this.mailbox = new Mailbox(this.nc, this.names, this.config.mailbox);
     this.social = new Social(this, b.social);
     this.presence = new PresenceHub(this, b.presence);
     this.groups = new Groups(this, b.groups);
-    await Promise.all([this.mailbox.start(), this.groups.start()]);
+    await untilReady(() => Promise.all([this.mailbox.start(), this.groups.start()]), 'streams');
     this.subs.push(
       this.nc.subscribe(this.names.cellInbox(this.cellId), { callback: (err, msg) => void (err || this.onEnvelope(msg.data)) }),
       this.nc.subscribe(this.names.invalidations, { callback: (err, msg) => void (err || this.onInvalidation(msg.data)) }),
@@ -106,7 +107,7 @@ export class Cell {
       (cell) => this.presence.cellDied(cell),
     );
     this.directory = new Directory(b.directory, (cell) => cell === this.cellId || this.membership.isLive(cell));
-    await this.membership.start();
+    await untilReady(() => this.membership.start(), 'membership');
     this.custody.start();
     this.presence.start();
     // One sweeper per node is plenty; sweeps by several are harmless (stores and deletes are idempotent).
@@ -237,13 +238,24 @@ export class Cell {
             this.metrics.deliveries.inc({ path: 'mailbox' });
           }
         } while (d.again && s.isOpen);
+        d.retryMs = 0;
       } catch (err) {
-        // NATS away: the items stay in the mailbox; the next connect or wake-up drains them.
+        // NATS away or a stream changing leader: the items stay in the mailbox; try again soon.
         this.log('mailbox drain failed', err);
+        d.retryMs = Math.min(5000, Math.max(250, d.retryMs * 2));
+        setTimeout(() => s.isOpen && this.drainMailbox(s), d.retryMs).unref();
       } finally {
         d.running = false;
       }
     })();
+  }
+
+  /**
+   * After NATS comes back, wake-ups sent to this cell in the meantime may be lost:
+   * every session looks at its mailbox again (one cheap read each when empty).
+   */
+  natsReconnected(): void {
+    for (const s of this.sessions.values()) this.drainMailbox(s);
   }
 
   /** Tells the cell hosting `loc` that the device's mailbox has new items. */
@@ -261,6 +273,7 @@ export class Cell {
     const item = d.item;
     switch (d.via) {
       case 'live': {
+        if (d.ref) this.mailbox.remove(d.ref).catch((err) => this.log('mailbox ack failed', err));
         const key = `${item.from}/${item.fd}/${item.id}`;
         if (d.origin === this.cellId) this.custody.acked(key, s.user, s.device);
         else this.publish(d.origin, { k: 'ack', id: item.id, from: item.from, fd: item.fd, u: s.user, dev: s.device });

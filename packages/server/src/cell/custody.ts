@@ -272,7 +272,8 @@ export class Custody {
           .then((locs) => {
             for (const l of locs) this.cell.pokeMailbox(l, u);
           })
-          .catch(() => undefined);
+          // NATS away: try again, or the item would wait for the device's next connect.
+          .catch(() => setTimeout(() => this.wake(u), 500).unref());
       }
     });
   }

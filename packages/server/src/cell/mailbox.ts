@@ -1,7 +1,7 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
   DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType,
-  type JetStreamClient, type JetStreamManager, type StreamConfig,
+  type JetStreamClient, type JetStreamManager, type MsgRequest, type StreamConfig,
 } from '@nats-io/jetstream';
 import { ErrorCode, pack, ProtocolError, unpack } from '@gravitas/protocol';
 import type { MailboxConfig } from '../config.js';
@@ -77,12 +77,14 @@ export class Mailbox {
       storage: StorageType.File,
       num_replicas: this.cfg.replicas,
       max_age: (this.cfg.retentionMs + HARD_EXPIRY_GRACE_MS) * NS_PER_MS,
-      max_bytes: this.cfg.maxBytesPerPartition,
+      max_bytes: this.cfg.maxBytesPerPartition > 0 ? this.cfg.maxBytesPerPartition : -1,
       max_msgs_per_subject: 1,
       discard: DiscardPolicy.New,
       discard_new_per_subject: true,
       duplicate_window: DUPLICATE_WINDOW_MS * NS_PER_MS,
-      allow_direct: true,
+      // Direct gets may be answered by a lagging replica: a drain asking "anything
+      // new?" must ask the leader, or it may miss what was just stored.
+      allow_direct: false,
     };
   }
 
@@ -111,7 +113,7 @@ export class Mailbox {
       if (code === JS_MAX_PER_SUBJECT) {
         // Stored before, beyond the duplicate window: find where.
         const k = this.names.partition(user);
-        const m = await this.jsm.direct.getMessage(this.names.mailboxStream(k), { last_by_subj: subject }).catch(() => null);
+        const m = await this.jsm.streams.getMessage(this.names.mailboxStream(k), { last_by_subj: subject }).catch(() => null);
         if (m) return { stream: this.names.mailboxStream(k), seq: m.seq };
       }
       if (code === JS_STREAM_FULL) throw new MailboxError(ErrorCode.MAILBOX_FULL, 'the mailbox partition is full', { cause: err });
@@ -144,31 +146,16 @@ export class Mailbox {
     const filter = this.names.mailboxFilter(user, device);
     // One cheap read first: most devices reconnect to an empty mailbox, and a
     // consumer fetch on nothing would wait for its expiry.
-    const first = await this.jsm.direct.getMessage(stream, { next_by_subj: filter, seq: Math.max(1, fromSeq) }).catch((err) => {
+    // `next_by_subj` is in the server's STREAM.MSG.GET API (2.9+) but not in the client's type.
+    const query = { next_by_subj: filter, seq: Math.max(1, fromSeq) } as unknown as MsgRequest;
+    const first = await this.jsm.streams.getMessage(stream, query).catch((err) => {
       if (isNotFound(err)) return null;
       throw err;
     });
     if (!first) return;
-    let next = first.seq;
-    for (;;) {
-      const consumer = await this.js.consumers.get(stream, { filter_subjects: filter, deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: next });
-      const page = await consumer.fetch({ max_messages: pageSize, expires: FETCH_EXPIRES_MS });
-      let got = 0;
-      let pending = 1;
-      for await (const m of page) {
-        got++;
-        next = m.seq + 1;
-        pending = m.info.pending;
-        let item: Item;
-        try {
-          item = decodeItem(unpack(m.data));
-        } catch {
-          continue; // not ours: never let a foreign message stop a drain
-        }
-        yield { item, ref: { stream, seq: m.seq }, storedAt: Math.floor(m.info.timestampNanos / NS_PER_MS) };
-        if (pending === 0) break;
-      }
-      if (got === 0 || pending === 0) return;
+    for await (const m of this.scan(stream, filter, first.seq, pageSize)) {
+      const item = decodeOrNull(m.data);
+      if (item) yield { item, ref: { stream, seq: m.seq }, storedAt: m.storedAt };
     }
   }
 
@@ -180,29 +167,63 @@ export class Mailbox {
     const stream = this.names.mailboxStream(k);
     const info = await this.jsm.streams.info(stream);
     if (info.state.messages === 0) return;
-    let next = info.state.first_seq;
-    for (;;) {
-      const consumer = await this.js.consumers.get(stream, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: next });
-      const page = await consumer.fetch({ max_messages: pageSize, expires: FETCH_EXPIRES_MS });
-      let got = 0;
-      let pending = 1;
-      for await (const m of page) {
-        got++;
-        next = m.seq + 1;
-        pending = m.info.pending;
-        const storedAt = Math.floor(m.info.timestampNanos / NS_PER_MS);
-        if (storedAt >= cutoff) return;
-        let item: Item | undefined;
-        try {
-          item = decodeItem(unpack(m.data));
-        } catch {
-          item = undefined;
-        }
-        if (item) yield { item, ref: { stream, seq: m.seq }, storedAt };
-        else await this.remove({ stream, seq: m.seq });
-        if (pending === 0) return;
-      }
-      if (got === 0 || pending === 0) return;
+    for await (const m of this.scan(stream, undefined, info.state.first_seq, pageSize)) {
+      if (m.storedAt >= cutoff) return;
+      const item = decodeOrNull(m.data);
+      if (item) yield { item, ref: { stream, seq: m.seq }, storedAt: m.storedAt };
+      else await this.remove({ stream, seq: m.seq }); // not ours: never let it block the sweep
     }
+  }
+
+  /**
+   * Messages of `stream` (matching `filter`) from `fromSeq` to the end, through
+   * ordered consumers a page at a time. Every step has a deadline: during a leader
+   * change a fetch can stall silently, and a stalled drain would hold a device's
+   * mailbox hostage. A stall throws STORAGE_UNAVAILABLE; the caller retries.
+   */
+  private async *scan(stream: string, filter: string | undefined, fromSeq: number, pageSize: number): AsyncGenerator<{ seq: number; data: Uint8Array; storedAt: number }> {
+    let next = fromSeq;
+    for (;;) {
+      const consumer = await deadline(
+        this.js.consumers.get(stream, { ...(filter && { filter_subjects: filter }), deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: next }),
+        'creating a mailbox reader',
+      );
+      const page = await deadline(consumer.fetch({ max_messages: pageSize, expires: FETCH_EXPIRES_MS }), 'fetching from a mailbox');
+      const it = page[Symbol.asyncIterator]();
+      let got = 0;
+      try {
+        for (;;) {
+          const r = await deadline(it.next(), 'reading a mailbox page');
+          if (r.done) break;
+          const m = r.value;
+          got++;
+          next = m.seq + 1;
+          yield { seq: m.seq, data: m.data, storedAt: Math.floor(m.info.timestampNanos / NS_PER_MS) };
+          if (m.info.pending === 0) return;
+        }
+      } finally {
+        page.stop();
+      }
+      if (got === 0) return;
+    }
+  }
+}
+
+/** A JetStream step that takes longer than this is treated as stalled. */
+const STEP_DEADLINE_MS = FETCH_EXPIRES_MS + 3000;
+
+function deadline<T>(p: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const stalled = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new MailboxError(ErrorCode.STORAGE_UNAVAILABLE, `timeout ${what}`)), STEP_DEADLINE_MS);
+  });
+  return Promise.race([p, stalled]).finally(() => clearTimeout(timer));
+}
+
+function decodeOrNull(data: Uint8Array): Item | null {
+  try {
+    return decodeItem(unpack(data));
+  } catch {
+    return null; // not ours: never let a foreign message stop a drain
   }
 }

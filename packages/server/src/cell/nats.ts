@@ -50,17 +50,42 @@ export async function connectNats(cfg: NodeConfig, name: string): Promise<NatsCo
 export async function openBuckets(nc: NatsConnection, cfg: NodeConfig): Promise<Buckets> {
   const kvm = new Kvm(nc);
   const n = new Names(cfg.prefix);
+  // Every bucket is replicated like the mailboxes: in a NATS cluster, a bucket whose
+  // only copy was on a lost server would stop the whole cluster (accounts, directory).
+  const replicas = cfg.mailbox.replicas;
   const [cells, directory, accounts, tickets, social, presence, groups] = await Promise.all([
-    kvm.create(n.cellsBucket, { history: 1, ttl: cfg.membership.timeoutMs * 2 }),
-    kvm.create(n.directoryBucket, { history: 1 }),
-    kvm.create(n.accountsBucket, { history: 1 }),
+    kvm.create(n.cellsBucket, { history: 1, ttl: cfg.membership.timeoutMs * 2, replicas }),
+    kvm.create(n.directoryBucket, { history: 1, replicas }),
+    kvm.create(n.accountsBucket, { history: 1, replicas }),
     // Spent tickets only need to be remembered while the ticket could still be valid.
-    kvm.create(n.ticketsBucket, { history: 1, ttl: cfg.ticketLifetimeMs + 60_000 }),
-    kvm.create(n.socialBucket, { history: 1, replicas: cfg.mailbox.replicas }),
-    kvm.create(n.presenceBucket, { history: 1 }),
-    kvm.create(n.groupsBucket, { history: 1, replicas: cfg.mailbox.replicas }),
+    kvm.create(n.ticketsBucket, { history: 1, ttl: cfg.ticketLifetimeMs + 60_000, replicas }),
+    kvm.create(n.socialBucket, { history: 1, replicas }),
+    kvm.create(n.presenceBucket, { history: 1, replicas }),
+    kvm.create(n.groupsBucket, { history: 1, replicas }),
   ]);
   return { cells, directory, accounts, tickets, social, presence, groups };
+}
+
+/** How long a starting cell retries creating its buckets and streams. */
+export const SETUP_TIMEOUT_MS = 60_000;
+
+/**
+ * Retries an idempotent set-up step on timeouts and "no responders" (JetStream
+ * electing leaders) until SETUP_TIMEOUT_MS; other errors fail at once.
+ */
+export async function untilReady<T>(step: () => Promise<T>, what: string): Promise<T> {
+  const deadline = Date.now() + SETUP_TIMEOUT_MS;
+  for (let wait = 250; ; wait = Math.min(wait * 2, 2000)) {
+    try {
+      return await step();
+    } catch (err) {
+      const text = `${(err as Error).name} ${(err as Error).message}`;
+      if (!/timeout|no responders|503|leader|not available|jetstream is not enabled/i.test(text) || Date.now() + wait > deadline) {
+        throw new ServerError(ServerErrorCode.NATS_UNAVAILABLE, `cannot set up ${what}: ${(err as Error).message}`, { cause: err });
+      }
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
 }
 
 /** JetStream "wrong last sequence": an optimistic-concurrency (create/update) conflict. */

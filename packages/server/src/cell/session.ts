@@ -15,7 +15,7 @@ type State = 'handshake' | 'working' | 'confirming' | 'open' | 'closed';
  * a group's log (advance the device's cursor on ack).
  */
 export type Delivery =
-  | { via: 'live'; item: Item; origin: string }
+  | { via: 'live'; item: Item; origin: string; ref?: StoredRef }
   | { via: 'mbox'; item: Item; ref: StoredRef }
   | { via: 'group'; item: ChatItem };
 
@@ -50,7 +50,7 @@ export class Session {
    */
   readonly unacked = new Map<string, Delivery>();
   /** State of this device's mailbox drain (Cell.drainMailbox). */
-  readonly drain = { running: false, again: false, next: 1, inFlight: 0 };
+  readonly drain = { running: false, again: false, next: 1, inFlight: 0, retryMs: 0 };
   private windowWaiters: Array<() => void> = [];
   user = '';
   device = '';
@@ -276,7 +276,14 @@ export class Session {
 
   private track(d: Delivery): void {
     const key = `${d.item.from}/${d.item.id}`;
-    if (this.unacked.size >= this.cell.config.limits.maxInFlightPerSession * 4 && !this.unacked.has(key)) {
+    const old = this.unacked.get(key);
+    if (old?.via === 'mbox') {
+      // Now also in flight live: the one ack must settle the live custody and delete
+      // the mailbox copy, and the copy no longer holds a place in the drain window.
+      this.releaseWindow();
+      if (d.via === 'live') d.ref = old.ref;
+    }
+    if (this.unacked.size >= this.cell.config.limits.maxInFlightPerSession * 4 && !old) {
       const [oldKey, old] = this.unacked.entries().next().value!;
       this.unacked.delete(oldKey);
       if (old.via === 'mbox') this.releaseWindow();

@@ -1,0 +1,118 @@
+/*
+ * Custody when NATS itself fails, with real processes: the nats-server is
+ * SIGKILLed and restarted mid-stream; and a 3-server NATS cluster with mailbox
+ * streams replicated 3 times loses one server. Some recipients are offline during
+ * the traffic, so the mailboxes take writes through the fault. By message id:
+ * nothing accepted is lost, nothing reaches an application twice.
+ */
+import t, { type Test } from 'tap';
+import { join } from 'node:path';
+import { connect } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { generateKeyPair, type KeyPair } from '@gravitas/protocol';
+import { NatsCluster, NatsServer, tempDir } from '@gravitas/testkit';
+import { clusterKeys, connectClient, nodeConfig, spawnNode, writeNodeConfig, type ClusterKeys, type NodeProcess, type TestClient } from '../fixtures/cluster.js';
+import { acceptedAtLeast, runTraffic, tally } from '../fixtures/traffic.js';
+
+const TOTAL = 10_000;
+const SENDERS = 8;
+const ONLINE = 5;
+const OFFLINE = 3;
+
+async function nodes(t: Test, natsUrls: string[], extra: Record<string, unknown> = {}): Promise<{ keys: ClusterKeys; nodes: NodeProcess[] }> {
+  const dir = await tempDir('gravitas-nats-faults-');
+  t.teardown(() => dir[Symbol.asyncDispose]());
+  const keys = clusterKeys();
+  const list = await Promise.all(
+    ['nodeA', 'nodeB'].map(async (nodeId, i) => {
+      const config = nodeConfig({
+        // Each node prefers a different server of the NATS cluster (if there are several).
+        natsUrl: natsUrls[i % natsUrls.length]!,
+        nodeId,
+        dataDir: join(dir.path, nodeId),
+        keys,
+        extra: { nats: { servers: natsUrls.map((_, k) => natsUrls[(i + k) % natsUrls.length]!) }, limits: { custodyWindowMs: 1000, msgRatePerSec: 100_000, msgBurst: 100_000 }, ...extra },
+      });
+      const node = await spawnNode(await writeNodeConfig(join(dir.path, `${nodeId}.json`), config));
+      t.teardown(() => node.kill());
+      return node;
+    }),
+  );
+  return { keys, nodes: list };
+}
+
+interface People { senders: TestClient[]; receivers: Map<string, TestClient[]>; offline: Array<{ user: string; identity: KeyPair }>; recipients: string[] }
+
+async function people(t: Test, keys: ClusterKeys, list: NodeProcess[]): Promise<People> {
+  const cells = list.flatMap((n) => n.clientAddresses);
+  const at = (i: number): string[] => cells.map((_, k) => cells[(i + k) % cells.length]!);
+  const pk = keys.serverPublicKey;
+  const senders = await Promise.all(Array.from({ length: SENDERS }, (_, i) => connectClient(t, { user: `s${i}`, servers: at(i), serverPublicKey: pk, maxOutbox: 4096 })));
+  const receivers = new Map<string, TestClient[]>();
+  for (let i = 0; i < ONLINE; i++) receivers.set(`r${i}`, [await connectClient(t, { user: `r${i}`, servers: at(i + 1), serverPublicKey: pk })]);
+  // Registered, then gone: their messages go to the mailbox while NATS fails.
+  const offline: People['offline'] = [];
+  for (let i = 0; i < OFFLINE; i++) {
+    const identity = generateKeyPair();
+    const tc = await connectClient(t, { user: `o${i}`, identity, servers: at(i), serverPublicKey: pk });
+    await tc.client.close();
+    offline.push({ user: tc.user, identity });
+  }
+  return { senders, receivers, offline, recipients: [...receivers.keys(), ...offline.map((o) => o.user)] };
+}
+
+/** The offline recipients come online and drain. */
+async function comeOnline(t: Test, keys: ClusterKeys, list: NodeProcess[], p: People): Promise<void> {
+  const cells = list.flatMap((n) => n.clientAddresses);
+  for (const o of p.offline) {
+    const tc = await connectClient(t, { user: o.user, identity: o.identity, servers: cells, serverPublicKey: keys.serverPublicKey });
+    p.receivers.set(o.user, [tc]);
+  }
+}
+
+async function verify(t: Test, traffic: ReturnType<typeof runTraffic>, p: People): Promise<void> {
+  t.same(traffic.failures, [], 'no send failed for good');
+  const r = await tally(traffic, p.receivers);
+  t.equal(r.expected, TOTAL, `${TOTAL} messages accepted`);
+  t.equal(r.missing, 0, 'lost: 0', { missing: r.missing });
+  t.equal(r.duplicated, 0, 'delivered twice to an application: 0');
+}
+
+t.test('the nats-server is SIGKILLed and restarted mid-stream', async (t) => {
+  const nats = await NatsServer.start();
+  t.teardown(() => nats.stop());
+  const { keys, nodes: list } = await nodes(t, [nats.url]);
+  const p = await people(t, keys, list);
+  const traffic = runTraffic(p.senders, p.recipients, TOTAL / SENDERS);
+  await acceptedAtLeast(traffic, TOTAL / 4);
+  await nats.kill('SIGKILL');
+  t.pass(`nats-server killed after ${traffic.count()} messages`);
+  await new Promise((r) => setTimeout(r, 1500));
+  await nats.restart();
+  t.pass('nats-server restarted on the same port and store');
+  await traffic.done;
+  await comeOnline(t, keys, list, p);
+  await verify(t, traffic, p);
+});
+
+t.test('a 3-server NATS cluster with replicated mailboxes loses one server', async (t) => {
+  const cluster = await NatsCluster.start(3);
+  t.teardown(() => cluster.stop());
+  const { keys, nodes: list } = await nodes(t, cluster.urls, { mailbox: { replicas: 3, partitions: 3 } });
+  const nc = await connect({ servers: cluster.urls });
+  t.teardown(() => nc.close());
+  const jsm = await jetstreamManager(nc);
+  const info = await jsm.streams.info('gravitas_MBOX_0');
+  t.equal(info.config.num_replicas, 3, 'mailbox streams have 3 replicas');
+  const p = await people(t, keys, list);
+  const traffic = runTraffic(p.senders, p.recipients, TOTAL / SENDERS);
+  await acceptedAtLeast(traffic, TOTAL / 4);
+  // The server node A is connected to, which also leads some streams.
+  await cluster.kill(0);
+  t.pass(`NATS server 0 killed after ${traffic.count()} messages`);
+  await traffic.done;
+  await comeOnline(t, keys, list, p);
+  await verify(t, traffic, p);
+  const after = await jsm.streams.info('gravitas_MBOX_0');
+  t.ok(after.cluster?.leader, `stream leader after the loss: ${after.cluster?.leader}`);
+});
