@@ -39,6 +39,8 @@ export const ErrorCode = {
   SLOW_CONSUMER: 'SLOW_CONSUMER',
   // accounts, contacts and groups (in `res` answers)
   TOO_MANY_DEVICES: 'TOO_MANY_DEVICES',
+  TOO_MANY_CONTACTS: 'TOO_MANY_CONTACTS',
+  TOO_MANY_BLOCKED: 'TOO_MANY_BLOCKED',
   NOT_FOUND: 'NOT_FOUND',
   NOT_ALLOWED: 'NOT_ALLOWED',
   NOT_A_MEMBER: 'NOT_A_MEMBER',

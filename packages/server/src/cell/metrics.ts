@@ -31,6 +31,17 @@ export class CellMetrics {
   readonly mailboxStores = new Counter({ name: 'gravitas_mailbox_stores_total', help: 'Items written to device mailboxes (JetStream acknowledged)', registers: [this.registry] });
   readonly mailboxExpired = new Counter({ name: 'gravitas_mailbox_expired_total', help: 'Undelivered mailbox items expired by retention', registers: [this.registry] });
   readonly cookiesSent = new Counter({ name: 'gravitas_handshake_cookies_total', help: 'Cookie challenges sent under handshake load', registers: [this.registry] });
+  readonly groupMessages = new Counter({ name: 'gravitas_group_messages_total', help: 'Group messages stored in group logs (JetStream acknowledged)', registers: [this.registry] });
+  readonly groupDeliveries = new Counter({ name: 'gravitas_group_deliveries_total', help: 'Group messages written to member devices, by path (live: following the log head; catchup: reading behind it)', labelNames: ['path'] as const, registers: [this.registry] });
+  readonly groupLogReads = new Counter({ name: 'gravitas_group_log_reads_total', help: 'Group log reads: verify (direct gets extending a cell feed) and catchup (messages read by device catch-up)', labelNames: ['kind'] as const, registers: [this.registry] });
+  readonly groupCursorWrites = new Counter({ name: 'gravitas_group_cursor_writes_total', help: 'Coalesced KV writes of device group cursors', registers: [this.registry] });
+  readonly groupFanoutSeconds = new Histogram({
+    name: 'gravitas_group_fanout_seconds',
+    help: 'Per cell and group log read: verifying announced group messages in the log, then writing them to every local member device that follows the group',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+    registers: [this.registry],
+  });
+  readonly groupFeeds = new Gauge({ name: 'gravitas_group_feeds', help: 'Groups with member devices on this cell (one log feed each)', registers: [this.registry] });
   readonly presenceWatched = new Gauge({ name: 'gravitas_presence_watched', help: 'Users whose presence this cell watches (one NATS subscription each)', registers: [this.registry] });
   readonly presenceRefused = new Counter({ name: 'gravitas_presence_watch_refused_total', help: 'Contacts not watched because the cell reached its presence watch limits', registers: [this.registry] });
   readonly typingDropped = new Counter({ name: 'gravitas_typing_dropped_total', help: 'Typing indicators dropped over the per-session rate', registers: [this.registry] });

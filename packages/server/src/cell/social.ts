@@ -1,19 +1,261 @@
 import type { KV } from '@nats-io/kv';
-import { ErrorCode, ProtocolError, type Prefs, type RequestOp } from '@gravitas/protocol';
+import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, isName, MAX_ID_LENGTH, pack, ProtocolError, unpack, type Prefs, type RequestArgs, type RequestOp } from '@gravitas/protocol';
 import type { Cell } from './cell.js';
+import { isCasConflict } from './nats.js';
 import type { Session } from './session.js';
 
-// PLACEHOLDER (being implemented): contacts, blocks and preferences in KV.
+/**
+ * Users one contact list may hold (TOO_MANY_CONTACTS beyond), and one block list
+ * (TOO_MANY_BLOCKED). `contacts.list` answers with both lists in one frame, which
+ * the SDK reads up to DEFAULT_MAX_FRAME_BYTES: with names of up to 64 characters,
+ * 900 names are what fits (checked below). Larger lists need a paged contacts.list.
+ */
+export const MAX_CONTACTS = 600;
+export const MAX_BLOCKED = 300;
+/** msgpack str header + longest name, per listed user; plus the answer's envelope and the seal. */
+const LIST_BYTES = (MAX_CONTACTS + MAX_BLOCKED) * (MAX_ID_LENGTH + 2) + 256;
+if (LIST_BYTES > DEFAULT_MAX_FRAME_BYTES) throw new Error(`contact limits do not fit one frame (${LIST_BYTES} bytes)`);
+export const DEFAULT_PREFS: Readonly<Prefs> = Object.freeze({ readReceipts: true, presence: 'contacts' });
+
+/** Changes are invalidated cluster-wide; the TTL only bounds the damage of a lost invalidation. */
+const CACHE_TTL_MS = 30_000;
+const CACHE_MAX = 20_000;
+/** Names held by the cache in all (≈ 150 MB at worst with 64-character names): a few full lists cannot crowd memory. */
+const CACHE_MAX_NAMES = 1_000_000;
+const CAS_ATTEMPTS = 16;
+
+/** One user's social record, as the cell uses it. */
+export interface SocialRecord {
+  readonly contacts: ReadonlySet<string>;
+  readonly blocked: ReadonlySet<string>;
+  readonly prefs: Readonly<Prefs>;
+}
+
+/** The stored form (msgpack, key = user): `c` contacts, `b` blocked, `p` preferences that differ from the defaults. */
+interface Stored { c: string[]; b: string[]; p?: Partial<Prefs> }
+
+const EMPTY: SocialRecord = Object.freeze({ contacts: new Set<string>(), blocked: new Set<string>(), prefs: DEFAULT_PREFS });
+
+function names(v: unknown, max: number): Set<string> {
+  const out = new Set<string>();
+  if (!Array.isArray(v)) return out;
+  for (const u of v) {
+    if (out.size >= max) break;
+    if (typeof u === 'string' && isName(u, MAX_ID_LENGTH)) out.add(u);
+  }
+  return out;
+}
+
+/** Decodes a stored record; anything malformed (a foreign writer) reads as defaults rather than failing. */
+export function decodeSocial(v: Uint8Array | undefined): SocialRecord {
+  if (!v || v.length === 0) return EMPTY;
+  let o: Partial<Stored>;
+  try {
+    o = unpack(v) as Partial<Stored>;
+  } catch {
+    return EMPTY;
+  }
+  if (typeof o !== 'object' || o === null) return EMPTY;
+  const p = (typeof o.p === 'object' && o.p !== null ? o.p : {}) as Record<string, unknown>;
+  return {
+    contacts: names(o.c, MAX_CONTACTS),
+    blocked: names(o.b, MAX_BLOCKED),
+    prefs: {
+      readReceipts: typeof p.readReceipts === 'boolean' ? p.readReceipts : DEFAULT_PREFS.readReceipts,
+      presence: p.presence === 'nobody' || p.presence === 'contacts' ? p.presence : DEFAULT_PREFS.presence,
+    },
+  };
+}
+
+function encodeSocial(r: SocialRecord): Uint8Array {
+  const p: Partial<Prefs> = {};
+  if (r.prefs.readReceipts !== DEFAULT_PREFS.readReceipts) p.readReceipts = r.prefs.readReceipts;
+  if (r.prefs.presence !== DEFAULT_PREFS.presence) p.presence = r.prefs.presence;
+  const s: Stored = { c: [...r.contacts], b: [...r.blocked], ...(Object.keys(p).length > 0 && { p }) };
+  return pack(s);
+}
+
+/**
+ * The read-through cache of records: bounded by entries and by the names they hold
+ * (a full record is 900 names, an empty one 0), oldest evicted first, entries expire.
+ */
+class RecordCache {
+  private readonly map = new Map<string, { rec: SocialRecord; at: number; weight: number }>();
+  private names = 0;
+
+  get(user: string): SocialRecord | undefined {
+    const e = this.map.get(user);
+    if (!e) return undefined;
+    if (Date.now() - e.at < CACHE_TTL_MS) return e.rec;
+    this.delete(user);
+    return undefined;
+  }
+
+  set(user: string, rec: SocialRecord): void {
+    this.delete(user);
+    const weight = rec.contacts.size + rec.blocked.size;
+    while (this.map.size > 0 && (this.map.size >= CACHE_MAX || this.names + weight > CACHE_MAX_NAMES)) this.delete(this.map.keys().next().value!);
+    this.map.set(user, { rec, at: Date.now(), weight });
+    this.names += weight;
+  }
+
+  delete(user: string): void {
+    const e = this.map.get(user);
+    if (!e) return;
+    this.map.delete(user);
+    this.names -= e.weight;
+  }
+}
+
+/** A mutable copy for a change function. */
+interface Draft { contacts: Set<string>; blocked: Set<string>; prefs: Prefs }
+
+/**
+ * Contacts, blocks and preferences: one KV record per user, changed only by
+ * compare-and-set, read through a per-cell cache that every cell drops when the
+ * owner's record changes (Cell.invalidate). `refuses` is what every delivery path
+ * asks before it lets one user reach another.
+ */
 export class Social {
+  private readonly cache = new RecordCache();
+  /** Reads in flight, shared by concurrent callers; an invalidation drops them so a stale read is never cached. */
+  private readonly loading = new Map<string, Promise<SocialRecord>>();
+
   constructor(readonly cell: Cell, readonly kv: KV) {}
-  async refuses(_recipient: string, _sender: string): Promise<boolean> {
-    return false;
+
+  /** True when `recipient` blocked `sender`: the caller then answers exactly as for an unknown user. */
+  async refuses(recipient: string, sender: string): Promise<boolean> {
+    if (recipient === sender) return false;
+    return (await this.record(recipient)).blocked.has(sender);
   }
-  async prefs(_user: string): Promise<Prefs> {
-    return { readReceipts: true, presence: 'contacts' };
+
+  async prefs(user: string): Promise<Prefs> {
+    return (await this.record(user)).prefs;
   }
-  async handle(_s: Session, op: RequestOp, _args: unknown): Promise<unknown> {
-    throw new ProtocolError(ErrorCode.NOT_ALLOWED, `${op} is not available`);
+
+  /** The record of `user` from the cache if it is there (no I/O). */
+  cached(user: string): SocialRecord | undefined {
+    return this.cache.get(user);
   }
-  invalidate(_user: string): void {}
+
+  /** The record of `user` (defaults for a user who never changed anything), read through the cache. */
+  record(user: string): Promise<SocialRecord> {
+    const hit = this.cache.get(user);
+    if (hit) return Promise.resolve(hit);
+    let p = this.loading.get(user);
+    if (p) return p;
+    p = this.read(user).then((r) => r.rec);
+    const mine = p;
+    this.loading.set(user, mine);
+    mine.then(
+      (rec) => {
+        if (this.loading.get(user) !== mine) return; // invalidated while reading
+        this.loading.delete(user);
+        this.cache.set(user, rec);
+      },
+      () => {
+        if (this.loading.get(user) === mine) this.loading.delete(user);
+      },
+    );
+    return mine;
+  }
+
+  private async read(user: string): Promise<{ rec: SocialRecord; rev: number; deleted: boolean }> {
+    const e = await this.kv.get(user);
+    if (!e) return { rec: EMPTY, rev: 0, deleted: false };
+    if (e.operation !== 'PUT') return { rec: EMPTY, rev: e.revision, deleted: true };
+    return { rec: decodeSocial(e.value), rev: e.revision, deleted: false };
+  }
+
+  /** A `req` of area contacts or prefs (arguments already validated). */
+  async handle(s: Session, op: RequestOp, args: unknown): Promise<unknown> {
+    const me = s.user;
+    switch (op) {
+      case 'contacts.list': {
+        // Fresh, not cached: a user listing right after a change on another device must see it.
+        const { rec } = await this.read(me);
+        return { contacts: [...rec.contacts], blocked: [...rec.blocked] };
+      }
+      case 'contacts.add':
+      case 'contacts.block': {
+        const { user } = args as RequestArgs['contacts.add'];
+        if (user === me) throw new ProtocolError(ErrorCode.NOT_ALLOWED, op === 'contacts.add' ? 'you cannot add yourself as a contact' : 'you cannot block yourself');
+        const block = op === 'contacts.block';
+        await this.modify(me, (d) => {
+          const list = block ? d.blocked : d.contacts;
+          if (list.has(user)) return false;
+          const max = block ? MAX_BLOCKED : MAX_CONTACTS;
+          if (list.size >= max) {
+            throw new ProtocolError(block ? ErrorCode.TOO_MANY_BLOCKED : ErrorCode.TOO_MANY_CONTACTS, `a ${block ? 'block' : 'contact'} list may hold at most ${max} users`);
+          }
+          list.add(user);
+          return true;
+        });
+        return undefined;
+      }
+      case 'contacts.remove':
+      case 'contacts.unblock': {
+        // Idempotent: removing what is not there succeeds, so a retry after a lost answer is harmless.
+        const { user } = args as RequestArgs['contacts.remove'];
+        await this.modify(me, (d) => (op === 'contacts.remove' ? d.contacts : d.blocked).delete(user));
+        return undefined;
+      }
+      case 'prefs.get':
+        return { ...(await this.read(me)).rec.prefs };
+      case 'prefs.set': {
+        const want = args as RequestArgs['prefs.set'];
+        const rec = await this.modify(me, (d) => {
+          let changed = false;
+          if (want.readReceipts !== undefined && want.readReceipts !== d.prefs.readReceipts) {
+            d.prefs.readReceipts = want.readReceipts;
+            changed = true;
+          }
+          if (want.presence !== undefined && want.presence !== d.prefs.presence) {
+            d.prefs.presence = want.presence;
+            changed = true;
+          }
+          return changed;
+        });
+        return { ...rec.prefs };
+      }
+      default:
+        throw new ProtocolError(ErrorCode.NOT_ALLOWED, `${op} is not a contacts or prefs operation`);
+    }
+  }
+
+  /**
+   * Read, change, compare-and-set; retried on conflict. `change` returns false when
+   * there is nothing to write (and may throw a coded error). After a write this
+   * cell's cache holds the new record at once, presence here reacts at once, and
+   * every other cell is told to drop its copy.
+   */
+  private async modify(user: string, change: (d: Draft) => boolean): Promise<SocialRecord> {
+    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
+      const cur = await this.read(user);
+      const d: Draft = { contacts: new Set(cur.rec.contacts), blocked: new Set(cur.rec.blocked), prefs: { ...cur.rec.prefs } };
+      if (!change(d)) return cur.rec;
+      const next: SocialRecord = d;
+      try {
+        const value = encodeSocial(next);
+        if (cur.rev) await this.kv.update(user, value, cur.rev); // over a delete marker too
+        else await this.kv.create(user, value);
+      } catch (err) {
+        if (isCasConflict(err)) continue;
+        throw err;
+      }
+      this.loading.delete(user);
+      this.cache.set(user, next);
+      this.cell.presence.socialChanged(user);
+      this.cell.invalidate({ kind: 'social', key: user });
+      return next;
+    }
+    throw new ProtocolError(ErrorCode.BUSY, 'the contact list is being changed too often; try again');
+  }
+
+  /** Another cell (or this one) changed the record of `user`. */
+  invalidate(user: string): void {
+    this.cache.delete(user);
+    this.loading.delete(user);
+    this.cell.presence.socialChanged(user);
+  }
 }
