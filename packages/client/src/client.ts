@@ -7,6 +7,7 @@ import {
   type TypingEvent, type WelcomePayload,
 } from '@gravitas/protocol';
 import { ClientError, ClientErrorCode, DeliveryError } from './errors.js';
+import { openStore, type ClientStore, type OutboxRecord } from './store.js';
 
 export interface ClientOptions {
   /** Cell addresses (host:port); tried in turn. */
@@ -31,10 +32,13 @@ export interface ClientOptions {
   maxOutbox?: number;
   /** Ping interval that keeps an idle session under the server's idle timeout (default 30 s; 0 = off). */
   keepaliveMs?: number;
+  /**
+   * A directory for the outbox and the keys of received messages (LMDB), so that
+   * both survive a restart of the process (docs/sdk.md). One client per directory.
+   * Without it both are kept in memory.
+   */
+  storagePath?: string;
 }
-
-/** Ids of recently received messages remembered to drop re-deliveries. */
-const SEEN_MAX = 10_000;
 
 /** `delivered`: every device of the recipient acknowledged; `stored`: durable in the mailbox (or group log). */
 export interface SendResult { id: string; status: 'delivered' | 'stored' }
@@ -42,7 +46,16 @@ export interface SendResult { id: string; status: 'delivered' | 'stored' }
 /** Where a message goes: a user or a group. */
 export type Target = { to: string } | { g: string };
 
-interface Outgoing { id: string; target: Target; text: string; attempts: number; resolve: (r: SendResult) => void; reject: (e: Error) => void }
+/**
+ * A message in the outbox. `ready`: its record is durable (at once without a
+ * storage path), so it may go on the wire. Restored messages have no promise.
+ */
+interface Outgoing extends OutboxRecord { attempts: number; ready: boolean; resolve: (r: SendResult) => void; reject: (e: Error) => void }
+
+/** How an outbox message ended: the server's answer, or the error that ended it. */
+export type Settled = SendResult | { id: string; error: Error };
+
+const noop = (): void => undefined;
 
 export interface ClientEvents {
   message: [Msg];
@@ -50,6 +63,8 @@ export interface ClientEvents {
   presence: [Presence];
   typing: [TypingEvent];
   connected: [WelcomePayload];
+  /** Every outbox message when it settles: sent by send() (whose promise settles too) or restored from the store. */
+  settled: [Settled];
   disconnected: [Error | undefined];
   error: [Error];
 }
@@ -77,7 +92,13 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private reconnectTimer: NodeJS.Timeout | undefined;
   private pingSeq = 0;
   private keepalive: NodeJS.Timeout | undefined;
-  private readonly seen = new Map<string, true>();
+  /** Outbox records and the keys of received items: memory, or LMDB with a storage path. */
+  private readonly store: ClientStore;
+  private storeClosed = false;
+  /** Outbox writes under way (durable store): a message goes out only once its write is done. */
+  private readonly saving = new Set<Promise<void>>();
+  /** Received items waiting for their key to be durable, shown in arrival order. */
+  private inbound: Promise<void> = Promise.resolve();
   private readonly pings = new Map<number, () => void>();
   private readonly requests = new Map<number, { resolve: (data: unknown) => void; reject: (e: Error) => void }>();
   private requestSeq = 0;
@@ -86,9 +107,20 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   /** Address of the cell currently connected to. */
   server: string | undefined;
 
+  /** Throws ClientError STORAGE_FAILED when the store at `storagePath` cannot be opened or read. */
   constructor(readonly options: ClientOptions) {
     super();
     this.resumption = options.resumption;
+    this.store = openStore(options.storagePath);
+    let restored: OutboxRecord[];
+    try {
+      restored = this.store.loadOutbox();
+    } catch (err) {
+      void this.store.close().catch(noop);
+      throw new ClientError(ClientErrorCode.STORAGE_FAILED, `cannot read the outbox at ${options.storagePath}: ${(err as Error).message}`, { cause: err });
+    }
+    // Left unconfirmed by an earlier process: re-sent, same ids, once connected.
+    for (const r of restored) this.outbox.set(r.id, { ...r, attempts: 0, ready: true, resolve: noop, reject: noop });
   }
 
   get connected(): boolean {
@@ -97,6 +129,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
 
   /** Connects (full handshake, or resumption when a ticket is held). Resolves when the session is open. */
   async connect(): Promise<WelcomePayload> {
+    if (this.storeClosed) throw new ClientError(ClientErrorCode.CLOSED, 'a client with a storage path cannot be reused after close(): create a new one');
     this.closed = false;
     let lastErr: unknown;
     const servers = this.options.servers;
@@ -206,14 +239,22 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     switch (m.t) {
       case 'msg':
         // A re-delivery (the sender re-sent after losing its status, a mailbox drain
-        // after a lost ack): ack it again, show it once.
-        if (this.firstSight(`${m.from}/${m.id}`)) this.emit('message', m);
-        if (this.options.autoAck !== false) this.ack(m.id, m.from);
-        return;
+        // after a lost ack): ack it again, show it once. With a storage path a
+        // re-delivery is acked even without autoAck: its key says it was shown,
+        // possibly by an earlier process, and nothing else would ever ack it.
+        return this.receive(
+          `${m.from}/${m.id}`,
+          () => this.emit('message', m),
+          (first) => {
+            if (this.options.autoAck !== false || (!first && this.store.durable)) this.ack(m.id, m.from);
+          },
+        );
       case 'rcpt':
-        if (this.firstSight(`${m.by}/${m.id}`)) this.emit('receipt', m);
-        this.ack(m.id, m.by);
-        return;
+        return this.receive(
+          `${m.by}/${m.id}`,
+          () => this.emit('receipt', m),
+          () => this.ack(m.id, m.by),
+        );
       case 'pres':
         this.emit('presence', m);
         return;
@@ -233,8 +274,8 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         if (!out) return;
         if (m.s === 'failed' && m.code && RETRYABLE.has(m.code)) return this.retryLater(out);
         this.outbox.delete(m.id);
-        if (m.s === 'failed') out.reject(new DeliveryError(m.code ?? ErrorCode.INTERNAL, m.id));
-        else out.resolve({ id: m.id, status: m.s });
+        if (m.s === 'failed') this.settle(out, { id: m.id, error: new DeliveryError(m.code ?? ErrorCode.INTERNAL, m.id) });
+        else this.settle(out, { id: m.id, status: m.s });
         return;
       }
       case 'pong':
@@ -246,7 +287,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         const out = m.ref ? this.outbox.get(m.ref) : undefined;
         if (out) {
           this.outbox.delete(out.id);
-          out.reject(err);
+          this.settle(out, { id: out.id, error: err });
         } else this.emit('error', err);
         return;
       }
@@ -259,12 +300,47 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     }
   }
 
-  /** True the first time a (sender, id) pair is seen: the application sees each message once. */
-  private firstSight(key: string): boolean {
-    if (this.seen.has(key)) return false;
-    if (this.seen.size >= SEEN_MAX) this.seen.delete(this.seen.keys().next().value!);
-    this.seen.set(key, true);
-    return true;
+  /**
+   * Shows an incoming item at most once and then acknowledges it: its (sender, id)
+   * key is recorded first (with a storage path: durably, before the event), then
+   * the event, then the ack. A crash before the key is durable leaves the item
+   * unacked, so the server delivers it again and it is shown then; a crash after
+   * the event never shows it twice. Items are shown in arrival order.
+   */
+  private receive(key: string, show: () => void, ack: (first: boolean) => void): void {
+    const seen = this.store.markSeen(key);
+    if (typeof seen === 'boolean') {
+      if (seen) show();
+      return ack(seen);
+    }
+    this.inbound = this.inbound.then(async () => {
+      let first: boolean;
+      try {
+        first = await seen;
+      } catch (err) {
+        // Neither shown nor acked: the server delivers it again.
+        return this.emitLater(new ClientError(ClientErrorCode.STORAGE_FAILED, `cannot record received item ${key}: ${(err as Error).message}`, { cause: err }));
+      }
+      try {
+        if (first) show();
+        ack(first);
+      } catch (err) {
+        this.emitLater(err as Error); // a throwing listener: not acked, as without a storage path
+      }
+    });
+  }
+
+  /** 'error' outside the promise chain, so that a missing listener fails as loudly as it does elsewhere. */
+  private emitLater(err: Error): void {
+    process.nextTick(() => this.emit('error', err));
+  }
+
+  /** An outbox message is finished: its record goes, its promise and the 'settled' event tell the outcome. */
+  private settle(out: Outgoing, result: Settled): void {
+    this.store.deleteOutbox(out.id);
+    if ('error' in result) out.reject(result.error);
+    else out.resolve(result);
+    this.emit('settled', result);
   }
 
   /** The server could not take custody now: send it again after a backoff (reset by a reconnect). */
@@ -328,12 +404,36 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   }
 
   private resendOutbox(): void {
-    for (const o of this.outbox.values()) this.write(sendFrame(o));
+    for (const o of this.outbox.values()) if (o.ready) this.write(sendFrame(o));
   }
 
   private failOutbox(): void {
-    for (const o of this.outbox.values()) o.reject(new ClientError(ClientErrorCode.CLOSED, 'client closed before the message was confirmed'));
+    if (this.store.durable) {
+      // Not settled: the records stay, and this client after a connect() or the next
+      // one on this storage path sends them again. Only the promises end here.
+      for (const o of this.outbox.values()) {
+        o.reject(new ClientError(ClientErrorCode.CLOSED, `client closed before message ${o.id} was confirmed; it stays in the outbox at ${this.options.storagePath}`));
+        o.resolve = o.reject = noop;
+      }
+      return;
+    }
+    const all = [...this.outbox.values()];
     this.outbox.clear();
+    for (const o of all) this.settle(o, { id: o.id, error: new ClientError(ClientErrorCode.CLOSED, 'client closed before the message was confirmed') });
+  }
+
+  /** The unconfirmed messages, oldest first (with a storage path: also those restored from an earlier process). */
+  pendingMessages(): OutboxRecord[] {
+    return [...this.outbox.values()].map(({ id, target, text, createdAt }) => ({ id, target, text, createdAt }));
+  }
+
+  /**
+   * Resolves once every message given to send() so far is durable in the outbox
+   * (at once without a storage path). A message whose write failed has its send()
+   * rejected with STORAGE_FAILED.
+   */
+  async flush(): Promise<void> {
+    await Promise.allSettled([...this.saving]);
   }
 
   /**
@@ -352,14 +452,44 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   }
 
   private submit(target: Target, text: string, id: string): Promise<SendResult> {
-    if (this.closed) return Promise.reject(new ClientError(ClientErrorCode.CLOSED, 'client is closed'));
+    if (this.closed || this.storeClosed) return Promise.reject(new ClientError(ClientErrorCode.CLOSED, 'client is closed'));
     if (this.outbox.has(id)) return Promise.reject(new ClientError(ClientErrorCode.DUPLICATE_ID, `message ${id} is already in the outbox`));
     if (this.outbox.size >= (this.options.maxOutbox ?? 1024)) return Promise.reject(new ClientError(ClientErrorCode.OUTBOX_FULL, 'too many unconfirmed messages'));
     return new Promise((resolve, reject) => {
-      const out: Outgoing = { id, target, text, attempts: 0, resolve, reject };
+      const out: Outgoing = { id, target, text, createdAt: Date.now(), attempts: 0, ready: false, resolve, reject };
       this.outbox.set(id, out);
-      // Not connected: it stays in the outbox and goes out after the reconnect.
-      if (this.channel) this.write(sendFrame(out));
+      const saved = this.store.putOutbox({ id, target, text, createdAt: out.createdAt });
+      if (!saved) {
+        out.ready = true;
+        // Not connected: it stays in the outbox and goes out after the reconnect.
+        if (this.channel) this.write(sendFrame(out));
+        return;
+      }
+      // Write-ahead: the record is on disk before the message may reach the server,
+      // so whatever the server may have seen is found again after a crash. The
+      // writes of one event turn share one transaction and one flush.
+      const done = saved.then(
+        () => {
+          if (this.outbox.get(id) !== out) return;
+          out.ready = true;
+          try {
+            if (this.channel && !this.closed) this.write(sendFrame(out));
+          } catch (err) {
+            this.emitLater(err as Error); // it stays in the outbox and goes out after the reconnect
+          }
+        },
+        (err: unknown) => {
+          if (this.outbox.get(id) !== out) return;
+          this.outbox.delete(id);
+          try {
+            this.settle(out, { id, error: new ClientError(ClientErrorCode.STORAGE_FAILED, `cannot store message ${id}: ${(err as Error).message}`, { cause: err }) });
+          } catch (e) {
+            this.emitLater(e as Error); // a throwing 'settled' listener
+          }
+        },
+      );
+      this.saving.add(done);
+      void done.then(() => this.saving.delete(done));
     });
   }
 
@@ -402,7 +532,11 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     });
   }
 
-  /** Says goodbye and closes; unconfirmed messages are rejected with CLOSED. */
+  /**
+   * Says goodbye and closes; unconfirmed messages are rejected with CLOSED. With a
+   * storage path they stay stored for the next client, and the store is closed
+   * once its writes are done (a closed client with a storage path is not reused).
+   */
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.reconnectTimer);
@@ -423,7 +557,13 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         }, 1000).unref();
       });
     }
-    this.failOutbox();
+    if (this.store.durable && !this.storeClosed) {
+      this.storeClosed = true;
+      await this.flush(); // every record is written (or its send() failed) before the promises end
+      this.failOutbox();
+      await this.inbound; // received items whose keys are being written are still shown
+      await this.store.close();
+    } else this.failOutbox();
   }
 }
 

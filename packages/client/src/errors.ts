@@ -8,6 +8,8 @@ export const ClientErrorCode = {
   NOT_CONNECTED: 'NOT_CONNECTED',
   OUTBOX_FULL: 'OUTBOX_FULL',
   DUPLICATE_ID: 'DUPLICATE_ID',
+  /** The client store (storagePath) could not be opened, or a write to it failed. */
+  STORAGE_FAILED: 'STORAGE_FAILED',
 } as const;
 export type ClientErrorCode = (typeof ClientErrorCode)[keyof typeof ClientErrorCode];
 

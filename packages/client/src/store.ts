@@ -1,0 +1,201 @@
+/*
+ * Where the SDK keeps what must outlive a connection: the outbox (messages sent
+ * but not yet confirmed) and the keys of recently received items (to show each
+ * one once). In memory by default; in LMDB when the application gives a storage
+ * path, so that both survive a restart of the process (docs/sdk.md).
+ */
+import { mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join, resolve } from 'node:path';
+import type { Database, RootDatabase } from 'lmdb';
+import type { Target } from './client.js';
+import { ClientError, ClientErrorCode } from './errors.js';
+
+/** One unconfirmed outgoing message, as stored. */
+export interface OutboxRecord { id: string; target: Target; text: string; createdAt: number }
+
+/**
+ * The SDK's storage. A memory store answers at once (plain values); a durable
+ * store answers with promises that resolve only once the change is on disk.
+ */
+export interface ClientStore {
+  /** True when what is stored survives the process. */
+  readonly durable: boolean;
+  /** The outbox, oldest first (as it was put). */
+  loadOutbox(): OutboxRecord[];
+  /** Adds an outbox record; a durable store resolves once it is on disk (write-ahead: before the message is sent). */
+  putOutbox(r: OutboxRecord): void | Promise<void>;
+  /**
+   * Removes a settled record. Not awaited: if the removal is lost in a crash the
+   * message is sent again with the same id, and the server answers it again.
+   */
+  deleteOutbox(id: string): void;
+  /**
+   * Records the key of an incoming item; true if it was not recorded before. A
+   * durable store resolves once the key is on disk. At most `maxSeen` keys are
+   * kept, the oldest dropped first.
+   */
+  markSeen(key: string): boolean | Promise<boolean>;
+  close(): Promise<void>;
+}
+
+/** Keys remembered by the memory store (the SDK's behaviour before storage paths). */
+export const MEMORY_SEEN_MAX = 10_000;
+/** Keys remembered by the LMDB store: about 50 MiB on disk at the longest keys (user and id of 64 characters). */
+export const LMDB_SEEN_MAX = 100_000;
+
+export interface StoreOptions {
+  /** How many incoming keys to remember (defaults: MEMORY_SEEN_MAX, LMDB_SEEN_MAX). */
+  maxSeen?: number;
+}
+
+/** Everything in memory: lost with the process. */
+export class MemoryStore implements ClientStore {
+  readonly durable = false;
+  private readonly outbox = new Map<string, OutboxRecord>();
+  private readonly seen = new Set<string>();
+  private readonly maxSeen: number;
+
+  constructor(o: StoreOptions = {}) {
+    this.maxSeen = o.maxSeen ?? MEMORY_SEEN_MAX;
+  }
+
+  loadOutbox(): OutboxRecord[] {
+    return [...this.outbox.values()];
+  }
+
+  putOutbox(r: OutboxRecord): void {
+    this.outbox.set(r.id, r);
+  }
+
+  deleteOutbox(id: string): void {
+    this.outbox.delete(id);
+  }
+
+  markSeen(key: string): boolean {
+    if (this.seen.has(key)) return false;
+    if (this.seen.size >= this.maxSeen) this.seen.delete(this.seen.values().next().value!);
+    this.seen.add(key);
+    return true;
+  }
+
+  async close(): Promise<void> {
+    // nothing to release
+  }
+}
+
+/** Paths open in this process: two clients on one outbox would both send it. */
+const openPaths = new Set<string>();
+
+/** Stored outbox value: the record and its place in the order of puts. */
+interface StoredOutbox extends OutboxRecord { n: number }
+
+/**
+ * LMDB (lmdb-js) in `<path>/client.mdb`. Three sub-databases: `outbox` (id →
+ * record), `seen` (key → sequence number) and `seenOrder` (sequence number → key,
+ * for evicting the oldest). Writes go through lmdb-js's batching: all the writes
+ * of one event turn share one transaction and one disk flush, and each promise
+ * resolves only after `flushed` (with overlappingSync, the default, a commit is
+ * visible before it is on disk).
+ */
+export class LmdbStore implements ClientStore {
+  readonly durable = true;
+  private nextOutbox = 0;
+  private nextSeen = 0;
+  private seenCount = 0;
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly root: RootDatabase,
+    private readonly outbox: Database<StoredOutbox, string>,
+    private readonly seen: Database<number, string>,
+    private readonly seenOrder: Database<string, number>,
+    private readonly maxSeen: number,
+    private readonly path: string,
+  ) {
+    for (const { value } of outbox.getRange()) this.nextOutbox = Math.max(this.nextOutbox, value.n + 1);
+    for (const k of seenOrder.getKeys({ reverse: true, limit: 1 })) this.nextSeen = k + 1;
+    this.seenCount = seenOrder.getCount();
+  }
+
+  /** Opens (creating if needed) the store in directory `path`; throws ClientError STORAGE_FAILED. */
+  static open(path: string, o: StoreOptions = {}): LmdbStore {
+    const full = resolve(path);
+    if (openPaths.has(full)) throw new ClientError(ClientErrorCode.STORAGE_FAILED, `the client store at ${path} is already open in this process (one client per storage path)`);
+    let root: RootDatabase | undefined;
+    try {
+      // Loaded on first use, so that a client without a storage path never loads the native module.
+      const lmdb = createRequire(import.meta.url)('lmdb') as typeof import('lmdb');
+      mkdirSync(path, { recursive: true });
+      root = lmdb.open({ path: join(path, 'client.mdb'), maxDbs: 4 });
+      const store = new LmdbStore(
+        root,
+        root.openDB<StoredOutbox, string>({ name: 'outbox', encoding: 'json' }),
+        root.openDB<number, string>({ name: 'seen', encoding: 'json' }),
+        root.openDB<string, number>({ name: 'seenOrder', encoding: 'string' }),
+        o.maxSeen ?? LMDB_SEEN_MAX,
+        full,
+      );
+      openPaths.add(full);
+      return store;
+    } catch (err) {
+      void root?.close().catch(() => undefined);
+      throw new ClientError(ClientErrorCode.STORAGE_FAILED, `cannot open the client store at ${path}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  loadOutbox(): OutboxRecord[] {
+    const all = [...this.outbox.getRange()].map((e) => e.value).sort((a, b) => a.n - b.n);
+    return all.map(({ id, target, text, createdAt }) => ({ id, target, text, createdAt }));
+  }
+
+  async putOutbox(r: OutboxRecord): Promise<void> {
+    await this.outbox.put(r.id, { id: r.id, target: r.target, text: r.text, createdAt: r.createdAt, n: this.nextOutbox++ });
+    await this.root.flushed;
+  }
+
+  deleteOutbox(id: string): void {
+    // A record left behind is re-sent and answered again; lmdb-js throws at once for
+    // some failures (a key it cannot hold) and rejects for others.
+    try {
+      this.outbox.remove(id).catch(() => undefined);
+    } catch {
+      // nothing was stored under it either
+    }
+  }
+
+  async markSeen(key: string): Promise<boolean> {
+    // In a transaction callback reads see the batch's own writes: two deliveries of
+    // one key in the same batch are told apart, and eviction finds the oldest.
+    const first = await this.seen.transaction(() => {
+      if (this.seen.get(key) !== undefined) return false;
+      const n = this.nextSeen++;
+      this.seen.put(key, n);
+      this.seenOrder.put(n, key);
+      this.seenCount++;
+      if (this.seenCount > this.maxSeen) {
+        // Collected first: no removals under an open cursor.
+        const oldest = [...this.seenOrder.getRange({ limit: this.seenCount - this.maxSeen })];
+        for (const { key: n, value: k } of oldest) {
+          this.seenOrder.remove(n);
+          this.seen.remove(k);
+          this.seenCount--;
+        }
+      }
+      return true;
+    });
+    await this.root.flushed;
+    return first;
+  }
+
+  /** Closes the environment once the writes under way are done. */
+  close(): Promise<void> {
+    this.closing ??= this.root.close().finally(() => openPaths.delete(this.path));
+    return this.closing;
+  }
+}
+
+/** The store for a client: LMDB at `path`, or memory without one. */
+export function openStore(path: string | undefined, o: StoreOptions = {}): ClientStore {
+  return path === undefined ? new MemoryStore(o) : LmdbStore.open(path, o);
+}
