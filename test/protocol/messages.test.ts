@@ -1,7 +1,7 @@
 import t from 'tap';
 import {
   decodeClientHandshake, decodeClientMessage, decodeHelloPayload, decodeServerHandshake, decodeServerMessage, decodeWelcomePayload,
-  DecodeError, ErrorCode, isName, MAX_ID_LENGTH, MAX_TEXT_LENGTH, pack, ProtocolError, unpack,
+  DecodeError, ErrorCode, isName, MAX_ID_LENGTH, MAX_TEXT_LENGTH, REQUEST_OPS, pack, ProtocolError, unpack,
 } from '@gravitas/protocol';
 import { codeOf, norm } from '../fixtures/codes.js';
 
@@ -72,7 +72,21 @@ const cases: Case[] = [
     valid: { t: 'send', id: 'm-1', to: 'bob', text: 'hi' },
     fields: { id: req(name()), to: req(name()), text: req(str(MAX_TEXT_LENGTH)) },
   },
-  { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'ack', valid: { t: 'ack', id: 'm-1' }, fields: { id: req(name()) } },
+  {
+    decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'send',
+    valid: { t: 'send', id: 'm-1', g: 'grp1', text: 'hi' },
+    fields: { id: req(name()), g: req(name()), text: req(str(MAX_TEXT_LENGTH)) },
+  },
+  { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'ack', valid: { t: 'ack', id: 'm-1', from: 'alice' }, fields: { id: req(name()), from: req(name()) } },
+  { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'read', valid: { t: 'read', id: 'm-1', from: 'alice' }, fields: { id: req(name()), from: req(name()) } },
+  { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'typing', valid: { t: 'typing', to: 'bob', on: true }, fields: { to: req(name()), on: req({ k: 'bool' }) } },
+  { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'typing', valid: { t: 'typing', g: 'grp1', on: false }, fields: { g: req(name()), on: req({ k: 'bool' }) } },
+  { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'presence', valid: { t: 'presence', s: 'away' }, fields: { s: req({ k: 'oneOf', values: ['online', 'away'] }) } },
+  {
+    decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'req',
+    valid: { t: 'req', rid: 1, op: 'contacts.add', a: { user: 'bob' } },
+    fields: { rid: req(int(0, 2 ** 32)), op: req({ k: 'oneOf', values: [...REQUEST_OPS] }) },
+  },
   { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'ping', valid: { t: 'ping', n: 3 }, fields: { n: req(int()) } },
   { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'finish', valid: { t: 'finish', h: b(32) }, fields: { h: req(bin(32)) } },
   {
@@ -87,8 +101,29 @@ const cases: Case[] = [
   },
   {
     decoder: 'decodeServerMessage', decode: decodeServerMessage, type: 'status',
-    valid: { t: 'status', id: 'm-1', s: 'failed', code: 'RECIPIENT_OFFLINE' },
-    fields: { id: req(name()), s: req({ k: 'oneOf', values: ['delivered', 'failed'] }), code: opt(code) },
+    valid: { t: 'status', id: 'm-1', s: 'failed', code: 'UNDELIVERABLE' },
+    fields: { id: req(name()), s: req({ k: 'oneOf', values: ['delivered', 'stored', 'failed'] }), code: opt(code) },
+  },
+  {
+    decoder: 'decodeServerMessage', decode: decodeServerMessage, type: 'msg',
+    valid: { t: 'msg', id: 'm-1', from: 'alice', fd: 'phone', to: 'bob', text: 'hi', ts: 17, g: 'grp1', seq: 9 },
+    fields: { g: opt(name()), seq: opt(int()) },
+  },
+  {
+    decoder: 'decodeServerMessage', decode: decodeServerMessage, type: 'rcpt',
+    valid: { t: 'rcpt', id: 'r-1', ref: 'm-1', by: 'bob', bd: 'phone', s: 'delivered', ts: 5 },
+    fields: { id: req(name()), ref: req(name()), by: req(name()), bd: opt(name(32)), s: req({ k: 'oneOf', values: ['delivered', 'read', 'expired'] }), ts: req(int()) },
+  },
+  {
+    decoder: 'decodeServerMessage', decode: decodeServerMessage, type: 'pres',
+    valid: { t: 'pres', user: 'bob', s: 'offline', last: 5 },
+    fields: { user: req(name()), s: req({ k: 'oneOf', values: ['online', 'away', 'offline'] }), last: opt(int()) },
+  },
+  { decoder: 'decodeServerMessage', decode: decodeServerMessage, type: 'typing', valid: { t: 'typing', from: 'bob', on: true, g: 'grp1' }, fields: { from: req(name()), on: req({ k: 'bool' }), g: opt(name()) } },
+  {
+    decoder: 'decodeServerMessage', decode: decodeServerMessage, type: 'res',
+    valid: { t: 'res', rid: 4, ok: false, code: 'NOT_FOUND', message: 'no such group' },
+    fields: { rid: req(int(0, 2 ** 32)), code: req(code), message: req(str(1024)) },
   },
   { decoder: 'decodeServerMessage', decode: decodeServerMessage, type: 'pong', valid: { t: 'pong', n: 0 }, fields: { n: req(int()) } },
   {
@@ -250,12 +285,12 @@ t.test('decode errors are coded, non-fatal, and name the field', async (t) => {
 });
 
 t.test('__proto__ and prototype keys do not leak into decoded messages', async (t) => {
-  const hostile = JSON.parse('{"t":"ack","id":"a","__proto__":{"t":"send","to":"x","text":"y"}}') as unknown;
+  const hostile = JSON.parse('{"t":"ack","id":"a","from":"b","__proto__":{"t":"send","to":"x","text":"y"}}') as unknown;
   const out = decodeClientMessage(hostile);
-  t.strictSame(out, { t: 'ack', id: 'a' });
+  t.strictSame(out, { t: 'ack', id: 'a', from: 'b' });
   t.equal(Object.getPrototypeOf(out), Object.prototype);
   const viaMsgpack = unpack(pack(hostile)) as object;
-  t.strictSame(decodeClientMessage(viaMsgpack), { t: 'ack', id: 'a' }, 'the same after msgpack (where the key becomes __proto_)');
+  t.strictSame(decodeClientMessage(viaMsgpack), { t: 'ack', id: 'a', from: 'b' }, 'the same after msgpack (where the key becomes __proto_)');
 });
 
 t.test('isName: the name rule used for ids, users and devices', async (t) => {

@@ -77,6 +77,7 @@ export const FATAL_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.UNKNOWN_DEVICE,
   ErrorCode.REGISTRATION_DENIED,
   ErrorCode.DEVICE_KEY_MISMATCH,
+  ErrorCode.TOO_MANY_DEVICES,
   ErrorCode.TICKET_INVALID,
   ErrorCode.TICKET_EXPIRED,
   ErrorCode.TICKET_REPLAYED,

@@ -38,7 +38,7 @@ export interface Finish { t: 'finish'; h: Uint8Array }
 /** A chat message to a user (`to`) or a group (`g`): exactly one of the two. */
 export type Send = { t: 'send'; id: string; text: string } & ({ to: string; g?: undefined } | { g: string; to?: undefined });
 /** The device has the message (or receipt) `id` from `from`: the server may forget it. */
-export interface Ack { t: 'ack'; id: string; from?: string }
+export interface Ack { t: 'ack'; id: string; from: string }
 /** The user has read message `id` from `from` (a read receipt, unless turned off). */
 export interface Read { t: 'read'; id: string; from: string }
 /** Ephemeral: the user is typing to a user or in a group. Never stored. */
@@ -168,10 +168,8 @@ export function decodeClientMessage(v: unknown): ClientMessage {
   switch (t) {
     case 'send':
       return { t, id: name(o, 'id'), text: str(o, 'text', MAX_TEXT_LENGTH), ...target(o) } as Send;
-    case 'ack': {
-      const from = o.from === undefined ? undefined : name(o, 'from');
-      return { t, id: name(o, 'id'), ...(from !== undefined && { from }) };
-    }
+    case 'ack':
+      return { t, id: name(o, 'id'), from: name(o, 'from') };
     case 'read':
       return { t, id: name(o, 'id'), from: name(o, 'from') };
     case 'typing':
