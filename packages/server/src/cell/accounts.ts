@@ -39,6 +39,7 @@ function decodeIndex(v: Uint8Array | undefined): DeviceIndex {
 export class Accounts {
   private readonly keys = new TtlCache<string, Uint8Array>(CACHE_MAX, KEY_CACHE_TTL_MS);
   private readonly devicesCache = new TtlCache<string, string[]>(CACHE_MAX, DEVICES_CACHE_TTL_MS);
+  private readonly devicesReads = new Map<string, Promise<string[]>>();
 
   constructor(
     private readonly kv: KV,
@@ -97,10 +98,22 @@ export class Accounts {
   async devices(user: string): Promise<string[]> {
     const hit = this.devicesCache.get(user);
     if (hit) return hit;
-    const e = await this.kv.get(user);
-    const list = e && e.operation === 'PUT' ? Object.keys(decodeIndex(e.value)) : [];
-    this.devicesCache.set(user, list);
-    return list;
+    // Concurrent misses for one user share one KV get.
+    const running = this.devicesReads.get(user);
+    if (running) return running;
+    let pending: Promise<string[]> | undefined;
+    const read: Promise<string[]> = (async () => {
+      const e = await this.kv.get(user);
+      const list = e && e.operation === 'PUT' ? Object.keys(decodeIndex(e.value)) : [];
+      // An invalidation that arrived while we read makes this answer stale: don't keep it.
+      if (this.devicesReads.get(user) === pending) this.devicesCache.set(user, list);
+      return list;
+    })().finally(() => {
+      if (this.devicesReads.get(user) === read) this.devicesReads.delete(user);
+    });
+    pending = read;
+    this.devicesReads.set(user, read);
+    return read;
   }
 
   /** Devices with their registration time, for `devices.list`. */
@@ -125,6 +138,7 @@ export class Accounts {
 
   invalidate(user: string): void {
     this.devicesCache.delete(user);
+    this.devicesReads.delete(user);
   }
 
   private async modifyIndex(user: string, change: (d: DeviceIndex) => boolean): Promise<void> {

@@ -22,6 +22,9 @@ import { Social } from './social.js';
 import { SpentTickets } from './tickets.js';
 import { decodeEnvelope, decodeInvalidation, type Envelope, type Invalidation } from './envelope.js';
 
+/** Mailbox drains running at once per cell; more wait their turn. */
+const MAX_CONCURRENT_DRAINS = 32;
+
 /**
  * One cell: a TCP listener, the sessions it accepted, its own NATS connection and
  * inbox subject, and the modules that act for those sessions: custody (1:1
@@ -51,6 +54,9 @@ export class Cell {
   private readonly sessions = new Map<string, Session>();
   private readonly byUser = new Map<string, Set<Session>>();
   private draining = false;
+  private activeDrains = 0;
+  /** Sessions waiting for a drain slot (each at most once). */
+  private readonly drainQueue = new Set<Session>();
   address = '';
   private port = 0;
 
@@ -196,6 +202,7 @@ export class Cell {
 
   detach(s: Session, wasOpen: boolean): void {
     const key = `${s.user}/${s.device}`;
+    this.drainQueue.delete(s);
     if (this.sessions.get(key) === s) {
       this.sessions.delete(key);
       const mine = this.byUser.get(s.user);
@@ -223,6 +230,12 @@ export class Cell {
       d.again = true;
       return;
     }
+    // Bounded concurrency: a reconnect storm must not starve handshakes and live traffic.
+    if (this.activeDrains >= MAX_CONCURRENT_DRAINS) {
+      this.drainQueue.add(s);
+      return;
+    }
+    this.activeDrains++;
     d.running = true;
     void (async () => {
       try {
@@ -246,6 +259,14 @@ export class Cell {
         setTimeout(() => s.isOpen && this.drainMailbox(s), d.retryMs).unref();
       } finally {
         d.running = false;
+        this.activeDrains--;
+        for (const next of this.drainQueue) {
+          this.drainQueue.delete(next);
+          if (next.isOpen) {
+            this.drainMailbox(next);
+            break;
+          }
+        }
       }
     })();
   }

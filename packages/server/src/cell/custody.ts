@@ -39,6 +39,9 @@ const SETTLED_TTL_MS = 10 * 60_000;
 const LATE_MAX = 100_000;
 const LATE_TTL_MS = 10 * 60_000;
 
+/** Stores for one user within this delay share one wake-up lookup. */
+const WAKE_DELAY_MS = 20;
+
 const tkey = (user: string, device: string): string => `${user}/${device}`;
 
 /** Ids of items the server creates (receipts): time-ordered, unique. */
@@ -62,9 +65,8 @@ export class Custody {
   private readonly late = new TtlCache<string, StoredRef>(LATE_MAX, LATE_TTL_MS);
   /** Messages in flight per sending device (bounded by limits.maxInFlightPerSession). */
   private readonly inFlight = new Map<string, number>();
-  /** Users whose mailbox got items this tick: looked up once afterwards to wake their drains. */
-  private readonly recheck = new Set<string>();
-  private recheckScheduled = false;
+  /** Users whose mailbox just got items: one directory read each wakes their drains. */
+  private readonly wakes = new Map<string, { running: boolean; again: boolean }>();
   private sweeper: NodeJS.Timeout | undefined;
 
   constructor(private readonly cell: Cell) {}
@@ -254,28 +256,39 @@ export class Custody {
   }
 
   /**
-   * After a store, look the user up again (once per tick for all stores): a device
-   * that registered while we decided it was offline may have drained already, so it
-   * is told to drain again. Lookup after the store's ack closes that race.
+   * After a store, look the user up again: a device that registered while we
+   * decided it was offline may have drained already, so it is told to drain again.
+   * A lookup that starts after the store's ack closes that race; stores for one
+   * user within WAKE_DELAY_MS share one lookup (a burst to an offline user costs
+   * one read, not one per message).
    */
   wake(user: string): void {
-    this.recheck.add(user);
-    if (this.recheckScheduled) return;
-    this.recheckScheduled = true;
-    setImmediate(() => {
-      this.recheckScheduled = false;
-      const users = [...this.recheck];
-      this.recheck.clear();
-      for (const u of users) {
-        this.cell.directory
-          .lookup(u, true)
-          .then((locs) => {
-            for (const l of locs) this.cell.pokeMailbox(l, u);
-          })
-          // NATS away: try again, or the item would wait for the device's next connect.
-          .catch(() => setTimeout(() => this.wake(u), 500).unref());
-      }
-    });
+    const w = this.wakes.get(user);
+    if (w) {
+      if (w.running) w.again = true; // started before this store: look once more after it
+      return;
+    }
+    this.wakes.set(user, { running: false, again: false });
+    setTimeout(() => this.runWake(user), WAKE_DELAY_MS).unref();
+  }
+
+  private runWake(user: string): void {
+    const w = this.wakes.get(user)!;
+    w.running = true;
+    this.cell.directory
+      .lookup(user, true)
+      .then(
+        (locs) => {
+          for (const l of locs) this.cell.pokeMailbox(l, user);
+          return false;
+        },
+        () => true, // NATS away: try again, or the item would wait for the device's next connect
+      )
+      .then((failed) => {
+        const again = w.again || failed;
+        this.wakes.delete(user);
+        if (again) setTimeout(() => this.wake(user), failed ? 500 : 0).unref();
+      });
   }
 
   // ---- settling -----------------------------------------------------------------

@@ -30,6 +30,7 @@ function decode(v: Uint8Array | undefined): Entry {
  */
 export class Directory {
   private readonly cache = new Map<string, { locs: DeviceLocation[]; at: number }>();
+  private readonly inFlight = new Map<string, Promise<DeviceLocation[]>>();
 
   constructor(private readonly kv: KV, private readonly isLive: (cell: string) => boolean) {}
 
@@ -77,12 +78,26 @@ export class Directory {
     });
   }
 
-  /** Online devices of a user, on live cells. Positive answers are cached briefly. */
+  /**
+   * Online devices of a user, on live cells. Positive answers are cached briefly;
+   * concurrent reads of one user share one KV get.
+   */
   async lookup(user: string, fresh = false): Promise<DeviceLocation[]> {
     const hit = this.cache.get(user);
     // A cached location on a cell that died since is stale: the device may have
     // registered again elsewhere, so read the entry instead of answering "offline".
     if (!fresh && hit && Date.now() - hit.at < CACHE_TTL_MS && hit.locs.every((l) => this.isLive(l.cell))) return hit.locs;
+    // A fresh read must start after the caller's call, so it cannot join one in flight.
+    const running = fresh ? undefined : this.inFlight.get(user);
+    if (running) return running;
+    const read = this.read(user).finally(() => {
+      if (this.inFlight.get(user) === read) this.inFlight.delete(user);
+    });
+    if (!fresh) this.inFlight.set(user, read);
+    return read;
+  }
+
+  private async read(user: string): Promise<DeviceLocation[]> {
     const cur = await this.kv.get(user);
     const entry = cur && cur.operation === 'PUT' ? decode(cur.value) : {};
     const locs = Object.entries(entry)
