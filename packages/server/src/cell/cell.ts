@@ -338,7 +338,7 @@ export class Cell {
     if (op === 'devices.list') return { devices: await this.accounts.deviceList(s.user) };
     const { device } = args as { device: string };
     await this.accounts.removeDevice(s.user, device);
-    await this.mailbox.purgeDevice(s.user, device);
+    await Promise.all([this.mailbox.purgeDevice(s.user, device), this.groups.forgetDevice(s.user, device)]);
     // Its sessions end now, wherever they are.
     const locs = await this.directory.lookup(s.user, true);
     for (const l of locs) if (l.device === device) this.publish(l.cell, { k: 'kick', user: s.user, dev: device, ep: Number.MAX_SAFE_INTEGER });

@@ -1,33 +1,18 @@
 import type { NatsConnection } from '@nats-io/transport-node';
-import {
-  DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType,
-  type JetStreamClient, type JetStreamManager, type StreamConfig,
-} from '@nats-io/jetstream';
-import { ErrorCode, pack, ProtocolError, unpack } from '@gravitas/protocol';
+import { DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
+import { ErrorCode, pack, unpack } from '@gravitas/protocol';
 import type { MailboxConfig } from '../config.js';
 import type { Names } from '../subjects.js';
 import { decodeItem, type ChatItem } from './envelope.js';
+import { deadline, DUPLICATE_WINDOW_MS, ensureStream, JS_STREAM_FULL, jsCode, lastOn, nextOn, NS_PER_MS, scan, StorageError } from './jetstream.js';
 
 /** One message of a group's log: its stream sequence (the item's `seq`) and the item. */
 export interface LogEntry { seq: number; item: ChatItem }
 
-const NS_PER_MS = 1_000_000;
-const DUPLICATE_WINDOW_MS = 120_000;
-const JS_STREAM_FULL = 10047;
-const JS_STREAM_CONFIG_DIFFERS = 10058;
-const JS_SUBJECTS_OVERLAP = 10065;
-/** How long a catch-up page waits for messages it knows are there (the server's pull expiry). */
-const FETCH_EXPIRES_MS = 2000;
 const TIMEOUT_MS = 5000;
 
-function jsCode(err: unknown): number | undefined {
-  const e = err as { code?: unknown; api_error?: { err_code?: unknown } };
-  if (typeof e?.api_error?.err_code === 'number') return e.api_error.err_code;
-  return typeof e?.code === 'number' ? e.code : typeof e?.code === 'string' && /^\d+$/.test(e.code) ? Number(e.code) : undefined;
-}
-
 /** A group log operation that failed, with the code the sender gets. */
-export class GroupLogError extends ProtocolError {
+export class GroupLogError extends StorageError {
   override name = 'GroupLogError';
 }
 
@@ -55,7 +40,7 @@ export class GroupLog {
   async start(): Promise<void> {
     this.jsm = await jetstreamManager(this.nc, { timeout: TIMEOUT_MS });
     const all = [];
-    for (let k = 0; k < this.cfg.partitions; k++) all.push(this.ensure(this.streamConfig(k)));
+    for (let k = 0; k < this.cfg.partitions; k++) all.push(ensureStream(this.jsm, this.streamConfig(k)));
     await Promise.all(all);
   }
 
@@ -73,28 +58,8 @@ export class GroupLog {
       discard: DiscardPolicy.New,
       // JetStream refuses a window longer than max_age (short retentions in tests).
       duplicate_window: Math.min(DUPLICATE_WINDOW_MS, this.cfg.retentionMs) * NS_PER_MS,
-      allow_direct: true,
+      allow_direct: false, // reads ask the leader: a lagging replica would hide new messages
     };
-  }
-
-  /**
-   * Creates the stream, or brings an existing one to this config. Cells start
-   * together: a create racing another cell's create of the same stream fails with
-   * "subjects overlap" on 2.9, so any refusal is answered by looking for the stream.
-   */
-  private async ensure(cfg: Partial<StreamConfig> & { name: string }): Promise<void> {
-    try {
-      await this.jsm.streams.add(cfg);
-    } catch (err) {
-      const code = jsCode(err);
-      if (code !== JS_STREAM_CONFIG_DIFFERS && code !== JS_SUBJECTS_OVERLAP) throw err;
-      const exists = await this.jsm.streams.info(cfg.name).then(
-        () => true,
-        () => false,
-      );
-      if (!exists) throw err; // another stream holds these subjects: a configuration error
-      await this.jsm.streams.update(cfg.name, cfg);
-    }
   }
 
   streamOf(g: string): string {
@@ -129,12 +94,12 @@ export class GroupLog {
     }
   }
 
-  /** The first message of the group's log at or after `fromSeq` (null at the end). One direct get. */
+  /** The first message of the group's log at or after `fromSeq` (null at the end). One read of the leader. */
   async next(g: string, fromSeq: number): Promise<LogEntry | null> {
     const stream = this.streamOf(g);
     let from = Math.max(1, fromSeq);
     for (;;) {
-      const m = await this.jsm.direct.getMessage(stream, { next_by_subj: this.names.groupSubject(g), seq: from });
+      const m = await nextOn(this.jsm, stream, this.names.groupSubject(g), from);
       if (!m) return null;
       const e = this.entry(g, m.seq, m.data);
       if (e) return e;
@@ -144,30 +109,18 @@ export class GroupLog {
 
   /**
    * Reads the group's log in order from `fromSeq` to its end, a page at a time.
-   * The first read is a direct get: a device that is up to date costs one
+   * The first read asks the leader for the next message: a device that is up to date costs one
    * request. The caller applies backpressure by not pulling the next entry until
    * it has room for it.
    */
   async *read(g: string, fromSeq: number, pageSize: number): AsyncGenerator<LogEntry> {
     const stream = this.streamOf(g);
     const subject = this.names.groupSubject(g);
-    const first = await this.jsm.direct.getMessage(stream, { next_by_subj: subject, seq: Math.max(1, fromSeq) });
+    const first = await nextOn(this.jsm, stream, subject, fromSeq);
     if (!first) return;
-    let next = first.seq;
-    for (;;) {
-      const consumer = await this.js.consumers.get(stream, { filter_subjects: subject, deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: next });
-      const page = await consumer.fetch({ max_messages: pageSize, expires: FETCH_EXPIRES_MS });
-      let got = 0;
-      let pending = 1;
-      for await (const m of page) {
-        got++;
-        next = m.seq + 1;
-        pending = m.info.pending;
-        const e = this.entry(g, m.seq, m.data);
-        if (e) yield e;
-        if (pending === 0) break;
-      }
-      if (got === 0 || pending === 0) return;
+    for await (const m of scan(this.js, stream, subject, first.seq, pageSize)) {
+      const e = this.entry(g, m.seq, m.data);
+      if (e) yield e;
     }
   }
 
@@ -180,12 +133,16 @@ export class GroupLog {
   async positionAt(g: string, sinceMs: number): Promise<number> {
     const stream = this.streamOf(g);
     const subject = this.names.groupSubject(g);
-    const last = await this.jsm.direct.getMessage(stream, { last_by_subj: subject });
+    const last = await lastOn(this.jsm, stream, subject);
     if (!last) return 0;
     if (last.time.getTime() < sinceMs) return last.seq;
-    const consumer = await this.js.consumers.get(stream, { filter_subjects: subject, deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(sinceMs).toISOString() });
-    const page = await consumer.fetch({ max_messages: 1, expires: FETCH_EXPIRES_MS });
-    for await (const m of page) return m.seq - 1;
+    const consumer = await deadline(this.js.consumers.get(stream, { filter_subjects: subject, deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(sinceMs).toISOString() }), 'creating a log reader');
+    const page = await deadline(consumer.fetch({ max_messages: 1, expires: 2000 }), 'fetching from a log');
+    try {
+      for await (const m of page) return m.seq - 1;
+    } finally {
+      page.stop();
+    }
     return last.seq;
   }
 
