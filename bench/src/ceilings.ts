@@ -1,19 +1,24 @@
 import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { createServer, type AddressInfo } from 'node:net';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType } from '@nats-io/jetstream';
 import { pack, unpack } from 'msgpackr';
 import nacl from 'tweetnacl';
 import { LatencyHistogram, type LatencySummary } from './histogram.js';
 import { makeResult, type BenchOptions, type BenchResult, type Row } from './report.js';
 
 export const name = 'ceilings';
-export const description = 'raw ceilings: NATS pub/sub + request/reply, secretbox, X25519 (tweetnacl vs native), msgpackr';
+export const description = 'raw ceilings: NATS pub/sub + request/reply, JetStream acked publishes, secretbox, X25519 (tweetnacl vs native), msgpackr';
 
 /** Metric names of the ceiling rows, for other benchmarks' `ceiling` column. */
 export const CEILING = {
   natsPubSub: 'nats.pubsub',
   natsReqRep: 'nats.reqrep',
+  jsPublish: 'js.publish',
   secretbox: 'secretbox.seal_open',
   x25519Nacl: 'x25519.tweetnacl',
   x25519Native: 'x25519.native',
@@ -72,10 +77,18 @@ async function freePort(): Promise<number> {
   }
 }
 
-/** Spawns a throwaway nats-server on 127.0.0.1 and resolves once it logs "Server is ready". */
-export async function startNatsServer(bin = process.env['NATS_SERVER'] ?? 'nats-server'): Promise<NatsServerHandle> {
+/**
+ * Spawns a throwaway nats-server on 127.0.0.1 and resolves once it logs "Server is ready". With
+ * `jetstream`, JetStream is on with a fresh store dir (removed at stop).
+ */
+export async function startNatsServer(bin = process.env['NATS_SERVER'] ?? 'nats-server', opts: { jetstream?: boolean } = {}): Promise<NatsServerHandle> {
   const port = await freePort();
-  const proc = spawn(bin, ['-a', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const storeDir = opts.jetstream ? mkdtempSync(join(tmpdir(), 'gravitas-ceil-js-')) : undefined;
+  const removeStore = (): void => {
+    if (storeDir !== undefined) rmSync(storeDir, { recursive: true, force: true });
+  };
+  const args = ['-a', '127.0.0.1', '-p', String(port), ...(storeDir !== undefined ? ['-js', '-sd', storeDir] : [])];
+  const proc = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   // Safety net: don't leak the server if we die before stop() runs.
   const killOnExit = (): void => void proc.kill('SIGKILL');
   process.once('exit', killOnExit);
@@ -94,6 +107,8 @@ export async function startNatsServer(bin = process.env['NATS_SERVER'] ?? 'nats-
   } catch (e) {
     proc.kill('SIGKILL');
     process.off('exit', killOnExit);
+    // Not awaited: a binary that failed to spawn never emits 'exit' (its store dir is empty then).
+    void exited.then(removeStore);
     throw e;
   }
   return {
@@ -105,14 +120,15 @@ export async function startNatsServer(bin = process.env['NATS_SERVER'] ?? 'nats-
         proc.kill('SIGTERM');
         await exited;
       }
+      removeStore();
     },
   };
 }
 
-/** Uses the caller's server if given, otherwise a private one for the duration of `fn`. */
-async function withNats<T>(natsUrl: string | undefined, fn: (url: string) => Promise<T>): Promise<T> {
+/** Uses the caller's server if given, otherwise a private one (with JetStream if asked) for the duration of `fn`. */
+async function withNats<T>(natsUrl: string | undefined, fn: (url: string) => Promise<T>, js = false): Promise<T> {
   if (natsUrl !== undefined) return fn(natsUrl);
-  const srv = await startNatsServer();
+  const srv = await startNatsServer(undefined, { jetstream: js });
   try {
     return await fn(srv.url);
   } finally {
@@ -202,6 +218,96 @@ export async function measureNatsRequestReply(durationMs: number, natsUrl?: stri
       await phase(durationMs);
       return { perSec: (hist.count * 1000) / (performance.now() - t0), latency: hist.summary() };
     }),
+  );
+}
+
+// ---------- JetStream ----------
+
+export interface JsPublishOptions {
+  /** Publishes in flight on the one connection (pipelining); default JS_WINDOW. */
+  window?: number;
+  /** Payload size; default PAYLOAD_BYTES. */
+  payloadBytes?: number;
+  /**
+   * `plain` (default): one subject. `mailbox`: a subject per message with `max_msgs_per_subject: 1`
+   * and discard-new-per-subject — the layout of the mailbox streams (packages/server/src/cell/mailbox.ts).
+   */
+  layout?: 'plain' | 'mailbox';
+  /** Set `Nats-Msg-Id` on every publish (server-side de-duplication, as the mailbox does); default true. */
+  msgId?: boolean;
+}
+
+export interface JsPublishResult {
+  /** Acknowledged publishes per second. */
+  perSec: number;
+  /** publish() → ack. */
+  latency: LatencySummary;
+  window: number;
+  payloadBytes: number;
+  layout: 'plain' | 'mailbox';
+  msgId: boolean;
+}
+
+const JS_WINDOW = 256;
+
+/**
+ * JetStream's ceiling for one Node client: acknowledged publishes/s on one connection, one
+ * `js.publish` (one request, one ack) per message, `window` of them in flight. File storage,
+ * 1 replica, a fresh stream (deleted afterwards, so a shared server is left as it was).
+ * Starts its own JetStream-enabled nats-server unless `natsUrl` is given.
+ */
+export async function measureJetStreamPublish(durationMs: number, natsUrl?: string, opts: JsPublishOptions = {}): Promise<JsPublishResult> {
+  const window = opts.window ?? JS_WINDOW;
+  const payloadBytes = opts.payloadBytes ?? PAYLOAD_BYTES;
+  const layout = opts.layout ?? 'plain';
+  const msgId = opts.msgId ?? true;
+  return withNats(
+    natsUrl,
+    (url) =>
+      withConns(url, 1, async ([nc]) => {
+        if (!nc) throw new Error('unreachable');
+        const tag = `${Date.now().toString(36)}${Math.floor(Math.random() * 1e9).toString(36)}`;
+        const stream = `BENCH_CEIL_${tag}`;
+        const prefix = `bench.ceil.${tag}`;
+        const jsm = await jetstreamManager(nc, { timeout: 10_000 });
+        await jsm.streams.add({
+          name: stream,
+          subjects: [`${prefix}.>`],
+          retention: RetentionPolicy.Limits,
+          storage: StorageType.File,
+          num_replicas: 1,
+          duplicate_window: 120_000 * 1_000_000,
+          ...(layout === 'mailbox' && { max_msgs_per_subject: 1, discard: DiscardPolicy.New, discard_new_per_subject: true }),
+        });
+        try {
+          const js = jetstream(nc, { timeout: 10_000 });
+          const payload = new Uint8Array(payloadBytes);
+          const hist = new LatencyHistogram();
+          let seq = 0;
+          const phase = async (ms: number): Promise<void> => {
+            const end = performance.now() + ms;
+            await Promise.all(
+              Array.from({ length: window }, async () => {
+                while (performance.now() < end) {
+                  const n = (++seq).toString(36);
+                  const subject = layout === 'mailbox' ? `${prefix}.m.${n}` : `${prefix}.m`;
+                  const t = performance.now();
+                  await js.publish(subject, payload, msgId ? { msgID: n } : undefined);
+                  hist.recordSince(t);
+                }
+              }),
+            );
+          };
+          await phase(warmupMs(durationMs));
+          hist.reset();
+          const t0 = performance.now();
+          await phase(durationMs);
+          return { perSec: (hist.count * 1000) / (performance.now() - t0), latency: hist.summary(), window, payloadBytes, layout, msgId };
+        } finally {
+          await jsm.streams.delete(stream).catch(() => undefined);
+        }
+      }),
+    true,
   );
 }
 
@@ -313,6 +419,7 @@ export function measureMsgpack(durationMs: number): { perSec: number; encodedByt
 export interface Ceilings {
   natsPubSub: number;
   natsReqRep: ReqRepResult;
+  jsPublish: JsPublishResult;
   secretbox: number;
   x25519: X25519Result;
   msgpack: { perSec: number; encodedBytes: number };
@@ -324,14 +431,30 @@ export async function measureCeilings(durationMs: number, natsUrl?: string): Pro
     log(CEILING.natsPubSub);
     const pubsub = await measureNatsPubSub(durationMs, url);
     log(CEILING.natsReqRep);
-    return { pubsub, reqrep: await measureNatsRequestReply(durationMs, url) };
-  });
+    const reqrep = await measureNatsRequestReply(durationMs, url);
+    log(CEILING.jsPublish);
+    return { pubsub, reqrep, jsPublish: await measureJetStreamPublish(durationMs, url) };
+  }, true);
   log(CEILING.secretbox);
   const secretbox = measureSecretbox(durationMs);
   const x25519 = measureX25519(durationMs);
   log(CEILING.msgpack);
   const msgpack = measureMsgpack(durationMs);
-  return { natsPubSub: nats.pubsub, natsReqRep: nats.reqrep, secretbox, x25519, msgpack };
+  return { natsPubSub: nats.pubsub, natsReqRep: nats.reqrep, jsPublish: nats.jsPublish, secretbox, x25519, msgpack };
+}
+
+/** Rows for a JetStream publish ceiling: rate, then ack latency p50/p99. */
+export function jsPublishRows(j: JsPublishResult, metric: string = CEILING.jsPublish): Row[] {
+  return [
+    {
+      metric,
+      value: j.perSec,
+      unit: 'msg/s',
+      note: `acked, 1 conn, ${j.window} in flight, ${j.payloadBytes} B, file storage, ${j.layout === 'mailbox' ? 'subject per msg (mailbox layout)' : 'one subject'}${j.msgId ? ', Nats-Msg-Id' : ''}`,
+    },
+    { metric: `${metric}.p50`, value: j.latency.p50, unit: 'ms', note: 'publish → ack' },
+    { metric: `${metric}.p99`, value: j.latency.p99, unit: 'ms' },
+  ];
 }
 
 export function ceilingRows(c: Ceilings): Row[] {
@@ -341,6 +464,7 @@ export function ceilingRows(c: Ceilings): Row[] {
     { metric: CEILING.natsReqRep, value: c.natsReqRep.perSec, unit: 'req/s', note: `${REQ_WINDOW} in flight` },
     { metric: `${CEILING.natsReqRep}.p50`, value: lat.p50, unit: 'ms' },
     { metric: `${CEILING.natsReqRep}.p99`, value: lat.p99, unit: 'ms' },
+    ...jsPublishRows(c.jsPublish),
     { metric: CEILING.secretbox, value: c.secretbox, unit: 'op/s', note: `${PAYLOAD_BYTES} B` },
     { metric: CEILING.x25519Nacl, value: c.x25519.naclScalarMult, unit: 'op/s' },
     { metric: CEILING.x25519Native, value: c.x25519.nativeDh, unit: 'op/s', note: 'pre-built KeyObjects' },

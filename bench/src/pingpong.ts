@@ -91,7 +91,7 @@ const fmtUsage = (u: Usage): string =>
     .map(([k, v]) => `${k} ${v.toFixed(2)}`)
     .join(', ')}; generator loop delay p99 ${u.genLoopDelay.p99.toFixed(1)} ms`;
 
-interface Pair {
+export interface Pair {
   a: GravitasClient;
   b: GravitasClient;
   to: string;
@@ -114,7 +114,8 @@ export interface OpenLoopResult extends LoopResult {
   schedLag: LatencySummary;
 }
 
-class PingPong {
+/** Closed- and open-loop ping-pong over SDK client pairs (reused by the custody benchmark). */
+export class PingPong {
   private seq = 0;
   /** id → send time (performance.now()) and whether this message is measured. */
   private readonly sentAt = new Map<string, { t: number; rec: boolean }>();
@@ -253,7 +254,8 @@ class PingPong {
   }
 }
 
-async function connectPairs(res: Resources, n1: GravitasNode, n2: GravitasNode, keys: ClusterKeys, n: number): Promise<Pair[]> {
+/** `n` SDK client pairs: A on `n1`, B on `n2` (any server speaking the client protocol), connected, B first. */
+export async function connectPairs(res: Resources, n1: Pick<GravitasNode, 'clientAddress'>, n2: Pick<GravitasNode, 'clientAddress'>, keys: ClusterKeys, n: number): Promise<Pair[]> {
   const clients: GravitasClient[] = [];
   res.defer(async () => void (await Promise.all(clients.map((c) => c.close().catch(() => undefined)))));
   const mk = (server: string, user: string): GravitasClient => {

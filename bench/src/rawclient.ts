@@ -1,7 +1,7 @@
 import { connect, type Socket } from 'node:net';
 import {
   ClientHandshake, decodeServerHandshake, decodeServerMessage, encodeFrame, FrameDecoder, nativeSuite, pack, unpack,
-  type DhKey, type DhSuite, type KeyPair, type ResumptionState, type SecureChannel,
+  type DhKey, type DhSuite, type KeyPair, type ResumptionState, type SecureChannel, type ServerMessage,
 } from '@gravitas/protocol';
 
 /*
@@ -9,6 +9,10 @@ import {
  * `finish` + `ping` in one write, done when the `pong` arrives (which proves the server accepted
  * the key confirmation and registered the session — the ping is queued behind the registration).
  * No SDK machinery: no outbox, no reconnects, no EventEmitter.
+ *
+ * It speaks the custody protocol: a `msg` or `rcpt` that arrives is acknowledged with
+ * `{ t: 'ack', id, from }` (for a receipt `from` is its `by`), so that the server can let go of it,
+ * unless `SessionHooks` take the session over after the pong.
  */
 
 export interface Identity {
@@ -49,47 +53,89 @@ export interface Target {
   port: number;
 }
 
+/** Writes one sealed message on an open session. */
+export type SealedWriter = (m: object) => void;
+
+export function sealedWriter(socket: Socket, channel: SecureChannel): SealedWriter {
+  return (m) => void socket.write(encodeFrame(channel.seal(pack(m))));
+}
+
+/** The acknowledgement the server expects for a delivered `msg` / `rcpt` (undefined for anything else). */
+export function ackFor(m: ServerMessage): { t: 'ack'; id: string; from: string } | undefined {
+  if (m.t === 'msg') return { t: 'ack', id: m.id, from: m.from };
+  if (m.t === 'rcpt') return { t: 'ack', id: m.id, from: m.by };
+  return undefined;
+}
+
+/**
+ * Takes an open session over (with `keepOpen`): every server message after the handshake —
+ * including a `msg`/`rcpt`/`pres` that overtook the pong — goes to `onMessage`, which must ack
+ * what needs acking; `onClose` runs once when the socket closes after a successful handshake.
+ */
+export interface SessionHooks {
+  onMessage(m: ServerMessage, write: SealedWriter): void;
+  onClose?(): void;
+}
+
 export function parseTarget(addr: string): Target {
   const i = addr.lastIndexOf(':');
   return { host: addr.slice(0, i), port: Number(addr.slice(i + 1)) };
 }
 
 /**
- * Runs one handshake. With `keepOpen` the socket stays connected (an idle session; frames the
- * server sends later are ignored) and is returned; otherwise it is ended right after the pong.
+ * Runs one handshake. With `keepOpen` the socket stays connected and is returned; frames the
+ * server sends later go to `hooks` if given, else `msg`/`rcpt` are acknowledged and the rest
+ * ignored (an idle session). Without `keepOpen` it is ended right after the pong.
  */
-export function handshake(target: Target, hs: ClientHandshake, keepOpen = false, timeoutMs = 15_000): Promise<HandshakeOutcome> {
+export function handshake(target: Target, hs: ClientHandshake, keepOpen = false, timeoutMs = 15_000, hooks?: SessionHooks): Promise<HandshakeOutcome> {
   const t0 = performance.now();
   return new Promise((resolve) => {
     const socket = connect({ host: target.host, port: target.port, noDelay: true });
     const decoder = new FrameDecoder();
     let channel: SecureChannel | undefined;
+    let write: SealedWriter | undefined;
     let resumption: ResumptionState | undefined;
     let done = false;
+    let ok = false;
     const finish = (o: HandshakeOutcome): void => {
       if (done) return;
       done = true;
+      ok = o.ok;
       clearTimeout(timer);
       if (!o.ok || !keepOpen) socket.end();
       if (!o.ok) setTimeout(() => socket.destroy(), 1000).unref();
       resolve(o);
     };
     const fail = (code: string): void => finish({ ok: false, ms: performance.now() - t0, code });
+    /** A server message that is not the pong: the session's business (before or after the pong). */
+    const other = (m: ServerMessage): void => {
+      if (hooks) return hooks.onMessage(m, write!);
+      const ack = ackFor(m);
+      if (ack) write!(ack);
+    };
     const timer = setTimeout(() => fail('TIMEOUT'), timeoutMs);
     socket.once('connect', () => socket.write(encodeFrame(pack(hs.hello()))));
     socket.on('error', (e: NodeJS.ErrnoException) => fail(e.code ?? 'SOCKET_ERROR'));
-    socket.on('close', () => fail('CLOSED'));
+    socket.on('close', () => {
+      if (done && ok && keepOpen) hooks?.onClose?.();
+      fail('CLOSED');
+    });
     socket.on('data', (chunk) => {
-      if (done) return;
+      if (done && !(ok && keepOpen)) return;
       try {
         decoder.push(chunk, (body) => {
-          if (done) return;
+          if (done) {
+            // An open session kept by the caller.
+            if (ok && keepOpen && channel) other(decodeServerMessage(unpack(channel.open(body))));
+            return;
+          }
           if (!channel) {
             const m = decodeServerHandshake(unpack(body));
             if (m.t === 'error') return fail(m.code);
             if (m.t === 'cookie') return void socket.write(encodeFrame(pack(hs.hello(m.c))));
             const r = hs.complete(m);
             channel = r.channel;
+            write = sealedWriter(socket, channel);
             resumption = r.resumption;
             socket.write(Buffer.concat([encodeFrame(channel.seal(pack(r.finish))), encodeFrame(channel.seal(pack({ t: 'ping', n: 1 })))]));
             return;
@@ -97,10 +143,14 @@ export function handshake(target: Target, hs: ClientHandshake, keepOpen = false,
           const m = decodeServerMessage(unpack(channel.open(body)));
           if (m.t === 'pong') return finish({ ok: true, ms: performance.now() - t0, resumption, socket: keepOpen ? socket : undefined, channel });
           if (m.t === 'error' || m.t === 'bye') return fail(m.code ?? m.t);
-          fail(`UNEXPECTED_${m.t}`);
+          // Registered already (the ping queues behind the registration): a mailbox drain, a
+          // receipt or a presence update may overtake the pong.
+          other(m);
         });
       } catch (e) {
-        fail((e as { code?: string }).code ?? 'CLIENT_ERROR');
+        if (!done) return fail((e as { code?: string }).code ?? 'CLIENT_ERROR');
+        // A broken frame on a kept session: the channel is unusable now.
+        socket.destroy();
       }
     });
   });

@@ -1,0 +1,519 @@
+import type { Socket } from 'node:net';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { ErrorCode, type KeyPair, type ServerMessage } from '@gravitas/protocol';
+import {
+  epochNow, GrowBytes, MergeableHistogram, messageId, messageText, parseMessageId, parseText, ST,
+  type ConnectResult, type GenRequest, type GenUser, type ProgressResult, type RecvReport, type RunCmd, type RunSummary, type SendReport, type SetupCmd, type StepReport, type Who,
+} from './custody-types.js';
+import { nativeKeyPair } from './procs.js';
+import { cachingSuite, handshake, newHandshake, parseTarget, sealedWriter, type SealedWriter, type Target } from './rawclient.js';
+
+/*
+ * Load-generator process of the custody benchmark (started by custody-load.ts with an IPC
+ * channel). It hosts many users, each one raw protocol session (rawclient.ts: the same
+ * handshake and sealed frames as the SDK, without its per-connection machinery), and does what
+ * the SDK does for custody: keeps every message until its status, re-sends a retryable failure
+ * with the same id after a backoff, acknowledges every `msg` and `rcpt`, and drops re-deliveries
+ * of the last 10,000 ids per device before the "application" sees them. It records, per step,
+ * the status of every message it sent and every message its users received (custody-types.ts).
+ */
+
+/** Same as the SDK (packages/client/src/client.ts). */
+const SEEN_MAX = 10_000;
+const RETRYABLE = new Set<string>([ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.BUSY, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_IN_FLIGHT]);
+const RETRY_MAX_MS = 5000;
+const DEVICE = 'd';
+
+/**
+ * Self-check of the accounting (never set in a real run): GRAVITAS_BENCH_GEN_FAULT=drop:N hides
+ * every Nth received message from the "application" (acked, not recorded: the parent must report
+ * it lost), dup:N records every Nth one twice (must be reported duplicated).
+ */
+const FAULT = /^(drop|dup):(\d+)$/.exec(process.env['GRAVITAS_BENCH_GEN_FAULT'] ?? '');
+const FAULT_KIND = FAULT?.[1];
+const FAULT_EVERY = Number(FAULT?.[2] ?? 0);
+let faultCount = 0;
+
+interface Out {
+  id: string;
+  step: number;
+  seq: number;
+  /** Intended send time, performance.now() ms. */
+  intended: number;
+  rec: boolean;
+  frame: { t: 'send'; id: string; to: string; text: string };
+  attempts: number;
+  retry: NodeJS.Timeout | undefined;
+}
+
+interface User {
+  i: number;
+  name: string;
+  target: Target;
+  contacts: number[];
+  keys: KeyPair;
+  socket: Socket | undefined;
+  write: SealedWriter | undefined;
+  /** Closed by us (disconnect command): not counted as a disconnect. */
+  leaving: boolean;
+  out: Map<string, Out>;
+  seen: Map<string, true>;
+}
+
+class SendStep {
+  readonly status = new Map<number, GrowBytes>();
+  private readonly seqs = new Map<number, number>();
+  sent = 0;
+  outstanding = 0;
+  delivered = 0;
+  stored = 0;
+  acceptedInWindow = 0;
+  failed: Record<string, number> = {};
+  skipped = 0;
+  retries = 0;
+  retryCodes: Record<string, number> = {};
+  windowStart = Infinity;
+  windowEnd = -Infinity;
+  readonly lat = new MergeableHistogram();
+  readonly latDelivered = new MergeableHistogram();
+  readonly latStored = new MergeableHistogram();
+  readonly sched = new MergeableHistogram();
+  /** Closed loop: called when a message of this step is settled. */
+  onSettled: ((u: User) => void) | undefined;
+
+  constructor(readonly step: number) {}
+
+  nextSeq(sender: number): number {
+    const s = this.seqs.get(sender) ?? 0;
+    this.seqs.set(sender, s + 1);
+    let st = this.status.get(sender);
+    if (!st) this.status.set(sender, (st = new GrowBytes()));
+    st.set(s, ST.none);
+    return s;
+  }
+}
+
+class RecvStep {
+  readonly app = new Map<number, GrowBytes>();
+  readonly wire = new Map<number, GrowBytes>();
+  readonly lat = new MergeableHistogram();
+  unique = 0;
+  firstAt = Infinity;
+  lastAt = -Infinity;
+
+  constructor(readonly step: number) {}
+}
+
+const count = (r: Record<string, number>, k: string): void => void (r[k] = (r[k] ?? 0) + 1);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** mulberry32: a small seeded PRNG, so runs are repeatable. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+class Generator {
+  private readonly users = new Map<number, User>();
+  private readonly sendSteps = new Map<number, SendStep>();
+  private readonly recvSteps = new Map<number, RecvStep>();
+  private readonly receipts: Record<string, number> = {};
+  private readonly errors: Record<string, number> = {};
+  private readonly suite = cachingSuite();
+  private rand: () => number = Math.random;
+  private unexpectedCloses = 0;
+  /** Steps already collected for good: their late arrivals are not recorded. */
+  private readonly dropped = new Set<number>();
+
+  constructor(private readonly cfg: SetupCmd) {
+    this.rand = prng(cfg.seed);
+    for (const u of cfg.users) this.addUser(u);
+  }
+
+  private addUser(g: GenUser): void {
+    this.users.set(g.i, {
+      i: g.i,
+      name: this.name(g.i),
+      target: parseTarget(g.addr),
+      contacts: g.contacts,
+      keys: nativeKeyPair(),
+      socket: undefined,
+      write: undefined,
+      leaving: false,
+      out: new Map(),
+      seen: new Map(),
+    });
+  }
+
+  private name(i: number): string {
+    return this.cfg.prefix + i.toString(36);
+  }
+
+  private select(who: Who): User[] {
+    if (who === 'all') return [...this.users.values()];
+    const out: User[] = [];
+    for (const i of who) {
+      const u = this.users.get(i);
+      if (u) out.push(u);
+    }
+    return out;
+  }
+
+  private sendStep(step: number): SendStep {
+    let s = this.sendSteps.get(step);
+    if (!s) this.sendSteps.set(step, (s = new SendStep(step)));
+    return s;
+  }
+
+  private recvStep(step: number): RecvStep {
+    let s = this.recvSteps.get(step);
+    if (!s) this.recvSteps.set(step, (s = new RecvStep(step)));
+    return s;
+  }
+
+  // ---- sessions ----
+
+  async connect(who: Who, concurrency: number): Promise<ConnectResult> {
+    const list = this.select(who).filter((u) => !u.socket);
+    const errors: Record<string, number> = {};
+    const startedAt = epochNow();
+    const t0 = performance.now();
+    let connected = 0;
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: Math.min(concurrency, list.length) }, async () => {
+        while (next < list.length) {
+          const u = list[next++]!;
+          const o = await handshake(u.target, newHandshake(this.cfg.serverPublicKey, { user: u.name, device: DEVICE, keys: u.keys }, this.suite), true, 60_000, {
+            onMessage: (m, write) => this.onMessage(u, m, write),
+            onClose: () => this.onClose(u),
+          });
+          if (o.ok && o.socket) {
+            u.socket = o.socket;
+            u.write = sealedWriter(o.socket, o.channel);
+            u.leaving = false;
+            connected++;
+            // Messages still without a status go out again with the same id, as the SDK does.
+            for (const out of u.out.values()) if (out.retry === undefined) u.write(out.frame);
+          } else if (!o.ok) count(errors, o.code);
+        }
+      }),
+    );
+    return { connected, errors, ms: performance.now() - t0, startedAt };
+  }
+
+  async disconnect(who: Who): Promise<void> {
+    await Promise.all(
+      this.select(who).map(async (u) => {
+        const s = u.socket;
+        if (!s) return;
+        u.leaving = true;
+        try {
+          u.write?.({ t: 'bye' });
+        } catch {
+          // gone already
+        }
+        await new Promise<void>((r) => {
+          const t = setTimeout(() => (s.destroy(), r()), 2000);
+          s.once('close', () => (clearTimeout(t), r()));
+          s.end();
+        });
+      }),
+    );
+  }
+
+  private onClose(u: User): void {
+    u.socket = undefined;
+    u.write = undefined;
+    for (const out of u.out.values()) {
+      clearTimeout(out.retry);
+      out.retry = undefined;
+    }
+    if (!u.leaving) {
+      count(this.errors, 'DISCONNECTED');
+      this.unexpectedCloses++;
+    }
+  }
+
+  // ---- receiving ----
+
+  private onMessage(u: User, m: ServerMessage, write: SealedWriter): void {
+    switch (m.t) {
+      case 'status': {
+        const out = u.out.get(m.id);
+        if (!out || out.retry !== undefined) return;
+        if (m.s === 'failed' && m.code !== undefined && RETRYABLE.has(m.code)) return this.retryLater(u, out, m.code);
+        return this.settle(u, out, m.s, m.code);
+      }
+      case 'msg': {
+        this.received(u, m.id, m.from, m.text);
+        write({ t: 'ack', id: m.id, from: m.from });
+        return;
+      }
+      case 'rcpt':
+        count(this.receipts, m.s);
+        write({ t: 'ack', id: m.id, from: m.by });
+        return;
+      case 'error': {
+        count(this.errors, m.code);
+        const out = m.ref !== undefined ? u.out.get(m.ref) : undefined;
+        if (out) this.settle(u, out, 'failed', m.code);
+        return;
+      }
+      case 'bye':
+        count(this.errors, `bye:${m.code ?? ''}`);
+        return;
+      default:
+        return; // pong, pres, typing, res
+    }
+  }
+
+  private received(u: User, id: string, from: string, text: string): void {
+    const p = parseMessageId(id);
+    if (!p || this.dropped.has(p.step)) return;
+    const now = epochNow();
+    const r = this.recvStep(p.step);
+    let wire = r.wire.get(p.sender);
+    if (!wire) r.wire.set(p.sender, (wire = new GrowBytes()));
+    wire.inc(p.seq);
+    // The SDK's de-duplication: a bounded window of (sender, id) per device.
+    const key = `${from}/${id}`;
+    if (u.seen.has(key)) return;
+    if (u.seen.size >= SEEN_MAX) u.seen.delete(u.seen.keys().next().value!);
+    u.seen.set(key, true);
+    let app = r.app.get(p.sender);
+    if (!app) r.app.set(p.sender, (app = new GrowBytes()));
+    if (FAULT_EVERY > 0 && ++faultCount % FAULT_EVERY === 0) {
+      if (FAULT_KIND === 'drop') return;
+      app.inc(p.seq);
+    }
+    if (app.inc(p.seq) === 1) {
+      r.unique++;
+      if (now < r.firstAt) r.firstAt = now;
+      if (now > r.lastAt) r.lastAt = now;
+      const t = parseText(text);
+      if (t?.record) r.lat.recordMs(now - t.intendedEpochMs);
+    }
+  }
+
+  // ---- sending ----
+
+  private send(u: User, st: SendStep, intended: number, rec: boolean): void {
+    if (u.out.size >= this.cfg.maxOutstanding || !u.write) {
+      st.skipped++;
+      return;
+    }
+    const seq = st.nextSeq(u.i);
+    const id = messageId(st.step, u.i, seq);
+    const to = u.contacts[Math.floor(this.rand() * u.contacts.length)]!;
+    const frame = { t: 'send' as const, id, to: this.name(to), text: messageText(performance.timeOrigin + intended, rec, this.cfg.textBytes) };
+    u.out.set(id, { id, step: st.step, seq, intended, rec, frame, attempts: 0, retry: undefined });
+    st.sent++;
+    st.outstanding++;
+    u.write(frame);
+  }
+
+  /** The server could not take custody now: the same id again after a backoff, as the SDK does. */
+  private retryLater(u: User, out: Out, code: string): void {
+    const st = this.sendSteps.get(out.step);
+    if (st) {
+      st.retries++;
+      count(st.retryCodes, code);
+    }
+    const n = Math.min(10, out.attempts++);
+    const delay = Math.min(RETRY_MAX_MS, 50 * 2 ** n) * (0.5 + this.rand() / 2);
+    out.retry = setTimeout(() => {
+      out.retry = undefined;
+      if (u.out.get(out.id) === out) u.write?.(out.frame);
+    }, delay);
+  }
+
+  private settle(u: User, out: Out, s: 'delivered' | 'stored' | 'failed', code: string | undefined): void {
+    u.out.delete(out.id);
+    clearTimeout(out.retry);
+    const st = this.sendSteps.get(out.step);
+    if (!st) return;
+    st.outstanding--;
+    const now = performance.now();
+    const status = st.status.get(u.i);
+    if (s === 'failed') {
+      status?.set(out.seq, ST.failed);
+      count(st.failed, code ?? 'UNKNOWN');
+    } else {
+      status?.set(out.seq, s === 'delivered' ? ST.delivered : ST.stored);
+      if (s === 'delivered') st.delivered++;
+      else st.stored++;
+      if (now >= st.windowStart && now <= st.windowEnd) st.acceptedInWindow++;
+      if (out.rec) {
+        const ms = now - out.intended;
+        st.lat.recordMs(ms);
+        (s === 'delivered' ? st.latDelivered : st.latStored).recordMs(ms);
+      }
+    }
+    st.onSettled?.(u);
+  }
+
+  async run(c: RunCmd): Promise<RunSummary> {
+    const st = this.sendStep(c.step);
+    const closes0 = this.unexpectedCloses;
+    const loop = monitorEventLoopDelay({ resolution: 5 });
+    loop.enable();
+    const senders = this.select(c.senders).filter((u) => u.contacts.length > 0);
+    const t0 = performance.now() + 5;
+    st.windowStart = t0 + c.warmupMs;
+    st.windowEnd = st.windowStart + c.durationMs;
+    const end = st.windowEnd;
+    if (senders.length > 0) {
+      if (c.mode === 'closed') await this.closedLoop(st, senders, c.window, t0, end);
+      else await this.openLoop(st, senders, c.rate, t0, end);
+    }
+    // The last statuses (retries included).
+    const settleEnd = performance.now() + c.settleMs;
+    while (st.outstanding > 0 && performance.now() < settleEnd) await sleep(20);
+    st.onSettled = undefined;
+    loop.disable();
+    return {
+      step: c.step,
+      sent: st.sent,
+      accepted: st.delivered + st.stored,
+      acceptedInWindow: st.acceptedInWindow,
+      windowMs: c.durationMs,
+      outstanding: st.outstanding,
+      disconnects: this.unexpectedCloses - closes0,
+      loopDelay: { p99: loop.percentile(99) / 1e6, max: loop.max / 1e6 },
+    };
+  }
+
+  private sendReport(st: SendStep): SendReport {
+    return {
+      step: st.step,
+      status: [...st.status.entries()].map(([k, v]) => [k, v.bytes()]),
+      sent: st.sent,
+      delivered: st.delivered,
+      stored: st.stored,
+      failed: st.failed,
+      unconfirmed: st.outstanding,
+      skipped: st.skipped,
+      retries: st.retries,
+      retryCodes: st.retryCodes,
+      statusLatency: st.lat.encode(),
+      statusLatencyDelivered: st.latDelivered.encode(),
+      statusLatencyStored: st.latStored.encode(),
+      schedLag: st.sched.encode(),
+    };
+  }
+
+  /**
+   * Open loop: the generator's messages are spaced evenly at `rate` and dealt to its senders in
+   * turn, whatever happened to earlier ones. Latency counts from the intended send time, so a
+   * stall (of the system or of this process) shows in the percentiles (no coordinated omission).
+   */
+  private openLoop(st: SendStep, senders: User[], rate: number, t0: number, end: number): Promise<void> {
+    const gap = 1000 / rate;
+    let k = 0;
+    return new Promise((resolve) => {
+      const tick = (): void => {
+        const now = performance.now();
+        for (let t = t0 + k * gap; t <= now && t < end; t = t0 + k * gap) {
+          const rec = t >= st.windowStart;
+          if (rec) st.sched.recordMs(now - t);
+          this.send(senders[k % senders.length]!, st, t, rec);
+          k++;
+        }
+        const next = t0 + k * gap;
+        if (next >= end) return resolve();
+        setTimeout(tick, Math.max(0, next - performance.now()));
+      };
+      setTimeout(tick, Math.max(0, t0 - performance.now()));
+    });
+  }
+
+  /** Closed loop: every sender keeps `window` messages without a status until the end. */
+  private async closedLoop(st: SendStep, senders: User[], window: number, t0: number, end: number): Promise<void> {
+    await sleep(Math.max(0, t0 - performance.now()));
+    st.onSettled = (u) => {
+      const now = performance.now();
+      if (now < end) this.send(u, st, now, now >= st.windowStart);
+    };
+    for (const u of senders) for (let w = 0; w < window; w++) this.send(u, st, performance.now(), false);
+    await sleep(Math.max(0, end - performance.now()));
+  }
+
+  // ---- reports ----
+
+  progress(steps: number[]): ProgressResult {
+    let outstanding = 0;
+    for (const u of this.users.values()) outstanding += u.out.size;
+    let lastAt = 0;
+    const appUnique = steps.map((s) => {
+      const r = this.recvSteps.get(s);
+      if (r && r.lastAt > lastAt) lastAt = r.lastAt;
+      return r?.unique ?? 0;
+    });
+    return { appUnique, outstanding, receipts: { ...this.receipts }, errors: { ...this.errors }, lastAt };
+  }
+
+  /** Accounting of `steps` so far; with `drop` their state is freed (late arrivals are then ignored). */
+  collect(steps: number[], drop: boolean): StepReport[] {
+    return steps.map((s) => {
+      const r = this.recvSteps.get(s);
+      const st = this.sendSteps.get(s);
+      if (drop) {
+        this.recvSteps.delete(s);
+        this.sendSteps.delete(s);
+        this.dropped.add(s);
+      }
+      const recv: RecvReport = r
+        ? {
+            step: s,
+            app: [...r.app.entries()].map(([k, v]) => [k, v.bytes()]),
+            wire: [...r.wire.entries()].map(([k, v]) => [k, v.bytes()]),
+            recvLatency: r.lat.encode(),
+            firstAt: r.firstAt === Infinity ? 0 : r.firstAt,
+            lastAt: r.lastAt === -Infinity ? 0 : r.lastAt,
+          }
+        : { step: s, app: [], wire: [], recvLatency: '', firstAt: 0, lastAt: 0 };
+      return { send: st && this.sendReport(st), recv };
+    });
+  }
+}
+
+// ---- IPC ----
+
+let gen: Generator | undefined;
+
+async function handle(req: GenRequest): Promise<unknown> {
+  if (req.k === 'setup') {
+    gen = new Generator(req);
+    return undefined;
+  }
+  if (!gen) throw new Error('setup first');
+  switch (req.k) {
+    case 'connect':
+      return gen.connect(req.users, req.concurrency);
+    case 'disconnect':
+      return gen.disconnect(req.users);
+    case 'run':
+      return gen.run(req);
+    case 'progress':
+      return gen.progress(req.steps);
+    case 'collect':
+      return gen.collect(req.steps, req.drop);
+  }
+}
+
+process.on('message', (req: GenRequest) => {
+  handle(req).then(
+    (result) => process.send!({ rid: req.rid, ok: true, result }),
+    (err: unknown) => process.send!({ rid: req.rid, ok: false, error: err instanceof Error ? (err.stack ?? err.message) : String(err) }),
+  );
+});
+// The parent is gone (or closed the channel): nothing left to do.
+process.on('disconnect', () => process.exit(0));
+process.stdout.write('ready\n');
