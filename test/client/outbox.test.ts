@@ -187,7 +187,7 @@ t.test('restarts of SDK processes with a storage path', async (t) => {
     nodeConfig({ natsUrl: nats.url, nodeId: 'ob', dataDir: fresh('node-data'), keys, cells: 1, extra: { limits: { custodyWindowMs: 1000 } } }),
   );
   const node = await spawnNode(file);
-  t.teardown(() => node.kill());
+  t.teardown(() => node.stop(5000));
   const cell = node.clientAddresses[0]!;
   const pk = keys.serverPublicKey;
   const base = (user: string, storagePath: string) => ({ servers: [cell], serverPublicKey: toBase64Url(pk), secretKey: toBase64Url(generateKeyPair().secretKey), user, device: 'd1', storagePath });

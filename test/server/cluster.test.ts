@@ -20,7 +20,7 @@ t.test('two nodes × two cells: routing on every path, metrics, graceful stop', 
     ['nodeA', 'nodeB'].map(async (nodeId) => {
       const file = await writeNodeConfig(join(dir.path, `${nodeId}.json`), nodeConfig({ natsUrl: nats.url, nodeId, dataDir: join(dir.path, nodeId), keys }));
       const node = await spawnNode(file);
-      t.teardown(() => node.kill());
+      t.teardown(() => node.stop(5000));
       return node;
     }),
   );

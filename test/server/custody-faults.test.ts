@@ -35,7 +35,7 @@ async function cluster(t: Test, extra: Record<string, unknown> = {}): Promise<En
         extra: { limits: { custodyWindowMs: 1000, msgRatePerSec: 100_000, msgBurst: 100_000 }, ...extra },
       });
       const node = await spawnNode(await writeNodeConfig(join(dir.path, `${nodeId}.json`), config));
-      t.teardown(() => node.kill());
+      t.teardown(() => node.stop(5000));
       return node;
     }),
   );

@@ -34,7 +34,7 @@ async function nodes(t: Test, natsUrls: string[], extra: Record<string, unknown>
         extra: { nats: { servers: natsUrls.map((_, k) => natsUrls[(i + k) % natsUrls.length]!) }, limits: { custodyWindowMs: 1000, msgRatePerSec: 100_000, msgBurst: 100_000 }, ...extra },
       });
       const node = await spawnNode(await writeNodeConfig(join(dir.path, `${nodeId}.json`), config));
-      t.teardown(() => node.kill());
+      t.teardown(() => node.stop(5000));
       return node;
     }),
   );
@@ -98,7 +98,7 @@ t.test('the nats-server is SIGKILLed and restarted mid-stream', async (t) => {
 t.test('a 3-server NATS cluster with replicated mailboxes loses one server', async (t) => {
   const cluster = await NatsCluster.start(3);
   t.teardown(() => cluster.stop());
-  const { keys, nodes: list } = await nodes(t, cluster.urls, { mailbox: { replicas: 3, partitions: 3 } });
+  const { keys, nodes: list } = await nodes(t, cluster.urls, { replicas: 3, mailbox: { partitions: 3 } });
   const nc = await connect({ servers: cluster.urls });
   t.teardown(() => nc.close());
   const jsm = await jetstreamManager(nc);

@@ -37,7 +37,7 @@ async function setup(t: Test, extra: Record<string, unknown> = {}): Promise<Env>
     extra: { limits: { custodyWindowMs: CUSTODY_MS, maxDevicesPerUser: 3 }, mailbox: { partitions: 3 }, ...extra },
   });
   const node = await spawnNode(await writeNodeConfig(join(dir.path, 'n1.json'), config));
-  t.teardown(() => node.kill());
+  t.teardown(() => node.stop(5000));
   return { nats, node, keys, servers: node.clientAddresses };
 }
 

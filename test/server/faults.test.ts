@@ -35,7 +35,7 @@ async function startNodeProcess(t: Test, env: Env, nodeId: string): Promise<Node
     extra: { membership: { heartbeatMs: HEARTBEAT_MS, timeoutMs: MEMBERSHIP_TIMEOUT_MS }, limits: { custodyWindowMs: CUSTODY_MS } },
   });
   const node = await spawnNode(await writeNodeConfig(join(env.dir, `${nodeId}.json`), config));
-  t.teardown(() => node.kill());
+  t.teardown(() => node.stop(5000));
   return node;
 }
 

@@ -44,7 +44,7 @@ t.test('groups on two nodes × two cells', async (t) => {
     ['nodeA', 'nodeB'].map(async (nodeId) => {
       const cfg = nodeConfig({ natsUrl: nats.url, nodeId, dataDir: join(dir.path, nodeId), keys, extra: { limits: { maxGroupSize: MAX_GROUP } } });
       const node = await spawnNode(await writeNodeConfig(join(dir.path, `${nodeId}.json`), cfg));
-      t.teardown(() => node.kill());
+      t.teardown(() => node.stop(5000));
       return node;
     }),
   );

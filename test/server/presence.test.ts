@@ -67,7 +67,7 @@ t.test('presence and typing across three nodes', async (t) => {
       extra: { membership: { heartbeatMs: HEARTBEAT_MS, timeoutMs: MEMBERSHIP_TIMEOUT_MS }, mailbox: { maxBytesPerPartition: STREAM_BYTES } },
     });
     const node = await spawnNode(await writeNodeConfig(join(dir.path, `${nodeId}.json`), config));
-    t.teardown(() => node.kill());
+    t.teardown(() => node.stop(5000));
     return node;
   };
   const [A, B, C] = await Promise.all([start('nodeA', 2), start('nodeB', 2), start('nodeC', 1)]);

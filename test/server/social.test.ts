@@ -58,7 +58,7 @@ t.test('contacts, blocks and preferences across two nodes', async (t) => {
     ['nodeA', 'nodeB'].map(async (nodeId) => {
       const file = await writeNodeConfig(join(dir.path, `${nodeId}.json`), nodeConfig({ natsUrl: nats.url, nodeId, dataDir: join(dir.path, nodeId), keys, extra: { mailbox: { maxBytesPerPartition: STREAM_BYTES } } }));
       const node = await spawnNode(file);
-      t.teardown(() => node.kill());
+      t.teardown(() => node.stop(5000));
       return node;
     }),
   );

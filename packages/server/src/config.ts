@@ -27,8 +27,6 @@ export interface Limits {
 export interface MailboxConfig {
   /** Streams the users are spread over (by a hash of the user id); fixed for the cluster's life. */
   partitions: number;
-  /** Copies of each stream in a NATS cluster (1 for a single server; 3 in production). */
-  replicas: number;
   /** Undelivered messages older than this expire and their senders get an `expired` receipt. */
   retentionMs: number;
   /**
@@ -59,6 +57,8 @@ export interface NodeConfig {
   ticketLifetimeMs: number;
   registration: { mode: 'open' | 'token'; token?: string };
   membership: { heartbeatMs: number; timeoutMs: number };
+  /** Copies of every JetStream stream and KV bucket in a NATS cluster (1 for one server; 3 in production). */
+  replicas: number;
   mailbox: MailboxConfig;
   limits: Limits;
   testHooks: boolean;
@@ -83,7 +83,6 @@ export const DEFAULT_LIMITS: Limits = {
 
 export const DEFAULT_MAILBOX: MailboxConfig = {
   partitions: 4,
-  replicas: 1,
   retentionMs: 30 * 24 * 3600_000,
   maxBytesPerPartition: 0,
   sweepIntervalMs: 60_000,
@@ -134,7 +133,7 @@ export const ENV_VARS: Record<string, string> = {
   GRAVITAS_TICKET_KEYS: 'ticketKeys',
   GRAVITAS_REGISTRATION_TOKEN: 'registration.token',
   GRAVITAS_MAILBOX_PARTITIONS: 'mailbox.partitions',
-  GRAVITAS_MAILBOX_REPLICAS: 'mailbox.replicas',
+  GRAVITAS_REPLICAS: 'replicas',
 };
 
 /** Command-line flags and the config path each sets. */
@@ -152,6 +151,7 @@ export const FLAGS: Record<string, string> = {
   'server-key': 'serverKey',
   'ticket-keys': 'ticketKeys',
   registration: 'registration.mode',
+  replicas: 'replicas',
   'registration-token': 'registration.token',
 };
 
@@ -197,7 +197,7 @@ export function loadConfig(src: ConfigSources = {}): NodeConfig {
   return validateConfig(merge(merge(merge(raw, env), flags), src.overrides ?? {}));
 }
 
-const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'mailbox', 'limits', 'testHooks']);
+const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'replicas', 'mailbox', 'limits', 'testHooks']);
 
 const KNOWN_NESTED: Record<string, Set<string>> = {
   nats: new Set(['servers', 'token', 'user', 'pass']),
@@ -311,7 +311,6 @@ export function validateConfig(raw: Json): NodeConfig {
   const M = DEFAULT_MAILBOX;
   const mailbox: MailboxConfig = {
     partitions: int('mailbox.partitions', M.partitions, 1, 1024),
-    replicas: int('mailbox.replicas', M.replicas, 1, 5),
     retentionMs: int('mailbox.retentionMs', M.retentionMs, 1000, 365 * 24 * 3600_000),
     maxBytesPerPartition: int('mailbox.maxBytesPerPartition', M.maxBytesPerPartition, 0, 2 ** 50),
     sweepIntervalMs: int('mailbox.sweepIntervalMs', M.sweepIntervalMs, 100, 3_600_000),
@@ -334,6 +333,7 @@ export function validateConfig(raw: Json): NodeConfig {
     ticketLifetimeMs: int('ticketLifetimeMs', 24 * 3600_000, 60_000, MAX_TICKET_LIFETIME_MS),
     registration: { mode: mode === 'open' ? 'open' : 'token' },
     membership: { heartbeatMs: int('membership.heartbeatMs', 1000, 100, 60_000), timeoutMs: int('membership.timeoutMs', 5000, 300, 600_000) },
+    replicas: int('replicas', 1, 1, 5),
     mailbox,
     limits,
     testHooks: bool('testHooks', false),

@@ -11,6 +11,10 @@ export class Names {
   cellInbox(cellId: string): string {
     return `${this.prefix}.cell.${cellId}.in`;
   }
+  /** Cell heartbeats (liveness), every cell listens. */
+  get heartbeats(): string {
+    return `${this.prefix}.cells.hb`;
+  }
   /** Cache invalidations every cell listens to (devices, contacts, groups changed). */
   get invalidations(): string {
     return `${this.prefix}.inval`;

@@ -95,7 +95,7 @@ export class Cell {
     const b = await untilReady(() => openBuckets(this.nc, this.config), 'KV buckets');
     this.accounts = new Accounts(b.accounts, this.config.registration, this.config.limits.maxDevicesPerUser, (user) => this.invalidate({ kind: 'devices', key: user }));
     this.tickets = new SpentTickets(b.tickets);
-    this.mailbox = new Mailbox(this.nc, this.names, this.config.mailbox);
+    this.mailbox = new Mailbox(this.nc, this.names, this.config.mailbox, this.config.replicas);
     this.social = new Social(this, b.social);
     this.presence = new PresenceHub(this, b.presence);
     this.groups = new Groups(this, b.groups);
@@ -106,6 +106,8 @@ export class Cell {
     );
     await this.listen();
     this.membership = new Membership(
+      this.nc,
+      this.names.heartbeats,
       b.cells,
       () => ({ cell: this.cellId, node: this.config.nodeId, address: this.address, sessions: this.sessions.size, lagMs: this.metrics.lagMs(), state: this.draining ? 'draining' : 'up' }),
       this.config.membership.heartbeatMs,
@@ -241,7 +243,7 @@ export class Cell {
       try {
         do {
           d.again = false;
-          for await (const { item, ref } of this.mailbox.read(s.user, s.device, d.next, this.config.mailbox.drainWindow)) {
+          for await (const { item, ref } of this.mailbox.read(s.user, s.device, d.next)) {
             if (!s.isOpen) return;
             d.next = ref.seq + 1;
             if (s.unacked.has(`${item.from}/${item.id}`)) continue; // already in flight on this session
@@ -272,10 +274,11 @@ export class Cell {
   }
 
   /**
-   * After NATS comes back, wake-ups sent to this cell in the meantime may be lost:
-   * every session looks at its mailbox again (one cheap read each when empty).
+   * After NATS comes back, wake-ups meant for this cell may have been lost or never
+   * sent (others counted it dead): every session looks at its mailbox again (one
+   * cheap read each when empty).
    */
-  natsReconnected(): void {
+  redrainAll(): void {
     for (const s of this.sessions.values()) this.drainMailbox(s);
   }
 

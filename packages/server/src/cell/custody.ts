@@ -41,6 +41,9 @@ const LATE_TTL_MS = 10 * 60_000;
 
 /** Stores for one user within this delay share one wake-up lookup. */
 const WAKE_DELAY_MS = 20;
+/** A wake-up that could not reach every session is tried again this often, this many times. */
+const WAKE_RETRY_MS = 500;
+const WAKE_RETRIES = 60;
 
 const tkey = (user: string, device: string): string => `${user}/${device}`;
 
@@ -66,7 +69,7 @@ export class Custody {
   /** Messages in flight per sending device (bounded by limits.maxInFlightPerSession). */
   private readonly inFlight = new Map<string, number>();
   /** Users whose mailbox just got items: one directory read each wakes their drains. */
-  private readonly wakes = new Map<string, { running: boolean; again: boolean }>();
+  private readonly wakes = new Map<string, { running: boolean; again: boolean; attempt: number }>();
   private sweeper: NodeJS.Timeout | undefined;
 
   constructor(private readonly cell: Cell) {}
@@ -262,13 +265,13 @@ export class Custody {
    * user within WAKE_DELAY_MS share one lookup (a burst to an offline user costs
    * one read, not one per message).
    */
-  wake(user: string): void {
+  wake(user: string, attempt = 0): void {
     const w = this.wakes.get(user);
     if (w) {
       if (w.running) w.again = true; // started before this store: look once more after it
       return;
     }
-    this.wakes.set(user, { running: false, again: false });
+    this.wakes.set(user, { running: false, again: false, attempt });
     setTimeout(() => this.runWake(user), WAKE_DELAY_MS).unref();
   }
 
@@ -276,18 +279,20 @@ export class Custody {
     const w = this.wakes.get(user)!;
     w.running = true;
     this.cell.directory
-      .lookup(user, true)
+      .entries(user)
       .then(
-        (locs) => {
-          for (const l of locs) this.cell.pokeMailbox(l, user);
-          return false;
+        (entries) => {
+          for (const l of entries) if (l.live) this.cell.pokeMailbox(l, user);
+          // A session on a cell that missed heartbeats (NATS hiccup) may still be
+          // there: look again until the cell is back or long enough declared dead.
+          return entries.some((l) => !l.live);
         },
         () => true, // NATS away: try again, or the item would wait for the device's next connect
       )
-      .then((failed) => {
-        const again = w.again || failed;
+      .then((retry) => {
         this.wakes.delete(user);
-        if (again) setTimeout(() => this.wake(user), failed ? 500 : 0).unref();
+        if (w.again) this.wake(user);
+        else if (retry && w.attempt < WAKE_RETRIES) setTimeout(() => this.wake(user, w.attempt + 1), WAKE_RETRY_MS).unref();
       });
   }
 

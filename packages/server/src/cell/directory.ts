@@ -111,6 +111,17 @@ export class Directory {
     return locs;
   }
 
+  /**
+   * Every registered session of a user straight from KV, live or not: a cell that
+   * merely missed heartbeats (a NATS hiccup) still has its sessions, and whoever
+   * must reach them should try again rather than conclude they are gone.
+   */
+  async entries(user: string): Promise<Array<DeviceLocation & { live: boolean }>> {
+    const cur = await this.kv.get(user);
+    const entry = cur && cur.operation === 'PUT' ? decode(cur.value) : {};
+    return Object.entries(entry).map(([device, l]) => ({ device, cell: l.c, node: l.n, epoch: l.e, live: this.isLive(l.c) }));
+  }
+
   invalidate(user: string): void {
     this.cache.delete(user);
   }

@@ -1,9 +1,6 @@
 import type { Cell } from './cell.js';
 import { ANY_DEVICE, type ReceiptItem } from './envelope.js';
 
-/** Items read per page by the sweep. */
-const PAGE = 256;
-
 /**
  * Expires undelivered mailbox items past `mailbox.retentionMs`. Each expired chat
  * message becomes an `expired` receipt stored in every mailbox of its sender
@@ -49,7 +46,7 @@ export class ExpirySweeper {
   private async sweep(k: number, cutoff: number): Promise<number> {
     const { mailbox, accounts } = this.cell;
     let n = 0;
-    for await (const { item, ref } of mailbox.expired(k, cutoff, PAGE)) {
+    for await (const { item, ref } of mailbox.expired(k, cutoff)) {
       // The target of a stored item is in its subject; the item says who sent it. A
       // copy for the sender's own device, or a receipt, expires without a receipt.
       if (item.k === 'm' && item.to !== item.from) {

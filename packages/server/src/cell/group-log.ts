@@ -32,6 +32,8 @@ export class GroupLog {
     readonly nc: NatsConnection,
     readonly names: Names,
     readonly cfg: MailboxConfig,
+    /** Copies of each stream (NodeConfig.replicas). */
+    readonly replicas: number,
   ) {
     this.js = jetstream(nc, { timeout: TIMEOUT_MS });
   }
@@ -50,7 +52,7 @@ export class GroupLog {
       subjects: [this.names.groupStreamSubjects(k)],
       retention: RetentionPolicy.Limits,
       storage: StorageType.File,
-      num_replicas: this.cfg.replicas,
+      num_replicas: this.replicas,
       max_age: this.cfg.retentionMs * NS_PER_MS,
       // No byte cap of its own: JetStream reserves max_bytes up front, and the mailbox
       // partitions already reserve theirs. Bounded by max_age and the server's store;
@@ -108,17 +110,14 @@ export class GroupLog {
   }
 
   /**
-   * Reads the group's log in order from `fromSeq` to its end, a page at a time.
-   * The first read asks the leader for the next message: a device that is up to date costs one
-   * request. The caller applies backpressure by not pulling the next entry until
-   * it has room for it.
+   * Reads the group's log in order from `fromSeq` to its end (leader reads, one
+   * ahead): a device that is up to date costs one request. The caller applies
+   * backpressure by not pulling the next entry until it has room for it.
    */
-  async *read(g: string, fromSeq: number, pageSize: number): AsyncGenerator<LogEntry> {
+  async *read(g: string, fromSeq: number): AsyncGenerator<LogEntry> {
     const stream = this.streamOf(g);
     const subject = this.names.groupSubject(g);
-    const first = await nextOn(this.jsm, stream, subject, fromSeq);
-    if (!first) return;
-    for await (const m of scan(this.js, stream, subject, first.seq, pageSize)) {
+    for await (const m of scan(this.jsm, stream, subject, fromSeq)) {
       const e = this.entry(g, m.seq, m.data);
       if (e) yield e;
     }

@@ -30,10 +30,9 @@ const SETTLE_MS = 3000;
 const FEED_KEEP = 256;
 /** How often feeds drop what all their readers have passed. */
 const TRIM_MS = 1000;
-/** Catch-up page size, and catch-up reads running at once per device. */
-const PAGE = 64;
+/** Catch-up reads running at once per device. */
 const READS_PER_DEVICE = 4;
-/** Direct gets a feed issues at once when several messages were announced. */
+/** Log reads a feed issues at once when several messages were announced. */
 const HINTS_PER_ROUND = 32;
 const MAX_HINTS = 4096;
 const EXTEND_RETRIES = 50;
@@ -112,7 +111,7 @@ export class Groups {
 
   constructor(readonly cell: Cell, readonly kv: KV) {
     this.records = new GroupRecords(kv);
-    this.log = new GroupLog(cell.nc, cell.names, cell.config.mailbox);
+    this.log = new GroupLog(cell.nc, cell.names, cell.config.mailbox, cell.config.replicas);
   }
 
   private get window(): number {
@@ -813,7 +812,7 @@ export class Groups {
         // What the feed knew when this pass started: the pass reads everything up to there.
         const lo0 = feed.positioned ? feed.lo : -1;
         let seen = 0;
-        for await (const e of this.log.read(feed.g, r.next, PAGE)) {
+        for await (const e of this.log.read(feed.g, r.next)) {
           if (!this.active(r)) return;
           this.cell.metrics.groupLogReads.inc({ kind: 'catchup' });
           if (e.seq < r.next) continue;

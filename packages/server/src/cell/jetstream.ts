@@ -1,12 +1,10 @@
-import {
-  DeliverPolicy, type JetStreamClient, type JetStreamManager, type MsgRequest, type StoredMsg, type StreamConfig,
-} from '@nats-io/jetstream';
+import type { JetStreamManager, MsgRequest, StoredMsg, StreamConfig } from '@nats-io/jetstream';
 import { ErrorCode, ProtocolError } from '@gravitas/protocol';
 
 /*
  * JetStream helpers shared by the mailboxes and the group logs: error codes we act
- * on, idempotent stream set-up, consistent "next message" reads, and paged scans
- * with deadlines.
+ * on, idempotent stream set-up, consistent "next message" reads, and scans with
+ * deadlines.
  */
 
 export const NS_PER_MS = 1_000_000;
@@ -15,10 +13,8 @@ export const DUPLICATE_WINDOW_MS = 120_000;
 /** JetStream API error codes we act on. */
 export const JS_STREAM_FULL = 10047;
 export const JS_MAX_PER_SUBJECT = 10077;
-/** How long a page waits for messages it knows are there (the server's pull expiry). */
-const FETCH_EXPIRES_MS = 2000;
 /** A JetStream step that takes longer than this is treated as stalled. */
-const STEP_DEADLINE_MS = FETCH_EXPIRES_MS + 3000;
+const STEP_DEADLINE_MS = 5000;
 
 /** A JetStream step that failed or stalled, with the code the client gets (retryable). */
 export class StorageError extends ProtocolError {
@@ -86,36 +82,22 @@ export async function lastOn(jsm: JetStreamManager, stream: string, subject: str
 export interface Scanned { seq: number; data: Uint8Array; storedAt: number }
 
 /**
- * Messages of `stream` (matching `filter`, if any) from `fromSeq` to the end,
- * through ordered consumers a page at a time. Every step has a deadline: during a
- * leader change a fetch can stall silently, and a stalled reader would hold a
- * mailbox or a catch-up hostage. A stall throws STORAGE_UNAVAILABLE; the caller
- * retries.
+ * Messages of `stream` on `subject` (wildcards allowed) from `fromSeq` to the end,
+ * one leader read per message with the next read already in flight while the
+ * caller handles the current one. No consumers: creating one can hang for many
+ * seconds after a NATS server is lost (2.9 may place it on the dead peer), and
+ * a reader per drain would churn consumers anyway. Each read has a deadline; a
+ * stall throws STORAGE_UNAVAILABLE and the caller retries.
  */
-export async function* scan(js: JetStreamClient, stream: string, filter: string | undefined, fromSeq: number, pageSize: number): AsyncGenerator<Scanned> {
-  let next = fromSeq;
+export async function* scan(jsm: JetStreamManager, stream: string, subject: string, fromSeq: number): AsyncGenerator<Scanned> {
+  let pending = nextOn(jsm, stream, subject, fromSeq);
   for (;;) {
-    const consumer = await deadline(
-      js.consumers.get(stream, { ...(filter && { filter_subjects: filter }), deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: next }),
-      'creating a stream reader',
-    );
-    const page = await deadline(consumer.fetch({ max_messages: pageSize, expires: FETCH_EXPIRES_MS }), 'fetching from a stream');
-    const it = page[Symbol.asyncIterator]();
-    let got = 0;
-    try {
-      for (;;) {
-        const r = await deadline(it.next(), 'reading a stream page');
-        if (r.done) break;
-        const m = r.value;
-        got++;
-        next = m.seq + 1;
-        yield { seq: m.seq, data: m.data, storedAt: Math.floor(m.info.timestampNanos / NS_PER_MS) };
-        if (m.info.pending === 0) return;
-      }
-    } finally {
-      page.stop();
-    }
-    if (got === 0) return;
+    const m = await pending;
+    if (!m) return;
+    pending = nextOn(jsm, stream, subject, m.seq + 1);
+    // An abandoned read-ahead must not surface as an unhandled rejection.
+    pending.catch(() => undefined);
+    yield { seq: m.seq, data: m.data, storedAt: m.time.getTime() };
   }
 }
 

@@ -4,7 +4,7 @@ import { ErrorCode, pack, unpack } from '@gravitas/protocol';
 import type { MailboxConfig } from '../config.js';
 import type { Names } from '../subjects.js';
 import { decodeItem, type Item } from './envelope.js';
-import { DUPLICATE_WINDOW_MS, ensureStream, isNotFound, JS_MAX_PER_SUBJECT, JS_STREAM_FULL, jsCode, lastOn, nextOn, NS_PER_MS, scan, StorageError } from './jetstream.js';
+import { DUPLICATE_WINDOW_MS, ensureStream, isNotFound, JS_MAX_PER_SUBJECT, JS_STREAM_FULL, jsCode, lastOn, NS_PER_MS, scan, StorageError } from './jetstream.js';
 
 /** Where one stored item lives: enough to delete it once acknowledged. */
 export interface StoredRef { stream: string; seq: number }
@@ -36,6 +36,8 @@ export class Mailbox {
     readonly nc: NatsConnection,
     readonly names: Names,
     readonly cfg: MailboxConfig,
+    /** Copies of each stream (NodeConfig.replicas). */
+    readonly replicas: number,
   ) {
     this.js = jetstream(nc, { timeout: 5000 });
   }
@@ -54,7 +56,7 @@ export class Mailbox {
       subjects: [this.names.mailboxStreamSubjects(k)],
       retention: RetentionPolicy.Limits,
       storage: StorageType.File,
-      num_replicas: this.cfg.replicas,
+      num_replicas: this.replicas,
       max_age: (this.cfg.retentionMs + HARD_EXPIRY_GRACE_MS) * NS_PER_MS,
       max_bytes: this.cfg.maxBytesPerPartition > 0 ? this.cfg.maxBytesPerPartition : -1,
       max_msgs_per_subject: 1,
@@ -110,14 +112,10 @@ export class Mailbox {
    * and stops at its end. The caller applies backpressure by not pulling the next
    * item until it has room for it.
    */
-  async *read(user: string, device: string, fromSeq: number, pageSize: number): AsyncGenerator<StoredItem> {
+  async *read(user: string, device: string, fromSeq: number): AsyncGenerator<StoredItem> {
     const stream = this.names.mailboxStream(this.names.partition(user));
     const filter = this.names.mailboxFilter(user, device);
-    // One cheap read first: most devices reconnect to an empty mailbox, and a
-    // consumer fetch on nothing would wait for its expiry.
-    const first = await nextOn(this.jsm, stream, filter, fromSeq);
-    if (!first) return;
-    for await (const m of scan(this.js, stream, filter, first.seq, pageSize)) {
+    for await (const m of scan(this.jsm, stream, filter, fromSeq)) {
       const item = decodeOrNull(m.data);
       if (item) yield { item, ref: { stream, seq: m.seq }, storedAt: m.storedAt };
     }
@@ -127,11 +125,9 @@ export class Mailbox {
    * Yields the items of partition `k` stored before `cutoff` (ms), oldest first,
    * and stops at the first younger one. The stream is in time order.
    */
-  async *expired(k: number, cutoff: number, pageSize: number): AsyncGenerator<StoredItem> {
+  async *expired(k: number, cutoff: number): AsyncGenerator<StoredItem> {
     const stream = this.names.mailboxStream(k);
-    const info = await this.jsm.streams.info(stream);
-    if (info.state.messages === 0) return;
-    for await (const m of scan(this.js, stream, undefined, info.state.first_seq, pageSize)) {
+    for await (const m of scan(this.jsm, stream, this.names.mailboxStreamSubjects(k), 1)) {
       if (m.storedAt >= cutoff) return;
       const item = decodeOrNull(m.data);
       if (item) yield { item, ref: { stream, seq: m.seq }, storedAt: m.storedAt };

@@ -1,3 +1,4 @@
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { KV } from '@nats-io/kv';
 import { pack, unpack } from '@gravitas/protocol';
 
@@ -11,19 +12,32 @@ export interface CellInfo {
   state: 'up' | 'draining';
 }
 
+/** A heartbeat from the wire, checked: a malformed one is ignored, never trusted. */
+function decodeInfo(v: unknown): CellInfo | undefined {
+  const o = v as Partial<CellInfo> | null;
+  if (typeof o !== 'object' || o === null || typeof o.cell !== 'string' || typeof o.node !== 'string' || typeof o.address !== 'string') return undefined;
+  return { cell: o.cell, node: o.node, address: o.address, sessions: Number(o.sessions) || 0, lagMs: Number(o.lagMs) || 0, state: o.state === 'draining' ? 'draining' : 'up' };
+}
+
 /**
- * Cells announce themselves by writing a heartbeat into a KV bucket with a short
- * max age; everyone watches the bucket. A cell is live while heartbeats keep
- * arriving: KV expiry leaves no tombstone, so silence for `timeoutMs` (judged by
- * local receive time, immune to clock skew) is what marks a crashed cell dead.
+ * Cells announce themselves every `heartbeatMs` on a core NATS subject every cell
+ * subscribes to; a cell is live while its heartbeats keep arriving, judged by local
+ * receive time (immune to clock skew). Liveness deliberately does not depend on
+ * JetStream: during a stream leader election KV writes stall for seconds, and a
+ * cell wrongly counted dead gets no deliveries and no wake-ups. The same record is
+ * also put (best effort) into a KV bucket with a short max age, so a starting cell
+ * learns the membership at once and a graceful leave (a delete) is seen at once.
  */
 export class Membership {
   private readonly seen = new Map<string, { info: CellInfo; at: number }>();
   private hb: NodeJS.Timeout | undefined;
   private reaper: NodeJS.Timeout | undefined;
   private watcher: { stop(): void } | undefined;
+  private sub: Subscription | undefined;
 
   constructor(
+    private readonly nc: NatsConnection,
+    private readonly subject: string,
     private readonly kv: KV,
     private readonly self: () => CellInfo,
     private readonly heartbeatMs: number,
@@ -32,22 +46,38 @@ export class Membership {
     private readonly onGone: (cell: string) => void = () => undefined,
   ) {}
 
+  /** Idempotent up to its first await, so a failed start can be retried. */
   async start(): Promise<void> {
-    await this.beat();
+    this.sub ??= this.nc.subscribe(this.subject, {
+      callback: (err, msg) => {
+        if (err) return;
+        try {
+          const info = decodeInfo(unpack(msg.data));
+          if (info) this.seen.set(info.cell, { info, at: Date.now() });
+        } catch {
+          // not msgpack: ignore
+        }
+      },
+    });
+    await this.kv.put(this.self().cell, pack(this.self()));
     const w = await this.kv.watch();
     this.watcher = w;
     void (async () => {
       for await (const e of w) {
         if (e.operation === 'PUT') {
-          try {
-            this.seen.set(e.key, { info: unpack(e.value) as CellInfo, at: Date.now() });
-          } catch {
-            // a foreign writer; ignore the entry
-          }
+          const info = (() => {
+            try {
+              return decodeInfo(unpack(e.value));
+            } catch {
+              return undefined;
+            }
+          })();
+          if (info && !this.seen.has(e.key)) this.seen.set(e.key, { info, at: Date.now() });
         } else if (this.seen.delete(e.key)) this.onGone(e.key);
       }
     })();
-    this.hb = setInterval(() => void this.beat().catch(() => undefined), this.heartbeatMs);
+    this.beat();
+    this.hb = setInterval(() => this.beat(), this.heartbeatMs);
     this.hb.unref();
     this.reaper = setInterval(() => this.reap(), this.heartbeatMs);
     this.reaper.unref();
@@ -62,9 +92,11 @@ export class Membership {
     }
   }
 
-  private async beat(): Promise<void> {
+  private beat(): void {
     const info = this.self();
-    await this.kv.put(info.cell, pack(info));
+    const data = pack(info);
+    this.nc.publish(this.subject, data);
+    this.kv.put(info.cell, data).catch(() => undefined); // the record for late joiners; liveness does not wait on it
   }
 
   isLive(cell: string): boolean {
@@ -82,6 +114,7 @@ export class Membership {
     clearInterval(this.hb);
     clearInterval(this.reaper);
     this.watcher?.stop();
+    this.sub?.unsubscribe();
     await this.kv.delete(cellId).catch(() => undefined);
   }
 }

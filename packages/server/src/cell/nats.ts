@@ -50,9 +50,9 @@ export async function connectNats(cfg: NodeConfig, name: string): Promise<NatsCo
 export async function openBuckets(nc: NatsConnection, cfg: NodeConfig): Promise<Buckets> {
   const kvm = new Kvm(nc);
   const n = new Names(cfg.prefix);
-  // Every bucket is replicated like the mailboxes: in a NATS cluster, a bucket whose
-  // only copy was on a lost server would stop the whole cluster (accounts, directory).
-  const replicas = cfg.mailbox.replicas;
+  // Every bucket is replicated: in a NATS cluster, a bucket whose only copy was on a
+  // lost server would stop the whole cluster (accounts, directory).
+  const replicas = cfg.replicas;
   const [cells, directory, accounts, tickets, social, presence, groups] = await Promise.all([
     kvm.create(n.cellsBucket, { history: 1, ttl: cfg.membership.timeoutMs * 2, replicas }),
     kvm.create(n.directoryBucket, { history: 1, replicas }),

@@ -25,7 +25,7 @@ async function main(): Promise<void> {
       else if (s.type === 'reconnect') {
         natsUp = true;
         cell.metrics.natsReconnects.inc();
-        cell.natsReconnected();
+        cell.redrainAll();
       }
     }
   })();
