@@ -40,7 +40,7 @@ const LATE_MAX = 100_000;
 const LATE_TTL_MS = 10 * 60_000;
 
 /** Stores for one user within this delay share one wake-up lookup. */
-const WAKE_DELAY_MS = 20;
+const WAKE_DELAY_MS = 100;
 /** A wake-up that could not reach every session is tried again this often, this many times. */
 const WAKE_RETRY_MS = 500;
 const WAKE_RETRIES = 60;

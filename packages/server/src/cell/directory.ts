@@ -8,6 +8,12 @@ export interface DeviceLocation { device: string; cell: string; node: string; ep
 type Entry = Record<string, { c: string; n: string; e: number }>;
 
 const CACHE_TTL_MS = 2000;
+/**
+ * "Offline" is cached for less: a device that registers meanwhile is not lost —
+ * custody stores its items and the wake-up after every store reads the directory
+ * afresh and tells the new session to drain — it only takes the slower path.
+ */
+const NEGATIVE_TTL_MS = 1000;
 const CACHE_MAX = 100_000;
 const CAS_ATTEMPTS = 16;
 
@@ -79,14 +85,14 @@ export class Directory {
   }
 
   /**
-   * Online devices of a user, on live cells. Positive answers are cached briefly;
-   * concurrent reads of one user share one KV get.
+   * Online devices of a user, on live cells. Answers are cached briefly (offline
+   * ones for less); concurrent reads of one user share one KV get.
    */
   async lookup(user: string, fresh = false): Promise<DeviceLocation[]> {
     const hit = this.cache.get(user);
     // A cached location on a cell that died since is stale: the device may have
     // registered again elsewhere, so read the entry instead of answering "offline".
-    if (!fresh && hit && Date.now() - hit.at < CACHE_TTL_MS && hit.locs.every((l) => this.isLive(l.cell))) return hit.locs;
+    if (!fresh && hit && Date.now() - hit.at < (hit.locs.length > 0 ? CACHE_TTL_MS : NEGATIVE_TTL_MS) && hit.locs.every((l) => this.isLive(l.cell))) return hit.locs;
     // A fresh read must start after the caller's call, so it cannot join one in flight.
     const running = fresh ? undefined : this.inFlight.get(user);
     if (running) return running;
@@ -104,10 +110,8 @@ export class Directory {
       .map(([device, l]) => ({ device, cell: l.c, node: l.n, epoch: l.e }))
       .filter((l) => this.isLive(l.cell));
     this.cache.delete(user);
-    if (locs.length > 0) {
-      if (this.cache.size >= CACHE_MAX) this.cache.delete(this.cache.keys().next().value!);
-      this.cache.set(user, { locs, at: Date.now() });
-    }
+    if (this.cache.size >= CACHE_MAX) this.cache.delete(this.cache.keys().next().value!);
+    this.cache.set(user, { locs, at: Date.now() });
     return locs;
   }
 
