@@ -1,4 +1,5 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import './nats-request-patch.js';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { NodeConfig } from '../config.js';
 import { ServerError, ServerErrorCode } from '../errors.js';
