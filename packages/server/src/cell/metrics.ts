@@ -33,7 +33,7 @@ export class CellMetrics {
   readonly cookiesSent = new Counter({ name: 'gravitas_handshake_cookies_total', help: 'Cookie challenges sent under handshake load', registers: [this.registry] });
   readonly groupMessages = new Counter({ name: 'gravitas_group_messages_total', help: 'Group messages stored in group logs (JetStream acknowledged)', registers: [this.registry] });
   readonly groupDeliveries = new Counter({ name: 'gravitas_group_deliveries_total', help: 'Group messages written to member devices, by path (live: following the log head; catchup: reading behind it)', labelNames: ['path'] as const, registers: [this.registry] });
-  readonly groupLogReads = new Counter({ name: 'gravitas_group_log_reads_total', help: 'Group log reads: verify (direct gets extending a cell feed) and catchup (messages read by device catch-up)', labelNames: ['kind'] as const, registers: [this.registry] });
+  readonly groupLogReads = new Counter({ name: 'gravitas_group_log_reads_total', help: 'Group log reads: verify (leader reads extending a cell feed) and catchup (messages read by device catch-up)', labelNames: ['kind'] as const, registers: [this.registry] });
   readonly groupCursorWrites = new Counter({ name: 'gravitas_group_cursor_writes_total', help: 'Coalesced KV writes of device group cursors', registers: [this.registry] });
   readonly groupFanoutSeconds = new Histogram({
     name: 'gravitas_group_fanout_seconds',
