@@ -1,6 +1,6 @@
 import t from 'tap';
 import nacl from 'tweetnacl';
-import { ChannelError, ErrorCode, MAX_FRAME_COUNTER, ProtocolError, random, SecureChannel } from '@gravitas/protocol';
+import { ChannelError, ErrorCode, MAX_FRAME_COUNTER, random, SecureChannel } from '@gravitas/protocol';
 import { codeOf } from '../fixtures/codes.js';
 
 const enc = new TextEncoder();

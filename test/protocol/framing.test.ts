@@ -1,5 +1,5 @@
 import t from 'tap';
-import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, ErrorCode, FRAME_HEADER_BYTES, FrameDecoder, FramingError, ProtocolError } from '@gravitas/protocol';
+import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, ErrorCode, FRAME_HEADER_BYTES, FrameDecoder, FramingError } from '@gravitas/protocol';
 import { codeOf } from '../fixtures/codes.js';
 
 /** Deterministic pseudo-random bytes (xorshift32), so failures reproduce. */

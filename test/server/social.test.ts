@@ -4,7 +4,7 @@
  * reach the other node's caches. A block looks exactly like an unknown user to the
  * blocked sender; read receipts of a blocked user never arrive.
  */
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
