@@ -212,6 +212,15 @@ export class Cell {
       if (mine?.size === 0) this.byUser.delete(s.user);
       this.metrics.sessions.set(this.sessions.size);
     }
+    // Live items the device never acknowledged: their custody cells need not wait out
+    // the window, they can store them (or find the device's new session) now.
+    for (const d of s.unacked.values()) {
+      if (d.via !== 'live') continue;
+      const { item } = d;
+      if (d.origin === this.cellId) this.custody.notHereFor(`${item.from}/${item.fd}/${item.id}`, s.user, s.device);
+      else this.publish(d.origin, { k: 'nh', id: item.id, from: item.from, fd: item.fd, u: s.user, dev: s.device });
+    }
+    s.unacked.clear();
     if (wasOpen && s.registered) {
       this.presence.offline(s);
       this.groups.detached(s);
