@@ -83,10 +83,6 @@ export class Custody {
     clearInterval(this.sweeper);
   }
 
-  get pendingCount(): number {
-    return this.pending.size;
-  }
-
   // ---- accepting --------------------------------------------------------------
 
   /** A chat message from a session, to a user. */
@@ -155,6 +151,7 @@ export class Custody {
       }
     }
     for (const t of p.targets.values()) {
+      if (t.state !== 'live') continue; // the window passed while we looked (the sweep stored it)
       if (t.loc) this.dispatch(p, t);
       else this.store(p, t);
     }
