@@ -1,5 +1,5 @@
 import type { RequestOp } from './messages.js';
-import { bad, isObj, name, oneOf, str, type Obj } from './validate.js';
+import { bad, int, isObj, name, oneOf, str, type Obj } from './validate.js';
 
 /** Who may see a user's presence. */
 export type PresenceVisibility = 'contacts' | 'nobody';
@@ -7,7 +7,8 @@ export interface Prefs { readReceipts: boolean; presence: PresenceVisibility }
 
 /** Arguments of each request operation, after validation. */
 export interface RequestArgs {
-  'contacts.list': Record<string, never>;
+  /** A page of the contacts, then the blocked users, from position `from` (the answer's `next`). */
+  'contacts.list': { from?: number };
   'contacts.add': { user: string };
   'contacts.remove': { user: string };
   'contacts.block': { user: string };
@@ -49,7 +50,7 @@ const user = (a: Obj) => ({ user: name(a, 'user') });
 const group = (a: Obj) => ({ g: name(a, 'g') });
 
 const DECODERS: { [K in RequestOp]: (a: Obj) => RequestArgs[K] } = {
-  'contacts.list': none,
+  'contacts.list': (a) => ({ from: a.from === undefined ? 0 : int(a, 'from', 0, 1_000_000) }),
   'contacts.add': user,
   'contacts.remove': user,
   'contacts.block': user,

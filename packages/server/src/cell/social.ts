@@ -6,15 +6,17 @@ import type { Session } from './session.js';
 
 /**
  * Users one contact list may hold (TOO_MANY_CONTACTS beyond), and one block list
- * (TOO_MANY_BLOCKED). `contacts.list` answers with both lists in one frame, which
- * the SDK reads up to DEFAULT_MAX_FRAME_BYTES: with names of up to 64 characters,
- * 900 names are what fits (checked below). Larger lists need a paged contacts.list.
+ * (TOO_MANY_BLOCKED). Both live in one KV value (at most ~660 KB with 64-character
+ * names, under NATS's 1 MB payload); `contacts.list` pages through them.
  */
-export const MAX_CONTACTS = 600;
-export const MAX_BLOCKED = 300;
-/** msgpack str header + longest name, per listed user; plus the answer's envelope and the seal. */
-const LIST_BYTES = (MAX_CONTACTS + MAX_BLOCKED) * (MAX_ID_LENGTH + 2) + 256;
-if (LIST_BYTES > DEFAULT_MAX_FRAME_BYTES) throw new Error(`contact limits do not fit one frame (${LIST_BYTES} bytes)`);
+export const MAX_CONTACTS = 5000;
+export const MAX_BLOCKED = 5000;
+/**
+ * Names per `contacts.list` answer: msgpack str header + longest name each, plus
+ * the answer's envelope and the seal, must fit the SDK's frame limit.
+ */
+export const LIST_PAGE = 900;
+if (LIST_PAGE * (MAX_ID_LENGTH + 2) + 256 > DEFAULT_MAX_FRAME_BYTES) throw new Error('a contacts.list page does not fit one frame');
 export const DEFAULT_PREFS: Readonly<Prefs> = Object.freeze({ readReceipts: true, presence: 'contacts' });
 
 /** Changes are invalidated cluster-wide; the TTL only bounds the damage of a lost invalidation. */
@@ -174,7 +176,13 @@ export class Social {
       case 'contacts.list': {
         // Fresh, not cached: a user listing right after a change on another device must see it.
         const { rec } = await this.read(me);
-        return { contacts: [...rec.contacts], blocked: [...rec.blocked] };
+        // One sequence, contacts then blocked users, in pages that fit a frame.
+        const from = (args as RequestArgs['contacts.list']).from ?? 0;
+        const contacts = [...rec.contacts].slice(from, from + LIST_PAGE);
+        const skip = Math.max(0, from - rec.contacts.size);
+        const blocked = [...rec.blocked].slice(skip, skip + LIST_PAGE - contacts.length);
+        const next = from + contacts.length + blocked.length;
+        return { contacts, blocked, ...(next < rec.contacts.size + rec.blocked.size && { next }) };
       }
       case 'contacts.add':
       case 'contacts.block': {
