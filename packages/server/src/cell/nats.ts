@@ -72,7 +72,9 @@ export const SETUP_TIMEOUT_MS = 60_000;
 
 /**
  * Retries an idempotent set-up step on timeouts and "no responders" (JetStream
- * electing leaders) until SETUP_TIMEOUT_MS; other errors fail at once.
+ * electing leaders), and on the refusals 2.9 gives when two cells create the same
+ * bucket at the same moment ("subjects overlap": the retry binds to the winner's),
+ * until SETUP_TIMEOUT_MS; other errors fail at once.
  */
 export async function untilReady<T>(step: () => Promise<T>, what: string): Promise<T> {
   const deadline = Date.now() + SETUP_TIMEOUT_MS;
@@ -81,7 +83,7 @@ export async function untilReady<T>(step: () => Promise<T>, what: string): Promi
       return await step();
     } catch (err) {
       const text = `${(err as Error).name} ${(err as Error).message}`;
-      if (!/timeout|no responders|503|leader|not available|jetstream is not enabled/i.test(text) || Date.now() + wait > deadline) {
+      if (!/timeout|no responders|503|leader|not available|jetstream is not enabled|subjects overlap|already in use/i.test(text) || Date.now() + wait > deadline) {
         throw new ServerError(ServerErrorCode.NATS_UNAVAILABLE, `cannot set up ${what}: ${(err as Error).message}`, { cause: err });
       }
       await new Promise((r) => setTimeout(r, wait));
