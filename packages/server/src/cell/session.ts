@@ -66,6 +66,7 @@ export class Session {
     this.handshakeTimer = setTimeout(() => this.fail(new ProtocolError(ErrorCode.HANDSHAKE_TIMEOUT, 'handshake did not complete in time')), cell.config.limits.handshakeTimeoutMs);
     socket.on('data', (chunk) => this.onData(chunk));
     socket.on('end', () => this.onEnd());
+    socket.on('drain', () => this.wakeWindow());
     socket.on('error', () => this.close());
     socket.on('close', () => this.close());
   }
@@ -314,14 +315,25 @@ export class Session {
     return true;
   }
 
-  /** Resolves when fewer than `window` mailbox items are unacknowledged (or the session ended). */
-  windowFor(window: number): Promise<void> {
-    if (this.drain.inFlight < window || this.state === 'closed') return Promise.resolve();
-    return new Promise((resolve) => this.windowWaiters.push(resolve));
+  /**
+   * Resolves when fewer than `window` mailbox items are unacknowledged and the
+   * connection's unsent bytes are below half its limit (or the session ended): a
+   * drain of large messages to a slow but reading device waits for the socket
+   * instead of running into SLOW_CONSUMER.
+   */
+  async windowFor(window: number): Promise<void> {
+    const half = this.cell.config.limits.maxOutboundBytes / 2;
+    while (this.state !== 'closed' && (this.drain.inFlight >= window || this.socket.writableLength > half)) {
+      await new Promise<void>((resolve) => this.windowWaiters.push(resolve));
+    }
   }
 
   private releaseWindow(): void {
     this.drain.inFlight--;
+    this.wakeWindow();
+  }
+
+  private wakeWindow(): void {
     const waiters = this.windowWaiters;
     this.windowWaiters = [];
     for (const w of waiters) w();
