@@ -99,7 +99,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private readonly saving = new Set<Promise<void>>();
   /** Received items waiting for their key to be durable, shown in arrival order. */
   private inbound: Promise<void> = Promise.resolve();
-  private readonly pings = new Map<number, () => void>();
+  private readonly pings = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly requests = new Map<number, { resolve: (data: unknown) => void; reject: (e: Error) => void }>();
   private requestSeq = 0;
   private readonly retries = new Map<string, NodeJS.Timeout>();
@@ -279,7 +279,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         return;
       }
       case 'pong':
-        this.pings.get(m.n)?.();
+        this.pings.get(m.n)?.resolve();
         this.pings.delete(m.n);
         return;
       case 'error': {
@@ -361,7 +361,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     const every = this.options.keepaliveMs ?? 30_000;
     if (every <= 0) return;
     this.keepalive = setInterval(() => {
-      if (this.channel) void this.ping();
+      if (this.channel) this.ping().catch(() => undefined); // a lost connection is handled by onLost
     }, every);
     this.keepalive.unref();
   }
@@ -369,6 +369,8 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private onLost(socket: Socket, err?: Error): void {
     if (socket !== this.socket) return;
     clearInterval(this.keepalive);
+    // A round trip cut by the connection loss will never complete: say so.
+    for (const p of this.pings.values()) p.reject(new ClientError(ClientErrorCode.NOT_CONNECTED, 'connection lost before the pong'));
     this.pings.clear();
     for (const r of this.requests.values()) r.reject(new ClientError(ClientErrorCode.NOT_CONNECTED, 'connection lost before the answer'));
     this.requests.clear();
@@ -523,12 +525,12 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     });
   }
 
-  /** Round trip to the cell. */
+  /** Round trip to the cell; rejects with NOT_CONNECTED if the connection is lost first. */
   ping(): Promise<void> {
     const n = ++this.pingSeq;
-    return new Promise((resolve) => {
-      this.pings.set(n, resolve);
+    return new Promise((resolve, reject) => {
       this.write({ t: 'ping', n });
+      this.pings.set(n, { resolve, reject });
     });
   }
 
