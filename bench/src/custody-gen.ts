@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { ErrorCode, type KeyPair, type ServerMessage } from '@gravitas/protocol';
 import {
-  epochNow, GrowBytes, MergeableHistogram, messageId, messageText, parseMessageId, parseText, ST,
+  epochNow, GrowBytes, MergeableHistogram, messageId, messageText, mulberry32, parseMessageId, parseText, ST,
   type ConnectResult, type GenRequest, type GenUser, type ProgressResult, type RecvReport, type RunCmd, type RunSummary, type SendReport, type SetupCmd, type StepReport, type Who,
 } from './custody-types.js';
 import { nativeKeyPair } from './procs.js';
@@ -107,18 +107,6 @@ class RecvStep {
 const count = (r: Record<string, number>, k: string): void => void (r[k] = (r[k] ?? 0) + 1);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** mulberry32: a small seeded PRNG, so runs are repeatable. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 class Generator {
   private readonly users = new Map<number, User>();
   private readonly sendSteps = new Map<number, SendStep>();
@@ -132,7 +120,7 @@ class Generator {
   private readonly dropped = new Set<number>();
 
   constructor(private readonly cfg: SetupCmd) {
-    this.rand = prng(cfg.seed);
+    this.rand = mulberry32(cfg.seed);
     for (const u of cfg.users) this.addUser(u);
   }
 

@@ -308,3 +308,15 @@ export type GenReply =
   | { rid: number; ok: false; error: string };
 
 export type GenRequest = GenCommand & { rid: number };
+
+/** mulberry32: a small seeded PRNG, so runs (contacts, recipients) are repeatable. */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

@@ -5,12 +5,12 @@ import { pack } from '@gravitas/protocol';
 import { NatsServer } from '@gravitas/testkit';
 import { CEILING, measureJetStreamPublish, measureNatsPubSub, type JsPublishResult } from './ceilings.js';
 import { GenProcess, Load, mergeStep, readCpu, type StepResult } from './custody-load.js';
-import { MergeableHistogram, messageId, messageText, ST, type GenUser, type Percentiles, type RunSummary } from './custody-types.js';
+import { MergeableHistogram, messageId, mulberry32, messageText, ST, type GenUser, type Percentiles, type RunSummary } from './custody-types.js';
 import { connectPairs, PingPong, type Pair } from './pingpong.js';
 import {
   cellStatus, clusterKeys, log, Resources, sleep, spawnNode, startGravitasNode, waitFor, BENCH_LIMITS, type ClusterKeys, type GravitasNode,
 } from './procs.js';
-import { makeResult, numFlag, UsageError, type BenchOptions, type BenchResult, type Row } from './report.js';
+import { makeResult, numFlag, posInt, posNum, UsageError, type BenchOptions, type BenchResult, type Row } from './report.js';
 
 export const name = 'custody';
 export const description =
@@ -53,18 +53,6 @@ const DEVICE_CONCURRENCY = 32;
 const GEN_STARVED_MS = 20;
 
 type Phase = 'online' | 'offline' | 'load';
-
-function posInt(opts: BenchOptions, flag: string, dflt: number, max = 1_000_000): number {
-  const v = numFlag(opts, flag, dflt);
-  if (!Number.isInteger(v) || v < 1 || v > max) throw new UsageError(`--${flag} must be an integer in 1..${max}, got ${v}`);
-  return v;
-}
-
-function posNum(opts: BenchOptions, flag: string, dflt: number): number {
-  const v = numFlag(opts, flag, dflt);
-  if (!(v > 0)) throw new UsageError(`--${flag} must be positive, got ${v}`);
-  return v;
-}
 
 function listFlag<T>(opts: BenchOptions, flag: string, dflt: string, parse: (s: string) => T | undefined): T[] {
   const v = opts.flags[flag];
@@ -331,17 +319,6 @@ export interface LoadResult {
   connect: { connected: number; ms: number; perSec: number; errors: Record<string, number> };
   steps: StepResult[];
   collapsed: { step: number; reason: string } | undefined;
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** `k` distinct random contacts per user (directed: i sends to its contacts). */

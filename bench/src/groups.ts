@@ -7,7 +7,7 @@ import { GravitasClient } from '@gravitas/client';
 import { NatsServer } from '@gravitas/testkit';
 import { LatencyHistogram, type LatencySummary } from './histogram.js';
 import { BENCH_LIMITS, CLI_BIN, clusterKeys, log, nativeKeyPair, procCpuSeconds, Resources, sleep, spawnNode, waitFor, type ClusterKeys } from './procs.js';
-import { makeResult, numFlag, UsageError, type BenchOptions, type BenchResult, type Row } from './report.js';
+import { makeResult, posInt, posNum, UsageError, type BenchOptions, type BenchResult, type Row } from './report.js';
 
 /*
  * Groups, in two parts.
@@ -45,18 +45,6 @@ const SETTLE_TIMEOUT_MS = 30_000;
 const NS_PER_S = 1e9;
 
 const epochMs = (): number => performance.timeOrigin + performance.now();
-
-function posInt(opts: BenchOptions, flag: string, dflt: number, max = 1_000_000): number {
-  const v = numFlag(opts, flag, dflt);
-  if (!Number.isInteger(v) || v < 1 || v > max) throw new UsageError(`--${flag} must be an integer in 1..${max}, got ${v}`);
-  return v;
-}
-
-function posNum(opts: BenchOptions, flag: string, dflt: number): number {
-  const v = numFlag(opts, flag, dflt);
-  if (!(v > 0)) throw new UsageError(`--${flag} must be positive, got ${v}`);
-  return v;
-}
 
 // ---------------------------------------------------------------------------------------------
 // layout: raw JetStream

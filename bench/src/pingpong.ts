@@ -12,7 +12,7 @@ import {
   BENCH_LIMITS, type Child, type ClusterKeys, type GravitasNode,
 } from './procs.js';
 import { cachingSuite, handshake, newHandshake, parseTarget } from './rawclient.js';
-import { makeResult, numFlag, UsageError, type BenchOptions, type BenchResult, type Row } from './report.js';
+import { makeResult, numFlag, posInt, posNum, type BenchOptions, type BenchResult, type Row } from './report.js';
 
 export const name = 'pingpong';
 export const description =
@@ -36,18 +36,6 @@ const TARGET = { openP99Ms: 5, fullPerS: 3000, resumePerS: 6000, idleKiB: 6 };
 const TEXT = 'x'.repeat(100);
 const SETTLE_MS = 2000;
 const IDLE_CONCURRENCY = 64;
-
-function posInt(opts: BenchOptions, flag: string, dflt: number, max = 1_000_000): number {
-  const v = numFlag(opts, flag, dflt);
-  if (!Number.isInteger(v) || v < 1 || v > max) throw new UsageError(`--${flag} must be an integer in 1..${max}, got ${v}`);
-  return v;
-}
-
-function posNum(opts: BenchOptions, flag: string, dflt: number): number {
-  const v = numFlag(opts, flag, dflt);
-  if (!(v > 0)) throw new UsageError(`--${flag} must be positive, got ${v}`);
-  return v;
-}
 
 const count = (errors: Record<string, number>, code: string): void => void (errors[code] = (errors[code] ?? 0) + 1);
 const errCode = (e: unknown): string => (e as { code?: string }).code ?? (e as Error).message ?? String(e);

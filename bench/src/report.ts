@@ -58,6 +58,20 @@ export function numFlag(opts: BenchOptions, name: string, dflt: number): number 
   return n;
 }
 
+/** A positive integer flag (at most `max`), or a UsageError naming it. */
+export function posInt(opts: BenchOptions, flag: string, dflt: number, max = 1_000_000): number {
+  const v = numFlag(opts, flag, dflt);
+  if (!Number.isInteger(v) || v < 1 || v > max) throw new UsageError(`--${flag} must be an integer in 1..${max}, got ${v}`);
+  return v;
+}
+
+/** A positive number flag, or a UsageError naming it. */
+export function posNum(opts: BenchOptions, flag: string, dflt: number): number {
+  const v = numFlag(opts, flag, dflt);
+  if (!(v > 0)) throw new UsageError(`--${flag} must be positive, got ${v}`);
+  return v;
+}
+
 export function hostInfo(): HostInfo {
   const c = cpus();
   return {

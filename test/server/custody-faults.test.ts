@@ -12,7 +12,7 @@ import {
   clusterKeys, connectClient, metricSamples, metricsText, metricValue, nodeConfig, spawnNode, writeNodeConfig,
   type ClusterKeys, type NodeProcess, type TestClient,
 } from '../fixtures/cluster.js';
-import { acceptedAtLeast, runTraffic, socketOf, tally } from '../fixtures/traffic.js';
+import { acceptedAtLeast, runTraffic, socketOf, verifyExactlyOnce } from '../fixtures/traffic.js';
 
 const TOTAL = 10_000;
 const SENDERS = 8;
@@ -69,12 +69,7 @@ t.test('a node is SIGKILLed mid-stream', async (t) => {
   await acceptedAtLeast(traffic, TOTAL / 4);
   const exit = await env.nodes[1]!.kill();
   t.same(exit, { code: null, signal: 'SIGKILL' }, `node B killed after ${traffic.count()} messages`);
-  await traffic.done;
-  t.same(traffic.failures, [], 'no send failed for good');
-  const r = await tally(traffic, receivers);
-  t.equal(r.expected, TOTAL, `${TOTAL} messages accepted`);
-  t.equal(r.missing, 0, 'lost: 0');
-  t.equal(r.duplicated, 0, 'delivered twice to an application: 0');
+  await verifyExactlyOnce(t, traffic, receivers, TOTAL);
   const moved = [...senders, ...[...receivers.values()].flat()].filter((c) => c.disconnects > 0).length;
   t.ok(moved > 0, `${moved} clients lost their node and moved over`);
 });
@@ -108,12 +103,7 @@ t.test('a recipient stops reading: cut with SLOW_CONSUMER, memory bounded, nothi
   t.ok(peak <= LIMIT + 64 * 1024, `per-connection backlog stayed within the limit plus one frame (peak seen ${peak} bytes)`);
   t.comment(`node RSS grew ${((rssOf(env.nodes) - rssBefore) / 1048576).toFixed(1)} MiB while moving ${TOTAL} messages of 8 KiB`);
   socket.resume(); // the app reads again: its SDK sees the close and reconnects
-  await traffic.done;
-  t.same(traffic.failures, [], 'no send failed for good');
-  const r = await tally(traffic, receivers);
-  t.equal(r.expected, TOTAL, `${TOTAL} messages accepted`);
-  t.equal(r.missing, 0, 'lost: 0');
-  t.equal(r.duplicated, 0, 'delivered twice to an application: 0');
+  await verifyExactlyOnce(t, traffic, receivers, TOTAL);
   t.ok(stalled.connects >= 2, 'the stalled client reconnected');
 });
 
@@ -134,11 +124,7 @@ t.test('senders lose their connection between a send and its answer', async (t) 
   await traffic.done;
   clearInterval(cutter);
   t.ok(cuts >= 5, `${cuts} connections cut mid-stream`);
-  t.same(traffic.failures, [], 'no send failed for good');
-  const r = await tally(traffic, receivers);
-  t.equal(r.expected, TOTAL, `${TOTAL} messages accepted`);
-  t.equal(r.missing, 0, 'lost: 0');
-  t.equal(r.duplicated, 0, 'delivered twice to an application: 0');
+  await verifyExactlyOnce(t, traffic, receivers, TOTAL);
 });
 
 /** Resident set of the node processes (bytes), from /proc. */

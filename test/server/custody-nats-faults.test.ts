@@ -12,7 +12,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { generateKeyPair, type KeyPair } from '@gravitas/protocol';
 import { check, NatsCluster, NatsServer, tempDir } from '@gravitas/testkit';
 import { clusterKeys, connectClient, nodeConfig, spawnNode, writeNodeConfig, type ClusterKeys, type NodeProcess, type TestClient } from '../fixtures/cluster.js';
-import { acceptedAtLeast, runTraffic, tally } from '../fixtures/traffic.js';
+import { acceptedAtLeast, runTraffic, verifyExactlyOnce } from '../fixtures/traffic.js';
 
 const TOTAL = 10_000;
 const SENDERS = 8;
@@ -70,14 +70,6 @@ async function comeOnline(t: Test, keys: ClusterKeys, list: NodeProcess[], p: Pe
   }
 }
 
-async function verify(t: Test, traffic: ReturnType<typeof runTraffic>, p: People): Promise<void> {
-  t.same(traffic.failures, [], 'no send failed for good');
-  const r = await tally(traffic, p.receivers);
-  t.equal(r.expected, TOTAL, `${TOTAL} messages accepted`);
-  t.equal(r.missing, 0, 'lost: 0', { missing: r.missing });
-  t.equal(r.duplicated, 0, 'delivered twice to an application: 0');
-}
-
 t.test('the nats-server is SIGKILLed and restarted mid-stream', async (t) => {
   const nats = await NatsServer.start();
   t.teardown(() => nats.stop());
@@ -92,7 +84,7 @@ t.test('the nats-server is SIGKILLed and restarted mid-stream', async (t) => {
   t.pass('nats-server restarted on the same port and store');
   await traffic.done;
   await comeOnline(t, keys, list, p);
-  await verify(t, traffic, p);
+  await verifyExactlyOnce(t, traffic, p.receivers, TOTAL);
 });
 
 t.test('a 3-server NATS cluster with replicated mailboxes loses one server', async (t) => {
@@ -114,7 +106,7 @@ t.test('a 3-server NATS cluster with replicated mailboxes loses one server', asy
   t.pass(`NATS server 0 killed after ${traffic.count()} messages`);
   await traffic.done;
   await comeOnline(t, keys, list, p);
-  await verify(t, traffic, p);
+  await verifyExactlyOnce(t, traffic, p.receivers, TOTAL);
   // JetStream API calls can time out for a while after a server loss on 2.9: ask until answered.
   const leader = await check('the mailbox stream has a leader', async () => (await jsm.streams.info('gravitas_MBOX_0').catch(() => undefined))?.cluster?.leader, { timeout: 30_000, interval: 500 });
   t.ok(leader, `stream leader after the loss: ${leader}`);

@@ -1,20 +1,10 @@
-import type { NatsConnection } from '@nats-io/transport-node';
-import { DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
-import { ErrorCode, pack, unpack } from '@gravitas/protocol';
-import type { MailboxConfig } from '../config.js';
-import type { Names } from '../subjects.js';
+import { DeliverPolicy } from '@nats-io/jetstream';
+import { pack, unpack } from '@gravitas/protocol';
 import { decodeItem, type ChatItem } from './envelope.js';
-import { deadline, DUPLICATE_WINDOW_MS, ensureStream, JS_STREAM_FULL, jsCode, lastOn, nextOn, NS_PER_MS, scan, StorageError } from './jetstream.js';
+import { API_TIMEOUT_MS, deadline, DUPLICATE_WINDOW_MS, lastOn, nextOn, NS_PER_MS, PartitionedStreams, publishFailure, scan, type StreamSettings } from './jetstream.js';
 
 /** One message of a group's log: its stream sequence (the item's `seq`) and the item. */
 export interface LogEntry { seq: number; item: ChatItem }
-
-const TIMEOUT_MS = 5000;
-
-/** A group log operation that failed, with the code the sender gets. */
-export class GroupLogError extends StorageError {
-  override name = 'GroupLogError';
-}
 
 /**
  * The group logs on JetStream: every group message is stored once, in the
@@ -24,43 +14,15 @@ export class GroupLogError extends StorageError {
  * their cursors; nothing is deleted on acknowledgement, messages age out after
  * `mailbox.retentionMs`.
  */
-export class GroupLog {
-  private readonly js: JetStreamClient;
-  private jsm!: JetStreamManager;
-
-  constructor(
-    readonly nc: NatsConnection,
-    readonly names: Names,
-    readonly cfg: MailboxConfig,
-    /** Copies of each stream (NodeConfig.replicas). */
-    readonly replicas: number,
-  ) {
-    this.js = jetstream(nc, { timeout: TIMEOUT_MS });
-  }
-
-  /** Creates the partition streams, or brings their limits up to date. Idempotent across cells. */
-  async start(): Promise<void> {
-    this.jsm = await jetstreamManager(this.nc, { timeout: TIMEOUT_MS });
-    const all = [];
-    for (let k = 0; k < this.cfg.partitions; k++) all.push(ensureStream(this.jsm, this.streamConfig(k)));
-    await Promise.all(all);
-  }
-
-  streamConfig(k: number): Partial<StreamConfig> & { name: string } {
+export class GroupLog extends PartitionedStreams {
+  protected streamConfig(k: number): StreamSettings {
     return {
-      name: this.names.groupStream(k),
-      subjects: [this.names.groupStreamSubjects(k)],
-      retention: RetentionPolicy.Limits,
-      storage: StorageType.File,
-      num_replicas: this.replicas,
+      ...this.base(this.names.groupStream(k), this.names.groupStreamSubjects(k)),
       max_age: this.cfg.retentionMs * NS_PER_MS,
       // No byte cap of its own: JetStream reserves max_bytes up front, and the mailbox
-      // partitions already reserve theirs. Bounded by max_age and the server's store;
-      // when that is full, refusing new messages keeps custody of the old ones.
-      discard: DiscardPolicy.New,
-      // JetStream refuses a window longer than max_age (short retentions in tests).
+      // partitions already reserve theirs. Bounded by max_age and the server's store.
+      // JetStream refuses a duplicate window longer than max_age (short retentions in tests).
       duplicate_window: Math.min(DUPLICATE_WINDOW_MS, this.cfg.retentionMs) * NS_PER_MS,
-      allow_direct: false, // reads ask the leader: a lagging replica would hide new messages
     };
   }
 
@@ -78,11 +40,10 @@ export class GroupLog {
     const g = item.g!;
     const stored = { k: 'm', id: item.id, from: item.from, fd: item.fd, to: item.to, text: item.text, ts: item.ts, g };
     try {
-      const ack = await this.js.publish(this.names.groupSubject(g), pack(stored), { msgID: `${g}.${item.from}.${item.id}`, timeout: TIMEOUT_MS });
+      const ack = await this.js.publish(this.names.groupSubject(g), pack(stored), { msgID: `${g}.${item.from}.${item.id}`, timeout: API_TIMEOUT_MS });
       return { seq: ack.seq, duplicate: ack.duplicate };
     } catch (err) {
-      if (jsCode(err) === JS_STREAM_FULL) throw new GroupLogError(ErrorCode.MAILBOX_FULL, 'the group log partition is full', { cause: err });
-      throw new GroupLogError(ErrorCode.STORAGE_UNAVAILABLE, `cannot store in the group log: ${(err as Error).message}`, { cause: err });
+      throw publishFailure(err, 'group log');
     }
   }
 

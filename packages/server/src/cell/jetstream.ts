@@ -1,5 +1,11 @@
-import type { JetStreamManager, MsgRequest, StoredMsg, StreamConfig } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
+import {
+  DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType,
+  type JetStreamClient, type JetStreamManager, type MsgRequest, type StoredMsg, type StreamConfig,
+} from '@nats-io/jetstream';
 import { ErrorCode, ProtocolError } from '@gravitas/protocol';
+import type { MailboxConfig } from '../config.js';
+import type { Names } from '../subjects.js';
 
 /*
  * JetStream helpers shared by the mailboxes and the group logs: error codes we act
@@ -11,10 +17,65 @@ export const NS_PER_MS = 1_000_000;
 /** Nats-Msg-Id de-duplication window of our streams. */
 export const DUPLICATE_WINDOW_MS = 120_000;
 /** JetStream API error codes we act on. */
-export const JS_STREAM_FULL = 10047;
+const JS_STREAM_FULL = 10047;
 export const JS_MAX_PER_SUBJECT = 10077;
 /** A JetStream step that takes longer than this is treated as stalled. */
 const STEP_DEADLINE_MS = 5000;
+/** Timeout of our JetStream API requests and publishes. */
+export const API_TIMEOUT_MS = 5000;
+
+export type StreamSettings = Partial<StreamConfig> & { name: string };
+
+/**
+ * A set of partition streams (mailboxes, group logs): one JetStream client and
+ * manager, and the settings every stream of ours shares. `start` creates the
+ * partitions or brings them to the current config, idempotently across cells.
+ */
+export abstract class PartitionedStreams {
+  protected readonly js: JetStreamClient;
+  protected jsm!: JetStreamManager;
+
+  constructor(
+    readonly nc: NatsConnection,
+    readonly names: Names,
+    readonly cfg: MailboxConfig,
+    /** Copies of each stream (NodeConfig.replicas). */
+    readonly replicas: number,
+  ) {
+    this.js = jetstream(nc, { timeout: API_TIMEOUT_MS });
+  }
+
+  /** The config of partition `k`: `base()` plus what this kind of stream needs. */
+  protected abstract streamConfig(k: number): StreamSettings;
+
+  async start(): Promise<void> {
+    this.jsm = await jetstreamManager(this.nc, { timeout: API_TIMEOUT_MS });
+    await Promise.all(Array.from({ length: this.cfg.partitions }, (_, k) => ensureStream(this.jsm, this.streamConfig(k))));
+  }
+
+  /**
+   * File storage, limits retention, discard new (a full stream refuses new
+   * messages, never drops acknowledged ones), and no direct gets: they may be
+   * answered by a lagging replica, and our reads must see what was just stored.
+   */
+  protected base(name: string, subjects: string): StreamSettings {
+    return {
+      name,
+      subjects: [subjects],
+      retention: RetentionPolicy.Limits,
+      storage: StorageType.File,
+      num_replicas: this.replicas,
+      discard: DiscardPolicy.New,
+      allow_direct: false,
+    };
+  }
+}
+
+/** A failed publish as the sender's code: a full stream is MAILBOX_FULL, anything else is retryable. */
+export function publishFailure(err: unknown, what: string): StorageError {
+  if (jsCode(err) === JS_STREAM_FULL) return new StorageError(ErrorCode.MAILBOX_FULL, `the ${what} partition is full`, { cause: err });
+  return new StorageError(ErrorCode.STORAGE_UNAVAILABLE, `cannot store in the ${what}: ${(err as Error).message}`, { cause: err });
+}
 
 /** A JetStream step that failed or stalled, with the code the client gets (retryable). */
 export class StorageError extends ProtocolError {

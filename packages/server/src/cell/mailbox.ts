@@ -1,10 +1,8 @@
-import type { NatsConnection } from '@nats-io/transport-node';
-import { DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
-import { ErrorCode, pack, unpack } from '@gravitas/protocol';
-import type { MailboxConfig } from '../config.js';
-import type { Names } from '../subjects.js';
+import { pack, unpack } from '@gravitas/protocol';
 import { decodeItem, type Item } from './envelope.js';
-import { DUPLICATE_WINDOW_MS, ensureStream, isNotFound, JS_MAX_PER_SUBJECT, JS_STREAM_FULL, jsCode, lastOn, NS_PER_MS, scan, StorageError } from './jetstream.js';
+import {
+  API_TIMEOUT_MS, DUPLICATE_WINDOW_MS, isNotFound, JS_MAX_PER_SUBJECT, jsCode, lastOn, NS_PER_MS, PartitionedStreams, publishFailure, scan, type StreamSettings,
+} from './jetstream.js';
 
 /** Where one stored item lives: enough to delete it once acknowledged. */
 export interface StoredRef { stream: string; seq: number }
@@ -13,11 +11,6 @@ export interface StoredItem { item: Item; ref: StoredRef; storedAt: number }
 
 /** JetStream's own expiry runs this long after ours, as a safety net: our sweep tells senders first. */
 const HARD_EXPIRY_GRACE_MS = 24 * 3600_000;
-
-/** A store that failed, with the code the sender gets. */
-export class MailboxError extends StorageError {
-  override name = 'MailboxError';
-}
 
 /**
  * Durable per-device mailboxes on JetStream. Users are spread over `partitions`
@@ -28,44 +21,15 @@ export class MailboxError extends StorageError {
  * subjects in stream order (which is send order, hence order per conversation),
  * and each acknowledged item is deleted.
  */
-export class Mailbox {
-  private readonly js: JetStreamClient;
-  private jsm!: JetStreamManager;
-
-  constructor(
-    readonly nc: NatsConnection,
-    readonly names: Names,
-    readonly cfg: MailboxConfig,
-    /** Copies of each stream (NodeConfig.replicas). */
-    readonly replicas: number,
-  ) {
-    this.js = jetstream(nc, { timeout: 5000 });
-  }
-
-  /** Creates the partition streams, or brings their limits up to date. Idempotent across cells. */
-  async start(): Promise<void> {
-    this.jsm = await jetstreamManager(this.nc, { timeout: 5000 });
-    const all = [];
-    for (let k = 0; k < this.cfg.partitions; k++) all.push(ensureStream(this.jsm, this.streamConfig(k)));
-    await Promise.all(all);
-  }
-
-  streamConfig(k: number): Partial<StreamConfig> & { name: string } {
+export class Mailbox extends PartitionedStreams {
+  protected streamConfig(k: number): StreamSettings {
     return {
-      name: this.names.mailboxStream(k),
-      subjects: [this.names.mailboxStreamSubjects(k)],
-      retention: RetentionPolicy.Limits,
-      storage: StorageType.File,
-      num_replicas: this.replicas,
+      ...this.base(this.names.mailboxStream(k), this.names.mailboxStreamSubjects(k)),
       max_age: (this.cfg.retentionMs + HARD_EXPIRY_GRACE_MS) * NS_PER_MS,
       max_bytes: this.cfg.maxBytesPerPartition > 0 ? this.cfg.maxBytesPerPartition : -1,
       max_msgs_per_subject: 1,
-      discard: DiscardPolicy.New,
       discard_new_per_subject: true,
       duplicate_window: DUPLICATE_WINDOW_MS * NS_PER_MS,
-      // Direct gets may be answered by a lagging replica: a drain asking "anything
-      // new?" must ask the leader, or it may miss what was just stored.
-      allow_direct: false,
     };
   }
 
@@ -77,7 +41,7 @@ export class Mailbox {
   async store(user: string, device: string, item: Item): Promise<StoredRef> {
     const subject = this.names.mailboxSubject(user, device, item.from, item.id);
     try {
-      const ack = await this.js.publish(subject, pack(item), { msgID: `${user}.${device}.${item.from}.${item.id}`, timeout: 5000 });
+      const ack = await this.js.publish(subject, pack(item), { msgID: `${user}.${device}.${item.from}.${item.id}`, timeout: API_TIMEOUT_MS });
       return { stream: ack.stream, seq: ack.seq };
     } catch (err) {
       const code = jsCode(err);
@@ -87,8 +51,7 @@ export class Mailbox {
         const m = await lastOn(this.jsm, this.names.mailboxStream(k), subject).catch(() => null);
         if (m) return { stream: this.names.mailboxStream(k), seq: m.seq };
       }
-      if (code === JS_STREAM_FULL) throw new MailboxError(ErrorCode.MAILBOX_FULL, 'the mailbox partition is full', { cause: err });
-      throw new MailboxError(ErrorCode.STORAGE_UNAVAILABLE, `cannot store in the mailbox: ${(err as Error).message}`, { cause: err });
+      throw publishFailure(err, 'mailbox');
     }
   }
 
