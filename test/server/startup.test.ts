@@ -7,7 +7,7 @@
 import t from 'tap';
 import { join } from 'node:path';
 import { NatsServer, tempDir } from '@gravitas/testkit';
-import { clusterKeys, connectClient, exchange, nodeConfig, spawnNode, writeNodeConfig } from '../fixtures/cluster.js';
+import { clusterKeys, connectClient, exchange, nodeConfig, readyz, spawnNode, writeNodeConfig } from '../fixtures/cluster.js';
 
 t.test('six cells create the cluster\'s buckets and streams at the same moment', async (t) => {
   const nats = await NatsServer.start();
@@ -22,7 +22,7 @@ t.test('six cells create the cluster\'s buckets and streams at the same moment',
   );
   const nodes = await Promise.all(configs.map((c) => spawnNode(c)));
   for (const n of nodes) t.teardown(() => n.stop(5000));
-  t.equal(nodes.length, 3, 'all three nodes reported ready');
+  for (const [i, n] of nodes.entries()) t.equal(await readyz(n.adminUrl), 200, `node ${i + 1}: /readyz 200`);
   const jsz = await nats.jsz();
   t.equal(jsz.streams, 8 * 2 + 7, 'each stream created once: 8 mailbox and 8 group-log partitions, 7 buckets');
   const pk = keys.serverPublicKey;
