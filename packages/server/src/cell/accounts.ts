@@ -2,7 +2,7 @@ import { timingSafeEqual } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
 import { equalBytes, ErrorCode, HandshakeError, pack, ProtocolError, unpack } from '@gravitas/protocol';
 import { isCasConflict } from './nats.js';
-import { TtlCache } from './ttl-cache.js';
+import { ReadThrough, TtlCache } from './ttl-cache.js';
 
 const KEY_CACHE_TTL_MS = 60_000;
 /** Device lists are also invalidated cluster-wide on every change; the TTL is the fallback. */
@@ -38,8 +38,8 @@ function decodeIndex(v: Uint8Array | undefined): DeviceIndex {
  */
 export class Accounts {
   private readonly keys = new TtlCache<string, Uint8Array>(CACHE_MAX, KEY_CACHE_TTL_MS);
-  private readonly devicesCache = new TtlCache<string, string[]>(CACHE_MAX, DEVICES_CACHE_TTL_MS);
-  private readonly devicesReads = new Map<string, Promise<string[]>>();
+  /** Concurrent misses for one user share one KV get. */
+  private readonly devicesOf = new ReadThrough<string, string[]>(new TtlCache(CACHE_MAX, DEVICES_CACHE_TTL_MS));
 
   constructor(
     private readonly kv: KV,
@@ -95,25 +95,11 @@ export class Accounts {
   }
 
   /** The registered devices of a user (empty for an unknown user). */
-  async devices(user: string): Promise<string[]> {
-    const hit = this.devicesCache.get(user);
-    if (hit) return hit;
-    // Concurrent misses for one user share one KV get.
-    const running = this.devicesReads.get(user);
-    if (running) return running;
-    let pending: Promise<string[]> | undefined;
-    const read: Promise<string[]> = (async () => {
+  devices(user: string): Promise<string[]> {
+    return this.devicesOf.get(user, async () => {
       const e = await this.kv.get(user);
-      const list = e && e.operation === 'PUT' ? Object.keys(decodeIndex(e.value)) : [];
-      // An invalidation that arrived while we read makes this answer stale: don't keep it.
-      if (this.devicesReads.get(user) === pending) this.devicesCache.set(user, list);
-      return list;
-    })().finally(() => {
-      if (this.devicesReads.get(user) === read) this.devicesReads.delete(user);
+      return e && e.operation === 'PUT' ? Object.keys(decodeIndex(e.value)) : [];
     });
-    pending = read;
-    this.devicesReads.set(user, read);
-    return read;
   }
 
   /** Devices with their registration time, for `devices.list`. */
@@ -137,8 +123,7 @@ export class Accounts {
   }
 
   invalidate(user: string): void {
-    this.devicesCache.delete(user);
-    this.devicesReads.delete(user);
+    this.devicesOf.invalidate(user);
   }
 
   private async modifyIndex(user: string, change: (d: DeviceIndex) => boolean): Promise<void> {
@@ -149,7 +134,7 @@ export class Accounts {
       try {
         if (cur) await this.kv.update(user, pack({ d }), cur.revision);
         else await this.kv.create(user, pack({ d }));
-        this.devicesCache.delete(user);
+        this.devicesOf.invalidate(user);
         this.announce(user);
         return;
       } catch (err) {

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
 import { ErrorCode, isName, pack, ProtocolError, unpack } from '@gravitas/protocol';
 import { isCasConflict } from './nats.js';
-import { TtlCache } from './ttl-cache.js';
+import { ReadThrough, TtlCache } from './ttl-cache.js';
 
 /** A member of a group: the log position after which it gets the group's messages, and when it joined. */
 export interface GroupMember { j: number; t: number }
@@ -35,7 +35,6 @@ export const indexKey = (user: string): string => `u.${user}`;
 
 type O = Record<string, unknown>;
 /** A KV read under way; `stale` once the key was invalidated meanwhile (its result is not cached). */
-interface Loading<V> { stale: boolean; p: Promise<V | undefined> }
 
 /** Members travel as a list in join order (object keys would reorder integer-like user names). */
 export function encodeRecord(r: GroupRecord): Uint8Array {
@@ -87,40 +86,21 @@ export function storageError(err: unknown): ProtocolError {
  * user is not in (readers filter) but never misses one.
  */
 export class GroupRecords {
-  private readonly records = new TtlCache<string, GroupRecord>(CACHE_MAX, RECORD_TTL_MS);
-  private readonly indexes = new TtlCache<string, string[]>(CACHE_MAX, INDEX_TTL_MS);
-  private readonly loadingRecords = new Map<string, Loading<GroupRecord>>();
-  private readonly loadingIndexes = new Map<string, Loading<string[]>>();
+  private readonly records = new ReadThrough<string, GroupRecord | undefined>(new TtlCache(CACHE_MAX, RECORD_TTL_MS));
+  private readonly indexes = new ReadThrough<string, string[]>(new TtlCache(CACHE_MAX, INDEX_TTL_MS));
 
   constructor(private readonly kv: KV) {}
 
-  /** The group, or undefined if there is none. Cached unless `fresh`. */
-  async get(g: string, fresh = false): Promise<GroupRecord | undefined> {
-    const hit = fresh ? undefined : this.records.get(g);
-    if (hit) return hit;
-    return this.load(this.loadingRecords, this.records, g, fresh, async () => {
-      const e = await this.kv.get(recordKey(g));
-      return e && e.operation === 'PUT' ? decodeRecord(g, e.value) : undefined;
-    });
-  }
-
-  /**
-   * One KV read per key at a time (a change to a big group makes every cell
-   * re-check all its member devices at once), cached unless the key was
-   * invalidated while the read was under way.
-   */
-  private async load<V>(loading: Map<string, Loading<V>>, cache: TtlCache<string, V>, key: string, fresh: boolean, read: () => Promise<V | undefined>): Promise<V | undefined> {
-    const cur = fresh ? undefined : loading.get(key);
-    if (cur) return cur.p;
-    const l: Loading<V> = { stale: false, p: read() };
-    loading.set(key, l);
-    try {
-      const v = await l.p;
-      if (v !== undefined && !l.stale) cache.set(key, v);
-      return v;
-    } finally {
-      if (loading.get(key) === l) loading.delete(key);
-    }
+  /** The group, or undefined if there is none. Cached unless `fresh`; one read per group at a time. */
+  get(g: string, fresh = false): Promise<GroupRecord | undefined> {
+    return this.records.get(
+      g,
+      async () => {
+        const e = await this.kv.get(recordKey(g));
+        return e && e.operation === 'PUT' ? decodeRecord(g, e.value) : undefined;
+      },
+      fresh,
+    );
   }
 
   /** Creates a new group record; false if the id is taken. */
@@ -157,22 +137,18 @@ export class GroupRecords {
         throw err;
       }
       if (out) this.records.set(g, out);
-      else this.records.delete(g);
+      else this.records.invalidate(g);
       return { before: rec, after: out };
     }
     throw new ProtocolError(ErrorCode.CONFLICT, 'the group is changing too fast, try again');
   }
 
   /** Ids in a user's index (may include groups it has left since). Cached. */
-  async groupsOf(user: string): Promise<string[]> {
-    const hit = this.indexes.get(user);
-    if (hit) return hit;
-    return (
-      (await this.load(this.loadingIndexes, this.indexes, user, false, async () => {
-        const e = await this.kv.get(indexKey(user));
-        return e && e.operation === 'PUT' ? decodeIndex(e.value) : [];
-      })) ?? []
-    );
+  groupsOf(user: string): Promise<string[]> {
+    return this.indexes.get(user, async () => {
+      const e = await this.kv.get(indexKey(user));
+      return e && e.operation === 'PUT' ? decodeIndex(e.value) : [];
+    });
   }
 
   /** Adds (`on`) or removes a group in a user's index. */
@@ -197,14 +173,7 @@ export class GroupRecords {
 
   /** Drops cached copies: `key` is a group id or a user (the two never need telling apart). */
   invalidate(key: string): void {
-    this.records.delete(key);
-    this.indexes.delete(key);
-    for (const loading of [this.loadingRecords, this.loadingIndexes] as Array<Map<string, Loading<unknown>>>) {
-      const l = loading.get(key);
-      if (l) {
-        l.stale = true;
-        loading.delete(key);
-      }
-    }
+    this.records.invalidate(key);
+    this.indexes.invalidate(key);
   }
 }

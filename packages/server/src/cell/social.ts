@@ -2,6 +2,7 @@ import type { KV } from '@nats-io/kv';
 import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, isName, MAX_ID_LENGTH, pack, ProtocolError, unpack, type Prefs, type RequestArgs, type RequestOp } from '@gravitas/protocol';
 import type { Cell } from './cell.js';
 import { isCasConflict } from './nats.js';
+import { ReadThrough, TtlCache } from './ttl-cache.js';
 import type { Session } from './session.js';
 
 /**
@@ -77,38 +78,6 @@ function encodeSocial(r: SocialRecord): Uint8Array {
   return pack(s);
 }
 
-/**
- * The read-through cache of records: bounded by entries and by the names they hold
- * (a full record is 900 names, an empty one 0), oldest evicted first, entries expire.
- */
-class RecordCache {
-  private readonly map = new Map<string, { rec: SocialRecord; at: number; weight: number }>();
-  private names = 0;
-
-  get(user: string): SocialRecord | undefined {
-    const e = this.map.get(user);
-    if (!e) return undefined;
-    if (Date.now() - e.at < CACHE_TTL_MS) return e.rec;
-    this.delete(user);
-    return undefined;
-  }
-
-  set(user: string, rec: SocialRecord): void {
-    this.delete(user);
-    const weight = rec.contacts.size + rec.blocked.size;
-    while (this.map.size > 0 && (this.map.size >= CACHE_MAX || this.names + weight > CACHE_MAX_NAMES)) this.delete(this.map.keys().next().value!);
-    this.map.set(user, { rec, at: Date.now(), weight });
-    this.names += weight;
-  }
-
-  delete(user: string): void {
-    const e = this.map.get(user);
-    if (!e) return;
-    this.map.delete(user);
-    this.names -= e.weight;
-  }
-}
-
 /** A mutable copy for a change function. */
 interface Draft { contacts: Set<string>; blocked: Set<string>; prefs: Prefs }
 
@@ -119,9 +88,10 @@ interface Draft { contacts: Set<string>; blocked: Set<string>; prefs: Prefs }
  * asks before it lets one user reach another.
  */
 export class Social {
-  private readonly cache = new RecordCache();
-  /** Reads in flight, shared by concurrent callers; an invalidation drops them so a stale read is never cached. */
-  private readonly loading = new Map<string, Promise<SocialRecord>>();
+  /** Bounded by entries and by the names they hold: a few full lists cannot crowd memory. */
+  private readonly records = new ReadThrough<string, SocialRecord>(
+    new TtlCache(CACHE_MAX, CACHE_TTL_MS, CACHE_MAX_NAMES, (r) => r.contacts.size + r.blocked.size),
+  );
 
   constructor(readonly cell: Cell, readonly kv: KV) {}
 
@@ -137,29 +107,12 @@ export class Social {
 
   /** The record of `user` from the cache if it is there (no I/O). */
   cached(user: string): SocialRecord | undefined {
-    return this.cache.get(user);
+    return this.records.cache.get(user);
   }
 
   /** The record of `user` (defaults for a user who never changed anything), read through the cache. */
   record(user: string): Promise<SocialRecord> {
-    const hit = this.cache.get(user);
-    if (hit) return Promise.resolve(hit);
-    let p = this.loading.get(user);
-    if (p) return p;
-    p = this.read(user).then((r) => r.rec);
-    const mine = p;
-    this.loading.set(user, mine);
-    mine.then(
-      (rec) => {
-        if (this.loading.get(user) !== mine) return; // invalidated while reading
-        this.loading.delete(user);
-        this.cache.set(user, rec);
-      },
-      () => {
-        if (this.loading.get(user) === mine) this.loading.delete(user);
-      },
-    );
-    return mine;
+    return this.records.get(user, async () => (await this.read(user)).rec);
   }
 
   private async read(user: string): Promise<{ rec: SocialRecord; rev: number; deleted: boolean }> {
@@ -251,8 +204,7 @@ export class Social {
         if (isCasConflict(err)) continue;
         throw err;
       }
-      this.loading.delete(user);
-      this.cache.set(user, next);
+      this.records.set(user, next);
       this.cell.presence.socialChanged(user);
       this.cell.invalidate({ kind: 'social', key: user });
       return next;
@@ -262,8 +214,7 @@ export class Social {
 
   /** Another cell (or this one) changed the record of `user`. */
   invalidate(user: string): void {
-    this.cache.delete(user);
-    this.loading.delete(user);
+    this.records.invalidate(user);
     this.cell.presence.socialChanged(user);
   }
 }
