@@ -2,8 +2,8 @@ import { EventEmitter } from 'node:events';
 import { connect as netConnect, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import {
-  ClientHandshake, decodeServerHandshake, decodeServerMessage, encodeFrame, ErrorCode, FrameDecoder, pack, ProtocolError, RemoteError, unpack,
-  type KeyPair, type Msg, type Presence, type Receipt, type RequestArgs, type RequestOp, type ResumptionState, type SecureChannel, type ServerMessage,
+  ClientHandshake, decodeServerHandshake, decodeServerMessage, encodeFrame, ErrorCode, FrameDecoder, HintError, pack, ProtocolError, RemoteError, unpack, verifyHint,
+  type ConnectHint, type KeyPair, type Msg, type Presence, type Receipt, type RequestArgs, type RequestOp, type ResumptionState, type SecureChannel, type ServerMessage,
   type TypingEvent, type WelcomePayload,
 } from '@gravitas/protocol';
 import { ClientError, ClientErrorCode, DeliveryError } from './errors.js';
@@ -25,6 +25,12 @@ export interface ClientOptions {
   onResumption?: (r: ResumptionState | undefined) => void;
   /** Acknowledge received messages automatically after the 'message' event (default true). */
   autoAck?: boolean;
+  /**
+   * The cluster's connect-hint key (Ed25519, 32 bytes), to verify hints that arrive
+   * before any connection (a push payload). Without it the key the server sends in
+   * the (authenticated) welcome is used.
+   */
+  hintPublicKey?: Uint8Array;
   /** Reconnect after a lost connection (default true). */
   reconnect?: boolean;
   connectTimeoutMs?: number;
@@ -63,6 +69,10 @@ export interface ClientEvents {
   presence: [Presence];
   typing: [TypingEvent];
   connected: [WelcomePayload];
+  /** Followed a connect hint: now on the cell it named. */
+  moved: [{ cell: string; addr: string; why: 'rebalance' | 'associate' | 'external' }];
+  /** A connect hint was not followed: unverifiable (HINT_INVALID, HINT_EXPIRED) or its cell unreachable. */
+  hintIgnored: [Error];
   /** Every outbox message when it settles: sent by send() (whose promise settles too) or restored from the store. */
   settled: [Settled];
   disconnected: [Error | undefined];
@@ -104,6 +114,9 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private requestSeq = 0;
   private readonly retries = new Map<string, NodeJS.Timeout>();
   welcome: WelcomePayload | undefined;
+  /** A verified hint for the next connect (from followHint() while offline, or a move that could not finish). */
+  private hint: ConnectHint | undefined;
+  private moving = false;
   /** Address of the cell currently connected to. */
   server: string | undefined;
 
@@ -132,6 +145,16 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     if (this.storeClosed) throw new ClientError(ClientErrorCode.CLOSED, 'a client with a storage path cannot be reused after close(): create a new one');
     this.closed = false;
     let lastErr: unknown;
+    const hint = this.hint && this.hint.expiresAt > Date.now() ? this.hint : undefined;
+    this.hint = undefined;
+    if (hint) {
+      try {
+        return await this.open(hint.addr);
+      } catch (err) {
+        if (err instanceof RemoteError && NO_RECONNECT.has(err.code)) throw err;
+        this.emit('hintIgnored', err as Error); // the hinted cell is gone: any other will do
+      }
+    }
     const servers = this.options.servers;
     for (let i = 0; i < servers.length; i++) {
       const server = servers[(this.serverIndex + i) % servers.length]!;
@@ -282,6 +305,11 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         this.pings.get(m.n)?.resolve();
         this.pings.delete(m.n);
         return;
+      case 'move': {
+        const h = this.verify(m.h);
+        if (h) void this.follow(h, m.why);
+        return;
+      }
       case 'error': {
         const err = new RemoteError(m.code, m.message, m.ref);
         const out = m.ref ? this.outbox.get(m.ref) : undefined;
@@ -292,6 +320,8 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         return;
       }
       case 'bye':
+        // The cell we just left says goodbye (we replaced that session by moving): nothing to do.
+        if (channel !== this.channel) return;
         if (m.code && NO_RECONNECT.has(m.code)) {
           this.closed = true;
           this.emit('error', new RemoteError(m.code, m.message ?? 'server closed the session'));
@@ -388,7 +418,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     const delay = base / 2 + Math.random() * (base / 2);
     this.serverIndex = (this.serverIndex + 1) % this.options.servers.length;
     this.reconnectTimer = setTimeout(() => {
-      if (this.closed) return;
+      if (this.closed || this.channel) return; // closed, or a move connected us meanwhile
       this.connect().catch((err: Error) => {
         if (err instanceof RemoteError && NO_RECONNECT.has(err.code)) {
           this.closed = true;
@@ -493,6 +523,64 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
       this.saving.add(done);
       void done.then(() => this.saving.delete(done));
     });
+  }
+
+  /** A verified hint for this device, or undefined (reported as 'hintIgnored'). */
+  private verify(bytes: Uint8Array): ConnectHint | undefined {
+    const key = this.options.hintPublicKey ?? this.welcome?.hk;
+    try {
+      if (!key) throw new HintError(ErrorCode.HINT_INVALID, 'connect hint rejected: no hint key known yet');
+      return verifyHint(bytes, key, { user: this.options.user, device: this.options.device }, Date.now());
+    } catch (err) {
+      this.emit('hintIgnored', err as Error);
+      return undefined;
+    }
+  }
+
+  /**
+   * Follows a connect hint that came from outside the connection (a push payload,
+   * a relayed wake-up). Connected: moves now, like a server's `move`. Not connected:
+   * the next connect() tries the hinted cell first. Unverifiable hints are ignored
+   * ('hintIgnored'); returns whether the hint was accepted.
+   */
+  followHint(bytes: Uint8Array): boolean {
+    const h = this.verify(bytes);
+    if (!h) return false;
+    if (this.channel) void this.follow(h, 'external');
+    else this.hint = h;
+    return true;
+  }
+
+  /**
+   * Moves to the hinted cell, make-before-break: the new session is opened by
+   * resumption first (one round trip), then the old one is closed. Nothing is lost:
+   * what the old session delivered unacknowledged goes back to custody and is
+   * delivered again on the new one (shown once, by its key); unconfirmed sends are
+   * re-sent with the same ids. If the cell cannot be reached, the client stays.
+   */
+  private async follow(h: ConnectHint, why: 'rebalance' | 'associate' | 'external'): Promise<void> {
+    if (this.moving || this.closed || this.welcome?.cell === h.cell) return;
+    this.moving = true;
+    const oldSocket = this.socket;
+    const oldChannel = this.channel;
+    try {
+      await this.open(h.addr);
+    } catch (err) {
+      this.emit('hintIgnored', err as Error);
+      return;
+    } finally {
+      this.moving = false;
+    }
+    if (oldSocket && oldChannel) {
+      try {
+        oldSocket.write(encodeFrame(oldChannel.seal(pack({ t: 'bye' }))));
+      } catch {
+        // already gone
+      }
+      oldSocket.end();
+      setTimeout(() => oldSocket.destroy(), 1000).unref();
+    }
+    this.emit('moved', { cell: h.cell, addr: h.addr, why });
   }
 
   /** Acknowledges a received message (automatic unless autoAck is false). */

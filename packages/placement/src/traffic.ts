@@ -23,7 +23,7 @@ export interface SessionTraffic {
 /** A session that would gain by moving to `cell`: gain = traffic there − traffic at home. */
 export interface Candidate { session: number; cell: number; gain: number }
 
-/** A session cheap to move for balance: no traffic toward the other cell, `weight` lost by moving. */
+/** A session cheap to move for balance: no traffic toward the other cell; `weight` is the local traffic lost by moving. */
 export interface Spare { session: number; weight: number }
 
 /**
@@ -95,8 +95,9 @@ export class CellTraffic {
 
   /**
    * Sessions with no traffic toward `cell`, lightest first: moving one there for
-   * balance costs only its own local traffic. `sessions` is every session of this
-   * cell (untracked ones weigh 0 and come first).
+   * balance costs only its traffic with this cell (its weight); what it has with
+   * third cells stays remote either way. `sessions` is every session of this cell
+   * (untracked ones weigh 0 and come first).
    */
   static spares(summary: Map<number, SessionTraffic>, sessions: Iterable<number>, cell: number, eligible: (session: number) => boolean, limit: number): Spare[] {
     const out: Spare[] = [];
@@ -104,7 +105,7 @@ export class CellTraffic {
       const t = summary.get(session);
       if (t && t.remote.has(cell)) continue;
       if (!eligible(session)) continue;
-      out.push({ session, weight: t ? t.total : 0 });
+      out.push({ session, weight: t ? t.home : 0 });
     }
     out.sort((a, b) => a.weight - b.weight);
     return out.length > limit ? out.slice(0, limit) : out;

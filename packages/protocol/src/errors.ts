@@ -25,6 +25,9 @@ export const ErrorCode = {
   TICKET_EXPIRED: 'TICKET_EXPIRED',
   TICKET_REPLAYED: 'TICKET_REPLAYED',
   BUSY: 'BUSY',
+  // connect hints (never sent by the server: the SDK reports them when it ignores a hint)
+  HINT_INVALID: 'HINT_INVALID',
+  HINT_EXPIRED: 'HINT_EXPIRED',
   // secure channel
   DECRYPT_FAILED: 'DECRYPT_FAILED',
   NONCE_REUSE: 'NONCE_REUSE',

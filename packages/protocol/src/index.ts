@@ -6,6 +6,7 @@ export * from './messages.js';
 export * from './crypto.js';
 export * from './channel.js';
 export * from './ticket.js';
+export * from './hint.js';
 export * from './handshake.js';
 export { isName } from './validate.js';
 export * from './requests.js';

@@ -30,6 +30,8 @@ export interface WelcomePayload {
   ticketExpires?: number;
   serverTime: number;
   resumed: boolean;
+  /** The cluster's Ed25519 key for connect hints (authenticated by the handshake). */
+  hk?: Uint8Array;
 }
 
 // ---- sealed, client → server ---------------------------------------------------
@@ -79,7 +81,9 @@ export interface Presence { t: 'pres'; user: string; s: PresenceState; last?: nu
 export interface TypingEvent { t: 'typing'; from: string; on: boolean; g?: string }
 export type Response = { t: 'res'; rid: number; ok: true; data?: unknown } | { t: 'res'; rid: number; ok: false; code: Code; message: string };
 export interface Pong { t: 'pong'; n: number }
-export type ServerMessage = Msg | Receipt | Status | Presence | TypingEvent | Response | Pong | ErrorMsg | Bye;
+/** Move to another cell: `h` is a signed connect hint (hint.ts) naming it; `why` says who asked. */
+export interface Move { t: 'move'; h: Uint8Array; why: 'rebalance' | 'associate' }
+export type ServerMessage = Msg | Receipt | Status | Presence | TypingEvent | Response | Pong | Move | ErrorMsg | Bye;
 
 const KEY = 32;
 
@@ -147,6 +151,7 @@ export function decodeWelcomePayload(v: unknown): WelcomePayload {
     serverTime: int(o, 'serverTime'),
     resumed,
     ...(ticket && { ticket, ticketExpires: int(o, 'ticketExpires') }),
+    ...(o.hk !== undefined && { hk: bytes(o, 'hk', 32) }),
   };
 }
 
@@ -227,6 +232,8 @@ export function decodeServerMessage(v: unknown): ServerMessage {
     }
     case 'pong':
       return { t, n: int(o, 'n') };
+    case 'move':
+      return { t, h: bytes(o, 'h', 65, 512), why: oneOf(o, 'why', ['rebalance', 'associate'] as const) };
     case 'error':
       return errorMsg(o);
     case 'bye': {

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { fromBase64Url, isName, HARD_MAX_FRAME_BYTES, MAX_TICKET_LIFETIME_MS, DEFAULT_MAX_FRAME_BYTES } from '@gravitas/protocol';
+import { fromBase64Url, isName, HARD_MAX_FRAME_BYTES, MAX_TICKET_LIFETIME_MS, DEFAULT_MAX_FRAME_BYTES, MAX_HINT_LIFETIME_MS } from '@gravitas/protocol';
 import { ConfigError, ServerError, ServerErrorCode, type ConfigIssue } from './errors.js';
 
 /** The validated configuration of one node. docs/operations.md documents every field. */
@@ -41,6 +41,32 @@ export interface MailboxConfig {
   drainWindow: number;
 }
 
+/** Gravitation (docs/gravitation.md): sessions that talk to each other move onto one cell. */
+export interface GravityConfig {
+  /** Off: no exchanges and no hints; traffic is still counted for the locality metric. */
+  enabled: boolean;
+  /** Mean time between a cell's exchange attempts (each waits 0.5–1.5× this, jittered). */
+  intervalMs: number;
+  /** After an exchange, the same two cells do not exchange again for this long. */
+  cooldownMs: number;
+  /** Load tolerance: no cell takes sessions beyond (1 + epsilon) × the cluster mean. */
+  epsilon: number;
+  /** Sessions moved by one exchange (both directions together). */
+  maxMovesPerExchange: number;
+  /** Sessions one cell sends away per second at most (token bucket, burst = maxMovesPerExchange). */
+  migrationsPerSec: number;
+  /** Entries of the per-cell (session, cell) traffic sketch: fixed memory. */
+  sketchSize: number;
+  /** Traffic counts halve over this time, so placement follows who talks now. */
+  halfLifeMs: number;
+  /** A session is not moved within this time of connecting (or of its last move). */
+  minDwellMs: number;
+  /** A move must bring at least this much decayed traffic onto one cell. */
+  minGain: number;
+  /** Lifetime of the connect hints this cell signs. */
+  hintTtlMs: number;
+}
+
 export interface NodeConfig {
   nodeId: string;
   nats: { servers: string[]; token?: string; user?: string; pass?: string };
@@ -60,6 +86,7 @@ export interface NodeConfig {
   /** Copies of every JetStream stream and KV bucket in a NATS cluster (1 for one server; 3 in production). */
   replicas: number;
   mailbox: MailboxConfig;
+  gravity: GravityConfig;
   limits: Limits;
   testHooks: boolean;
 }
@@ -87,6 +114,20 @@ export const DEFAULT_MAILBOX: MailboxConfig = {
   maxBytesPerPartition: 0,
   sweepIntervalMs: 60_000,
   drainWindow: 256,
+};
+
+export const DEFAULT_GRAVITY: GravityConfig = {
+  enabled: true,
+  intervalMs: 5_000,
+  cooldownMs: 30_000,
+  epsilon: 0.1,
+  maxMovesPerExchange: 64,
+  migrationsPerSec: 50,
+  sketchSize: 8192,
+  halfLifeMs: 60_000,
+  minDwellMs: 30_000,
+  minGain: 2,
+  hintTtlMs: 30_000,
 };
 
 type Json = Record<string, unknown>;
@@ -134,6 +175,7 @@ export const ENV_VARS: Record<string, string> = {
   GRAVITAS_REGISTRATION_TOKEN: 'registration.token',
   GRAVITAS_MAILBOX_PARTITIONS: 'mailbox.partitions',
   GRAVITAS_REPLICAS: 'replicas',
+  GRAVITAS_GRAVITY: 'gravity.enabled',
 };
 
 /** Command-line flags and the config path each sets. */
@@ -152,6 +194,7 @@ export const FLAGS: Record<string, string> = {
   'ticket-keys': 'ticketKeys',
   registration: 'registration.mode',
   replicas: 'replicas',
+  gravity: 'gravity.enabled',
   'registration-token': 'registration.token',
 };
 
@@ -197,7 +240,7 @@ export function loadConfig(src: ConfigSources = {}): NodeConfig {
   return validateConfig(merge(merge(merge(raw, env), flags), src.overrides ?? {}));
 }
 
-const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'replicas', 'mailbox', 'limits', 'testHooks']);
+const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'replicas', 'mailbox', 'gravity', 'limits', 'testHooks']);
 
 const KNOWN_NESTED: Record<string, Set<string>> = {
   nats: new Set(['servers', 'token', 'user', 'pass']),
@@ -206,6 +249,7 @@ const KNOWN_NESTED: Record<string, Set<string>> = {
   registration: new Set(['mode', 'token']),
   membership: new Set(['heartbeatMs', 'timeoutMs']),
   mailbox: new Set(Object.keys(DEFAULT_MAILBOX)),
+  gravity: new Set(Object.keys(DEFAULT_GRAVITY)),
   limits: new Set(Object.keys(DEFAULT_LIMITS)),
 };
 
@@ -241,6 +285,14 @@ export function validateConfig(raw: Json): NodeConfig {
     if (typeof v !== 'string' || v.length === 0) return fail(path, 'must be a non-empty string');
     const why = check?.(v);
     return why ? fail(path, why) : v;
+  };
+  const num = (path: string, def: number, min: number, max: number): number => {
+    let v = get(path);
+    if (v === undefined) return def;
+    if (typeof v === 'string' && v.trim() !== '') v = Number(v);
+    if (typeof v !== 'number' || !Number.isFinite(v)) return fail(path, `must be a number, got ${JSON.stringify(v)}`) ?? def;
+    if (v < min || v > max) return fail(path, `must be between ${min} and ${max}, got ${v}`) ?? def;
+    return v;
   };
   const bool = (path: string, def: boolean): boolean => {
     const v = get(path);
@@ -317,6 +369,21 @@ export function validateConfig(raw: Json): NodeConfig {
     drainWindow: int('mailbox.drainWindow', M.drainWindow, 1, 10_000),
   };
 
+  const G = DEFAULT_GRAVITY;
+  const gravity: GravityConfig = {
+    enabled: bool('gravity.enabled', G.enabled),
+    intervalMs: int('gravity.intervalMs', G.intervalMs, 100, 3_600_000),
+    cooldownMs: int('gravity.cooldownMs', G.cooldownMs, 0, 3_600_000),
+    epsilon: num('gravity.epsilon', G.epsilon, 0.01, 10),
+    maxMovesPerExchange: int('gravity.maxMovesPerExchange', G.maxMovesPerExchange, 1, 10_000),
+    migrationsPerSec: int('gravity.migrationsPerSec', G.migrationsPerSec, 1, 100_000),
+    sketchSize: int('gravity.sketchSize', G.sketchSize, 16, 1_000_000),
+    halfLifeMs: int('gravity.halfLifeMs', G.halfLifeMs, 100, 7 * 24 * 3600_000),
+    minDwellMs: int('gravity.minDwellMs', G.minDwellMs, 0, 24 * 3600_000),
+    minGain: num('gravity.minGain', G.minGain, 0, 1e9),
+    hintTtlMs: int('gravity.hintTtlMs', G.hintTtlMs, 1000, MAX_HINT_LIFETIME_MS),
+  };
+
   const listenHost = string('listen.host', '127.0.0.1', host)!;
   const prefix = string('prefix', 'gravitas', (s) => (isName(s, 32) ? undefined : 'may only contain A-Z a-z 0-9 _ - (at most 32)'))!;
   const cfg: NodeConfig = {
@@ -335,6 +402,7 @@ export function validateConfig(raw: Json): NodeConfig {
     membership: { heartbeatMs: int('membership.heartbeatMs', 1000, 100, 60_000), timeoutMs: int('membership.timeoutMs', 5000, 300, 600_000) },
     replicas: int('replicas', 1, 1, 5),
     mailbox,
+    gravity,
     limits,
     testHooks: bool('testHooks', false),
   };

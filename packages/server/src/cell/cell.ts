@@ -10,6 +10,7 @@ import { Accounts } from './accounts.js';
 import { Custody } from './custody.js';
 import { Directory, type DeviceLocation } from './directory.js';
 import { ExpirySweeper } from './expiry.js';
+import { Gravity } from './gravity.js';
 import { Groups } from './groups.js';
 import { HandshakeGuard } from './guard.js';
 import { Membership } from './membership.js';
@@ -38,6 +39,7 @@ export class Cell {
   readonly handshakeContext: ServerHandshakeContext;
   readonly names: Names;
   readonly custody: Custody;
+  readonly gravity: Gravity;
   accounts!: Accounts;
   tickets!: SpentTickets;
   directory!: Directory;
@@ -81,6 +83,7 @@ export class Cell {
       now: Date.now,
     };
     this.custody = new Custody(this);
+    this.gravity = new Gravity(this);
   }
 
   /** Scrape-time view of the largest connection backlog (O(sessions), only when metrics are read). */
@@ -88,6 +91,7 @@ export class Cell {
     let max = 0;
     for (const s of this.sessions.values()) max = Math.max(max, s.outboundBytes);
     this.metrics.outboundMax.set({ cell: this.cellId }, max);
+    if (this.membership) this.gravity.sampleGauges();
   }
 
   async start(): Promise<void> {
@@ -118,6 +122,7 @@ export class Cell {
     await untilReady(() => this.membership.start(), 'membership');
     this.custody.start();
     this.presence.start();
+    this.gravity.start();
     // One sweeper per node is plenty; sweeps by several are harmless (stores and deletes are idempotent).
     if (this.index === 0) {
       this.expiry = new ExpirySweeper(this);
@@ -169,6 +174,10 @@ export class Cell {
 
   // ---- sessions ---------------------------------------------------------------
 
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
   session(user: string, device: string): Session | undefined {
     return this.sessions.get(`${user}/${device}`);
   }
@@ -187,6 +196,7 @@ export class Cell {
     }
     s.epoch = epoch;
     s.registered = true;
+    s.registeredAt = Date.now();
     const local = this.sessions.get(key);
     if (local && local !== s) local.bye(ErrorCode.SESSION_REPLACED, 'this device connected again elsewhere');
     this.sessions.set(key, s);
@@ -194,6 +204,7 @@ export class Cell {
     if (!mine) this.byUser.set(s.user, (mine = new Set()));
     mine.add(s);
     this.metrics.sessions.set(this.sessions.size);
+    this.gravity.registered(s);
     if (replaced && replaced.cell !== this.cellId) this.publish(replaced.cell, { k: 'kick', user: s.user, dev: s.device, ep: replaced.epoch });
     // Registered first, then drained: a store that raced with this registration is
     // followed by a lookup that finds the session and wakes the drain again.
@@ -211,6 +222,7 @@ export class Cell {
       mine?.delete(s);
       if (mine?.size === 0) this.byUser.delete(s.user);
       this.metrics.sessions.set(this.sessions.size);
+      this.gravity.detached(s);
     }
     // Live items the device never acknowledged: their custody cells need not wait out
     // the window, they can store them (or find the device's new session) now.
@@ -248,6 +260,7 @@ export class Cell {
     }
     this.activeDrains++;
     d.running = true;
+    const atConnect = !d.hinted;
     void (async () => {
       try {
         do {
@@ -256,6 +269,14 @@ export class Cell {
             if (!s.isOpen) return;
             d.next = ref.seq + 1;
             if (s.unacked.has(`${item.from}/${item.id}`)) continue; // already in flight on this session
+            // The first thing a device finds at connect tells whom it belongs with (gravitation).
+            if (atConnect && !d.hinted && item.k === 'm') {
+              d.hinted = true;
+              if (await this.gravity.associateHint(s, item)) {
+                d.next = ref.seq; // the new cell drains it; if the device stays, this one does
+                return;
+              }
+            }
             await s.windowFor(this.config.mailbox.drainWindow);
             if (!s.isOpen) return;
             s.deliverStored(item, ref);
@@ -263,6 +284,7 @@ export class Cell {
           }
         } while (d.again && s.isOpen);
         d.retryMs = 0;
+        d.hinted = true;
       } catch (err) {
         // NATS away or a stream changing leader: the items stay in the mailbox; try again soon.
         this.log('mailbox drain failed', err);
@@ -391,7 +413,8 @@ export class Cell {
     switch (e.k) {
       case 'dlv': {
         const target = this.session(e.u, e.dev);
-        if (!target?.deliverLive(e.m, e.oc)) this.publish(e.oc, { k: 'nh', id: e.m.id, from: e.m.from, fd: e.m.fd, u: e.u, dev: e.dev });
+        if (target?.deliverLive(e.m, e.oc)) this.gravity.record(target, e.oc);
+        else this.publish(e.oc, { k: 'nh', id: e.m.id, from: e.m.from, fd: e.m.fd, u: e.u, dev: e.dev });
         return;
       }
       case 'ack':
@@ -431,6 +454,7 @@ export class Cell {
     for (const socket of this.sockets) socket.end();
     await Promise.race([Promise.all(leaving), new Promise((r) => setTimeout(r, 5000))]);
     this.custody.stop();
+    this.gravity.stop();
     this.expiry?.stop();
     this.presence.stop();
     await this.groups.stop();

@@ -161,13 +161,17 @@ export class Custody {
 
   private dispatch(p: Pending, t: Target): void {
     const loc = t.loc!;
+    const sender = p.sender && this.cell.session(p.sender.user, p.sender.device);
     if (loc.cell === this.cell.cellId) {
       const target = this.cell.session(t.user, t.device);
-      if (target?.deliverLive(p.item, this.cell.cellId)) this.cell.metrics.deliveries.inc({ path: 'local' });
-      else this.notHere(p, t);
+      if (target?.deliverLive(p.item, this.cell.cellId)) {
+        this.cell.metrics.deliveries.inc({ path: 'local' });
+        this.cell.gravity.delivered(sender, target, loc.cell);
+      } else this.notHere(p, t);
     } else {
       this.cell.publish(loc.cell, { k: 'dlv', m: p.item, u: t.user, dev: t.device, oc: this.cell.cellId });
       this.cell.metrics.deliveries.inc({ path: 'cross_cell' });
+      this.cell.gravity.delivered(sender, undefined, loc.cell);
     }
   }
 

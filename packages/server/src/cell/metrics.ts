@@ -46,6 +46,12 @@ export class CellMetrics {
   readonly presenceRefused = new Counter({ name: 'gravitas_presence_watch_refused_total', help: 'Contacts not watched because the cell reached its presence watch limits', registers: [this.registry] });
   readonly typingDropped = new Counter({ name: 'gravitas_typing_dropped_total', help: 'Typing indicators dropped over the per-session rate', registers: [this.registry] });
 
+  readonly migrations = new Counter({ name: 'gravitas_gravity_migrations_total', help: 'Sessions told to move to another cell (rebalance: traffic exchange; associate: toward whoever messaged them)', labelNames: ['why'] as const, registers: [this.registry] });
+  readonly hintsFollowed = new Counter({ name: 'gravitas_gravity_hints_followed_total', help: 'Sessions that arrived on the cell a hint sent them to', registers: [this.registry] });
+  readonly exchanges = new Counter({ name: 'gravitas_gravity_exchanges_total', help: 'Exchange attempts this cell started, by result (moved, empty, busy, malformed)', labelNames: ['result'] as const, registers: [this.registry] });
+  readonly locality = new Gauge({ name: 'gravitas_gravity_locality', help: 'Share of live deliveries since the previous scrape whose sender and recipient sessions are on the same cell, per cell', labelNames: ['cell'] as const, registers: [this.registry] });
+  readonly balance = new Gauge({ name: 'gravitas_gravity_balance', help: 'Max/mean sessions over live cells, as each cell sees the heartbeats', labelNames: ['cell'] as const, registers: [this.registry] });
+
   private readonly loop = monitorEventLoopDelay({ resolution: 10 });
   private timer: NodeJS.Timeout | undefined;
 

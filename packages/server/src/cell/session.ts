@@ -31,6 +31,8 @@ let sessionSeq = 0;
  */
 export class Session {
   readonly id: string;
+  /** A number unique within the cell (the gravitation sketch's key). */
+  readonly slot: number;
   private state: State = 'handshake';
   private readonly decoder: FrameDecoder;
   private channel: SecureChannel | undefined;
@@ -50,15 +52,19 @@ export class Session {
    */
   readonly unacked = new Map<string, Delivery>();
   /** State of this device's mailbox drain (Cell.drainMailbox). */
-  readonly drain = { running: false, again: false, next: 1, inFlight: 0, retryMs: 0 };
+  readonly drain = { running: false, again: false, next: 1, inFlight: 0, retryMs: 0, hinted: false };
   private windowWaiters: Array<() => void> = [];
   user = '';
   device = '';
   epoch = 0;
   registered = false;
+  registeredAt = 0;
+  /** Told to move to another cell (a connect hint): not moved again meanwhile. */
+  moving = false;
 
   constructor(private readonly cell: Cell, readonly socket: Socket) {
-    this.id = `${cell.cellId}-${(++sessionSeq).toString(36)}`;
+    this.slot = ++sessionSeq;
+    this.id = `${cell.cellId}-${this.slot.toString(36)}`;
     this.decoder = new FrameDecoder(cell.config.limits.maxFrameBytes);
     this.tokens = cell.config.limits.msgBurst;
     socket.setNoDelay(true);
@@ -157,7 +163,7 @@ export class Session {
         await this.cell.tickets.spend(pending.ticket!.id);
       }
       if (this.state === 'closed') return;
-      const res = writeWelcome(pending, { session: this.id, cell: this.cell.cellId, node: this.cell.config.nodeId }, ctx);
+      const res = writeWelcome(pending, { session: this.id, cell: this.cell.cellId, node: this.cell.config.nodeId, hk: this.cell.gravity.hintPublicKey }, ctx);
       this.user = pending.user;
       this.device = pending.device;
       this.channel = res.channel;
