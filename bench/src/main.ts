@@ -2,10 +2,11 @@ import * as ceilings from './ceilings.js';
 import * as custody from './custody.js';
 import * as groups from './groups.js';
 import * as pingpong from './pingpong.js';
+import * as placement from './placement.js';
 import { UsageError, report, type Benchmark } from './report.js';
 
 /** Registry: add a benchmark by importing its module and listing it here. */
-const BENCHMARKS: readonly Benchmark[] = [ceilings, pingpong, custody, groups];
+const BENCHMARKS: readonly Benchmark[] = [ceilings, pingpong, custody, groups, placement];
 
 const DEFAULT_DURATION_S = 2;
 

@@ -27,34 +27,43 @@ export interface ExchangePlan {
   gain: number;
 }
 
-/** The most sessions a cell may hold: (1 + epsilon) × mean, and never below the mean itself. */
+/**
+ * The most sessions a cell may hold: (1 + epsilon) × mean, and at least one above
+ * the mean, so that a small cluster (a handful of sessions per cell) can move at all.
+ */
 export function loadCap(mean: number, epsilon: number): number {
-  return Math.max(Math.floor(mean * (1 + epsilon)), Math.ceil(mean));
+  return Math.max(Math.floor(mean * (1 + epsilon)), Math.ceil(mean) + 1);
 }
 
 /**
  * Plans the moves between two cells A and B.
  *
- * Moves go one way per exchange, from the side with the larger total gain: if
- * both sides moved their candidates at once, two sessions that talk only to each
- * other would swap cells and stay apart. When the destination is at its cap, a
- * move is paired with a spare from the destination (a session with no traffic
- * toward the source), if the gain outweighs what the spare loses. Finally a side
- * above the cap sheds spares to the other while it has room: balance first.
+ * Moves go one way per exchange: if both sides moved their candidates at once,
+ * two sessions that talk only to each other would swap cells and stay apart. Both
+ * directions are planned and the one that brings more traffic together wins. When
+ * the destination is at its cap, a move is paired with a spare from the
+ * destination (a session with no traffic toward the source), if the gain outweighs
+ * what the spare loses. Then balance: a side above the cap sheds spares to the
+ * other while that one has room, and a side at its cap gives one spare to a side
+ * below the mean, so that a full cell makes room for the sessions that want in.
  */
 export function planExchange(a: ExchangeSide, b: ExchangeSide, p: ExchangeParams): ExchangePlan {
+  const forward = planOneWay(a, b, p);
+  const backward = planOneWay(b, a, p);
+  if (backward.gain > forward.gain) return { aToB: backward.back, bToA: backward.out, gain: backward.gain };
+  return { aToB: forward.out, bToA: forward.back, gain: forward.gain };
+}
+
+/** Moves from `src` to `dst` by gain (`out`), with `dst` spares coming back (`back`), then balance. */
+function planOneWay(src: ExchangeSide, dst: ExchangeSide, p: ExchangeParams): { out: number[]; back: number[]; gain: number } {
   const cap = loadCap(p.mean, p.epsilon);
-  const plan: ExchangePlan = { aToB: [], bToA: [], gain: 0 };
-  const sum = (s: ExchangeSide): number => s.toOther.reduce((acc, c) => acc + (c.gain >= p.minGain ? c.gain : 0), 0);
-  const forward = sum(a) >= sum(b);
-  const src = forward ? a : b;
-  const dst = forward ? b : a;
-  const out = forward ? plan.aToB : plan.bToA; // src → dst
-  const back = forward ? plan.bToA : plan.aToB; // dst → src
+  const out: number[] = [];
+  const back: number[] = [];
+  let gain = 0;
   let srcLoad = src.load;
   let dstLoad = dst.load;
   let spareAt = 0; // next spare of dst
-  const moves = (): number => plan.aToB.length + plan.bToA.length;
+  const moves = (): number => out.length + back.length;
 
   for (const c of src.toOther) {
     if (c.gain < p.minGain || moves() >= p.maxMoves) break;
@@ -62,7 +71,7 @@ export function planExchange(a: ExchangeSide, b: ExchangeSide, p: ExchangeParams
       out.push(c.session);
       srcLoad--;
       dstLoad++;
-      plan.gain += c.gain;
+      gain += c.gain;
       continue;
     }
     const spare = dst.spares[spareAt];
@@ -70,25 +79,59 @@ export function planExchange(a: ExchangeSide, b: ExchangeSide, p: ExchangeParams
     spareAt++;
     out.push(c.session);
     back.push(spare.session);
-    plan.gain += c.gain - spare.weight;
+    gain += c.gain - spare.weight;
   }
 
-  // Balance: a side over the cap gives spares to the other while that one has room.
-  const moved = new Set([...plan.aToB, ...plan.bToA]);
+  const moved = new Set([...out, ...back]);
+  // Making room at the cap costs locality now for gains later: only when nothing else moves.
+  const room = moved.size === 0 ? Math.floor(p.mean) : -1;
   const shed = (from: ExchangeSide, fromLoad: number, toLoad: number, into: number[], skip: number): void => {
-    for (let i = skip; i < from.spares.length && fromLoad > cap && toLoad + 1 <= cap && moves() < p.maxMoves; i++) {
+    let atCap = 0;
+    for (let i = skip; i < from.spares.length && moves() < p.maxMoves; i++) {
+      const over = fromLoad > cap && toLoad + 1 <= cap;
+      const full = fromLoad >= cap && toLoad + 1 <= room && atCap === 0;
+      if (!over && !full) break;
       const s = from.spares[i]!;
       if (moved.has(s.session)) continue;
+      if (!over) atCap++;
       into.push(s.session);
       moved.add(s.session);
       fromLoad--;
       toLoad++;
-      plan.gain -= s.weight;
+      gain -= s.weight;
     }
   };
   shed(src, srcLoad, dstLoad, out, 0);
   shed(dst, dstLoad, srcLoad, back, spareAt);
-  return plan;
+  return { out, back, gain };
+}
+
+/**
+ * Whom a cell trades with next: the cell it has the most traffic with (skipping
+ * `resting` ones, e.g. recently traded with). A cell at its cap that cannot take
+ * anyone in asks the least-loaded cell below the mean instead, to make room.
+ */
+export function choosePartner<C>(self: C, cross: Iterable<[C, number]>, load: (cell: C) => number | undefined, resting: (cell: C) => boolean, cells: Iterable<C>, mean: number, cap: number): C | undefined {
+  const own = load(self) ?? 0;
+  if (own >= cap) {
+    let best: C | undefined;
+    let bestLoad = Math.floor(mean);
+    for (const c of cells) {
+      const l = load(c);
+      if (c === self || l === undefined || resting(c) || l >= bestLoad) continue;
+      best = c;
+      bestLoad = l;
+    }
+    if (best !== undefined) return best;
+  }
+  let partner: C | undefined;
+  let most = 0;
+  for (const [c, count] of cross) {
+    if (c === self || load(c) === undefined || resting(c) || count <= most) continue;
+    partner = c;
+    most = count;
+  }
+  return partner;
 }
 
 /**

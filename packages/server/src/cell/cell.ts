@@ -435,6 +435,8 @@ export class Cell {
         return this.groups.onDelivery(e.m, e.to);
       case 'typ':
         return this.presence.onTyping(e);
+      case 'exp':
+        return this.gravity.expect(e.user, e.dev);
     }
   }
 

@@ -29,7 +29,8 @@ export type Envelope =
   | { k: 'kick'; user: string; dev: string; ep: number } // a newer session of the device exists
   | { k: 'mbx'; user: string; dev: string } // the device's mailbox has new items: drain again
   | { k: 'gdlv'; m: ChatItem; to: Array<[string, string]> } // a group message for these (user, device) sessions
-  | { k: 'typ'; from: string; to: string; on: boolean; g?: string }; // typing indicator for every session of `to`
+  | { k: 'typ'; from: string; to: string; on: boolean; g?: string } // typing indicator for every session of `to`
+  | { k: 'exp'; user: string; dev: string }; // device `user/dev` was sent a connect hint to this cell
 
 /** Envelope on the invalidations subject: a cached record changed. */
 export interface Invalidation { kind: 'devices' | 'social' | 'group'; key: string }
@@ -73,7 +74,8 @@ export function decodeEnvelope(v: unknown): Envelope {
       if (n(o.user) && n(o.dev) && num(o.ep)) return { k: 'kick', user: o.user, dev: o.dev, ep: o.ep };
       break;
     case 'mbx':
-      if (n(o.user) && n(o.dev)) return { k: 'mbx', user: o.user, dev: o.dev };
+    case 'exp':
+      if (n(o.user) && n(o.dev)) return { k: o.k, user: o.user, dev: o.dev };
       break;
     case 'gdlv': {
       const item = decodeItem(o.m);

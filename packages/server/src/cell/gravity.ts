@@ -1,5 +1,5 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
-import { chooseHintCell, CellTraffic, CELL_SPACE, loadCap, planExchange, RateLimiter, type ExchangeSide, type SessionTraffic } from '@gravitas/placement';
+import { chooseHintCell, choosePartner, CellTraffic, CELL_SPACE, loadCap, planExchange, RateLimiter, type ExchangeSide, type SessionTraffic } from '@gravitas/placement';
 import { fromBase64Url, hintKeyPair, isName, pack, signHint, unpack, type HintKeyPair } from '@gravitas/protocol';
 import type { Cell } from './cell.js';
 import type { ChatItem } from './envelope.js';
@@ -151,6 +151,11 @@ export class Gravity {
     this.cell.metrics.balance.set({ cell: this.cell.cellId }, this.balance());
   }
 
+  /** A device was sent a hint to this cell: its arrival will count as followed. */
+  expect(user: string, device: string): void {
+    this.expected.set(`${user}/${device}`, true);
+  }
+
   registered(s: Session): void {
     this.bySlot.set(s.slot, s);
     if (this.expected.get(`${s.user}/${s.device}`)) {
@@ -218,6 +223,7 @@ export class Gravity {
     const target = chooseHintCell(preferred, locs.map((l) => l.cell), (c) => loads.get(c)?.load, cap);
     if (target === undefined || target === this.cell.cellId || !s.isOpen) return false;
     this.move(s, target, loads.get(target)!.addr, 'associate');
+    this.cell.publish(target, { k: 'exp', user: s.user, dev: s.device });
     setTimeout(() => {
       // Not followed (a dead cell, an old SDK): stay, and drain here after all.
       if (!s.isOpen) return;
@@ -250,24 +256,24 @@ export class Gravity {
     return this.traffic.summarize(performance.now());
   }
 
-  /** One attempt: pick the partner with the most cross traffic and trade sessions with it. */
+  /** One attempt: pick a partner (choosePartner) and trade sessions with it. */
   async exchange(): Promise<void> {
     if (this.busy || this.stopped) return;
     const loads = this.loads();
     const summary = this.summary();
-    let partner: string | undefined;
-    let most = 0;
     const names = new Map<number, string>();
     for (const [id, n] of this.cellNums) names.set(n, id);
+    const cross: Array<[string, number]> = [];
     for (const [n, count] of CellTraffic.crossTraffic(summary)) {
       const id = names.get(n);
-      if (id === undefined || id === this.cell.cellId || !loads.has(id) || this.cooldown.get(id) || count <= most) continue;
-      partner = id;
-      most = count;
+      if (id !== undefined) cross.push([id, count]);
     }
+    const mean = Gravity.mean(loads);
+    const cap = loadCap(mean, this.cell.config.gravity.epsilon);
+    const partner = choosePartner(this.cell.cellId, cross, (c) => loads.get(c)?.load, (c) => this.cooldown.get(c) === true, loads.keys(), mean, cap);
     if (!partner) return;
     const { cands, spares } = this.sides(summary, partner);
-    if (cands.length === 0) return;
+    if (cands.length === 0 && (this.cell.sessionCount < cap || spares.length === 0)) return;
     this.busy = true;
     try {
       const req: ExchangeRequest = { from: this.cell.cellId, addr: this.cell.address, load: this.cell.sessionCount, c: cands, sp: spares };
@@ -328,7 +334,7 @@ export class Gravity {
 
   /** Sends this cell's movers to `partner`, within the migration rate; expects the partner's. */
   private carryOut(leaving: Pair[], partner: string, addr: string, arriving: Pair[]): void {
-    for (const [u, d] of arriving) this.expected.set(`${u}/${d}`, true);
+    for (const [u, d] of arriving) this.expect(u, d);
     const now = Date.now();
     const movers = leaving.map(([u, d]) => this.cell.session(u, d)).filter((s): s is Session => this.movable(s, now));
     const granted = this.limiter.take(movers.length, performance.now());

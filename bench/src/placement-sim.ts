@@ -1,0 +1,400 @@
+import { CellTraffic, chooseHintCell, loadCap, planExchange, RateLimiter, type ExchangeSide, type SessionTraffic } from '@gravitas/placement';
+import { mulberry32 } from './custody-types.js';
+import { shuffle, type Rand, type SocialGraph } from './placement-graph.js';
+
+/*
+ * Gravitation on a social graph, in simulated time, with the policy code the
+ * server runs (@gravitas/placement) and no sockets. A round is one exchange
+ * interval; in each round, in order:
+ *
+ * 1. churn: online sessions end and offline users come back, so that the online
+ *    share follows a diurnal curve. A returning user with a hint (someone messaged
+ *    it while it was offline: the push carried the sender's cell) connects where
+ *    chooseHintCell says; otherwise, like a client dialling any address, to a
+ *    random cell.
+ * 2. messages: every online user sends a Poisson number of messages, more the
+ *    heavier its ties, each to a neighbour picked by edge weight. A delivery to an
+ *    online recipient is recorded by both cells' CellTraffic as the server does
+ *    (record(session, peer cell) on each side); one to an offline recipient only
+ *    leaves it a hint.
+ * 3. exchanges: cells wake in random order (the jitter of their timers); a cell
+ *    not yet busy this round asks the cell it has most cross traffic with; that
+ *    cell declines if it is busy, else both report candidates and spares, and the
+ *    planExchange moves are applied as far as each source cell's RateLimiter allows.
+ *
+ * The static baselines are scored on the same deliveries and online sets.
+ */
+
+export interface SimParams {
+  cells: number;
+  rounds: number;
+  /** Simulated seconds per round: the exchange interval. */
+  intervalS: number;
+  epsilon: number;
+  /** Sketch capacity per cell, in (session, cell) keys. */
+  capacity: number;
+  halfLifeS: number;
+  maxMoves: number;
+  minGain: number;
+  /** Per-cell migration token bucket: sustained moves per second, and burst. */
+  moveRate: number;
+  moveBurst: number;
+  /** A session that migrated is not moved again for this long. */
+  dwellS: number;
+  /** Mean online share (1: everyone always online, no churn). */
+  online: number;
+  /** Mean online session length. */
+  sessionS: number;
+  /** Messages sent per online user-hour, on average over users (scaled by tie weight). */
+  msgRate: number;
+  seed: number;
+}
+
+export interface Baseline {
+  name: string;
+  part: Int32Array;
+}
+
+export interface RoundStats {
+  /** Simulated hours at the end of the round. */
+  hours: number;
+  online: number;
+  deliveries: number;
+  locality: number;
+  /** Max / mean sessions per cell. */
+  balance: number;
+  migrations: number;
+  /** Moves planned but refused by the source cell's rate limiter. */
+  rateLimited: number;
+  exchanges: number;
+  declined: number;
+  /** Per baseline, in the order given: locality of the same deliveries, balance of the same online users. */
+  baselineLocality: number[];
+  baselineBalance: number[];
+}
+
+/** How returning users were placed. */
+export interface ReconnectStats {
+  total: number;
+  /** No hint: a random cell. */
+  noHint: number;
+  /** Hint honoured: the sender's cell. */
+  preferred: number;
+  /** Sender's cell at its cap: an associate's cell. */
+  associate: number;
+  /** Hint with every candidate cell at its cap: a random cell. */
+  full: number;
+}
+
+export interface SimResult {
+  rounds: RoundStats[];
+  reconnects: ReconnectStats;
+}
+
+const DAY_S = 86_400;
+/** Swing of the online share over a day (±25%: a service spread over time zones). */
+const DIURNAL_AMPLITUDE = 0.25;
+/** Associates offered to chooseHintCell: the user's heaviest online neighbours. */
+const ASSOCIATES = 3;
+
+/** Which users are on which cell, with O(1) add, remove and per-cell listing. */
+class Placement {
+  readonly cell: Int32Array;
+  readonly load: Int32Array;
+  private readonly lists: Int32Array[];
+  private readonly pos: Int32Array;
+  online = 0;
+
+  constructor(users: number, cells: number) {
+    this.cell = new Int32Array(users).fill(-1);
+    this.pos = new Int32Array(users);
+    this.load = new Int32Array(cells);
+    this.lists = Array.from({ length: cells }, () => new Int32Array(Math.max(16, Math.ceil((2 * users) / cells))));
+  }
+
+  sessions(c: number): Int32Array {
+    return this.lists[c]!.subarray(0, this.load[c]!);
+  }
+
+  add(u: number, c: number): void {
+    let list = this.lists[c]!;
+    const n = this.load[c]!;
+    if (n === list.length) {
+      const grown = new Int32Array(2 * n);
+      grown.set(list);
+      this.lists[c] = list = grown;
+    }
+    list[n] = u;
+    this.pos[u] = n;
+    this.load[c] = n + 1;
+    this.cell[u] = c;
+    this.online++;
+  }
+
+  remove(u: number): void {
+    const c = this.cell[u]!;
+    const list = this.lists[c]!;
+    const last = list[--this.load[c]!]!;
+    list[this.pos[u]!] = last;
+    this.pos[last] = this.pos[u]!;
+    this.cell[u] = -1;
+    this.online--;
+  }
+
+  balance(): number {
+    return maxOverMean(this.load, this.online);
+  }
+}
+
+function maxOverMean(load: Int32Array, total: number): number {
+  let max = 0;
+  for (const l of load) max = Math.max(max, l);
+  return total > 0 ? max / (total / load.length) : 1;
+}
+
+/** Poisson sample: Knuth's product method for small means, a normal approximation above. */
+function poisson(rand: Rand, mean: number): number {
+  if (mean >= 30) {
+    const z = Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
+    return Math.max(0, Math.round(mean + Math.sqrt(mean) * z));
+  }
+  const limit = Math.exp(-mean);
+  let k = 0;
+  for (let p = rand(); p > limit; p *= rand()) k++;
+  return k;
+}
+
+export class Simulation {
+  private readonly rand: Rand;
+  private readonly at: Placement;
+  private readonly hint: Int32Array;
+  private readonly movedAt: Float64Array;
+  private readonly traffic: CellTraffic[];
+  private readonly limiter: RateLimiter[];
+  private readonly busy: Uint8Array;
+  private readonly order: Int32Array;
+  /** Messages per round of a user of strength 1. */
+  private readonly msgPerStrength: number;
+  readonly reconnects: ReconnectStats = { total: 0, noHint: 0, preferred: 0, associate: 0, full: 0 };
+  private t = 0;
+
+  constructor(private readonly g: SocialGraph, private readonly p: SimParams, private readonly baselines: readonly Baseline[]) {
+    this.rand = mulberry32(p.seed);
+    this.at = new Placement(g.users, p.cells);
+    this.hint = new Int32Array(g.users).fill(-1);
+    this.movedAt = new Float64Array(g.users).fill(Number.NEGATIVE_INFINITY);
+    this.traffic = Array.from({ length: p.cells }, (_, c) => new CellTraffic(c, p.capacity, p.halfLifeS * 1000));
+    this.limiter = Array.from({ length: p.cells }, () => new RateLimiter(p.moveRate, p.moveBurst, 0));
+    this.busy = new Uint8Array(p.cells);
+    this.order = Int32Array.from({ length: p.cells }, (_, c) => c);
+    let strength = 0;
+    for (const s of g.strength) strength += s;
+    this.msgPerStrength = (p.msgRate * (p.intervalS / 3600)) / (strength / g.users);
+    // At start the online users connect to random cells.
+    const share = this.onlineShare(0);
+    for (let u = 0; u < g.users; u++) if (this.rand() < share) this.at.add(u, this.randomCell());
+  }
+
+  run(onRound: (r: RoundStats) => void): SimResult {
+    const rounds: RoundStats[] = [];
+    for (let r = 0; r < this.p.rounds; r++) {
+      this.t = (r + 1) * this.p.intervalS;
+      this.churn();
+      const msgs = this.messages();
+      const ex = this.exchanges();
+      const stats: RoundStats = {
+        hours: this.t / 3600,
+        online: this.at.online,
+        deliveries: msgs.deliveries,
+        locality: msgs.local / Math.max(1, msgs.deliveries),
+        balance: this.at.balance(),
+        ...ex,
+        baselineLocality: msgs.baselineLocal.map((l) => l / Math.max(1, msgs.deliveries)),
+        baselineBalance: this.baselines.map((b) => this.baselineBalance(b.part)),
+      };
+      rounds.push(stats);
+      onRound(stats);
+    }
+    return { rounds, reconnects: this.reconnects };
+  }
+
+  private randomCell(): number {
+    return Math.floor(this.rand() * this.p.cells);
+  }
+
+  private onlineShare(t: number): number {
+    if (this.p.online >= 1) return 1;
+    return Math.min(0.95, this.p.online * (1 + DIURNAL_AMPLITUDE * Math.sin((2 * Math.PI * t) / DAY_S)));
+  }
+
+  private cap(): number {
+    return loadCap(this.at.online / this.p.cells, this.p.epsilon);
+  }
+
+  /** Sessions end with rate 1/sessionS; offline users return at the rate that keeps the online share on its curve. */
+  private churn(): void {
+    const share = this.onlineShare(this.t);
+    if (share >= 1) return;
+    const leave = Math.min(1, this.p.intervalS / this.p.sessionS);
+    const arrive = Math.min(1, (leave * share) / (1 - share));
+    const cell = this.at.cell;
+    for (let u = 0; u < this.g.users; u++) {
+      if (cell[u]! >= 0) {
+        if (this.rand() < leave) this.at.remove(u);
+      } else if (this.rand() < arrive) this.reconnect(u);
+    }
+  }
+
+  private reconnect(u: number): void {
+    this.reconnects.total++;
+    const preferred = this.hint[u]!;
+    this.hint[u] = -1;
+    let c: number | undefined;
+    if (preferred < 0) this.reconnects.noHint++;
+    else {
+      c = chooseHintCell(preferred, this.associates(u), (cell) => this.at.load[cell], this.cap());
+      if (c === undefined) this.reconnects.full++;
+      else if (c === preferred) this.reconnects.preferred++;
+      else this.reconnects.associate++;
+    }
+    this.at.add(u, c ?? this.randomCell());
+  }
+
+  /** Cells of u's heaviest online neighbours; lazy, as chooseHintCell only looks when the preferred cell is full. */
+  private *associates(u: number): Generator<number> {
+    const { offsets, adj, weight } = this.g;
+    const top: Array<{ cell: number; w: number }> = [];
+    for (let i = offsets[u]!; i < offsets[u + 1]!; i++) {
+      const cell = this.at.cell[adj[i]!]!;
+      if (cell < 0) continue;
+      const w = weight[i]!;
+      if (top.length < ASSOCIATES) top.push({ cell, w });
+      else if (w > top[ASSOCIATES - 1]!.w) top[ASSOCIATES - 1] = { cell, w };
+      else continue;
+      top.sort((a, b) => b.w - a.w);
+    }
+    for (const a of top) yield a.cell;
+  }
+
+  private messages(): { deliveries: number; local: number; baselineLocal: number[] } {
+    const { offsets, adj, cumWeight, strength } = this.g;
+    const cell = this.at.cell;
+    const now = this.t * 1000;
+    const parts = this.baselines.map((b) => b.part);
+    const baselineLocal = parts.map(() => 0);
+    let deliveries = 0;
+    let local = 0;
+    for (let c = 0; c < this.p.cells; c++) {
+      const sketch = this.traffic[c]!;
+      for (const u of this.at.sessions(c)) {
+        const lo = offsets[u]!;
+        const hi = offsets[u + 1]!;
+        if (hi === lo) continue;
+        const total = cumWeight[hi - 1]!;
+        for (let k = poisson(this.rand, strength[u]! * this.msgPerStrength); k > 0; k--) {
+          const v = adj[pick(cumWeight, lo, hi, this.rand() * total)]!;
+          const cv = cell[v]!;
+          if (cv < 0) {
+            this.hint[v] = c;
+            continue;
+          }
+          deliveries++;
+          if (cv === c) local++;
+          sketch.record(u, cv, 1, now);
+          this.traffic[cv]!.record(v, c, 1, now);
+          for (let b = 0; b < parts.length; b++) if (parts[b]![u] === parts[b]![v]) baselineLocal[b]!++;
+        }
+      }
+    }
+    return { deliveries, local, baselineLocal };
+  }
+
+  private exchanges(): Pick<RoundStats, 'migrations' | 'rateLimited' | 'exchanges' | 'declined'> {
+    const out = { migrations: 0, rateLimited: 0, exchanges: 0, declined: 0 };
+    const now = this.t * 1000;
+    const params = { mean: this.at.online / this.p.cells, epsilon: this.p.epsilon, maxMoves: this.p.maxMoves, minGain: this.p.minGain };
+    this.busy.fill(0);
+    shuffle(this.rand, this.order);
+    for (const a of this.order) {
+      if (this.busy[a]) continue;
+      const sa = this.summary(a, now);
+      const b = partner(sa);
+      if (b < 0) continue;
+      if (this.busy[b]) {
+        out.declined++;
+        continue;
+      }
+      this.busy[a] = this.busy[b] = 1;
+      out.exchanges++;
+      const sb = this.summary(b, now);
+      const plan = planExchange(this.side(a, sa, b), this.side(b, sb, a), params);
+      for (const [list, from, to] of [[plan.aToB, a, b], [plan.bToA, b, a]] as const) {
+        const granted = this.limiter[from]!.take(list.length, now);
+        for (let i = 0; i < granted; i++) this.migrate(list[i]!, to);
+        out.migrations += granted;
+        out.rateLimited += list.length - granted;
+      }
+    }
+    return out;
+  }
+
+  /** What cell c knows: its sketch without the sessions that left it, summarised. */
+  private summary(c: number, now: number): Map<number, SessionTraffic> {
+    const cell = this.at.cell;
+    this.traffic[c]!.forget((s) => cell[s] !== c);
+    return this.traffic[c]!.summarize(now);
+  }
+
+  /**
+   * One side's report. Spares are only consulted when a side can reach the cap
+   * within maxMoves, so below that they are skipped (same plan, less work).
+   */
+  private side(c: number, summary: Map<number, SessionTraffic>, other: number): ExchangeSide {
+    const cell = this.at.cell;
+    const eligible = (s: number): boolean => cell[s] === c && this.t - this.movedAt[s]! >= this.p.dwellS;
+    const load = this.at.load[c]!;
+    const nearCap = load + this.p.maxMoves > this.cap();
+    return {
+      load,
+      toOther: CellTraffic.candidates(summary, other, this.p.minGain, eligible, this.p.maxMoves),
+      spares: nearCap ? CellTraffic.spares(summary, this.at.sessions(c), other, eligible, this.p.maxMoves) : [],
+    };
+  }
+
+  private migrate(u: number, to: number): void {
+    this.at.remove(u);
+    this.at.add(u, to);
+    this.movedAt[u] = this.t;
+  }
+
+  private baselineBalance(part: Int32Array): number {
+    const load = new Int32Array(this.p.cells);
+    for (let c = 0; c < this.p.cells; c++) for (const u of this.at.sessions(c)) load[part[u]!]!++;
+    return maxOverMean(load, this.at.online);
+  }
+}
+
+/** The remote cell with the most cross traffic (−1: none). */
+function partner(summary: Map<number, SessionTraffic>): number {
+  let best = -1;
+  let most = 0;
+  for (const [cell, traffic] of CellTraffic.crossTraffic(summary)) {
+    if (traffic > most) {
+      best = cell;
+      most = traffic;
+    }
+  }
+  return best;
+}
+
+/** First index in [lo, hi) whose running weight exceeds x. */
+function pick(cum: Float32Array, lo: number, hi: number, x: number): number {
+  let a = lo;
+  let b = hi - 1;
+  while (a < b) {
+    const m = (a + b) >> 1;
+    if (cum[m]! > x) b = m;
+    else a = m + 1;
+  }
+  return a;
+}

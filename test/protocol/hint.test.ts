@@ -1,0 +1,48 @@
+import t from 'tap';
+import nacl from 'tweetnacl';
+import { ErrorCode, HintError, hintKeyPair, MAX_HINT_BYTES, MAX_HINT_LIFETIME_MS, pack, random, signHint, verifyHint, type ConnectHint } from '@gravitas/protocol';
+import { codeOf } from '../fixtures/codes.js';
+
+const NOW = 1_700_000_000_000;
+const keys = hintKeyPair(random(32));
+const who = { user: 'alice', device: 'phone' };
+const hint = (over: Partial<ConnectHint> = {}): ConnectHint => ({ cell: 'n1-0-abc', addr: '10.0.0.7:7400', ...who, issuedAt: NOW, expiresAt: NOW + 30_000, ...over });
+const code = (fn: () => unknown): string | undefined => codeOf(fn, HintError);
+
+t.test('a signed hint verifies and says where to go', async (t) => {
+  const h = hint();
+  t.same(verifyHint(signHint(h, keys.secretKey), keys.publicKey, who, NOW), h);
+  t.same(verifyHint(signHint(hint({ addr: '[::1]:7400' }), keys.secretKey), keys.publicKey, who, NOW).addr, '[::1]:7400', 'IPv6 addresses');
+});
+
+t.test('the key is derived from the server secret: every cell of a cluster signs alike', async (t) => {
+  const secret = random(32);
+  t.same(hintKeyPair(secret).publicKey, hintKeyPair(secret).publicKey);
+  t.notSame(hintKeyPair(secret).publicKey, hintKeyPair(random(32)).publicKey);
+});
+
+t.test('forged, altered, misdirected, oversized and expired hints are refused with a code', async (t) => {
+  const good = signHint(hint(), keys.secretKey);
+  t.equal(code(() => verifyHint(signHint(hint(), hintKeyPair(random(32)).secretKey), keys.publicKey, who, NOW)), ErrorCode.HINT_INVALID, 'signed by another key');
+  const altered = good.slice();
+  altered[altered.length - 3]! ^= 1;
+  t.equal(code(() => verifyHint(altered, keys.publicKey, who, NOW)), ErrorCode.HINT_INVALID, 'one bit of the body flipped');
+  const sig = good.slice();
+  sig[5]! ^= 1;
+  t.equal(code(() => verifyHint(sig, keys.publicKey, who, NOW)), ErrorCode.HINT_INVALID, 'one bit of the signature flipped');
+  t.equal(code(() => verifyHint(good, keys.publicKey, { user: 'alice', device: 'laptop' }, NOW)), ErrorCode.HINT_INVALID, 'issued for another device');
+  t.equal(code(() => verifyHint(good, keys.publicKey, { user: 'mallory', device: 'phone' }, NOW)), ErrorCode.HINT_INVALID, 'issued for another user');
+  t.equal(code(() => verifyHint(good, keys.publicKey, who, NOW + 30_000)), ErrorCode.HINT_EXPIRED, 'expired at its expiry');
+  t.equal(code(() => verifyHint(good.subarray(0, 64), keys.publicKey, who, NOW)), ErrorCode.HINT_INVALID, 'signature only');
+  t.equal(code(() => verifyHint(new Uint8Array(MAX_HINT_BYTES + 1), keys.publicKey, who, NOW)), ErrorCode.HINT_INVALID, 'oversized, refused unread');
+  t.equal(code(() => verifyHint(good, new Uint8Array(5), who, NOW)), ErrorCode.HINT_INVALID, 'no usable key');
+  t.equal(code(() => verifyHint(signHint(hint({ expiresAt: NOW + MAX_HINT_LIFETIME_MS + 1 }), keys.secretKey), keys.publicKey, who, NOW)), ErrorCode.HINT_INVALID, 'lifetime beyond the bound');
+  t.equal(code(() => verifyHint(signHint(hint({ addr: 'evil host:1' }), keys.secretKey), keys.publicKey, who, NOW)), ErrorCode.HINT_INVALID, 'address that is not host:port');
+  t.equal(code(() => verifyHint(signHint(hint({ addr: 'h:99999' }), keys.secretKey), keys.publicKey, who, NOW)), ErrorCode.HINT_INVALID, 'port out of range');
+  // Correctly signed garbage: the signature is checked first, then the contents.
+  const body = pack({ c: 'x' });
+  const junk = new Uint8Array(64 + body.length);
+  junk.set(nacl.sign.detached(body, keys.secretKey), 0);
+  junk.set(body, 64);
+  t.equal(code(() => verifyHint(junk, keys.publicKey, who, NOW)), ErrorCode.HINT_INVALID, 'signed but malformed');
+});
