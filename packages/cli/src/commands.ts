@@ -2,7 +2,7 @@ import { createInterface } from 'node:readline';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generateKeyPair, random, toBase64Url, fromBase64Url, keyPairFromSecret, type Msg } from '@gravitas/protocol';
+import { generateKeyPair, hintKeyPair, random, toBase64Url, fromBase64Url, keyPairFromSecret, type Msg } from '@gravitas/protocol';
 import { loadConfig, readyLine, startNode, stopOnSignals, validateConfig } from '@gravitas/server';
 import { GravitasClient } from '@gravitas/client';
 import { NatsServer } from '@gravitas/testkit';
@@ -30,7 +30,7 @@ function intFlag(flags: Flags, name: string, def: number): number {
 
 /**
  * `gravitas keygen [--ticket-id N]`: a config fragment (server key, ticket key) on
- * stdout, ready to merge into a node config; the public key clients pin on stderr.
+ * stdout, ready to merge into a node config; the public keys clients need on stderr.
  */
 export function keygen(flags: Flags): void {
   const id = intFlag(flags, 'ticket-id', 1);
@@ -39,6 +39,7 @@ export function keygen(flags: Flags): void {
   const out = { serverKey: toBase64Url(server.secretKey), ticketKeys: [{ id, key: toBase64Url(random(32)) }] };
   process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
   log(`server public key (clients pin this, e.g. --server-key): ${toBase64Url(server.publicKey)}`);
+  log(`connect-hint public key (SDK option hintPublicKey): ${toBase64Url(hintKeyPair(server.secretKey).publicKey)}`);
 }
 
 /** `gravitas node`: config from --config file, GRAVITAS_* env and flags. */
