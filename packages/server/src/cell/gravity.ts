@@ -205,6 +205,8 @@ export class Gravity {
     s.moving = true;
     s.send({ t: 'move', h, why });
     this.cell.metrics.migrations.inc({ why });
+    // A hint not followed by its expiry (an old SDK, an unreachable cell): the session may be planned again.
+    setTimeout(() => (s.moving = false), this.cell.config.gravity.hintTtlMs).unref();
   }
 
   /**
