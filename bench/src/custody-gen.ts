@@ -1,12 +1,12 @@
 import type { Socket } from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { ErrorCode, type KeyPair, type ServerMessage } from '@gravitas/protocol';
+import { ErrorCode, verifyHint, type ConnectHint, type KeyPair, type Move, type ResumptionState, type ServerMessage } from '@gravitas/protocol';
 import {
   epochNow, GrowBytes, MergeableHistogram, messageId, messageText, mulberry32, parseMessageId, parseText, ST,
   type ConnectResult, type GenRequest, type GenUser, type ProgressResult, type RecvReport, type RunCmd, type RunSummary, type SendReport, type SetupCmd, type StepReport, type Who,
 } from './custody-types.js';
 import { nativeKeyPair } from './procs.js';
-import { cachingSuite, handshake, newHandshake, parseTarget, sealedWriter, type SealedWriter, type Target } from './rawclient.js';
+import { cachingSuite, handshake, newHandshake, parseTarget, sealedWriter, type HandshakeOutcome, type SealedWriter, type Target } from './rawclient.js';
 
 /*
  * Load-generator process of the custody benchmark (started by custody-load.ts with an IPC
@@ -16,6 +16,12 @@ import { cachingSuite, handshake, newHandshake, parseTarget, sealedWriter, type 
  * with the same id after a backoff, acknowledges every `msg` and `rcpt`, and drops re-deliveries
  * of the last 10,000 ids per device before the "application" sees them. It records, per step,
  * the status of every message it sent and every message its users received (custody-types.ts).
+ *
+ * With `follow` (the gravity benchmark) it also follows `move` hints as the SDK's follow() does:
+ * verifies the hint with the welcome's key, opens a session on the hinted cell by resumption
+ * (full handshake if the ticket is refused), switches the user to it once registered, re-sends
+ * every message still without a status with the same id, then says `bye` on the old session.
+ * What still arrives on the old connection is acknowledged there and accounted as usual.
  */
 
 /** Same as the SDK (packages/client/src/client.ts). */
@@ -23,6 +29,9 @@ const SEEN_MAX = 10_000;
 const RETRYABLE = new Set<string>([ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.BUSY, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_IN_FLIGHT]);
 const RETRY_MAX_MS = 5000;
 const DEVICE = 'd';
+/** As the SDK: a refused ticket falls back to a full handshake. */
+const TICKET_CODES = new Set<string>([ErrorCode.TICKET_EXPIRED, ErrorCode.TICKET_INVALID, ErrorCode.TICKET_REPLAYED]);
+const MOVE_TIMEOUT_MS = 15_000;
 
 /**
  * Self-check of the accounting (never set in a real run): GRAVITAS_BENCH_GEN_FAULT=drop:N hides
@@ -46,6 +55,14 @@ interface Out {
   retry: NodeJS.Timeout | undefined;
 }
 
+/** One connection of a user; after a move the old one lingers until it closes. */
+interface Conn {
+  socket: Socket | undefined;
+  write: SealedWriter | undefined;
+  /** Left by a move: its close and its SESSION_REPLACED are expected. */
+  left: boolean;
+}
+
 interface User {
   i: number;
   name: string;
@@ -54,6 +71,14 @@ interface User {
   keys: KeyPair;
   socket: Socket | undefined;
   write: SealedWriter | undefined;
+  /** The connection `socket`/`write` belong to. */
+  conn: Conn | undefined;
+  /** From the latest welcome: the cell, the hint key, the resumption ticket (single use). */
+  cell: string | undefined;
+  hk: Uint8Array | undefined;
+  ticket: ResumptionState | undefined;
+  /** A move is under way (new session opening). */
+  moving: boolean;
   /** Closed by us (disconnect command): not counted as a disconnect. */
   leaving: boolean;
   out: Map<string, Out>;
@@ -113,6 +138,7 @@ class Generator {
   private readonly recvSteps = new Map<number, RecvStep>();
   private readonly receipts: Record<string, number> = {};
   private readonly errors: Record<string, number> = {};
+  private readonly moves: Record<string, number> = {};
   private readonly suite = cachingSuite();
   private rand: () => number = Math.random;
   private unexpectedCloses = 0;
@@ -133,6 +159,11 @@ class Generator {
       keys: nativeKeyPair(),
       socket: undefined,
       write: undefined,
+      conn: undefined,
+      cell: undefined,
+      hk: undefined,
+      ticket: undefined,
+      moving: false,
       leaving: false,
       out: new Map(),
       seen: new Map(),
@@ -178,22 +209,41 @@ class Generator {
       Array.from({ length: Math.min(concurrency, list.length) }, async () => {
         while (next < list.length) {
           const u = list[next++]!;
-          const o = await handshake(u.target, newHandshake(this.cfg.serverPublicKey, { user: u.name, device: DEVICE, keys: u.keys }, this.suite), true, 60_000, {
-            onMessage: (m, write) => this.onMessage(u, m, write),
-            onClose: () => this.onClose(u),
-          });
+          const conn: Conn = { socket: undefined, write: undefined, left: false };
+          const o = await this.open(u, u.target, conn, undefined, 60_000);
           if (o.ok && o.socket) {
-            u.socket = o.socket;
-            u.write = sealedWriter(o.socket, o.channel);
+            const write = this.use(u, conn, o.socket, o);
             u.leaving = false;
             connected++;
             // Messages still without a status go out again with the same id, as the SDK does.
-            for (const out of u.out.values()) if (out.retry === undefined) u.write(out.frame);
+            for (const out of u.out.values()) if (out.retry === undefined) write(out.frame);
           } else if (!o.ok) count(errors, o.code);
         }
       }),
     );
     return { connected, errors, ms: performance.now() - t0, startedAt };
+  }
+
+  /** One handshake for `u` (resuming with `ticket` if given) whose frames are handled as `conn`'s. */
+  private open(u: User, target: Target, conn: Conn, ticket: ResumptionState | undefined, timeoutMs: number): Promise<HandshakeOutcome> {
+    return handshake(target, newHandshake(this.cfg.serverPublicKey, { user: u.name, device: DEVICE, keys: u.keys }, this.suite, ticket), true, timeoutMs, {
+      onMessage: (m, write) => this.onMessage(u, m, write, conn),
+      onClose: () => this.onClose(u, conn),
+    });
+  }
+
+  /** Makes `conn` (just opened, `o`) the user's connection. */
+  private use(u: User, conn: Conn, socket: Socket, o: Extract<HandshakeOutcome, { ok: true }>): SealedWriter {
+    const write = sealedWriter(socket, o.channel);
+    conn.socket = socket;
+    conn.write = write;
+    u.conn = conn;
+    u.socket = socket;
+    u.write = write;
+    u.cell = o.welcome.cell;
+    u.hk = o.welcome.hk ?? u.hk;
+    u.ticket = o.resumption;
+    return write;
   }
 
   async disconnect(who: Who): Promise<void> {
@@ -216,7 +266,18 @@ class Generator {
     );
   }
 
-  private onClose(u: User): void {
+  private onClose(u: User, conn: Conn): void {
+    if (conn.left || conn !== u.conn) return; // a connection left by a move: expected
+    if (u.moving && !u.leaving) {
+      // Replaced by the session the move is opening (its registration kicked this one) before
+      // the switch: messages written meanwhile have no status and are re-sent at the switch.
+      for (const out of u.out.values()) {
+        clearTimeout(out.retry);
+        out.retry = undefined;
+      }
+      return;
+    }
+    u.conn = undefined;
     u.socket = undefined;
     u.write = undefined;
     for (const out of u.out.values()) {
@@ -231,7 +292,7 @@ class Generator {
 
   // ---- receiving ----
 
-  private onMessage(u: User, m: ServerMessage, write: SealedWriter): void {
+  private onMessage(u: User, m: ServerMessage, write: SealedWriter, conn: Conn): void {
     switch (m.t) {
       case 'status': {
         const out = u.out.get(m.id);
@@ -255,7 +316,12 @@ class Generator {
         return;
       }
       case 'bye':
+        // The session a move left (or is leaving) was replaced by the new one: expected.
+        if (m.code === ErrorCode.SESSION_REPLACED && (conn.left || conn !== u.conn || u.moving)) return;
         count(this.errors, `bye:${m.code ?? ''}`);
+        return;
+      case 'move':
+        if (this.cfg.follow) void this.follow(u, m, conn);
         return;
       default:
         return; // pong, pres, typing, res
@@ -288,6 +354,69 @@ class Generator {
       const t = parseText(text);
       if (t?.record) r.lat.recordMs(now - t.intendedEpochMs);
     }
+  }
+
+  // ---- moving (gravitation) ----
+
+  /**
+   * Follows a `move` as the SDK's follow() does: the hint is verified exactly like the SDK
+   * (welcome's `hk`, this user and device, now), the new session is opened by resumption and is
+   * registered when its pong arrives (the ping queues behind the registration), then the user
+   * switches to it, re-sends what has no status (same ids: custody de-duplicates) and ends the
+   * old session with `bye`. If the hinted cell cannot be reached, the user stays.
+   */
+  private async follow(u: User, m: Move, conn: Conn): Promise<void> {
+    if (conn !== u.conn || conn.left || u.leaving) return; // a hint on a connection we left
+    if (u.moving) return count(this.moves, 'busy');
+    let h: ConnectHint;
+    try {
+      if (!u.hk) throw Object.assign(new Error('no hint key'), { code: ErrorCode.HINT_INVALID });
+      h = verifyHint(m.h, u.hk, { user: u.name, device: DEVICE }, Date.now());
+    } catch (err) {
+      return count(this.moves, `rejected:${(err as { code?: string }).code ?? 'ERROR'}`);
+    }
+    if (h.cell === u.cell) return count(this.moves, 'same-cell');
+    u.moving = true;
+    const next: Conn = { socket: undefined, write: undefined, left: false };
+    const target = parseTarget(h.addr);
+    const ticket = u.ticket && u.ticket.expiresAt > Date.now() ? u.ticket : undefined;
+    u.ticket = undefined; // single use from the moment it is sent
+    let o: HandshakeOutcome;
+    try {
+      o = await this.open(u, target, next, ticket, MOVE_TIMEOUT_MS);
+      if (!o.ok && ticket && TICKET_CODES.has(o.code)) {
+        count(this.moves, 'resume-fallback');
+        o = await this.open(u, target, next, undefined, MOVE_TIMEOUT_MS);
+      }
+    } finally {
+      u.moving = false;
+    }
+    const old = u.conn;
+    if (!o.ok || !o.socket || u.leaving || old !== conn) {
+      if (o.ok) {
+        // Disconnected by the parent meanwhile: this new session is not wanted either.
+        next.left = true;
+        o.socket?.end();
+      } else count(this.moves, `failed:${o.code}`);
+      // The old session may have been replaced while we tried: without a connection now.
+      if (old === conn && conn.socket && (conn.socket.destroyed || conn.socket.readyState !== 'open') && !u.leaving) this.onClose(u, conn);
+      return;
+    }
+    conn.left = true;
+    const write = this.use(u, next, o.socket, o);
+    // Messages still without a status go out again on the new session, with the same ids.
+    for (const out of u.out.values()) if (out.retry === undefined) write(out.frame);
+    try {
+      conn.write?.({ t: 'bye' });
+    } catch {
+      // gone already
+    }
+    const s = conn.socket;
+    if (s) {
+      s.end();
+      setTimeout(() => s.destroy(), 1000).unref();
+    }
+    count(this.moves, `followed:${m.why}`);
   }
 
   // ---- sending ----
@@ -444,7 +573,7 @@ class Generator {
       if (r && r.lastAt > lastAt) lastAt = r.lastAt;
       return r?.unique ?? 0;
     });
-    return { appUnique, outstanding, receipts: { ...this.receipts }, errors: { ...this.errors }, lastAt };
+    return { appUnique, outstanding, receipts: { ...this.receipts }, errors: { ...this.errors }, moves: { ...this.moves }, lastAt };
   }
 
   /** Accounting of `steps` so far; with `drop` their state is freed (late arrivals are then ignored). */

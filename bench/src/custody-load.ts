@@ -268,10 +268,13 @@ export class Load {
     return out;
   }
 
-  async setup(pop: Population, serverPublicKey: Uint8Array, textBytes: number, maxOutstanding: number, seed: number): Promise<void> {
+  /** `opts.follow`: the generators follow `move` hints (gravitation); off by default, as the custody benchmark runs. */
+  async setup(pop: Population, serverPublicKey: Uint8Array, textBytes: number, maxOutstanding: number, seed: number, opts: { follow?: boolean } = {}): Promise<void> {
     const per: GenUser[][] = this.gens.map(() => []);
     for (const u of pop.users) per[this.placement.gen(u.i)]!.push(u);
-    await Promise.all(this.gens.map((g, k) => g.call({ k: 'setup', serverPublicKey, prefix: pop.prefix, textBytes, users: per[k]!, maxOutstanding, seed: seed + k })));
+    await Promise.all(
+      this.gens.map((g, k) => g.call({ k: 'setup', serverPublicKey, prefix: pop.prefix, textBytes, users: per[k]!, maxOutstanding, seed: seed + k, ...(opts.follow && { follow: true }) })),
+    );
   }
 
   async connect(who: Who, concurrency: number): Promise<ConnectResult> {
@@ -305,13 +308,15 @@ export class Load {
     return { runs, cores };
   }
 
-  async progress(steps: number[]): Promise<{ appUnique: number; outstanding: number; lastAt: number; receipts: Record<string, number>; errors: Record<string, number> }> {
+  async progress(steps: number[]): Promise<{ appUnique: number; outstanding: number; lastAt: number; receipts: Record<string, number>; errors: Record<string, number>; moves: Record<string, number> }> {
     const rs = await Promise.all(this.gens.map((g) => g.call<ProgressResult>({ k: 'progress', steps })));
     const receipts: Record<string, number> = {};
     const errors: Record<string, number> = {};
+    const moves: Record<string, number> = {};
     for (const r of rs) {
       for (const [c, n] of Object.entries(r.receipts)) receipts[c] = (receipts[c] ?? 0) + n;
       for (const [c, n] of Object.entries(r.errors)) errors[c] = (errors[c] ?? 0) + n;
+      for (const [c, n] of Object.entries(r.moves)) moves[c] = (moves[c] ?? 0) + n;
     }
     return {
       appUnique: rs.reduce((s, r) => s + r.appUnique.reduce((a, b) => a + b, 0), 0),
@@ -319,6 +324,7 @@ export class Load {
       lastAt: Math.max(...rs.map((r) => r.lastAt)),
       receipts,
       errors,
+      moves,
     };
   }
 

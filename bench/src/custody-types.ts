@@ -181,6 +181,12 @@ export interface SetupCmd {
   /** Messages a user may have without a status (the SDK's maxOutbox); beyond it a send is skipped and counted. */
   maxOutstanding: number;
   seed: number;
+  /**
+   * Follow `move` hints as the SDK does (gravitation: verify, resume on the hinted cell,
+   * switch, re-send what has no status, `bye` the old session). Off (the custody benchmark):
+   * a `move` is ignored, as before.
+   */
+  follow?: boolean;
 }
 
 export type Who = 'all' | number[];
@@ -299,6 +305,12 @@ export interface ProgressResult {
   outstanding: number;
   receipts: Record<string, number>;
   errors: Record<string, number>;
+  /**
+   * Connect hints since setup (with `follow`): `followed:<why>`, `rejected:<code>` (verifyHint
+   * failed), `failed:<code>` (the hinted cell could not be reached: stayed), `same-cell`,
+   * `busy` (a move already under way), `resume-fallback` (ticket refused: full handshake).
+   */
+  moves: Record<string, number>;
   /** Epoch ms of the latest first sight among the requested steps. */
   lastAt: number;
 }

@@ -1,7 +1,7 @@
 import { connect, type Socket } from 'node:net';
 import {
   ClientHandshake, decodeServerHandshake, decodeServerMessage, encodeFrame, FrameDecoder, nativeSuite, pack, unpack,
-  type DhKey, type DhSuite, type KeyPair, type ResumptionState, type SecureChannel, type ServerMessage,
+  type DhKey, type DhSuite, type KeyPair, type ResumptionState, type SecureChannel, type ServerMessage, type WelcomePayload,
 } from '@gravitas/protocol';
 
 /*
@@ -45,7 +45,7 @@ export function newHandshake(serverPublicKey: Uint8Array, id: Identity, suite: D
 }
 
 export type HandshakeOutcome =
-  | { ok: true; ms: number; resumption: ResumptionState | undefined; socket: Socket | undefined; channel: SecureChannel }
+  | { ok: true; ms: number; resumption: ResumptionState | undefined; socket: Socket | undefined; channel: SecureChannel; welcome: WelcomePayload }
   | { ok: false; ms: number; code: string };
 
 export interface Target {
@@ -95,6 +95,7 @@ export function handshake(target: Target, hs: ClientHandshake, keepOpen = false,
     let channel: SecureChannel | undefined;
     let write: SealedWriter | undefined;
     let resumption: ResumptionState | undefined;
+    let welcome: WelcomePayload | undefined;
     let done = false;
     let ok = false;
     const finish = (o: HandshakeOutcome): void => {
@@ -137,11 +138,12 @@ export function handshake(target: Target, hs: ClientHandshake, keepOpen = false,
             channel = r.channel;
             write = sealedWriter(socket, channel);
             resumption = r.resumption;
+            welcome = r.welcome;
             socket.write(Buffer.concat([encodeFrame(channel.seal(pack(r.finish))), encodeFrame(channel.seal(pack({ t: 'ping', n: 1 })))]));
             return;
           }
           const m = decodeServerMessage(unpack(channel.open(body)));
-          if (m.t === 'pong') return finish({ ok: true, ms: performance.now() - t0, resumption, socket: keepOpen ? socket : undefined, channel });
+          if (m.t === 'pong') return finish({ ok: true, ms: performance.now() - t0, resumption, socket: keepOpen ? socket : undefined, channel, welcome: welcome! });
           if (m.t === 'error' || m.t === 'bye') return fail(m.code ?? m.t);
           // Registered already (the ping queues behind the registration): a mailbox drain, a
           // receipt or a presence update may overtake the pong.

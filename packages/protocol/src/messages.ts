@@ -59,13 +59,14 @@ export const REQUEST_OPS = [
   'prefs.get', 'prefs.set',
   'devices.list', 'devices.remove',
   'groups.list', 'groups.create', 'groups.info', 'groups.add', 'groups.remove', 'groups.admin', 'groups.leave',
+  'track', 'profile.get', 'profile.set',
 ] as const;
 export type RequestOp = (typeof REQUEST_OPS)[number];
 
 // ---- sealed, server → client ---------------------------------------------------
 
-/** A chat message delivered to a device. `g` names the group; `seq` orders a group's log. */
-export interface Msg { t: 'msg'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number }
+/** A chat message delivered to a device. `g` names the group; `seq` orders a group's log; `c` the campaign that sent it. */
+export interface Msg { t: 'msg'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number; c?: string }
 export type ReceiptState = 'delivered' | 'read' | 'expired';
 /**
  * A receipt about message `ref` that this user sent: device `bd` of `by` got it,
@@ -204,9 +205,10 @@ export function decodeServerMessage(v: unknown): ServerMessage {
     case 'msg': {
       const g = o.g === undefined ? undefined : name(o, 'g');
       const seq = o.seq === undefined ? undefined : int(o, 'seq');
+      const c = o.c === undefined ? undefined : name(o, 'c');
       return {
         t, id: name(o, 'id'), from: name(o, 'from'), fd: name(o, 'fd', 32), to: name(o, 'to'), text: str(o, 'text', MAX_TEXT_LENGTH), ts: int(o, 'ts'),
-        ...(g !== undefined && { g }), ...(seq !== undefined && { seq }),
+        ...(g !== undefined && { g }), ...(seq !== undefined && { seq }), ...(c !== undefined && { c }),
       };
     }
     case 'rcpt': {

@@ -24,6 +24,39 @@ export interface RequestArgs {
   'groups.remove': { g: string; users: string[] };
   'groups.admin': { g: string; user: string; on: boolean };
   'groups.leave': { g: string };
+  /** Feedback on a campaign message: `eid` is the client's idempotency key for this event. */
+  track: { c: string; ev: CampaignEvent; eid: string; ts: number };
+  'profile.get': Record<string, never>;
+  /** Sets (or with null removes) profile attributes; every change makes a new version. */
+  'profile.set': { attrs: ProfilePatch };
+}
+
+/** What a device reports about a campaign message. */
+export const CAMPAIGN_EVENTS = ['delivered', 'opened', 'clicked', 'dismissed', 'converted'] as const;
+export type CampaignEvent = (typeof CAMPAIGN_EVENTS)[number];
+
+export type ProfileValue = string | number | boolean;
+export type ProfilePatch = Record<string, ProfileValue | null>;
+/** Bounds of a profile: attributes, name length, string value length, encoded size. */
+export const PROFILE_LIMITS = { maxAttrs: 64, maxNameLength: 64, maxStringLength: 1024, maxBytes: 8192 } as const;
+const ATTR_NAME_RE = /^[A-Za-z_][A-Za-z0-9_.-]*$/;
+
+/** Validates a profile patch (also used by the admin API): names, types, sizes. Throws BAD_MESSAGE. */
+export function decodeProfilePatch(v: unknown, field = 'attrs'): ProfilePatch {
+  if (!isObj(v)) bad(field, 'must be a map of attribute name to string, number, boolean or null');
+  const keys = Object.keys(v);
+  if (keys.length === 0) bad(field, 'must set at least one attribute');
+  if (keys.length > PROFILE_LIMITS.maxAttrs) bad(field, `may set at most ${PROFILE_LIMITS.maxAttrs} attributes`);
+  const out: ProfilePatch = {};
+  for (const k of keys) {
+    if (k.length > PROFILE_LIMITS.maxNameLength || !ATTR_NAME_RE.test(k)) bad(`${field}.${k.slice(0, 64)}`, `is not an attribute name ([A-Za-z_][A-Za-z0-9_.-]*, at most ${PROFILE_LIMITS.maxNameLength})`);
+    const x = v[k];
+    if (x === null || typeof x === 'boolean') out[k] = x;
+    else if (typeof x === 'number' && Number.isFinite(x)) out[k] = x;
+    else if (typeof x === 'string' && x.length <= PROFILE_LIMITS.maxStringLength) out[k] = x;
+    else bad(`${field}.${k}`, `must be a string (at most ${PROFILE_LIMITS.maxStringLength}), a finite number, a boolean or null`);
+  }
+  return out;
 }
 
 /** Users named in one request (a group's initial members, users to add): at most this many. */
@@ -69,6 +102,9 @@ const DECODERS: { [K in RequestOp]: (a: Obj) => RequestArgs[K] } = {
   'groups.remove': (a) => ({ ...group(a), users: users(a, 'users') }),
   'groups.admin': (a) => ({ ...group(a), user: name(a, 'user'), on: flag(a, 'on') }),
   'groups.leave': group,
+  track: (a) => ({ c: name(a, 'c'), ev: oneOf(a, 'ev', CAMPAIGN_EVENTS), eid: name(a, 'eid'), ts: int(a, 'ts') }),
+  'profile.get': none,
+  'profile.set': (a) => ({ attrs: decodeProfilePatch(a.attrs) }),
 };
 
 /** Validates the arguments of a `req`; throws BAD_MESSAGE naming the field. */

@@ -67,6 +67,31 @@ export interface GravityConfig {
   hintTtlMs: number;
 }
 
+/** Campaign tracking tiers (docs/campaigns.md): the node's LMDB, shipped to the JetStream archive. */
+export interface TrackingConfig {
+  /** Records older than this leave the local tier (once archived). */
+  maxAgeMs: number;
+  /** Local tier budget in bytes of records; past it, with nothing archived to evict, intake answers RETRY_LATER. */
+  maxBytes: number;
+  /** Archive retention (JetStream max age of the tracking stream). */
+  archiveMaxAgeMs: number;
+  /** Records shipped to the archive per batch. */
+  shipBatch: number;
+  /** Feedback timestamps further than this from the server clock are refused (BAD_MESSAGE). */
+  maxClockSkewMs: number;
+}
+
+/** Message campaigns (docs/campaigns.md). */
+export interface CampaignConfig {
+  /** Recipients per send job. */
+  batchSize: number;
+  /** Default and upper bound of a campaign's send rate (recipients per second, cluster-wide). */
+  defaultRatePerSec: number;
+  maxRatePerSec: number;
+  /** Explicit audience lists at most this long. */
+  maxListSize: number;
+}
+
 export interface NodeConfig {
   nodeId: string;
   nats: { servers: string[]; token?: string; user?: string; pass?: string };
@@ -87,6 +112,8 @@ export interface NodeConfig {
   replicas: number;
   mailbox: MailboxConfig;
   gravity: GravityConfig;
+  tracking: TrackingConfig;
+  campaigns: CampaignConfig;
   limits: Limits;
   testHooks: boolean;
 }
@@ -128,6 +155,21 @@ export const DEFAULT_GRAVITY: GravityConfig = {
   minDwellMs: 30_000,
   minGain: 2,
   hintTtlMs: 30_000,
+};
+
+export const DEFAULT_TRACKING: TrackingConfig = {
+  maxAgeMs: 7 * 24 * 3600_000,
+  maxBytes: 1024 ** 3,
+  archiveMaxAgeMs: 400 * 24 * 3600_000,
+  shipBatch: 512,
+  maxClockSkewMs: 24 * 3600_000,
+};
+
+export const DEFAULT_CAMPAIGNS: CampaignConfig = {
+  batchSize: 100,
+  defaultRatePerSec: 1000,
+  maxRatePerSec: 100_000,
+  maxListSize: 100_000,
 };
 
 type Json = Record<string, unknown>;
@@ -240,7 +282,7 @@ export function loadConfig(src: ConfigSources = {}): NodeConfig {
   return validateConfig(merge(merge(merge(raw, env), flags), src.overrides ?? {}));
 }
 
-const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'replicas', 'mailbox', 'gravity', 'limits', 'testHooks']);
+const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'replicas', 'mailbox', 'gravity', 'tracking', 'campaigns', 'limits', 'testHooks']);
 
 const KNOWN_NESTED: Record<string, Set<string>> = {
   nats: new Set(['servers', 'token', 'user', 'pass']),
@@ -250,6 +292,8 @@ const KNOWN_NESTED: Record<string, Set<string>> = {
   membership: new Set(['heartbeatMs', 'timeoutMs']),
   mailbox: new Set(Object.keys(DEFAULT_MAILBOX)),
   gravity: new Set(Object.keys(DEFAULT_GRAVITY)),
+  tracking: new Set(Object.keys(DEFAULT_TRACKING)),
+  campaigns: new Set(Object.keys(DEFAULT_CAMPAIGNS)),
   limits: new Set(Object.keys(DEFAULT_LIMITS)),
 };
 
@@ -384,6 +428,23 @@ export function validateConfig(raw: Json): NodeConfig {
     hintTtlMs: int('gravity.hintTtlMs', G.hintTtlMs, 1000, MAX_HINT_LIFETIME_MS),
   };
 
+  const T = DEFAULT_TRACKING;
+  const tracking: TrackingConfig = {
+    maxAgeMs: int('tracking.maxAgeMs', T.maxAgeMs, 1000, 10 * 365 * 24 * 3600_000),
+    maxBytes: int('tracking.maxBytes', T.maxBytes, 64 * 1024, 2 ** 46),
+    archiveMaxAgeMs: int('tracking.archiveMaxAgeMs', T.archiveMaxAgeMs, 1000, 100 * 365 * 24 * 3600_000),
+    shipBatch: int('tracking.shipBatch', T.shipBatch, 1, 10_000),
+    maxClockSkewMs: int('tracking.maxClockSkewMs', T.maxClockSkewMs, 1000, 365 * 24 * 3600_000),
+  };
+  const C = DEFAULT_CAMPAIGNS;
+  const campaigns: CampaignConfig = {
+    batchSize: int('campaigns.batchSize', C.batchSize, 1, 1000),
+    defaultRatePerSec: int('campaigns.defaultRatePerSec', C.defaultRatePerSec, 1, 1_000_000),
+    maxRatePerSec: int('campaigns.maxRatePerSec', C.maxRatePerSec, 1, 1_000_000),
+    maxListSize: int('campaigns.maxListSize', C.maxListSize, 1, 10_000_000),
+  };
+  if (campaigns.defaultRatePerSec > campaigns.maxRatePerSec) fail('campaigns.defaultRatePerSec', 'must not exceed campaigns.maxRatePerSec');
+
   const listenHost = string('listen.host', '127.0.0.1', host)!;
   const prefix = string('prefix', 'gravitas', (s) => (isName(s, 32) ? undefined : 'may only contain A-Z a-z 0-9 _ - (at most 32)'))!;
   const cfg: NodeConfig = {
@@ -403,6 +464,8 @@ export function validateConfig(raw: Json): NodeConfig {
     replicas: int('replicas', 1, 1, 5),
     mailbox,
     gravity,
+    tracking,
+    campaigns,
     limits,
     testHooks: bool('testHooks', false),
   };

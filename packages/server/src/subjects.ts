@@ -94,6 +94,51 @@ export class Names {
   get groupsBucket(): string {
     return `${this.prefix}_groups`;
   }
+  // ---- engagement: profiles, campaigns, tracking ----------------------------------
+
+  /** Versioned profiles: one subject per user, the stream sequence is the version. */
+  get profilesStream(): string {
+    return `${this.prefix}_PROFILES`;
+  }
+  profileSubject(user: string): string {
+    return `${this.prefix}.profile.${user}`;
+  }
+  get profileSubjects(): string {
+    return `${this.prefix}.profile.*`;
+  }
+  /** The tracking archive: `…track.<user>.<campaign>`, so one user's or one campaign's records can be read back. */
+  get trackingStream(): string {
+    return `${this.prefix}_TRACKING`;
+  }
+  trackingSubject(user: string, campaign: string): string {
+    return `${this.prefix}.track.${user}.${campaign}`;
+  }
+  trackingUserFilter(user: string): string {
+    return `${this.prefix}.track.${user}.*`;
+  }
+  trackingCampaignFilter(campaign: string): string {
+    return `${this.prefix}.track.*.${campaign}`;
+  }
+  /** Campaign work queue (expansion and send jobs), shared by every cell of the cluster. */
+  get campaignWorkStream(): string {
+    return `${this.prefix}_CWORK`;
+  }
+  campaignWorkSubject(campaign: string): string {
+    return `${this.prefix}.cwork.${campaign}`;
+  }
+  /** Scatter-gather: every node answers with its local tracking records not yet archived. */
+  get trackingLocalQuery(): string {
+    return `${this.prefix}.track.local`;
+  }
+  /** Campaign records, progress and per-recipient sent markers. */
+  get campaignsBucket(): string {
+    return `${this.prefix}_campaigns`;
+  }
+  /** Publishers: API key hashes and roles. */
+  get publishersBucket(): string {
+    return `${this.prefix}_publishers`;
+  }
+
   /** Short leases (one expiry sweeper per mailbox partition in the cluster). */
   get leasesBucket(): string {
     return `${this.prefix}_leases`;

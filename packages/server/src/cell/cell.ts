@@ -10,6 +10,9 @@ import { Accounts } from './accounts.js';
 import { Custody } from './custody.js';
 import { Directory, type DeviceLocation } from './directory.js';
 import { ExpirySweeper } from './expiry.js';
+import { CampaignRunner } from '../engage/runner.js';
+import { Profiles } from '../engage/profiles.js';
+import { TrackingIntake } from '../engage/intake.js';
 import { Gravity } from './gravity.js';
 import { Groups } from './groups.js';
 import { HandshakeGuard } from './guard.js';
@@ -48,6 +51,12 @@ export class Cell {
   social!: Social;
   presence!: PresenceHub;
   groups!: Groups;
+  /** Versioned profiles (engage/profiles.ts). */
+  readonly profiles: Profiles;
+  /** Campaign feedback into the node's tracking store (engage/intake.ts). */
+  readonly intake: TrackingIntake;
+  /** Campaign jobs from the cluster's work queue (engage/runner.ts). */
+  readonly runner: CampaignRunner;
   private expiry: ExpirySweeper | undefined;
   private server: Server | undefined;
   private readonly subs: Subscription[] = [];
@@ -84,6 +93,9 @@ export class Cell {
     };
     this.custody = new Custody(this);
     this.gravity = new Gravity(this);
+    this.profiles = new Profiles(this);
+    this.intake = new TrackingIntake(this);
+    this.runner = new CampaignRunner(this);
   }
 
   /** Scrape-time view of the largest connection backlog (O(sessions), only when metrics are read). */
@@ -103,7 +115,7 @@ export class Cell {
     this.social = new Social(this, b.social);
     this.presence = new PresenceHub(this, b.presence);
     this.groups = new Groups(this, b.groups);
-    await untilReady(() => Promise.all([this.mailbox.start(), this.groups.start()]), 'streams');
+    await untilReady(() => Promise.all([this.mailbox.start(), this.groups.start(), this.profiles.start(), this.intake.start()]), 'streams');
     this.subs.push(
       this.nc.subscribe(this.names.cellInbox(this.cellId), { callback: (err, msg) => void (err || this.onEnvelope(msg.data)) }),
       this.nc.subscribe(this.names.invalidations, { callback: (err, msg) => void (err || this.onInvalidation(msg.data)) }),
@@ -123,6 +135,7 @@ export class Cell {
     this.custody.start();
     this.presence.start();
     this.gravity.start();
+    await this.runner.start();
     // One sweeper per node is plenty; sweeps by several are harmless (stores and deletes are idempotent).
     if (this.index === 0) {
       this.expiry = new ExpirySweeper(this);
@@ -359,7 +372,10 @@ export class Cell {
       let data: unknown;
       if (area === 'contacts' || area === 'prefs') data = await this.social.handle(s, m.op, args);
       else if (area === 'groups') data = await this.groups.handle(s, m.op, args);
-      else data = await this.devices(s, m.op, args);
+      else if (area === 'devices') data = await this.devices(s, m.op, args);
+      else if (area === 'track') data = await this.intake.handle(s, m.op, args);
+      else if (area === 'profile') data = await this.profiles.handle(s, m.op, args);
+      else throw new ProtocolError(ErrorCode.UNKNOWN_TYPE, `no handler for ${m.op}`);
       s.send({ t: 'res', rid: m.rid, ok: true, ...(data !== undefined && { data }) });
     } catch (err) {
       const pe = err instanceof ProtocolError ? err : undefined;
@@ -457,6 +473,9 @@ export class Cell {
     await Promise.race([Promise.all(leaving), new Promise((r) => setTimeout(r, 5000))]);
     this.custody.stop();
     this.gravity.stop();
+    await this.runner.stop();
+    await this.intake.stop();
+    await this.profiles.stop();
     this.expiry?.stop();
     this.presence.stop();
     await this.groups.stop();

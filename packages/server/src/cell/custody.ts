@@ -29,7 +29,12 @@ interface Pending {
   stored: number;
   deadline: number;
   failure: Code | undefined;
+  /** Told the final status (items the server itself sends: campaign messages). */
+  onSettled?: (st: Settlement) => void;
 }
+
+/** The fate of an item under custody. */
+export type Settlement = { s: 'delivered' | 'stored' } | { s: 'failed'; code: Code };
 
 const SWEEP_MS = 100;
 /** Final statuses remembered to answer re-sends without routing them again. */
@@ -120,6 +125,34 @@ export class Custody {
     await this.receipt(m.from, m.id, s.user, ANY_DEVICE, 'read');
   }
 
+  /**
+   * A message the server sends on someone's behalf (a campaign): custody as for a
+   * user's message, to every device of `item.to`, and a promise of its settlement
+   * instead of a `status` frame. Submitting the same id again while it is pending
+   * or settled (10 min) answers with the same settlement, sending nothing twice.
+   */
+  submitSystem(item: ChatItem): Promise<Settlement> {
+    const key = `${item.from}/${item.fd}/${item.id}/${item.to}`;
+    const done = this.settled.get(key);
+    if (done) return Promise.resolve(done.s === 'failed' ? { s: 'failed', code: done.code ?? ErrorCode.INTERNAL } : { s: done.s });
+    const pending = this.pending.get(key);
+    if (pending) {
+      return new Promise((resolve) => {
+        const before = pending.onSettled;
+        pending.onSettled = (st) => {
+          before?.(st);
+          resolve(st);
+        };
+      });
+    }
+    return this.cell.accounts.devices(item.to).then((devices) => {
+      if (devices.length === 0) return { s: 'failed', code: ErrorCode.UNDELIVERABLE };
+      return new Promise<Settlement>((resolve) => {
+        void this.take(key, item, undefined, devices.map((d) => [item.to, d]), resolve);
+      });
+    });
+  }
+
   /** Generates a receipt about message `ref` (sent by `to`) and takes custody of it. */
   async receipt(to: string, ref: string, by: string, byDevice: string, state: ReceiptItem['s']): Promise<void> {
     const item: ReceiptItem = { k: 'r', id: serverItemId(state[0]!), from: by, fd: byDevice, to, ref, s: state, ts: Date.now() };
@@ -133,8 +166,8 @@ export class Custody {
     s.send({ t: 'status', id, ...st });
   }
 
-  private async take(key: string, item: Item, sender: Pending['sender'], targets: Array<[string, string]>): Promise<void> {
-    const p: Pending = { key, item, sender, targets: new Map(), open: targets.length, stored: 0, deadline: Date.now() + this.cell.config.limits.custodyWindowMs, failure: undefined };
+  private async take(key: string, item: Item, sender: Pending['sender'], targets: Array<[string, string]>, onSettled?: (st: Settlement) => void): Promise<void> {
+    const p: Pending = { key, item, sender, targets: new Map(), open: targets.length, stored: 0, deadline: Date.now() + this.cell.config.limits.custodyWindowMs, failure: undefined, ...(onSettled && { onSettled }) };
     for (const [user, device] of targets) p.targets.set(tkey(user, device), { user, device, loc: undefined, retried: false, state: 'live', ackedWhileStoring: false });
     this.pending.set(key, p);
     const users = [...new Set(targets.map(([u]) => u))];
@@ -302,6 +335,11 @@ export class Custody {
   private settleIfDone(p: Pending): void {
     if (p.open > 0 || this.pending.get(p.key) !== p) return;
     this.pending.delete(p.key);
+    if (p.onSettled) {
+      const st: Settlement = p.failure ? { s: 'failed', code: p.failure } : { s: p.stored > 0 ? 'stored' : 'delivered' };
+      if (!p.failure) this.settled.set(p.key, st);
+      p.onSettled(st);
+    }
     if (!p.sender) return;
     const key = tkey(p.sender.user, p.sender.device);
     const n = (this.inFlight.get(key) ?? 1) - 1;

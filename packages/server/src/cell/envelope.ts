@@ -7,7 +7,7 @@ import { isName, MAX_TEXT_LENGTH, type Msg, type Receipt, type ReceiptState } fr
  */
 
 /** A chat message under custody. `g`/`seq`: a group message and its place in the group's log. */
-export interface ChatItem { k: 'm'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number }
+export interface ChatItem { k: 'm'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number; c?: string }
 /**
  * A receipt under custody, addressed to `to` (who sent message `ref`): `from` is the
  * user it is about, `fd` its device (or '_' for a user-level read/expired receipt).
@@ -43,14 +43,17 @@ const RECEIPT_STATES = new Set(['delivered', 'read', 'expired']);
 
 export function toClient(i: Item): Msg | Receipt {
   if (i.k === 'r') return { t: 'rcpt', id: i.id, ref: i.ref, by: i.from, s: i.s, ts: i.ts, ...(i.fd !== ANY_DEVICE && { bd: i.fd }) };
-  return { t: 'msg', id: i.id, from: i.from, fd: i.fd, to: i.to, text: i.text, ts: i.ts, ...(i.g !== undefined && { g: i.g }), ...(i.seq !== undefined && { seq: i.seq }) };
+  return { t: 'msg', id: i.id, from: i.from, fd: i.fd, to: i.to, text: i.text, ts: i.ts, ...(i.g !== undefined && { g: i.g }), ...(i.seq !== undefined && { seq: i.seq }), ...(i.c !== undefined && { c: i.c }) };
 }
 
 export function decodeItem(v: unknown): Item {
   const m = v as O;
   if (typeof m === 'object' && m && n(m.id) && n(m.from) && n(m.fd) && n(m.to) && num(m.ts)) {
-    if (m.k === 'm' && s(m.text) && m.text.length <= MAX_TEXT_LENGTH && (m.g === undefined || n(m.g)) && (m.seq === undefined || num(m.seq))) {
-      return { k: 'm', id: m.id, from: m.from, fd: m.fd, to: m.to, text: m.text, ts: m.ts, ...(m.g !== undefined && { g: m.g as string }), ...(m.seq !== undefined && { seq: m.seq as number }) };
+    if (m.k === 'm' && s(m.text) && m.text.length <= MAX_TEXT_LENGTH && (m.g === undefined || n(m.g)) && (m.seq === undefined || num(m.seq)) && (m.c === undefined || n(m.c))) {
+      return {
+        k: 'm', id: m.id, from: m.from, fd: m.fd, to: m.to, text: m.text, ts: m.ts,
+        ...(m.g !== undefined && { g: m.g as string }), ...(m.seq !== undefined && { seq: m.seq as number }), ...(m.c !== undefined && { c: m.c as string }),
+      };
     }
     if (m.k === 'r' && n(m.ref) && s(m.s) && RECEIPT_STATES.has(m.s)) {
       return { k: 'r', id: m.id, from: m.from, fd: m.fd, to: m.to, ref: m.ref, s: m.s as ReceiptState, ts: m.ts };
