@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
 import { ConfigError, ServerError } from '@gravitas/server';
-import { chat, dev, keygen, node, recv, send, UsageError } from './commands.js';
+import { campaign, chat, dev, keygen, node, profile, publisher, recv, send, UsageError } from './commands.js';
 
 const USAGE = `gravitas — a horizontally scaled chat cluster
 
@@ -13,10 +13,29 @@ usage:
   gravitas send --server H:P --as NAME --to USER --text TEXT [--json]
   gravitas recv --server H:P --as NAME [--count N] [--json] [--timeout S]
 
+admin API (--admin URL or GRAVITAS_ADMIN_URL, default http://127.0.0.1:7300;
+--token T or GRAVITAS_ADMIN_TOKEN: the admin token or a publisher API key):
+  gravitas campaign create --file campaign.json
+  gravitas campaign create --name N --text T --users a,b,c [--rate R] [--push] [--publisher P]
+                          [--start-at MS|ISO-DATE]
+  gravitas campaign start|pause|resume|status ID      gravitas campaign list
+  gravitas publisher create --name N --roles campaigns,reports [--sender S]
+  gravitas publisher list
+  gravitas profile set USER name=value ...              (null removes; "…" forces a string)
+  gravitas profile get USER [--version N]
+  They print the answer as JSON. Exit codes: 0 ok, 1 refused by the API (its
+  code on stderr), 2 usage, 3 admin API unreachable.
+
 client commands also take --server-key KEY (pinned server public key) and
 --registration-token TOKEN. See docs/operations.md for every node setting.`;
 
-const STRING_FLAGS = ['config', 'nats', 'prefix', 'cells', 'host', 'port', 'advertise', 'admin-host', 'admin-port', 'data-dir', 'server-key', 'ticket-keys', 'registration', 'registration-token', 'node-id', 'server', 'as', 'device', 'to', 'text', 'count', 'timeout', 'ticket-id'];
+/** Commands that take positional arguments (sub-command, ids, name=value pairs). */
+const WITH_POSITIONALS = new Set(['campaign', 'publisher', 'profile']);
+
+const STRING_FLAGS = [
+  'config', 'nats', 'prefix', 'cells', 'host', 'port', 'advertise', 'admin-host', 'admin-port', 'data-dir', 'server-key', 'ticket-keys', 'registration', 'registration-token', 'node-id', 'server', 'as', 'device', 'to', 'text', 'count', 'timeout', 'ticket-id',
+  'admin', 'token', 'file', 'name', 'users', 'rate', 'publisher', 'roles', 'sender', 'version', 'start-at',
+];
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
@@ -25,11 +44,12 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   let values: Record<string, string | boolean | undefined>;
+  let positionals: string[];
   try {
-    ({ values } = parseArgs({
+    ({ values, positionals } = parseArgs({
       args: rest,
-      options: { ...Object.fromEntries(STRING_FLAGS.map((f) => [f, { type: 'string' as const }])), json: { type: 'boolean' } },
-      allowPositionals: false,
+      options: { ...Object.fromEntries(STRING_FLAGS.map((f) => [f, { type: 'string' as const }])), json: { type: 'boolean' }, push: { type: 'boolean' } },
+      allowPositionals: WITH_POSITIONALS.has(command),
       strict: true,
     }));
   } catch (err) {
@@ -48,6 +68,12 @@ async function main(argv: string[]): Promise<void> {
       return recv(values);
     case 'chat':
       return chat(values);
+    case 'campaign':
+      return campaign(values, positionals);
+    case 'publisher':
+      return publisher(values, positionals);
+    case 'profile':
+      return profile(values, positionals);
     default:
       throw new UsageError(`unknown command "${command}"`);
   }
@@ -60,5 +86,6 @@ main(process.argv.slice(2)).catch((err: unknown) => {
     const e = err as Error & { code?: string };
     process.stderr.write(`gravitas: ${e.code ? `${e.code}: ` : ''}${e.message}\n`);
   }
-  process.exit(err instanceof UsageError ? 2 : 1);
+  const exitCode = (err as { exitCode?: unknown }).exitCode;
+  process.exit(err instanceof UsageError ? 2 : typeof exitCode === 'number' ? exitCode : 1);
 });

@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { timingSafeEqual } from 'node:crypto';
 import type { Supervisor } from './supervisor.js';
 import type { NodeConfig } from './config.js';
+import { createEngageApi } from './admin-engage.js';
 
 /** Stable codes of admin HTTP errors. */
 export const AdminErrorCode = {
@@ -10,7 +11,22 @@ export const AdminErrorCode = {
   UNAUTHORIZED: 'UNAUTHORIZED',
   BAD_REQUEST: 'BAD_REQUEST',
   INTERNAL: 'INTERNAL',
+  // engagement routes (admin-engage.ts)
+  FORBIDDEN: 'FORBIDDEN',
+  CONFLICT: 'CONFLICT',
+  PAYLOAD_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
+  UNSUPPORTED_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
+  UNAVAILABLE: 'UNAVAILABLE',
 } as const;
+
+/** Paths admin.ts serves itself; every other /admin/ path goes to the engagement router. */
+const CORE_ADMIN_PATH = /^\/admin\/cells(\/\d+\/crash)?$/;
+
+export interface AdminServer {
+  readonly server: Server;
+  /** Stops listening, then closes the engagement API's NATS connection. */
+  close(): Promise<void>;
+}
 
 function json(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
@@ -31,10 +47,12 @@ function authorized(req: IncomingMessage, token: string | undefined): boolean {
 
 /**
  * Admin HTTP: /healthz (the process is alive), /readyz (every cell listens and is
- * connected to NATS), /metrics (Prometheus), /admin/* (JSON, token-protected when
- * admin.token is set).
+ * connected to NATS), /metrics (Prometheus), /admin/cells (JSON, token-protected
+ * when admin.token is set), and the engagement routes under /admin/
+ * (admin-engage.ts, always authenticated).
  */
-export function startAdmin(config: NodeConfig, sup: Supervisor): Promise<Server> {
+export function startAdmin(config: NodeConfig, sup: Supervisor, log: (msg: string) => void = () => undefined): Promise<AdminServer> {
+  const engage = createEngageApi(config, log);
   const server = createServer((req, res) => {
     void handle(req, res).catch((err: Error) => error(res, 500, AdminErrorCode.INTERNAL, err.message));
   });
@@ -45,7 +63,8 @@ export function startAdmin(config: NodeConfig, sup: Supervisor): Promise<Server>
     const url = new URL(req.url ?? '/', 'http://admin');
     const path = url.pathname;
     const get = req.method === 'GET' || req.method === 'HEAD';
-    req.resume(); // no endpoint takes a body; drain whatever was sent
+    if (path.startsWith('/admin/') && !CORE_ADMIN_PATH.test(path)) return engage.handle(req, res, url);
+    req.resume(); // no endpoint here takes a body; drain whatever was sent
     if (path === '/healthz') {
       if (!get) return error(res, 405, AdminErrorCode.METHOD_NOT_ALLOWED, 'use GET');
       return json(res, 200, { status: 'ok', node: config.nodeId });
@@ -82,7 +101,13 @@ export function startAdmin(config: NodeConfig, sup: Supervisor): Promise<Server>
     server.once('error', reject);
     server.listen(config.admin.port, config.admin.host, () => {
       server.off('error', reject);
-      resolve(server);
+      resolve({
+        server,
+        async close() {
+          await new Promise<void>((r) => server.close(() => r()));
+          await engage.close();
+        },
+      });
     });
   });
 }

@@ -1,8 +1,7 @@
 import { mkdirSync } from 'node:fs';
-import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { NodeConfig } from './config.js';
-import { startAdmin } from './admin.js';
+import { startAdmin, type AdminServer } from './admin.js';
 import { Supervisor } from './supervisor.js';
 
 export interface RunningNode {
@@ -20,14 +19,14 @@ export async function startNode(config: NodeConfig, log: (msg: string) => void =
   mkdirSync(config.dataDir, { recursive: true });
   const supervisor = new Supervisor(config, log);
   await supervisor.start();
-  let admin: Server;
+  let admin: AdminServer;
   try {
-    admin = await startAdmin(config, supervisor);
+    admin = await startAdmin(config, supervisor, log);
   } catch (err) {
     await supervisor.stop();
     throw err;
   }
-  const port = (admin.address() as AddressInfo).port;
+  const port = (admin.server.address() as AddressInfo).port;
   let stopping: Promise<void> | undefined;
   return {
     config,
@@ -37,7 +36,7 @@ export async function startNode(config: NodeConfig, log: (msg: string) => void =
     stop() {
       stopping ??= (async () => {
         await supervisor.stop();
-        await new Promise<void>((r) => admin.close(() => r()));
+        await admin.close();
       })();
       return stopping;
     },

@@ -415,6 +415,7 @@ export class Cell {
     }
     if (i.kind === 'devices') this.accounts.invalidate(i.key);
     else if (i.kind === 'social') this.social.invalidate(i.key);
+    else if (i.kind === 'profile') this.profiles.invalidate(i.key);
     else this.groups.invalidate(i.key);
   }
 

@@ -33,7 +33,7 @@ export type Envelope =
   | { k: 'exp'; user: string; dev: string }; // device `user/dev` was sent a connect hint to this cell
 
 /** Envelope on the invalidations subject: a cached record changed. */
-export interface Invalidation { kind: 'devices' | 'social' | 'group'; key: string }
+export interface Invalidation { kind: 'devices' | 'social' | 'group' | 'profile'; key: string }
 
 type O = Record<string, unknown>;
 const s = (v: unknown): v is string => typeof v === 'string';
@@ -98,6 +98,6 @@ export function decodeEnvelope(v: unknown): Envelope {
 
 export function decodeInvalidation(v: unknown): Invalidation {
   const o = v as O;
-  if (typeof o === 'object' && o && (o.kind === 'devices' || o.kind === 'social' || o.kind === 'group') && n(o.key)) return { kind: o.kind, key: o.key };
+  if (typeof o === 'object' && o && (o.kind === 'devices' || o.kind === 'social' || o.kind === 'group' || o.kind === 'profile') && n(o.key)) return { kind: o.kind, key: o.key };
   throw new TypeError('malformed invalidation');
 }
