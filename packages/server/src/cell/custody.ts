@@ -208,9 +208,18 @@ export class Custody {
     }
   }
 
+  /**
+   * The pending entry an ack or "not here" about item `key` (from/fd/id) by `user`
+   * is for: a user's item, or a system item, which is also keyed by its recipient
+   * (one campaign id goes to many users) — and only its recipient's devices answer.
+   */
+  private pendingFor(key: string, user: string): Pending | undefined {
+    return this.pending.get(key) ?? this.pending.get(`${key}/${user}`);
+  }
+
   /** "Not here" from a cell, for an item this cell holds. */
   notHereFor(key: string, user: string, device: string): void {
-    const p = this.pending.get(key);
+    const p = this.pendingFor(key, user);
     const t = p?.targets.get(tkey(user, device));
     if (p && t) this.notHere(p, t);
   }
@@ -236,7 +245,7 @@ export class Custody {
 
   /** A device acknowledged an item this cell holds (or held). */
   acked(key: string, user: string, device: string): void {
-    const p = this.pending.get(key);
+    const p = this.pendingFor(key, user);
     const t = p?.targets.get(tkey(user, device));
     if (p && t) {
       if (t.state === 'live') {
@@ -249,12 +258,13 @@ export class Custody {
         return;
       }
     }
-    // Acknowledged after the window: the stored copy is now redundant.
-    const lk = `${key}/${user}/${device}`;
-    const ref = this.late.get(lk);
-    if (ref) {
+    // Acknowledged after the window: the stored copy is now redundant (a system item's key has its recipient too).
+    for (const lk of [`${key}/${user}/${device}`, `${key}/${user}/${user}/${device}`]) {
+      const ref = this.late.get(lk);
+      if (!ref) continue;
       this.late.delete(lk);
       this.cell.mailbox.remove(ref).catch((err) => this.cell.log('late-ack delete failed', err));
+      break;
     }
   }
 
