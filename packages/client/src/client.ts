@@ -3,11 +3,11 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import {
   ClientHandshake, decodeServerHandshake, decodeServerMessage, encodeFrame, ErrorCode, FrameDecoder, HintError, pack, ProtocolError, RemoteError, unpack, verifyHint,
-  type ConnectHint, type KeyPair, type Msg, type Presence, type Receipt, type RequestArgs, type RequestOp, type ResumptionState, type SecureChannel, type ServerMessage,
+  type CampaignEvent, type ConnectHint, type KeyPair, type Msg, type Presence, type Receipt, type RequestArgs, type RequestOp, type ResumptionState, type SecureChannel, type ServerMessage,
   type TypingEvent, type WelcomePayload,
 } from '@gravitas/protocol';
 import { ClientError, ClientErrorCode, DeliveryError } from './errors.js';
-import { openStore, type ClientStore, type OutboxRecord } from './store.js';
+import { openStore, type ClientStore, type FeedbackRecord, type OutboxRecord } from './store.js';
 
 export interface ClientOptions {
   /** Cell addresses (host:port); tried in turn. */
@@ -36,6 +36,8 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** Unconfirmed outgoing messages kept for re-sending (default 1024). */
   maxOutbox?: number;
+  /** Campaign feedback events queued until the server takes them (default 10,000). */
+  maxFeedback?: number;
   /** Ping interval that keeps an idle session under the server's idle timeout (default 30 s; 0 = off). */
   keepaliveMs?: number;
   /**
@@ -61,6 +63,14 @@ interface Outgoing extends OutboxRecord { attempts: number; ready: boolean; reso
 /** How an outbox message ended: the server's answer, or the error that ended it. */
 export type Settled = SendResult | { id: string; error: Error };
 
+/** Feedback the server took; `dup`: it had it already (an earlier send whose answer was lost). */
+export interface Tracked extends FeedbackRecord { dup: boolean }
+/** Feedback the server refused for good (BAD_MESSAGE, NOT_FOUND, …), or dropped at close without a storage path. */
+export interface TrackFailed extends FeedbackRecord { error: Error }
+
+/** Queued feedback: `ready` once durable, `inFlight` while a `track` request for it is unanswered. */
+interface QueuedFeedback extends FeedbackRecord { ready: boolean; inFlight: boolean }
+
 const noop = (): void => undefined;
 
 export interface ClientEvents {
@@ -75,6 +85,10 @@ export interface ClientEvents {
   hintIgnored: [Error];
   /** Every outbox message when it settles: sent by send() (whose promise settles too) or restored from the store. */
   settled: [Settled];
+  /** Campaign feedback the server took (queued by track(), or restored from the store). */
+  tracked: [Tracked];
+  /** Campaign feedback that will not be sent again (refused by the server, or lost at close without a storage path). */
+  trackFailed: [TrackFailed];
   disconnected: [Error | undefined];
   error: [Error];
 }
@@ -84,6 +98,14 @@ const NO_RECONNECT = new Set<string>([ErrorCode.SESSION_REPLACED, ErrorCode.DEVI
 /** A `failed` status with one of these means "not now": the message stays in the outbox and is sent again. */
 const RETRYABLE = new Set<string>([ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.BUSY, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_IN_FLIGHT]);
 const RETRY_MAX_MS = 5000;
+/** A `track` answered with one of these is kept and sent again after a backoff; any other error code is final. */
+const FEEDBACK_RETRYABLE = new Set<string>([ErrorCode.RETRY_LATER, ErrorCode.BUSY, ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_IN_FLIGHT, ErrorCode.SHUTTING_DOWN]);
+/** `track` requests unanswered at once (the cell takes a session's requests one at a time anyway). */
+const FEEDBACK_IN_FLIGHT = 32;
+/** An unanswered `track` counts as lost after this long (e.g. its connection was left by a move) and is sent again. */
+const FEEDBACK_TIMEOUT_MS = 20_000;
+/** The queue pauses after a retryable answer: 100 ms doubling to 30 s, jittered ×0.5–1, reset by success or reconnect. */
+const FEEDBACK_RETRY_MAX_MS = 30_000;
 
 /**
  * The Node SDK: one secure connection to a cell, re-established after failures
@@ -113,6 +135,12 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private readonly requests = new Map<number, { resolve: (data: unknown) => void; reject: (e: Error) => void }>();
   private requestSeq = 0;
   private readonly retries = new Map<string, NodeJS.Timeout>();
+  /** Campaign feedback until the server takes it, oldest first; persisted like the outbox with a storage path. */
+  private readonly feedback = new Map<string, QueuedFeedback>();
+  private feedbackInFlight = 0;
+  private feedbackAttempt = 0;
+  /** Set while the feedback queue waits out a backoff. */
+  private feedbackPause: NodeJS.Timeout | undefined;
   welcome: WelcomePayload | undefined;
   /** A verified hint for the next connect (from followHint() while offline, or a move that could not finish). */
   private hint: ConnectHint | undefined;
@@ -126,14 +154,17 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     this.resumption = options.resumption;
     this.store = openStore(options.storagePath);
     let restored: OutboxRecord[];
+    let restoredFeedback: FeedbackRecord[];
     try {
       restored = this.store.loadOutbox();
+      restoredFeedback = this.store.loadFeedback();
     } catch (err) {
       void this.store.close().catch(noop);
       throw new ClientError(ClientErrorCode.STORAGE_FAILED, `cannot read the outbox at ${options.storagePath}: ${(err as Error).message}`, { cause: err });
     }
     // Left unconfirmed by an earlier process: re-sent, same ids, once connected.
     for (const r of restored) this.outbox.set(r.id, { ...r, attempts: 0, ready: true, resolve: noop, reject: noop });
+    for (const r of restoredFeedback) this.feedback.set(r.eid, { ...r, ready: true, inFlight: false });
   }
 
   get connected(): boolean {
@@ -244,6 +275,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
             this.attempt = 0;
             if (r.resumption) this.setResumption(r.resumption);
             this.resendOutbox();
+            this.resumeFeedback();
             this.startKeepalive();
             resolve(r.welcome);
             this.emit('connected', r.welcome);
@@ -409,7 +441,10 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     this.socket = undefined;
     this.channel = undefined;
     this.emit('disconnected', err);
-    if (this.closed || this.options.reconnect === false) return this.failOutbox();
+    if (this.closed || this.options.reconnect === false) {
+      this.failFeedback();
+      return this.failOutbox();
+    }
     this.scheduleReconnect();
   }
 
@@ -423,6 +458,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         if (err instanceof RemoteError && NO_RECONNECT.has(err.code)) {
           this.closed = true;
           this.emit('error', err);
+          this.failFeedback();
           return this.failOutbox();
         }
         this.scheduleReconnect();
@@ -460,9 +496,9 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   }
 
   /**
-   * Resolves once every message given to send() so far is durable in the outbox
-   * (at once without a storage path). A message whose write failed has its send()
-   * rejected with STORAGE_FAILED.
+   * Resolves once every message given to send() (and every event given to
+   * track()) so far is durable in the store (at once without a storage path). A
+   * message whose write failed has its send() rejected with STORAGE_FAILED.
    */
   async flush(): Promise<void> {
     await Promise.allSettled([...this.saving]);
@@ -523,6 +559,133 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
       this.saving.add(done);
       void done.then(() => this.saving.delete(done));
     });
+  }
+
+  // ---- campaign feedback ----------------------------------------------------------
+
+  /**
+   * Reports what happened to a campaign message (`c`: its campaign id). The event
+   * is queued (with a storage path: written to disk first) and sent as a `track`
+   * request until the server takes it — again after a reconnect, after a
+   * RETRY_LATER (the server's store is full until its archive catches up) and
+   * after a restart of the process — always with the same `eventId`, which the
+   * server uses to store it once. Resolves with the event id once queued
+   * (durable with a storage path); the outcome comes as 'tracked' or, for an
+   * event the server refuses for good (BAD_MESSAGE, NOT_FOUND), 'trackFailed'.
+   * Rejects with OUTBOX_FULL when maxFeedback events are queued, DUPLICATE_ID
+   * when this id is queued already, CLOSED, or STORAGE_FAILED.
+   */
+  track(campaignId: string, event: CampaignEvent, eventId: string = newEventId()): Promise<string> {
+    if (this.closed || this.storeClosed) return Promise.reject(new ClientError(ClientErrorCode.CLOSED, 'client is closed'));
+    if (this.feedback.has(eventId)) return Promise.reject(new ClientError(ClientErrorCode.DUPLICATE_ID, `event ${eventId} is already queued`));
+    if (this.feedback.size >= (this.options.maxFeedback ?? 10_000)) return Promise.reject(new ClientError(ClientErrorCode.OUTBOX_FULL, 'too many queued feedback events'));
+    const rec: FeedbackRecord = { eid: eventId, c: campaignId, ev: event, ts: Date.now() };
+    const q: QueuedFeedback = { ...rec, ready: false, inFlight: false };
+    this.feedback.set(eventId, q);
+    const saved = this.store.putFeedback(rec);
+    if (!saved) {
+      q.ready = true;
+      this.pumpFeedback();
+      return Promise.resolve(eventId);
+    }
+    // Write-ahead, as for messages: on disk before the server can have seen it.
+    const done = saved.then(
+      () => {
+        q.ready = true;
+        this.pumpFeedback();
+        return eventId;
+      },
+      (err: unknown) => {
+        if (this.feedback.get(eventId) === q) this.feedback.delete(eventId);
+        throw new ClientError(ClientErrorCode.STORAGE_FAILED, `cannot store event ${eventId}: ${(err as Error).message}`, { cause: err });
+      },
+    );
+    const settled = done.then(noop, noop);
+    this.saving.add(settled);
+    void settled.then(() => this.saving.delete(settled));
+    return done;
+  }
+
+  /** Queued feedback, oldest first (with a storage path: also what an earlier process left). */
+  pendingFeedback(): FeedbackRecord[] {
+    return [...this.feedback.values()].map(({ eid, c, ev, ts }) => ({ eid, c, ev, ts }));
+  }
+
+  /** Connected again: the queue goes out now, whatever backoff it was waiting out. */
+  private resumeFeedback(): void {
+    clearTimeout(this.feedbackPause);
+    this.feedbackPause = undefined;
+    this.feedbackAttempt = 0;
+    this.pumpFeedback();
+  }
+
+  /** Sends queued events, oldest first, at most FEEDBACK_IN_FLIGHT unanswered. */
+  private pumpFeedback(): void {
+    if (!this.channel || this.closed || this.feedbackPause) return;
+    for (const q of this.feedback.values()) {
+      if (this.feedbackInFlight >= FEEDBACK_IN_FLIGHT) return;
+      if (q.ready && !q.inFlight) this.sendFeedback(q);
+    }
+  }
+
+  private sendFeedback(q: QueuedFeedback): void {
+    q.inFlight = true;
+    this.feedbackInFlight++;
+    let done = false;
+    const finish = (err: unknown, data?: unknown): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      q.inFlight = false;
+      this.feedbackInFlight--;
+      if (this.feedback.get(q.eid) !== q) return; // settled meanwhile (failed at close)
+      if (err === undefined) {
+        this.feedbackAttempt = 0;
+        this.settleFeedback(q, { dup: (data as { dup?: unknown } | undefined)?.dup === true });
+      } else if (err instanceof RemoteError && !FEEDBACK_RETRYABLE.has(err.code)) {
+        this.settleFeedback(q, { error: err });
+      } else {
+        // Not now (store full, cell busy) or not answered (connection lost): the whole queue waits.
+        this.pauseFeedback();
+        return;
+      }
+      this.pumpFeedback();
+    };
+    const timer = setTimeout(() => finish(new ClientError(ClientErrorCode.NOT_CONNECTED, `no answer to track ${q.eid}`)), FEEDBACK_TIMEOUT_MS);
+    timer.unref();
+    this.request('track', { c: q.c, ev: q.ev, eid: q.eid, ts: q.ts }).then(
+      (data) => finish(undefined, data),
+      (err: unknown) => finish(err ?? new Error('track failed')),
+    );
+  }
+
+  private pauseFeedback(): void {
+    if (this.feedbackPause) return;
+    const n = Math.min(10, this.feedbackAttempt++);
+    const delay = Math.min(FEEDBACK_RETRY_MAX_MS, 100 * 2 ** n) * (0.5 + Math.random() / 2);
+    this.feedbackPause = setTimeout(() => {
+      this.feedbackPause = undefined;
+      this.pumpFeedback();
+    }, delay);
+    this.feedbackPause.unref();
+  }
+
+  private settleFeedback(q: QueuedFeedback, outcome: { dup: boolean } | { error: Error }): void {
+    this.feedback.delete(q.eid);
+    this.store.deleteFeedback(q.eid);
+    const rec = { eid: q.eid, c: q.c, ev: q.ev, ts: q.ts };
+    try {
+      if ('error' in outcome) this.emit('trackFailed', { ...rec, error: outcome.error });
+      else this.emit('tracked', { ...rec, dup: outcome.dup });
+    } catch (err) {
+      this.emitLater(err as Error); // a throwing listener must not stop the queue
+    }
+  }
+
+  /** Closed for good: without a storage path the queued events are lost, and said to be. */
+  private failFeedback(): void {
+    if (this.store.durable) return; // they stay stored for the next client on this path
+    for (const q of [...this.feedback.values()]) this.settleFeedback(q, { error: new ClientError(ClientErrorCode.CLOSED, `client closed before event ${q.eid} was taken`) });
   }
 
   /** A verified hint for this device, or undefined (reported as 'hintIgnored'). */
@@ -647,13 +810,18 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         }, 1000).unref();
       });
     }
+    clearTimeout(this.feedbackPause);
+    this.feedbackPause = undefined;
     if (this.store.durable && !this.storeClosed) {
       this.storeClosed = true;
       await this.flush(); // every record is written (or its send() failed) before the promises end
       this.failOutbox();
       await this.inbound; // received items whose keys are being written are still shown
       await this.store.close();
-    } else this.failOutbox();
+    } else {
+      this.failFeedback();
+      this.failOutbox();
+    }
   }
 }
 
@@ -670,4 +838,9 @@ export function splitHostPort(s: string): [string, string] {
 /** Time-ordered, collision-resistant message id (ms timestamp + 80 random bits). */
 export function newMessageId(): string {
   return Date.now().toString(36).padStart(9, '0') + randomBytes(10).toString('base64url');
+}
+
+/** Event id for track(): the same shape as a message id (a protocol name, unique per user). */
+export function newEventId(): string {
+  return newMessageId();
 }

@@ -1,18 +1,22 @@
 /*
  * Where the SDK keeps what must outlive a connection: the outbox (messages sent
- * but not yet confirmed) and the keys of recently received items (to show each
- * one once). In memory by default; in LMDB when the application gives a storage
+ * but not yet confirmed), campaign feedback not yet taken by the server, and the
+ * keys of recently received items (to show each one once). In memory by default; in LMDB when the application gives a storage
  * path, so that both survive a restart of the process (docs/sdk.md).
  */
 import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
 import type { Database, RootDatabase } from 'lmdb';
+import type { CampaignEvent } from '@gravitas/protocol';
 import type { Target } from './client.js';
 import { ClientError, ClientErrorCode } from './errors.js';
 
 /** One unconfirmed outgoing message, as stored. */
 export interface OutboxRecord { id: string; target: Target; text: string; createdAt: number }
+
+/** One campaign feedback event not yet taken by the server, as stored (`ts`: when it happened). */
+export interface FeedbackRecord { eid: string; c: string; ev: CampaignEvent; ts: number }
 
 /**
  * The SDK's storage. A memory store answers at once (plain values); a durable
@@ -30,6 +34,12 @@ export interface ClientStore {
    * message is sent again with the same id, and the server answers it again.
    */
   deleteOutbox(id: string): void;
+  /** Queued feedback, oldest first (as it was put). */
+  loadFeedback(): FeedbackRecord[];
+  /** Adds a feedback event; a durable store resolves once it is on disk (before it is sent). */
+  putFeedback(r: FeedbackRecord): void | Promise<void>;
+  /** Removes feedback the server took (or refused for good). Not awaited: a survivor is sent again and answered `dup`. */
+  deleteFeedback(eid: string): void;
   /**
    * Records the key of an incoming item; true if it was not recorded before. A
    * durable store resolves once the key is on disk. At most `maxSeen` keys are
@@ -53,6 +63,7 @@ export interface StoreOptions {
 export class MemoryStore implements ClientStore {
   readonly durable = false;
   private readonly outbox = new Map<string, OutboxRecord>();
+  private readonly feedback = new Map<string, FeedbackRecord>();
   private readonly seen = new Set<string>();
   private readonly maxSeen: number;
 
@@ -72,6 +83,18 @@ export class MemoryStore implements ClientStore {
     this.outbox.delete(id);
   }
 
+  loadFeedback(): FeedbackRecord[] {
+    return [...this.feedback.values()];
+  }
+
+  putFeedback(r: FeedbackRecord): void {
+    this.feedback.set(r.eid, r);
+  }
+
+  deleteFeedback(eid: string): void {
+    this.feedback.delete(eid);
+  }
+
   markSeen(key: string): boolean {
     if (this.seen.has(key)) return false;
     if (this.seen.size >= this.maxSeen) this.seen.delete(this.seen.values().next().value!);
@@ -89,11 +112,13 @@ const openPaths = new Set<string>();
 
 /** Stored outbox value: the record and its place in the order of puts. */
 interface StoredOutbox extends OutboxRecord { n: number }
+/** Stored feedback value, likewise. */
+interface StoredFeedback extends FeedbackRecord { n: number }
 
 /**
- * LMDB (lmdb-js) in `<path>/client.mdb`. Three sub-databases: `outbox` (id →
- * record), `seen` (key → sequence number) and `seenOrder` (sequence number → key,
- * for evicting the oldest). Writes go through lmdb-js's batching: all the writes
+ * LMDB (lmdb-js) in `<path>/client.mdb`. Four sub-databases: `outbox` (id →
+ * record), `feedback` (event id → record), `seen` (key → sequence number) and
+ * `seenOrder` (sequence number → key, for evicting the oldest). Writes go through lmdb-js's batching: all the writes
  * of one event turn share one transaction and one disk flush, and each promise
  * resolves only after `flushed` (with overlappingSync, the default, a commit is
  * visible before it is on disk).
@@ -101,6 +126,7 @@ interface StoredOutbox extends OutboxRecord { n: number }
 export class LmdbStore implements ClientStore {
   readonly durable = true;
   private nextOutbox = 0;
+  private nextFeedback = 0;
   private nextSeen = 0;
   private seenCount = 0;
   private closing: Promise<void> | undefined;
@@ -108,12 +134,14 @@ export class LmdbStore implements ClientStore {
   private constructor(
     private readonly root: RootDatabase,
     private readonly outbox: Database<StoredOutbox, string>,
+    private readonly feedback: Database<StoredFeedback, string>,
     private readonly seen: Database<number, string>,
     private readonly seenOrder: Database<string, number>,
     private readonly maxSeen: number,
     private readonly path: string,
   ) {
     for (const { value } of outbox.getRange()) this.nextOutbox = Math.max(this.nextOutbox, value.n + 1);
+    for (const { value } of feedback.getRange()) this.nextFeedback = Math.max(this.nextFeedback, value.n + 1);
     for (const k of seenOrder.getKeys({ reverse: true, limit: 1 })) this.nextSeen = k + 1;
     this.seenCount = seenOrder.getCount();
   }
@@ -127,10 +155,11 @@ export class LmdbStore implements ClientStore {
       // Loaded on first use, so that a client without a storage path never loads the native module.
       const lmdb = createRequire(import.meta.url)('lmdb') as typeof import('lmdb');
       mkdirSync(path, { recursive: true });
-      root = lmdb.open({ path: join(path, 'client.mdb'), maxDbs: 4 });
+      root = lmdb.open({ path: join(path, 'client.mdb'), maxDbs: 8 });
       const store = new LmdbStore(
         root,
         root.openDB<StoredOutbox, string>({ name: 'outbox', encoding: 'json' }),
+        root.openDB<StoredFeedback, string>({ name: 'feedback', encoding: 'json' }),
         root.openDB<number, string>({ name: 'seen', encoding: 'json' }),
         root.openDB<string, number>({ name: 'seenOrder', encoding: 'string' }),
         o.maxSeen ?? LMDB_SEEN_MAX,
@@ -159,6 +188,24 @@ export class LmdbStore implements ClientStore {
     // some failures (a key it cannot hold) and rejects for others.
     try {
       this.outbox.remove(id).catch(() => undefined);
+    } catch {
+      // nothing was stored under it either
+    }
+  }
+
+  loadFeedback(): FeedbackRecord[] {
+    const all = [...this.feedback.getRange()].map((e) => e.value).sort((a, b) => a.n - b.n);
+    return all.map(({ eid, c, ev, ts }) => ({ eid, c, ev, ts }));
+  }
+
+  async putFeedback(r: FeedbackRecord): Promise<void> {
+    await this.feedback.put(r.eid, { eid: r.eid, c: r.c, ev: r.ev, ts: r.ts, n: this.nextFeedback++ });
+    await this.root.flushed;
+  }
+
+  deleteFeedback(eid: string): void {
+    try {
+      this.feedback.remove(eid).catch(() => undefined);
     } catch {
       // nothing was stored under it either
     }

@@ -49,7 +49,7 @@ export const ErrorCode = {
   NOT_A_MEMBER: 'NOT_A_MEMBER',
   GROUP_FULL: 'GROUP_FULL',
   CONFLICT: 'CONFLICT',
-  /** Campaign feedback cannot be taken now (the node's tracking store is full until the archive catches up): send it again later. */
+  /** Campaign feedback cannot be taken now (the node's tracking store is full until the archive catches up, or NATS is away and the campaign cannot be checked): send it again later. */
   RETRY_LATER: 'RETRY_LATER',
   SESSION_REPLACED: 'SESSION_REPLACED',
   SHUTTING_DOWN: 'SHUTTING_DOWN',

@@ -52,6 +52,16 @@ export class CellMetrics {
   readonly locality = new Gauge({ name: 'gravitas_gravity_locality', help: 'Share of live deliveries since the previous scrape whose sender and recipient sessions are on the same cell, per cell', labelNames: ['cell'] as const, registers: [this.registry] });
   readonly balance = new Gauge({ name: 'gravitas_gravity_balance', help: 'Max/mean sessions over live cells, as each cell sees the heartbeats', labelNames: ['cell'] as const, registers: [this.registry] });
 
+  // Campaign tracking tiers (docs/campaigns.md). The gauges are set by the shipper on cell 0 only, so the sum over cells is the node's value.
+  readonly trackingIntake = new Counter({ name: 'gravitas_tracking_intake_total', help: 'Campaign feedback requests by result (stored, duplicate, retry_later, bad_message, not_found, error)', labelNames: ['result'] as const, registers: [this.registry] });
+  readonly trackingArchiveLag = new Gauge({ name: 'gravitas_tracking_archive_lag_seconds', help: "Age of the node's oldest tracking record not yet archived (0: none waiting)", registers: [this.registry] });
+  readonly trackingUnarchived = new Gauge({ name: 'gravitas_tracking_unarchived_records', help: 'Tracking records in the node store not yet acknowledged by the archive', registers: [this.registry] });
+  readonly trackingLocalRecords = new Gauge({ name: 'gravitas_tracking_local_records', help: 'Tracking records in the node store (archived or not)', registers: [this.registry] });
+  readonly trackingLocalBytes = new Gauge({ name: 'gravitas_tracking_local_bytes', help: 'Accounted bytes of the node tracking store (bounded by tracking.maxBytes)', registers: [this.registry] });
+  readonly trackingShipped = new Counter({ name: 'gravitas_tracking_shipped_total', help: 'Tracking records acknowledged by the archive and marked archived', registers: [this.registry] });
+  readonly trackingShipFailures = new Counter({ name: 'gravitas_tracking_ship_failures_total', help: 'Shipping rounds that failed (archive unreachable or refusing); retried with backoff', registers: [this.registry] });
+  readonly trackingEvicted = new Counter({ name: 'gravitas_tracking_evicted_total', help: 'Archived tracking records dropped from the node store (age or byte budget)', registers: [this.registry] });
+
   private readonly loop = monitorEventLoopDelay({ resolution: 10 });
   private timer: NodeJS.Timeout | undefined;
 

@@ -1,18 +1,163 @@
-import { ErrorCode, ProtocolError } from '@gravitas/protocol';
+import { join } from 'node:path';
+import { Kvm, type KV } from '@nats-io/kv';
+import { ErrorCode, ProtocolError, type RequestArgs } from '@gravitas/protocol';
 import type { Cell } from '../cell/cell.js';
 import type { Session } from '../cell/session.js';
+import { TtlCache, ReadThrough } from '../cell/ttl-cache.js';
+import { JetStreamArchive } from './archive.js';
 import type { TrackingRecord } from './records.js';
+import { LocalQueryResponder, Shipper } from './shipper.js';
+import { TrackingStore, type PutResult } from './tracking-store.js';
 
-/** Placeholder during development of issue 6: replaced by the real module. */
+/** Positive answers of the campaigns bucket are kept this long (a deleted campaign is noticed after it). */
+const CAMPAIGN_TTL_MS = 30_000;
+const CAMPAIGN_CACHE_MAX = 10_000;
+/**
+ * Campaigns and profile versions seen recently are remembered this long as a
+ * fallback while NATS is away: feedback keeps landing in the local tier during
+ * an outage, which is what the local tier is for.
+ */
+const FALLBACK_TTL_MS = 24 * 3600_000;
+const FALLBACK_MAX = 50_000;
+/** A lookup slower than this counts as failed (NATS away: requests would wait out their own timeout). */
+const LOOKUP_TIMEOUT_MS = 2000;
+
+class LookupTimeout extends Error {
+  override name = 'LookupTimeout';
+}
+
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new LookupTimeout(`${what} took longer than ${ms} ms`)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Campaign feedback into the node's tracking store (docs/campaigns.md): the
+ * `track` request of every session of the cell, and the records the server
+ * writes itself (the runner's `sent`). On cell 0 it also runs the shipper that
+ * moves the node's records to the archive; every cell answers the reports'
+ * scatter-gather (one per node).
+ */
 export class TrackingIntake {
+  private store: TrackingStore | undefined;
+  private campaigns: KV | undefined;
+  private shipper: Shipper | undefined;
+  private responder: LocalQueryResponder | undefined;
+  private readonly known = new ReadThrough<string, true | undefined>(new TtlCache(CAMPAIGN_CACHE_MAX, CAMPAIGN_TTL_MS));
+  private readonly knownBefore = new TtlCache<string, true>(CAMPAIGN_CACHE_MAX, FALLBACK_TTL_MS);
+  private readonly versionBefore = new TtlCache<string, number>(FALLBACK_MAX, FALLBACK_TTL_MS);
+
   constructor(readonly cell: Cell) {}
-  async start(): Promise<void> {}
-  async handle(_s: Session, _op: string, _args: unknown): Promise<unknown> {
-    throw new ProtocolError(ErrorCode.BUSY, 'not available yet');
+
+  /** Idempotent: the cell retries its whole start-up step while JetStream elects leaders. */
+  async start(): Promise<void> {
+    const { config, metrics } = this.cell;
+    if (!this.store) {
+      this.store = TrackingStore.open(join(config.dataDir, 'tracking'), config.tracking);
+      this.store.onEvict = (n) => n > 0 && metrics.trackingEvicted.inc(n);
+    }
+    // Only opened (or created, with the settings of campaign-store.ts openEngageBuckets): the admin API writes its records.
+    this.campaigns ??= await new Kvm(this.cell.nc).create(this.cell.names.campaignsBucket, { history: 1, replicas: config.replicas, allow_direct: false });
+    if (this.cell.index === 0 && !this.shipper) {
+      const archive = new JetStreamArchive(this.cell.nc, this.cell.names, config.tracking, config.replicas);
+      await archive.start();
+      this.shipper = new Shipper(this.store, archive, config.tracking, metrics, this.cell.log);
+      this.shipper.start();
+    }
+    if (!this.responder) {
+      this.responder = new LocalQueryResponder(this.cell.nc, this.cell.names, config.nodeId, this.store, this.cell.log);
+      this.responder.start();
+    }
   }
-  /** Writes a record the server itself produces (the runner's `sent`); durable when it resolves. */
-  async record(_rec: TrackingRecord): Promise<void> {
-    throw new ProtocolError(ErrorCode.BUSY, 'not available yet');
+
+  /** The `track` request (arguments validated by decodeRequestArgs). Answers once the record is on disk. */
+  async handle(s: Session, op: string, args: unknown): Promise<unknown> {
+    if (op !== 'track') throw new ProtocolError(ErrorCode.UNKNOWN_TYPE, `no handler for ${op}`);
+    const a = args as RequestArgs['track'];
+    const store = this.open();
+    try {
+      // A re-send of something already here needs no lookups (and works while NATS is away).
+      if (store.lookup(s.user, a.eid)) {
+        this.cell.metrics.trackingIntake.inc({ result: 'duplicate' });
+        return { dup: true };
+      }
+      const now = Date.now();
+      const skew = a.ts - now;
+      const max = this.cell.config.tracking.maxClockSkewMs;
+      if (Math.abs(skew) > max) {
+        throw new ProtocolError(ErrorCode.BAD_MESSAGE, `ts is ${Math.round(Math.abs(skew) / 1000)} s ${skew > 0 ? 'ahead of' : 'behind'} the server clock; at most ${Math.round(max / 1000)} s either way is accepted`);
+      }
+      await this.requireCampaign(a.c);
+      const pv = await this.profileVersion(s.user);
+      const r = await this.write({ eid: a.eid, c: a.c, u: s.user, d: s.device, ev: a.ev, ts: a.ts, at: now, pv });
+      this.cell.metrics.trackingIntake.inc({ result: r });
+      return { dup: r === 'duplicate' };
+    } catch (err) {
+      const code = err instanceof ProtocolError ? err.code : undefined;
+      this.cell.metrics.trackingIntake.inc({ result: code === ErrorCode.RETRY_LATER ? 'retry_later' : code === ErrorCode.BAD_MESSAGE ? 'bad_message' : code === ErrorCode.NOT_FOUND ? 'not_found' : 'error' });
+      throw err;
+    }
   }
-  async stop(): Promise<void> {}
+
+  /**
+   * Writes a record the server itself produces (the runner's `sent`); durable
+   * when it resolves. A record already stored is not written again.
+   * Throws TrackingFullError (RETRY_LATER) while the store is full.
+   */
+  async record(rec: TrackingRecord): Promise<void> {
+    await this.write(rec);
+  }
+
+  async stop(): Promise<void> {
+    this.responder?.stop();
+    await this.shipper?.stop();
+    await this.store?.close();
+  }
+
+  private async write(rec: TrackingRecord): Promise<PutResult> {
+    const store = this.open();
+    const r = await store.put(rec);
+    await store.flushed(); // "durable" means flushed (PITFALLS: a commit is not yet on disk)
+    return r;
+  }
+
+  private open(): TrackingStore {
+    if (!this.store) throw new ProtocolError(ErrorCode.RETRY_LATER, 'the tracking store is not open yet');
+    return this.store;
+  }
+
+  /** NOT_FOUND for a campaign that does not exist; RETRY_LATER when that cannot be told now. */
+  private async requireCampaign(c: string): Promise<void> {
+    let found: true | undefined;
+    try {
+      found = await within(this.known.get(c, () => this.readCampaign(c)), LOOKUP_TIMEOUT_MS, 'reading the campaign');
+    } catch (err) {
+      if (this.knownBefore.get(c)) return;
+      throw new ProtocolError(ErrorCode.RETRY_LATER, `campaign ${c} cannot be checked now: ${(err as Error).message}`, { cause: err });
+    }
+    if (!found) throw new ProtocolError(ErrorCode.NOT_FOUND, `no campaign ${c}`);
+    this.knownBefore.set(c, true);
+  }
+
+  private async readCampaign(c: string): Promise<true | undefined> {
+    if (!this.campaigns) throw new Error('campaigns bucket not open');
+    const e = await this.campaigns.get(`c.${c}`);
+    return e && e.operation === 'PUT' && e.value.length > 0 ? true : undefined;
+  }
+
+  /** The user's current profile version; while profiles cannot be read, the last one seen. */
+  private async profileVersion(user: string): Promise<number> {
+    try {
+      const v = await within(this.cell.profiles.version(user), LOOKUP_TIMEOUT_MS, 'reading the profile version');
+      this.versionBefore.set(user, v);
+      return v;
+    } catch (err) {
+      const v = this.versionBefore.get(user);
+      if (v !== undefined) return v;
+      throw new ProtocolError(ErrorCode.RETRY_LATER, `the profile version of ${user} cannot be read now: ${(err as Error).message}`, { cause: err });
+    }
+  }
 }

@@ -11,7 +11,7 @@ export const TRACKING_EVENTS = ['sent', ...CAMPAIGN_EVENTS] as const;
 export type TrackingEvent = 'sent' | CampaignEvent;
 
 export interface TrackingRecord {
-  /** Idempotency key: the device's event id (`sent`: `<campaign>.<user>.sent`). */
+  /** Idempotency key, per user: the device's event id, or `sent:<campaign>` for the runner's record. */
   eid: string;
   /** Campaign id. */
   c: string;
@@ -28,13 +28,15 @@ export interface TrackingRecord {
 }
 
 const EVENTS = new Set<string>(TRACKING_EVENTS);
+/** Server-made event ids (a colon no device id can contain). */
+const SERVER_EID = /^sent:[A-Za-z0-9_-]{1,64}$/;
 
 export function decodeRecord(v: unknown): TrackingRecord {
   const o = v as Record<string, unknown> | null;
   const num = (x: unknown): x is number => typeof x === 'number' && Number.isInteger(x) && x >= 0;
   if (
     typeof o === 'object' && o !== null &&
-    typeof o.eid === 'string' && isName(o.eid, 200) &&
+    typeof o.eid === 'string' && (isName(o.eid, 200) || SERVER_EID.test(o.eid)) &&
     typeof o.c === 'string' && isName(o.c) &&
     typeof o.u === 'string' && isName(o.u) &&
     typeof o.d === 'string' && isName(o.d, 32) &&

@@ -66,12 +66,11 @@ export const CAMPAIGN_DEVICE = 'campaign';
 const WARN_EVERY_MS = 5_000;
 
 /**
- * The event id of a `sent` record: `<campaign>-<user>-sent`. Unique per user as
- * the tracking tiers need (records are keyed by user and event id), and a
- * protocol name: decodeRecord refuses dots, so `<campaign>.<user>.sent` would be
- * dropped when read back from the archive.
+ * The event id of a `sent` record: `sent:<campaign>` (records are keyed by user and
+ * event id). The colon keeps it out of reach of devices, whose event ids are
+ * protocol names: a device cannot pre-empt its own `sent` record.
  */
-export const sentEventId = (c: string, user: string): string => `${c}-${user}-sent`;
+export const sentEventId = (c: string): string => `sent:${c}`;
 /** The runner's record of a campaign, and a recipient's marker (campaigns bucket). */
 export const ledgerKey = (c: string): string => `ledger.${c}`;
 export const markerKey = (c: string, user: string): string => `sent.${c}.${user}`;
@@ -588,7 +587,7 @@ export class CampaignRunner {
   private async recordSent(c: string, user: string, ts: number): Promise<void> {
     try {
       const pv = await this.profileVersion(user);
-      await this.cell.intake.record({ eid: sentEventId(c, user), c, u: user, d: '_', ev: 'sent', ts, at: Date.now(), pv });
+      await this.cell.intake.record({ eid: sentEventId(c), c, u: user, d: '_', ev: 'sent', ts, at: Date.now(), pv });
     } catch (err) {
       this.metrics.recordFailures.inc();
       this.warn(`${c}/record`, `campaign ${c}: the sent record of ${user} could not be written`, err);
