@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
 import { ConfigError, ServerError } from '@gravitas/server';
-import { campaign, chat, dev, keygen, node, profile, publisher, recv, send, UsageError } from './commands.js';
+import { campaign, chat, dev, keygen, node, profile, publisher, recv, report, send, UsageError } from './commands.js';
 
 const USAGE = `gravitas — a horizontally scaled chat cluster
 
@@ -23,6 +23,8 @@ admin API (--admin URL or GRAVITAS_ADMIN_URL, default http://127.0.0.1:7300;
   gravitas publisher list
   gravitas profile set USER name=value ...              (null removes; "…" forces a string)
   gravitas profile get USER [--version N]
+  gravitas report user ID [--profiles]                  campaigns the user took part in
+  gravitas report campaign ID [--bucket MS]             funnel sent → … → converted over time
   They print the answer as JSON. Exit codes: 0 ok, 1 refused by the API (its
   code on stderr), 2 usage, 3 admin API unreachable.
 
@@ -30,11 +32,11 @@ client commands also take --server-key KEY (pinned server public key) and
 --registration-token TOKEN. See docs/operations.md for every node setting.`;
 
 /** Commands that take positional arguments (sub-command, ids, name=value pairs). */
-const WITH_POSITIONALS = new Set(['campaign', 'publisher', 'profile']);
+const WITH_POSITIONALS = new Set(['campaign', 'publisher', 'profile', 'report']);
 
 const STRING_FLAGS = [
   'config', 'nats', 'prefix', 'cells', 'host', 'port', 'advertise', 'admin-host', 'admin-port', 'data-dir', 'server-key', 'ticket-keys', 'registration', 'registration-token', 'node-id', 'server', 'as', 'device', 'to', 'text', 'count', 'timeout', 'ticket-id',
-  'admin', 'token', 'file', 'name', 'users', 'rate', 'publisher', 'roles', 'sender', 'version', 'start-at',
+  'admin', 'token', 'file', 'name', 'users', 'rate', 'publisher', 'roles', 'sender', 'version', 'start-at', 'bucket',
 ];
 
 async function main(argv: string[]): Promise<void> {
@@ -48,7 +50,7 @@ async function main(argv: string[]): Promise<void> {
   try {
     ({ values, positionals } = parseArgs({
       args: rest,
-      options: { ...Object.fromEntries(STRING_FLAGS.map((f) => [f, { type: 'string' as const }])), json: { type: 'boolean' }, push: { type: 'boolean' } },
+      options: { ...Object.fromEntries(STRING_FLAGS.map((f) => [f, { type: 'string' as const }])), json: { type: 'boolean' }, push: { type: 'boolean' }, profiles: { type: 'boolean' } },
       allowPositionals: WITH_POSITIONALS.has(command),
       strict: true,
     }));
@@ -74,6 +76,8 @@ async function main(argv: string[]): Promise<void> {
       return publisher(values, positionals);
     case 'profile':
       return profile(values, positionals);
+    case 'report':
+      return report(values, positionals);
     default:
       throw new UsageError(`unknown command "${command}"`);
   }

@@ -357,3 +357,21 @@ export async function profile(flags: Flags, args: string[]): Promise<void> {
       throw new UsageError(`profile needs set or get${sub ? `, not "${sub}"` : ''}`);
   }
 }
+
+/** `gravitas report user ID [--profiles]` and `gravitas report campaign ID [--bucket MS]`. */
+export async function report(flags: Flags, args: string[]): Promise<void> {
+  const [sub] = args;
+  switch (sub) {
+    case 'user': {
+      const user = idArg(args, 1, 'the user');
+      return printJson(await api(flags, 'GET', `/admin/reports/users/${user}/campaigns${flags.profiles === true ? '?profiles=1' : ''}`));
+    }
+    case 'campaign': {
+      const id = idArg(args, 1, 'the campaign id');
+      const b = flags.bucket === undefined ? '' : `?bucket=${intFlag(flags, 'bucket', 60_000)}`;
+      return printJson(await api(flags, 'GET', `/admin/reports/campaigns/${id}${b}`));
+    }
+    default:
+      throw new UsageError(`report needs user or campaign${sub ? `, not "${sub}"` : ''}`);
+  }
+}
