@@ -4,10 +4,11 @@ import * as gravity from './gravity.js';
 import * as groups from './groups.js';
 import * as pingpong from './pingpong.js';
 import * as placement from './placement.js';
+import * as tracking from './tracking.js';
 import { UsageError, report, type Benchmark } from './report.js';
 
 /** Registry: add a benchmark by importing its module and listing it here. */
-const BENCHMARKS: readonly Benchmark[] = [ceilings, pingpong, custody, groups, placement, gravity];
+const BENCHMARKS: readonly Benchmark[] = [ceilings, pingpong, custody, groups, placement, gravity, tracking];
 
 const DEFAULT_DURATION_S = 2;
 

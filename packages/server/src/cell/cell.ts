@@ -104,6 +104,7 @@ export class Cell {
     for (const s of this.sessions.values()) max = Math.max(max, s.outboundBytes);
     this.metrics.outboundMax.set({ cell: this.cellId }, max);
     if (this.membership) this.gravity.sampleGauges();
+    this.intake.sampleGauges();
   }
 
   async start(): Promise<void> {

@@ -111,6 +111,11 @@ export class TrackingIntake {
     await this.write(rec);
   }
 
+  /** Scrape time: the tracking gauges (cell 0 only, the one that ships). */
+  sampleGauges(): void {
+    this.shipper?.sample();
+  }
+
   async stop(): Promise<void> {
     this.responder?.stop();
     await this.shipper?.stop();

@@ -73,7 +73,6 @@ export class Shipper {
     } catch (err) {
       this.log('evicting tracking records failed', err);
     }
-    this.sample();
     return next;
   }
 
@@ -90,7 +89,8 @@ export class Shipper {
     return !this.stopped;
   }
 
-  private sample(): void {
+  /** Scrape time (Cell.sampleGauges): the gauges are as fresh as the scrape, even in the middle of a long round. */
+  sample(): void {
     const s = this.store.stats();
     this.metrics.trackingUnarchived.set(s.unarchived);
     this.metrics.trackingLocalRecords.set(s.records);
