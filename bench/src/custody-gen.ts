@@ -32,6 +32,8 @@ const DEVICE = 'd';
 /** As the SDK: a refused ticket falls back to a full handshake. */
 const TICKET_CODES = new Set<string>([ErrorCode.TICKET_EXPIRED, ErrorCode.TICKET_INVALID, ErrorCode.TICKET_REPLAYED]);
 const MOVE_TIMEOUT_MS = 15_000;
+/** A message sent or received this soon after its user started a move counts as "moved" in the latency split. */
+const MOVE_RECENT_MS = 5000;
 
 /**
  * Self-check of the accounting (never set in a real run): GRAVITAS_BENCH_GEN_FAULT=drop:N hides
@@ -77,8 +79,12 @@ interface User {
   cell: string | undefined;
   hk: Uint8Array | undefined;
   ticket: ResumptionState | undefined;
-  /** A move is under way (new session opening). */
+  /** A move is under way: the new session opening, and a `move` that came on it before the switch. */
   moving: boolean;
+  pending: Conn | undefined;
+  deferred: Move | undefined;
+  /** performance.now() when the user last started a move (-Infinity: never). */
+  movedAt: number;
   /** Closed by us (disconnect command): not counted as a disconnect. */
   leaving: boolean;
   out: Map<string, Out>;
@@ -122,6 +128,8 @@ class RecvStep {
   readonly app = new Map<number, GrowBytes>();
   readonly wire = new Map<number, GrowBytes>();
   readonly lat = new MergeableHistogram();
+  readonly latMoved = new MergeableHistogram();
+  readonly latStill = new MergeableHistogram();
   unique = 0;
   firstAt = Infinity;
   lastAt = -Infinity;
@@ -164,6 +172,9 @@ class Generator {
       hk: undefined,
       ticket: undefined,
       moving: false,
+      pending: undefined,
+      deferred: undefined,
+      movedAt: Number.NEGATIVE_INFINITY,
       leaving: false,
       out: new Map(),
       seen: new Map(),
@@ -352,7 +363,11 @@ class Generator {
       if (now < r.firstAt) r.firstAt = now;
       if (now > r.lastAt) r.lastAt = now;
       const t = parseText(text);
-      if (t?.record) r.lat.recordMs(now - t.intendedEpochMs);
+      if (t?.record) {
+        const ms = now - t.intendedEpochMs;
+        r.lat.recordMs(ms);
+        if (this.cfg.follow) (t.moved || performance.now() - u.movedAt < MOVE_RECENT_MS ? r.latMoved : r.latStill).recordMs(ms);
+      }
     }
   }
 
@@ -366,6 +381,9 @@ class Generator {
    * old session with `bye`. If the hinted cell cannot be reached, the user stays.
    */
   private async follow(u: User, m: Move, conn: Conn): Promise<void> {
+    // The new session asked to move on before we switched to it (an associate hint when its
+    // mailbox drain starts): the SDK has switched at its welcome already, so this waits for the switch.
+    if (conn === u.pending) return void (u.deferred = m);
     if (conn !== u.conn || conn.left || u.leaving) return; // a hint on a connection we left
     if (u.moving) return count(this.moves, 'busy');
     let h: ConnectHint;
@@ -377,7 +395,10 @@ class Generator {
     }
     if (h.cell === u.cell) return count(this.moves, 'same-cell');
     u.moving = true;
+    u.movedAt = performance.now();
     const next: Conn = { socket: undefined, write: undefined, left: false };
+    u.pending = next;
+    u.deferred = undefined;
     const target = parseTarget(h.addr);
     const ticket = u.ticket && u.ticket.expiresAt > Date.now() ? u.ticket : undefined;
     u.ticket = undefined; // single use from the moment it is sent
@@ -390,6 +411,7 @@ class Generator {
       }
     } finally {
       u.moving = false;
+      u.pending = undefined;
     }
     const old = u.conn;
     if (!o.ok || !o.socket || u.leaving || old !== conn) {
@@ -417,6 +439,9 @@ class Generator {
       setTimeout(() => s.destroy(), 1000).unref();
     }
     count(this.moves, `followed:${m.why}`);
+    const again = u.deferred;
+    u.deferred = undefined;
+    if (again) void this.follow(u, again, next);
   }
 
   // ---- sending ----
@@ -429,7 +454,8 @@ class Generator {
     const seq = st.nextSeq(u.i);
     const id = messageId(st.step, u.i, seq);
     const to = u.contacts[Math.floor(this.rand() * u.contacts.length)]!;
-    const frame = { t: 'send' as const, id, to: this.name(to), text: messageText(performance.timeOrigin + intended, rec, this.cfg.textBytes) };
+    const moved = this.cfg.follow === true && performance.now() - u.movedAt < MOVE_RECENT_MS;
+    const frame = { t: 'send' as const, id, to: this.name(to), text: messageText(performance.timeOrigin + intended, rec, this.cfg.textBytes, moved) };
     u.out.set(id, { id, step: st.step, seq, intended, rec, frame, attempts: 0, retry: undefined });
     st.sent++;
     st.outstanding++;
@@ -592,6 +618,7 @@ class Generator {
             app: [...r.app.entries()].map(([k, v]) => [k, v.bytes()]),
             wire: [...r.wire.entries()].map(([k, v]) => [k, v.bytes()]),
             recvLatency: r.lat.encode(),
+            ...(this.cfg.follow && { recvLatencyMoved: r.latMoved.encode(), recvLatencyStill: r.latStill.encode() }),
             firstAt: r.firstAt === Infinity ? 0 : r.firstAt,
             lastAt: r.lastAt === -Infinity ? 0 : r.lastAt,
           }

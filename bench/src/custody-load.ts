@@ -104,6 +104,9 @@ export interface StepResult {
   statusStored: Percentiles;
   /** intended send → first arrival at the receiving application. */
   recv: Percentiles;
+  /** The same split by moves (gravity benchmark; NaN without moves): recipient or sender started a move within 5 s, and the rest. */
+  recvMoved: Percentiles;
+  recvStill: Percentiles;
   schedLag: Percentiles;
   /** Accepted (delivered/stored) and never seen by the receiving application. */
   lost: number;
@@ -133,7 +136,7 @@ export function mergeStep(step: number, label: string, offered: number | undefin
   const status = new Map<number, Uint8Array>();
   const app = new Map<number, Uint8Array>();
   const wire = new Map<number, Uint8Array>();
-  const hs = { status: new MergeableHistogram(), delivered: new MergeableHistogram(), stored: new MergeableHistogram(), recv: new MergeableHistogram(), sched: new MergeableHistogram() };
+  const hs = { status: new MergeableHistogram(), delivered: new MergeableHistogram(), stored: new MergeableHistogram(), recv: new MergeableHistogram(), recvMoved: new MergeableHistogram(), recvStill: new MergeableHistogram(), sched: new MergeableHistogram() };
   const failed: Record<string, number> = {};
   const retryCodes: Record<string, number> = {};
   let sent = 0;
@@ -176,6 +179,8 @@ export function mergeStep(step: number, label: string, offered: number | undefin
     addCounts(app, r.recv.app);
     addCounts(wire, r.recv.wire);
     hs.recv.addEncoded(r.recv.recvLatency);
+    hs.recvMoved.addEncoded(r.recv.recvLatencyMoved ?? '');
+    hs.recvStill.addEncoded(r.recv.recvLatencyStill ?? '');
     if (r.recv.firstAt > 0) firstAt = Math.min(firstAt, r.recv.firstAt);
     lastAt = Math.max(lastAt, r.recv.lastAt);
   }
@@ -233,6 +238,8 @@ export function mergeStep(step: number, label: string, offered: number | undefin
     statusDelivered: hs.delivered.summary(),
     statusStored: hs.stored.summary(),
     recv: hs.recv.summary(),
+    recvMoved: hs.recvMoved.summary(),
+    recvStill: hs.recvStill.summary(),
     schedLag: hs.sched.summary(),
     lost,
     duplicated,

@@ -40,17 +40,20 @@ export function parseMessageId(id: string): ParsedId | undefined {
  * The text of a benchmark message: `<intended send time, epoch ms with µs>:<1 if its latency is
  * recorded>:` padded to `bytes`. The receiver (another process) computes send→received from it;
  * all processes run on one host, so `performance.timeOrigin + performance.now()` is one clock.
+ * `moved` (gravity benchmark only) marks a recorded message whose sender moved cells shortly
+ * before (`2` instead of `1`), so that the receiver can tell the latency of moves apart.
  */
-export function messageText(intendedEpochMs: number, record: boolean, bytes: number): string {
-  const head = `${intendedEpochMs.toFixed(3)}:${record ? 1 : 0}:`;
+export function messageText(intendedEpochMs: number, record: boolean, bytes: number, moved = false): string {
+  const head = `${intendedEpochMs.toFixed(3)}:${record ? (moved ? 2 : 1) : 0}:`;
   return head.length >= bytes ? head : head + 'x'.repeat(bytes - head.length);
 }
 
-export function parseText(text: string): { intendedEpochMs: number; record: boolean } | undefined {
+export function parseText(text: string): { intendedEpochMs: number; record: boolean; moved: boolean } | undefined {
   const a = text.indexOf(':');
   if (a <= 0 || text.length < a + 2) return undefined;
   const t = Number(text.slice(0, a));
-  return Number.isFinite(t) ? { intendedEpochMs: t, record: text[a + 1] === '1' } : undefined;
+  const f = text[a + 1];
+  return Number.isFinite(t) ? { intendedEpochMs: t, record: f === '1' || f === '2', moved: f === '2' } : undefined;
 }
 
 /** Wall-clock ms with sub-ms precision, comparable across processes on this host. */
@@ -295,6 +298,12 @@ export interface RecvReport {
   wire: Array<[number, Uint8Array]>;
   /** intended send time → first arrival at the application, measured messages; encoded histogram. */
   recvLatency: string;
+  /**
+   * The same split by moves (gravity benchmark): messages whose recipient or sender started a
+   * move within the last few seconds (`moved`), and the rest (`still`). Empty when nobody moved.
+   */
+  recvLatencyMoved?: string;
+  recvLatencyStill?: string;
   firstAt: number;
   lastAt: number;
 }

@@ -35,7 +35,7 @@ export const flags = {
   converge: 'seconds of the convergence phase at --warm-rate (default 40)',
   'warm-rate': 'offered msgs/s during the convergence phase (default 2000)',
   window: 'closed loop: messages without a status per user (default 1)',
-  'latency-rate': 'offered msgs/s of the latency step, the same in both runs (default: half the closed-loop rate of the first run)',
+  'latency-rates': 'comma list of offered msgs/s of the latency steps, the same in both runs (default: 1/2 and 3/4 of the closed-loop rate of the first run)',
   warmup: 'seconds before the measured window of the closed-loop and latency steps (default 2)',
   settle: 'seconds to wait after a step for the last statuses and arrivals (default 10)',
   runs: 'comma list of off, on, in order (default off,on; the ratios need both)',
@@ -55,6 +55,16 @@ const FOREIGN_WARN = 0.1;
 const SAMPLE_MS = 1000;
 
 type RunName = 'off' | 'on';
+
+/** A comma list of positive rates, or undefined when the flag is absent. */
+function listFlag(opts: BenchOptions, flag: string): number[] | undefined {
+  const v = opts.flags[flag];
+  if (v === undefined) return undefined;
+  const items = (v === true ? '' : v).split(',').map((x) => x.trim()).filter(Boolean);
+  const out = items.map(Number);
+  if (out.length === 0 || out.some((n) => !(n > 0) || !Number.isFinite(n))) throw new UsageError(`--${flag} must be a comma list of positive numbers, got "${String(v)}"`);
+  return out;
+}
 
 const range = (n: number, from = 0): number[] => Array.from({ length: n }, (_, i) => from + i);
 const fmt = (n: number, d = 0): string => (Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d }) : String(n));
@@ -115,6 +125,8 @@ interface Counters {
   migrations: Record<string, number>;
   followed: number;
   exchanges: Record<string, number>;
+  /** Each cell's event-loop delay p99 over its last second (ms). */
+  cellLagMs: number[];
 }
 
 /** Sums of the series of `metric` (Prometheus text), by the value of `label` ('' without it). */
@@ -141,6 +153,7 @@ async function counters(adminUrl: string): Promise<Counters> {
     migrations: series(text, 'gravitas_gravity_migrations_total', 'why'),
     followed: series(text, 'gravitas_gravity_hints_followed_total')[''] ?? 0,
     exchanges: series(text, 'gravitas_gravity_exchanges_total', 'result'),
+    cellLagMs: Object.values(series(text, 'gravitas_event_loop_lag_seconds', 'cell')).map((v) => v * 1000),
   };
 }
 
@@ -178,6 +191,8 @@ export interface Sample {
   /** Cumulative since the node started. */
   migrations: number;
   followed: number;
+  /** The worst cell's event-loop delay p99 over its last second (ms). */
+  cellLagMs: number;
 }
 
 /** Samples locality and balance every second until stopped; `phase` tags the samples. */
@@ -223,12 +238,18 @@ class Sampler {
       balance: balanceOf(sessions),
       migrations: sum(c.migrations),
       followed: c.followed,
+      cellLagMs: Math.max(0, ...c.cellLagMs),
     });
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     await this.loop;
+  }
+
+  /** Seconds since the sampler started (the clock of `Sample.t`). */
+  now(): number {
+    return (performance.now() - this.t0) / 1000;
   }
 
   of(phase: string): Sample[] {
@@ -252,6 +273,8 @@ export interface StepOut extends StepResult {
   deliveries: { local: number; cross: number; mailbox: number; locality: number };
   /** Generator-side move counts during the step. */
   moves: Record<string, number>;
+  /** The worst cell's event-loop delay p99 per second while the step ran (ms): mean and max over the samples. */
+  cellLag: { mean: number; max: number };
   /** Busy share of the whole host (all cores) while the step ran, anything else on it included. */
   hostBusy: number;
   /** Cores used by processes other than this benchmark's (host busy − ours): > 0.1 means a shared, noisy measurement. */
@@ -267,8 +290,9 @@ export interface RunResult {
   samples: Sample[];
   converge: StepOut;
   max: StepOut;
-  latency: StepOut;
-  latencyRate: number;
+  /** One open-loop step per common offered rate. */
+  latency: StepOut[];
+  latencyRates: number[];
   /** Locality: the last 5 s of convergence; the measurement (closed loop + latency step). */
   localityConverged: number;
   localityMeasured: number;
@@ -279,6 +303,8 @@ export interface RunResult {
   balanceMeasuredMedian: number;
   balanceFinal: number;
   finalSessions: number[];
+  /** Sampler time (s) when the convergence phase started. */
+  convergeStartT: number;
   /** First sample of the convergence phase from which locality stayed ≥ the target for 3 samples. */
   convergedAtS: number | undefined;
   migrations: Record<string, number>;
@@ -298,7 +324,7 @@ interface RunOpts {
   convergeMs: number;
   warmRate: number;
   window: number;
-  latencyRate: number | undefined;
+  latencyRates: number[] | undefined;
   warmMs: number;
   ms: number;
   settleMs: number;
@@ -307,7 +333,7 @@ interface RunOpts {
   gravity: Record<string, unknown>;
 }
 
-async function runOnce(run: RunName, o: RunOpts, latencyRateOf: (maxPerSec: number) => number): Promise<RunResult> {
+async function runOnce(run: RunName, o: RunOpts, latencyRatesOf: (maxPerSec: number) => number[]): Promise<RunResult> {
   const res = new Resources();
   try {
     log(`[${run}] starting nats-server (JetStream) and one gravitas node with ${o.cells} cells, gravitation ${run}`);
@@ -332,9 +358,12 @@ async function runOnce(run: RunName, o: RunOpts, latencyRateOf: (maxPerSec: numb
       const c = await load.connect('all', DEVICE_CONCURRENCY);
       log(`[${run}]   ${c.connected} connected in ${fmt(c.ms)} ms${Object.keys(c.errors).length ? `; errors ${fmtCounts(c.errors)}` : ''}`);
       if (c.connected < N) throw new Error(`[${run}] only ${c.connected}/${N} users connected: ${fmtCounts(c.errors)}`);
+      // The initial placement (moves may start minDwellMs after a session registered, so what the
+      // cells report a moment later can already differ).
+      const initialSessions = range(o.cells).map((k) => o.placement.filter((c) => c === k).length);
+      const reported = await sessionsPerCell(node.adminUrl);
+      log(`[${run}]   placed per cell ${initialSessions.join(' / ')} (balance ${fmt(balanceOf(initialSessions), 3)}); cells report ${reported.join(' / ')}`);
       await sleep(2000); // registrations' follow-up work settles first
-      const initialSessions = await sessionsPerCell(node.adminUrl);
-      log(`[${run}]   sessions per cell ${initialSessions.join(' / ')} (balance ${fmt(balanceOf(initialSessions), 3)})`);
 
       let stepSeq = 0;
       const step = async (phase: string, label: string, cmd: { mode: 'open' | 'closed'; rate: number; window: number; warmupMs: number; durationMs: number }): Promise<StepOut> => {
@@ -366,16 +395,19 @@ async function runOnce(run: RunName, o: RunOpts, latencyRateOf: (maxPerSec: numb
         const local = c1.local - c0.local;
         const cross = c1.cross - c0.cross;
         const foreignCores = Math.max(0, hostBusy * cpus().length - Object.values(cores).reduce((a, b) => a + b, 0));
-        const out: StepOut = { ...r, deliveries: { local, cross, mailbox: c1.mailbox - c0.mailbox, locality: locality(local, cross) }, moves, hostBusy, foreignCores };
+        const lags = sampler.of(phase).map((x) => x.cellLagMs);
+        const cellLag = { mean: lags.length ? lags.reduce((a, b) => a + b, 0) / lags.length : NaN, max: lags.length ? Math.max(...lags) : NaN };
+        const out: StepOut = { ...r, deliveries: { local, cross, mailbox: c1.mailbox - c0.mailbox, locality: locality(local, cross) }, moves, cellLag, hostBusy, foreignCores };
         if (foreignCores > FOREIGN_WARN) log(`[${run}]   WARNING: other processes used ${fmt(foreignCores, 2)} cores during this step: the host was shared, the numbers are noisy`);
         if (r.genLoopDelay.p99 > GEN_STARVED_MS) log(`[${run}]   WARNING: generator event-loop delay p99 ${fmt(r.genLoopDelay.p99, 1)} ms (host load average ${loadavg()[0]!.toFixed(1)})`);
         log(
           `[${run}]   achieved ${fmt(r.achievedPerSec)} msg/s (${fmt(r.stored)} stored); status ${pct(r.status)}; received ${pct(r.recv)}; locality ${fmt(out.deliveries.locality, 3)}; ` +
-            `lost ${r.lost}, duplicated ${r.duplicated}, unconfirmed ${r.unconfirmed}${Object.keys(r.failed).length ? `, failed ${fmtCounts(r.failed)}` : ''}; moves ${fmtCounts(moves) || 'none'}; CPU cores: ${fmtCores(cores)}; host busy ${fmt(hostBusy * 100)}%`,
+            `${moveSplit(out).replace(/^; /, '(')}${out.recvMoved.count > 0 ? '); ' : ''}lost ${r.lost}, duplicated ${r.duplicated}, unconfirmed ${r.unconfirmed}${Object.keys(r.failed).length ? `, failed ${fmtCounts(r.failed)}` : ''}; moves ${fmtCounts(moves) || 'none'}; worst cell loop delay p99 ${fmt(cellLag.mean, 1)} ms (max ${fmt(cellLag.max, 1)}); CPU cores: ${fmtCores(cores)}; host busy ${fmt(hostBusy * 100)}%`,
         );
         return out;
       };
 
+      const convergeStartT = sampler.now();
       const converge = await step('converge', `convergence, ${fmt(o.warmRate)} msg/s offered`, { mode: 'open', rate: o.warmRate, window: 0, warmupMs: 0, durationMs: o.convergeMs });
       const convSamples = sampler.of('converge');
       const last5 = convSamples.slice(-5);
@@ -384,7 +416,7 @@ async function runOnce(run: RunName, o: RunOpts, latencyRateOf: (maxPerSec: numb
       let convergedAtS: number | undefined;
       for (let i = 0; i + 2 < convSamples.length; i++) {
         if (convSamples.slice(i, i + 3).every((s) => s.locality >= TARGET.locality)) {
-          convergedAtS = convSamples[i]!.t - (convSamples[0]?.t ?? 0);
+          convergedAtS = convSamples[i]!.t - convergeStartT;
           break;
         }
       }
@@ -392,18 +424,19 @@ async function runOnce(run: RunName, o: RunOpts, latencyRateOf: (maxPerSec: numb
       log(`[${run}]   locality over the last 5 s of convergence ${fmt(localityConverged, 3)}, balance ${fmt(balanceConverged, 3)}${convergedAtS !== undefined ? `; ≥ ${TARGET.locality} from ${fmt(convergedAtS, 1)} s` : ''}`);
 
       const max = await step('max', `closed loop, ${o.window} without a status per user`, { mode: 'closed', rate: 0, window: o.window, warmupMs: o.warmMs, durationMs: o.ms });
-      const latencyRate = o.latencyRate ?? latencyRateOf(max.achievedPerSec);
-      const latency = await step('latency', `${fmt(latencyRate)} msg/s offered`, { mode: 'open', rate: latencyRate, window: 0, warmupMs: o.warmMs, durationMs: o.ms });
+      const latencyRates = o.latencyRates ?? latencyRatesOf(max.achievedPerSec);
+      const latency: StepOut[] = [];
+      for (const rate of latencyRates) latency.push(await step(`latency@${rate}`, `${fmt(rate)} msg/s offered`, { mode: 'open', rate, window: 0, warmupMs: o.warmMs, durationMs: o.ms }));
       sampler.phase = 'end';
       await sleep(SAMPLE_MS + 200);
       await sampler.stop();
 
-      const measured = sampler.samples.filter((s) => s.phase === 'max' || s.phase === 'latency');
+      const measured = sampler.samples.filter((s) => s.phase === 'max' || s.phase.startsWith('latency@'));
       const bal = measured.map((s) => s.balance).filter(Number.isFinite).sort((a, b) => a - b);
       const finalSessions = await sessionsPerCell(node.adminUrl);
       const cEnd = await counters(node.adminUrl);
       const genMoves = (await load.progress([])).moves;
-      const steps = [converge, max, latency];
+      const steps = [converge, max, ...latency];
       return {
         run,
         gravity: o.gravity,
@@ -411,12 +444,13 @@ async function runOnce(run: RunName, o: RunOpts, latencyRateOf: (maxPerSec: numb
         connect: { connected: c.connected, ms: c.ms, errors: c.errors },
         initialSessions,
         samples: sampler.samples,
+        convergeStartT,
         converge,
         max,
         latency,
-        latencyRate,
+        latencyRates,
         localityConverged,
-        localityMeasured: locality(max.deliveries.local + latency.deliveries.local, max.deliveries.cross + latency.deliveries.cross),
+        localityMeasured: locality(max.deliveries.local + latency.reduce((a, x) => a + x.deliveries.local, 0), max.deliveries.cross + latency.reduce((a, x) => a + x.deliveries.cross, 0)),
         balanceInitial: balanceOf(initialSessions),
         balanceConverged,
         balanceMeasuredWorst: bal.length > 0 ? bal[bal.length - 1]! : NaN,
@@ -456,6 +490,7 @@ function stepNote(r: StepOut): string {
   if (r.disconnects) parts.push(`disconnects ${r.disconnects}`);
   parts.push(`locality ${fmt(r.deliveries.locality, 3)}`);
   if (Object.keys(r.moves).length) parts.push(`moves ${fmtCounts(r.moves)}`);
+  parts.push(`worst cell loop delay p99 ${fmt(r.cellLag.mean, 1)} ms (max ${fmt(r.cellLag.max, 1)})`);
   parts.push(`gen loop delay p99 ${fmt(r.genLoopDelay.p99, 1)} ms`);
   if (r.genLoopDelay.p99 > GEN_STARVED_MS) parts.push('generator loop lagging');
   parts.push(`host busy ${fmt(r.hostBusy * 100)}%`);
@@ -463,18 +498,29 @@ function stepNote(r: StepOut): string {
   return parts.join('; ');
 }
 
+/** recv latency split by moves, for a note ('' when nobody moved). */
+function moveSplit(r: StepOut): string {
+  if (r.recvMoved.count === 0) return '';
+  return `; messages of users that started a move in the previous 5 s: ${fmt(r.recvMoved.count)} (${fmt((100 * r.recvMoved.count) / Math.max(1, r.recv.count), 1)}%), p50 ${fmt(r.recvMoved.p50, 2)} / p99 ${fmt(r.recvMoved.p99, 2)} ms; the others p50 ${fmt(r.recvStill.p50, 2)} / p99 ${fmt(r.recvStill.p99, 2)} ms`;
+}
+
 const serverCores = (c: Record<string, number>): number => (c['node'] ?? 0) + (c['nats'] ?? 0);
 const genCores = (c: Record<string, number>): number => Object.entries(c).filter(([k]) => k.startsWith('gen')).reduce((a, [, v]) => a + v, 0);
 
-/** Locality per 5-s window of the convergence phase: [seconds from its start, locality]. */
-function localitySeries(samples: Sample[], every = 5): Array<[number, number]> {
+/**
+ * Locality per `every`-second window of the convergence phase: [end of the window in seconds
+ * from the phase's start, locality of the deliveries sampled in it].
+ */
+function localitySeries(samples: Sample[], startT: number, every = 5): Array<[number, number]> {
   const conv = samples.filter((s) => s.phase === 'converge');
-  const out: Array<[number, number]> = [];
-  for (let i = 0; i < conv.length; i += every) {
-    const w = conv.slice(i, i + every);
-    out.push([Math.round(w[w.length - 1]!.t - conv[0]!.t + 1), localityOver(w)]);
+  const buckets = new Map<number, Sample[]>();
+  for (const s of conv) {
+    const b = Math.max(0, Math.ceil((s.t - startT) / every) - 1);
+    let w = buckets.get(b);
+    if (!w) buckets.set(b, (w = []));
+    w.push(s);
   }
-  return out;
+  return [...buckets.entries()].sort((a, b) => a[0] - b[0]).map(([b, w]) => [(b + 1) * every, localityOver(w)]);
 }
 
 function runRows(r: RunResult, off: RunResult | undefined): Row[] {
@@ -482,7 +528,7 @@ function runRows(r: RunResult, off: RunResult | undefined): Row[] {
   const vs = (metric: string, on: number, base: number | undefined): Partial<Row> =>
     r.run === 'on' && off && base !== undefined && base > 0 ? { ceiling: `off.${metric}`, ratio: on / base } : {};
   const rows: Row[] = [];
-  for (const [t, l] of localitySeries(r.samples)) rows.push({ metric: `${p}.locality.t${t}s`, value: l, unit: 'share', note: `convergence phase, deliveries in the 5 s up to ${t} s` });
+  for (const [t, l] of localitySeries(r.samples, r.convergeStartT)) rows.push({ metric: `${p}.locality.t${t}s`, value: l, unit: 'share', note: `convergence phase, deliveries in the 5 s up to ${t} s` });
   const migr = sum(r.migrations);
   rows.push(
     {
@@ -490,7 +536,7 @@ function runRows(r: RunResult, off: RunResult | undefined): Row[] {
       value: r.localityMeasured,
       unit: 'share',
       ...vs('locality', r.localityMeasured, off?.localityMeasured),
-      note: `live deliveries on the sender's cell ÷ all live deliveries, closed-loop + latency steps (${fmt(r.max.deliveries.local + r.latency.deliveries.local)} local, ${fmt(r.max.deliveries.cross + r.latency.deliveries.cross)} cross-cell); last 5 s of convergence ${fmt(r.localityConverged, 3)}${r.convergedAtS !== undefined ? `; ≥ ${TARGET.locality} from ${fmt(r.convergedAtS, 0)} s into convergence` : ''}`,
+      note: `live deliveries on the sender's cell ÷ all live deliveries, closed-loop + latency steps (${fmt(r.max.deliveries.local + r.latency.reduce((a, x) => a + x.deliveries.local, 0))} local, ${fmt(r.max.deliveries.cross + r.latency.reduce((a, x) => a + x.deliveries.cross, 0))} cross-cell); last 5 s of convergence ${fmt(r.localityConverged, 3)}${r.convergedAtS !== undefined ? `; ≥ ${TARGET.locality} from ${fmt(r.convergedAtS, 0)} s into convergence` : ''}`,
     },
     {
       metric: `${p}.balance`,
@@ -518,30 +564,34 @@ function runRows(r: RunResult, off: RunResult | undefined): Row[] {
       note: `closed loop: accepted statuses in the window ÷ window; ${stepNote(r.max)}`,
     },
     { metric: `${p}.delivered.status.p99`, value: r.max.status.p99, unit: 'ms', note: `closed loop, send → status (p50 ${fmt(r.max.status.p50, 2)} ms)` },
-    {
-      metric: `${p}.latency.achieved`,
-      value: r.latency.achievedPerSec,
-      unit: 'msg/s',
-      note: stepNote(r.latency),
-    },
-    { metric: `${p}.latency.recv.p50`, value: r.latency.recv.p50, unit: 'ms', ...vs('latency.recv.p50', r.latency.recv.p50, off?.latency.recv.p50), note: `intended send → recipient app, ${fmt(r.latencyRate)} msg/s offered` },
-    { metric: `${p}.latency.recv.p99`, value: r.latency.recv.p99, unit: 'ms', ...vs('latency.recv.p99', r.latency.recv.p99, off?.latency.recv.p99), note: `p90 ${fmt(r.latency.recv.p90, 2)}, max ${fmt(r.latency.recv.max, 1)} ms` },
-    { metric: `${p}.latency.status.p50`, value: r.latency.status.p50, unit: 'ms', ...vs('latency.status.p50', r.latency.status.p50, off?.latency.status.p50), note: 'intended send → delivered/stored status (includes the recipient\'s ack)' },
-    { metric: `${p}.latency.status.p99`, value: r.latency.status.p99, unit: 'ms', ...vs('latency.status.p99', r.latency.status.p99, off?.latency.status.p99), note: `p90 ${fmt(r.latency.status.p90, 2)}, max ${fmt(r.latency.status.max, 1)} ms` },
+    ...r.latency.flatMap((l, j): Row[] => {
+      const id = `latency@${r.latencyRates[j]}`;
+      const b = off?.latency[j];
+      return [
+        { metric: `${p}.${id}.achieved`, value: l.achievedPerSec, unit: 'msg/s', note: stepNote(l) },
+        { metric: `${p}.${id}.recv.p50`, value: l.recv.p50, unit: 'ms', ...vs(`${id}.recv.p50`, l.recv.p50, b?.recv.p50), note: 'intended send → recipient app' },
+        { metric: `${p}.${id}.recv.p99`, value: l.recv.p99, unit: 'ms', ...vs(`${id}.recv.p99`, l.recv.p99, b?.recv.p99), note: `p90 ${fmt(l.recv.p90, 2)}, max ${fmt(l.recv.max, 1)} ms${moveSplit(l)}` },
+        ...(l.recvMoved.count > 0
+          ? [{ metric: `${p}.${id}.recv.p99.unmoved`, value: l.recvStill.p99, unit: 'ms', ...vs(`${id}.recv.p99`, l.recvStill.p99, b?.recv.p99), note: `diagnostic: the messages whose sender and recipient had not started a move in the previous 5 s (${fmt(l.recvStill.count)} of ${fmt(l.recv.count)})` }]
+          : []),
+        { metric: `${p}.${id}.status.p50`, value: l.status.p50, unit: 'ms', ...vs(`${id}.status.p50`, l.status.p50, b?.status.p50), note: 'intended send → delivered/stored status (includes the recipient\'s ack)' },
+        { metric: `${p}.${id}.status.p99`, value: l.status.p99, unit: 'ms', ...vs(`${id}.status.p99`, l.status.p99, b?.status.p99), note: `p90 ${fmt(l.status.p90, 2)}, max ${fmt(l.status.max, 1)} ms` },
+      ];
+    }),
     {
       metric: `${p}.lost`,
       value: r.lost,
       unit: 'msgs',
-      note: `over every step (convergence ${r.converge.lost}, closed loop ${r.max.lost}, latency ${r.latency.lost}); accepted ${fmt(r.converge.accepted + r.max.accepted + r.latency.accepted)}; ${r.lost === 0 ? 'PASS' : 'FAIL'} (target 0)`,
+      note: `over every step (convergence ${r.converge.lost}, closed loop ${r.max.lost}, latency ${r.latency.map((l) => l.lost).join('/')}); accepted ${fmt([r.converge, r.max, ...r.latency].reduce((a, x) => a + x.accepted, 0))}; ${r.lost === 0 ? 'PASS' : 'FAIL'} (target 0)`,
     },
     {
       metric: `${p}.duplicated`,
       value: r.duplicated,
       unit: 'msgs',
-      note: `at the applications, after the SDK-equivalent de-duplication; re-delivered on the wire ${fmt(r.converge.redelivered + r.max.redelivered + r.latency.redelivered)}; ${r.duplicated === 0 ? 'PASS' : 'FAIL'} (target 0)`,
+      note: `at the applications, after the SDK-equivalent de-duplication; re-delivered on the wire ${fmt([r.converge, r.max, ...r.latency].reduce((a, x) => a + x.redelivered, 0))}; ${r.duplicated === 0 ? 'PASS' : 'FAIL'} (target 0)`,
     },
-    { metric: `${p}.cpu.server`, value: serverCores(r.max.cores), unit: 'cores', note: `closed loop: node (${o2(r.max.cores['node'])}) + nats-server (${o2(r.max.cores['nats'])}); latency step ${fmt(serverCores(r.latency.cores), 2)}` },
-    { metric: `${p}.cpu.gens`, value: genCores(r.max.cores), unit: 'cores', note: `closed loop, ${Object.keys(r.max.cores).filter((k) => k.startsWith('gen')).length} generator processes; latency step ${fmt(genCores(r.latency.cores), 2)}; parent ${o2(r.max.cores['parent'])}` },
+    { metric: `${p}.cpu.server`, value: serverCores(r.max.cores), unit: 'cores', note: `closed loop: node (${o2(r.max.cores['node'])}) + nats-server (${o2(r.max.cores['nats'])}); latency steps ${r.latency.map((l) => fmt(serverCores(l.cores), 2)).join(' / ')}` },
+    { metric: `${p}.cpu.gens`, value: genCores(r.max.cores), unit: 'cores', note: `closed loop, ${Object.keys(r.max.cores).filter((k) => k.startsWith('gen')).length} generator processes; latency steps ${r.latency.map((l) => fmt(genCores(l.cores), 2)).join(' / ')}; parent ${o2(r.max.cores['parent'])}` },
   );
   return rows;
 }
@@ -563,7 +613,7 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
   const convergeMs = posNum(opts, 'converge', 40) * 1000;
   const warmRate = posNum(opts, 'warm-rate', 2000);
   const window = posInt(opts, 'window', 1, 1024);
-  const latencyFlag = opts.flags['latency-rate'] === undefined ? undefined : posNum(opts, 'latency-rate', 1);
+  const latencyFlag = listFlag(opts, 'latency-rates');
   const warmMs = numFlag(opts, 'warmup', 2) * 1000;
   if (!(warmMs >= 0)) throw new UsageError('--warmup must be ≥ 0');
   const settleMs = posNum(opts, 'settle', 10) * 1000;
@@ -585,7 +635,7 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
   const packedLoc = expectedLocality(graph, (u) => graph.community[u]! % cells);
   const params = {
     durationMs: ms, warmupMs: warmMs, users: nUsers, community, mu, realisedMu: graph.crossShare, communities: graph.communities, cells, gens: nGens,
-    convergeMs, warmRate, window, latencyRate: latencyFlag ?? 'half the first run\'s closed-loop rate', settleMs, runs, textBytes, seed,
+    convergeMs, warmRate, window, latencyRates: latencyFlag ?? '1/2 and 3/4 of the first run\'s closed-loop rate', settleMs, runs, textBytes, seed,
     gravityOn, gravityOff, limits: BENCH_LIMITS, expectedLocality: { randomPlacement: randomLoc, communitiesPacked: packedLoc },
     nodes: `1 gravitas node process, ${cells} cells, on 1 nats-server (fresh for each run)`,
   };
@@ -597,14 +647,14 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
   if (hostLoad.atStart > hostLoad.cores / 2) log(`WARNING: the host is busy before the run (load average ${hostLoad.atStart.toFixed(1)} on ${hostLoad.cores} cores): expect noisy numbers`);
 
   const results: Partial<Record<RunName, RunResult>> = {};
-  let latencyRate = latencyFlag;
+  let latencyRates = latencyFlag;
   for (const r of runs as RunName[]) {
     const out = await runOnce(
       r,
-      { cells, gens: nGens, graph, placement, convergeMs, warmRate, window, latencyRate, warmMs, ms, settleMs, textBytes, seed, gravity: r === 'on' ? gravityOn : gravityOff },
-      (maxPerSec) => Math.max(100, Math.round(maxPerSec / 2 / 100) * 100),
+      { cells, gens: nGens, graph, placement, convergeMs, warmRate, window, latencyRates, warmMs, ms, settleMs, textBytes, seed, gravity: r === 'on' ? gravityOn : gravityOff },
+      (maxPerSec) => [0.5, 0.75].map((f) => Math.max(100, Math.round((maxPerSec * f) / 100) * 100)),
     );
-    latencyRate ??= out.latencyRate; // every later run at the same offered rate
+    latencyRates ??= out.latencyRates; // every later run at the same offered rates
     results[r] = out;
   }
   hostLoad.atEnd = loadavg()[0]!;
@@ -635,13 +685,30 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
   }
   if (on && off) {
     const thr = on.max.achievedPerSec / off.max.achievedPerSec;
-    const recv = on.latency.recv.p99 / off.latency.recv.p99;
-    const status = on.latency.status.p99 / off.latency.status.p99;
     rows.push(
       { metric: 'ratio.delivered', value: thr, unit: '×', ceiling: 'off.delivered', ratio: thr, note: target({ name: 'delivered msgs/s on ÷ off (closed loop)', target: `≥ ${TARGET.throughputRatio}×`, measured: thr, met: thr >= TARGET.throughputRatio }) },
-      { metric: 'ratio.recv.p99', value: recv, unit: '×', ceiling: 'off.latency.recv.p99', ratio: recv, note: `${target({ name: 'send → received p99 on ÷ off', target: '< 1', measured: recv, met: recv < 1 })}; at ${fmt(on.latencyRate)} msg/s offered in both` },
-      { metric: 'ratio.status.p99', value: status, unit: '×', ceiling: 'off.latency.status.p99', ratio: status, note: `${target({ name: 'send → status p99 on ÷ off', target: '< 1', measured: status, met: status < 1 })}; at ${fmt(on.latencyRate)} msg/s offered in both` },
-      { metric: 'ratio.server_cpu_per_msg', value: serverCores(on.max.cores) / on.max.achievedPerSec / (serverCores(off.max.cores) / off.max.achievedPerSec), unit: '×', note: 'closed loop: (node + nats-server) CPU-seconds per delivered message, on ÷ off' },
+      ...on.latency.flatMap((l, j): Row[] => {
+        const b = off.latency[j];
+        const rate = on.latencyRates[j]!;
+        if (!b || off.latencyRates[j] !== rate) return [];
+        const recv = l.recv.p99 / b.recv.p99;
+        const status = l.status.p99 / b.status.p99;
+        const moves = `${sum(l.moves)} moves during the on step`;
+        return [
+          { metric: `ratio.latency@${rate}.recv.p99`, value: recv, unit: '×', ceiling: `off.latency@${rate}.recv.p99`, ratio: recv, note: `${target({ name: `send → received p99 on ÷ off at ${rate} msg/s`, target: '< 1', measured: recv, met: recv < 1 })}; ${moves}` },
+          { metric: `ratio.latency@${rate}.status.p99`, value: status, unit: '×', ceiling: `off.latency@${rate}.status.p99`, ratio: status, note: `${target({ name: `send → status p99 on ÷ off at ${rate} msg/s`, target: '< 1', measured: status, met: status < 1 })}` },
+        ];
+      }),
+      (() => {
+        const cpu = serverCores(on.max.cores) / on.max.achievedPerSec / (serverCores(off.max.cores) / off.max.achievedPerSec);
+        const gen = genCores(on.max.cores) / on.max.achievedPerSec / (genCores(off.max.cores) / off.max.achievedPerSec);
+        return {
+          metric: 'ratio.server_cpu_per_msg',
+          value: cpu,
+          unit: '×',
+          note: `closed loop: (node + nats-server) CPU-seconds per delivered message, on ÷ off (= ${fmt(1 / cpu, 2)}× messages per server core-second; informational: the generators' CPU per message, on ÷ off, is ${fmt(gen, 2)}, and they share the cores)`,
+        };
+      })(),
     );
   }
   const extra = {

@@ -1,6 +1,6 @@
-import { CellTraffic, chooseHintCell, loadCap, planExchange, RateLimiter, type ExchangeSide, type SessionTraffic } from '@gravitas/placement';
+import { CellTraffic, chooseHintCell, choosePartner, loadCap, planExchange, RateLimiter, type ExchangeSide, type SessionTraffic } from '@gravitas/placement';
 import { mulberry32 } from './custody-types.js';
-import { shuffle, type Rand, type SocialGraph } from './placement-graph.js';
+import type { Rand, SocialGraph } from './placement-graph.js';
 
 /*
  * Gravitation on a social graph, in simulated time, with the policy code the
@@ -17,10 +17,13 @@ import { shuffle, type Rand, type SocialGraph } from './placement-graph.js';
  *    online recipient is recorded by both cells' CellTraffic as the server does
  *    (record(session, peer cell) on each side); one to an offline recipient only
  *    leaves it a hint.
- * 3. exchanges: cells wake in random order (the jitter of their timers); a cell
- *    not yet busy this round asks the cell it has most cross traffic with; that
- *    cell declines if it is busy, else both report candidates and spares, and the
- *    planExchange moves are applied as far as each source cell's RateLimiter allows.
+ * 3. exchanges, as gravity.ts runs them: every cell wakes once per round at a
+ *    random time (its jittered timer), picks a partner with choosePartner (cells
+ *    traded with within the cooldown rest), and asks it unless it has neither
+ *    candidates nor, at its cap, spares. A cell inside another exchange (which
+ *    lasts EXCHANGE_S) declines; otherwise planExchange plans over both sides'
+ *    candidates and spares and each cell moves its own sessions as far as its
+ *    RateLimiter allows.
  *
  * The static baselines are scored on the same deliveries and online sets.
  */
@@ -39,8 +42,10 @@ export interface SimParams {
   /** Per-cell migration token bucket: sustained moves per second, and burst. */
   moveRate: number;
   moveBurst: number;
-  /** A session that migrated is not moved again for this long. */
+  /** A session is not moved until it has been on its cell this long (a reconnect or a move starts a new session). */
   dwellS: number;
+  /** Two cells trade at most this often. */
+  cooldownS: number;
   /** Mean online share (1: everyone always online, no churn). */
   online: number;
   /** Mean online session length. */
@@ -96,10 +101,14 @@ const DAY_S = 86_400;
 const DIURNAL_AMPLITUDE = 0.25;
 /** Associates offered to chooseHintCell: the user's heaviest online neighbours. */
 const ASSOCIATES = 3;
+/** How long an exchange occupies both cells: a NATS request/reply and the planning. */
+const EXCHANGE_S = 0.1;
 
 /** Which users are on which cell, with O(1) add, remove and per-cell listing. */
 class Placement {
   readonly cell: Int32Array;
+  /** When the user's current session registered (simulated seconds). */
+  readonly since: Float64Array;
   readonly load: Int32Array;
   private readonly lists: Int32Array[];
   private readonly pos: Int32Array;
@@ -107,6 +116,7 @@ class Placement {
 
   constructor(users: number, cells: number) {
     this.cell = new Int32Array(users).fill(-1);
+    this.since = new Float64Array(users);
     this.pos = new Int32Array(users);
     this.load = new Int32Array(cells);
     this.lists = Array.from({ length: cells }, () => new Int32Array(Math.max(16, Math.ceil((2 * users) / cells))));
@@ -116,7 +126,7 @@ class Placement {
     return this.lists[c]!.subarray(0, this.load[c]!);
   }
 
-  add(u: number, c: number): void {
+  add(u: number, c: number, at: number): void {
     let list = this.lists[c]!;
     const n = this.load[c]!;
     if (n === list.length) {
@@ -128,6 +138,7 @@ class Placement {
     this.pos[u] = n;
     this.load[c] = n + 1;
     this.cell[u] = c;
+    this.since[u] = at;
     this.online++;
   }
 
@@ -168,11 +179,15 @@ export class Simulation {
   private readonly rand: Rand;
   private readonly at: Placement;
   private readonly hint: Int32Array;
-  private readonly movedAt: Float64Array;
   private readonly traffic: CellTraffic[];
   private readonly limiter: RateLimiter[];
-  private readonly busy: Uint8Array;
-  private readonly order: Int32Array;
+  /** End of the exchange each cell is in (simulated seconds). */
+  private readonly busyUntil: Float64Array;
+  /** When each cell last traded with each partner, for the cooldown. */
+  private readonly traded: Array<Map<number, number>>;
+  private readonly cellIds: number[];
+  /** baseCell[u × baselines + b]: user u's cell in baseline b, interleaved so one user's cells share a cache line. */
+  private readonly baseCell: Uint16Array;
   /** Messages per round of a user of strength 1. */
   private readonly msgPerStrength: number;
   readonly reconnects: ReconnectStats = { total: 0, noHint: 0, preferred: 0, associate: 0, full: 0 };
@@ -182,35 +197,37 @@ export class Simulation {
     this.rand = mulberry32(p.seed);
     this.at = new Placement(g.users, p.cells);
     this.hint = new Int32Array(g.users).fill(-1);
-    this.movedAt = new Float64Array(g.users).fill(Number.NEGATIVE_INFINITY);
     this.traffic = Array.from({ length: p.cells }, (_, c) => new CellTraffic(c, p.capacity, p.halfLifeS * 1000));
     this.limiter = Array.from({ length: p.cells }, () => new RateLimiter(p.moveRate, p.moveBurst, 0));
-    this.busy = new Uint8Array(p.cells);
-    this.order = Int32Array.from({ length: p.cells }, (_, c) => c);
+    this.busyUntil = new Float64Array(p.cells);
+    this.traded = Array.from({ length: p.cells }, () => new Map());
+    this.cellIds = Array.from({ length: p.cells }, (_, c) => c);
+    this.baseCell = new Uint16Array(g.users * baselines.length);
+    baselines.forEach((b, i) => b.part.forEach((c, u) => (this.baseCell[u * baselines.length + i] = c)));
     let strength = 0;
     for (const s of g.strength) strength += s;
     this.msgPerStrength = (p.msgRate * (p.intervalS / 3600)) / (strength / g.users);
     // At start the online users connect to random cells.
     const share = this.onlineShare(0);
-    for (let u = 0; u < g.users; u++) if (this.rand() < share) this.at.add(u, this.randomCell());
+    for (let u = 0; u < g.users; u++) if (this.rand() < share) this.at.add(u, this.randomCell(), Number.NEGATIVE_INFINITY);
   }
 
   run(onRound: (r: RoundStats) => void): SimResult {
     const rounds: RoundStats[] = [];
     for (let r = 0; r < this.p.rounds; r++) {
-      this.t = (r + 1) * this.p.intervalS;
+      this.t = r * this.p.intervalS;
       this.churn();
       const msgs = this.messages();
       const ex = this.exchanges();
       const stats: RoundStats = {
-        hours: this.t / 3600,
+        hours: (this.t + this.p.intervalS) / 3600,
         online: this.at.online,
         deliveries: msgs.deliveries,
         locality: msgs.local / Math.max(1, msgs.deliveries),
         balance: this.at.balance(),
         ...ex,
         baselineLocality: msgs.baselineLocal.map((l) => l / Math.max(1, msgs.deliveries)),
-        baselineBalance: this.baselines.map((b) => this.baselineBalance(b.part)),
+        baselineBalance: this.baselines.map((_, b) => this.baselineBalance(b)),
       };
       rounds.push(stats);
       onRound(stats);
@@ -257,7 +274,7 @@ export class Simulation {
       else if (c === preferred) this.reconnects.preferred++;
       else this.reconnects.associate++;
     }
-    this.at.add(u, c ?? this.randomCell());
+    this.at.add(u, c ?? this.randomCell(), this.t);
   }
 
   /** Cells of u's heaviest online neighbours; lazy, as chooseHintCell only looks when the preferred cell is full. */
@@ -276,12 +293,14 @@ export class Simulation {
     for (const a of top) yield a.cell;
   }
 
+  /** Senders cell by cell, so the sender-side sketch stays in cache; a recipient's cell and baseline cells share a cache line or two. */
   private messages(): { deliveries: number; local: number; baselineLocal: number[] } {
     const { offsets, adj, cumWeight, strength } = this.g;
     const cell = this.at.cell;
+    const base = this.baseCell;
+    const nb = this.baselines.length;
     const now = this.t * 1000;
-    const parts = this.baselines.map((b) => b.part);
-    const baselineLocal = parts.map(() => 0);
+    const baselineLocal = this.baselines.map(() => 0);
     let deliveries = 0;
     let local = 0;
     for (let c = 0; c < this.p.cells; c++) {
@@ -302,7 +321,7 @@ export class Simulation {
           if (cv === c) local++;
           sketch.record(u, cv, 1, now);
           this.traffic[cv]!.record(v, c, 1, now);
-          for (let b = 0; b < parts.length; b++) if (parts[b]![u] === parts[b]![v]) baselineLocal[b]!++;
+          for (let b = 0; b < nb; b++) if (base[u * nb + b] === base[v * nb + b]) baselineLocal[b]!++;
         }
       }
     }
@@ -311,26 +330,29 @@ export class Simulation {
 
   private exchanges(): Pick<RoundStats, 'migrations' | 'rateLimited' | 'exchanges' | 'declined'> {
     const out = { migrations: 0, rateLimited: 0, exchanges: 0, declined: 0 };
-    const now = this.t * 1000;
-    const params = { mean: this.at.online / this.p.cells, epsilon: this.p.epsilon, maxMoves: this.p.maxMoves, minGain: this.p.minGain };
-    this.busy.fill(0);
-    shuffle(this.rand, this.order);
-    for (const a of this.order) {
-      if (this.busy[a]) continue;
-      const sa = this.summary(a, now);
-      const b = partner(sa);
-      if (b < 0) continue;
-      if (this.busy[b]) {
+    const wake = this.cellIds.map((c) => ({ c, at: this.t + this.rand() * this.p.intervalS })).sort((x, y) => x.at - y.at);
+    for (const { c: a, at } of wake) {
+      if (this.busyUntil[a]! > at) continue;
+      const mean = this.at.online / this.p.cells;
+      const cap = this.cap();
+      const sa = this.summary(a, at);
+      const resting = (c: number): boolean => at - (this.traded[a]!.get(c) ?? Number.NEGATIVE_INFINITY) < this.p.cooldownS;
+      const b = choosePartner(a, CellTraffic.crossTraffic(sa), (c) => this.at.load[c], resting, this.cellIds, mean, cap);
+      if (b === undefined) continue;
+      const sideA = this.side(a, sa, b, at);
+      if (sideA.toOther.length === 0 && (this.at.load[a]! < cap || sideA.spares.length === 0)) continue;
+      if (this.busyUntil[b]! > at) {
         out.declined++;
         continue;
       }
-      this.busy[a] = this.busy[b] = 1;
+      this.busyUntil[a] = this.busyUntil[b] = at + EXCHANGE_S;
+      this.traded[a]!.set(b, at);
+      this.traded[b]!.set(a, at);
       out.exchanges++;
-      const sb = this.summary(b, now);
-      const plan = planExchange(this.side(a, sa, b), this.side(b, sb, a), params);
+      const plan = planExchange(sideA, this.side(b, this.summary(b, at), a, at), { mean, epsilon: this.p.epsilon, maxMoves: this.p.maxMoves, minGain: this.p.minGain });
       for (const [list, from, to] of [[plan.aToB, a, b], [plan.bToA, b, a]] as const) {
-        const granted = this.limiter[from]!.take(list.length, now);
-        for (let i = 0; i < granted; i++) this.migrate(list[i]!, to);
+        const granted = this.limiter[from]!.take(list.length, at * 1000);
+        for (let i = 0; i < granted; i++) this.migrate(list[i]!, to, at);
         out.migrations += granted;
         out.rateLimited += list.length - granted;
       }
@@ -339,19 +361,19 @@ export class Simulation {
   }
 
   /** What cell c knows: its sketch without the sessions that left it, summarised. */
-  private summary(c: number, now: number): Map<number, SessionTraffic> {
+  private summary(c: number, at: number): Map<number, SessionTraffic> {
     const cell = this.at.cell;
     this.traffic[c]!.forget((s) => cell[s] !== c);
-    return this.traffic[c]!.summarize(now);
+    return this.traffic[c]!.summarize(at * 1000);
   }
 
   /**
    * One side's report. Spares are only consulted when a side can reach the cap
    * within maxMoves, so below that they are skipped (same plan, less work).
    */
-  private side(c: number, summary: Map<number, SessionTraffic>, other: number): ExchangeSide {
-    const cell = this.at.cell;
-    const eligible = (s: number): boolean => cell[s] === c && this.t - this.movedAt[s]! >= this.p.dwellS;
+  private side(c: number, summary: Map<number, SessionTraffic>, other: number, at: number): ExchangeSide {
+    const { cell, since } = this.at;
+    const eligible = (s: number): boolean => cell[s] === c && at - since[s]! >= this.p.dwellS;
     const load = this.at.load[c]!;
     const nearCap = load + this.p.maxMoves > this.cap();
     return {
@@ -361,30 +383,17 @@ export class Simulation {
     };
   }
 
-  private migrate(u: number, to: number): void {
+  private migrate(u: number, to: number, at: number): void {
     this.at.remove(u);
-    this.at.add(u, to);
-    this.movedAt[u] = this.t;
+    this.at.add(u, to, at);
   }
 
-  private baselineBalance(part: Int32Array): number {
+  private baselineBalance(b: number): number {
+    const nb = this.baselines.length;
     const load = new Int32Array(this.p.cells);
-    for (let c = 0; c < this.p.cells; c++) for (const u of this.at.sessions(c)) load[part[u]!]!++;
+    for (let c = 0; c < this.p.cells; c++) for (const u of this.at.sessions(c)) load[this.baseCell[u * nb + b]!]!++;
     return maxOverMean(load, this.at.online);
   }
-}
-
-/** The remote cell with the most cross traffic (−1: none). */
-function partner(summary: Map<number, SessionTraffic>): number {
-  let best = -1;
-  let most = 0;
-  for (const [cell, traffic] of CellTraffic.crossTraffic(summary)) {
-    if (traffic > most) {
-      best = cell;
-      most = traffic;
-    }
-  }
-  return best;
 }
 
 /** First index in [lo, hi) whose running weight exceeds x. */

@@ -11,17 +11,18 @@ export const description = 'gravitation simulator: the @gravitas/placement polic
 export const flags = {
   users: 'users in the graph (default 200000)',
   cells: 'cells (default 100)',
-  days: 'simulated days (default 2; the last day, or the last half of a shorter run, is the steady state)',
+  days: 'simulated days (default 2; the steady state is the last 24 h of a run of 36 h or more, else the last half)',
   interval: 'exchange interval = one round, simulated seconds (default 600)',
   mu: 'share of each user\'s edges leaving its community (default 0.1)',
   seed: 'PRNG seed for graph, churn and messages (default 1)',
   epsilon: 'load tolerance: no cell above (1 + epsilon) × mean sessions (default 0.1)',
-  capacity: 'sketch capacity per cell, (session, cell) keys (default 4 × mean online sessions per cell)',
+  capacity: 'sketch capacity per cell, (session, cell) keys (default 8192, as the server)',
   'half-life': 'traffic half-life in the sketches, minutes (default 60)',
-  'max-moves': 'sessions moved by one exchange (default 100)',
+  'max-moves': 'sessions moved by one exchange, both ways (default 64, as the server)',
   'min-gain': 'decayed messages a move must gain (default 2)',
-  'move-rate': 'migrations per second a cell may start, sustained; burst = max-moves (default 1)',
-  dwell: 'minutes before a migrated session may move again (default 60)',
+  'move-rate': 'migrations per second a cell may start, sustained; burst = max-moves (default 50, as the server)',
+  dwell: 'seconds a session stays where it registered before it may be moved (default 30, as the server)',
+  cooldown: 'two cells trade at most once per this many rounds (default 6, the server\'s 30 s / 5 s)',
   online: 'mean online share, ±25% over the day; 1 = all online, no churn (default 0.3)',
   session: 'mean online session length, minutes (default 60)',
   'msg-rate': 'messages per online user-hour, on average (default 10)',
@@ -50,7 +51,7 @@ function options(opts: BenchOptions): Options {
   if (!(mu >= 0 && mu < 1)) throw new UsageError(`--mu must be in [0, 1), got ${mu}`);
   const online = posNum(opts, 'online', 0.3);
   if (online > 1) throw new UsageError(`--online must be in (0, 1], got ${online}`);
-  const maxMoves = posInt(opts, 'max-moves', 100, 100_000);
+  const maxMoves = posInt(opts, 'max-moves', 64, 100_000);
   const svg = opts.flags['svg'];
   if (svg === true || svg === '') throw new UsageError('--svg needs a file path');
   const seed = posInt(opts, 'seed', 1, 2 ** 31);
@@ -59,14 +60,21 @@ function options(opts: BenchOptions): Options {
     sim: {
       cells, intervalS, rounds: Math.max(2, Math.round((days * 86_400) / intervalS)),
       epsilon: posNum(opts, 'epsilon', 0.1),
-      capacity: posInt(opts, 'capacity', Math.max(256, Math.round((4 * users * online) / cells)), 10_000_000),
+      capacity: posInt(opts, 'capacity', 8192, 10_000_000),
       halfLifeS: posNum(opts, 'half-life', 60) * 60,
       maxMoves, minGain: posNum(opts, 'min-gain', 2),
-      moveRate: posNum(opts, 'move-rate', 1), moveBurst: maxMoves,
-      dwellS: numFlag(opts, 'dwell', 60) * 60,
+      moveRate: posNum(opts, 'move-rate', 50), moveBurst: maxMoves,
+      dwellS: nonNegative(opts, 'dwell', 30),
+      cooldownS: nonNegative(opts, 'cooldown', 6) * intervalS,
       online, sessionS: posNum(opts, 'session', 60) * 60, msgRate: posNum(opts, 'msg-rate', 10), seed,
     },
   };
+}
+
+function nonNegative(opts: BenchOptions, flag: string, dflt: number): number {
+  const v = numFlag(opts, flag, dflt);
+  if (v < 0) throw new UsageError(`--${flag} must be ≥ 0, got ${v}`);
+  return v;
 }
 
 const seconds = (t0: number): number => (performance.now() - t0) / 1000;
@@ -90,10 +98,10 @@ function buildBaselines(g: SocialGraph, o: Options): { baselines: Baseline[]; of
   return { baselines, offlineWeightLocality, plantedWeightLocality };
 }
 
-/** Steady state: the last simulated day, or the last half of a shorter run. */
+/** Steady state: the last simulated day (a whole diurnal cycle) once 12 h of transient are behind, else the last half. */
 function steadyWindow(rounds: readonly RoundStats[]): RoundStats[] {
   const end = rounds[rounds.length - 1]?.hours ?? 0;
-  const from = end >= 48 ? end - 24 : end / 2;
+  const from = end >= 36 ? end - 24 : end / 2;
   return rounds.filter((r) => r.hours > from);
 }
 
@@ -119,6 +127,8 @@ function convergenceHours(rounds: readonly RoundStats[], plateau: number, interv
 }
 
 interface Summary {
+  /** Simulated hour where the steady-state window starts. */
+  steadyFromH: number;
   locality: number;
   balanceMean: number;
   balanceMax: number;
@@ -133,6 +143,7 @@ function summarize(res: SimResult, baselines: readonly Baseline[], users: number
   const days = (steady.length * intervalS) / 86_400;
   const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
   return {
+    steadyFromH: (steady[0]?.hours ?? 0) - intervalS / 3600,
     locality,
     balanceMean: mean(steady.map((r) => r.balance)),
     balanceMax: Math.max(...steady.map((r) => r.balance)),
@@ -249,27 +260,42 @@ function svgPlot(res: SimResult, s: Summary, o: Options): string {
   const fmt = (v: number): string => v.toFixed(1);
   const line = (pts: Array<[number, number]>, color: string, dash = ''): string =>
     `<polyline fill="none" stroke="${color}" stroke-width="1.5"${dash ? ` stroke-dasharray="${dash}"` : ''} points="${pts.map(([a, b]) => `${fmt(a)},${fmt(b)}`).join(' ')}"/>`;
-  const hline = (y: number, color: string, label: string): string =>
-    `${line([[x(0), y], [x(hours), y]], color, '5,4')}<text x="${x(hours) + 6}" y="${fmt(y + 4)}" fill="${color}">${label}</text>`;
-  const text = (tx: number, ty: number, t: string, anchor = 'end'): string => `<text x="${fmt(tx)}" y="${fmt(ty)}" text-anchor="${anchor}">${t}</text>`;
+  const dashed = (y: number, color: string): string => line([[x(0), y], [x(hours), y]], color, '5,4');
+  const text = (tx: number, ty: number, t: string, anchor = 'end', color = '#000'): string =>
+    `<text x="${fmt(tx)}" y="${fmt(ty)}" text-anchor="${anchor}" fill="${color}">${t}</text>`;
+  /** Right-margin labels, nudged apart so close levels (random and hash) stay readable. */
+  const labels = (items: Array<{ y: number; t: string; color: string }>): string[] => {
+    let prev = Number.NEGATIVE_INFINITY;
+    return items.sort((a, b) => a.y - b.y).map((l) => {
+      prev = Math.max(l.y + 4, prev + 13);
+      return text(x(hours) + 6, prev, l.t, 'start', l.color);
+    });
+  };
 
   const colors: Record<string, string> = { offline: '#2a9d3a', planted: '#777', random: '#c0392b', hash: '#e67e22' };
   const parts: string[] = [];
+  // The steady-state window, shaded in both panels.
+  for (const [top, h] of [[locTop, PANEL.locality], [balTop, PANEL.balance]] as const) {
+    parts.push(`<rect x="${fmt(x(s.steadyFromH))}" y="${top}" width="${fmt(x(hours) - x(s.steadyFromH))}" height="${h}" fill="#f4f6fa"/>`);
+  }
   // Axes and grid.
-  for (const v of [0, 0.2, 0.4, 0.6, 0.8, 1]) parts.push(`<line x1="${PAD.left}" x2="${x(hours)}" y1="${fmt(yLoc(v))}" y2="${fmt(yLoc(v))}" stroke="#eee"/>`, text(PAD.left - 6, yLoc(v) + 4, v.toFixed(1)));
-  for (let v = 1; v <= balMax + 1e-9; v += 0.1) parts.push(`<line x1="${PAD.left}" x2="${x(hours)}" y1="${fmt(yBal(v))}" y2="${fmt(yBal(v))}" stroke="#eee"/>`, text(PAD.left - 6, yBal(v) + 4, v.toFixed(1)));
+  for (const v of [0, 0.2, 0.4, 0.6, 0.8, 1]) parts.push(`<line x1="${PAD.left}" x2="${x(hours)}" y1="${fmt(yLoc(v))}" y2="${fmt(yLoc(v))}" stroke="#e4e4e4"/>`, text(PAD.left - 6, yLoc(v) + 4, v.toFixed(1)));
+  for (let v = 1; v <= balMax + 1e-9; v += 0.1) parts.push(`<line x1="${PAD.left}" x2="${x(hours)}" y1="${fmt(yBal(v))}" y2="${fmt(yBal(v))}" stroke="#e4e4e4"/>`, text(PAD.left - 6, yBal(v) + 4, v.toFixed(1)));
   const step = hours > 72 ? 24 : hours > 24 ? 12 : hours > 6 ? 3 : 1;
   for (let h = 0; h <= hours + 1e-9; h += step) parts.push(text(x(h), balTop + PANEL.balance + 16, `${h}`, 'middle'));
   parts.push(
-    text(PAD.left + plotW / 2, balTop + PANEL.balance + 34, 'simulated hours', 'middle'),
+    text(PAD.left + plotW / 2, balTop + PANEL.balance + 34, 'simulated hours (shaded: steady state)', 'middle'),
     text(PAD.left, locTop - 8, `locality (share of deliveries within a cell) — ${o.users.toLocaleString('en-US')} users, ${o.sim.cells} cells, mu ${o.mu}`, 'start'),
     text(PAD.left, balTop - 8, 'balance (max / mean sessions per cell)', 'start'),
   );
-  // Baselines as dashed levels, gravitation as the solid series.
-  for (const b of s.baselines) parts.push(hline(yLoc(b.locality), colors[b.name] ?? '#999', `${b.name} ${b.locality.toFixed(3)}`));
+  // Baselines as dashed levels (their steady-state means), gravitation as the solid series.
+  for (const b of s.baselines) parts.push(dashed(yLoc(b.locality), colors[b.name] ?? '#999'));
   parts.push(line(res.rounds.map((r) => [x(r.hours), yLoc(r.locality)]), '#1f5fbf'));
-  parts.push(`<text x="${x(hours) + 6}" y="${fmt(yLoc(s.locality) - 10)}" fill="#1f5fbf">gravitation ${s.locality.toFixed(3)}</text>`);
-  parts.push(hline(yBal(1 + o.sim.epsilon), '#c0392b', `cap 1+ε = ${1 + o.sim.epsilon}`));
+  parts.push(...labels([
+    ...s.baselines.map((b) => ({ y: yLoc(b.locality), t: `${b.name} ${b.locality.toFixed(3)}`, color: colors[b.name] ?? '#999' })),
+    { y: yLoc(s.locality), t: `gravitation ${s.locality.toFixed(3)}`, color: '#1f5fbf' },
+  ]));
+  parts.push(dashed(yBal(1 + o.sim.epsilon), '#c0392b'), ...labels([{ y: yBal(1 + o.sim.epsilon), t: `cap 1+ε = ${1 + o.sim.epsilon}`, color: '#c0392b' }]));
   parts.push(line(res.rounds.map((r) => [x(r.hours), yBal(Math.min(balMax, r.balance))]), '#1f5fbf'));
   const height = balTop + PANEL.balance + 44;
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${height}" viewBox="0 0 ${W} ${height}" font-family="sans-serif" font-size="11">\n<rect width="100%" height="100%" fill="white"/>\n${parts.join('\n')}\n</svg>\n`;
