@@ -100,7 +100,7 @@ const DAY_S = 86_400;
 /** Swing of the online share over a day (±25%: a service spread over time zones). */
 const DIURNAL_AMPLITUDE = 0.25;
 /** Associates offered to chooseHintCell: the user's heaviest online neighbours. */
-const ASSOCIATES = 3;
+const ASSOCIATES = 8;
 /** How long an exchange occupies both cells: a NATS request/reply and the planning. */
 const EXCHANGE_S = 0.1;
 
@@ -179,6 +179,8 @@ export class Simulation {
   private readonly rand: Rand;
   private readonly at: Placement;
   private readonly hint: Int32Array;
+  /** The cell each offline user was last on (-1: never online). */
+  private readonly last: Int32Array;
   private readonly traffic: CellTraffic[];
   private readonly limiter: RateLimiter[];
   /** End of the exchange each cell is in (simulated seconds). */
@@ -197,6 +199,7 @@ export class Simulation {
     this.rand = mulberry32(p.seed);
     this.at = new Placement(g.users, p.cells);
     this.hint = new Int32Array(g.users).fill(-1);
+    this.last = new Int32Array(g.users).fill(-1);
     this.traffic = Array.from({ length: p.cells }, (_, c) => new CellTraffic(c, p.capacity, p.halfLifeS * 1000));
     this.limiter = Array.from({ length: p.cells }, () => new RateLimiter(p.moveRate, p.moveBurst, 0));
     this.busyUntil = new Float64Array(p.cells);
@@ -257,15 +260,20 @@ export class Simulation {
     const cell = this.at.cell;
     for (let u = 0; u < this.g.users; u++) {
       if (cell[u]! >= 0) {
-        if (this.rand() < leave) this.at.remove(u);
+        if (this.rand() < leave) {
+          this.last[u] = cell[u]!; // the SDK reconnects to the cell it was on
+          this.at.remove(u);
+        }
       } else if (this.rand() < arrive) this.reconnect(u);
     }
   }
 
   private reconnect(u: number): void {
     this.reconnects.total++;
-    const preferred = this.hint[u]!;
+    const hinted = this.hint[u]!;
     this.hint[u] = -1;
+    // No message hint: the SDK tries the cell it was on first.
+    const preferred = hinted >= 0 ? hinted : this.last[u]!;
     let c: number | undefined;
     if (preferred < 0) this.reconnects.noHint++;
     else {
@@ -277,8 +285,8 @@ export class Simulation {
     this.at.add(u, c ?? this.randomCell(), this.t);
   }
 
-  /** Cells of u's heaviest online neighbours; lazy, as chooseHintCell only looks when the preferred cell is full. */
-  private *associates(u: number): Generator<number> {
+  /** Cells of u's heaviest online neighbours, with their tie weights. */
+  private *associates(u: number): Generator<{ cell: number; weight: number }> {
     const { offsets, adj, weight } = this.g;
     const top: Array<{ cell: number; w: number }> = [];
     for (let i = offsets[u]!; i < offsets[u + 1]!; i++) {
@@ -290,7 +298,7 @@ export class Simulation {
       else continue;
       top.sort((a, b) => b.w - a.w);
     }
-    for (const a of top) yield a.cell;
+    for (const a of top) yield { cell: a.cell, weight: a.w };
   }
 
   /** Senders cell by cell, so the sender-side sketch stays in cache; a recipient's cell and baseline cells share a cache line or two. */

@@ -88,12 +88,14 @@ t.test('planExchange sheds load from a cell over its cap', async (t) => {
   t.same(plan.bToA, []);
 });
 
-t.test('chooseHintCell: the sender’s cell unless full, then the least-loaded associate cell', async (t) => {
+t.test('chooseHintCell: where most associate weight lives, with room; else the preferred cell', async (t) => {
   const load = (c: string): number | undefined => ({ a: 5, b: 12, c: 7, d: 3 })[c];
-  t.equal(chooseHintCell('a', ['c', 'd'], load, 10), 'a');
-  t.equal(chooseHintCell('b', ['c', 'd', 'zz'], load, 10), 'd', 'b is at the cap; unknown cells are skipped');
-  t.equal(chooseHintCell('b', ['b'], load, 10), undefined, 'nowhere with room');
-  t.equal(chooseHintCell('gone', ['c'], load, 10), 'c', 'a dead preferred cell');
+  const w = (...pairs: Array<[string, number]>) => pairs.map(([cell, weight]) => ({ cell, weight }));
+  t.equal(chooseHintCell('a', w(['c', 2], ['d', 1], ['c', 2]), load, 10), 'c', 'c holds weight 4');
+  t.equal(chooseHintCell('a', w(['b', 9], ['d', 1]), load, 10), 'd', 'b has the most but is at its cap');
+  t.equal(chooseHintCell('a', [], load, 10), 'a', 'no associates online: the preferred cell');
+  t.equal(chooseHintCell('b', w(['b', 1]), load, 10), undefined, 'nowhere with room');
+  t.equal(chooseHintCell(undefined, w(['zz', 5]), load, 10), undefined, 'unknown (dead) cells are skipped');
 });
 
 t.test('RateLimiter spreads migrations', async (t) => {

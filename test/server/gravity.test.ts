@@ -159,18 +159,19 @@ t.test('rebalancing: split talking pairs converge onto shared cells, balance hol
   };
   const loops = pairs.flatMap(([a, b]) => [talk(a, b), talk(b, a)]);
   const together = (): boolean => pairs.every(([a, b]) => a.client.connected && b.client.connected && a.client.welcome!.cell === b.client.welcome!.cell);
-  await check('every pair shares a cell', together, { timeout: 90_000, interval: 100 });
+  // Loads: within the tolerance. Hints decided on heartbeat loads (up to a beat old) can
+  // overshoot the cap for a moment, and the exchanges that shed the excess may part a pair
+  // again for a while: converged is every pair together with every cell within the cap.
+  const cap = loadCap(4, epsilon);
+  const loads = await check('converged: pairs together, every cell within the cap', async () => {
+    const l = (await adminCells(node.adminUrl)).map((c) => c.status?.sessions ?? 0);
+    return together() && l.reduce((x, y) => x + y, 0) === 16 && Math.max(...l) <= cap ? l : undefined;
+  }, { timeout: 90_000, interval: 250 });
+  t.ok(Math.max(...loads) <= cap, `max sessions per cell ${Math.max(...loads)} ≤ (1 + ε) × mean = ${cap}`, { loads });
+
   talking = false;
   await Promise.all(loops);
   t.same(failures, [], 'no send failed');
-
-  // Loads: within the tolerance.
-  const cap = loadCap(4, epsilon);
-  const loads = await check('heartbeats settled', async () => {
-    const l = (await adminCells(node.adminUrl)).map((c) => c.status?.sessions ?? 0);
-    return l.reduce((x, y) => x + y, 0) === 16 ? l : undefined;
-  });
-  t.ok(Math.max(...loads) <= cap, `max sessions per cell ${Math.max(...loads)} ≤ (1 + ε) × mean = ${cap}`, { loads });
 
   // Exactly once across every move.
   await check('every accepted message arrived', () => all.every((c) => accepted.get(c.user)!.every((id) => c.inbox.some((m) => m.id === id))), { timeout: 30_000 });

@@ -144,6 +144,8 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   welcome: WelcomePayload | undefined;
   /** A verified hint for the next connect (from followHint() while offline, or a move that could not finish). */
   private hint: ConnectHint | undefined;
+  /** The cell of a connection that was lost: the first reconnect tries it. */
+  private rejoin: string | undefined;
   private moving = false;
   /** Address of the cell currently connected to. */
   server: string | undefined;
@@ -184,6 +186,16 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
       } catch (err) {
         if (err instanceof RemoteError && NO_RECONNECT.has(err.code)) throw err;
         this.emit('hintIgnored', err as Error); // the hinted cell is gone: any other will do
+      }
+    }
+    // After a lost connection, the cell it was on first (gravitation put it there), once.
+    const last = this.rejoin;
+    this.rejoin = undefined;
+    if (last) {
+      try {
+        return await this.open(last);
+      } catch (err) {
+        if (err instanceof RemoteError && NO_RECONNECT.has(err.code)) throw err;
       }
     }
     const servers = this.options.servers;
@@ -440,6 +452,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     this.retries.clear();
     this.socket = undefined;
     this.channel = undefined;
+    this.rejoin = this.server;
     this.emit('disconnected', err);
     if (this.closed || this.options.reconnect === false) {
       this.failFeedback();

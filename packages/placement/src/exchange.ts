@@ -135,22 +135,27 @@ export function choosePartner<C>(self: C, cross: Iterable<[C, number]>, load: (c
 }
 
 /**
- * Where an offline associate should connect when it comes back: the cell of the
- * user who messaged it, unless that cell is at its cap; then the least-loaded
- * cell among those where its strongest associates live (if any has room).
+ * Where a returning device should connect: among the cells of its associates
+ * (weighted: who it talks with most), the one holding the most weight that is
+ * below its cap; if none has room, `preferred` (the cell of whoever last wrote to
+ * it, or the cell it was on) if that has room; else nowhere in particular.
+ * Plurality beats "the last sender" by far in the simulator (docs/gravitation.md):
+ * the last sender is one associate, the plurality is where its community lives.
  */
-export function chooseHintCell<C>(preferred: C, associates: Iterable<C>, load: (cell: C) => number | undefined, cap: number): C | undefined {
-  const l = load(preferred);
-  if (l !== undefined && l < cap) return preferred;
+export function chooseHintCell<C>(preferred: C | undefined, associates: Iterable<{ cell: C; weight: number }>, load: (cell: C) => number | undefined, cap: number): C | undefined {
+  const weight = new Map<C, number>();
+  for (const a of associates) weight.set(a.cell, (weight.get(a.cell) ?? 0) + a.weight);
   let best: C | undefined;
-  let bestLoad = Number.POSITIVE_INFINITY;
-  for (const c of associates) {
-    const cl = load(c);
-    if (cl === undefined || cl >= cap || cl >= bestLoad) continue;
-    best = c;
-    bestLoad = cl;
+  let most = 0;
+  for (const [cell, w] of weight) {
+    const l = load(cell);
+    if (l === undefined || l >= cap || w <= most) continue;
+    best = cell;
+    most = w;
   }
-  return best;
+  if (best !== undefined) return best;
+  const l = preferred === undefined ? undefined : load(preferred);
+  return l !== undefined && l < cap ? preferred : undefined;
 }
 
 /**

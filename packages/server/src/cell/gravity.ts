@@ -222,7 +222,9 @@ export class Gravity {
     const preferred = locs.find((l) => l.device === item.fd)?.cell ?? locs[0]?.cell;
     if (preferred === undefined) return false;
     const cap = loadCap(Gravity.mean(loads), this.cell.config.gravity.epsilon);
-    const target = chooseHintCell(preferred, locs.map((l) => l.cell), (c) => loads.get(c)?.load, cap);
+    // What the cell knows of this device's associates: the sender, its sending device first.
+    const associates = locs.map((l) => ({ cell: l.cell, weight: l.device === item.fd ? 2 : 1 }));
+    const target = chooseHintCell(preferred, associates, (c) => loads.get(c)?.load, cap);
     if (target === undefined || target === this.cell.cellId || !s.isOpen) return false;
     this.move(s, target, loads.get(target)!.addr, 'associate');
     this.cell.publish(target, { k: 'exp', user: s.user, dev: s.device });
