@@ -45,14 +45,16 @@ export interface Provenance {
 
 export interface UserReport { user: string; campaigns: UserCampaignRecord[]; sources: Provenance }
 
-/** Both tiers for one query, de-duplicated. */
+/**
+ * Both tiers for one query, de-duplicated. The local tiers are read first and the
+ * archive after: records only ever move from local to archive, so one shipped
+ * between the two reads is in the second — read the other way round, it would be
+ * in neither.
+ */
 async function gather(src: ReportSources, q: LocalQuery): Promise<{ records: TrackingRecord[]; sources: Provenance }> {
-  const reading = (async () => {
-    const out: TrackingRecord[] = [];
-    for await (const r of 'user' in q ? src.archive.readUser(q.user) : src.archive.readCampaign(q.campaign)) out.push(r);
-    return out;
-  })();
-  const [archived, local] = await Promise.all([reading, src.local(q)]);
+  const local = await src.local(q);
+  const archived: TrackingRecord[] = [];
+  for await (const r of 'user' in q ? src.archive.readUser(q.user) : src.archive.readCampaign(q.campaign)) archived.push(r);
   const seen = new Map<string, TrackingRecord>();
   for (const r of archived) seen.set(recordId(r), r);
   for (const r of local.records) if (!seen.has(recordId(r))) seen.set(recordId(r), r);
