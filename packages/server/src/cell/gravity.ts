@@ -287,7 +287,8 @@ export class Gravity {
       if (reply.busy) return this.cell.metrics.exchanges.inc({ result: 'busy' });
       this.cooldown.set(partner, true);
       this.cell.metrics.exchanges.inc({ result: reply.yours.length + reply.mine.length > 0 ? 'moved' : 'empty' });
-      this.carryOut(reply.yours, partner, reply.addr, reply.mine);
+      for (const [u, d] of reply.mine) this.expect(u, d);
+      this.carryOut(reply.yours, partner, reply.addr);
     } finally {
       this.busy = false;
     }
@@ -330,15 +331,21 @@ export class Gravity {
       const mine = plan.bToA.map(pick(cands, spares));
       reply({ addr: this.cell.address, yours, mine });
       this.cooldown.set(req.from, true);
-      this.carryOut(mine, req.from, req.addr, yours);
+      for (const [u, d] of yours) this.expect(u, d);
+      // The reply first (it tells the requester whom to expect), then the moves: a mover
+      // must not reach the requester before the reply that names it.
+      const leaving = mine;
+      this.nc.flush().then(
+        () => this.carryOut(leaving, req.from, req.addr),
+        () => undefined, // NATS away: no moves this time
+      );
     } finally {
       this.busy = false;
     }
   }
 
-  /** Sends this cell's movers to `partner`, within the migration rate; expects the partner's. */
-  private carryOut(leaving: Pair[], partner: string, addr: string, arriving: Pair[]): void {
-    for (const [u, d] of arriving) this.expect(u, d);
+  /** Sends this cell's movers to `partner`, within the migration rate. */
+  private carryOut(leaving: Pair[], partner: string, addr: string): void {
     const now = Date.now();
     const movers = leaving.map(([u, d]) => this.cell.session(u, d)).filter((s): s is Session => this.movable(s, now));
     const granted = this.limiter.take(movers.length, performance.now());
