@@ -211,9 +211,10 @@ export class Gravity {
 
   /**
    * The first stored item a device gets at connect, from another user: the device
-   * belongs with that user (an associate), so it is told to move to the sender's
-   * cell, unless that cell is at its load cap; then to the least-loaded cell among
-   * those of the sender's other devices. True if a move was sent (the drain waits).
+   * belongs with that user (an associate), so it is told to move where
+   * chooseHintCell says among the sender's devices' cells (the sending device's
+   * first), as long as the cell is below its load cap. True if a move was sent
+   * (the drain waits).
    */
   async associateHint(s: Session, item: ChatItem): Promise<boolean> {
     if (!this.cell.config.gravity.enabled || item.from === s.user || s.moving) return false;
