@@ -8,10 +8,11 @@ import type { Rand, SocialGraph } from './placement-graph.js';
  * interval; in each round, in order:
  *
  * 1. churn: online sessions end and offline users come back, so that the online
- *    share follows a diurnal curve. A returning user with a hint (someone messaged
- *    it while it was offline: the push carried the sender's cell) connects where
- *    chooseHintCell says; otherwise, like a client dialling any address, to a
- *    random cell.
+ *    share follows a diurnal curve. A returning user connects where chooseHintCell
+ *    says, given its heaviest online associates and a preferred cell: the sender's
+ *    cell if someone messaged it while it was offline (the push carried it), else
+ *    the cell it was on (the SDK tries that first); if nothing has room, or on a
+ *    first connect, a random cell (a client dialling any address).
  * 2. messages: every online user sends a Poisson number of messages, more the
  *    heavier its ties, each to a neighbour picked by edge weight. A delivery to an
  *    online recipient is recorded by both cells' CellTraffic as the server does
@@ -81,13 +82,13 @@ export interface RoundStats {
 /** How returning users were placed. */
 export interface ReconnectStats {
   total: number;
-  /** No hint: a random cell. */
+  /** No preferred cell (never online, no message): a random cell. */
   noHint: number;
-  /** Hint honoured: the sender's cell. */
+  /** Placed on the preferred cell (the sender's, else the previous one). */
   preferred: number;
-  /** Sender's cell at its cap: an associate's cell. */
+  /** Placed on another cell where associates are. */
   associate: number;
-  /** Hint with every candidate cell at its cap: a random cell. */
+  /** Every candidate cell at its cap: a random cell. */
   full: number;
 }
 

@@ -175,8 +175,8 @@ function rows(s: Summary, reconnects: SimResult['reconnects'], timing: Record<st
   }
   const hinted = reconnects.total - reconnects.noHint;
   out.push(
-    { metric: 'reconnects.hinted', value: hinted / Math.max(1, reconnects.total), unit: 'share', note: `of ${reconnects.total} reconnects` },
-    { metric: 'reconnects.hint_to_sender', value: reconnects.preferred / Math.max(1, hinted), unit: 'share', note: `associate ${(reconnects.associate / Math.max(1, hinted)).toFixed(3)}, all full ${(reconnects.full / Math.max(1, hinted)).toFixed(3)}` },
+    { metric: 'reconnects.hinted', value: hinted / Math.max(1, reconnects.total), unit: 'share', note: `had a preferred cell (sender's, else previous), of ${reconnects.total} reconnects` },
+    { metric: 'reconnects.to_preferred', value: reconnects.preferred / Math.max(1, hinted), unit: 'share', note: `to another associate cell ${(reconnects.associate / Math.max(1, hinted)).toFixed(3)}, all full ${(reconnects.full / Math.max(1, hinted)).toFixed(3)}` },
   );
   for (const [k, v] of Object.entries(timing)) out.push({ metric: `run.${k}`, value: v, unit: k === 'peak_rss' ? 'MiB' : 's' });
   return out;
