@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
@@ -176,6 +177,27 @@ function hostCpu(): { busy: number; total: number } {
   return { busy: total - idle, total };
 }
 
+/**
+ * Host speed: SHA-256 of 1 KiB blocks per second on one thread for `ms`, taken while the cluster
+ * is idle. Other processes are visible in /proc/stat, but contention from outside this VM (a busy
+ * sibling hyperthread or neighbour) is not; sequential runs compared on a slower host would
+ * skew the ratios, so each run reports this and the benchmark warns when the runs differ.
+ */
+function calibrate(ms = 500): number {
+  const buf = Buffer.alloc(1024, 7);
+  const end = performance.now() + ms;
+  let n = 0;
+  while (performance.now() < end) {
+    for (let i = 0; i < 100; i++) createHash('sha256').update(buf).digest();
+    n += 100;
+  }
+  return (n * 1000) / ms;
+}
+
+/** Tolerated difference in host speed between the runs before the ratios are flagged: the probe, and the generators' CPU per message. */
+const SPEED_DRIFT = 0.05;
+const GEN_DRIFT = 0.08;
+
 const locality = (local: number, cross: number): number => (local + cross > 0 ? local / (local + cross) : NaN);
 
 export interface Sample {
@@ -303,6 +325,8 @@ export interface RunResult {
   balanceMeasuredMedian: number;
   balanceFinal: number;
   finalSessions: number[];
+  /** Host speed (calibrate(), hashes/s) right before and right after the closed-loop step. */
+  hostSpeed: { before: number; after: number };
   /** Sampler time (s) when the convergence phase started. */
   convergeStartT: number;
   /** First sample of the convergence phase from which locality stayed ≥ the target for 3 samples. */
@@ -423,7 +447,11 @@ async function runOnce(run: RunName, o: RunOpts, latencyRatesOf: (maxPerSec: num
       log(`[${run}]   locality per second: ${convSamples.map((x) => fmt(x.locality, 2)).join(' ')}`);
       log(`[${run}]   locality over the last 5 s of convergence ${fmt(localityConverged, 3)}, balance ${fmt(balanceConverged, 3)}${convergedAtS !== undefined ? `; ≥ ${TARGET.locality} from ${fmt(convergedAtS, 1)} s` : ''}`);
 
+      const speedBefore = calibrate();
       const max = await step('max', `closed loop, ${o.window} without a status per user`, { mode: 'closed', rate: 0, window: o.window, warmupMs: o.warmMs, durationMs: o.ms });
+      await sleep(500);
+      const hostSpeed = { before: speedBefore, after: calibrate() };
+      log(`[${run}]   host speed ${fmt(hostSpeed.before / 1000)}k / ${fmt(hostSpeed.after / 1000)}k SHA-256 (1 KiB) per s before / after the closed loop`);
       const latencyRates = o.latencyRates ?? latencyRatesOf(max.achievedPerSec);
       const latency: StepOut[] = [];
       for (const rate of latencyRates) latency.push(await step(`latency@${rate}`, `${fmt(rate)} msg/s offered`, { mode: 'open', rate, window: 0, warmupMs: o.warmMs, durationMs: o.ms }));
@@ -444,6 +472,7 @@ async function runOnce(run: RunName, o: RunOpts, latencyRatesOf: (maxPerSec: num
         connect: { connected: c.connected, ms: c.ms, errors: c.errors },
         initialSessions,
         samples: sampler.samples,
+        hostSpeed,
         convergeStartT,
         converge,
         max,
@@ -563,6 +592,13 @@ function runRows(r: RunResult, off: RunResult | undefined): Row[] {
       ...vs('delivered', r.max.achievedPerSec, off?.max.achievedPerSec),
       note: `closed loop: accepted statuses in the window ÷ window; ${stepNote(r.max)}`,
     },
+    {
+      metric: `${p}.host_speed`,
+      value: (r.hostSpeed.before + r.hostSpeed.after) / 2,
+      unit: 'hash/s',
+      ...vs('host_speed', (r.hostSpeed.before + r.hostSpeed.after) / 2, off && (off.hostSpeed.before + off.hostSpeed.after) / 2),
+      note: `SHA-256 of 1 KiB per second on one thread, idle cluster, before ${fmt(r.hostSpeed.before)} / after ${fmt(r.hostSpeed.after)} the closed loop: contention from outside this VM shows here, not in /proc/stat`,
+    },
     { metric: `${p}.delivered.status.p99`, value: r.max.status.p99, unit: 'ms', note: `closed loop, send → status (p50 ${fmt(r.max.status.p50, 2)} ms)` },
     ...r.latency.flatMap((l, j): Row[] => {
       const id = `latency@${r.latencyRates[j]}`;
@@ -646,6 +682,7 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
   const hostLoad = { atStart: loadavg()[0]!, atEnd: NaN, cores: cpus().length };
   if (hostLoad.atStart > hostLoad.cores / 2) log(`WARNING: the host is busy before the run (load average ${hostLoad.atStart.toFixed(1)} on ${hostLoad.cores} cores): expect noisy numbers`);
 
+  calibrate(300); // JIT warm-up of the host-speed probe
   const results: Partial<Record<RunName, RunResult>> = {};
   let latencyRates = latencyFlag;
   for (const r of runs as RunName[]) {
@@ -685,8 +722,14 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
   }
   if (on && off) {
     const thr = on.max.achievedPerSec / off.max.achievedPerSec;
+    const speed = (on.hostSpeed.before + on.hostSpeed.after) / (off.hostSpeed.before + off.hostSpeed.after);
+    // The generators do the same work per message in both runs: their CPU per message is a probe of the host's speed *during* the closed loop.
+    const genPerMsg = genCores(on.max.cores) / on.max.achievedPerSec / (genCores(off.max.cores) / off.max.achievedPerSec);
+    const drifted = Math.abs(speed - 1) > SPEED_DRIFT || Math.abs(genPerMsg - 1) > GEN_DRIFT;
+    const drift = `; host speed on ÷ off ${fmt(speed, 3)} (probe) and ${fmt(genPerMsg, 3)} (generator CPU per message in the closed loop)${drifted ? ': HOST SPEED DIFFERED between the runs, the ratios are not trustworthy, run again' : ''}`;
+    if (drifted) log(`WARNING: HOST SPEED DIFFERED between the runs${drift}`);
     rows.push(
-      { metric: 'ratio.delivered', value: thr, unit: '×', ceiling: 'off.delivered', ratio: thr, note: target({ name: 'delivered msgs/s on ÷ off (closed loop)', target: `≥ ${TARGET.throughputRatio}×`, measured: thr, met: thr >= TARGET.throughputRatio }) },
+      { metric: 'ratio.delivered', value: thr, unit: '×', ceiling: 'off.delivered', ratio: thr, note: `${target({ name: 'delivered msgs/s on ÷ off (closed loop)', target: `≥ ${TARGET.throughputRatio}×`, measured: thr, met: thr >= TARGET.throughputRatio })}${drift}` },
       ...on.latency.flatMap((l, j): Row[] => {
         const b = off.latency[j];
         const rate = on.latencyRates[j]!;
