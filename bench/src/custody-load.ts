@@ -15,7 +15,11 @@ import { procCpuSeconds, sleep, type Child, type Resources } from './procs.js';
 
 const GEN_JS = fileURLToPath(new URL('./custody-gen.js', import.meta.url));
 
-export class GenProcess {
+/**
+ * A load-generator child process answering commands over IPC (structured clone) by
+ * request id. `Cmd` is its command type; `script` the built module it runs.
+ */
+export class GenProcess<Cmd extends object = GenCommand> {
   private seq = 0;
   private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
 
@@ -36,8 +40,8 @@ export class GenProcess {
     return this.child.pid;
   }
 
-  static async start(res: Resources, name: string): Promise<GenProcess> {
-    const proc = spawn(process.execPath, [GEN_JS], { stdio: ['pipe', 'pipe', 'pipe', 'ipc'], serialization: 'advanced' });
+  static async start<C extends object = GenCommand>(res: Resources, name: string, script: string = GEN_JS): Promise<GenProcess<C>> {
+    const proc = spawn(process.execPath, [script], { stdio: ['pipe', 'pipe', 'pipe', 'ipc'], serialization: 'advanced' });
     let tail = '';
     const keep = (d: Buffer): void => void (tail = (tail + d.toString()).slice(-4000));
     proc.stdout!.on('data', keep);
@@ -64,10 +68,10 @@ export class GenProcess {
       proc.stdout!.on('data', (d: Buffer) => void ((out += d.toString()).includes('ready\n') && (clearTimeout(t), resolve())));
       proc.once('exit', (code) => (clearTimeout(t), reject(new Error(`${name} exited (${code}):\n${tail}`))));
     });
-    return new GenProcess(child);
+    return new GenProcess<C>(child);
   }
 
-  call<T>(cmd: GenCommand): Promise<T> {
+  call<T>(cmd: Cmd): Promise<T> {
     const rid = ++this.seq;
     return new Promise<T>((resolve, reject) => {
       this.waiting.set(rid, { resolve: resolve as (v: unknown) => void, reject });

@@ -1,13 +1,11 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
-import { join } from 'node:path';
 import { NatsServer } from '@gravitas/testkit';
 import { GenProcess, Load, mergeStep, type StepResult } from './custody-load.js';
 import type { GenUser, Percentiles } from './custody-types.js';
 import { communityGraph, expectedLocality, randomPlacement, type CommunityGraph } from './gravity-graph.js';
-import { BENCH_LIMITS, CLI_BIN, clusterKeys, log, Resources, sleep, spawnNode, type Child, type ClusterKeys } from './procs.js';
+import { BENCH_LIMITS, type GravitasNode, clusterKeys, type ClusterKeys, log, Resources, sleep, startGravitasNode } from './procs.js';
 import { makeResult, numFlag, posInt, posNum, UsageError, type BenchOptions, type BenchResult, type Row } from './report.js';
 
 /*
@@ -83,37 +81,11 @@ const sum = (r: Record<string, number>): number => Object.values(r).reduce((a, b
 // ---------------------------------------------------------------------------------------------
 // the node
 
-interface Node {
-  child: Child;
-  pid: number;
-  addrs: string[];
-  adminUrl: string;
-}
-
-const NODE_ARGS = (process.env['GRAVITAS_BENCH_NODE_ARGS'] ?? '').split(/\s+/).filter(Boolean);
-
-async function startNode(res: Resources, dir: string, nodeId: string, natsUrl: string, keys: ClusterKeys, cells: number, gravity: Record<string, unknown>): Promise<Node> {
-  const config = {
-    nodeId,
-    nats: { servers: [natsUrl] },
-    cells,
-    listen: { host: '127.0.0.1', basePort: 0 },
-    admin: { host: '127.0.0.1', port: 0 },
-    dataDir: join(dir, `${nodeId}-data`),
-    serverKey: keys.serverKey,
-    ticketKeys: keys.ticketKeys,
-    registration: { mode: 'open' },
-    limits: BENCH_LIMITS,
-    gravity,
-  };
-  const file = join(dir, `${nodeId}.json`);
-  await writeFile(file, JSON.stringify(config, null, 2));
-  const { child, ready } = spawnNode(nodeId, [...NODE_ARGS, CLI_BIN, 'node', '--config', file], /^ready client=(\S+) admin=(\S+)$/m, 60_000);
-  res.add(child);
-  const m = await ready;
-  const addrs = (m[1] ?? '').split(',').filter(Boolean);
-  if (addrs.length !== cells) throw new Error(`${nodeId}: ${addrs.length} cell addresses for ${cells} cells: ${m[1]}`);
-  return { child, pid: child.pid, addrs, adminUrl: m[2] ?? '' };
+/** The one node of a run: `cells` cells, gravitation as configured, addresses checked. */
+async function startNode(res: Resources, dir: string, nodeId: string, natsUrl: string, keys: ClusterKeys, cells: number, gravity: Record<string, unknown>): Promise<GravitasNode> {
+  const node = await startGravitasNode(res, dir, nodeId, natsUrl, keys, { config: { cells, gravity }, readyTimeoutMs: 60_000 });
+  if (node.addrs.length !== cells) throw new Error(`${nodeId}: ${node.addrs.length} cell addresses for ${cells} cells`);
+  return node;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,12 +1,10 @@
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import { pack } from 'msgpackr';
 import { GravitasClient } from '@gravitas/client';
 import { NatsServer } from '@gravitas/testkit';
 import { LatencyHistogram, type LatencySummary } from './histogram.js';
-import { BENCH_LIMITS, CLI_BIN, clusterKeys, log, nativeKeyPair, procCpuSeconds, Resources, sleep, spawnNode, waitFor, type ClusterKeys } from './procs.js';
+import { BENCH_LIMITS, clusterKeys, type ClusterKeys, log, nativeKeyPair, procCpuSeconds, Resources, sleep, startGravitasNode, waitFor } from './procs.js';
 import { makeResult, posInt, posNum, UsageError, type BenchOptions, type BenchResult, type Row } from './report.js';
 
 /*
@@ -393,26 +391,8 @@ function bucketQuantile(before: Array<[number, number]>, after: Array<[number, n
 }
 
 async function startNode(res: Resources, dir: string, natsUrl: string, keys: ClusterKeys, cells: number, members: number): Promise<{ pid: number; addresses: string[]; adminUrl: string }> {
-  const config = {
-    nodeId: 'bench-groups',
-    nats: { servers: [natsUrl] },
-    cells,
-    listen: { host: '127.0.0.1', basePort: 0 },
-    admin: { host: '127.0.0.1', port: 0 },
-    dataDir: join(dir, 'data'),
-    serverKey: keys.serverKey,
-    ticketKeys: keys.ticketKeys,
-    registration: { mode: 'open' },
-    limits: { ...BENCH_LIMITS, maxGroupSize: Math.max(1024, members) },
-  };
-  const file = join(dir, 'node.json');
-  await writeFile(file, JSON.stringify(config, null, 2));
-  // GRAVITAS_BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the node (as in procs.ts).
-  const nodeArgs = (process.env['GRAVITAS_BENCH_NODE_ARGS'] ?? '').split(/\s+/).filter(Boolean);
-  const { child, ready } = spawnNode('node', [...nodeArgs, CLI_BIN, 'node', '--config', file], /^ready client=(\S+) admin=(\S+)$/m);
-  res.add(child);
-  const m = await ready;
-  return { pid: child.pid, addresses: (m[1] ?? '').split(','), adminUrl: m[2] ?? '' };
+  const node = await startGravitasNode(res, dir, 'bench-groups', natsUrl, keys, { config: { cells, limits: { maxGroupSize: Math.max(1024, members) } } });
+  return { pid: node.pid, addresses: node.addrs, adminUrl: node.adminUrl };
 }
 
 const tagText = (n: number, textBytes: number): string => {

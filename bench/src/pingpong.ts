@@ -453,7 +453,7 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
     const dir = await res.tempDir('gravitas-bench-');
     const keys = clusterKeys();
     log('starting 2 node processes (1 cell each)');
-    const [n1, n2] = await Promise.all([startGravitasNode(res, dir, 'bench-n1', nats.url, keys), startGravitasNode(res, dir, 'bench-n2', nats.url, keys, idleGc ? ['--inspect=127.0.0.1:0'] : [])]);
+    const [n1, n2] = await Promise.all([startGravitasNode(res, dir, 'bench-n1', nats.url, keys), startGravitasNode(res, dir, 'bench-n2', nats.url, keys, { nodeArgs: idleGc ? ['--inspect=127.0.0.1:0'] : [] })]);
     if (!n1 || !n2) throw new Error('unreachable');
     log(`node 1 pid ${n1.pid} at ${n1.clientAddress}, node 2 pid ${n2.pid} at ${n2.clientAddress}`);
 

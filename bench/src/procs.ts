@@ -191,9 +191,18 @@ export interface GravitasNode {
   child: Child;
   pid: number;
   nodeId: string;
-  /** host:port of its (single) cell. */
+  /** host:port of its first cell. */
   clientAddress: string;
+  /** host:port of every cell, in cell order. */
+  addrs: string[];
   adminUrl: string;
+}
+
+/** What a benchmark changes in the node: top-level config (limits are merged over BENCH_LIMITS), Node flags, patience. */
+export interface NodeOptions {
+  config?: Record<string, unknown> & { limits?: Record<string, unknown> };
+  nodeArgs?: string[];
+  readyTimeoutMs?: number;
 }
 
 /** Limits high enough that the benchmark measures the node, not its rate limiting. */
@@ -213,7 +222,9 @@ export const BENCH_LIMITS = {
  */
 const NODE_ARGS = (process.env['GRAVITAS_BENCH_NODE_ARGS'] ?? '').split(/\s+/).filter(Boolean);
 
-export async function startGravitasNode(res: Resources, dir: string, nodeId: string, natsUrl: string, keys: ClusterKeys, nodeArgs: string[] = []): Promise<GravitasNode> {
+/** One `gravitas node` child (1 cell unless `o.config.cells` says otherwise), resolved once it printed its ready line. */
+export async function startGravitasNode(res: Resources, dir: string, nodeId: string, natsUrl: string, keys: ClusterKeys, o: NodeOptions = {}): Promise<GravitasNode> {
+  const { limits, ...extra } = o.config ?? {};
   const config = {
     nodeId,
     nats: { servers: [natsUrl] },
@@ -224,15 +235,16 @@ export async function startGravitasNode(res: Resources, dir: string, nodeId: str
     serverKey: keys.serverKey,
     ticketKeys: keys.ticketKeys,
     registration: { mode: 'open' },
-    limits: BENCH_LIMITS,
+    ...extra,
+    limits: { ...BENCH_LIMITS, ...limits },
   };
   const file = join(dir, `${nodeId}.json`);
   await writeFile(file, JSON.stringify(config, null, 2));
-  const { child, ready } = spawnNode(nodeId, [...NODE_ARGS, ...nodeArgs, CLI_BIN, 'node', '--config', file], /^ready client=(\S+) admin=(\S+)$/m);
+  const { child, ready } = spawnNode(nodeId, [...NODE_ARGS, ...(o.nodeArgs ?? []), CLI_BIN, 'node', '--config', file], /^ready client=(\S+) admin=(\S+)$/m, o.readyTimeoutMs);
   res.add(child);
   const m = await ready;
-  const clientAddress = (m[1] ?? '').split(',')[0] ?? '';
-  return { child, pid: child.pid, nodeId, clientAddress, adminUrl: m[2] ?? '' };
+  const addrs = (m[1] ?? '').split(',').filter(Boolean);
+  return { child, pid: child.pid, nodeId, clientAddress: addrs[0] ?? '', addrs, adminUrl: m[2] ?? '' };
 }
 
 /** Sessions and connections of the node's cells, from its admin API. */

@@ -1,7 +1,7 @@
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { GravitasClient, type TrackFailed, type Tracked } from '@gravitas/client';
 import type { CampaignEvent } from '@gravitas/protocol';
-import { MergeableHistogram } from './custody-types.js';
+import { MergeableHistogram, type GenReply } from './custody-types.js';
 import { nativeKeyPair } from './procs.js';
 
 /*
@@ -34,7 +34,6 @@ export type TrackGenCommand =
   | { k: 'burst'; total: number; timeoutMs: number }
   | { k: 'close' };
 export type TrackGenRequest = TrackGenCommand & { rid: number };
-export type TrackGenReply = { rid: number; ok: true; result: unknown } | { rid: number; ok: false; error: string };
 
 export interface ConnectSummary { connected: number; errors: Record<string, number>; ms: number }
 export interface MarkSummary {
@@ -253,8 +252,8 @@ async function dispatch(req: TrackGenRequest): Promise<unknown> {
 
 process.on('message', (req: TrackGenRequest) => {
   dispatch(req).then(
-    (result) => process.send!({ rid: req.rid, ok: true, result } satisfies TrackGenReply),
-    (err: unknown) => process.send!({ rid: req.rid, ok: false, error: err instanceof Error ? (err.stack ?? err.message) : String(err) } satisfies TrackGenReply),
+    (result) => process.send!({ rid: req.rid, ok: true, result } satisfies GenReply),
+    (err: unknown) => process.send!({ rid: req.rid, ok: false, error: err instanceof Error ? (err.stack ?? err.message) : String(err) } satisfies GenReply),
   );
 });
 process.on('disconnect', () => process.exit(0));

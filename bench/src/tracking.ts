@@ -1,6 +1,4 @@
-import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,11 +11,11 @@ import { Names } from '@gravitas/server';
 import { NatsServer } from '@gravitas/testkit';
 // Not exported by @gravitas/server; the tests import it the same way (test/fixtures/tracking.ts).
 import { TrackingStore } from '../../packages/server/dist/engage/tracking-store.js';
-import { readCpu } from './custody-load.js';
+import { GenProcess, readCpu } from './custody-load.js';
 import { MergeableHistogram, type Percentiles } from './custody-types.js';
-import { BENCH_LIMITS, CLI_BIN, clusterKeys, log, nativeKeyPair, Resources, sleep, spawnNode, type Child, type ClusterKeys } from './procs.js';
+import { BENCH_LIMITS, type Child, clusterKeys, type ClusterKeys, log, nativeKeyPair, Resources, sleep, startGravitasNode } from './procs.js';
 import { makeResult, numFlag, posInt, posNum, UsageError, type BenchOptions, type BenchResult, type Row } from './report.js';
-import type { BurstSummary, ConnectSummary, MarkSummary, StopSummary, TrackGenCommand, TrackGenReply } from './tracking-gen.js';
+import type { BurstSummary, ConnectSummary, MarkSummary, StopSummary, TrackGenCommand } from './tracking-gen.js';
 
 export const name = 'tracking';
 export const description =
@@ -155,27 +153,9 @@ async function storePutReference(dir: string, ms: number, campaign: string, writ
 interface TrackingNode { child: Child; pid: number; clientAddresses: string[]; adminUrl: string }
 
 async function startNode(res: Resources, dir: string, natsUrl: string, keys: ClusterKeys, cells: number, shipBatch: number | undefined): Promise<TrackingNode> {
-  const config = {
-    nodeId: 'track-n1',
-    nats: { servers: [natsUrl] },
-    prefix: PREFIX,
-    cells,
-    listen: { host: '127.0.0.1', basePort: 0 },
-    admin: { host: '127.0.0.1', port: 0, token: ROOT_TOKEN },
-    dataDir: join(dir, 'track-n1-data'),
-    serverKey: keys.serverKey,
-    ticketKeys: keys.ticketKeys,
-    registration: { mode: 'open' },
-    limits: BENCH_LIMITS,
-    ...(shipBatch !== undefined && { tracking: { shipBatch } }),
-  };
-  const file = join(dir, 'track-n1.json');
-  await writeFile(file, JSON.stringify(config, null, 2));
-  const nodeArgs = (process.env['GRAVITAS_BENCH_NODE_ARGS'] ?? '').split(/\s+/).filter(Boolean);
-  const { child, ready } = spawnNode('track-n1', [...nodeArgs, CLI_BIN, 'node', '--config', file], /^ready client=(\S+) admin=(\S+)$/m, 60_000);
-  res.add(child);
-  const m = await ready;
-  return { child, pid: child.pid, clientAddresses: (m[1] ?? '').split(',').filter(Boolean), adminUrl: m[2] ?? '' };
+  const config = { prefix: PREFIX, cells, admin: { host: '127.0.0.1', port: 0, token: ROOT_TOKEN }, ...(shipBatch !== undefined && { tracking: { shipBatch } }) };
+  const node = await startGravitasNode(res, dir, 'track-n1', natsUrl, keys, { config, readyTimeoutMs: 60_000 });
+  return { child: node.child, pid: node.pid, clientAddresses: node.addrs, adminUrl: node.adminUrl };
 }
 
 interface Answer { status: number; json: unknown }
@@ -338,66 +318,7 @@ class CpuMeter {
 // generator processes (tracking-gen.ts)
 
 const GEN_JS = fileURLToPath(new URL('./tracking-gen.js', import.meta.url));
-
-class TrackGenProc {
-  private seq = 0;
-  private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-
-  private constructor(readonly child: Child) {
-    child.proc.on('message', (m: TrackGenReply) => {
-      const w = this.waiting.get(m.rid);
-      this.waiting.delete(m.rid);
-      if (m.ok) w?.resolve(m.result);
-      else w?.reject(new Error(`${child.name}: ${m.error}`));
-    });
-    child.proc.once('exit', (code, sig) => {
-      for (const w of this.waiting.values()) w.reject(new Error(`${child.name} exited (${code ?? sig}):\n${child.tail()}`));
-      this.waiting.clear();
-    });
-  }
-
-  get pid(): number {
-    return this.child.pid;
-  }
-
-  static async start(res: Resources, name: string): Promise<TrackGenProc> {
-    const proc = spawn(process.execPath, [GEN_JS], { stdio: ['pipe', 'pipe', 'pipe', 'ipc'], serialization: 'advanced' });
-    let tail = '';
-    const keep = (d: Buffer): void => void (tail = (tail + d.toString()).slice(-4000));
-    proc.stdout!.on('data', keep);
-    proc.stderr!.on('data', keep);
-    const gone = new Promise<void>((r) => proc.once('exit', () => r()));
-    const child: Child = {
-      name,
-      proc,
-      pid: proc.pid ?? -1,
-      tail: () => tail,
-      async stop(graceMs = 5000) {
-        if (proc.exitCode !== null || proc.signalCode !== null) return gone;
-        if (proc.connected) proc.disconnect(); // the generator exits when its channel closes
-        const t = setTimeout(() => proc.kill('SIGKILL'), graceMs);
-        await gone;
-        clearTimeout(t);
-      },
-    };
-    res.add(child);
-    await new Promise<void>((resolve, reject) => {
-      let out = '';
-      const t = setTimeout(() => reject(new Error(`${name} not ready after 10 s:\n${tail}`)), 10_000);
-      proc.stdout!.on('data', (d: Buffer) => void ((out += d.toString()).includes('ready\n') && (clearTimeout(t), resolve())));
-      proc.once('exit', (code) => (clearTimeout(t), reject(new Error(`${name} exited (${code}):\n${tail}`))));
-    });
-    return new TrackGenProc(child);
-  }
-
-  call<T>(cmd: TrackGenCommand): Promise<T> {
-    const rid = ++this.seq;
-    return new Promise<T>((resolve, reject) => {
-      this.waiting.set(rid, { resolve: resolve as (v: unknown) => void, reject });
-      this.child.proc.send({ ...cmd, rid });
-    });
-  }
-}
+type TrackGenProc = GenProcess<TrackGenCommand>;
 
 /** About one timeline sample per second, and the last one: `+t s: records / lag s`. */
 function lagTimeline(b: Pick<BurstResult, 'timeline' | 'burstEndT'>): string[] {
@@ -826,7 +747,7 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
     log(`  ${campaigns.length} campaigns created (drafts: the intake only needs them to exist)`);
 
     log(`starting ${nGens} generator processes with ${nClients} SDK clients`);
-    const gens = await Promise.all(Array.from({ length: nGens }, (_, k) => TrackGenProc.start(res, `tracking-gen-${k}`)));
+    const gens = await Promise.all(Array.from({ length: nGens }, (_, k) => GenProcess.start<TrackGenCommand>(res, `tracking-gen-${k}`, GEN_JS)));
     res.defer(async () => void (await Promise.all(gens.map((g) => g.call({ k: 'close' }).catch(() => undefined)))));
     const perGen: Array<Array<{ user: string; addr: string }>> = gens.map(() => []);
     for (let i = 0; i < nClients; i++) perGen[i % nGens]!.push({ user: `t${i}`, addr: node.clientAddresses[i % nCells]! });

@@ -335,9 +335,8 @@ export class Gravity {
       for (const [u, d] of yours) this.expect(u, d);
       // The reply first (it tells the requester whom to expect), then the moves: a mover
       // must not reach the requester before the reply that names it.
-      const leaving = mine;
       this.nc.flush().then(
-        () => this.carryOut(leaving, req.from, req.addr),
+        () => this.carryOut(mine, req.from, req.addr),
         () => undefined, // NATS away: no moves this time
       );
     } finally {
