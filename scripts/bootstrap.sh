@@ -1,28 +1,43 @@
 #!/usr/bin/env bash
-# Installs what `npm start` and `npm test` need, if missing: nats-server (from the
-# OS package manager), npm dependencies, the TypeScript build. Idempotent and quiet
+# Installs what `npm start` and `npm test` need, if missing: nats-server (with --test
+# also nginx and chromium) from the OS package manager, npm dependencies, the TypeScript build. Idempotent and quiet
 # when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf 'gravitas setup: %s\n' "$*" >&2; }
 
-if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ] && [ -z "${NATS_SERVER_BIN:-}" ]; then
-  say "nats-server is missing; installing it with apt-get (Debian package nats-server)…"
-  SUDO=""
+# apt_install BINARY PACKAGE [WHY]: installs a Debian package unless BINARY is on the PATH
+# (or in /usr/sbin). Needs root or password-less sudo; says what to do otherwise.
+apt_updated=0
+apt_install() {
+  local bin=$1 pkg=$2 why=${3:-}
+  if command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ]; then return 0; fi
+  say "$bin is missing${why:+ ($why)}; installing it with apt-get (Debian package $pkg)…"
+  local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo"; else SUDO="none"; fi
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; else sudo="none"; fi
   fi
-  if [ "$SUDO" = "none" ] || ! command -v apt-get >/dev/null 2>&1; then
-    say "cannot install nats-server here. Install it yourself (Debian/Ubuntu: 'sudo apt-get install nats-server'; others: https://docs.nats.io), or point NATS_SERVER_BIN at the binary, then run this again."
+  if [ "$sudo" = "none" ] || ! command -v apt-get >/dev/null 2>&1; then
+    say "cannot install $pkg here. Install it yourself (Debian/Ubuntu: 'sudo apt-get install $pkg'), then run this again."
     exit 1
   fi
-  if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server >/dev/null; }; then
-    say "apt-get could not install nats-server. Install it yourself ('sudo apt-get install nats-server'), or point NATS_SERVER_BIN at the binary, then run this again."
+  if [ "$apt_updated" = 0 ]; then $sudo apt-get update -qq; apt_updated=1; fi
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null; then
+    say "apt-get could not install $pkg. Install it yourself ('sudo apt-get install $pkg'), then run this again."
     exit 1
   fi
-  # The Debian unit never starts in containers and is not what we use: tests start their own servers.
-  say "installed $(nats-server --version 2>/dev/null || /usr/sbin/nats-server --version)"
+}
+
+# The broker. NATS_SERVER_BIN may point at one elsewhere. The Debian unit never starts in
+# containers and is not what we use: tests start their own servers.
+if [ -z "${NATS_SERVER_BIN:-}" ]; then apt_install nats-server nats-server; fi
+
+# What only the tests need: nginx (the chunked-HTTP transport behind a real reverse proxy)
+# and Chromium (the browser SDK and the demo page, driven by playwright-core).
+if [ "${1:-}" = "--test" ]; then
+  apt_install nginx nginx "the chunked-HTTP proxy test"
+  apt_install chromium chromium "the browser tests"
 fi
 
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
@@ -32,3 +47,5 @@ fi
 
 say "building (tsc -b)…"
 npx --no-install tsc -b
+# The browser SDK bundle (one ES module) that the demo page of `npm start` and the browser tests load.
+node packages/client/scripts/bundle.mjs
