@@ -46,3 +46,14 @@ t.test('forged, altered, misdirected, oversized and expired hints are refused wi
   junk.set(body, 64);
   t.equal(code(() => verifyHint(junk, keys.publicKey, who, NOW)), ErrorCode.HINT_INVALID, 'signed but malformed');
 });
+
+t.test('a hint may name the cell web listener too; a malformed one is refused, and the hint stays small', async (t) => {
+  const h = hint({ web: '10.0.0.7:7600' });
+  const signed = signHint(h, keys.secretKey);
+  t.same(verifyHint(signed, keys.publicKey, who, NOW), h);
+  t.notOk('web' in verifyHint(signHint(hint(), keys.secretKey), keys.publicKey, who, NOW), 'optional: absent when not given');
+  t.equal(code(() => verifyHint(signHint(hint({ web: 'http://x:1' }), keys.secretKey), keys.publicKey, who, NOW)), ErrorCode.HINT_INVALID, 'web address that is not host:port');
+  t.equal(code(() => verifyHint(signHint(hint({ web: 'h:70000' }), keys.secretKey), keys.publicKey, who, NOW)), ErrorCode.HINT_INVALID, 'web port out of range');
+  const longest = signHint(hint({ cell: 'c'.repeat(128), addr: `${'h'.repeat(60)}:65535`, web: `${'w'.repeat(60)}:65535`, user: 'u'.repeat(64), device: 'd'.repeat(32) }), keys.secretKey);
+  t.ok(longest.length <= MAX_HINT_BYTES, `long names still fit (${longest.length} bytes)`);
+});

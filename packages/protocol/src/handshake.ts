@@ -230,7 +230,7 @@ export interface ServerHandshakeResult {
   expectedFinish: Uint8Array;
 }
 
-export function writeWelcome(p: PendingHandshake, info: { session: string; cell: string; node: string; hk?: Uint8Array }, ctx: ServerHandshakeContext): ServerHandshakeResult {
+export function writeWelcome(p: PendingHandshake, info: { session: string; cell: string; node: string; hk?: Uint8Array; wa?: string }, ctx: ServerHandshakeContext): ServerHandshakeResult {
   const t = p.transcript;
   const eph = ctx.suite.generate();
   t.mixHash(eph.publicKey);

@@ -12,13 +12,18 @@ import { int, isObj, name, str } from './validate.js';
  * and device it is for and expires; the SDK ignores one it cannot verify.
  *
  *   hint = signature (64 bytes, Ed25519 over body) || body
- *   body = msgpack { c: cell id, a: "host:port", u: user, d: device, iat: ms, exp: ms }
+ *   body = msgpack { c: cell id, a: "host:port", w?: "host:port", u: user, d: device, iat: ms, exp: ms }
+ *
+ * `w` is the cell's web listener (WebSocket and chunked HTTP), so a client that
+ * cannot use TCP can follow the hint too.
  */
 
 export interface ConnectHint {
   cell: string;
   /** Client address of the cell, host:port. */
   addr: string;
+  /** The cell's web listener, host:port (docs/transports.md), if it has one. */
+  web?: string;
   user: string;
   device: string;
   issuedAt: number;
@@ -45,7 +50,7 @@ export function hintKeyPair(serverSecret: Uint8Array): HintKeyPair {
 export class HintError extends ProtocolError {}
 
 export function signHint(h: ConnectHint, secretKey: Uint8Array): Uint8Array {
-  const body = pack({ c: h.cell, a: h.addr, u: h.user, d: h.device, iat: h.issuedAt, exp: h.expiresAt });
+  const body = pack({ c: h.cell, a: h.addr, ...(h.web !== undefined && { w: h.web }), u: h.user, d: h.device, iat: h.issuedAt, exp: h.expiresAt });
   const sig = nacl.sign.detached(body, secretKey);
   const out = new Uint8Array(HINT_SIGNATURE_BYTES + body.length);
   out.set(sig, 0);
@@ -54,6 +59,11 @@ export function signHint(h: ConnectHint, secretKey: Uint8Array): Uint8Array {
 }
 
 const ADDR_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/;
+
+/** host:port with a port of at most 65535 (IPv6 hosts in brackets). */
+export function isHostPort(s: string): boolean {
+  return ADDR_RE.test(s) && Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535;
+}
 
 /**
  * Verifies a hint for `user`/`device` at time `now`: the signature first (nothing
@@ -73,11 +83,13 @@ export function verifyHint(hint: Uint8Array, publicKey: Uint8Array, expect: { us
     const o = unpack(body);
     if (!isObj(o)) return invalid('malformed');
     h = { cell: name(o, 'c', 128), addr: str(o, 'a', 300, 3), user: name(o, 'u'), device: name(o, 'd', 32), issuedAt: int(o, 'iat'), expiresAt: int(o, 'exp') };
+    if (o.w !== undefined) h.web = str(o, 'w', 300, 3);
   } catch (err) {
     if (err instanceof HintError) throw err;
     return invalid('malformed');
   }
-  if (!ADDR_RE.test(h.addr) || Number(h.addr.slice(h.addr.lastIndexOf(':') + 1)) > 65535) return invalid('malformed address');
+  if (!isHostPort(h.addr)) return invalid('malformed address');
+  if (h.web !== undefined && !isHostPort(h.web)) return invalid('malformed web address');
   if (h.user !== expect.user || h.device !== expect.device) return invalid('issued for another device');
   if (h.expiresAt - h.issuedAt > MAX_HINT_LIFETIME_MS) return invalid('lifetime too long');
   if (h.expiresAt <= now) throw new HintError(ErrorCode.HINT_EXPIRED, 'connect hint has expired');

@@ -11,3 +11,11 @@ export const MAX_ID_LENGTH = 64;
 export const HELLO_MAX_SKEW_MS = 120_000;
 /** A sealed frame's counter may not reach 2^48: the session must reconnect first. */
 export const MAX_FRAME_COUNTER = 2 ** 48;
+/**
+ * Chunked-HTTP upstream (docs/transports.md): a client ends its upstream request
+ * and starts the next after this many frames or bytes. Servers accept at least
+ * four times the frames and twice the bytes per request, so a proxy that splits
+ * chunks still stays inside the caps.
+ */
+export const HTTP_UP_ROTATE_FRAMES = 4096;
+export const HTTP_UP_ROTATE_BYTES = 4 * 1024 * 1024;

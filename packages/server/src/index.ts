@@ -5,3 +5,6 @@ export { Supervisor } from './supervisor.js';
 export { Names } from './subjects.js';
 export { AdminErrorCode } from './admin.js';
 export type { CellInit, CellStatus, FromCell, ToCell } from './types.js';
+export { ChunkedDecoder, HttpError, type ChunkedLimits } from './cell/chunked.js';
+export { parseHead, PATH_DOWN, PATH_UP, PATH_WS, STREAM_HEADER } from './cell/web-listener.js';
+export { WS_CLOSE_CODED } from './cell/web-transports.js';

@@ -9,6 +9,8 @@ export interface RunningNode {
   supervisor: Supervisor;
   /** Client addresses of the cells (host:port). */
   clientAddresses: string[];
+  /** Web listener addresses of the cells (host:port; WebSocket and chunked HTTP); empty when off. */
+  webAddresses: string[];
   adminUrl: string;
   /** Graceful stop: drain every cell, close admin. */
   stop(): Promise<void>;
@@ -32,6 +34,7 @@ export async function startNode(config: NodeConfig, log: (msg: string) => void =
     config,
     supervisor,
     clientAddresses: supervisor.addresses(),
+    webAddresses: supervisor.webAddresses(),
     adminUrl: `http://${config.admin.host}:${port}`,
     stop() {
       stopping ??= (async () => {
@@ -43,9 +46,10 @@ export async function startNode(config: NodeConfig, log: (msg: string) => void =
   };
 }
 
-/** The `ready` line printed by `gravitas node` and `gravitas dev`: scripts wait for it. */
+/** The `ready` line printed by `gravitas node` and `gravitas dev`: scripts wait for it. `web=` only when web listeners run. */
 export function readyLine(node: RunningNode): string {
-  return `ready client=${node.clientAddresses.join(',')} admin=${node.adminUrl}`;
+  const web = node.webAddresses.length > 0 ? ` web=${node.webAddresses.join(',')}` : '';
+  return `ready client=${node.clientAddresses.join(',')} admin=${node.adminUrl}${web}`;
 }
 
 /** Runs until SIGTERM/SIGINT, then drains and exits 0. */

@@ -61,11 +61,13 @@ export class Supervisor {
   }
 
   private spawn(c: CellHandle): Promise<void> {
-    const port = c.status ? Number(c.status.address.slice(c.status.address.lastIndexOf(':') + 1)) : undefined;
+    const portOf = (a: string | undefined): number | undefined => (a ? Number(a.slice(a.lastIndexOf(':') + 1)) : undefined);
+    const port = portOf(c.status?.address);
+    const webPort = portOf(c.status?.web);
     // Each incarnation gets a fresh id: directory entries of a crashed incarnation then
     // point at a cell that stopped heartbeating, and stop counting after the timeout.
     c.cellId = `${this.config.nodeId}-${c.index}-${randomBytes(3).toString('hex')}`;
-    const init: CellInit = { config: this.config, index: c.index, cellId: c.cellId, generation: c.generation, ...(port && { port }) };
+    const init: CellInit = { config: this.config, index: c.index, cellId: c.cellId, generation: c.generation, ...(port && { port }), ...(webPort && { webPort }) };
     const worker = new Worker(new URL('./cell/worker.js', import.meta.url), { workerData: init, stdout: false, stderr: false });
     c.worker = worker;
     c.ready = false;
@@ -142,6 +144,11 @@ export class Supervisor {
 
   addresses(): string[] {
     return this.cells.map((c) => c.status?.address ?? '').filter(Boolean);
+  }
+
+  /** Web listener addresses (host:port) of the cells, in cell order; empty when web is off. */
+  webAddresses(): string[] {
+    return this.cells.map((c) => c.status?.web ?? '').filter(Boolean);
   }
 
   send(index: number, m: ToCell): boolean {

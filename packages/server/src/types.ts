@@ -15,6 +15,8 @@ export interface CellInit {
   generation: number;
   /** The port an earlier generation listened on: a restarted cell keeps its address. */
   port?: number;
+  /** The same for its web listener. */
+  webPort?: number;
 }
 
 export type ToCell =
@@ -25,6 +27,8 @@ export type ToCell =
 export interface CellStatus {
   cellId: string;
   address: string;
+  /** host:port of the web listener (WebSocket, chunked HTTP), when it has one. */
+  web?: string;
   natsConnected: boolean;
   listening: boolean;
   connections: number;

@@ -201,7 +201,9 @@ export class Gravity {
   /** Sends `s` a signed hint to move to `cellId` at `addr`. */
   private move(s: Session, cellId: string, addr: string, why: 'rebalance' | 'associate'): void {
     const now = Date.now();
-    const h = signHint({ cell: cellId, addr, user: s.user, device: s.device, issuedAt: now, expiresAt: now + this.cell.config.gravity.hintTtlMs }, this.keys.secretKey);
+    // The target's web listener too, so a device on WebSocket or chunked HTTP can follow.
+    const web = cellId === this.cell.cellId ? this.cell.webAddress : this.cell.membership.live().find((c) => c.cell === cellId)?.web;
+    const h = signHint({ cell: cellId, addr, ...(web && { web }), user: s.user, device: s.device, issuedAt: now, expiresAt: now + this.cell.config.gravity.hintTtlMs }, this.keys.secretKey);
     s.moving = true;
     s.send({ t: 'move', h, why });
     this.cell.metrics.migrations.inc({ why });

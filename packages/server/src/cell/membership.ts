@@ -7,6 +7,8 @@ export interface CellInfo {
   cell: string;
   node: string;
   address: string;
+  /** The cell's web listener (host:port), if it has one. */
+  web?: string;
   sessions: number;
   lagMs: number;
   state: 'up' | 'draining';
@@ -16,7 +18,7 @@ export interface CellInfo {
 function decodeInfo(v: unknown): CellInfo | undefined {
   const o = v as Partial<CellInfo> | null;
   if (typeof o !== 'object' || o === null || typeof o.cell !== 'string' || typeof o.node !== 'string' || typeof o.address !== 'string') return undefined;
-  return { cell: o.cell, node: o.node, address: o.address, sessions: Number(o.sessions) || 0, lagMs: Number(o.lagMs) || 0, state: o.state === 'draining' ? 'draining' : 'up' };
+  return { cell: o.cell, node: o.node, address: o.address, ...(typeof o.web === 'string' && { web: o.web }), sessions: Number(o.sessions) || 0, lagMs: Number(o.lagMs) || 0, state: o.state === 'draining' ? 'draining' : 'up' };
 }
 
 /**

@@ -1,11 +1,11 @@
-import type { Socket } from 'node:net';
 import {
-  checkFinish, decodeClientHandshake, decodeClientMessage, encodeFrame, ErrorCode, FrameDecoder, pack, ProtocolError, readHello, readResume, unpack, writeWelcome,
+  checkFinish, decodeClientHandshake, decodeClientMessage, ErrorCode, pack, ProtocolError, readHello, readResume, unpack, writeWelcome,
   type ClientMessage, type ErrorCode as Code, type SecureChannel, type ServerMessage,
 } from '@gravitas/protocol';
 import type { Cell } from './cell.js';
 import { toClient, type ChatItem, type Item } from './envelope.js';
 import type { StoredRef } from './mailbox.js';
+import type { Transport } from './transport.js';
 
 type State = 'handshake' | 'working' | 'confirming' | 'open' | 'closed';
 
@@ -27,14 +27,14 @@ let sessionSeq = 0;
  * The actor of one connected device. Frames are decoded as they arrive; the
  * commands they carry are queued (bounded) and processed one at a time, so a
  * sender's messages are routed in the order it sent them. A full inbox pauses the
- * socket: TCP backpressure instead of buffering.
+ * transport: TCP backpressure instead of buffering. The session does not know
+ * whether TCP, WebSocket or chunked HTTP carries its frames (transport.ts).
  */
 export class Session {
   readonly id: string;
   /** A number unique within the cell (the gravitation sketch's key). */
   readonly slot: number;
   private state: State = 'handshake';
-  private readonly decoder: FrameDecoder;
   private channel: SecureChannel | undefined;
   private expectedFinish: Uint8Array | undefined;
   private readonly inbox: Command[] = [];
@@ -62,42 +62,23 @@ export class Session {
   /** Told to move to another cell (a connect hint): not moved again meanwhile. */
   moving = false;
 
-  constructor(private readonly cell: Cell, readonly socket: Socket) {
+  constructor(private readonly cell: Cell, readonly transport: Transport) {
     this.slot = ++sessionSeq;
     this.id = `${cell.cellId}-${this.slot.toString(36)}`;
-    this.decoder = new FrameDecoder(cell.config.limits.maxFrameBytes);
     this.tokens = cell.config.limits.msgBurst;
-    socket.setNoDelay(true);
-    socket.setTimeout(cell.config.limits.idleTimeoutMs, () => this.fail(new ProtocolError(ErrorCode.IDLE_TIMEOUT, 'no traffic within the idle timeout')));
+    transport.setIdleTimeout(cell.config.limits.idleTimeoutMs, () => this.fail(new ProtocolError(ErrorCode.IDLE_TIMEOUT, 'no traffic within the idle timeout')));
     this.handshakeTimer = setTimeout(() => this.fail(new ProtocolError(ErrorCode.HANDSHAKE_TIMEOUT, 'handshake did not complete in time')), cell.config.limits.handshakeTimeoutMs);
-    socket.on('data', (chunk) => this.onData(chunk));
-    socket.on('end', () => this.onEnd());
-    socket.on('drain', () => this.wakeWindow());
-    socket.on('error', () => this.close());
-    socket.on('close', () => this.close());
+    transport.bind({
+      frame: (body) => this.onFrame(body),
+      end: () => this.close(),
+      drain: () => this.wakeWindow(),
+      error: (err) => this.fail(err),
+      close: () => this.close(),
+    });
   }
 
   get isOpen(): boolean {
     return this.state === 'open';
-  }
-
-  private onData(chunk: Buffer): void {
-    if (this.state === 'closed') return;
-    try {
-      this.decoder.push(chunk, (body) => this.onFrame(body));
-    } catch (err) {
-      this.fail(err);
-    }
-  }
-
-  private onEnd(): void {
-    if (this.state === 'closed') return;
-    try {
-      this.decoder.end();
-      this.close();
-    } catch (err) {
-      this.fail(err);
-    }
   }
 
   private onFrame(body: Buffer): void {
@@ -139,8 +120,7 @@ export class Session {
 
   private onFirstFlight(body: Buffer): void {
     const hello = decodeClientHandshake(unpack(body));
-    const remote = `${this.socket.remoteAddress}:${this.socket.remotePort}`;
-    const cookie = this.cell.guard.admit(remote, hello.e, hello.cookie);
+    const cookie = this.cell.guard.admit(this.transport.remoteAddress, hello.e, hello.cookie);
     if (cookie) {
       this.cell.metrics.cookiesSent.inc();
       this.writePlain({ t: 'cookie', c: cookie });
@@ -163,7 +143,7 @@ export class Session {
         await this.cell.tickets.spend(pending.ticket!.id);
       }
       if (this.state === 'closed') return;
-      const res = writeWelcome(pending, { session: this.id, cell: this.cell.cellId, node: this.cell.config.nodeId, hk: this.cell.gravity.hintPublicKey }, ctx);
+      const res = writeWelcome(pending, { session: this.id, cell: this.cell.cellId, node: this.cell.config.nodeId, hk: this.cell.gravity.hintPublicKey, ...(this.cell.webAddress && { wa: this.cell.webAddress }) }, ctx);
       this.user = pending.user;
       this.device = pending.device;
       this.channel = res.channel;
@@ -180,7 +160,7 @@ export class Session {
     this.inbox.push(c);
     if (this.inbox.length >= this.cell.config.limits.maxInboxDepth && !this.paused) {
       this.paused = true;
-      this.socket.pause();
+      this.transport.pause();
     }
     if (!this.running) void this.run();
   }
@@ -192,7 +172,7 @@ export class Session {
         const c = this.inbox.shift()!;
         if (this.paused && this.inbox.length < this.cell.config.limits.maxInboxDepth / 2) {
           this.paused = false;
-          this.socket.resume();
+          this.transport.resume();
         }
         await this.handle(c);
       }
@@ -263,7 +243,7 @@ export class Session {
    */
   private writable(): boolean {
     if (this.state !== 'open') return false;
-    if (this.socket.writableLength <= this.cell.config.limits.maxOutboundBytes) return true;
+    if (this.transport.bufferedBytes <= this.cell.config.limits.maxOutboundBytes) return true;
     this.cutSlow();
     return false;
   }
@@ -272,13 +252,13 @@ export class Session {
   private cutSlow(): void {
     if (this.state === 'closed') return;
     this.cell.metrics.protocolErrors.inc({ code: ErrorCode.SLOW_CONSUMER });
-    if (this.channel) this.socket.write(encodeFrame(this.channel.seal(pack({ t: 'error', code: ErrorCode.SLOW_CONSUMER, message: 'the connection is not reading what it is sent' }))));
-    this.close();
+    if (this.channel) this.transport.sendFrame(this.channel.seal(pack({ t: 'error', code: ErrorCode.SLOW_CONSUMER, message: 'the connection is not reading what it is sent' })));
+    this.close(ErrorCode.SLOW_CONSUMER);
   }
 
   /** Bytes written to this connection and not yet taken by the kernel. */
   get outboundBytes(): number {
-    return this.socket.writableLength;
+    return this.transport.bufferedBytes;
   }
 
   private track(d: Delivery): void {
@@ -329,7 +309,7 @@ export class Session {
    */
   async windowFor(window: number): Promise<void> {
     const half = this.cell.config.limits.maxOutboundBytes / 2;
-    while (this.state !== 'closed' && (this.drain.inFlight >= window || this.socket.writableLength > half)) {
+    while (this.state !== 'closed' && (this.drain.inFlight >= window || this.transport.bufferedBytes > half)) {
       await new Promise<void>((resolve) => this.windowWaiters.push(resolve));
     }
   }
@@ -348,13 +328,13 @@ export class Session {
   /** Every server frame goes through here, so a peer that sends without reading cannot grow our buffers either. */
   send(m: ServerMessage): void {
     if (this.state === 'closed' || !this.channel) return;
-    if (this.socket.writableLength > this.cell.config.limits.maxOutboundBytes) return this.cutSlow();
-    this.socket.write(encodeFrame(this.channel.seal(pack(m))));
+    if (this.transport.bufferedBytes > this.cell.config.limits.maxOutboundBytes) return this.cutSlow();
+    this.transport.sendFrame(this.channel.seal(pack(m)));
     this.cell.metrics.framesOut.inc();
   }
 
   private writePlain(m: object): void {
-    this.socket.write(encodeFrame(pack(m)));
+    this.transport.sendFrame(pack(m));
     this.cell.metrics.framesOut.inc();
   }
 
@@ -372,7 +352,7 @@ export class Session {
     if (!(err instanceof ProtocolError)) this.cell.log('session error', err);
     this.sendError(pe.code, pe.message);
     // Before the session is open nothing is worth keeping: any error ends it.
-    if (pe.fatal || this.state !== 'open') this.close();
+    if (pe.fatal || this.state !== 'open') this.close(pe.code);
   }
 
   /** Says goodbye with a reason (shutdown, replaced), then closes. */
@@ -381,7 +361,8 @@ export class Session {
     this.close();
   }
 
-  close(): void {
+  /** `code`: the error that ended the session, for transports that can say it in their close (WebSocket). */
+  close(code?: Code): void {
     if (this.state === 'closed') return;
     const wasOpen = this.state === 'open';
     this.state = 'closed';
@@ -389,9 +370,9 @@ export class Session {
     this.inbox.length = 0;
     for (const w of this.windowWaiters) w();
     this.windowWaiters = [];
-    this.socket.end();
+    this.transport.end(code);
     // Give the last frame a moment to leave, then make sure the descriptor is freed.
-    setTimeout(() => this.socket.destroy(), 1000).unref();
+    setTimeout(() => this.transport.destroy(), 1000).unref();
     this.cell.detach(this, wasOpen);
   }
 }

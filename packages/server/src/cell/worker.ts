@@ -18,7 +18,7 @@ let natsUp = false;
 async function main(): Promise<void> {
   const nc = await connectNats(init.config, `gravitas ${init.cellId}`);
   natsUp = true;
-  const cell = new Cell(init.config, init.cellId, init.index, nc, log, init.port);
+  const cell = new Cell(init.config, init.cellId, init.index, nc, log, init.port, init.webPort);
   void (async () => {
     for await (const s of nc.status()) {
       if (s.type === 'disconnect') natsUp = false;
