@@ -189,12 +189,12 @@ t.test('contacts, blocks and preferences across two nodes', async (t) => {
 
   t.test('preferences: defaults, set, get from another node, validated', async (t) => {
     const hal = await onA('p-hal');
-    t.same(await hal.client.request('prefs.get', {}), { readReceipts: true, presence: 'contacts' }, 'defaults');
-    t.same(await hal.client.request('prefs.set', { readReceipts: false }), { readReceipts: false, presence: 'contacts' }, 'set answers with the new preferences');
-    t.same(await hal.client.request('prefs.set', { presence: 'nobody' }), { readReceipts: false, presence: 'nobody' }, 'a partial set keeps the rest');
-    t.same(await hal.client.request('prefs.set', {}), { readReceipts: false, presence: 'nobody' }, 'an empty set changes nothing');
+    t.same(await hal.client.request('prefs.get', {}), { readReceipts: true, presence: 'contacts', pushPreview: false, mutedPush: 'silent' }, 'defaults');
+    t.same(await hal.client.request('prefs.set', { readReceipts: false }), { readReceipts: false, presence: 'contacts', pushPreview: false, mutedPush: 'silent' }, 'set answers with the new preferences');
+    t.same(await hal.client.request('prefs.set', { presence: 'nobody' }), { readReceipts: false, presence: 'nobody', pushPreview: false, mutedPush: 'silent' }, 'a partial set keeps the rest');
+    t.same(await hal.client.request('prefs.set', {}), { readReceipts: false, presence: 'nobody', pushPreview: false, mutedPush: 'silent' }, 'an empty set changes nothing');
     const hal2 = await connectClient(t, { user: 'p-hal', device: 'd2', servers: [b1], serverPublicKey: pk });
-    t.same(await hal2.client.request('prefs.get', {}), { readReceipts: false, presence: 'nobody' }, 'the other node reads the same');
+    t.same(await hal2.client.request('prefs.get', {}), { readReceipts: false, presence: 'nobody', pushPreview: false, mutedPush: 'silent' }, 'the other node reads the same');
     t.equal((await outcome(hal.client.request('prefs.set', { presence: 'everyone' } as never))).code, ErrorCode.BAD_MESSAGE, 'an unknown visibility is BAD_MESSAGE');
     t.equal((await outcome(hal.client.request('prefs.set', { readReceipts: 'yes' } as never))).code, ErrorCode.BAD_MESSAGE, 'a non-boolean is BAD_MESSAGE');
 

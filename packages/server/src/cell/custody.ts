@@ -284,6 +284,7 @@ export class Custody {
             this.cell.mailbox.remove(ref).catch(() => undefined); // redundant already
           } else {
             p.stored++;
+            this.cell.push.stored(t.user, t.device, p.item); // offline or silent: announce it (reach/push-gateway.ts)
             // Delivered live too: a late ack deletes the copy; otherwise wake the device's drain.
             if (t.loc) this.late.set(`${p.key}/${t.user}/${t.device}`, ref);
             this.wake(t.user);

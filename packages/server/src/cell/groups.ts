@@ -223,7 +223,9 @@ export class Groups {
     await Promise.all(
       [...rec.members.keys()].map(async (u) => {
         if (u !== item.from && (await this.cell.social.refuses(u, item.from).catch(() => false))) return;
-        for (const l of await this.locate(u)) {
+        const locs = await this.locate(u);
+        this.cell.push.groupMessage(u, locs, item); // its offline devices get a push
+        for (const l of locs) {
           if (u === item.from && l.device === senderDevice) continue;
           let to = byCell.get(l.cell);
           if (!to) byCell.set(l.cell, (to = []));

@@ -18,7 +18,7 @@ export const MAX_BLOCKED = 5000;
  */
 export const LIST_PAGE = 900;
 if (LIST_PAGE * (MAX_ID_LENGTH + 2) + 256 > DEFAULT_MAX_FRAME_BYTES) throw new Error('a contacts.list page does not fit one frame');
-export const DEFAULT_PREFS: Readonly<Prefs> = Object.freeze({ readReceipts: true, presence: 'contacts' });
+export const DEFAULT_PREFS: Readonly<Prefs> = Object.freeze({ readReceipts: true, presence: 'contacts', pushPreview: false, mutedPush: 'silent' });
 
 /** Changes are invalidated cluster-wide; the TTL only bounds the damage of a lost invalidation. */
 const CACHE_TTL_MS = 30_000;
@@ -66,6 +66,8 @@ export function decodeSocial(v: Uint8Array | undefined): SocialRecord {
     prefs: {
       readReceipts: typeof p.readReceipts === 'boolean' ? p.readReceipts : DEFAULT_PREFS.readReceipts,
       presence: p.presence === 'nobody' || p.presence === 'contacts' ? p.presence : DEFAULT_PREFS.presence,
+      pushPreview: typeof p.pushPreview === 'boolean' ? p.pushPreview : DEFAULT_PREFS.pushPreview,
+      mutedPush: p.mutedPush === 'silent' || p.mutedPush === 'suppress' ? p.mutedPush : DEFAULT_PREFS.mutedPush,
     },
   };
 }
@@ -74,6 +76,8 @@ function encodeSocial(r: SocialRecord): Uint8Array {
   const p: Partial<Prefs> = {};
   if (r.prefs.readReceipts !== DEFAULT_PREFS.readReceipts) p.readReceipts = r.prefs.readReceipts;
   if (r.prefs.presence !== DEFAULT_PREFS.presence) p.presence = r.prefs.presence;
+  if (r.prefs.pushPreview !== DEFAULT_PREFS.pushPreview) p.pushPreview = r.prefs.pushPreview;
+  if (r.prefs.mutedPush !== DEFAULT_PREFS.mutedPush) p.mutedPush = r.prefs.mutedPush;
   const s: Stored = { c: [...r.contacts], b: [...r.blocked], ...(Object.keys(p).length > 0 && { p }) };
   return pack(s);
 }
@@ -173,6 +177,14 @@ export class Social {
           }
           if (want.presence !== undefined && want.presence !== d.prefs.presence) {
             d.prefs.presence = want.presence;
+            changed = true;
+          }
+          if (want.pushPreview !== undefined && want.pushPreview !== d.prefs.pushPreview) {
+            d.prefs.pushPreview = want.pushPreview;
+            changed = true;
+          }
+          if (want.mutedPush !== undefined && want.mutedPush !== d.prefs.mutedPush) {
+            d.prefs.mutedPush = want.mutedPush;
             changed = true;
           }
           return changed;

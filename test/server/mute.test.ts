@@ -1,0 +1,175 @@
+/*
+ * Muting and damping end to end: a real nats-server, one real node (2 cells), the
+ * local push service of test/fixtures/push-service.ts. Durations are short and
+ * every wait polls for a state (a mute listed or gone, a push arrived, a counter
+ * moved), never for a time.
+ */
+import t from 'tap';
+import { join } from 'node:path';
+import { ErrorCode, RemoteError, type MuteEntry } from '@gravitas/protocol';
+import { check, NatsServer, tempDir } from '@gravitas/testkit';
+import { Damper } from '../../packages/server/dist/reach/damping.js';
+import { clusterKeys, connectClient, metricsText, metricValue, nodeConfig, spawnNode, writeNodeConfig, type TestClient } from '../fixtures/cluster.js';
+import { PushService, vapidKeys } from '../fixtures/push-service.js';
+
+const SUBJECT = 'mailto:mute-test@example.com';
+const SECRET = 'test-webhook-secret-0123456789';
+const BASE = 40_000;
+const CAP = 150_000;
+
+async function code(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'ok';
+  } catch (err) {
+    return err instanceof RemoteError ? err.code : `not a RemoteError: ${String(err)}`;
+  }
+}
+
+t.test('damping: the rate estimate and the window formula', async (t) => {
+  const d = new Damper({ baseMs: 1000, thresholdPerMin: 6, halfLifeMs: 60_000, maxWindowMs: 30_000, maxKeys: 2 });
+  let rate = 0;
+  // 60 messages per minute, steady, for ten half-lives: the estimate settles at 60.
+  for (let i = 0; i < 6000; i++) rate = d.observe('k', i * 1000);
+  t.ok(Math.abs(rate - 60) < 1, `steady 60/min estimated as ${rate.toFixed(2)}`);
+  t.ok(Math.abs(d.window(rate) - 10_000) < 100, 'window = base × rate / threshold');
+  t.equal(d.window(3), 1000, 'below the threshold: the base window');
+  t.equal(d.window(10_000), 30_000, 'capped at maxWindowMs');
+  d.observe('a', 0);
+  d.observe('b', 0);
+  t.equal(d.size, 2, 'bounded: the least recently used key goes');
+  t.ok(d.observe('k', 6_000_000) < 1, 'a key evicted starts afresh');
+});
+
+t.test('mutes', async (t) => {
+  const vapid = vapidKeys();
+  const svc = await PushService.start({ vapidPublicKey: vapid.publicKey, vapidSubject: SUBJECT, webhookSecret: SECRET });
+  t.teardown(() => svc.stop());
+  const nats = await NatsServer.start();
+  t.teardown(() => nats.stop());
+  const dir = await tempDir('gravitas-mute-');
+  t.teardown(() => dir[Symbol.asyncDispose]());
+  const keys = clusterKeys();
+  const push = {
+    vapidPublicKey: vapid.publicKey, vapidPrivateKey: vapid.privateKey, vapidSubject: SUBJECT, webhookSecret: SECRET, allowHttp: true,
+    coalesceMs: 200, groupMuteBaseMs: BASE, groupMuteCapMs: CAP, dampingThresholdPerMin: 1, dampingMaxWindowMs: 3000,
+  };
+  const file = await writeNodeConfig(join(dir.path, 'm.json'), nodeConfig({ natsUrl: nats.url, nodeId: 'muteA', dataDir: join(dir.path, 'm'), keys, extra: { mailbox: { maxBytesPerPartition: 64 * 1024 * 1024 }, push } }));
+  const node = await spawnNode(file);
+  t.teardown(() => node.stop(5000));
+  const [a0, a1] = node.clientAddresses as [string, string];
+  const pk = keys.serverPublicKey;
+  const on = (server: string, user: string, o: { prev?: TestClient; device?: string } = {}) =>
+    connectClient(t, { user, servers: [server], serverPublicKey: pk, ...(o.prev && { identity: o.prev.identity, device: o.prev.device }), ...(o.device && { device: o.device }) });
+  const metric = async (name: string, labels: Record<string, string> = {}) => metricValue(await metricsText(node.adminUrl), name, labels) ?? 0;
+  const alice = await on(a0, 'alice');
+
+  /** A user whose device d1 has a push subscription; returns it online (caller closes it). */
+  const subscribed = async (user: string) => {
+    const sub = svc.subscribe();
+    const d = await on(a1, user);
+    await d.client.registerPush(sub.target);
+    return { sub, d };
+  };
+
+  t.test('a timed mute: silent pushes while it lasts, alerts again once it expired by itself', async (t) => {
+    const { sub, d } = await subscribed('mo');
+    const m = await d.client.mute({ to: 'alice' }, 4000);
+    t.ok(m.until !== undefined, 'the mute has an end');
+    t.same((await d.client.listMutes()).map((e) => e.to), ['alice'], 'listed');
+    await d.client.close();
+    await alice.client.send('mo', 'while muted');
+    const [p] = await check('a push', () => (svc.to(sub.id).length >= 1 ? svc.to(sub.id) : undefined), { timeout: 15_000, interval: 20 });
+    t.match(p!.payload, { kind: 'sync', chat: { to: 'alice' }, count: 1 }, 'data-only: the device syncs');
+    t.notOk('title' in p!.payload!, 'nothing to show');
+    const d2 = await on(a1, 'mo', { prev: d });
+    await check('the mute expired', async () => ((await d2.client.listMutes()).length === 0 ? true : undefined), { timeout: 15_000, interval: 100 });
+    await d2.client.close();
+    await alice.client.send('mo', 'after');
+    const got = await check('a second push', () => (svc.to(sub.id).length >= 2 ? svc.to(sub.id) : undefined), { timeout: 15_000, interval: 20 });
+    t.match(got[1]!.payload, { kind: 'message', title: 'New message from alice' }, 'an alert again, nobody cleared the mute');
+  });
+
+  t.test('mutedPush suppress: no push at all; clearing restores alerts', async (t) => {
+    const { sub, d } = await subscribed('sue');
+    await d.client.request('prefs.set', { mutedPush: 'suppress' });
+    await d.client.mute({ to: 'alice' });
+    t.same(d.client.mutes, [{ to: 'alice' }], 'until cleared: no end');
+    await d.client.close();
+    const before = await metric('gravitas_push_suppressed_total', { provider: 'webpush' });
+    await alice.client.send('sue', 'hush');
+    await check('suppressed', async () => ((await metric('gravitas_push_suppressed_total', { provider: 'webpush' })) > before ? true : undefined), { timeout: 15_000, interval: 50 });
+    t.equal(svc.to(sub.id).length, 0, 'nothing was sent');
+    const d2 = await on(a1, 'sue', { prev: d });
+    await d2.client.unmute({ to: 'alice' });
+    await d2.client.close();
+    await alice.client.send('sue', 'now');
+    const [p] = await check('a push', () => (svc.to(sub.id).length >= 1 ? svc.to(sub.id) : undefined), { timeout: 15_000, interval: 20 });
+    t.equal(p!.payload!.kind, 'message');
+  });
+
+  t.test('a group muted without a duration: base × members, capped', async (t) => {
+    const gm = await on(a1, 'gm');
+    const others = await Promise.all(['gm1', 'gm2', 'gm3', 'gm4'].map((u) => on(a0, u)));
+    const { g: small } = (await gm.client.request('groups.create', { name: 'small', members: ['gm1', 'gm2'] })) as { g: string };
+    const { g: big } = (await gm.client.request('groups.create', { name: 'big', members: ['gm1', 'gm2', 'gm3', 'gm4'] })) as { g: string };
+    let t0 = Date.now();
+    const ms = await gm.client.mute({ g: small });
+    let t1 = Date.now();
+    t.ok(ms.until! >= t0 + 3 * BASE && ms.until! <= t1 + 3 * BASE, '3 members: 3 × base');
+    t0 = Date.now();
+    const mb = await gm.client.mute({ g: big });
+    t1 = Date.now();
+    t.ok(mb.until! >= t0 + CAP && mb.until! <= t1 + CAP, '5 members: capped');
+    const mf = await gm.client.mute({ g: big }, '1h');
+    t.ok(mf.until! > Date.now() + 3_500_000, 'a named duration wins');
+    t.same((await gm.client.mute({ g: big }, 'always')).until, undefined, "'always': until cleared");
+    t.equal(await code(gm.client.mute({ g: 'nosuchgroup00000' })), ErrorCode.NOT_FOUND, 'an unknown group');
+    t.equal(await code(others[3]!.client.mute({ g: small })), ErrorCode.NOT_A_MEMBER, 'a group one is not in');
+  });
+
+  t.test('muting on one device syncs the others; bad arguments are BAD_MESSAGE', async (t) => {
+    const p1 = await on(a0, 'pat', { device: 'p1' });
+    const p2 = await on(a1, 'pat', { device: 'p2' });
+    const p3 = await on(a0, 'pat', { device: 'p3' });
+    const seen: Record<string, MuteEntry[][]> = { p1: [], p2: [], p3: [] };
+    for (const [n, c] of [['p1', p1], ['p2', p2], ['p3', p3]] as const) c.client.on('mutes', (l) => seen[n]!.push(l));
+    await p1.client.mute({ to: 'alice' }, '8h');
+    await check('the other devices synced', () => (seen.p2!.length > 0 && seen.p3!.length > 0 ? true : undefined), { timeout: 10_000, interval: 20 });
+    t.same(seen.p2![0]!.map((e) => e.to), ['alice'], 'on the other cell');
+    t.same(p3.client.mutes.map((e) => e.to), ['alice'], 'client.mutes follows the sync');
+    await p1.client.ping();
+    t.equal(seen.p1!.length, 0, 'the device that made the change is not told again');
+    await p2.client.unmute({ to: 'alice' });
+    await check('cleared everywhere', () => (p1.client.mutes.length === 0 && p3.client.mutes.length === 0 ? true : undefined), { timeout: 10_000, interval: 20 });
+
+    const bad: Array<[string, unknown]> = [
+      ['both to and g', { to: 'alice', g: 'x' }],
+      ['neither', {}],
+      ['unknown name', { to: 'alice', for: 'forever' }],
+      ['too short', { to: 'alice', for: 10 }],
+      ['both for and until', { to: 'alice', for: '1h', until: Date.now() + 10_000 }],
+      ['until in the past', { to: 'alice', until: Date.now() - 1000 }],
+    ];
+    for (const [what, a] of bad) t.equal(await code(p1.client.request('mute.set', a as never)), ErrorCode.BAD_MESSAGE, what);
+  });
+
+  t.test('damping: a burst in one chat gives a few alerts, the window widening with the rate', async (t) => {
+    const { sub, d } = await subscribed('burst');
+    await d.client.close();
+    const damped0 = await metric('gravitas_push_damped_total');
+    const N = 40;
+    // Spread over a few base windows: without damping this is one push per 200 ms window.
+    for (let i = 0; i < N; i++) {
+      await alice.client.send('burst', `b${i}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const got = await check('every message announced', () => {
+      const l = svc.to(sub.id);
+      return l.reduce((n, p) => n + Number(p.payload?.count ?? 0), 0) >= N ? l : undefined;
+    }, { timeout: 30_000, interval: 50 });
+    t.equal(got.reduce((n, p) => n + Number(p.payload?.count), 0), N, 'the counts add up');
+    t.ok(got.length <= 6, `${got.length} pushes for ${N} messages over ≥ ${(N * 50) / 1000} s (base windows alone: ≥ 10)`);
+    t.ok((await metric('gravitas_push_damped_total')) > damped0, 'windows were widened by damping');
+  });
+});
