@@ -1,0 +1,217 @@
+import { Kvm } from '@nats-io/kv';
+import { loadCap } from '@gravitas/placement';
+import { ErrorCode, fromBase64Url, hintKeyPair, ProtocolError, signHint, signWake, verifyHint, type HintKeyPair, type RequestArgs } from '@gravitas/protocol';
+import type { Cell } from '../cell/cell.js';
+import type { DeviceLocation } from '../cell/directory.js';
+import { untilReady } from '../cell/nats.js';
+import type { Session } from '../cell/session.js';
+import { TtlCache } from '../cell/ttl-cache.js';
+import { recentCount, ReachStore, type Relayer } from './relay-store.js';
+
+/*
+ * Wake-ups relayed through peer devices (docs/relay.md). Devices report which
+ * other devices they reach directly on their LAN (`reach.report`); when a device
+ * is offline and no push can reach it, `wake` picks an online device that
+ * reported reaching it and sends that device a `relay` frame carrying a signed,
+ * single-use, short-lived wake token. The relayer's SDK hands the token over
+ * peer to peer; the target verifies it and connects to the cell it names.
+ */
+
+/** Why a wake attempt ended: `sent`, or why nothing was sent (the `result` label of gravitas_relay_wakes_total). */
+export type WakeResult =
+  | 'sent' | 'disabled' | 'online' | 'no_relayer' | 'relayer_offline' | 'rate_limited_target' | 'rate_limited_relayer' | 'no_cell' | 'coalesced' | 'busy' | 'error';
+
+/** Reporters remembered for the per-device report interval (one entry per reporting device). */
+const REPORTERS_MAX = 100_000;
+
+interface Candidate { relayer: Relayer; loc: DeviceLocation; tier: number; recent: number; cellLoad: number }
+
+export class RelayCoordinator {
+  private store: ReachStore | undefined;
+  private readonly keys: HintKeyPair;
+  /** Devices that reported within relay.minReportIntervalMs. */
+  private readonly reporters: TtlCache<string, true>;
+  /** Targets with a wake attempt running on this cell: a burst of stores makes one attempt. */
+  private readonly running = new Set<string>();
+
+  constructor(private readonly cell: Cell) {
+    this.keys = hintKeyPair(fromBase64Url(cell.config.serverKey, 32));
+    this.reporters = new TtlCache(REPORTERS_MAX, Math.max(1, cell.config.relay.minReportIntervalMs));
+  }
+
+  async start(): Promise<void> {
+    const { config: cfg, nc, names } = this.cell;
+    // Records outlive the longest report and the rate window; idle ones then vanish.
+    const ttl = Math.max(cfg.relay.maxReportTtlMs, cfg.relay.windowMs) + 60_000;
+    const kv = await untilReady(() => new Kvm(nc).create(names.reachBucket, { history: 1, ttl, replicas: cfg.replicas }), 'reach bucket');
+    this.store = new ReachStore(kv);
+  }
+
+  private get reach(): ReachStore {
+    if (!this.store) throw new ProtocolError(ErrorCode.BUSY, 'relay store not ready');
+    return this.store;
+  }
+
+  // ---- reports ------------------------------------------------------------------
+
+  /** `reach.report` from a session: the devices it reaches, for at most relay.maxReportTtlMs. */
+  async report(s: Session, a: RequestArgs['reach.report']): Promise<{ accepted: number; ttlMs: number }> {
+    const cfg = this.cell.config.relay;
+    const me = `${s.user}/${s.device}`;
+    if (this.reporters.get(me)) {
+      this.cell.metrics.reachReports.inc({ result: 'rate_limited' });
+      throw new ProtocolError(ErrorCode.RATE_LIMITED, `at most one reach report per ${cfg.minReportIntervalMs} ms`);
+    }
+    this.reporters.set(me, true);
+    const ttlMs = Math.min(a.ttlMs, cfg.maxReportTtlMs);
+    const now = Date.now();
+    const peers = a.peers.filter((p) => !(p.user === s.user && p.device === s.device));
+    // Registered devices only: a report cannot plant records under names that do not exist.
+    const known = await Promise.all(peers.map(async (p) => (await this.cell.accounts.devices(p.user)).includes(p.device)));
+    const real = peers.filter((_, i) => known[i]);
+    await Promise.all(real.map((p) => this.reach.addRelayer(p, { user: s.user, device: s.device }, now + ttlMs, cfg.maxRelayersPerTarget, now)));
+    this.cell.metrics.reachReports.inc({ result: 'ok' });
+    return { accepted: real.length, ttlMs };
+  }
+
+  // ---- wake-ups -----------------------------------------------------------------
+
+  /**
+   * The trigger: `user`/`device` is offline and nothing else can reach it (no push
+   * target, or its provider failed). Fire and forget; a burst for one target while
+   * an attempt runs on this cell adds nothing. `hint`: the push gateway's connect
+   * hint for the device; the token names its cell if that has room (default: this
+   * cell, where the message's sender is).
+   */
+  unreachable(user: string, device: string, hint?: Uint8Array): void {
+    const key = `${user}/${device}`;
+    let near: string | undefined;
+    try {
+      if (hint) near = verifyHint(hint, this.keys.publicKey, { user, device }, Date.now()).cell;
+    } catch {
+      near = undefined; // not ours or expired: this cell then
+    }
+    if (this.running.has(key)) return this.count('coalesced');
+    if (this.running.size >= this.cell.config.relay.maxInFlight) return this.count('busy');
+    this.running.add(key);
+    this.wake(user, device, near)
+      .catch((err) => {
+        this.cell.log('relay wake failed', err);
+        this.count('error');
+      })
+      .finally(() => this.running.delete(key));
+  }
+
+  private count(result: WakeResult): void {
+    this.cell.metrics.relayWakes.inc({ result });
+  }
+
+  /**
+   * One wake attempt for `user`/`device`: an online device that reported reaching
+   * it recently, preferring the target's own other devices, then its contacts,
+   * then relayers with fewer recent relays and on less loaded cells; never one the
+   * target blocked. Rate-limited per target and per relayer, cluster-wide.
+   */
+  async wake(user: string, device: string, near: string = this.cell.cellId): Promise<WakeResult> {
+    const result = await this.attempt(user, device, near);
+    this.count(result);
+    return result;
+  }
+
+  private async attempt(user: string, device: string, near: string): Promise<WakeResult> {
+    const cfg = this.cell.config.relay;
+    if (!cfg.enabled) return 'disabled';
+    const now = Date.now();
+    const target = await this.reach.read(user, device);
+    const reported = target.r.filter((r) => r.expiresAt > now);
+    if (reported.length === 0) return 'no_relayer';
+    if (recentCount(target.w, cfg.windowMs, now) >= cfg.perTargetPerWindow) {
+      this.cell.metrics.relayRateLimited.inc({ kind: 'target' });
+      return 'rate_limited_target';
+    }
+    // Fresh: a cached "online" would skip a device that just left, a cached "offline" wake one that is back.
+    if ((await this.cell.directory.lookup(user, true)).some((l) => l.device === device)) return 'online';
+    const candidates = await this.candidates(user, reported, now);
+    if (candidates.length === 0) return 'relayer_offline';
+    let chosen: Candidate | undefined;
+    for (const c of candidates) {
+      if (await this.reach.takeSlot(c.relayer.user, c.relayer.device, 's', cfg.perRelayerPerWindow, cfg.windowMs, now)) {
+        chosen = c;
+        break;
+      }
+      this.cell.metrics.relayRateLimited.inc({ kind: 'relayer' });
+    }
+    if (!chosen) return 'rate_limited_relayer';
+    // Taken last, with a compare-and-set: two cells waking one target at once cannot both pass.
+    if (!(await this.reach.takeSlot(user, device, 'w', cfg.perTargetPerWindow, cfg.windowMs, now))) {
+      this.cell.metrics.relayRateLimited.inc({ kind: 'target' });
+      return 'rate_limited_target';
+    }
+    const cell = this.hintCell(near);
+    if (!cell) return 'no_cell';
+    const expiresAt = now + cfg.tokenTtlMs;
+    const hint = signHint({ cell: cell.cell, addr: cell.addr, user, device, issuedAt: now, expiresAt }, this.keys.secretKey);
+    const w = signWake({ user, device, hint, issuedAt: now, expiresAt }, this.keys.secretKey);
+    const { relayer, loc } = chosen;
+    if (loc.cell === this.cell.cellId) this.deliver(relayer.user, relayer.device, user, device, w);
+    else this.cell.publish(loc.cell, { k: 'rly', u: relayer.user, dev: relayer.device, tu: user, td: device, w });
+    return 'sent';
+  }
+
+  /** Reported relayers that are online and not blocked by the target, best first. */
+  private async candidates(user: string, reported: Relayer[], now: number): Promise<Candidate[]> {
+    const users = [...new Set(reported.map((r) => r.user))];
+    const [located, social] = await Promise.all([Promise.all(users.map((u) => this.cell.directory.lookup(u))), this.cell.social.record(user)]);
+    const where = new Map(users.map((u, i) => [u, located[i]!]));
+    const loads = this.loads();
+    const online: Array<{ relayer: Relayer; loc: DeviceLocation }> = [];
+    for (const relayer of reported) {
+      if (relayer.user !== user && social.blocked.has(relayer.user)) continue;
+      const loc = where.get(relayer.user)?.find((l) => l.device === relayer.device);
+      if (loc) online.push({ relayer, loc });
+    }
+    const records = await Promise.all(online.map((o) => this.reach.read(o.relayer.user, o.relayer.device)));
+    const cfg = this.cell.config.relay;
+    const out = online.map((o, i): Candidate => ({
+      ...o,
+      // The target's own other device first, then its contacts, then anyone who reached it.
+      tier: o.relayer.user === user ? 0 : social.contacts.has(o.relayer.user) ? 1 : 2,
+      recent: recentCount(records[i]!.s, cfg.windowMs, now),
+      cellLoad: loads.get(o.loc.cell)?.load ?? Number.MAX_SAFE_INTEGER,
+    }));
+    return out.sort((a, b) => a.tier - b.tier || a.recent - b.recent || a.cellLoad - b.cellLoad);
+  }
+
+  /** Live, accepting cells and their loads (this cell's own fresh, and only while it accepts). */
+  private loads(): Map<string, { addr: string; load: number }> {
+    const out = new Map<string, { addr: string; load: number }>();
+    for (const c of this.cell.membership.live()) if (c.state === 'up') out.set(c.cell, { addr: c.address, load: c.sessions });
+    if (this.cell.status().natsConnected) out.set(this.cell.cellId, { addr: this.cell.address, load: this.cell.sessionCount });
+    else out.delete(this.cell.cellId);
+    return out;
+  }
+
+  /** The cell the token sends the target to: `near` while it is up and under the load cap, else the least loaded. */
+  private hintCell(near: string): { cell: string; addr: string } | undefined {
+    const loads = this.loads();
+    let total = 0;
+    for (const l of loads.values()) total += l.load;
+    const cap = loadCap(loads.size > 0 ? total / loads.size : 0, this.cell.config.gravity.epsilon);
+    const n = loads.get(near);
+    if (n && n.load < cap) return { cell: near, addr: n.addr };
+    let best: { cell: string; addr: string; load: number } | undefined;
+    for (const [cell, l] of loads) if (!best || l.load < best.load) best = { cell, addr: l.addr, load: l.load };
+    return best && { cell: best.cell, addr: best.addr };
+  }
+
+  /** Writes the relay frame to the relayer's session on this cell (from here or from a `rly` envelope). */
+  deliver(u: string, dev: string, tu: string, td: string, w: Uint8Array): void {
+    const s = this.cell.session(u, dev);
+    if (!s?.isOpen) {
+      this.cell.metrics.relayLost.inc();
+      return;
+    }
+    s.send({ t: 'relay', u: tu, d: td, w });
+    this.cell.metrics.relayRequests.inc();
+  }
+}

@@ -1,0 +1,249 @@
+/*
+ * Wake-ups relayed through peer devices (docs/relay.md), with real processes: one
+ * nats-server, one node of two cells, SDK clients with real peer listeners on
+ * 127.0.0.1. A sender writes to an offline device; a device that reported reaching
+ * it gets a relay request and hands the signed token over; the target verifies it,
+ * connects to the hinted cell and drains its mailbox. Tokens that are forged,
+ * altered, replayed, expired or misdirected are refused and do not connect; junk
+ * is ignored; relays never show as messages; the rate limits hold.
+ */
+import t from 'tap';
+import { connect as netConnect } from 'node:net';
+import { join } from 'node:path';
+import {
+  encodeFrame, ErrorCode, FrameDecoder, fromBase64Url, hintKeyPair, pack, random, RemoteError, signHint, signWake, unpack,
+} from '@gravitas/protocol';
+import { PeerLink } from '@gravitas/client';
+import { check, NatsServer, tempDir } from '@gravitas/testkit';
+import { clusterKeys, connectClient, makeClient, metricsText, metricValue, nodeConfig, registered, spawnNode, writeNodeConfig, type TestClient } from '../fixtures/cluster.js';
+
+const STREAM_BYTES = 64 * 1024 * 1024;
+const PER_TARGET = 2;
+const PER_RELAYER = 3;
+
+/** One frame to a peer listener; its answer (decoded), or 'closed' if it closed without one. */
+function peerAsk(addr: string, body: Uint8Array): Promise<Record<string, unknown> | 'closed'> {
+  const i = addr.lastIndexOf(':');
+  return new Promise((resolve, reject) => {
+    const s = netConnect({ host: addr.slice(0, i), port: Number(addr.slice(i + 1)) });
+    const dec = new FrameDecoder(4096);
+    let done = false;
+    const finish = (r: Record<string, unknown> | 'closed'): void => {
+      if (done) return;
+      done = true;
+      s.destroy();
+      resolve(r);
+    };
+    s.setTimeout(10_000, () => reject(new Error(`no answer from ${addr}`)));
+    s.on('connect', () => s.write(encodeFrame(body)));
+    s.on('data', (c) => dec.push(c, (b) => finish(unpack(b) as Record<string, unknown>)));
+    s.on('error', () => finish('closed'));
+    s.on('close', () => finish('closed'));
+  });
+}
+
+t.test('peer-relay wake-ups', async (t) => {
+  const nats = await NatsServer.start();
+  t.teardown(() => nats.stop());
+  const dir = await tempDir('gravitas-relay-');
+  t.teardown(() => dir[Symbol.asyncDispose]());
+  const keys = clusterKeys();
+  const file = await writeNodeConfig(
+    join(dir.path, 'node.json'),
+    nodeConfig({
+      natsUrl: nats.url, nodeId: 'relayA', dataDir: join(dir.path, 'relayA'), keys,
+      // One report per device in this test: a second one must be RATE_LIMITED, whatever the machine's speed.
+      extra: { mailbox: { maxBytesPerPartition: STREAM_BYTES }, push: { enabled: false, coalesceMs: 0, dampingMaxWindowMs: 0 }, relay: { perTargetPerWindow: PER_TARGET, perRelayerPerWindow: PER_RELAYER, windowMs: 3_600_000, minReportIntervalMs: 3_600_000 } },
+    }),
+  );
+  const node = await spawnNode(file);
+  t.teardown(() => node.stop(5000));
+  const [c0, c1] = node.clientAddresses as [string, string];
+  const pk = keys.serverPublicKey;
+  const hintKeys = hintKeyPair(fromBase64Url(keys.serverKey, 32));
+  const on = (cell: string, user: string, extra = {}) => connectClient(t, { user, servers: [cell], serverPublicKey: pk, ...extra });
+  const metric = async (name: string, labels: Record<string, string> = {}): Promise<number> => metricValue(await metricsText(node.adminUrl), name, labels) ?? 0;
+  const wakes = (result: string) => metric('gravitas_relay_wakes_total', { result });
+  const wakeTotal = async (): Promise<number> => {
+    const text = await metricsText(node.adminUrl);
+    let n = 0;
+    for (const line of text.split('\n')) if (line.startsWith('gravitas_relay_wakes_total{')) n += Number(line.split(/\s+/).pop());
+    return n;
+  };
+  /** A device that exists (registered once) and is offline now. */
+  const offline = async (user: string, extra = {}): Promise<TestClient> => {
+    const tc = makeClient({ user, servers: [c1], serverPublicKey: pk, ...extra });
+    t.teardown(() => tc.client.close());
+    await tc.client.connect();
+    await registered(tc);
+    await tc.client.close();
+    return tc;
+  };
+  /** Relay requests a client's SDK was given (whether or not a PeerLink forwards them). */
+  const relays = (tc: TestClient): Array<{ u: string; d: string }> => {
+    const got: Array<{ u: string; d: string }> = [];
+    tc.client.on('relayRequest', (r) => got.push({ u: r.u, d: r.d }));
+    return got;
+  };
+  const link = async (tc: TestClient): Promise<PeerLink> => {
+    const l = new PeerLink(tc.client, { host: '127.0.0.1', port: 0, timeoutMs: 5000 });
+    t.teardown(() => l.close());
+    await l.start();
+    return l;
+  };
+  // Online the whole time, reports a device of its own choosing only: must never be asked to relay for anyone else.
+  const bystander = await on(c0, 'rl-bystander');
+  const bystanderRelays = relays(bystander);
+  await offline('rl-elsewhere');
+  await bystander.client.request('reach.report', { peers: [{ user: 'rl-elsewhere', device: 'd1' }], ttlMs: 600_000 });
+
+  t.test('an offline device is woken through a LAN peer and gets its message; relays are never messages', async (t) => {
+    const tom = await offline('rl-tom');
+    const tomLink = await link(tom);
+    const woken: unknown[] = [];
+    const ignored: Error[] = [];
+    tomLink.on('woken', (w) => woken.push(w));
+    tomLink.on('wakeIgnored', (e) => ignored.push(e));
+
+    // Two devices reach tom: his contact rita, and ned, who is not a contact. Rita is preferred.
+    const rita = await on(c0, 'rl-rita');
+    const ned = await on(c1, 'rl-ned');
+    await tom.client.connect();
+    await registered(tom);
+    await tom.client.request('contacts.add', { user: 'rl-rita' });
+    await tom.client.close();
+    const ritaRelays = relays(rita);
+    const nedRelays = relays(ned);
+    const ritaLink = await link(rita);
+    const nedLink = await link(ned);
+    const relayed: Array<{ ok: boolean }> = [];
+    ritaLink.on('relayed', (r) => relayed.push(r));
+    for (const [l, name] of [[ritaLink, 'rita'], [nedLink, 'ned']] as const) {
+      const reported = new Promise((r) => l.once('reported', r));
+      t.same(await l.addPeer(tomLink.address), { user: 'rl-tom', device: 'd1' }, `${name}'s probe reaches tom`);
+      await reported;
+    }
+
+    const sam = await on(c0, 'rl-sam');
+    const connectsBefore = tom.connects;
+    const r = await sam.client.send('rl-tom', 'wake up, tom');
+    t.equal(r.status, 'stored', 'tom is offline: the message is stored');
+    const got = await tom.received((m) => m.id === r.id, 20_000);
+    t.equal(got.text, 'wake up, tom', 'tom was woken and drained his mailbox');
+    t.ok(tom.connects > connectsBefore, 'tom connected because of the wake token');
+    await check('woken event', () => woken.length === 1, { timeout: 5000 });
+    t.equal(ignored.length, 0, 'no token was refused');
+    t.same(ritaRelays, [{ u: 'rl-tom', d: 'd1' }], 'the contact relayed, once');
+    t.same(nedRelays, [], 'the non-contact was not asked');
+    t.same(relayed.map((x) => x.ok), [true], "rita's SDK handed the token over");
+    t.same(rita.inbox, [], 'nothing shown to the relayer');
+    t.same(tom.inbox.map((m) => m.text), ['wake up, tom'], 'the target shows the chat message only');
+    t.same([...rita.errors, ...tom.errors], [], 'no errors on either side');
+    t.equal(await wakes('sent'), 1);
+    t.ok((await metric('gravitas_relay_requests_total')) >= 1, 'relay requests counted');
+  });
+
+  t.test('forged, altered, misdirected, expired, replayed and junk tokens are refused and do not connect', async (t) => {
+    // Never connected before: it knows the hint key from its configuration only.
+    const una = makeClient({ user: 'rl-una', servers: [c1], serverPublicKey: pk, hintPublicKey: hintKeys.publicKey });
+    t.teardown(() => una.client.close());
+    const unaLink = await link(una);
+    const ignored: string[] = [];
+    unaLink.on('wakeIgnored', (e) => ignored.push((e as { code?: string }).code ?? e.message));
+    const now = Date.now();
+    // Refused tokens name cell 0, the genuine one cell 1: a refused token that was followed anyway would show as an extra connect.
+    const hint = (over: { device?: string; expiresAt?: number; addr?: string } = {}, sk = hintKeys.secretKey) =>
+      signHint({ cell: over.addr === c1 ? 'cell-1' : 'cell-0', addr: over.addr ?? c0, user: 'rl-una', device: over.device ?? 'd1', issuedAt: now, expiresAt: over.expiresAt ?? now + 30_000 }, sk);
+    const token = (over: { device?: string; issuedAt?: number; expiresAt?: number; addr?: string } = {}, sk = hintKeys.secretKey) =>
+      signWake({ user: 'rl-una', device: over.device ?? 'd1', hint: hint(over, sk), issuedAt: over.issuedAt ?? now, expiresAt: over.expiresAt ?? now + 30_000 }, sk);
+    const send = async (w: Uint8Array) => peerAsk(unaLink.address, pack({ t: 'wake', w }));
+
+    const forged = token({}, hintKeyPair(random(32)).secretKey);
+    t.same(await send(forged), { t: 'no', code: ErrorCode.WAKE_INVALID }, 'forged (another key)');
+    const altered = token();
+    altered[altered.length - 5]! ^= 1;
+    t.same(await send(altered), { t: 'no', code: ErrorCode.WAKE_INVALID }, 'altered (one bit)');
+    t.same(await send(token({ device: 'other' })), { t: 'no', code: ErrorCode.WAKE_INVALID }, 'for another device');
+    t.same(await send(token({ issuedAt: now - 60_000, expiresAt: now - 1 })), { t: 'no', code: ErrorCode.WAKE_EXPIRED }, 'expired');
+    t.same(await send(hint()), { t: 'no', code: ErrorCode.WAKE_INVALID }, 'a genuine connect hint is not a token');
+    t.same(await send(random(200)), { t: 'no', code: ErrorCode.WAKE_INVALID }, 'unsigned bytes');
+    t.same(await peerAsk(unaLink.address, new Uint8Array([0xc1, 0xde, 0xad, 0xbe, 0xef])), { t: 'no', code: ErrorCode.DECODE_FAILED }, 'a junk frame is answered and ignored');
+    t.same(await peerAsk(unaLink.address, pack({ t: 'relay', u: 'x' })), { t: 'no', code: ErrorCode.UNKNOWN_TYPE }, 'an unknown peer frame is ignored');
+    const huge = await peerAsk(unaLink.address, new Uint8Array(5000));
+    t.ok(huge === 'closed' || (huge as { code?: string }).code === ErrorCode.FRAME_TOO_LARGE, 'an oversized frame is refused unread');
+    t.notOk(una.client.connected, 'not connected');
+
+    const good = token({ addr: c1 });
+    t.same(await send(good), { t: 'ok' }, 'a genuine token is accepted');
+    await check('una connected', () => una.client.connected && una.client.server === c1, { timeout: 15_000 });
+    await registered(una);
+    // A refused token that had been followed would have connected to cell 0 first, then moved.
+    t.equal(una.connects, 1, 'exactly one connect, to the cell the genuine token named');
+    await una.client.close();
+    t.same(await send(good), { t: 'no', code: ErrorCode.WAKE_REPLAYED }, 'the same token again: replayed');
+    // Barrier: a fresh token to cell 0. Had the replay (cell 1) been followed, there would be two connects, or a move.
+    t.same(await send(token()), { t: 'ok' }, 'a fresh token is accepted');
+    await check('una connected again', () => una.client.connected && una.client.server === c0, { timeout: 15_000 });
+    await registered(una);
+    t.equal(una.connects, 2, 'the replay did not connect');
+    t.same(ignored, [ErrorCode.WAKE_INVALID, ErrorCode.WAKE_INVALID, ErrorCode.WAKE_INVALID, ErrorCode.WAKE_EXPIRED, ErrorCode.WAKE_INVALID, ErrorCode.WAKE_INVALID, ErrorCode.WAKE_REPLAYED], 'each refusal reported as wakeIgnored');
+  });
+
+  t.test('rate limits: per target and per relayer, cluster-wide; one who never reported is never chosen', async (t) => {
+    const sam = await on(c1, 'rl-sam2');
+    /** Sends one message and waits until its wake attempt has been counted (whatever its result). */
+    const sendAndWake = async (to: string, i: number): Promise<void> => {
+      const before = await wakeTotal();
+      const r = await sam.client.send(to, `ping ${i}`);
+      t.equal(r.status, 'stored');
+      await check(`wake attempt for ${to} counted`, async () => (await wakeTotal()) > before, { timeout: 10_000, interval: 50 });
+    };
+
+    // Per target: five messages to an offline device, PER_TARGET relay requests.
+    const tia = await offline('rl-tia');
+    const ray = await on(c0, 'rl-ray');
+    const rayRelays = relays(ray);
+    await ray.client.request('reach.report', { peers: [{ user: tia.user, device: 'd1' }], ttlMs: 600_000 });
+    const limitedBefore = await wakes('rate_limited_target');
+    for (let i = 0; i < 5; i++) await sendAndWake(tia.user, i);
+    t.equal(rayRelays.length, PER_TARGET, `5 wakes of one target: ${PER_TARGET} relay requests`);
+    t.equal((await wakes('rate_limited_target')) - limitedBefore, 5 - PER_TARGET, 'the rest were rate-limited (target)');
+
+    // Per relayer: one relayer reaching four offline devices relays for PER_RELAYER of them.
+    const targets = await Promise.all(['rl-t1', 'rl-t2', 'rl-t3', 'rl-t4'].map((u) => offline(u)));
+    const rex = await on(c1, 'rl-rex');
+    const rexRelays = relays(rex);
+    await rex.client.request('reach.report', { peers: targets.map((x) => ({ user: x.user, device: 'd1' })), ttlMs: 600_000 });
+    const relayerLimitedBefore = await wakes('rate_limited_relayer');
+    for (const [i, x] of targets.entries()) await sendAndWake(x.user, i);
+    t.equal(rexRelays.length, PER_RELAYER, `4 targets through one relayer: ${PER_RELAYER} relay requests`);
+    t.equal((await wakes('rate_limited_relayer')) - relayerLimitedBefore, 1, 'the fourth was rate-limited (relayer)');
+
+    // Nobody reported this one: no relay at all.
+    const noBefore = await wakes('no_relayer');
+    const lone = await offline('rl-lone');
+    await sendAndWake(lone.user, 0);
+    t.equal((await wakes('no_relayer')) - noBefore, 1, 'no relayer for a device nobody reported');
+    t.same(bystanderRelays, [], 'a device that never reported a target was never asked to relay for it');
+    t.same([...ray.inbox, ...rex.inbox, ...bystander.inbox], [], 'relay requests never show as messages');
+  });
+
+  t.test('reach.report input is checked: BAD_MESSAGE, RATE_LIMITED; unknown devices are not recorded', async (t) => {
+    const rob = await on(c0, 'rl-rob');
+    const code = async (a: Record<string, unknown>): Promise<string> =>
+      rob.client.request('reach.report', a as never).then(() => 'ok', (e: unknown) => (e instanceof RemoteError ? e.code : String(e)));
+    const peers = (n: number) => Array.from({ length: n }, (_, i) => ({ user: `rl-p${i}`, device: 'd1' }));
+    t.equal(await code({ peers: 'all', ttlMs: 60_000 }), ErrorCode.BAD_MESSAGE, 'peers not a list');
+    t.equal(await code({ peers: peers(33), ttlMs: 60_000 }), ErrorCode.BAD_MESSAGE, 'too many peers');
+    t.equal(await code({ peers: [{ user: 'a b', device: 'd1' }], ttlMs: 60_000 }), ErrorCode.BAD_MESSAGE, 'a bad user name');
+    t.equal(await code({ peers: [{ user: 'x', device: 'd'.repeat(33) }], ttlMs: 60_000 }), ErrorCode.BAD_MESSAGE, 'a device name too long');
+    t.equal(await code({ peers: ['rl-x'], ttlMs: 60_000 }), ErrorCode.BAD_MESSAGE, 'a peer that is not a map');
+    t.equal(await code({ peers: [] }), ErrorCode.BAD_MESSAGE, 'no ttlMs');
+    t.equal(await code({ peers: [], ttlMs: 10 }), ErrorCode.BAD_MESSAGE, 'ttlMs too short');
+    t.equal(await code({ peers: [], ttlMs: 1e12 }), ErrorCode.BAD_MESSAGE, 'ttlMs too long');
+    const res = (await rob.client.request('reach.report', { peers: [{ user: 'rl-nobody', device: 'd1' }, { user: 'rl-rob', device: 'd1' }], ttlMs: 60_000 })) as { accepted: number };
+    t.equal(res.accepted, 0, 'an unknown device and oneself are not recorded');
+    t.equal(await code({ peers: [], ttlMs: 60_000 }), ErrorCode.RATE_LIMITED, 'a second report within the interval');
+    t.ok(await rob.client.ping().then(() => true), 'the session lives on');
+  });
+});
