@@ -1,17 +1,30 @@
 import { EventEmitter } from 'node:events';
-import { connect as netConnect, type Socket } from 'node:net';
-import { randomBytes } from 'node:crypto';
 import {
-  ClientHandshake, decodeServerHandshake, decodeServerMessage, encodeFrame, ErrorCode, FrameDecoder, HintError, pack, ProtocolError, RemoteError, unpack, verifyHint,
+  ClientHandshake, decodeServerHandshake, decodeServerMessage, ErrorCode, HintError, pack, ProtocolError, random, RemoteError, toBase64Url, unpack, verifyHint,
   type CampaignEvent, type ConnectHint, type KeyPair, type Msg, type Presence, type Receipt, type RequestArgs, type RequestOp, type ResumptionState, type SecureChannel, type ServerMessage,
-  type TypingEvent, type WelcomePayload,
+  type TypingEvent, type WelcomePayload, type MuteDurationName, type MuteEntry, type PushTarget,
 } from '@gravitas/protocol';
 import { ClientError, ClientErrorCode, DeliveryError } from './errors.js';
 import { openStore, type ClientStore, type FeedbackRecord, type OutboxRecord } from './store.js';
+import {
+  defaultDialers, endpointName, toEndpoint, TRANSPORT_ORDER, type Dialer, type Endpoint, type FrameConnection, type FrameHandlers, type TransportKind,
+} from './transport.js';
 
 export interface ClientOptions {
-  /** Cell addresses (host:port); tried in turn. */
-  servers: string[];
+  /**
+   * Cells to connect to, tried in turn: `host:port` (a TCP listener), a URL of a
+   * web listener (`ws://`, `http://`, `https://` … host:port[/base]), or an
+   * Endpoint naming both (docs/transports.md).
+   */
+  servers: Array<string | Endpoint>;
+  /**
+   * Transports to try, in this order, for each cell (default ['tcp', 'ws', 'http']):
+   * when one cannot connect the next is tried, and the one that worked is tried
+   * first from then on.
+   */
+  transports?: TransportKind[];
+  /** Dialers by transport; default: those registered by the entry point (Node: TCP, ws, node:http). */
+  dialers?: Partial<Record<TransportKind, Dialer>>;
   /** The cluster's server public key (pinned). */
   serverPublicKey: Uint8Array;
   identity: KeyPair;
@@ -79,10 +92,19 @@ export interface ClientEvents {
   presence: [Presence];
   typing: [TypingEvent];
   connected: [WelcomePayload];
+  /** The transport of each new connection ('tcp', 'ws' or 'http'), right after 'connected'. */
+  transport: [TransportKind];
   /** Followed a connect hint: now on the cell it named. */
   moved: [{ cell: string; addr: string; why: 'rebalance' | 'associate' | 'external' }];
   /** A connect hint was not followed: unverifiable (HINT_INVALID, HINT_EXPIRED) or its cell unreachable. */
   hintIgnored: [Error];
+  /** The user's mutes changed on another of its devices: the whole current list (also in `client.mutes`). */
+  mutes: [MuteEntry[]];
+  /**
+   * The server asks this device to hand wake token `w` to its LAN peer `u`/`d`
+   * (docs/relay.md). Internal: a PeerLink (peer.ts) forwards it; never a message.
+   */
+  relayRequest: [{ u: string; d: string; w: Uint8Array }];
   /** Every outbox message when it settles: sent by send() (whose promise settles too) or restored from the store. */
   settled: [Settled];
   /** Campaign feedback the server took (queued by track(), or restored from the store). */
@@ -114,7 +136,15 @@ const FEEDBACK_RETRY_MAX_MS = 30_000;
  * reconnect.
  */
 export class GravitasClient extends EventEmitter<ClientEvents> {
-  private socket: Socket | undefined;
+  /** The current connection (named socket: tests reach in to pause or cut it). */
+  private socket: FrameConnection | undefined;
+  /** Where the current connection goes, with the cell's web address learnt from the welcome. */
+  private endpoint: Endpoint | undefined;
+  /** The transport that last worked: tried first next time. */
+  private working: TransportKind | undefined;
+  /** Resolves close()'s wait for the connection to end. */
+  private gone: (() => void) | undefined;
+  private readonly dialers: Partial<Record<TransportKind, Dialer>>;
   private channel: SecureChannel | undefined;
   private resumption: ResumptionState | undefined;
   private readonly outbox = new Map<string, Outgoing>();
@@ -133,6 +163,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private inbound: Promise<void> = Promise.resolve();
   private readonly pings = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly requests = new Map<number, { resolve: (data: unknown) => void; reject: (e: Error) => void }>();
+  private muteList: MuteEntry[] = [];
   private requestSeq = 0;
   private readonly retries = new Map<string, NodeJS.Timeout>();
   /** Campaign feedback until the server takes it, oldest first; persisted like the outbox with a storage path. */
@@ -145,7 +176,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   /** A verified hint for the next connect (from followHint() while offline, or a move that could not finish). */
   private hint: ConnectHint | undefined;
   /** The cell of a connection that was lost: the first reconnect tries it. */
-  private rejoin: string | undefined;
+  private rejoin: Endpoint | undefined;
   private moving = false;
   /** Address of the cell currently connected to. */
   server: string | undefined;
@@ -154,6 +185,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   constructor(readonly options: ClientOptions) {
     super();
     this.resumption = options.resumption;
+    this.dialers = { ...defaultDialers(), ...options.dialers };
     this.store = openStore(options.storagePath);
     let restored: OutboxRecord[];
     let restoredFeedback: FeedbackRecord[];
@@ -173,6 +205,11 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     return this.channel !== undefined;
   }
 
+  /** The transport of the current connection (or of the last one that worked). */
+  get transport(): TransportKind | undefined {
+    return this.working;
+  }
+
   /** Connects (full handshake, or resumption when a ticket is held). Resolves when the session is open. */
   async connect(): Promise<WelcomePayload> {
     if (this.storeClosed) throw new ClientError(ClientErrorCode.CLOSED, 'a client with a storage path cannot be reused after close(): create a new one');
@@ -182,7 +219,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     this.hint = undefined;
     if (hint) {
       try {
-        return await this.open(hint.addr);
+        return await this.open(hintEndpoint(hint));
       } catch (err) {
         if (err instanceof RemoteError && NO_RECONNECT.has(err.code)) throw err;
         this.emit('hintIgnored', err as Error); // the hinted cell is gone: any other will do
@@ -200,7 +237,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     }
     const servers = this.options.servers;
     for (let i = 0; i < servers.length; i++) {
-      const server = servers[(this.serverIndex + i) % servers.length]!;
+      const server = toEndpoint(servers[(this.serverIndex + i) % servers.length]!);
       try {
         const w = await this.open(server);
         this.serverIndex = (this.serverIndex + i) % servers.length;
@@ -213,15 +250,38 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     throw lastErr instanceof Error ? lastErr : new ClientError(ClientErrorCode.CONNECT_FAILED, 'no server could be reached');
   }
 
-  private async open(server: string): Promise<WelcomePayload> {
+  /**
+   * Opens a session with one cell, trying its transports in turn: the one that
+   * worked last first, then the configured order. A transport that cannot connect
+   * (a ClientError: refused, timed out, cut during the handshake) gives way to the
+   * next; a coded refusal by the server (RemoteError) ends the attempt on this cell.
+   */
+  private async open(server: Endpoint): Promise<WelcomePayload> {
+    const order = this.options.transports ?? TRANSPORT_ORDER;
+    const kinds = (this.working && order.includes(this.working) ? [this.working, ...order.filter((k) => k !== this.working)] : [...order]).filter((k) =>
+      k === 'tcp' ? server.tcp !== undefined : server.web !== undefined,
+    );
+    let lastErr: unknown = new ClientError(ClientErrorCode.CONNECT_FAILED, `${endpointName(server)}: no configured transport reaches it`);
+    for (const kind of kinds) {
+      try {
+        return await this.openWith(server, kind);
+      } catch (err) {
+        lastErr = err;
+        if (!(err instanceof ClientError)) throw err;
+      }
+    }
+    throw lastErr;
+  }
+
+  private async openWith(server: Endpoint, kind: TransportKind): Promise<WelcomePayload> {
     const hadTicket = this.resumption !== undefined;
     try {
-      return await this.handshake(server);
+      return await this.handshake(server, kind);
     } catch (err) {
       // handshake() has already dropped the ticket it sent, so test what we had before.
       if (err instanceof RemoteError && TICKET_CODES.has(err.code) && hadTicket) {
         this.setResumption(undefined); // a spent or stale ticket: fall back to a full handshake
-        return this.handshake(server);
+        return this.handshake(server, kind);
       }
       throw err;
     }
@@ -232,9 +292,11 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     this.options.onResumption?.(r);
   }
 
-  private handshake(server: string): Promise<WelcomePayload> {
-    const [host, portText] = splitHostPort(server);
+  private handshake(server: Endpoint, kind: TransportKind): Promise<WelcomePayload> {
     const o = this.options;
+    const name = endpointName(server);
+    const dial = this.dialers[kind];
+    if (!dial) return Promise.reject(new ClientError(ClientErrorCode.CONNECT_FAILED, `no ${kind} dialer in this build`));
     const resume = this.resumption && this.resumption.expiresAt > Date.now() ? this.resumption : undefined;
     const hs = new ClientHandshake({
       serverPublicKey: o.serverPublicKey,
@@ -244,45 +306,37 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
       ...(o.registration !== undefined && { registration: o.registration }),
       ...(resume && { resume }),
     });
+    const timeoutMs = o.connectTimeoutMs ?? 10_000;
     return new Promise((resolve, reject) => {
-      const socket = netConnect({ host, port: Number(portText), noDelay: true });
-      const decoder = new FrameDecoder();
+      let conn: FrameConnection | undefined;
       let channel: SecureChannel | undefined;
       let done = false;
-      const timer = setTimeout(() => fail(new ClientError(ClientErrorCode.CONNECT_TIMEOUT, `handshake with ${server} timed out`)), o.connectTimeoutMs ?? 10_000);
+      const timer = setTimeout(() => fail(new ClientError(ClientErrorCode.CONNECT_TIMEOUT, `handshake with ${name} (${kind}) timed out`)), timeoutMs);
       const fail = (err: Error): void => {
         if (done) return;
         done = true;
         clearTimeout(timer);
-        socket.destroy();
+        conn?.destroy();
         reject(err);
       };
-      socket.once('connect', () => {
-        // Single use from the moment it is sent, whatever happens next; a server that
-        // could not be reached never saw it, so it stays for the next one.
-        if (resume) this.setResumption(undefined);
-        socket.write(encodeFrame(pack(hs.hello())));
-      });
-      socket.on('error', (err) => (done ? this.onLost(socket, err) : fail(new ClientError(ClientErrorCode.CONNECT_FAILED, `cannot connect to ${server}: ${err.message}`, { cause: err }))));
-      socket.on('close', () => (done ? this.onLost(socket) : fail(new ClientError(ClientErrorCode.CONNECT_FAILED, `${server} closed the connection during the handshake`))));
-      socket.on('data', (chunk) => {
-        try {
-          decoder.push(chunk, (body) => {
-            if (channel) return this.onFrame(channel, body);
+      const handlers: FrameHandlers = {
+        onFrame: (body) => {
+          try {
+            if (channel) return this.onFrame(channel, body as Buffer);
             const m = decodeServerHandshake(unpack(body));
             if (m.t === 'error') throw new RemoteError(m.code, m.message);
-            if (m.t === 'cookie') {
-              socket.write(encodeFrame(pack(hs.hello(m.c))));
-              return;
-            }
+            if (m.t === 'cookie') return conn!.send(pack(hs.hello(m.c)));
             const r = hs.complete(m);
             channel = r.channel;
-            socket.write(encodeFrame(channel.seal(pack(r.finish))));
+            conn!.send(channel.seal(pack(r.finish)));
             clearTimeout(timer);
             done = true;
-            this.socket = socket;
+            this.socket = conn;
             this.channel = channel;
-            this.server = server;
+            this.server = name;
+            // The welcome names the cell's web listener: a later rejoin can use it if TCP fails.
+            this.endpoint = { ...server, ...(!server.web && r.welcome.wa && { web: `http://${r.welcome.wa}` }) };
+            this.working = kind;
             this.welcome = r.welcome;
             this.attempt = 0;
             if (r.resumption) this.setResumption(r.resumption);
@@ -291,13 +345,26 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
             this.startKeepalive();
             resolve(r.welcome);
             this.emit('connected', r.welcome);
-          });
-        } catch (err) {
-          if (!done) return fail(err as Error);
-          this.emit('error', err as Error);
-          if (err instanceof ProtocolError && err.fatal) socket.destroy();
-        }
-      });
+            this.emit('transport', kind);
+          } catch (err) {
+            if (!done) return fail(err as Error);
+            this.emit('error', err as Error);
+            if (err instanceof ProtocolError && err.fatal) conn?.destroy();
+          }
+        },
+        onClose: (err) => (done ? this.onLost(conn!, err) : fail(new ClientError(ClientErrorCode.CONNECT_FAILED, `${name} (${kind}) closed the connection during the handshake${err ? `: ${err.message}` : ''}`, { cause: err }))),
+      };
+      dial(server, handlers, timeoutMs).then(
+        (c) => {
+          if (done) return c.destroy(); // timed out meanwhile
+          conn = c;
+          // Single use from the moment it is sent, whatever happens next; a server that
+          // could not be reached never saw it, so it stays for the next one.
+          if (resume) this.setResumption(undefined);
+          c.send(pack(hs.hello()));
+        },
+        (err: Error) => fail(err instanceof ClientError || err instanceof RemoteError ? err : new ClientError(ClientErrorCode.CONNECT_FAILED, `cannot connect to ${name} (${kind}): ${err.message}`, { cause: err })),
+      );
     });
   }
 
@@ -354,6 +421,13 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         if (h) void this.follow(h, m.why);
         return;
       }
+      case 'relay':
+        this.emit('relayRequest', { u: m.u, d: m.d, w: m.w });
+        return;
+      case 'mutes':
+        this.muteList = m.mutes;
+        this.emit('mutes', m.mutes);
+        return;
       case 'error': {
         const err = new RemoteError(m.code, m.message, m.ref);
         const out = m.ref ? this.outbox.get(m.ref) : undefined;
@@ -370,7 +444,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
           this.closed = true;
           this.emit('error', new RemoteError(m.code, m.message ?? 'server closed the session'));
         }
-        this.socket?.end();
+        this.socket?.close();
     }
   }
 
@@ -440,8 +514,10 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     this.keepalive.unref();
   }
 
-  private onLost(socket: Socket, err?: Error): void {
+  private onLost(socket: FrameConnection, err?: Error): void {
     if (socket !== this.socket) return;
+    this.gone?.();
+    this.gone = undefined;
     clearInterval(this.keepalive);
     // A round trip cut by the connection loss will never complete: say so.
     for (const p of this.pings.values()) p.reject(new ClientError(ClientErrorCode.NOT_CONNECTED, 'connection lost before the pong'));
@@ -452,7 +528,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     this.retries.clear();
     this.socket = undefined;
     this.channel = undefined;
-    this.rejoin = this.server;
+    this.rejoin = this.endpoint;
     this.emit('disconnected', err);
     if (this.closed || this.options.reconnect === false) {
       this.failFeedback();
@@ -481,7 +557,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
 
   private write(m: object): void {
     if (!this.socket || !this.channel) throw new ClientError(ClientErrorCode.NOT_CONNECTED, 'not connected');
-    this.socket.write(encodeFrame(this.channel.seal(pack(m))));
+    this.socket.send(this.channel.seal(pack(m)));
   }
 
   private resendOutbox(): void {
@@ -728,6 +804,21 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   }
 
   /**
+   * A verified wake-up relayed by a LAN peer (peer.ts, docs/relay.md): follows
+   * the hint, and a client that was closed connects now (its mailbox drains on
+   * connect). One that is between reconnect attempts uses the hint on its next
+   * attempt; one that is connected moves if the hint names another cell.
+   */
+  async wakeUp(hint: Uint8Array): Promise<'connected' | 'reconnecting' | 'ignored'> {
+    if (!this.followHint(hint)) return 'ignored';
+    if (this.channel) return 'connected';
+    // A reconnect loop is running (attempt counts its tries): it takes the hint next.
+    if (!this.closed && this.attempt > 0 && this.options.reconnect !== false) return 'reconnecting';
+    await this.connect();
+    return 'connected';
+  }
+
+  /**
    * Moves to the hinted cell, make-before-break: the new session is opened by
    * resumption first (one round trip), then the old one is closed. Nothing is lost:
    * what the old session delivered unacknowledged goes back to custody and is
@@ -740,7 +831,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     const oldSocket = this.socket;
     const oldChannel = this.channel;
     try {
-      await this.open(h.addr);
+      await this.open(hintEndpoint(h));
     } catch (err) {
       this.emit('hintIgnored', err as Error);
       return;
@@ -749,11 +840,11 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     }
     if (oldSocket && oldChannel) {
       try {
-        oldSocket.write(encodeFrame(oldChannel.seal(pack({ t: 'bye' }))));
+        oldSocket.send(oldChannel.seal(pack({ t: 'bye' })));
       } catch {
         // already gone
       }
-      oldSocket.end();
+      oldSocket.close();
       setTimeout(() => oldSocket.destroy(), 1000).unref();
     }
     this.emit('moved', { cell: h.cell, addr: h.addr, why });
@@ -789,6 +880,50 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     });
   }
 
+  // ---- push targets and mutes (docs/push.md) -------------------------------------
+
+  /** Registers a push target of this device (a Web Push subscription or a webhook); resolves to its id. */
+  async registerPush(target: PushTarget): Promise<string> {
+    return ((await this.request('push.register', target)) as { id: string }).id;
+  }
+
+  /** Removes a push target; resolves to whether it was registered. */
+  async unregisterPush(id: string): Promise<boolean> {
+    return ((await this.request('push.unregister', { id })) as { removed: boolean }).removed;
+  }
+
+  /** This device's push targets, and the cluster's VAPID key for a browser's subscribe(). */
+  async pushTargets(): Promise<{ targets: Array<{ id: string; kind: 'webpush' | 'webhook'; url: string; at: number }>; vapidPublicKey?: string }> {
+    return (await this.request('push.list', {})) as { targets: Array<{ id: string; kind: 'webpush' | 'webhook'; url: string; at: number }>; vapidPublicKey?: string };
+  }
+
+  /**
+   * Mutes a chat: for `duration` ms, a named duration ('15m' … '1w') or 'always'.
+   * Without one: a user until unmuted, a group for a time that grows with its size.
+   */
+  async mute(chat: Target, duration?: number | MuteDurationName | 'always'): Promise<MuteEntry> {
+    const { mute } = (await this.request('mute.set', { ...chat, ...(duration !== undefined && { for: duration }) } as unknown as RequestArgs['mute.set'])) as { mute: MuteEntry };
+    this.muteList = [...this.muteList.filter((e) => !sameChat(e, chat)), mute];
+    return mute;
+  }
+
+  async unmute(chat: Target): Promise<void> {
+    await this.request('mute.clear', chat as RequestArgs['mute.clear']);
+    this.muteList = this.muteList.filter((e) => !sameChat(e, chat));
+  }
+
+  /** The user's active mutes, fresh from the server (also kept in `client.mutes`). */
+  async listMutes(): Promise<MuteEntry[]> {
+    this.muteList = ((await this.request('mute.list', {})) as { mutes: MuteEntry[] }).mutes;
+    return this.muteList;
+  }
+
+  /** The mutes last known to this client (listMutes(), its own changes, and 'mutes' syncs); expired ones left out. */
+  get mutes(): MuteEntry[] {
+    const now = Date.now();
+    return this.muteList.filter((e) => e.until === undefined || e.until > now);
+  }
+
   /** Round trip to the cell; rejects with NOT_CONNECTED if the connection is lost first. */
   ping(): Promise<void> {
     const n = ++this.pingSeq;
@@ -815,8 +950,8 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         // already gone
       }
       await new Promise<void>((r) => {
-        socket.once('close', () => r());
-        socket.end();
+        this.gone = r;
+        socket.close();
         setTimeout(() => {
           socket.destroy();
           r();
@@ -838,19 +973,24 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   }
 }
 
+function sameChat(e: MuteEntry, c: Target): boolean {
+  return 'g' in c ? e.g === c.g : e.to === c.to;
+}
+
 function sendFrame(o: Outgoing): object {
   return { t: 'send', id: o.id, text: o.text, ...o.target };
 }
 
-export function splitHostPort(s: string): [string, string] {
-  const i = s.lastIndexOf(':');
-  if (i <= 0 || !/^\d+$/.test(s.slice(i + 1))) throw new TypeError(`"${s}" is not host:port`);
-  return [s.slice(0, i).replace(/^\[|\]$/g, ''), s.slice(i + 1)];
+export { splitHostPort } from './transport.js';
+
+/** Where a verified connect hint points: the cell's TCP listener and, if named, its web listener. */
+function hintEndpoint(h: ConnectHint): Endpoint {
+  return { tcp: h.addr, ...(h.web && { web: `http://${h.web}` }) };
 }
 
 /** Time-ordered, collision-resistant message id (ms timestamp + 80 random bits). */
 export function newMessageId(): string {
-  return Date.now().toString(36).padStart(9, '0') + randomBytes(10).toString('base64url');
+  return Date.now().toString(36).padStart(9, '0') + toBase64Url(random(10));
 }
 
 /** Event id for track(): the same shape as a message id (a protocol name, unique per user). */

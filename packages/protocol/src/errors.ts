@@ -28,6 +28,10 @@ export const ErrorCode = {
   // connect hints (never sent by the server: the SDK reports them when it ignores a hint)
   HINT_INVALID: 'HINT_INVALID',
   HINT_EXPIRED: 'HINT_EXPIRED',
+  // wake tokens relayed by a peer device (never sent by the server: the SDK reports them when it ignores a token)
+  WAKE_INVALID: 'WAKE_INVALID',
+  WAKE_EXPIRED: 'WAKE_EXPIRED',
+  WAKE_REPLAYED: 'WAKE_REPLAYED',
   // secure channel
   DECRYPT_FAILED: 'DECRYPT_FAILED',
   NONCE_REUSE: 'NONCE_REUSE',
@@ -48,10 +52,25 @@ export const ErrorCode = {
   NOT_ALLOWED: 'NOT_ALLOWED',
   NOT_A_MEMBER: 'NOT_A_MEMBER',
   GROUP_FULL: 'GROUP_FULL',
+  /** `push.register` past push.maxTargetsPerDevice, or `mute.set` past the mutes a user may hold. */
+  TOO_MANY_PUSH_TARGETS: 'TOO_MANY_PUSH_TARGETS',
+  TOO_MANY_MUTES: 'TOO_MANY_MUTES',
   CONFLICT: 'CONFLICT',
   /** Campaign feedback cannot be taken now (the node's tracking store is full until the archive catches up, or NATS is away and the campaign cannot be checked): send it again later. */
   RETRY_LATER: 'RETRY_LATER',
   SESSION_REPLACED: 'SESSION_REPLACED',
+  // web transports (docs/transports.md): answered as an HTTP error with a JSON body, or a WebSocket close
+  HTTP_BAD_REQUEST: 'HTTP_BAD_REQUEST',
+  HTTP_NOT_FOUND: 'HTTP_NOT_FOUND',
+  HTTP_METHOD_NOT_ALLOWED: 'HTTP_METHOD_NOT_ALLOWED',
+  HEADERS_TOO_LARGE: 'HEADERS_TOO_LARGE',
+  REQUEST_TIMEOUT: 'REQUEST_TIMEOUT',
+  CHUNK_TOO_LARGE: 'CHUNK_TOO_LARGE',
+  CHUNK_EXTENSION_TOO_LONG: 'CHUNK_EXTENSION_TOO_LONG',
+  TOO_MANY_CHUNKS: 'TOO_MANY_CHUNKS',
+  BODY_TOO_LARGE: 'BODY_TOO_LARGE',
+  STREAM_UNKNOWN: 'STREAM_UNKNOWN',
+  STREAM_BUSY: 'STREAM_BUSY',
   SHUTTING_DOWN: 'SHUTTING_DOWN',
   IDLE_TIMEOUT: 'IDLE_TIMEOUT',
   INTERNAL: 'INTERNAL',
@@ -94,6 +113,17 @@ export const FATAL_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.SHUTTING_DOWN,
   ErrorCode.IDLE_TIMEOUT,
   ErrorCode.SLOW_CONSUMER,
+  ErrorCode.HTTP_BAD_REQUEST,
+  ErrorCode.HTTP_NOT_FOUND,
+  ErrorCode.HTTP_METHOD_NOT_ALLOWED,
+  ErrorCode.HEADERS_TOO_LARGE,
+  ErrorCode.REQUEST_TIMEOUT,
+  ErrorCode.CHUNK_TOO_LARGE,
+  ErrorCode.CHUNK_EXTENSION_TOO_LONG,
+  ErrorCode.TOO_MANY_CHUNKS,
+  ErrorCode.BODY_TOO_LARGE,
+  ErrorCode.STREAM_UNKNOWN,
+  ErrorCode.STREAM_BUSY,
   ErrorCode.INTERNAL,
 ]);
 

@@ -7,6 +7,8 @@ export * from './crypto.js';
 export * from './channel.js';
 export * from './ticket.js';
 export * from './hint.js';
+export * from './wake.js';
 export * from './handshake.js';
 export { isName } from './validate.js';
 export * from './requests.js';
+export * from './push.js';

@@ -1,5 +1,7 @@
 import { DecodeError, ErrorCode, isErrorCode, type ErrorCode as Code } from './errors.js';
 import { MAX_TEXT_LENGTH, MAX_ID_LENGTH } from './limits.js';
+import { MAX_WAKE_BYTES } from './wake.js';
+import { decodeMuteList, type MuteEntry } from './push.js';
 import { bad, bytes, int, name, obj, oneOf, optBytes, optStr, str, type Obj } from './validate.js';
 
 /*
@@ -32,6 +34,8 @@ export interface WelcomePayload {
   resumed: boolean;
   /** The cluster's Ed25519 key for connect hints (authenticated by the handshake). */
   hk?: Uint8Array;
+  /** This cell's web listener, host:port (WebSocket and chunked HTTP, docs/transports.md). */
+  wa?: string;
 }
 
 // ---- sealed, client → server ---------------------------------------------------
@@ -60,6 +64,8 @@ export const REQUEST_OPS = [
   'devices.list', 'devices.remove',
   'groups.list', 'groups.create', 'groups.info', 'groups.add', 'groups.remove', 'groups.admin', 'groups.leave',
   'track', 'profile.get', 'profile.set',
+  'push.register', 'push.unregister', 'push.list', 'mute.set', 'mute.clear', 'mute.list',
+  'reach.report',
 ] as const;
 export type RequestOp = (typeof REQUEST_OPS)[number];
 
@@ -84,7 +90,14 @@ export type Response = { t: 'res'; rid: number; ok: true; data?: unknown } | { t
 export interface Pong { t: 'pong'; n: number }
 /** Move to another cell: `h` is a signed connect hint (hint.ts) naming it; `why` says who asked. */
 export interface Move { t: 'move'; h: Uint8Array; why: 'rebalance' | 'associate' }
-export type ServerMessage = Msg | Receipt | Status | Presence | TypingEvent | Response | Pong | Move | ErrorMsg | Bye;
+/**
+ * Relay a wake token (wake.ts) to device `u`/`d`, a LAN peer this device reported
+ * reaching (docs/relay.md). Never shown to anyone; the SDK forwards it and keeps nothing.
+ */
+export interface Relay { t: 'relay'; u: string; d: string; w: Uint8Array }
+/** The user's mutes changed on another of its devices: the whole current list (docs/push.md). */
+export interface Mutes { t: 'mutes'; mutes: MuteEntry[] }
+export type ServerMessage = Msg | Receipt | Status | Presence | TypingEvent | Response | Pong | Move | Relay | Mutes | ErrorMsg | Bye;
 
 const KEY = 32;
 
@@ -153,6 +166,7 @@ export function decodeWelcomePayload(v: unknown): WelcomePayload {
     resumed,
     ...(ticket && { ticket, ticketExpires: int(o, 'ticketExpires') }),
     ...(o.hk !== undefined && { hk: bytes(o, 'hk', 32) }),
+    ...(o.wa !== undefined && { wa: str(o, 'wa', 300, 3) }),
   };
 }
 
@@ -236,6 +250,10 @@ export function decodeServerMessage(v: unknown): ServerMessage {
       return { t, n: int(o, 'n') };
     case 'move':
       return { t, h: bytes(o, 'h', 65, 512), why: oneOf(o, 'why', ['rebalance', 'associate'] as const) };
+    case 'relay':
+      return { t, u: name(o, 'u'), d: name(o, 'd', 32), w: bytes(o, 'w', 65, MAX_WAKE_BYTES) };
+    case 'mutes':
+      return { t, mutes: decodeMuteList(o.mutes) };
     case 'error':
       return errorMsg(o);
     case 'bye': {

@@ -1,9 +1,13 @@
 import type { RequestOp } from './messages.js';
+import { decodeChatRef, decodeMuteSet, decodePushTarget, type ChatRef, type MuteSet, type PushTarget } from './push.js';
 import { bad, int, isObj, name, oneOf, str, type Obj } from './validate.js';
 
 /** Who may see a user's presence. */
 export type PresenceVisibility = 'contacts' | 'nobody';
-export interface Prefs { readReceipts: boolean; presence: PresenceVisibility }
+/** How a push for a muted chat goes out: data-only (the device syncs quietly) or not at all. */
+export type MutedPush = 'silent' | 'suppress';
+/** `pushPreview`: pushes may carry message text (off by default); `mutedPush`: docs/push.md. */
+export interface Prefs { readReceipts: boolean; presence: PresenceVisibility; pushPreview: boolean; mutedPush: MutedPush }
 
 /** Arguments of each request operation, after validation. */
 export interface RequestArgs {
@@ -29,6 +33,34 @@ export interface RequestArgs {
   'profile.get': Record<string, never>;
   /** Sets (or with null removes) profile attributes; every change makes a new version. */
   'profile.set': { attrs: ProfilePatch };
+  /** Push targets of the calling device (docs/push.md). */
+  'push.register': PushTarget;
+  'push.unregister': { id: string };
+  'push.list': Record<string, never>;
+  /** Per-chat mutes of the calling user, synced to its other devices. */
+  'mute.set': MuteSet;
+  'mute.clear': ChatRef;
+  'mute.list': Record<string, never>;
+  /** LAN peers this device reached directly (a probe) and can relay wake-ups to, for `ttlMs` (docs/relay.md). */
+  'reach.report': { peers: ReachPeer[]; ttlMs: number };
+}
+
+/** A device another device can reach directly. */
+export interface ReachPeer { user: string; device: string }
+/** Bounds of one `reach.report`: peers listed, and the lifetime of the report (the server may shorten it). */
+export const REACH_LIMITS = { maxPeers: 32, minTtlMs: 1000, maxTtlMs: 3_600_000 } as const;
+
+function reachPeers(o: Obj): ReachPeer[] {
+  const v = o.peers;
+  if (!Array.isArray(v)) bad('peers', 'must be a list of { user, device }');
+  if (v.length > REACH_LIMITS.maxPeers) bad('peers', `may list at most ${REACH_LIMITS.maxPeers} devices`);
+  const out = new Map<string, ReachPeer>();
+  v.forEach((p: unknown, i) => {
+    if (!isObj(p)) bad(`peers[${i}]`, 'must be a map { user, device }');
+    const peer = { user: name(p, 'user'), device: name(p, 'device', 32) };
+    out.set(`${peer.user}/${peer.device}`, peer);
+  });
+  return [...out.values()];
 }
 
 /** What a device reports about a campaign message. */
@@ -92,6 +124,8 @@ const DECODERS: { [K in RequestOp]: (a: Obj) => RequestArgs[K] } = {
   'prefs.set': (a) => ({
     ...(a.readReceipts !== undefined && { readReceipts: flag(a, 'readReceipts') }),
     ...(a.presence !== undefined && { presence: oneOf(a, 'presence', ['contacts', 'nobody'] as const) }),
+    ...(a.pushPreview !== undefined && { pushPreview: flag(a, 'pushPreview') }),
+    ...(a.mutedPush !== undefined && { mutedPush: oneOf(a, 'mutedPush', ['silent', 'suppress'] as const) }),
   }),
   'devices.list': none,
   'devices.remove': (a) => ({ device: name(a, 'device', 32) }),
@@ -105,6 +139,13 @@ const DECODERS: { [K in RequestOp]: (a: Obj) => RequestArgs[K] } = {
   track: (a) => ({ c: name(a, 'c'), ev: oneOf(a, 'ev', CAMPAIGN_EVENTS), eid: name(a, 'eid'), ts: int(a, 'ts') }),
   'profile.get': none,
   'profile.set': (a) => ({ attrs: decodeProfilePatch(a.attrs) }),
+  'push.register': decodePushTarget,
+  'push.unregister': (a) => ({ id: name(a, 'id') }),
+  'push.list': none,
+  'mute.set': decodeMuteSet,
+  'mute.clear': decodeChatRef,
+  'mute.list': none,
+  'reach.report': (a) => ({ peers: reachPeers(a), ttlMs: int(a, 'ttlMs', REACH_LIMITS.minTtlMs, REACH_LIMITS.maxTtlMs) }),
 };
 
 /** Validates the arguments of a `req`; throws BAD_MESSAGE naming the field. */

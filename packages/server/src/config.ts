@@ -1,8 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { fromBase64Url, isName, HARD_MAX_FRAME_BYTES, MAX_TICKET_LIFETIME_MS, DEFAULT_MAX_FRAME_BYTES, MAX_HINT_LIFETIME_MS } from '@gravitas/protocol';
+import { fromBase64Url, isName, HARD_MAX_FRAME_BYTES, HTTP_UP_ROTATE_BYTES, HTTP_UP_ROTATE_FRAMES, MAX_TICKET_LIFETIME_MS, DEFAULT_MAX_FRAME_BYTES, MAX_HINT_LIFETIME_MS } from '@gravitas/protocol';
 import { ConfigError, ServerError, ServerErrorCode, type ConfigIssue } from './errors.js';
+import { PUSH_KEYS, validatePushConfig, type PushConfig } from './reach/push-config.js';
+import { RELAY_KEYS, validateRelayConfig, type RelayConfig } from './reach/relay-config.js';
 
 /** The validated configuration of one node. docs/operations.md documents every field. */
 export interface Limits {
@@ -92,12 +94,34 @@ export interface CampaignConfig {
   maxListSize: number;
 }
 
+/** The web listener of each cell: WebSocket and chunked HTTP (docs/transports.md). */
+export interface WebConfig {
+  /** Off: cells have only their TCP listener. */
+  enabled: boolean;
+  /** Origins a browser may connect from ("*": any; the protocol authenticates, no cookies are used). */
+  corsOrigins: string[];
+  /** A request head (request line and headers) longer than this is refused (HEADERS_TOO_LARGE). */
+  maxHeaderBytes: number;
+  /** A request head must be complete within this time (REQUEST_TIMEOUT: slowloris). */
+  headerTimeoutMs: number;
+  /** Largest chunk of an upstream body (CHUNK_TOO_LARGE); at least limits.maxFrameBytes + 4. */
+  maxChunkBytes: number;
+  /** Chunks in one upstream request (TOO_MANY_CHUNKS); the SDK starts a new request well before. */
+  maxChunksPerRequest: number;
+  /** Body bytes of one upstream request (BODY_TOO_LARGE). */
+  maxBodyBytes: number;
+  /** Downstreams no upstream has claimed yet (beyond: STREAM_BUSY); each expires with the handshake timeout. */
+  maxPendingStreams: number;
+}
+
 export interface NodeConfig {
   nodeId: string;
   nats: { servers: string[]; token?: string; user?: string; pass?: string };
   prefix: string;
   cells: number;
-  listen: { host: string; basePort: number };
+  /** TCP listener of cell i on basePort + i; web listener (if web.enabled) on webBasePort + i. 0: the OS picks. */
+  listen: { host: string; basePort: number; webBasePort: number };
+  web: WebConfig;
   advertiseHost: string;
   admin: { host: string; port: number; token?: string };
   dataDir: string;
@@ -114,6 +138,10 @@ export interface NodeConfig {
   gravity: GravityConfig;
   tracking: TrackingConfig;
   campaigns: CampaignConfig;
+  /** Push gateway and muting (docs/push.md). */
+  push: PushConfig;
+  /** Wake-ups relayed through peer devices (docs/relay.md). */
+  relay: RelayConfig;
   limits: Limits;
   testHooks: boolean;
 }
@@ -133,6 +161,17 @@ export const DEFAULT_LIMITS: Limits = {
   maxInboxDepth: 256,
   maxDevicesPerUser: 8,
   maxGroupSize: 1024,
+};
+
+export const DEFAULT_WEB: WebConfig = {
+  enabled: true,
+  corsOrigins: ['*'],
+  maxHeaderBytes: 8192,
+  headerTimeoutMs: 10_000,
+  maxChunkBytes: 128 * 1024,
+  maxChunksPerRequest: 100_000,
+  maxBodyBytes: 64 * 1024 * 1024,
+  maxPendingStreams: 1024,
 };
 
 export const DEFAULT_MAILBOX: MailboxConfig = {
@@ -207,6 +246,9 @@ export const ENV_VARS: Record<string, string> = {
   GRAVITAS_CELLS: 'cells',
   GRAVITAS_LISTEN_HOST: 'listen.host',
   GRAVITAS_BASE_PORT: 'listen.basePort',
+  GRAVITAS_WEB_BASE_PORT: 'listen.webBasePort',
+  GRAVITAS_WEB: 'web.enabled',
+  GRAVITAS_CORS_ORIGINS: 'web.corsOrigins',
   GRAVITAS_ADVERTISE_HOST: 'advertiseHost',
   GRAVITAS_ADMIN_HOST: 'admin.host',
   GRAVITAS_ADMIN_PORT: 'admin.port',
@@ -228,6 +270,9 @@ export const FLAGS: Record<string, string> = {
   cells: 'cells',
   host: 'listen.host',
   port: 'listen.basePort',
+  'web-port': 'listen.webBasePort',
+  web: 'web.enabled',
+  'cors-origins': 'web.corsOrigins',
   advertise: 'advertiseHost',
   'admin-host': 'admin.host',
   'admin-port': 'admin.port',
@@ -282,11 +327,12 @@ export function loadConfig(src: ConfigSources = {}): NodeConfig {
   return validateConfig(merge(merge(merge(raw, env), flags), src.overrides ?? {}));
 }
 
-const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'replicas', 'mailbox', 'gravity', 'tracking', 'campaigns', 'limits', 'testHooks']);
+const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'web', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'replicas', 'mailbox', 'gravity', 'tracking', 'campaigns', 'push', 'relay', 'limits', 'testHooks']);
 
 const KNOWN_NESTED: Record<string, Set<string>> = {
   nats: new Set(['servers', 'token', 'user', 'pass']),
-  listen: new Set(['host', 'basePort']),
+  listen: new Set(['host', 'basePort', 'webBasePort']),
+  web: new Set(Object.keys(DEFAULT_WEB)),
   admin: new Set(['host', 'port', 'token']),
   registration: new Set(['mode', 'token']),
   membership: new Set(['heartbeatMs', 'timeoutMs']),
@@ -294,6 +340,8 @@ const KNOWN_NESTED: Record<string, Set<string>> = {
   gravity: new Set(Object.keys(DEFAULT_GRAVITY)),
   tracking: new Set(Object.keys(DEFAULT_TRACKING)),
   campaigns: new Set(Object.keys(DEFAULT_CAMPAIGNS)),
+  push: PUSH_KEYS,
+  relay: RELAY_KEYS,
   limits: new Set(Object.keys(DEFAULT_LIMITS)),
 };
 
@@ -404,6 +452,26 @@ export function validateConfig(raw: Json): NodeConfig {
     maxDevicesPerUser: int('limits.maxDevicesPerUser', L.maxDevicesPerUser, 1, 64),
     maxGroupSize: int('limits.maxGroupSize', L.maxGroupSize, 2, 100_000),
   };
+  const W = DEFAULT_WEB;
+  let origins = get('web.corsOrigins');
+  if (typeof origins === 'string') origins = origins.split(',').map((s) => s.trim()).filter(Boolean);
+  if (origins === undefined) origins = W.corsOrigins;
+  if (!Array.isArray(origins) || origins.length === 0 || !origins.every((o) => typeof o === 'string' && (o === '*' || /^https?:\/\/[A-Za-z0-9.:[\]-]+$/.test(o)))) {
+    fail('web.corsOrigins', 'must be a list of origins (http(s)://host[:port]) or "*"');
+    origins = W.corsOrigins;
+  }
+  const web: WebConfig = {
+    enabled: bool('web.enabled', W.enabled),
+    corsOrigins: origins as string[],
+    maxHeaderBytes: int('web.maxHeaderBytes', W.maxHeaderBytes, 1024, 1024 * 1024),
+    headerTimeoutMs: int('web.headerTimeoutMs', W.headerTimeoutMs, 100, 120_000),
+    maxChunkBytes: int('web.maxChunkBytes', W.maxChunkBytes, 1028, 16 * 1024 * 1024),
+    // Floors above what the SDK sends per upstream request (it starts a new one before), with room for re-chunking proxies.
+    maxChunksPerRequest: int('web.maxChunksPerRequest', W.maxChunksPerRequest, 4 * HTTP_UP_ROTATE_FRAMES, 100_000_000),
+    maxBodyBytes: int('web.maxBodyBytes', W.maxBodyBytes, 2 * HTTP_UP_ROTATE_BYTES, 2 ** 40),
+    maxPendingStreams: int('web.maxPendingStreams', W.maxPendingStreams, 1, 1_000_000),
+  };
+  if (web.maxChunkBytes < limits.maxFrameBytes + 4) fail('web.maxChunkBytes', `must be at least limits.maxFrameBytes + 4 (${limits.maxFrameBytes + 4}): the SDK sends one frame per chunk`);
   const M = DEFAULT_MAILBOX;
   const mailbox: MailboxConfig = {
     partitions: int('mailbox.partitions', M.partitions, 1, 1024),
@@ -446,13 +514,15 @@ export function validateConfig(raw: Json): NodeConfig {
   if (campaigns.defaultRatePerSec > campaigns.maxRatePerSec) fail('campaigns.defaultRatePerSec', 'must not exceed campaigns.maxRatePerSec');
 
   const listenHost = string('listen.host', '127.0.0.1', host)!;
+  const basePort = int('listen.basePort', 7400, 0, 65535);
   const prefix = string('prefix', 'gravitas', (s) => (isName(s, 32) ? undefined : 'may only contain A-Z a-z 0-9 _ - (at most 32)'))!;
   const cfg: NodeConfig = {
     nodeId: string('nodeId', `${hostname().replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 24)}-${randomBytes(3).toString('hex')}`, (s) => (isName(s, 48) ? undefined : 'may only contain A-Z a-z 0-9 _ - (at most 48)'))!,
     nats: { servers: servers as string[] },
     prefix,
     cells: int('cells', availableParallelism(), 1, 256),
-    listen: { host: listenHost, basePort: int('listen.basePort', 7400, 0, 65535) },
+    listen: { host: listenHost, basePort, webBasePort: int('listen.webBasePort', basePort === 0 ? 0 : 7600, 0, 65535) },
+    web,
     advertiseHost: string('advertiseHost', listenHost === '0.0.0.0' || listenHost === '::' ? hostname() : listenHost, host)!,
     admin: { host: string('admin.host', '127.0.0.1', host)!, port: int('admin.port', 7300, 0, 65535) },
     dataDir: string('dataDir', './data')!,
@@ -466,6 +536,8 @@ export function validateConfig(raw: Json): NodeConfig {
     gravity,
     tracking,
     campaigns,
+    push: validatePushConfig({ int, string, bool, fail, get }),
+    relay: validateRelayConfig({ int, bool }),
     limits,
     testHooks: bool('testHooks', false),
   };
@@ -479,6 +551,11 @@ export function validateConfig(raw: Json): NodeConfig {
   if (adminToken) cfg.admin.token = adminToken;
   if (regToken) cfg.registration.token = regToken;
   if (cfg.listen.basePort !== 0 && cfg.listen.basePort + cfg.cells - 1 > 65535) fail('listen.basePort', `base port + cells exceeds 65535`);
+  if (web.enabled && cfg.listen.webBasePort !== 0) {
+    const { basePort, webBasePort } = cfg.listen;
+    if (webBasePort + cfg.cells - 1 > 65535) fail('listen.webBasePort', 'web base port + cells exceeds 65535');
+    else if (basePort !== 0 && webBasePort < basePort + cfg.cells && basePort < webBasePort + cfg.cells) fail('listen.webBasePort', 'the web ports overlap the TCP ports (basePort .. basePort + cells - 1)');
+  }
   if (cfg.membership.timeoutMs < 2 * cfg.membership.heartbeatMs) fail('membership.timeoutMs', 'must be at least twice membership.heartbeatMs');
   if (limits.msgBurst < 1) fail('limits.msgBurst', 'must be at least 1');
   if (issues.length > 0) throw new ConfigError(issues);

@@ -94,6 +94,14 @@ export class Names {
   get groupsBucket(): string {
     return `${this.prefix}_groups`;
   }
+  /** `<user>.<device>` → the device's push targets (docs/push.md). */
+  get pushBucket(): string {
+    return `${this.prefix}_push`;
+  }
+  /** `<user>` → the user's per-chat mutes. */
+  get mutesBucket(): string {
+    return `${this.prefix}_mutes`;
+  }
   // ---- engagement: profiles, campaigns, tracking ----------------------------------
 
   /** Versioned profiles: one subject per user, the stream sequence is the version. */
@@ -137,6 +145,11 @@ export class Names {
   /** Publishers: API key hashes and roles. */
   get publishersBucket(): string {
     return `${this.prefix}_publishers`;
+  }
+
+  /** `user.device` → devices that reach it directly, and its relay rate stamps (docs/relay.md). */
+  get reachBucket(): string {
+    return `${this.prefix}_reach`;
   }
 
   /** Short leases (one expiry sweeper per mailbox partition in the cluster). */

@@ -1,7 +1,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import {
-  decodeRequestArgs, encodeFrame, ErrorCode, nativeSuite, fromBase64Url, pack, ProtocolError, unpack, type Request, type ServerHandshakeContext,
+  decodeRequestArgs, encodeFrame, ErrorCode, nativeSuite, fromBase64Url, pack, ProtocolError, unpack, type Request, type RequestArgs, type ServerHandshakeContext,
 } from '@gravitas/protocol';
 import type { NodeConfig } from '../config.js';
 import { Names } from '../subjects.js';
@@ -14,6 +14,8 @@ import { CampaignRunner } from '../engage/runner.js';
 import { Profiles } from '../engage/profiles.js';
 import { TrackingIntake } from '../engage/intake.js';
 import { Gravity } from './gravity.js';
+import { RelayCoordinator } from '../reach/relay.js';
+import { PushGateway } from '../reach/push-gateway.js';
 import { Groups } from './groups.js';
 import { HandshakeGuard } from './guard.js';
 import { Membership } from './membership.js';
@@ -22,6 +24,8 @@ import { Mailbox } from './mailbox.js';
 import { openBuckets, untilReady } from './nats.js';
 import { PresenceHub } from './presence.js';
 import { Session, type Delivery } from './session.js';
+import { TcpTransport, type Transport, type TransportKind } from './transport.js';
+import { WebListener } from './web-listener.js';
 import { Social } from './social.js';
 import { SpentTickets } from './tickets.js';
 import { decodeEnvelope, decodeInvalidation, type Envelope, type Invalidation } from './envelope.js';
@@ -43,6 +47,10 @@ export class Cell {
   readonly names: Names;
   readonly custody: Custody;
   readonly gravity: Gravity;
+  /** Wake-ups relayed through peer devices (reach/relay.ts). */
+  readonly relay: RelayCoordinator;
+  /** Pushes to offline devices, per-chat mutes (reach/push-gateway.ts). */
+  readonly push: PushGateway;
   accounts!: Accounts;
   tickets!: SpentTickets;
   directory!: Directory;
@@ -60,15 +68,20 @@ export class Cell {
   private expiry: ExpirySweeper | undefined;
   private server: Server | undefined;
   private readonly subs: Subscription[] = [];
-  private readonly sockets = new Set<Socket>();
+  /** Every connection carrying a session, whatever its transport. */
+  private readonly transports = new Set<Transport>();
+  private readonly byKind: Record<TransportKind, number> = { tcp: 0, ws: 0, http: 0 };
+  private web: WebListener | undefined;
   /** Open sessions by `user/device`, and the devices of each user with a session here. */
   private readonly sessions = new Map<string, Session>();
   private readonly byUser = new Map<string, Set<Session>>();
-  private draining = false;
+  draining = false;
   private activeDrains = 0;
   /** Sessions waiting for a drain slot (each at most once). */
   private readonly drainQueue = new Set<Session>();
   address = '';
+  /** host:port of this cell's web listener (WebSocket, chunked HTTP); '' when off. */
+  webAddress = '';
   private port = 0;
 
   constructor(
@@ -79,6 +92,8 @@ export class Cell {
     readonly log: (msg: string, err?: unknown) => void,
     /** Port of an earlier generation of this cell, reused so clients find it again. */
     private readonly previousPort?: number,
+    /** The same for the web listener. */
+    private readonly previousWebPort?: number,
   ) {
     this.metrics = new CellMetrics(cellId);
     this.names = new Names(config.prefix, config.mailbox.partitions);
@@ -93,6 +108,10 @@ export class Cell {
     };
     this.custody = new Custody(this);
     this.gravity = new Gravity(this);
+    this.relay = new RelayCoordinator(this);
+    this.push = new PushGateway(this);
+    // Offline devices no push reached are woken through a LAN peer (docs/relay.md).
+    this.push.onUnreachable = (user, device, hint) => this.relay.unreachable(user, device, hint);
     this.profiles = new Profiles(this);
     this.intake = new TrackingIntake(this);
     this.runner = new CampaignRunner(this);
@@ -117,16 +136,19 @@ export class Cell {
     this.presence = new PresenceHub(this, b.presence);
     this.groups = new Groups(this, b.groups);
     await untilReady(() => Promise.all([this.mailbox.start(), this.groups.start(), this.profiles.start(), this.intake.start()]), 'streams');
+    await this.relay.start();
+    await untilReady(() => this.push.start(), 'push buckets');
     this.subs.push(
       this.nc.subscribe(this.names.cellInbox(this.cellId), { callback: (err, msg) => void (err || this.onEnvelope(msg.data)) }),
       this.nc.subscribe(this.names.invalidations, { callback: (err, msg) => void (err || this.onInvalidation(msg.data)) }),
     );
     await this.listen();
+    await this.listenWeb();
     this.membership = new Membership(
       this.nc,
       this.names.heartbeats,
       b.cells,
-      () => ({ cell: this.cellId, node: this.config.nodeId, address: this.address, sessions: this.sessions.size, lagMs: this.metrics.lagMs(), state: this.draining ? 'draining' : 'up' }),
+      () => ({ cell: this.cellId, node: this.config.nodeId, address: this.address, ...(this.webAddress && { web: this.webAddress }), sessions: this.sessions.size, lagMs: this.metrics.lagMs(), state: this.draining ? 'draining' : 'up' }),
       this.config.membership.heartbeatMs,
       this.config.membership.timeoutMs,
       (cell) => this.presence.cellDied(cell),
@@ -161,27 +183,48 @@ export class Cell {
     });
   }
 
+  private async listenWeb(): Promise<void> {
+    const { host, webBasePort } = this.config.listen;
+    if (!this.config.web.enabled) return;
+    this.web = new WebListener(this);
+    const port = await this.web.listen(this.previousWebPort ?? (webBasePort === 0 ? 0 : webBasePort + this.index), host);
+    this.webAddress = `${this.config.advertiseHost}:${port}`;
+  }
+
+  /** Room for one more session connection (web listener). */
+  canAccept(): boolean {
+    return !this.draining && this.transports.size < this.config.limits.maxConnectionsPerCell;
+  }
+
+  /** Starts a session on a new connection, counted by transport until it closes. */
+  adopt(t: Transport): void {
+    this.transports.add(t);
+    this.byKind[t.kind]++;
+    this.metrics.connections.set({ transport: t.kind }, this.byKind[t.kind]);
+    t.onClosed(() => {
+      if (!this.transports.delete(t)) return;
+      this.byKind[t.kind]--;
+      this.metrics.connections.set({ transport: t.kind }, this.byKind[t.kind]);
+    });
+    new Session(this, t);
+  }
+
   private accept(socket: Socket): void {
-    if (this.draining || this.sockets.size >= this.config.limits.maxConnectionsPerCell) {
+    if (!this.canAccept()) {
       socket.end(encodeFrame(pack({ t: 'error', code: ErrorCode.BUSY, message: this.draining ? 'server is shutting down' : 'cell is at its connection limit' })));
       return;
     }
-    this.sockets.add(socket);
-    this.metrics.connections.set(this.sockets.size);
-    socket.once('close', () => {
-      this.sockets.delete(socket);
-      this.metrics.connections.set(this.sockets.size);
-    });
-    new Session(this, socket);
+    this.adopt(new TcpTransport(socket, this.config.limits.maxFrameBytes));
   }
 
   status(): CellStatus {
     return {
       cellId: this.cellId,
       address: this.address,
+      ...(this.webAddress && { web: this.webAddress }),
       natsConnected: !this.nc.isClosed() && !this.draining,
-      listening: this.server?.listening ?? false,
-      connections: this.sockets.size,
+      listening: (this.server?.listening ?? false) && (!this.web || this.web.listening),
+      connections: this.transports.size,
       sessions: this.sessions.size,
     };
   }
@@ -376,6 +419,8 @@ export class Cell {
       else if (area === 'devices') data = await this.devices(s, m.op, args);
       else if (area === 'track') data = await this.intake.handle(s, m.op, args);
       else if (area === 'profile') data = await this.profiles.handle(s, m.op, args);
+      else if (area === 'push' || area === 'mute') data = await this.push.handle(s, m.op, args);
+      else if (area === 'reach') data = await this.relay.report(s, args as RequestArgs['reach.report']);
       else throw new ProtocolError(ErrorCode.UNKNOWN_TYPE, `no handler for ${m.op}`);
       s.send({ t: 'res', rid: m.rid, ok: true, ...(data !== undefined && { data }) });
     } catch (err) {
@@ -389,7 +434,7 @@ export class Cell {
     if (op === 'devices.list') return { devices: await this.accounts.deviceList(s.user) };
     const { device } = args as { device: string };
     await this.accounts.removeDevice(s.user, device);
-    await Promise.all([this.mailbox.purgeDevice(s.user, device), this.groups.forgetDevice(s.user, device)]);
+    await Promise.all([this.mailbox.purgeDevice(s.user, device), this.groups.forgetDevice(s.user, device), this.push.forgetDevice(s.user, device)]);
     // Its sessions end now, wherever they are.
     const locs = await this.directory.lookup(s.user, true);
     for (const l of locs) if (l.device === device) this.publish(l.cell, { k: 'kick', user: s.user, dev: device, ep: Number.MAX_SAFE_INTEGER });
@@ -417,6 +462,7 @@ export class Cell {
     if (i.kind === 'devices') this.accounts.invalidate(i.key);
     else if (i.kind === 'social') this.social.invalidate(i.key);
     else if (i.kind === 'profile') this.profiles.invalidate(i.key);
+    else if (i.kind === 'mutes') this.push.mutesChanged(i.key);
     else this.groups.invalidate(i.key);
   }
 
@@ -455,6 +501,8 @@ export class Cell {
         return this.presence.onTyping(e);
       case 'exp':
         return this.gravity.expect(e.user, e.dev);
+      case 'rly':
+        return this.relay.deliver(e.u, e.dev, e.tu, e.td, e.w);
     }
   }
 
@@ -465,16 +513,18 @@ export class Cell {
     if (this.draining) return;
     this.draining = true;
     this.server?.close();
+    this.web?.close();
     const leaving = [...this.sessions.values()].map((s) => {
       const done = s.registered ? this.directory.unregister(s.user, s.device, s.epoch).catch(() => undefined) : Promise.resolve();
       s.registered = false;
       s.bye(ErrorCode.SHUTTING_DOWN, 'server is shutting down');
       return done;
     });
-    for (const socket of this.sockets) socket.end();
+    for (const t of this.transports) t.end(ErrorCode.SHUTTING_DOWN);
     await Promise.race([Promise.all(leaving), new Promise((r) => setTimeout(r, 5000))]);
     this.custody.stop();
     this.gravity.stop();
+    this.push.stop();
     await this.runner.stop();
     await this.intake.stop();
     await this.profiles.stop();

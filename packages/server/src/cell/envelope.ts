@@ -1,4 +1,4 @@
-import { isName, MAX_TEXT_LENGTH, type Msg, type Receipt, type ReceiptState } from '@gravitas/protocol';
+import { isName, MAX_TEXT_LENGTH, MAX_WAKE_BYTES, type Msg, type Receipt, type ReceiptState } from '@gravitas/protocol';
 
 /*
  * What travels between cells (core NATS) and into mailboxes (JetStream): items
@@ -30,10 +30,11 @@ export type Envelope =
   | { k: 'mbx'; user: string; dev: string } // the device's mailbox has new items: drain again
   | { k: 'gdlv'; m: ChatItem; to: Array<[string, string]> } // a group message for these (user, device) sessions
   | { k: 'typ'; from: string; to: string; on: boolean; g?: string } // typing indicator for every session of `to`
-  | { k: 'exp'; user: string; dev: string }; // device `user/dev` was sent a connect hint to this cell
+  | { k: 'exp'; user: string; dev: string } // device `user/dev` was sent a connect hint to this cell
+  | { k: 'rly'; u: string; dev: string; tu: string; td: string; w: Uint8Array }; // send relayer `u/dev` a wake token `w` for its peer `tu/td`
 
 /** Envelope on the invalidations subject: a cached record changed. */
-export interface Invalidation { kind: 'devices' | 'social' | 'group' | 'profile'; key: string }
+export interface Invalidation { kind: 'devices' | 'social' | 'group' | 'profile' | 'mutes'; key: string }
 
 type O = Record<string, unknown>;
 const s = (v: unknown): v is string => typeof v === 'string';
@@ -87,6 +88,9 @@ export function decodeEnvelope(v: unknown): Envelope {
       }
       break;
     }
+    case 'rly':
+      if (n(o.u) && n(o.dev) && n(o.tu) && n(o.td) && o.w instanceof Uint8Array && o.w.length <= MAX_WAKE_BYTES) return { k: 'rly', u: o.u, dev: o.dev, tu: o.tu, td: o.td, w: o.w };
+      break;
     case 'typ':
       if (n(o.from) && n(o.to) && typeof o.on === 'boolean' && (o.g === undefined || n(o.g))) {
         return { k: 'typ', from: o.from, to: o.to, on: o.on, ...(o.g !== undefined && { g: o.g as string }) };
@@ -98,6 +102,6 @@ export function decodeEnvelope(v: unknown): Envelope {
 
 export function decodeInvalidation(v: unknown): Invalidation {
   const o = v as O;
-  if (typeof o === 'object' && o && (o.kind === 'devices' || o.kind === 'social' || o.kind === 'group' || o.kind === 'profile') && n(o.key)) return { kind: o.kind, key: o.key };
+  if (typeof o === 'object' && o && (o.kind === 'devices' || o.kind === 'social' || o.kind === 'group' || o.kind === 'profile' || o.kind === 'mutes') && n(o.key)) return { kind: o.kind, key: o.key };
   throw new TypeError('malformed invalidation');
 }

@@ -8,7 +8,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
  */
 export class CellMetrics {
   readonly registry = new Registry();
-  readonly connections = new Gauge({ name: 'gravitas_connections', help: 'Open client connections', registers: [this.registry] });
+  readonly connections = new Gauge({ name: 'gravitas_connections', help: 'Open client connections carrying a session, by transport (tcp, ws, http)', labelNames: ['transport'] as const, registers: [this.registry] });
   readonly sessions = new Gauge({ name: 'gravitas_sessions', help: 'Authenticated sessions', registers: [this.registry] });
   readonly framesIn = new Counter({ name: 'gravitas_frames_in_total', help: 'Frames received from clients', registers: [this.registry] });
   readonly framesOut = new Counter({ name: 'gravitas_frames_out_total', help: 'Frames sent to clients', registers: [this.registry] });
@@ -52,6 +52,13 @@ export class CellMetrics {
   readonly locality = new Gauge({ name: 'gravitas_gravity_locality', help: 'Share of live deliveries since the previous scrape whose sender and recipient sessions are on the same cell, per cell', labelNames: ['cell'] as const, registers: [this.registry] });
   readonly balance = new Gauge({ name: 'gravitas_gravity_balance', help: 'Max/mean sessions over live cells, as each cell sees the heartbeats', labelNames: ['cell'] as const, registers: [this.registry] });
 
+  // Wake-ups relayed through peer devices (docs/relay.md).
+  readonly relayWakes = new Counter({ name: 'gravitas_relay_wakes_total', help: 'Wake attempts for offline devices, by result (sent, or why none was sent)', labelNames: ['result'] as const, registers: [this.registry] });
+  readonly relayRequests = new Counter({ name: 'gravitas_relay_requests_total', help: 'Relay requests written to relayer sessions on this cell', registers: [this.registry] });
+  readonly relayRateLimited = new Counter({ name: 'gravitas_relay_rate_limited_total', help: 'Relay requests refused by a rate limit (target: the device to wake; relayer: a candidate relayer)', labelNames: ['kind'] as const, registers: [this.registry] });
+  readonly relayLost = new Counter({ name: 'gravitas_relay_lost_total', help: 'Relay requests whose relayer session was gone when they reached its cell', registers: [this.registry] });
+  readonly reachReports = new Counter({ name: 'gravitas_reach_reports_total', help: 'Reachability reports from devices, by result (ok, rate_limited)', labelNames: ['result'] as const, registers: [this.registry] });
+
   // Campaign tracking tiers (docs/campaigns.md). The gauges are set by the shipper on cell 0 only, so the sum over cells is the node's value.
   readonly trackingIntake = new Counter({ name: 'gravitas_tracking_intake_total', help: 'Campaign feedback requests by result (stored, duplicate, retry_later, bad_message, not_found, error)', labelNames: ['result'] as const, registers: [this.registry] });
   readonly trackingArchiveLag = new Gauge({ name: 'gravitas_tracking_archive_lag_seconds', help: "Age of the node's oldest tracking record not yet archived (0: none waiting)", registers: [this.registry] });
@@ -61,6 +68,21 @@ export class CellMetrics {
   readonly trackingShipped = new Counter({ name: 'gravitas_tracking_shipped_total', help: 'Tracking records acknowledged by the archive and marked archived', registers: [this.registry] });
   readonly trackingShipFailures = new Counter({ name: 'gravitas_tracking_ship_failures_total', help: 'Shipping rounds that failed (archive unreachable or refusing); retried with backoff', registers: [this.registry] });
   readonly trackingEvicted = new Counter({ name: 'gravitas_tracking_evicted_total', help: 'Archived tracking records dropped from the node store (age or byte budget)', registers: [this.registry] });
+
+  // Push gateway (docs/push.md). `provider`: webpush or webhook.
+  readonly pushQueueDepth = new Gauge({ name: 'gravitas_push_queue_depth', help: 'Push requests waiting for a connection slot (bounded by push.queueSize)', registers: [this.registry] });
+  readonly pushInFlight = new Gauge({ name: 'gravitas_push_in_flight', help: 'Push HTTP requests in flight (bounded by push.concurrency)', registers: [this.registry] });
+  readonly pushRetrying = new Gauge({ name: 'gravitas_push_retrying', help: 'Push requests waiting out a retry backoff', registers: [this.registry] });
+  readonly pushWindows = new Gauge({ name: 'gravitas_push_windows', help: 'Open coalescing windows (device and chat; bounded by push.maxPending)', registers: [this.registry] });
+  readonly pushSent = new Counter({ name: 'gravitas_push_sent_total', help: 'Pushes accepted by the provider', labelNames: ['provider'] as const, registers: [this.registry] });
+  readonly pushFailed = new Counter({ name: 'gravitas_push_failed_total', help: 'Pushes that failed for good (after retries, or refused)', labelNames: ['provider'] as const, registers: [this.registry] });
+  readonly pushGone = new Counter({ name: 'gravitas_push_gone_total', help: 'Targets the provider reported gone (404/410), removed', labelNames: ['provider'] as const, registers: [this.registry] });
+  readonly pushRetries = new Counter({ name: 'gravitas_push_retries_total', help: 'Push attempts retried after a transient failure', labelNames: ['provider'] as const, registers: [this.registry] });
+  readonly pushCoalesced = new Counter({ name: 'gravitas_push_coalesced_total', help: 'Messages folded into a push that announced an earlier one', labelNames: ['provider'] as const, registers: [this.registry] });
+  readonly pushSuppressed = new Counter({ name: 'gravitas_push_suppressed_total', help: 'Pushes not sent because the chat is muted (mutedPush: suppress)', labelNames: ['provider'] as const, registers: [this.registry] });
+  readonly pushDropped = new Counter({ name: 'gravitas_push_dropped_total', help: 'Pushes dropped because the queue or the coalescing table was full', labelNames: ['provider'] as const, registers: [this.registry] });
+  readonly pushDamped = new Counter({ name: 'gravitas_push_damped_total', help: 'Coalescing windows widened by rate damping', registers: [this.registry] });
+  readonly pushUnreachable = new Counter({ name: 'gravitas_push_unreachable_total', help: 'Offline devices with no usable push target (none registered, or every attempt failed)', registers: [this.registry] });
 
   private readonly loop = monitorEventLoopDelay({ resolution: 10 });
   private timer: NodeJS.Timeout | undefined;
