@@ -3,9 +3,9 @@ import { readFileSync } from 'node:fs';
 import t from 'tap';
 import nacl from 'tweetnacl';
 import {
-  ClientHandshake, decodeClientHandshake, decodeServerHandshake, encodeFrame, ErrorCode, HandshakeError, keyPairFromSecret, naclSuite, nativeSuite, pack,
-  readHello, readResume, unpack, writeWelcome, type DhSuite, type ResumptionState, type SecureChannel, type ServerHandshakeContext,
+  decodeClientHandshake, encodeFrame, ErrorCode, HandshakeError, keyPairFromSecret, naclSuite, nativeSuite, pack, readHello, unpack, type DhSuite, type ServerHandshakeContext,
 } from '@gravitas/protocol';
+import { b, hex, libraryRun, type Expected, type Side, type Vectors } from '../fixtures/handshake-vectors.js';
 
 /*
  * Recomputes test/vectors/handshake.json twice: with the library (every suite
@@ -14,54 +14,9 @@ import {
  * document or the vectors changed.
  */
 
-interface Side { client_ephemeral_secret: string; server_ephemeral_secret: string; client_now: number; server_now: number; server_random: string[] }
-interface Expected {
-  client_ephemeral_public: string; server_ephemeral_public: string; first_flight_msgpack: string; first_flight_frame: string;
-  server_decoded: { kind: string; user: string; device: string; registration: string | null; client_static: string; client_ephemeral: string; ts: number };
-  welcome_msgpack: string; welcome_payload: { session: string; cell: string; node: string; serverTime: number; resumed: boolean; ticket: string; ticketExpires: number };
-  transcript_hash: string; resumption_secret: string; key_client_to_server: string; key_server_to_client: string; finish_frame: string;
-}
-interface Vectors {
-  x25519: {
-    scalar_mult: Array<{ scalar: string; u: string; output: string }>;
-    iterated: { start: string; after_1: string; after_1000: string };
-    diffie_hellman: { alice_secret: string; alice_public: string; bob_secret: string; bob_public: string; shared: string };
-    low_order_points: string[];
-  };
-  handshake: {
-    inputs: {
-      protocol_version: number; server_static_secret: string; client_static_secret: string; server_static_public: string; client_static_public: string;
-      user: string; device: string; registration: string; session_info: { session: string; cell: string; node: string };
-      ticket_key: { id: number; key: string }; ticket_lifetime_ms: number;
-    };
-    full: { inputs: Side; expected: Expected };
-    resume: { inputs: Side; expected: Expected };
-  };
-}
-
 const V = JSON.parse(readFileSync(new URL('../vectors/handshake.json', import.meta.url), 'utf8')) as Vectors;
 const I = V.handshake.inputs;
-const b = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, 'hex'));
-const hex = (x: Uint8Array): string => Buffer.from(x).toString('hex');
 const SUITES: DhSuite[] = [nativeSuite, naclSuite];
-
-function fixedSuite(base: DhSuite, ephemeralSecret: string): DhSuite {
-  return { name: base.name, generate: () => base.fromSecret(b(ephemeralSecret)), fromSecret: (sk) => base.fromSecret(sk) };
-}
-
-function randomFrom(list: string[]): (n: number) => Uint8Array {
-  let i = 0;
-  return (n) => {
-    const v = b(list[i++] ?? '');
-    if (v.length !== n) throw new Error(`vector random #${i} has ${v.length} bytes, ${n} requested`);
-    return v;
-  };
-}
-
-function keysOf(ch: SecureChannel): { send: string; recv: string } {
-  const k = ch as unknown as { sendKey: Uint8Array; recvKey: Uint8Array };
-  return { send: hex(k.sendKey), recv: hex(k.recvKey) };
-}
 
 t.test('X25519 vectors (RFC 7748), both suites', async (t) => {
   for (const s of SUITES) {
@@ -90,64 +45,12 @@ t.test('static keys', async (t) => {
 
 // ---- the library ------------------------------------------------------------------
 
-function libraryRun(cs: DhSuite, ss: DhSuite, side: Side, resume?: ResumptionState): Expected & { resumption: ResumptionState } {
-  const serverStatic = ss.fromSecret(b(I.server_static_secret));
-  const c = new ClientHandshake({
-    serverPublicKey: b(I.server_static_public),
-    identity: keyPairFromSecret(b(I.client_static_secret)),
-    user: I.user,
-    device: I.device,
-    ...(resume ? { resume } : { registration: I.registration }),
-    suite: fixedSuite(cs, side.client_ephemeral_secret),
-    now: () => side.client_now,
-  });
-  const firstBytes = pack(c.hello());
-  const first = decodeClientHandshake(unpack(firstBytes));
-  const ctx: ServerHandshakeContext = {
-    staticKey: serverStatic,
-    ticketKeys: { current: { id: I.ticket_key.id, key: b(I.ticket_key.key) } },
-    ticketLifetimeMs: I.ticket_lifetime_ms,
-    suite: fixedSuite(ss, side.server_ephemeral_secret),
-    now: () => side.server_now,
-    random: randomFrom(side.server_random),
-  };
-  const pending = first.t === 'hello' ? readHello(first, ctx) : readResume(first, ctx);
-  const server = writeWelcome(pending, I.session_info, ctx);
-  const welcomeBytes = pack(server.welcome);
-  const w = decodeServerHandshake(unpack(welcomeBytes));
-  if (w.t !== 'welcome') throw new Error('expected welcome');
-  const res = c.complete(w);
-  if (!res.resumption || !res.welcome.ticket || res.welcome.ticketExpires === undefined) throw new Error('no ticket');
-  const k = keysOf(res.channel);
-  const sk = keysOf(server.channel);
-  if (sk.send !== k.recv || sk.recv !== k.send) throw new Error('client and server keys differ');
-  if (hex(server.expectedFinish) !== hex(res.finish.h)) throw new Error('client and server transcripts differ');
-  return {
-    client_ephemeral_public: hex(first.e),
-    server_ephemeral_public: hex(server.welcome.e),
-    first_flight_msgpack: hex(firstBytes),
-    first_flight_frame: hex(encodeFrame(firstBytes)),
-    server_decoded: {
-      kind: pending.kind, user: pending.user, device: pending.device, registration: pending.registration ?? null,
-      client_static: hex(pending.clientStatic), client_ephemeral: hex(pending.clientEphemeral), ts: side.client_now,
-    },
-    welcome_msgpack: hex(welcomeBytes),
-    welcome_payload: { ...res.welcome, ticket: hex(res.welcome.ticket), ticketExpires: res.welcome.ticketExpires },
-    transcript_hash: hex(res.finish.h),
-    resumption_secret: hex(res.resumption.secret),
-    key_client_to_server: k.send,
-    key_server_to_client: k.recv,
-    finish_frame: hex(encodeFrame(res.channel.seal(pack(res.finish)))),
-    resumption: res.resumption,
-  };
-}
-
 for (const cs of SUITES) {
   for (const ss of SUITES) {
     t.test(`library reproduces the handshake vectors: client ${cs.name}, server ${ss.name}`, async (t) => {
-      const { resumption, ...full } = libraryRun(cs, ss, V.handshake.full.inputs);
+      const { resumption, ...full } = libraryRun(V, cs, ss, V.handshake.full.inputs);
       t.strictSame(full, V.handshake.full.expected, 'full handshake');
-      const { resumption: _r, ...resumed } = libraryRun(cs, ss, V.handshake.resume.inputs, resumption);
+      const { resumption: _r, ...resumed } = libraryRun(V, cs, ss, V.handshake.resume.inputs, resumption);
       t.strictSame(resumed, V.handshake.resume.expected, 'resumption with the ticket of the full handshake');
     });
   }

@@ -6,9 +6,10 @@ import { campaign, chat, dev, keygen, node, profile, publisher, recv, report, se
 const USAGE = `gravitas — a horizontally scaled chat cluster
 
 usage:
-  gravitas dev [--cells 2] [--port 7400] [--admin-port 7300]   local nats-server + one node
+  gravitas dev [--cells 2] [--port 7400] [--admin-port 7300]   local nats-server + one node,
+               [--web-port 7600] [--demo-port 7380]          its web listeners and the demo chat page
   gravitas node [--config FILE] [--nats URLS] [--cells N] [--port P] [--admin-port P] ...
-  gravitas keygen [--ticket-id N]                            server key + ticket key (JSON config fragment)
+  gravitas keygen [--ticket-id N] [--vapid [--subject S]]   server key + ticket key (+ push keys) as a JSON config fragment
   gravitas chat --server H:P --as NAME [--device D]          interactive: "@bob hello"
   gravitas send --server H:P --as NAME --to USER --text TEXT [--json]
   gravitas recv --server H:P --as NAME [--count N] [--json] [--timeout S]
@@ -36,7 +37,7 @@ const WITH_POSITIONALS = new Set(['campaign', 'publisher', 'profile', 'report'])
 
 const STRING_FLAGS = [
   'config', 'nats', 'prefix', 'cells', 'host', 'port', 'advertise', 'admin-host', 'admin-port', 'data-dir', 'server-key', 'ticket-keys', 'registration', 'registration-token', 'node-id', 'server', 'as', 'device', 'to', 'text', 'count', 'timeout', 'ticket-id',
-  'admin', 'token', 'file', 'name', 'users', 'rate', 'publisher', 'roles', 'sender', 'version', 'start-at', 'bucket',
+  'admin', 'token', 'file', 'name', 'users', 'rate', 'publisher', 'roles', 'sender', 'version', 'start-at', 'bucket', 'subject', 'web-port', 'demo-port',
 ];
 
 async function main(argv: string[]): Promise<void> {
@@ -50,7 +51,7 @@ async function main(argv: string[]): Promise<void> {
   try {
     ({ values, positionals } = parseArgs({
       args: rest,
-      options: { ...Object.fromEntries(STRING_FLAGS.map((f) => [f, { type: 'string' as const }])), json: { type: 'boolean' }, push: { type: 'boolean' }, profiles: { type: 'boolean' } },
+      options: { ...Object.fromEntries(STRING_FLAGS.map((f) => [f, { type: 'string' as const }])), json: { type: 'boolean' }, push: { type: 'boolean' }, profiles: { type: 'boolean' }, vapid: { type: 'boolean' } },
       allowPositionals: WITH_POSITIONALS.has(command),
       strict: true,
     }));

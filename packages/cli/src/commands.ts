@@ -1,3 +1,4 @@
+import { createECDH } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -6,6 +7,7 @@ import { generateKeyPair, hintKeyPair, random, toBase64Url, fromBase64Url, keyPa
 import { loadConfig, readyLine, startNode, stopOnSignals, validateConfig } from '@gravitas/server';
 import { GravitasClient } from '@gravitas/client';
 import { NatsServer } from '@gravitas/testkit';
+import { startDemoServer, type DemoServer } from './demo.js';
 import { KeyStore } from './keystore.js';
 
 export class UsageError extends Error {
@@ -29,14 +31,21 @@ function intFlag(flags: Flags, name: string, def: number): number {
 }
 
 /**
- * `gravitas keygen [--ticket-id N]`: a config fragment (server key, ticket key) on
+ * `gravitas keygen [--ticket-id N] [--vapid [--subject S]]`: a config fragment (server key, ticket key, push keys) on
  * stdout, ready to merge into a node config; the public keys clients need on stderr.
  */
 export function keygen(flags: Flags): void {
   const id = intFlag(flags, 'ticket-id', 1);
   if (id > 255) throw new UsageError('--ticket-id must be 0..255');
   const server = generateKeyPair();
-  const out = { serverKey: toBase64Url(server.secretKey), ticketKeys: [{ id, key: toBase64Url(random(32)) }] };
+  const out: Record<string, unknown> = { serverKey: toBase64Url(server.secretKey), ticketKeys: [{ id, key: toBase64Url(random(32)) }] };
+  // --vapid: a Web Push (VAPID, P-256) key pair and a webhook signing secret (docs/push.md).
+  if (flags.vapid) {
+    const ecdh = createECDH('prime256v1');
+    ecdh.generateKeys();
+    const subject = typeof flags.subject === 'string' ? flags.subject : 'mailto:ops@example.com';
+    out.push = { vapidPublicKey: toBase64Url(ecdh.getPublicKey()), vapidPrivateKey: toBase64Url(Buffer.concat([Buffer.alloc(32 - ecdh.getPrivateKey().length), ecdh.getPrivateKey()])), vapidSubject: subject, webhookSecret: toBase64Url(random(32)) };
+  }
   process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
   log(`server public key (clients pin this, e.g. --server-key): ${toBase64Url(server.publicKey)}`);
   log(`connect-hint public key (SDK option hintPublicKey): ${toBase64Url(hintKeyPair(server.secretKey).publicKey)}`);
@@ -57,19 +66,24 @@ export async function node(flags: Flags): Promise<void> {
  * `gravitas dev`: a nats-server child with JetStream in a temporary store, and one
  * node with 2 cells and open registration. Ctrl-C stops both and removes the
  * temporary files. The dev server key is pinned in the local key store so that
- * `gravitas send/recv/chat` trust it.
+ * `gravitas send/recv/chat` trust it. It also serves the demo chat page (demo.ts)
+ * and prints `demo url=<url>` after the ready line.
  */
 export async function dev(flags: Flags): Promise<void> {
   const cells = intFlag(flags, 'cells', 2);
   const basePort = intFlag(flags, 'port', 7400);
   const adminPort = intFlag(flags, 'admin-port', 7300);
+  const webPort = intFlag(flags, 'web-port', 7600);
+  const demoPort = intFlag(flags, 'demo-port', 7380);
   log('gravitas dev: starting nats-server with JetStream (temporary store)…');
   const nats = await NatsServer.start({ jetstream: true });
   const dataDir = await mkdtemp(join(tmpdir(), 'gravitas-dev-'));
   const server = generateKeyPair();
   const store = new KeyStore();
   let running: Awaited<ReturnType<typeof startNode>> | undefined;
+  let demo: DemoServer | undefined;
   const stop = async (): Promise<void> => {
+    await demo?.close();
     await running?.stop();
     if (running) store.unpinServers(running.clientAddresses);
     await nats.stop();
@@ -81,7 +95,7 @@ export async function dev(flags: Flags): Promise<void> {
       nodeId: 'dev',
       nats: { servers: [nats.url] },
       cells,
-      listen: { host: '127.0.0.1', basePort },
+      listen: { host: '127.0.0.1', basePort, webBasePort: webPort },
       admin: { host: '127.0.0.1', port: adminPort },
       dataDir,
       serverKey: toBase64Url(server.secretKey),
@@ -90,13 +104,16 @@ export async function dev(flags: Flags): Promise<void> {
     });
     log(`gravitas dev: starting node with ${cells} cells…`);
     running = await startNode(config, log);
+    const node = running;
+    demo = await startDemoServer({ host: '127.0.0.1', port: demoPort, config: () => ({ web: node.webAddresses, serverPublicKey: toBase64Url(server.publicKey) }) });
   } catch (err) {
     await stop();
     throw err;
   }
   store.pinServers(running.clientAddresses, server.publicKey);
-  process.stdout.write(`${readyLine(running)}\n`);
+  process.stdout.write(`${readyLine(running)}\ndemo url=${demo.url}\n`);
   log(`server public key: ${toBase64Url(server.publicKey)} (pinned in ${store.dir})`);
+  log(`gravitas dev: demo chat page at ${demo.url} (open it in two tabs or browsers)`);
 }
 
 /** Builds a connected SDK client for --server/--as. */
