@@ -21,6 +21,8 @@ export interface GraphParams {
   /** Share of each user's edges that leave its community. */
   mu: number;
   seed: number;
+  /** Overrides of SHAPE (the load harness takes them from a scenario file); unset: SHAPE. */
+  shape?: Partial<GraphShape>;
 }
 
 /** Shape constants (fixed so runs with different --users are the same kind of graph). */
@@ -36,6 +38,8 @@ export const SHAPE = {
   weightAlpha: 1.5,
   weightMax: 1000,
 } as const;
+
+export type GraphShape = { -readonly [K in keyof typeof SHAPE]: number };
 
 /** Adjacency in CSR form; row u is [offsets[u], offsets[u + 1]). */
 export interface SocialGraph {
@@ -77,10 +81,10 @@ export function shuffle(rand: Rand, a: Int32Array, from = 0, to = a.length): voi
 }
 
 /** Power-law community sizes summing to `users`; members[start[c] .. start[c+1]) are community c's users. */
-function communities(rand: Rand, users: number): { start: Int32Array; members: Int32Array; community: Int32Array } {
+function communities(rand: Rand, users: number, shape: GraphShape): { start: Int32Array; members: Int32Array; community: Int32Array } {
   const sizes: number[] = [];
   for (let total = 0; total < users; ) {
-    const s = Math.min(users - total, Math.round(powerLaw(rand, SHAPE.communityMin, SHAPE.communityMax, SHAPE.communityExp)));
+    const s = Math.min(users - total, Math.round(powerLaw(rand, shape.communityMin, shape.communityMax, shape.communityExp)));
     sizes.push(s);
     total += s;
   }
@@ -118,9 +122,10 @@ class Edges {
 
 export function generateGraph(p: GraphParams): SocialGraph {
   if (!(p.mu >= 0 && p.mu < 1)) throw new RangeError('mu must be in [0, 1)');
+  const shape: GraphShape = { ...SHAPE, ...p.shape };
   const rand = mulberry32(p.seed);
   const n = p.users;
-  const { start, members, community } = communities(rand, n);
+  const { start, members, community } = communities(rand, n, shape);
   const nComm = start.length - 1;
 
   // Degrees: internal stubs fit in the community; external ones keep each user's mu.
@@ -131,11 +136,11 @@ export function generateGraph(p: GraphParams): SocialGraph {
   let maxCommunityStubs = 0;
   for (let c = 0; c < nComm; c++) {
     const size = start[c + 1]! - start[c]!;
-    const hi = Math.min(SHAPE.degreeMax, (size - 1) / (1 - p.mu));
+    const hi = Math.min(shape.degreeMax, (size - 1) / (1 - p.mu));
     let stubs = 0;
     for (let i = start[c]!; i < start[c + 1]!; i++) {
       const u = members[i]!;
-      const d = hi > SHAPE.degreeMin ? powerLaw(rand, SHAPE.degreeMin, hi, SHAPE.degreeExp) : hi;
+      const d = hi > shape.degreeMin ? powerLaw(rand, shape.degreeMin, hi, shape.degreeExp) : hi;
       internal[u] = Math.min(size - 1, stochasticRound(rand, d * (1 - p.mu)));
       external[u] = stochasticRound(rand, d * p.mu);
       stubs += internal[u]!;
@@ -158,10 +163,10 @@ export function generateGraph(p: GraphParams): SocialGraph {
   shuffle(rand, ext);
   edges.pairUp(ext, 0, ext.length);
 
-  return toCsr(rand, n, edges, community, nComm);
+  return toCsr(rand, n, edges, community, nComm, shape);
 }
 
-function toCsr(rand: Rand, n: number, edges: Edges, community: Int32Array, communities: number): SocialGraph {
+function toCsr(rand: Rand, n: number, edges: Edges, community: Int32Array, communities: number, shape: GraphShape): SocialGraph {
   const offsets = new Int32Array(n + 1);
   for (let e = 0; e < edges.length; e++) {
     offsets[edges.src[e]! + 1]!++;
@@ -177,7 +182,7 @@ function toCsr(rand: Rand, n: number, edges: Edges, community: Int32Array, commu
   for (let e = 0; e < edges.length; e++) {
     const a = edges.src[e]!;
     const b = edges.dst[e]!;
-    const w = Math.min(SHAPE.weightMax, (1 - rand()) ** (-1 / SHAPE.weightAlpha));
+    const w = Math.min(shape.weightMax, (1 - rand()) ** (-1 / shape.weightAlpha));
     const ia = fill[a]!++;
     const ib = fill[b]!++;
     adj[ia] = b;

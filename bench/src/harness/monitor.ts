@@ -1,0 +1,71 @@
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { procCpuSeconds, procRssKiB } from '../procs.js';
+import type { GeneratorSample, ProcSample } from './result.js';
+
+/*
+ * Per-interval readings of the processes in a run: a generator watches itself (CPU, RSS,
+ * event-loop delay) so that it can say when *it* is the bottleneck; the runner reads the server
+ * processes from /proc.
+ */
+
+/** A generator's view of its own load. Call `sample()` once per interval. */
+export class SelfMonitor {
+  private readonly loop: IntervalHistogram = monitorEventLoopDelay({ resolution: 10 });
+  private cpu = process.cpuUsage();
+  private at = performance.now();
+
+  constructor(private readonly saturation: { cpu: number; loopLagMs: number }) {
+    this.loop.enable();
+  }
+
+  sample(skipped: number): GeneratorSample {
+    const now = performance.now();
+    const d = process.cpuUsage(this.cpu);
+    this.cpu = process.cpuUsage();
+    const cpu = ((d.user + d.system) / 1000 / Math.max(1, now - this.at)) * 100;
+    this.at = now;
+    // The histogram is in ns and includes the sampling resolution itself.
+    const loopLagP99Ms = Math.max(0, this.loop.percentile(99) / 1e6 - 10);
+    const loopLagMaxMs = Math.max(0, this.loop.max / 1e6 - 10);
+    this.loop.reset();
+    const saturated = cpu >= this.saturation.cpu * 100 || loopLagP99Ms >= this.saturation.loopLagMs || skipped > 0;
+    return { cpu, rssMiB: process.memoryUsage.rss() / 2 ** 20, loopLagP99Ms, loopLagMaxMs, skipped, saturated };
+  }
+
+  stop(): void {
+    this.loop.disable();
+  }
+}
+
+/** CPU % and RSS of named processes between calls of `sample()` (Linux /proc). */
+export class ProcSampler {
+  private last = new Map<string, number>();
+  private at = performance.now();
+
+  constructor(private readonly pids: Readonly<Record<string, number>>) {
+    for (const [name, pid] of Object.entries(pids)) this.last.set(name, tryRead(() => procCpuSeconds(pid)) ?? 0);
+  }
+
+  sample(): Record<string, ProcSample> {
+    const now = performance.now();
+    const s = Math.max(1e-3, (now - this.at) / 1000);
+    this.at = now;
+    const out: Record<string, ProcSample> = {};
+    for (const [name, pid] of Object.entries(this.pids)) {
+      const cpu = tryRead(() => procCpuSeconds(pid));
+      const rss = tryRead(() => procRssKiB(pid));
+      if (cpu === undefined || rss === undefined) continue; // exited
+      out[name] = { cpu: ((cpu - (this.last.get(name) ?? cpu)) / s) * 100, rssMiB: rss / 1024 };
+      this.last.set(name, cpu);
+    }
+    return out;
+  }
+}
+
+function tryRead(f: () => number): number | undefined {
+  try {
+    return f();
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,109 @@
+import t from 'tap';
+import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { chromium, type Browser } from 'playwright-core';
+import { renderHtmlReport } from '../../bench/src/harness/html.js';
+import { judge, type RunResult } from '../../bench/src/harness/result.js';
+import { syntheticResult } from './synthetic.js';
+
+/*
+ * The HTML report opened in real headless Chromium (Debian's `chromium`; override with
+ * CHROMIUM=path). GRAVITAS_REPORT_SCREENSHOT=docs/img/bench-report.png also writes the picture
+ * the docs show.
+ */
+
+const CHROMIUM = process.env['CHROMIUM'] ?? '/usr/bin/chromium';
+const PLOTS = ['throughput', 'latency', 'connections', 'locality', 'server-cpu', 'server-memory', 'generator-cpu', 'generator-lag'];
+
+t.test('the verdict: generator-bound only when a generator was saturated often enough', async (t) => {
+  const bad = syntheticResult();
+  t.equal(bad.verdict.generatorBound, true, '6 of 50 steady intervals saturated ≥ 10 %');
+  t.match(bad.verdict.reasons, [/^gen1 saturated in 6 of 50 intervals/]);
+  t.match(bad.verdict.warnings, [/generator CPU peaked at 97 %/]);
+  const good = syntheticResult({ saturate: false });
+  t.equal(good.verdict.generatorBound, false);
+  t.same(good.verdict.reasons, []);
+  // One dropped send is enough: the schedule was not kept.
+  const one = syntheticResult({ saturate: false });
+  one.intervals[20]!.generators['gen0']!.skipped = 1;
+  t.equal(judge(one.intervals, one.scenario).generatorBound, true);
+  // Saturation during the ramp-up does not count.
+  const ramp = syntheticResult({ saturate: false });
+  for (const iv of ramp.intervals.slice(0, 10)) iv.generators['gen0']!.saturated = true;
+  t.equal(judge(ramp.intervals, ramp.scenario).generatorBound, false);
+});
+
+t.test('the report is one self-contained file', async (t) => {
+  const html = renderHtmlReport(syntheticResult());
+  t.notMatch(html, /<script(?![^>]*type="application\/json")/, 'no executable script');
+  t.notMatch(html, /(src|href)="(https?:)?\/\//, 'nothing loaded from elsewhere');
+  const r = syntheticResult();
+  r.scenario.description = '<img src=x onerror=alert(1)>';
+  r.notes = ['</script><script>alert(1)</script>'];
+  const evil = renderHtmlReport(r);
+  t.notOk(evil.includes('<img src=x'), 'text is escaped');
+  t.equal(evil.match(/<script/g)?.length, 1, 'the embedded JSON cannot close its script element');
+});
+
+t.test('opened in headless Chromium: every plot is drawn', { skip: existsSync(CHROMIUM) ? false : `no chromium at ${CHROMIUM}` }, async (t) => {
+  const dir = t.testdir({});
+  const file = join(dir, 'report.html');
+  const result: RunResult = syntheticResult();
+  await writeFile(file, renderHtmlReport(result));
+
+  const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  t.teardown(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 960, height: 900 } });
+  const requests: string[] = [];
+  page.on('request', (req) => requests.push(req.url()));
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(pathToFileURL(file).href);
+
+  for (const id of PLOTS) {
+    const plot = await page.$eval(`#plot-${id}`, (fig) => {
+      const svg = fig.querySelector('svg');
+      const paths = Array.from(fig.querySelectorAll('path.series')) as SVGPathElement[];
+      return {
+        svg: svg !== null,
+        width: svg?.getBoundingClientRect().width ?? 0,
+        paths: paths.length,
+        lengths: paths.map((p) => p.getTotalLength()),
+        points: fig.querySelectorAll('circle').length,
+        legend: fig.querySelectorAll('.legend .key').length,
+      };
+    });
+    t.ok(plot.svg && plot.width > 300, `${id}: an SVG is laid out`);
+    t.ok(plot.paths >= 1, `${id}: ${plot.paths} series`);
+    t.ok(plot.lengths.every((l) => l > 0), `${id}: every series line has a length`);
+    t.ok(plot.points >= 60, `${id}: points drawn (${plot.points})`);
+    t.equal(plot.legend, plot.paths, `${id}: one legend entry per series`);
+  }
+  t.equal(await page.locator('#plot-latency path.series').count(), 5, 'latency: p50, p90, p99, p99.9, max');
+  t.equal(await page.locator('#plot-server-cpu path.series').count(), 3, 'server CPU: one line per process');
+  t.ok((await page.locator('#plot-throughput rect.saturated').count()) >= 1, 'the saturated intervals are shaded');
+  t.match(await page.locator('#verdict').innerText(), /Generator-bound run/, 'the header flags the run');
+  const embedded = JSON.parse(await page.locator('#result').innerText()) as RunResult;
+  t.equal(embedded.intervals.length, 60, 'the result JSON is embedded');
+  t.same(requests.filter((u) => !u.startsWith('file:')), [], 'no network request');
+  t.same(errors, [], 'no page error');
+
+  const png = join(dir, 'report.png');
+  await page.screenshot({ path: png, fullPage: true });
+  t.ok(existsSync(png));
+  const docs = process.env['GRAVITAS_REPORT_SCREENSHOT'];
+  if (docs) {
+    await mkdir(dirname(resolve(docs)), { recursive: true });
+    await page.screenshot({ path: resolve(docs), fullPage: true });
+  }
+});
+
+t.test('a target that cannot tell locality gets a note, not an empty plot', async (t) => {
+  const r = syntheticResult({ saturate: false });
+  for (const iv of r.intervals) iv.locality = null;
+  const html = renderHtmlReport(r);
+  t.match(html, /<figure class="plot" id="plot-locality"><figcaption>[^<]*<\/figcaption><p class="empty">not reported by this target<\/p>/);
+  t.match(html, /Generators kept up/);
+});

@@ -1,0 +1,123 @@
+import t, { type Test } from 'tap';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { HARNESS_ERROR_CODES, ScenarioError } from '../../bench/src/harness/errors.js';
+import { diurnalFactor, loadScenario, offeredRate, parseScenario, validateScenario, type Scenario } from '../../bench/src/harness/scenario.js';
+
+const SCENARIOS = fileURLToPath(new URL('../../bench/scenarios/', import.meta.url));
+const DOC = fileURLToPath(new URL('../../docs/benchmarking.md', import.meta.url));
+
+/** A minimal valid scenario; tests spread their one bad value over it. */
+const base = (): Record<string, unknown> => ({ name: 'x', users: 100, duration: 10, target: { driver: 'gravitas' } });
+
+/** The issues of validating `raw`, or a failure if it validated. */
+function issues(t: Test, raw: unknown): readonly string[] {
+  try {
+    validateScenario(raw);
+  } catch (e) {
+    t.type(e, ScenarioError);
+    t.equal((e as ScenarioError).code, 'SCENARIO_INVALID');
+    return (e as ScenarioError).issues;
+  }
+  t.fail('expected a ScenarioError');
+  return [];
+}
+
+t.test('every example scenario in bench/scenarios validates', async (t) => {
+  const files = (await readdir(SCENARIOS)).filter((f) => /\.(ya?ml|json)$/.test(f));
+  t.ok(files.length >= 4, 'there are examples');
+  for (const f of files) {
+    const s = await loadScenario(join(SCENARIOS, f));
+    t.equal(`${s.name}.yaml`, f, `${f}: name matches the file`);
+  }
+  const small = await loadScenario(join(SCENARIOS, 'small.yaml'));
+  t.equal(small.users, 200);
+  t.equal(small.rampUpMs, 5000, '"5s" is 5,000 ms');
+  t.equal(small.behaviours.messages.diurnal.dayLengthMs, 25_000);
+  t.equal(small.behaviours.reconnectStorms[0]?.atMs, 12_000);
+  t.same(small.target, { driver: 'gravitas', local: { nodes: 2, cellsPerNode: 1 } });
+  const big = await loadScenario(join(SCENARIOS, '50k.yaml'));
+  t.ok(big.generators.count * big.generators.maxConnections >= big.users, '50k fits its generators');
+});
+
+t.test('defaults fill a minimal scenario', async (t) => {
+  const s = validateScenario(base());
+  t.equal(s.seed, 1);
+  t.equal(s.devicesPerUser, 1);
+  t.equal(s.intervalMs, 1000);
+  t.equal(s.rampUpMs, 0);
+  t.same(s.metrics, ['throughput', 'latency', 'connections', 'locality', 'servers', 'generators']);
+  t.equal(s.behaviours.groups.share, 0);
+  t.same(s.target, { driver: 'gravitas', local: { nodes: 2, cellsPerNode: 1 } });
+  t.equal(s.behaviours.messages.diurnal.dayLengthMs, 10_000, 'the day spans the run unless told');
+});
+
+t.test('a bad value is reported with its path, the rule and what was given', async (t) => {
+  const raw = { ...base(), behaviours: { groups: { share: 1.5, count: 3 } } };
+  t.same(issues(t, raw), ['behaviours.groups.share: must be a number in [0, 1], got 1.5']);
+  t.same(issues(t, { ...base(), users: 'many' }), ['users: must be an integer in [2, 10000000], got "many"']);
+  t.same(issues(t, { ...base(), duration: '10 parsecs' }), ['duration: must be a positive duration (seconds, or e.g. "30s", "10m", "500ms"), got "10 parsecs"']);
+  t.match(issues(t, { ...base(), behaviours: { reconnectStorms: [{ at: '5s', share: 0 }] } }), ['behaviours.reconnectStorms[0].share: must be a number in (0, 1], got 0']);
+  t.match(issues(t, { ...base(), metrics: ['latency', 'joy', 'latency'] }), [/^metrics\[1\]: must be one of throughput, /, 'metrics[2]: "latency" is listed twice']);
+});
+
+t.test('every problem is listed at once, not just the first', async (t) => {
+  const raw = { name: 'bad name!', users: 1, duration: 0, target: { driver: 'irc' }, graph: { mu: 2 } };
+  const got = issues(t, raw);
+  t.match(got.join('\n'), /^name: /m);
+  t.match(got.join('\n'), /^users: /m);
+  t.match(got.join('\n'), /^duration: /m);
+  t.match(got.join('\n'), /^target\.driver: must be "gravitas" or "xmpp", got "irc"/m);
+  t.match(got.join('\n'), /^graph\.mu: /m);
+  try {
+    validateScenario(raw, 'bad.yaml');
+  } catch (e) {
+    t.match((e as Error).message, /^scenario bad\.yaml: \d+ problems:\n {2}/, 'the message lists them, one per line');
+  }
+});
+
+t.test('typos and missing sections are named', async (t) => {
+  t.same(issues(t, { ...base(), behaviours: { mesages: {} } }), ['behaviours.mesages: unknown key (did you mean "messages"?); allowed: messages, groups, presence, reconnectStorms, offline, campaigns']);
+  t.same(issues(t, { name: 'x', users: 10, duration: 1 }), ['target: is required (an object)']);
+  t.same(issues(t, [1, 2]).length, 1, 'a list at the top level');
+});
+
+t.test('cross-field rules', async (t) => {
+  t.same(issues(t, { ...base(), graph: { degree: { min: 50, max: 5 } } }), ['graph.degree: min (50) must not exceed max (5)']);
+  t.same(issues(t, { ...base(), behaviours: { groups: { share: 0.5 } } }), ['behaviours.groups.count: must be ≥ 1 when behaviours.groups.share is 0.5']);
+  t.same(issues(t, { ...base(), behaviours: { campaigns: [{ at: '20s', audience: 1 }] } }), ['behaviours.campaigns[0].at: must be before the end of the run (rampUp + duration = 10 s), got 20 s']);
+  t.match(issues(t, { ...base(), users: 40_000, generators: { count: 2, maxConnections: 15_000 } }), [/^generators: 2 generator\(s\) × 15000 connections cannot hold 40000 devices .* ≥ 3$/]);
+  t.match(issues(t, { ...base(), generators: { maxConnections: 20_000 } }), [/^generators\.maxConnections: must be an integer in \[1, 19000\]/]);
+  t.same(issues(t, { ...base(), target: { driver: 'xmpp', local: { nodes: 1 } } }), ['target: local/remote are for driver "gravitas"']);
+  t.match(issues(t, { ...base(), target: { driver: 'gravitas', remote: { addresses: ['nohost'], serverPublicKey: 'short' } } }), ['target.remote.addresses[0]: must be "host:port", got "nohost"', /^target\.remote\.serverPublicKey: must be a string matching/]);
+});
+
+t.test('YAML and JSON parse errors have their own code', async (t) => {
+  t.throws(() => parseScenario('name: [unclosed', 'yaml'), { code: 'SCENARIO_PARSE', name: 'ScenarioError' });
+  t.throws(() => parseScenario('name: a\nname: b\n', 'yaml'), { code: 'SCENARIO_PARSE' }, 'duplicate keys are an error, not last-wins');
+  t.throws(() => parseScenario('{"name": ', 'json'), { code: 'SCENARIO_PARSE' });
+  await t.rejects(loadScenario('/nonexistent/x.yaml'), { code: 'SCENARIO_READ' });
+  const dir = t.testdir({});
+  const file = join(dir, 's.json');
+  await writeFile(file, JSON.stringify(base()));
+  t.equal((await loadScenario(file)).name, 'x', 'JSON files load');
+});
+
+t.test('the diurnal curve and the offered rate', async (t) => {
+  const s: Scenario = validateScenario({ ...base(), behaviours: { messages: { perUserPerMinute: 60, diurnal: { curve: [1, 3], dayLength: 10 } } } });
+  const d = s.behaviours.messages.diurnal;
+  t.same(d.curve, [1 / 3, 1], 'scaled so the peak is 1');
+  t.equal(diurnalFactor(d, 0), 1 / 3, 'start of the day');
+  t.equal(diurnalFactor(d, 5000), 1, 'half a (compressed) day later');
+  t.equal(diurnalFactor(d, 2500), 2 / 3, 'interpolated');
+  t.equal(diurnalFactor(d, 10_000), 1 / 3, 'cyclic');
+  t.equal(offeredRate(s, 5000, 100), 100, '100 users × 60/min at the peak = 100/s');
+  const h = validateScenario({ ...base(), behaviours: { messages: { diurnal: { curve: 'chat', startHour: 20 } } } });
+  t.ok(Math.abs(diurnalFactor(h.behaviours.messages.diurnal, 0) - 1) < 1e-9, 'the chat preset peaks at 20 h');
+});
+
+t.test('every harness error code is documented in docs/benchmarking.md', async (t) => {
+  const doc = await readFile(DOC, 'utf8');
+  for (const code of HARNESS_ERROR_CODES) t.ok(doc.includes(`\`${code}\``), `${code} documented`);
+});
