@@ -3,12 +3,13 @@ import * as custody from './custody.js';
 import * as gravity from './gravity.js';
 import * as groups from './groups.js';
 import * as pingpong from './pingpong.js';
+import * as reach from './reach.js';
 import * as placement from './placement.js';
 import * as tracking from './tracking.js';
 import { UsageError, report, type Benchmark } from './report.js';
 
 /** Registry: add a benchmark by importing its module and listing it here. */
-const BENCHMARKS: readonly Benchmark[] = [ceilings, pingpong, custody, groups, placement, gravity, tracking];
+const BENCHMARKS: readonly Benchmark[] = [ceilings, pingpong, custody, groups, placement, gravity, tracking, reach];
 
 const DEFAULT_DURATION_S = 2;
 

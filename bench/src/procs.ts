@@ -240,7 +240,7 @@ export async function startGravitasNode(res: Resources, dir: string, nodeId: str
   };
   const file = join(dir, `${nodeId}.json`);
   await writeFile(file, JSON.stringify(config, null, 2));
-  const { child, ready } = spawnNode(nodeId, [...NODE_ARGS, ...(o.nodeArgs ?? []), CLI_BIN, 'node', '--config', file], /^ready client=(\S+) admin=(\S+)$/m, o.readyTimeoutMs);
+  const { child, ready } = spawnNode(nodeId, [...NODE_ARGS, ...(o.nodeArgs ?? []), CLI_BIN, 'node', '--config', file], /^ready client=(\S+) admin=(\S+?)(?: web=\S+)?$/m, o.readyTimeoutMs);
   res.add(child);
   const m = await ready;
   const addrs = (m[1] ?? '').split(',').filter(Boolean);
