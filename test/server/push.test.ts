@@ -72,6 +72,7 @@ t.test('push gateway', async (t) => {
     const h = verifyHint(fromBase64Url(pl.hint as string), hintKey, { user: 'bob', device: bob.device }, Date.now());
     t.equal(h.cell, alice.client.welcome!.cell, "the hint names the sender's cell");
     t.equal(h.addr, a0, 'and its address');
+    t.ok(h.web !== undefined && h.web === alice.client.welcome!.wa, 'and its web address, for a device that reaches only WebSocket or chunked HTTP');
 
     const bob2 = await on(a1, 'bob', bob);
     await bob2.client.request('prefs.set', { pushPreview: true });

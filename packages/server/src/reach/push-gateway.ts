@@ -196,7 +196,8 @@ export class PushGateway {
   }
 
   private hint(user: string, device: string, now: number): Uint8Array {
-    return signHint({ cell: this.cell.cellId, addr: this.cell.address, user, device, issuedAt: now, expiresAt: now + this.cfg.hintTtlMs }, this.keys.secretKey);
+    const web = this.cell.webAddress;
+    return signHint({ cell: this.cell.cellId, addr: this.cell.address, ...(web && { web }), user, device, issuedAt: now, expiresAt: now + this.cfg.hintTtlMs }, this.keys.secretKey);
   }
 
   private async dispatch(w: Window): Promise<void> {

@@ -150,7 +150,8 @@ export class RelayCoordinator {
     const cell = this.hintCell(near);
     if (!cell) return 'no_cell';
     const expiresAt = now + cfg.tokenTtlMs;
-    const hint = signHint({ cell: cell.cell, addr: cell.addr, user, device, issuedAt: now, expiresAt }, this.keys.secretKey);
+    // The web address lets a device that only reaches WebSocket or chunked HTTP follow it.
+    const hint = signHint({ cell: cell.cell, addr: cell.addr, ...(cell.web && { web: cell.web }), user, device, issuedAt: now, expiresAt }, this.keys.secretKey);
     const w = signWake({ user, device, hint, issuedAt: now, expiresAt }, this.keys.secretKey);
     const { relayer, loc } = chosen;
     if (loc.cell === this.cell.cellId) this.deliver(relayer.user, relayer.device, user, device, w);
@@ -183,25 +184,25 @@ export class RelayCoordinator {
   }
 
   /** Live, accepting cells and their loads (this cell's own fresh, and only while it accepts). */
-  private loads(): Map<string, { addr: string; load: number }> {
-    const out = new Map<string, { addr: string; load: number }>();
-    for (const c of this.cell.membership.live()) if (c.state === 'up') out.set(c.cell, { addr: c.address, load: c.sessions });
-    if (this.cell.status().natsConnected) out.set(this.cell.cellId, { addr: this.cell.address, load: this.cell.sessionCount });
+  private loads(): Map<string, { addr: string; web?: string; load: number }> {
+    const out = new Map<string, { addr: string; web?: string; load: number }>();
+    for (const c of this.cell.membership.live()) if (c.state === 'up') out.set(c.cell, { addr: c.address, ...(c.web && { web: c.web }), load: c.sessions });
+    if (this.cell.status().natsConnected) out.set(this.cell.cellId, { addr: this.cell.address, ...(this.cell.webAddress && { web: this.cell.webAddress }), load: this.cell.sessionCount });
     else out.delete(this.cell.cellId);
     return out;
   }
 
   /** The cell the token sends the target to: `near` while it is up and under the load cap, else the least loaded. */
-  private hintCell(near: string): { cell: string; addr: string } | undefined {
+  private hintCell(near: string): { cell: string; addr: string; web?: string } | undefined {
     const loads = this.loads();
     let total = 0;
     for (const l of loads.values()) total += l.load;
     const cap = loadCap(loads.size > 0 ? total / loads.size : 0, this.cell.config.gravity.epsilon);
     const n = loads.get(near);
-    if (n && n.load < cap) return { cell: near, addr: n.addr };
-    let best: { cell: string; addr: string; load: number } | undefined;
-    for (const [cell, l] of loads) if (!best || l.load < best.load) best = { cell, addr: l.addr, load: l.load };
-    return best && { cell: best.cell, addr: best.addr };
+    if (n && n.load < cap) return { cell: near, ...n };
+    let best: { cell: string; addr: string; web?: string; load: number } | undefined;
+    for (const [cell, l] of loads) if (!best || l.load < best.load) best = { cell, ...l };
+    return best;
   }
 
   /** Writes the relay frame to the relayer's session on this cell (from here or from a `rly` envelope). */
