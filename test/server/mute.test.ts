@@ -6,25 +6,18 @@
  */
 import t from 'tap';
 import { join } from 'node:path';
-import { ErrorCode, RemoteError, type MuteEntry } from '@gravitas/protocol';
+import { ErrorCode, type MuteEntry } from '@gravitas/protocol';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
 import { Damper } from '../../packages/server/dist/reach/damping.js';
 import { clusterKeys, connectClient, metricsText, metricValue, nodeConfig, spawnNode, writeNodeConfig, type TestClient } from '../fixtures/cluster.js';
 import { PushService, vapidKeys } from '../fixtures/push-service.js';
+import { remoteCode as code } from '../fixtures/codes.js';
 
 const SUBJECT = 'mailto:mute-test@example.com';
 const SECRET = 'test-webhook-secret-0123456789';
 const BASE = 40_000;
 const CAP = 150_000;
 
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'ok';
-  } catch (err) {
-    return err instanceof RemoteError ? err.code : `not a RemoteError: ${String(err)}`;
-  }
-}
 
 t.test('damping: the rate estimate and the window formula', async (t) => {
   const d = new Damper({ baseMs: 1000, thresholdPerMin: 6, halfLifeMs: 60_000, maxWindowMs: 30_000, maxKeys: 2 });

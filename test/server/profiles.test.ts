@@ -17,17 +17,10 @@ import { check } from '@gravitas/testkit';
 import { PROFILE_HISTORY, ProfileStore, type UserProfile } from '../../packages/server/dist/engage/profiles.js';
 import { connectClient } from '../fixtures/cluster.js';
 import { admin, ROOT_TOKEN, startEngage } from '../fixtures/admin-api.js';
+import { remoteCode as code } from '../fixtures/codes.js';
 
 const PREFIX = 'gravitas';
 
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'ok';
-  } catch (err) {
-    return err instanceof RemoteError ? err.code : `not a RemoteError: ${String(err)}`;
-  }
-}
 
 interface Versioned { version: number; attrs: Record<string, unknown> }
 

@@ -7,23 +7,16 @@
  */
 import t from 'tap';
 import { join } from 'node:path';
-import { ErrorCode, fromBase64Url, hintKeyPair, RemoteError, verifyHint } from '@gravitas/protocol';
+import { ErrorCode, fromBase64Url, hintKeyPair, verifyHint } from '@gravitas/protocol';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
 import { clusterKeys, connectClient, metricsText, metricValue, nodeConfig, spawnNode, writeNodeConfig, type TestClient } from '../fixtures/cluster.js';
 import { PushService, vapidKeys, type ReceivedPush } from '../fixtures/push-service.js';
+import { remoteCode as code } from '../fixtures/codes.js';
 
 const STREAM_BYTES = 64 * 1024 * 1024;
 const SUBJECT = 'mailto:push-test@example.com';
 const SECRET = 'test-webhook-secret-0123456789';
 
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'ok';
-  } catch (err) {
-    return err instanceof RemoteError ? err.code : `not a RemoteError: ${String(err)}`;
-  }
-}
 
 t.test('push gateway', async (t) => {
   const vapid = vapidKeys();

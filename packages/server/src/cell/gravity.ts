@@ -47,13 +47,17 @@ function decodeReply(v: unknown): ExchangeReply | undefined {
   return { addr: o.addr, yours: o.yours, mine: o.mine };
 }
 
+/** A live cell as placement sees it. */
+export interface CellLoad { addr: string; web?: string; load: number }
+
 export class Gravity {
   private readonly traffic: CellTraffic;
   /** Cell ids as small numbers for the sketch (cell ids change with every incarnation). */
   private readonly cellNums = new Map<string, number>();
   private readonly bySlot = new Map<number, Session>();
   private readonly limiter: RateLimiter;
-  private readonly keys: HintKeyPair;
+  /** The cluster's hint key pair (derived from the server key): hints, and relay wake tokens. */
+  readonly keys: HintKeyPair;
   /** Partners recently traded with. */
   private readonly cooldown: TtlCache<string, true>;
   /** Sessions told to move here, by user/device: an arrival counts as a followed hint. */
@@ -175,15 +179,26 @@ export class Gravity {
     return s !== undefined && s.isOpen && s.registered && !s.drain.running && !s.moving && now - s.registeredAt >= this.cell.config.gravity.minDwellMs;
   }
 
-  /** Live, accepting cells and their loads, this cell's own load taken fresh. */
-  private loads(): Map<string, { addr: string; load: number }> {
-    const out = new Map<string, { addr: string; load: number }>();
-    for (const c of this.cell.membership.live()) if (c.state === 'up') out.set(c.cell, { addr: c.address, load: c.sessions });
-    out.set(this.cell.cellId, { addr: this.cell.address, load: this.cell.sessionCount });
+  /** Live, accepting cells: addresses (TCP, web) and loads, this cell's own load taken fresh. */
+  loads(): Map<string, CellLoad> {
+    const out = new Map<string, CellLoad>();
+    for (const c of this.cell.membership.live()) if (c.state === 'up') out.set(c.cell, { addr: c.address, ...(c.web && { web: c.web }), load: c.sessions });
+    const web = this.cell.webAddress;
+    out.set(this.cell.cellId, { addr: this.cell.address, ...(web && { web }), load: this.cell.sessionCount });
     return out;
   }
 
-  private static mean(loads: Map<string, { load: number }>): number {
+  /**
+   * A signed hint sending `user`/`device` to live cell `cellId`, with its web address
+   * too so a device on WebSocket or chunked HTTP can follow. Undefined if the cell is not live.
+   */
+  signHintTo(cellId: string, user: string, device: string, ttlMs: number, now = Date.now(), loads = this.loads()): Uint8Array | undefined {
+    const c = loads.get(cellId);
+    if (!c) return undefined;
+    return signHint({ cell: cellId, addr: c.addr, ...(c.web && { web: c.web }), user, device, issuedAt: now, expiresAt: now + ttlMs }, this.keys.secretKey);
+  }
+
+  static mean(loads: Map<string, { load: number }>): number {
     let total = 0;
     for (const l of loads.values()) total += l.load;
     return loads.size > 0 ? total / loads.size : 0;

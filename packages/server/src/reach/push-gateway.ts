@@ -1,8 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Kvm } from '@nats-io/kv';
 import {
-  chatKey, ErrorCode, fromBase64Url, hintKeyPair, MUTE_LIMITS, ProtocolError, signHint, toBase64Url,
-  type ChatRef, type HintKeyPair, type PushTarget, type RequestArgs, type RequestOp,
+  chatKey, ErrorCode, MUTE_LIMITS, ProtocolError, toBase64Url,
+  type ChatRef, type PushTarget, type RequestArgs, type RequestOp,
 } from '@gravitas/protocol';
 import type { Cell } from '../cell/cell.js';
 import type { DeviceLocation } from '../cell/directory.js';
@@ -74,7 +74,6 @@ export class PushGateway {
   private targets: PushTargets | undefined;
   private mutes: MuteStore | undefined;
   private readonly providers: Partial<Record<Provider, PushProvider>> = {};
-  private readonly keys: HintKeyPair;
   private readonly damper: Damper;
   private readonly windows = new Map<string, Window>();
   private readonly timers = new Set<NodeJS.Timeout>();
@@ -87,7 +86,6 @@ export class PushGateway {
 
   constructor(private readonly cell: Cell) {
     const p = cell.config.push;
-    this.keys = hintKeyPair(fromBase64Url(cell.config.serverKey, 32));
     this.damper = new Damper({ baseMs: p.coalesceMs, thresholdPerMin: p.dampingThresholdPerMin, halfLifeMs: p.dampingHalfLifeMs, maxWindowMs: p.dampingMaxWindowMs, maxKeys: p.maxPending });
     if (p.vapidPublicKey && p.vapidPrivateKey && p.vapidSubject) {
       this.providers.webpush = new WebPushProvider({ publicKey: p.vapidPublicKey, privateKey: p.vapidPrivateKey, subject: p.vapidSubject }, p.ttlSeconds, p.timeoutMs);
@@ -195,9 +193,9 @@ export class PushGateway {
     });
   }
 
+  /** A hint to this cell, where the message's sender is. */
   private hint(user: string, device: string, now: number): Uint8Array {
-    const web = this.cell.webAddress;
-    return signHint({ cell: this.cell.cellId, addr: this.cell.address, ...(web && { web }), user, device, issuedAt: now, expiresAt: now + this.cfg.hintTtlMs }, this.keys.secretKey);
+    return this.cell.gravity.signHintTo(this.cell.cellId, user, device, this.cfg.hintTtlMs, now)!;
   }
 
   private async dispatch(w: Window): Promise<void> {

@@ -1,7 +1,8 @@
 import { Kvm } from '@nats-io/kv';
 import { loadCap } from '@gravitas/placement';
-import { ErrorCode, fromBase64Url, hintKeyPair, ProtocolError, signHint, signWake, verifyHint, type HintKeyPair, type RequestArgs } from '@gravitas/protocol';
+import { ErrorCode, ProtocolError, signWake, verifyHint, type RequestArgs } from '@gravitas/protocol';
 import type { Cell } from '../cell/cell.js';
+import { Gravity, type CellLoad } from '../cell/gravity.js';
 import type { DeviceLocation } from '../cell/directory.js';
 import { untilReady } from '../cell/nats.js';
 import type { Session } from '../cell/session.js';
@@ -28,14 +29,12 @@ interface Candidate { relayer: Relayer; loc: DeviceLocation; tier: number; recen
 
 export class RelayCoordinator {
   private store: ReachStore | undefined;
-  private readonly keys: HintKeyPair;
   /** Devices that reported within relay.minReportIntervalMs. */
   private readonly reporters: TtlCache<string, true>;
   /** Targets with a wake attempt running on this cell: a burst of stores makes one attempt. */
   private readonly running = new Set<string>();
 
   constructor(private readonly cell: Cell) {
-    this.keys = hintKeyPair(fromBase64Url(cell.config.serverKey, 32));
     this.reporters = new TtlCache(REPORTERS_MAX, Math.max(1, cell.config.relay.minReportIntervalMs));
   }
 
@@ -87,7 +86,7 @@ export class RelayCoordinator {
     const key = `${user}/${device}`;
     let near: string | undefined;
     try {
-      if (hint) near = verifyHint(hint, this.keys.publicKey, { user, device }, Date.now()).cell;
+      if (hint) near = verifyHint(hint, this.cell.gravity.hintPublicKey, { user, device }, Date.now()).cell;
     } catch {
       near = undefined; // not ours or expired: this cell then
     }
@@ -147,12 +146,12 @@ export class RelayCoordinator {
       this.cell.metrics.relayRateLimited.inc({ kind: 'target' });
       return 'rate_limited_target';
     }
-    const cell = this.hintCell(near);
+    const loads = this.loads();
+    const cell = this.hintCell(near, loads);
     if (!cell) return 'no_cell';
     const expiresAt = now + cfg.tokenTtlMs;
-    // The web address lets a device that only reaches WebSocket or chunked HTTP follow it.
-    const hint = signHint({ cell: cell.cell, addr: cell.addr, ...(cell.web && { web: cell.web }), user, device, issuedAt: now, expiresAt }, this.keys.secretKey);
-    const w = signWake({ user, device, hint, issuedAt: now, expiresAt }, this.keys.secretKey);
+    const hint = this.cell.gravity.signHintTo(cell, user, device, cfg.tokenTtlMs, now, loads)!;
+    const w = signWake({ user, device, hint, issuedAt: now, expiresAt }, this.cell.gravity.keys.secretKey);
     const { relayer, loc } = chosen;
     if (loc.cell === this.cell.cellId) this.deliver(relayer.user, relayer.device, user, device, w);
     else this.cell.publish(loc.cell, { k: 'rly', u: relayer.user, dev: relayer.device, tu: user, td: device, w });
@@ -183,26 +182,20 @@ export class RelayCoordinator {
     return out.sort((a, b) => a.tier - b.tier || a.recent - b.recent || a.cellLoad - b.cellLoad);
   }
 
-  /** Live, accepting cells and their loads (this cell's own fresh, and only while it accepts). */
-  private loads(): Map<string, { addr: string; web?: string; load: number }> {
-    const out = new Map<string, { addr: string; web?: string; load: number }>();
-    for (const c of this.cell.membership.live()) if (c.state === 'up') out.set(c.cell, { addr: c.address, ...(c.web && { web: c.web }), load: c.sessions });
-    if (this.cell.status().natsConnected) out.set(this.cell.cellId, { addr: this.cell.address, ...(this.cell.webAddress && { web: this.cell.webAddress }), load: this.cell.sessionCount });
-    else out.delete(this.cell.cellId);
+  /** Gravitation's live cells, less this one while it is cut off from NATS (a woken device could not be served here). */
+  private loads(): Map<string, CellLoad> {
+    const out = this.cell.gravity.loads();
+    if (!this.cell.status().natsConnected) out.delete(this.cell.cellId);
     return out;
   }
 
   /** The cell the token sends the target to: `near` while it is up and under the load cap, else the least loaded. */
-  private hintCell(near: string): { cell: string; addr: string; web?: string } | undefined {
-    const loads = this.loads();
-    let total = 0;
-    for (const l of loads.values()) total += l.load;
-    const cap = loadCap(loads.size > 0 ? total / loads.size : 0, this.cell.config.gravity.epsilon);
-    const n = loads.get(near);
-    if (n && n.load < cap) return { cell: near, ...n };
-    let best: { cell: string; addr: string; web?: string; load: number } | undefined;
-    for (const [cell, l] of loads) if (!best || l.load < best.load) best = { cell, ...l };
-    return best;
+  private hintCell(near: string, loads: Map<string, CellLoad>): string | undefined {
+    const cap = loadCap(Gravity.mean(loads), this.cell.config.gravity.epsilon);
+    if ((loads.get(near)?.load ?? Infinity) < cap) return near;
+    let best: [string, number] | undefined;
+    for (const [cell, l] of loads) if (!best || l.load < best[1]) best = [cell, l.load];
+    return best?.[0];
   }
 
   /** Writes the relay frame to the relayer's session on this cell (from here or from a `rly` envelope). */
