@@ -1,6 +1,6 @@
 import t from 'tap';
 import nacl from 'tweetnacl';
-import { ChannelError, ErrorCode, MAX_FRAME_COUNTER, random, SecureChannel } from '@gravitas/protocol';
+import { ChannelError, encodeFrame, ErrorCode, FrameDecoder, MAX_FRAME_COUNTER, random, SecureChannel } from '@gravitas/protocol';
 import { codeOf } from '../fixtures/codes.js';
 
 const enc = new TextEncoder();
@@ -18,6 +18,23 @@ function nonce(counter: bigint): Uint8Array {
   new DataView(n.buffer).setBigUint64(16, counter);
   return n;
 }
+
+t.test('sealFrame is encodeFrame(seal()) in one buffer, and shares the counter', async (t) => {
+  const k1 = random(32);
+  const k2 = random(32);
+  const x = new SecureChannel(k1, k2);
+  const y = new SecureChannel(k1, k2);
+  const z = new SecureChannel(k2, k1);
+  for (const text of ['', 'one', 'x'.repeat(5000)]) {
+    const f = x.sealFrame(enc.encode(text));
+    t.ok(f.equals(encodeFrame(y.seal(enc.encode(text)))), `same bytes (${text.length} chars)`);
+    const bodies: Uint8Array[] = [];
+    new FrameDecoder().push(f, (b) => bodies.push(b));
+    t.equal(dec.decode(z.open(bodies[0]!)), text, 'the receiver opens it');
+  }
+  x.seal(enc.encode('interleaved'));
+  t.equal(x.sent, 4, 'one counter for both');
+});
 
 t.test('round trip both ways, counters advance', async (t) => {
   const { a, b } = pair();

@@ -1,6 +1,6 @@
 import { ChannelError, ErrorCode } from './errors.js';
 import { seal, open, NONCE_BYTES, MAC_BYTES } from './crypto.js';
-import { MAX_FRAME_COUNTER } from './limits.js';
+import { FRAME_HEADER_BYTES, MAX_FRAME_COUNTER } from './limits.js';
 
 const COUNTER_BYTES = 8;
 
@@ -30,12 +30,26 @@ export class SecureChannel {
   }
 
   seal(plain: Uint8Array): Buffer {
+    return this.sealAt(plain, 0);
+  }
+
+  /**
+   * `plain` sealed as a whole length-prefixed frame, ready for the socket: the same bytes as
+   * `encodeFrame(seal(plain))` in one buffer instead of two (what a sender of many frames wants).
+   */
+  sealFrame(plain: Uint8Array): Buffer {
+    const out = this.sealAt(plain, FRAME_HEADER_BYTES);
+    out.writeUInt32BE(out.length - FRAME_HEADER_BYTES, 0);
+    return out;
+  }
+
+  private sealAt(plain: Uint8Array, head: number): Buffer {
     if (this.sendCounter >= MAX_FRAME_COUNTER) throw new ChannelError(ErrorCode.NONCE_REUSE, 'send counter exhausted: reconnect to rekey');
     const counter = this.sendCounter++;
     const box = seal(plain, nonceFor(counter), this.sendKey);
-    const out = Buffer.allocUnsafe(COUNTER_BYTES + box.length);
-    out.writeBigUInt64BE(BigInt(counter), 0);
-    out.set(box, COUNTER_BYTES);
+    const out = Buffer.allocUnsafe(head + COUNTER_BYTES + box.length);
+    out.writeBigUInt64BE(BigInt(counter), head);
+    out.set(box, head + COUNTER_BYTES);
     return out;
   }
 
