@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import t, { type Test } from 'tap';
+import nacl from 'tweetnacl';
 import * as nodePrims from '../../packages/protocol/dist/primitives.js';
 import * as browserPrims from '../../packages/protocol/dist/primitives.browser.js';
 import { naclSuite } from '@gravitas/protocol';
@@ -42,6 +43,10 @@ t.test('browser primitives give the bytes of the node:crypto ones', async (t) =>
     t.equal(hex(browserPrims.decodeBase64Url(s)), hex(bytes(n, n)), `base64url decode ${n}`);
   }
   for (const s of ['A', 'AAAAA', 'AB', 'ABC', '_-_-_']) t.equal(hex(browserPrims.decodeBase64Url(s)), hex(nodePrims.decodeBase64Url(s)), `lenient decode "${s}" as Node does`);
+  for (let i = 0; i < 5; i++) {
+    const sk = nacl.sign.keyPair.fromSeed(bytes(32, i)).secretKey;
+    t.equal(hex(browserPrims.ed25519Sign(bytes(40 * i, i), sk)), hex(nodePrims.ed25519Sign(bytes(40 * i, i), sk)), `ed25519 signature ${i}`);
+  }
   const r = browserPrims.random(200_000);
   t.equal(r.length, 200_000, 'random beyond getRandomValues\' 65,536-byte limit');
   t.not(hex(r.subarray(0, 32)), hex(r.subarray(100_000, 100_032)), 'random bytes differ');

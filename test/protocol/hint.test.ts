@@ -1,6 +1,6 @@
 import t from 'tap';
 import nacl from 'tweetnacl';
-import { ErrorCode, HintError, hintKeyPair, MAX_HINT_BYTES, MAX_HINT_LIFETIME_MS, pack, random, signHint, verifyHint, type ConnectHint } from '@gravitas/protocol';
+import { ed25519Sign, ErrorCode, HintError, hintKeyPair, MAX_HINT_BYTES, MAX_HINT_LIFETIME_MS, pack, random, signHint, verifyHint, type ConnectHint } from '@gravitas/protocol';
 import { codeOf } from '../fixtures/codes.js';
 
 const NOW = 1_700_000_000_000;
@@ -13,6 +13,19 @@ t.test('a signed hint verifies and says where to go', async (t) => {
   const h = hint();
   t.same(verifyHint(signHint(h, keys.secretKey), keys.publicKey, who, NOW), h);
   t.same(verifyHint(signHint(hint({ addr: '[::1]:7400' }), keys.secretKey), keys.publicKey, who, NOW).addr, '[::1]:7400', 'IPv6 addresses');
+});
+
+t.test('native Ed25519 signing gives tweetnacl’s bytes (the reference clients verify with)', async (t) => {
+  for (let i = 0; i < 50; i++) {
+    const kp = nacl.sign.keyPair.fromSeed(random(32));
+    const msg = random(i * 7);
+    t.same(Buffer.from(ed25519Sign(msg, kp.secretKey)), Buffer.from(nacl.sign.detached(msg, kp.secretKey)), `key ${i}, ${msg.length} bytes`);
+  }
+  // RFC 8032 test 1: empty message.
+  const seed = Buffer.from('9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60', 'hex');
+  t.equal(Buffer.from(ed25519Sign(new Uint8Array(0), nacl.sign.keyPair.fromSeed(seed).secretKey)).toString('hex'), 'e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b');
+  const h = signHint(hint(), keys.secretKey);
+  t.same(Buffer.from(h.subarray(0, 64)), Buffer.from(nacl.sign.detached(h.subarray(64), keys.secretKey)), 'a hint’s signature is tweetnacl’s');
 });
 
 t.test('the key is derived from the server secret: every cell of a cluster signs alike', async (t) => {

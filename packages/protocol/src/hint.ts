@@ -1,6 +1,6 @@
 import nacl from 'tweetnacl';
 import { pack, unpack } from './codec.js';
-import { hkdf } from './crypto.js';
+import { ed25519Sign, hkdf } from './crypto.js';
 import { ErrorCode, ProtocolError } from './errors.js';
 import { int, isObj, name, str } from './validate.js';
 
@@ -51,7 +51,7 @@ export class HintError extends ProtocolError {}
 
 export function signHint(h: ConnectHint, secretKey: Uint8Array): Uint8Array {
   const body = pack({ c: h.cell, a: h.addr, ...(h.web !== undefined && { w: h.web }), u: h.user, d: h.device, iat: h.issuedAt, exp: h.expiresAt });
-  const sig = nacl.sign.detached(body, secretKey);
+  const sig = ed25519Sign(body, secretKey);
   const out = new Uint8Array(HINT_SIGNATURE_BYTES + body.length);
   out.set(sig, 0);
   out.set(body, HINT_SIGNATURE_BYTES);

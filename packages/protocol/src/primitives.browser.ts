@@ -1,5 +1,6 @@
 import { hkdf as nobleHkdf } from '@noble/hashes/hkdf.js';
 import { sha256 as nobleSha256 } from '@noble/hashes/sha2.js';
+import nacl from 'tweetnacl';
 import { naclSuite, type DhSuite } from './dh.js';
 
 /*
@@ -47,4 +48,9 @@ export function decodeBase64Url(s: string): Uint8Array {
   const out = new Uint8Array(bin.length);
   for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
   return out;
+}
+
+/** Ed25519 signing: tweetnacl itself (the Node variant gives the same bytes natively). */
+export function ed25519Sign(message: Uint8Array, secretKey: Uint8Array): Uint8Array {
+  return nacl.sign.detached(message, secretKey);
 }

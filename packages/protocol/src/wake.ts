@@ -1,6 +1,6 @@
 import nacl from 'tweetnacl';
 import { pack, unpack } from './codec.js';
-import { random } from './crypto.js';
+import { ed25519Sign, random } from './crypto.js';
 import { ErrorCode, ProtocolError } from './errors.js';
 import { HINT_PUBLIC_KEY_BYTES, HINT_SIGNATURE_BYTES, HintError, verifyHint, type ConnectHint } from './hint.js';
 import { bytes, int, isObj, name } from './validate.js';
@@ -62,7 +62,7 @@ export function signWake(w: Omit<WakeToken, 'id'> & { id?: Uint8Array }, secretK
   const body = pack({ t: 'wake', id, u: w.user, d: w.device, h: w.hint, iat: w.issuedAt, exp: w.expiresAt });
   if (HINT_SIGNATURE_BYTES + body.length > MAX_WAKE_BYTES) throw new WakeError(ErrorCode.WAKE_INVALID, 'wake token too large');
   const out = new Uint8Array(HINT_SIGNATURE_BYTES + body.length);
-  out.set(nacl.sign.detached(signed(body), secretKey), 0);
+  out.set(ed25519Sign(signed(body), secretKey), 0);
   out.set(body, HINT_SIGNATURE_BYTES);
   return out;
 }
