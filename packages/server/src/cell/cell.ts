@@ -111,7 +111,7 @@ export class Cell {
     this.relay = new RelayCoordinator(this);
     this.push = new PushGateway(this);
     // Offline devices no push reached are woken through a LAN peer (docs/relay.md).
-    this.push.onUnreachable = (user, device, hint) => this.relay.unreachable(user, device, hint);
+    this.push.onUnreachable = (user, device) => this.relay.unreachable(user, device);
     this.profiles = new Profiles(this);
     this.intake = new TrackingIntake(this);
     this.runner = new CampaignRunner(this);

@@ -38,7 +38,7 @@ interface Window {
 }
 
 /** One coalesced push to one device: done when every target answered. */
-interface Notice { user: string; device: string; hint: Uint8Array; left: number; delivered: boolean }
+interface Notice { user: string; device: string; left: number; delivered: boolean }
 
 interface Job { notice: Notice; provider: PushProvider; req: PushRequest; attempt: number }
 
@@ -69,7 +69,12 @@ export class PushGateway {
    * Called for an offline device that no push reached: none registered, push off,
    * or every target failed or was gone. Wired by the cell to the peer relay.
    */
-  onUnreachable?: (user: string, device: string, hint: Uint8Array) => void;
+  /**
+   * No push could reach the device: the relay may wake it through a peer. The device's hint would
+   * name this cell, and the relay starts from this cell, so no signed hint is passed along (an
+   * Ed25519 sign and verify per offline delivery in pure JS is what a load test found drowning cells).
+   */
+  onUnreachable?: (user: string, device: string) => void;
 
   private targets: PushTargets | undefined;
   private mutes: MuteStore | undefined;
@@ -200,8 +205,7 @@ export class PushGateway {
 
   private async dispatch(w: Window): Promise<void> {
     const now = Date.now();
-    const hint = this.hint(w.user, w.device, now);
-    if (!this.cfg.enabled) return this.unreachable(w.user, w.device, hint);
+    if (!this.cfg.enabled) return this.unreachable(w.user, w.device);
     const { targets, mutes } = this.stores();
     const [list, muted, prefs] = await Promise.all([targets.list(w.user, w.device), mutes.get(w.user), this.cell.social.prefs(w.user)]);
     const usable = list.filter((t) => this.providers[t.kind] !== undefined);
@@ -210,11 +214,12 @@ export class PushGateway {
       for (const t of usable) this.cell.metrics.pushSuppressed.inc({ provider: t.kind });
       return;
     }
-    if (usable.length === 0 || this.stopped) return this.unreachable(w.user, w.device, hint);
-    const payload = this.payload(w, hint, silent, prefs.pushPreview);
+    if (usable.length === 0 || this.stopped) return this.unreachable(w.user, w.device);
+    // Signed only now that a push will carry it.
+    const payload = this.payload(w, this.hint(w.user, w.device, now), silent, prefs.pushPreview);
     const id = payload.id;
     const topic = createHash('sha256').update(chatKey(w.chat)).digest('base64url').slice(0, 32);
-    const notice: Notice = { user: w.user, device: w.device, hint, left: usable.length, delivered: false };
+    const notice: Notice = { user: w.user, device: w.device, left: usable.length, delivered: false };
     for (const t of usable) {
       const provider = this.providers[t.kind]!;
       if (w.count > 1) this.cell.metrics.pushCoalesced.inc({ provider: t.kind }, w.count - 1);
@@ -241,10 +246,10 @@ export class PushGateway {
     return p;
   }
 
-  private unreachable(user: string, device: string, hint: Uint8Array): void {
+  private unreachable(user: string, device: string): void {
     this.cell.metrics.pushUnreachable.inc();
     try {
-      this.onUnreachable?.(user, device, hint);
+      this.onUnreachable?.(user, device);
     } catch (err) {
       this.cell.log('push: unreachable hook failed', err);
     }
@@ -315,7 +320,7 @@ export class PushGateway {
 
   private done(n: Notice, delivered: boolean): void {
     if (delivered) n.delivered = true;
-    if (--n.left === 0 && !n.delivered) this.unreachable(n.user, n.device, n.hint);
+    if (--n.left === 0 && !n.delivered) this.unreachable(n.user, n.device);
   }
 
   // ---- requests -----------------------------------------------------------------

@@ -1,6 +1,6 @@
 import { Kvm } from '@nats-io/kv';
 import { loadCap } from '@gravitas/placement';
-import { ErrorCode, ProtocolError, signWake, verifyHint, type RequestArgs } from '@gravitas/protocol';
+import { ErrorCode, ProtocolError, signWake, type RequestArgs } from '@gravitas/protocol';
 import type { Cell } from '../cell/cell.js';
 import { Gravity, type CellLoad } from '../cell/gravity.js';
 import type { DeviceLocation } from '../cell/directory.js';
@@ -78,22 +78,15 @@ export class RelayCoordinator {
   /**
    * The trigger: `user`/`device` is offline and nothing else can reach it (no push
    * target, or its provider failed). Fire and forget; a burst for one target while
-   * an attempt runs on this cell adds nothing. `hint`: the push gateway's connect
-   * hint for the device; the token names its cell if that has room (default: this
-   * cell, where the message's sender is).
+   * an attempt runs on this cell adds nothing. The token's hint names this cell (where
+   * the message's sender is) if it has room.
    */
-  unreachable(user: string, device: string, hint?: Uint8Array): void {
+  unreachable(user: string, device: string): void {
     const key = `${user}/${device}`;
-    let near: string | undefined;
-    try {
-      if (hint) near = verifyHint(hint, this.cell.gravity.hintPublicKey, { user, device }, Date.now()).cell;
-    } catch {
-      near = undefined; // not ours or expired: this cell then
-    }
     if (this.running.has(key)) return this.count('coalesced');
     if (this.running.size >= this.cell.config.relay.maxInFlight) return this.count('busy');
     this.running.add(key);
-    this.wake(user, device, near)
+    this.wake(user, device)
       .catch((err) => {
         this.cell.log('relay wake failed', err);
         this.count('error');
