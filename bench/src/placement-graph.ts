@@ -207,3 +207,23 @@ function toCsr(rand: Rand, n: number, edges: Edges, community: Int32Array, commu
     crossEdges: cross / Math.max(1, edges.length), crossWeight: crossW / Math.max(1, totalW),
   };
 }
+
+/** First index in [lo, hi) whose running weight exceeds x (binary search over a row of `cumWeight`). */
+export function pickWeighted(cum: Float32Array, lo: number, hi: number, x: number): number {
+  let a = lo;
+  let b = hi - 1;
+  while (a < b) {
+    const m = (a + b) >> 1;
+    if (cum[m]! > x) b = m;
+    else a = m + 1;
+  }
+  return a;
+}
+
+/** A contact of `u` drawn by edge weight (how much they talk), or -1 when `u` has none. */
+export function sampleContact(g: SocialGraph, u: number, rand: Rand): number {
+  const lo = g.offsets[u]!;
+  const hi = g.offsets[u + 1]!;
+  if (hi === lo) return -1;
+  return g.adj[pickWeighted(g.cumWeight, lo, hi, rand() * g.cumWeight[hi - 1]!)]!;
+}

@@ -1,6 +1,6 @@
 import { CellTraffic, chooseHintCell, choosePartner, loadCap, planExchange, RateLimiter, type ExchangeSide, type SessionTraffic } from '@gravitas/placement';
 import { mulberry32 } from './custody-types.js';
-import type { Rand, SocialGraph } from './placement-graph.js';
+import { pickWeighted, type Rand, type SocialGraph } from './placement-graph.js';
 
 /*
  * Gravitation on a social graph, in simulated time, with the policy code the
@@ -320,7 +320,7 @@ export class Simulation {
         if (hi === lo) continue;
         const total = cumWeight[hi - 1]!;
         for (let k = poisson(this.rand, strength[u]! * this.msgPerStrength); k > 0; k--) {
-          const v = adj[pick(cumWeight, lo, hi, this.rand() * total)]!;
+          const v = adj[pickWeighted(cumWeight, lo, hi, this.rand() * total)]!;
           const cv = cell[v]!;
           if (cv < 0) {
             this.hint[v] = c;
@@ -405,14 +405,3 @@ export class Simulation {
   }
 }
 
-/** First index in [lo, hi) whose running weight exceeds x. */
-function pick(cum: Float32Array, lo: number, hi: number, x: number): number {
-  let a = lo;
-  let b = hi - 1;
-  while (a < b) {
-    const m = (a + b) >> 1;
-    if (cum[m]! > x) b = m;
-    else a = m + 1;
-  }
-  return a;
-}
