@@ -1,59 +1,169 @@
+import { HarnessError } from './errors.js';
+
 /*
  * What the harness needs from a system under test, so one scenario can drive Gravitas, an XMPP
- * server or anything else: connect a device, send to a user or a group, receive, ping, disconnect.
- * A driver knows nothing about schedules or histograms; the generator owns those.
+ * server or anything else. A driver knows nothing about schedules, histograms or NATS; the
+ * generator owns those and tells the driver's devices what to do.
+ *
+ * The shape follows what a real client is: a *device* outlives its connections (it keeps its
+ * outbox, its resumption state and the ids it has seen), is connected, dropped by the network,
+ * reconnected. The hot path (send, receive) is callbacks, not a promise per message: a generator
+ * hosts ~15,000 devices and must stay cheap per message (the issue's generator-cost target).
  *
  * Latency needs the *intended* send time at the receiver, and servers do not carry it for us, so
- * every message body starts with it (`encodeBody`); the receiver's driver hands the body back and
- * the generator decodes it. Sender and receiver share one clock when they run on one host
- * (performance.timeOrigin + performance.now()); across hosts the clocks must be synchronised and
- * the report says so (not built yet).
+ * every message body starts with it (`encodeBody`); the receiving generator decodes it. The
+ * generators' clocks are aligned to the runner's (clock.ts), so sender and receiver may be on
+ * different hosts.
  */
 
 export interface DeviceRef {
+  /** The user's name on the wire (also an XMPP localpart: lower case). */
   user: string;
-  /** Device name, unique per user. */
+  /** Device name, unique per user (an XMPP resource). */
   device: string;
+  /**
+   * 32 bytes derived from the run's namespace, user and device (identity.ts): a driver derives the
+   * device's key or password from them, so every generator — and a re-run with the same namespace
+   * — acts as the same device.
+   */
+  secret: Uint8Array;
+  /**
+   * 32 bytes per user (identity.ts), the same for all its devices: for protocols whose secret is
+   * the account's rather than the device's (an XMPP password).
+   */
+  userSecret: Uint8Array;
 }
 
 export interface Incoming {
+  /** The sending user. */
   from: string;
-  /** Set for group messages. */
+  /** The group (as `createGroup` named it) for group messages. */
   group?: string;
+  /** The campaign that sent it, for campaign messages. */
+  campaign?: string;
   body: string;
 }
 
-export interface DriverConnection {
-  /** Resolves when the server accepted the message (for Gravitas: `delivered` or `stored`). */
-  send(to: string, body: string): Promise<void>;
-  sendToGroup(group: string, body: string): Promise<void>;
-  /** One round trip to the server. */
-  ping(): Promise<void>;
+/** What a device reports. Called synchronously from the driver's I/O callbacks: keep them cheap. */
+export interface DeviceEvents {
+  /** A message reached this device: once per message id (drivers drop the protocol's re-deliveries). */
+  message(m: Incoming): void;
+  /** The server took custody of send `ref` (ok), or refused it for good (`code`). Never called from within `send()` itself. */
+  outcome(ref: number, ok: boolean, code?: string): void;
+  /** The server told this device that another user's presence changed. */
+  presence(user: string): void;
+  /**
+   * The session ended without `disconnect()` or `drop()` (the server closed it, the network failed).
+   * The driver does not reconnect by itself: the generator decides when.
+   */
+  lost(code: string): void;
+}
+
+export interface DriverDevice {
+  readonly connected: boolean;
+  /**
+   * Opens a session, resuming where the protocol allows (Gravitas: a ticket from the previous
+   * session). Resolves once the server can deliver to the device (not merely once the handshake
+   * is done): offline-delivery and reconnect numbers depend on it. Rejects with a DriverError.
+   * Calling it while connected is a no-op.
+   */
+  connect(): Promise<void>;
+  /**
+   * Sends `body` to user `to`. While not connected, the message waits in the device's outbox
+   * (at most OUTBOX_MAX; beyond, outcome(ref, false, 'OUTBOX_FULL')); a message without an outcome
+   * when a connection is lost is sent again, with the same id, on the next one — what a real
+   * client does, so that the server's de-duplication is exercised and nothing is counted lost
+   * that the server never accepted.
+   */
+  send(ref: number, to: string, body: string): void;
+  sendToGroup(ref: number, group: string, body: string): void;
+  /** Dropped when not connected (presence is advisory). */
   setPresence(state: 'online' | 'away'): void;
-  /** Ends the session cleanly (no reconnect). */
+  /** One round trip to the server; rejects when not connected. */
+  ping(): Promise<void>;
+  /** Ends the session cleanly (the protocol's goodbye); resolves once the connection is closed. */
   disconnect(): Promise<void>;
+  /** Ends the connection abruptly, as a network loss would (reconnect storms). No `lost` event. */
+  drop(): void;
+}
+
+export interface DriverCapabilities {
+  /**
+   * Every send gets an outcome from the server (custody accepted or refused), so the harness can
+   * count what was accepted but never arrived. Without it, outcome(ref, true) only means "written".
+   */
+  acceptance: boolean;
+  /** A 1:1 message also reaches the sender's other devices. */
+  ownDeviceCopies: boolean;
+  /** Messages for devices that are offline are kept and delivered when they connect: 1:1, groups. */
+  offlineDelivery: { direct: boolean; groups: boolean };
 }
 
 export interface Driver {
   readonly name: string;
-  /** Opens a session for the device; `onReceive` is called for every message it gets, with the receive time. */
-  connect(device: DeviceRef, onReceive: (m: Incoming, receivedAtMs: number) => void): Promise<DriverConnection>;
-  /** Releases whatever the driver holds across connections. */
+  readonly capabilities: DriverCapabilities;
+  /**
+   * Before the run: registers the device's account (idempotent: an existing one is fine) and,
+   * when `contacts` is non-empty, adds them to the user's contacts (or roster). Leaves no session.
+   */
+  provision(d: DeviceRef, contacts: readonly string[]): Promise<void>;
+  /** Before the run: creates a group owned by `creator` (provisioned) with `members`; resolves with the id to send to. */
+  createGroup(creator: DeviceRef, name: string, members: readonly string[]): Promise<string>;
+  /** A device; `groups` are the ids of the groups its user is in (XMPP joins their rooms at connect). */
+  device(d: DeviceRef, events: DeviceEvents, groups: readonly string[]): DriverDevice;
+  /** Ends every connection and releases what the driver holds. */
   close(): Promise<void>;
+  /** Counters the driver keeps (resumptions, hints followed, re-deliveries dropped…), summed into the result. */
+  counters?(): Record<string, number>;
+}
+
+/** A device's outbox bound: what waits while disconnected, or without an outcome. */
+export const OUTBOX_MAX = 1000;
+
+/**
+ * A driver operation that failed; `code` is the protocol's or the transport's own (e.g.
+ * `TICKET_EXPIRED`, `ECONNREFUSED`, `not-authorized`), counted by code in the result.
+ */
+export class DriverError extends HarnessError {
+  override name = 'DriverError';
+  constructor(
+    readonly driverCode: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super('DRIVER_ERROR', message, options);
+  }
+}
+
+// ---------- message bodies ----------
+
+/** Longest padding a body needs; built once (a body is a slice of it, not a new repeat per message). */
+const PAD = 'x'.repeat(60_000);
+
+/**
+ * `<intended ms, 3 decimals> <tag> ` then padding up to `bytes` (never shorter than the head).
+ * `tag` names the run and the message (`<run>.<generator>.<ref>`), so a receiver can tell this
+ * run's messages from leftovers of another run in a reused account.
+ */
+export function encodeBody(intendedMs: number, tag: string, bytes: number): string {
+  const head = `${intendedMs.toFixed(3)} ${tag} `;
+  return bytes > head.length ? head + PAD.slice(0, bytes - head.length) : head;
+}
+
+export interface DecodedBody {
+  intendedMs: number;
+  tag: string;
+}
+
+/** The intended send time and tag of a body, or undefined for a body the harness did not write. */
+export function decodeBody(body: string): DecodedBody | undefined {
+  const a = body.indexOf(' ');
+  if (a <= 0) return undefined;
+  const b = body.indexOf(' ', a + 1);
+  if (b < 0) return undefined;
+  const intendedMs = Number(body.slice(0, a));
+  return Number.isFinite(intendedMs) ? { intendedMs, tag: body.slice(a + 1, b) } : undefined;
 }
 
 /** Epoch ms with sub-ms precision, the same in every process of a host. */
 export const nowMs = (): number => performance.timeOrigin + performance.now();
-
-/** `<intended ms, 3 decimals> ` then padding up to `bytes` (at least the timestamp). */
-export function encodeBody(intendedMs: number, bytes: number): string {
-  const head = `${intendedMs.toFixed(3)} `;
-  return bytes > head.length ? head + 'x'.repeat(bytes - head.length) : head;
-}
-
-/** The intended send time in a body, or undefined for a body the harness did not write. */
-export function decodeBody(body: string): number | undefined {
-  const sp = body.indexOf(' ');
-  const v = Number(sp < 0 ? body : body.slice(0, sp));
-  return sp > 0 && Number.isFinite(v) ? v : undefined;
-}

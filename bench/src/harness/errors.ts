@@ -3,7 +3,18 @@
  * code is listed in docs/benchmarking.md (a test checks that).
  */
 
-export const HARNESS_ERROR_CODES = ['SCENARIO_READ', 'SCENARIO_PARSE', 'SCENARIO_INVALID', 'HISTOGRAM_DECODE', 'DRIVER_UNSUPPORTED'] as const;
+export const HARNESS_ERROR_CODES = [
+  'SCENARIO_READ',
+  'SCENARIO_PARSE',
+  'SCENARIO_INVALID',
+  'HISTOGRAM_DECODE',
+  'DRIVER_ERROR',
+  'TARGET_UNAVAILABLE',
+  'CONTROL_UNAVAILABLE',
+  'CONTROL_MESSAGE_INVALID',
+  'GENERATOR_FAILED',
+  'PROVISION_FAILED',
+] as const;
 export type HarnessErrorCode = (typeof HARNESS_ERROR_CODES)[number];
 
 export class HarnessError extends Error {

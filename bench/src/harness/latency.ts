@@ -64,16 +64,25 @@ export function percentiles(h: Histogram): LatencyPercentiles {
   return { count: h.totalCount, p50: ms(50), p90: ms(90), p99: ms(99), p999: ms(99.9), max: ms(100) };
 }
 
-/** Latency of one generator: the current interval and the whole run. */
+/** One measured quantity of a generator (latency, connect time...): the current interval and the whole run. */
 export class LatencyRecorder {
   private interval = newHistogram();
   private readonly all = newHistogram();
 
   /** `intendedMs` from the schedule, `receivedMs` on the same clock (performance.timeOrigin + now() across processes of one host). */
   record(intendedMs: number, receivedMs: number): void {
-    const ms = receivedMs - intendedMs;
+    this.add(receivedMs - intendedMs);
+  }
+
+  /** Records a duration directly (connect time, send lag). */
+  add(ms: number): void {
     recordMs(this.interval, ms);
     recordMs(this.all, ms);
+  }
+
+  /** Values recorded in the current interval. */
+  get count(): number {
+    return this.interval.totalCount;
   }
 
   /** Ends the current interval: its histogram, encoded, and a fresh one for the next. */

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { cpus, freemem, totalmem } from 'node:os';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import { procCpuSeconds, procRssKiB } from '../procs.js';
 import type { GeneratorSample, ProcSample } from './result.js';
@@ -67,5 +69,36 @@ function tryRead(f: () => number): number | undefined {
     return f();
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * Busy share of the whole host between calls of `sample()` (Linux /proc/stat, all CPUs): 100 × cores
+ * when every core is busy. Told apart from the processes' own CPU, it shows a host that is out of
+ * CPU although no single process is pinned — the usual state of a one-host run.
+ */
+export class HostSampler {
+  private last = readHostTicks();
+  readonly cores = cpus().length;
+
+  sample(): ProcSample & { cores: number } {
+    const now = readHostTicks();
+    const busy = now.busy - this.last.busy;
+    const total = now.total - this.last.total;
+    this.last = now;
+    return { cpu: total > 0 ? (busy / total) * 100 * this.cores : 0, rssMiB: (totalmem() - freemem()) / 2 ** 20, cores: this.cores };
+  }
+}
+
+function readHostTicks(): { busy: number; total: number } {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? '';
+    // cpu user nice system idle iowait irq softirq steal ...
+    const f = line.trim().split(/\s+/).slice(1).map(Number);
+    const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+    const idle = (f[3] ?? 0) + (f[4] ?? 0);
+    return { busy: total - idle, total };
+  } catch {
+    return { busy: 0, total: 0 };
   }
 }
