@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `npm start` and `npm test` need, if missing: nats-server (with --test
-# also nginx and chromium) from the OS package manager, npm dependencies, the TypeScript build. Idempotent and quiet
+# also nginx, chromium and prosody) from the OS package manager, npm dependencies, the TypeScript build. Idempotent and quiet
 # when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,7 @@ if [ -z "${NATS_SERVER_BIN:-}" ]; then apt_install nats-server nats-server; fi
 if [ "${1:-}" = "--test" ]; then
   apt_install nginx nginx "the chunked-HTTP proxy test"
   apt_install chromium chromium "the browser tests"
+  apt_install prosody prosody "the load harness's XMPP driver test"
 fi
 
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
