@@ -7,6 +7,8 @@ import * as reach from './reach.js';
 import * as placement from './placement.js';
 import * as tracking from './tracking.js';
 import { UsageError, report, type Benchmark } from './report.js';
+import { generatorMain } from './harness/generator.js';
+import { runCommand, RUN_USAGE } from './harness/run-cli.js';
 
 /** Registry: add a benchmark by importing its module and listing it here. */
 const BENCHMARKS: readonly Benchmark[] = [ceilings, pingpong, custody, groups, placement, gravity, tracking, reach];
@@ -39,6 +41,9 @@ function usage(): string {
     '',
     'benchmarks:',
     ...list,
+    '',
+    'scenario runs (docs/benchmarking.md):',
+    RUN_USAGE.replace(/^/gm, '  '),
   ].join('\n');
 }
 
@@ -107,4 +112,9 @@ async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
-process.exitCode = await main(process.argv.slice(2));
+/** A scenario file given where a benchmark name would be: `npm run bench -- bench/scenarios/small.yaml`. */
+const isScenarioFile = (arg: string | undefined): boolean => arg !== undefined && /\.(ya?ml|json)$/i.test(arg);
+
+const argv = process.argv.slice(2);
+process.exitCode =
+  argv[0] === 'run' ? await runCommand(argv.slice(1)) : isScenarioFile(argv[0]) ? await runCommand(argv) : argv[0] === 'generator' ? await generatorMain(argv.slice(1)) : await main(argv);

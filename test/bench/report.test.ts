@@ -15,7 +15,7 @@ import { syntheticResult } from './synthetic.js';
  */
 
 const CHROMIUM = process.env['CHROMIUM'] ?? '/usr/bin/chromium';
-const PLOTS = ['throughput', 'latency', 'connections', 'locality', 'server-cpu', 'server-memory', 'generator-cpu', 'generator-lag'];
+const PLOTS = ['throughput', 'latency', 'connections', 'connect-rate', 'connect-time', 'locality', 'host-cpu', 'server-cpu', 'server-memory', 'generator-cpu', 'generator-lag'];
 
 t.test('the verdict: generator-bound only when a generator was saturated often enough', async (t) => {
   const bad = syntheticResult();
@@ -81,7 +81,7 @@ t.test('opened in headless Chromium: every plot is drawn', { skip: existsSync(CH
     t.ok(plot.points >= 60, `${id}: points drawn (${plot.points})`);
     t.equal(plot.legend, plot.paths, `${id}: one legend entry per series`);
   }
-  t.equal(await page.locator('#plot-latency path.series').count(), 5, 'latency: p50, p90, p99, p99.9, max');
+  t.equal(await page.locator('#plot-latency path.series').count(), 6, 'latency: p50, p90, p99, p99.9, max and the generators\' send lag');
   t.equal(await page.locator('#plot-server-cpu path.series').count(), 3, 'server CPU: one line per process');
   t.ok((await page.locator('#plot-throughput rect.saturated').count()) >= 1, 'the saturated intervals are shaded');
   t.match(await page.locator('#verdict').innerText(), /Generator-bound run/, 'the header flags the run');

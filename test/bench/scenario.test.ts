@@ -89,7 +89,16 @@ t.test('cross-field rules', async (t) => {
   t.same(issues(t, { ...base(), behaviours: { campaigns: [{ at: '20s', audience: 1 }] } }), ['behaviours.campaigns[0].at: must be before the end of the run (rampUp + duration = 10 s), got 20 s']);
   t.match(issues(t, { ...base(), users: 40_000, generators: { count: 2, maxConnections: 15_000 } }), [/^generators: 2 generator\(s\) × 15000 connections cannot hold 40000 devices .* ≥ 3$/]);
   t.match(issues(t, { ...base(), generators: { maxConnections: 20_000 } }), [/^generators\.maxConnections: must be an integer in \[1, 19000\]/]);
-  t.same(issues(t, { ...base(), target: { driver: 'xmpp', local: { nodes: 1 } } }), ['target: local/remote are for driver "gravitas"']);
+  t.same(issues(t, { ...base(), target: { driver: 'xmpp', local: { nodes: 1 } } }), ['target.local.nodes: unknown key; allowed: server', 'target.local.server: must be "prosody" (the server the harness can start), got nothing']);
+  t.same(issues(t, { ...base(), target: { driver: 'xmpp', remote: { addresses: ['a:1'] } } }), ['target.remote: is for driver "gravitas"']);
+  t.same(issues(t, { ...base(), target: { driver: 'xmpp', local: { server: 'prosody' }, port: 5333 } }), ['target.port: comes from the local server: give either local or host/port/domain']);
+  t.same(issues(t, { ...base(), target: { driver: 'gravitas', local: {}, muc: 'x' } }), ['target.muc: is for driver "xmpp"']);
+  t.same(issues(t, { ...base(), behaviours: { campaigns: [{ at: 1, audience: 0.5 }] }, target: { driver: 'xmpp', host: 'h' } }), ['behaviours.campaigns: need driver "gravitas" (campaigns are a Gravitas feature), got driver "xmpp"']);
+  t.same(
+    issues(t, { ...base(), behaviours: { campaigns: [{ at: 1, audience: 0.5 }] }, target: { driver: 'gravitas', remote: { addresses: ['h:1'], serverPublicKey: 'a'.repeat(43) } } }),
+    ['behaviours.campaigns: need target.remote.admin (url and token) to create campaigns on a remote cluster'],
+  );
+  t.match(issues(t, { ...base(), target: { driver: 'gravitas', remote: { addresses: ['h:1'], serverPublicKey: 'a'.repeat(43), metrics: ['ftp://x'] } } }), [/^target\.remote\.metrics\[0\]: must be an http\(s\) URL/]);
   t.match(issues(t, { ...base(), target: { driver: 'gravitas', remote: { addresses: ['nohost'], serverPublicKey: 'short' } } }), ['target.remote.addresses[0]: must be "host:port", got "nohost"', /^target\.remote\.serverPublicKey: must be a string matching/]);
 });
 

@@ -39,6 +39,8 @@ interface PlotSpec {
 interface Context {
   xMax: number;
   rampUpS: number;
+  /** End of the run: after it, the drain. */
+  endS: number;
   /** [from, to] seconds of intervals in which any generator was saturated. */
   saturated: Array<[number, number]>;
   events: Array<{ x: number; label: string }>;
@@ -93,6 +95,7 @@ function plot(spec: PlotSpec, ctx: Context): string {
   const parts: string[] = [];
   // Shading first, so lines draw over it.
   if (ctx.rampUpS > 0) parts.push(`<rect class="rampup" x="${X(0)}" y="${M.t}" width="${X(Math.min(ctx.rampUpS, xMax)) - X(0)}" height="${ph}"><title>ramp-up</title></rect>`);
+  if (xMax > ctx.endS) parts.push(`<rect class="drain" x="${X(ctx.endS)}" y="${M.t}" width="${X(xMax) - X(ctx.endS)}" height="${ph}"><title>drain: no new sends, waiting for owed deliveries</title></rect>`);
   for (const [a, b] of ctx.saturated) parts.push(`<rect class="saturated" x="${X(a)}" y="${M.t}" width="${Math.max(1, X(b) - X(a))}" height="${ph}"><title>a generator was saturated</title></rect>`);
   for (const v of yTicks) parts.push(`<line class="grid" x1="${M.l}" x2="${W - M.r}" y1="${Y(v)}" y2="${Y(v)}"/><text class="tick" x="${M.l - 6}" y="${Y(v) + 4}" text-anchor="end">${fmt(v)}</text>`);
   const xStep = niceStep(xMax, 8);
@@ -100,7 +103,15 @@ function plot(spec: PlotSpec, ctx: Context): string {
   parts.push(`<text class="axis" x="${M.l + pw / 2}" y="${H - 4}" text-anchor="middle">seconds since start</text>`);
   parts.push(`<text class="axis" transform="translate(14 ${M.t + ph / 2}) rotate(-90)" text-anchor="middle">${esc(spec.unit)}</text>`);
   parts.push(`<rect class="frame" x="${M.l}" y="${M.t}" width="${pw}" height="${ph}"/>`);
-  for (const e of ctx.events) parts.push(`<line class="event" x1="${X(e.x)}" x2="${X(e.x)}" y1="${M.t}" y2="${M.t + ph}"><title>${esc(e.label)}</title></line><text class="event-label" x="${X(e.x) + 3}" y="${M.t + 10}">${esc(e.label)}</text>`);
+  // Labels of events close together go on successive rows rather than over each other.
+  const rowEnds: number[] = [];
+  for (const e of [...ctx.events].sort((a, b) => a.x - b.x)) {
+    const x = X(e.x);
+    let row = rowEnds.findIndex((end) => end < x);
+    if (row < 0) row = rowEnds.length;
+    rowEnds[row] = x + 7 * e.label.length;
+    parts.push(`<line class="event" x1="${x}" x2="${x}" y1="${M.t}" y2="${M.t + ph}"><title>${esc(e.label)}</title></line><text class="event-label" x="${x + 3}" y="${M.t + 10 + 11 * row}">${esc(e.label)}</text>`);
+  }
   for (const r of spec.refs ?? []) parts.push(`<line class="ref" x1="${M.l}" x2="${W - M.r}" y1="${Y(r.y)}" y2="${Y(r.y)}"/><text class="ref-label" x="${W - M.r - 4}" y="${Y(r.y) - 4}" text-anchor="end">${esc(r.label)}</text>`);
 
   const legend: string[] = [];
@@ -147,6 +158,7 @@ export function renderHtmlReport(r: RunResult): string {
   const ctx: Context = {
     xMax: Math.max(scenarioTotalMs(s) / 1000, ...ivs.map((iv) => iv.t)),
     rampUpS: s.rampUpMs / 1000,
+    endS: scenarioTotalMs(s) / 1000,
     saturated: saturatedSpans(ivs, intervalS),
     events: [
       ...s.behaviours.reconnectStorms.map((x) => ({ x: x.atMs / 1000, label: `storm ${Math.round(x.share * 100)} %` })),
@@ -157,25 +169,63 @@ export function renderHtmlReport(r: RunResult): string {
   const servers = names(ivs, (iv) => iv.servers);
   const gens = names(ivs, (iv) => iv.generators);
   const sat = s.generators.saturation;
+  const hosts = names(ivs, (iv) => iv.hosts);
   const plots: PlotSpec[] = [
-    { id: 'throughput', title: 'Throughput', unit: 'messages / s', series: [series('sent', (iv) => iv.sentPerSec), series('received', (iv) => iv.receivedPerSec)], empty: 'no messages' },
+    {
+      id: 'throughput',
+      title: 'Throughput',
+      unit: 'messages / s',
+      series: [
+        series('sent', (iv) => iv.sentPerSec),
+        series('accepted', (iv) => iv.acceptedPerSec),
+        series('received live', (iv) => iv.receivedPerSec),
+        series('received catch-up', (iv) => iv.catchupPerSec),
+        ...(s.behaviours.campaigns.length > 0 ? [series('campaign', (iv) => iv.campaignPerSec)] : []),
+        ...(s.behaviours.presence.changesPerUserPerMinute > 0 ? [series('presence updates', (iv) => iv.presencePerSec)] : []),
+      ],
+      empty: 'no messages',
+    },
     {
       id: 'latency',
       title: 'Latency from intended send time (log scale)',
       unit: 'ms',
       log: true,
-            // Cool to hot as the percentile rises, max in grey: the order reads without the legend.
+      // Cool to hot as the percentile rises, max in grey: the order reads without the legend.
       series: [
         series('p50', (iv) => iv.latency.p50, '#2563eb'),
         series('p90', (iv) => iv.latency.p90, '#16a34a'),
         series('p99', (iv) => iv.latency.p99, '#ea580c'),
         series('p99.9', (iv) => iv.latency.p999, '#dc2626'),
         series('max', (iv) => iv.latency.max, '#78716c'),
+        series('generator send lag p99', (iv) => iv.sendLagP99, '#a855f7'),
       ],
       empty: 'no message was received',
     },
     { id: 'connections', title: 'Connected devices', unit: 'devices', series: [series('connected', (iv) => iv.connected)], empty: 'no connection' },
+    {
+      id: 'connect-rate',
+      title: 'Session set-ups per second',
+      unit: 'connects / s',
+      series: [series('connected', (iv) => iv.connectsPerSec, '#0891b2'), series('failed', (iv) => iv.connectFailedPerSec, '#dc2626')],
+      empty: 'no connect in the run',
+    },
+    {
+      id: 'connect-time',
+      title: 'Session set-up time (log scale)',
+      unit: 'ms',
+      log: true,
+      series: [series('p50', (iv) => iv.connectTime.p50, '#16a34a'), series('p99', (iv) => iv.connectTime.p99, '#ea580c')],
+      empty: 'no connect in the run',
+    },
     { id: 'locality', title: 'Locality: messages delivered without leaving the sender’s cell', unit: '%', yMax: 100, series: [series('locality', (iv) => (iv.locality === null ? null : iv.locality * 100))], empty: 'not reported by this target' },
+    {
+      id: 'host-cpu',
+      title: 'Hosts: CPU of the whole machine',
+      unit: '% of one core',
+      series: hosts.map((n) => series(n, (iv) => iv.hosts[n]?.cpu)),
+      refs: hosts.map((n) => ({ y: 100 * (ivs.find((iv) => iv.hosts[n])?.hosts[n]?.cores ?? 1), label: `${n}: all cores` })),
+      empty: 'no host was sampled',
+    },
     { id: 'server-cpu', title: 'Server processes: CPU', unit: '% of one core', series: servers.map((n) => series(n, (iv) => iv.servers[n]?.cpu)), empty: 'no server process was sampled' },
     { id: 'server-memory', title: 'Server processes: resident memory', unit: 'MiB', series: servers.map((n) => series(n, (iv) => iv.servers[n]?.rssMiB)), empty: 'no server process was sampled' },
     {
@@ -198,15 +248,30 @@ export function renderHtmlReport(r: RunResult): string {
   const ms = (x: number | null): string => (x === null ? '–' : `${fmt(x)} ms`);
   const peak = (f: (iv: IntervalSample) => number): number => Math.max(0, ...ivs.map(f));
   const errors = Object.entries(r.totals.errors);
+  const d = r.totals.delivery;
+  const cap = r.capacity;
+  const n = (x: number): string => x.toLocaleString('en-US');
   const summary: Array<[string, string]> = [
-    ['sent / received', `${r.totals.sent.toLocaleString('en-US')} / ${r.totals.received.toLocaleString('en-US')}`],
+    ['sent / accepted / failed', `${n(r.totals.sent)} / ${n(r.totals.accepted)} / ${n(r.totals.failed)}`],
+    ['received live / catch-up', `${n(r.totals.received)} / ${n(r.totals.catchup)}`],
+    ['deliveries owed / missing', d.tracked ? `${n(d.expected)} / ${n(d.missing)}${d.complete ? ` (all in, ${(d.drainMs / 1000).toFixed(1)} s after the end)` : ` after a ${(d.drainMs / 1000).toFixed(0)} s drain`}` : 'not tracked: the driver cannot tell what the server accepted'],
     ['peak received', `${fmt(peak((iv) => iv.receivedPerSec))} msgs/s`],
     ['latency p50 / p90 / p99', `${ms(lat.p50)} / ${ms(lat.p90)} / ${ms(lat.p99)}`],
     ['latency p99.9 / max', `${ms(lat.p999)} / ${ms(lat.max)}`],
+    ['catch-up latency p50 / max', `${ms(r.totals.catchupLatency.p50)} / ${ms(r.totals.catchupLatency.max)} (messages that waited for their device)`],
+    ['generator send lag p99 / max', `${ms(r.totals.sendLag.p99)} / ${ms(r.totals.sendLag.max)}`],
+    ['capacity', cap ? `${fmt(cap.sentPerSec)} msgs/s sent in the best sustained interval (${cap.sustainedIntervals} of ${cap.steadyIntervals} steady intervals sustained), busiest generator ${cap.generatorCpu.toFixed(0)} % CPU there` : 'no steady interval was sustained'],
     ['peak connected', fmt(peak((iv) => iv.connected))],
-    ['sends dropped behind schedule', r.totals.skipped.toLocaleString('en-US')],
-    ['errors', errors.length === 0 ? 'none' : errors.map(([k, n]) => `${esc(k)} × ${n}`).join(', ')],
+    ['connect time p50 / p99', `${ms(r.totals.connectTime.p50)} / ${ms(r.totals.connectTime.p99)}`],
+    ...(s.behaviours.campaigns.length > 0 ? [['campaign deliveries', `${n(r.totals.campaigns.received)} of ${n(r.totals.campaigns.expected)} owed, reach p50 ${ms(r.totals.campaignReach.p50)}, last ${ms(r.totals.campaignReach.max)}`] as [string, string]] : []),
+    ['setup', `provisioned in ${(r.setup.provisionMs / 1000).toFixed(1)} s, ${r.setup.groupsCreated} groups in ${(r.setup.groupsMs / 1000).toFixed(1)} s${r.setup.groupsFailed > 0 ? ` (${r.setup.groupsFailed} failed)` : ''}`],
+    ['sends dropped behind schedule', n(r.totals.skipped)],
+    ['errors', errors.length === 0 ? 'none' : errors.map(([k, c]) => `${esc(k)} × ${c}`).join(', ')],
   ];
+  const limit = `<h2>Where the limit was</h2><ul id="bottlenecks">${r.bottlenecks.map((b) => `<li>${esc(b)}</li>`).join('')}</ul>`;
+  const genTable = `<table class="gens"><tr><th>generator</th><th>host</th><th>users</th><th>devices</th><th>clock offset</th></tr>${r.generators
+    .map((g) => `<tr><td>${esc(g.name)}</td><td>${esc(g.host)}</td><td>${n(g.users)}</td><td>${n(g.devices)}</td><td>${g.clockOffsetMs.toFixed(2)} ± ${g.clockErrorMs.toFixed(2)} ms</td></tr>`)
+    .join('')}</table>`;
   const json = JSON.stringify(r).replace(/</g, '\\u003c');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -216,12 +281,12 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1c1917;
 h1{font-size:22px;margin:8px 0 2px}.sub{color:#57534e;margin:0 0 12px}
 .flag{border-radius:6px;padding:10px 14px;margin:10px 0}.flag ul{margin:6px 0 0;padding-left:20px}
 .bad{background:#fee2e2;border:1px solid #dc2626}.good{background:#dcfce7;border:1px solid #16a34a}.warn{background:#fef9c3;border:1px solid #ca8a04}
-table{border-collapse:collapse;margin:8px 0 16px}td{padding:3px 14px 3px 0;vertical-align:top}td:first-child{color:#57534e}
+table{border-collapse:collapse;margin:8px 0 16px}td,th{padding:3px 14px 3px 0;vertical-align:top;text-align:left}td:first-child{color:#57534e}h2{font-size:17px;margin:18px 0 6px}
 .plot{margin:18px 0 8px;background:#fff;border:1px solid #e7e5e4;border-radius:6px;padding:8px}
 figcaption{font-weight:600;margin:0 0 4px}svg{display:block;max-width:100%;height:auto}
 .grid{stroke:#e7e5e4}.frame{fill:none;stroke:#a8a29e}.tick,.axis{font-size:11px;fill:#57534e}
 .series{fill:none;stroke-width:1.8;stroke-linejoin:round}
-.rampup{fill:#f5f5f4}.saturated{fill:#fecaca;opacity:.7}
+.rampup{fill:#f5f5f4}.drain{fill:#eff6ff}.saturated{fill:#fecaca;opacity:.7}
 .event{stroke:#7c3aed;stroke-dasharray:4 3}.event-label{font-size:10px;fill:#7c3aed}
 .ref{stroke:#78716c;stroke-dasharray:2 3}.ref-label{font-size:10px;fill:#78716c}
 .legend{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:12px;margin:4px 0 0 ${M.l}px}.key i{display:inline-block;width:12px;height:3px;margin:0 5px 3px 0;vertical-align:middle}
@@ -229,11 +294,13 @@ figcaption{font-weight:600;margin:0 0 4px}svg{display:block;max-width:100%;heigh
 .empty{color:#78716c;font-style:italic}
 </style></head><body>
 <h1>${esc(s.name)}</h1>
-<p class="sub">${esc(s.description)}${s.description ? ' · ' : ''}${esc(r.startedAt)} · ${esc(r.target)} · ${s.users.toLocaleString('en-US')} users · ramp-up ${s.rampUpMs / 1000} s + ${s.durationMs / 1000} s · ${s.generators.count} generator(s) · ${r.host.cpus}× ${esc(r.host.cpuModel)}, node ${esc(r.host.node)}</p>
+<p class="sub">${esc(s.description)}${s.description ? ' · ' : ''}${esc(r.startedAt)} · ${esc(r.target)} · namespace ${esc(r.namespace)} · ${s.users.toLocaleString('en-US')} users · ramp-up ${s.rampUpMs / 1000} s + ${s.durationMs / 1000} s · ${s.generators.count} generator(s) · ${r.host.cpus}× ${esc(r.host.cpuModel)}, node ${esc(r.host.node)}</p>
 ${banner}${warnings}
 <table>${summary.map(([k, x]) => `<tr><td>${esc(k)}</td><td>${k === 'errors' ? x : esc(x)}</td></tr>`).join('')}</table>
-<div class="shading">shading:<i style="background:#f5f5f4;border:1px solid #d6d3d1"></i>ramp-up<i style="background:#fecaca"></i>a generator was saturated (those points measure the generator)</div>
+${limit}
+<div class="shading">shading:<i style="background:#f5f5f4;border:1px solid #d6d3d1"></i>ramp-up<i style="background:#fecaca"></i>a generator was saturated (those points measure the generator)<i style="background:#eff6ff;border:1px solid #bfdbfe"></i>drain (after the run)</div>
 ${plots.map((p) => plot(p, ctx)).join('\n')}
+<h2>Generators</h2>${genTable}
 ${r.notes.length > 0 ? `<h2>Notes</h2><ul>${r.notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>` : ''}
 <script type="application/json" id="result">${json}</script>
 </body></html>

@@ -79,14 +79,27 @@ export interface GravitasLocalTarget {
 export interface GravitasRemoteTarget {
   driver: 'gravitas';
   /** An already running cluster: client addresses (host:port) and the server's static public key. */
-  remote: { addresses: string[]; serverPublicKey: string };
+  remote: {
+    addresses: string[];
+    serverPublicKey: string;
+    /** Admin API of one node and its token: needed for campaigns. */
+    admin?: { url: string; token: string };
+    /** The nodes' /metrics URLs: locality and server CPU/memory for the report. */
+    metrics: string[];
+  };
 }
 
 export interface XmppTarget {
   driver: 'xmpp';
+  /** Start a private server for the run (Debian's prosody); host, port and domain are then its own. */
+  local?: { server: 'prosody' };
   host: string;
   port: number;
   domain: string;
+  /** The multi-user chat service that holds the groups' rooms. */
+  muc: string;
+  /** Create accounts by in-band registration (XEP-0077) while provisioning; else they must exist. */
+  register: boolean;
 }
 
 export type Target = GravitasLocalTarget | GravitasRemoteTarget | XmppTarget;
@@ -401,6 +414,11 @@ export function validateScenario(raw: unknown, file?: string): Scenario {
     generators,
     target: target(c, top['target']),
   };
+  if (behaviours.campaigns.length > 0) {
+    const t = scenario.target;
+    if (t.driver !== 'gravitas') c.fail('behaviours.campaigns', `need driver "gravitas" (campaigns are a Gravitas feature), got driver "${t.driver}"`);
+    else if ('remote' in t && t.remote.admin === undefined) c.fail('behaviours.campaigns', 'need target.remote.admin (url and token) to create campaigns on a remote cluster');
+  }
   if (scenario.intervalMs > durationMs) c.fail('interval', `must not exceed duration (${durationMs / 1000} s), got ${scenario.intervalMs / 1000} s`);
   if (c.issues.length > 0) throw new ScenarioError('SCENARIO_INVALID', file, c.issues);
   return scenario;
@@ -427,28 +445,63 @@ function diurnal(c: Checker, v: unknown, path: string, totalMs: number): Diurnal
 }
 
 function target(c: Checker, v: unknown): Target {
-  const o = c.obj(v, 'target', ['driver', 'local', 'remote', 'host', 'port', 'domain'], false);
+  const o = c.obj(v, 'target', ['driver', 'local', 'remote', 'host', 'port', 'domain', 'muc', 'register'], false);
   const driver = o['driver'];
   // Already reported as missing or not an object: no second message about its driver.
   if (!isObj(v)) return { driver: 'gravitas', local: { nodes: 1, cellsPerNode: 1 } };
   if (driver === 'xmpp') {
-    if (o['local'] !== undefined || o['remote'] !== undefined) c.fail('target', 'local/remote are for driver "gravitas"');
-    return { driver, host: c.str(o, 'host', 'target', '127.0.0.1'), port: c.num(o, 'port', 'target', { int: true, min: 1, max: 65535 }, 5222), domain: c.str(o, 'domain', 'target', 'localhost') };
+    if (o['remote'] !== undefined) c.fail('target.remote', 'is for driver "gravitas"');
+    let local: XmppTarget['local'];
+    if (o['local'] !== undefined) {
+      const l = c.obj(o['local'], 'target.local', ['server'], false);
+      if (l['server'] !== 'prosody') c.fail('target.local.server', `must be "prosody" (the server the harness can start), got ${show(l['server'])}`);
+      for (const k of ['host', 'port', 'domain', 'muc']) if (o[k] !== undefined) c.fail(join('target', k), 'comes from the local server: give either local or host/port/domain');
+      local = { server: 'prosody' };
+    }
+    const domain = c.str(o, 'domain', 'target', 'localhost', /^[a-z0-9.-]+$/);
+    const register = o['register'] ?? true;
+    if (typeof register !== 'boolean') c.fail('target.register', `must be true or false, got ${show(register)}`);
+    return {
+      driver,
+      ...(local && { local }),
+      host: c.str(o, 'host', 'target', '127.0.0.1'),
+      port: c.num(o, 'port', 'target', { int: true, min: 1, max: 65535 }, 5222),
+      domain,
+      muc: c.str(o, 'muc', 'target', `conference.${domain}`, /^[a-z0-9.-]+$/),
+      register: register === true,
+    };
   }
   if (driver !== 'gravitas') {
     c.fail('target.driver', `must be "gravitas" or "xmpp", got ${show(driver)}`);
     return { driver: 'gravitas', local: { nodes: 1, cellsPerNode: 1 } };
   }
-  for (const k of ['host', 'port', 'domain']) if (o[k] !== undefined) c.fail(join('target', k), 'is for driver "xmpp"');
+  for (const k of ['host', 'port', 'domain', 'muc', 'register']) if (o[k] !== undefined) c.fail(join('target', k), 'is for driver "xmpp"');
   if (o['remote'] !== undefined) {
     if (o['local'] !== undefined) c.fail('target', 'give either local or remote, not both');
-    const r = c.obj(o['remote'], 'target.remote', ['addresses', 'serverPublicKey'], false);
+    const r = c.obj(o['remote'], 'target.remote', ['addresses', 'serverPublicKey', 'admin', 'metrics'], false);
     const addresses = c.list(r['addresses'], 'target.remote.addresses');
     if (addresses.length === 0) c.fail('target.remote.addresses', 'must list at least one host:port');
     addresses.forEach((a, i) => {
       if (typeof a !== 'string' || !/^[^\s:]+:\d{1,5}$/.test(a)) c.fail(join('target.remote.addresses', i), `must be "host:port", got ${show(a)}`);
     });
-    return { driver, remote: { addresses: addresses as string[], serverPublicKey: c.str(r, 'serverPublicKey', 'target.remote', undefined, /^[A-Za-z0-9_-]{43}$/) } };
+    const metrics = c.list(r['metrics'], 'target.remote.metrics');
+    metrics.forEach((u, i) => {
+      if (typeof u !== 'string' || !/^https?:\/\/\S+$/.test(u)) c.fail(join('target.remote.metrics', i), `must be an http(s) URL, got ${show(u)}`);
+    });
+    let admin: GravitasRemoteTarget['remote']['admin'];
+    if (r['admin'] !== undefined) {
+      const a = c.obj(r['admin'], 'target.remote.admin', ['url', 'token'], false);
+      admin = { url: c.str(a, 'url', 'target.remote.admin', undefined, /^https?:\/\/\S+$/), token: c.str(a, 'token', 'target.remote.admin') };
+    }
+    return {
+      driver,
+      remote: {
+        addresses: addresses as string[],
+        serverPublicKey: c.str(r, 'serverPublicKey', 'target.remote', undefined, /^[A-Za-z0-9_-]{43}$/),
+        ...(admin && { admin }),
+        metrics: metrics as string[],
+      },
+    };
   }
   const l = c.obj(o['local'], 'target.local', ['nodes', 'cellsPerNode']);
   return { driver, local: { nodes: c.num(l, 'nodes', 'target.local', { int: true, min: 1, max: 16 }, 2), cellsPerNode: c.num(l, 'cellsPerNode', 'target.local', { int: true, min: 1, max: 16 }, 1) } };

@@ -1,4 +1,7 @@
 #!/usr/bin/env node
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ConfigError, ServerError } from '@gravitas/server';
 import { campaign, chat, dev, keygen, node, profile, publisher, recv, report, send, UsageError } from './commands.js';
@@ -26,6 +29,11 @@ admin API (--admin URL or GRAVITAS_ADMIN_URL, default http://127.0.0.1:7300;
   gravitas profile get USER [--version N]
   gravitas report user ID [--profiles]                  campaigns the user took part in
   gravitas report campaign ID [--bucket MS]             funnel sent → … → converted over time
+
+load tests (docs/benchmarking.md; needs the repository's bench/ built):
+  gravitas bench run SCENARIO.yaml [--json F] [--html F] [--control URL] [--external-generators]
+  gravitas bench generator --control nats://HOST:PORT   a load generator serving runners
+  gravitas bench NAME [...]                               a named benchmark (gravitas bench --help)
   They print the answer as JSON. Exit codes: 0 ok, 1 refused by the API (its
   code on stderr), 2 usage, 3 admin API unreachable.
 
@@ -46,6 +54,7 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(`${USAGE}\n`);
     return;
   }
+  if (command === 'bench') return bench(rest);
   let values: Record<string, string | boolean | undefined>;
   let positionals: string[];
   try {
@@ -82,6 +91,20 @@ async function main(argv: string[]): Promise<void> {
     default:
       throw new UsageError(`unknown command "${command}"`);
   }
+}
+
+/**
+ * The load harness lives in the bench workspace, which is built after (and depends on) this
+ * package: run its entry point as a child with our stdio, and end with its exit code.
+ */
+async function bench(args: string[]): Promise<void> {
+  const entry = fileURLToPath(new URL('../../../bench/dist/main.js', import.meta.url));
+  if (!existsSync(entry)) throw Object.assign(new Error(`the load harness is not built (${entry}): run npm run build in the repository`), { exitCode: 2 });
+  const child = spawn(process.execPath, [entry, ...args], { stdio: 'inherit' });
+  // Ctrl-C reaches the child through the terminal's process group; a plain SIGTERM is passed on.
+  process.on('SIGTERM', () => child.kill('SIGTERM'));
+  const code = await new Promise<number>((r) => child.once('exit', (c, sig) => r(c ?? (sig === 'SIGINT' ? 130 : 1))));
+  process.exit(code);
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {

@@ -1,0 +1,584 @@
+import { hostname } from 'node:os';
+import type { DeviceEvents, DeviceRef, Driver, DriverDevice } from './driver.js';
+import { DriverError, encodeBody, decodeBody, nowMs } from './driver.js';
+import type { GeneratorInterval, GeneratorTotals } from './control.js';
+import { deviceRef, userName } from './identity.js';
+import { encodeHistogram, LatencyRecorder, Pacer } from './latency.js';
+import { HostSampler, SelfMonitor } from './monitor.js';
+import type { Population } from './population.js';
+import { diurnalFactor, scenarioTotalMs, type Scenario } from './scenario.js';
+import {
+  ActiveSet, exponential, expectedDirect, groupDevices, localMemberships, localUsers, offlineMeans, recipientOf, stream, STREAM, TimerQueue, tracksDeliveries,
+} from './workload.js';
+
+/*
+ * One generator's part of one run: its users and their devices, played against the driver on the
+ * scenario's schedule. Everything is driven from one timer (`tick`): the timed actions of a
+ * min-heap (ramp-up connects, offline periods, storm reconnects, retries), the open-loop message
+ * and presence schedules (Pacer), and the interval boundaries at which it reports. Counters are
+ * plain numbers reset per interval; latencies go to HDR histograms. No promise or closure is made
+ * per message: a generator must stay cheap at the highest rate the target sustains.
+ *
+ * Times: `clock()` is the runner's clock (local clock + the estimated offset); schedule times
+ * are ms since t0 ("run time").
+ */
+
+const enum Act {
+  RampConnect = 1,
+  GoOffline = 2,
+  GoOnline = 3,
+  Reconnect = 4,
+  Storm = 5,
+}
+
+const enum Dev {
+  Down = 0,
+  Connecting = 1,
+  Up = 2,
+}
+
+/** Handshakes one generator keeps in flight: a bound on its connect queue's burst, not on what it holds. */
+const CONNECTS_IN_FLIGHT = 64;
+const PROVISION_CONCURRENCY = 64;
+const PROVISION_ATTEMPTS = 3;
+const GROUP_CONCURRENCY = 8;
+const DISCONNECT_CONCURRENCY = 256;
+const RETRY_BASE_MS = 250;
+const RETRY_MAX_MS = 10_000;
+/** Contacts added per user while provisioning (the server's own cap is 5,000). */
+const MAX_CONTACTS = 1000;
+/** Largest send backlog the pacer keeps after a stall; older sends are dropped and make the run generator-bound. */
+const MAX_BACKLOG = 50_000;
+
+export type SessionEmit = (m: Record<string, unknown> & { type: string }) => void;
+
+export interface LoadSessionOptions {
+  scenario: Scenario;
+  population: Population;
+  index: number;
+  count: number;
+  namespace: string;
+  runTag: string;
+  driver: Driver;
+  /** Add to the local clock to get the runner's (clock.ts). */
+  clockOffsetMs: number;
+  emit: SessionEmit;
+  log: (msg: string) => void;
+}
+
+const count = (r: Record<string, number>, k: string, n = 1): void => void (r[k] = (r[k] ?? 0) + n);
+
+const codeOf = (e: unknown): string => (e instanceof DriverError ? e.driverCode : ((e as { code?: unknown }).code as string | undefined) ?? 'ERROR');
+
+async function each<T>(items: readonly T[], concurrency: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+      while (next < items.length) await fn(items[next++]!);
+    }),
+  );
+}
+
+export class LoadSession {
+  private readonly s: Scenario;
+  private readonly pop: Population;
+  private readonly driver: Driver;
+  private readonly offset: number;
+  private readonly track: boolean;
+
+  // ---- who ----
+  private readonly users: Int32Array;
+  /** Every user's wire name, by population index: made once, not per message. */
+  private readonly names: string[];
+  private readonly firstDev: Int32Array;
+  private readonly nDev: Uint8Array;
+  private readonly devSlot: Int32Array;
+  private readonly refs: DeviceRef[] = [];
+  private devices: DriverDevice[] = [];
+  private groupIds: string[] = [];
+  private readonly groupDev: Int32Array;
+  private readonly memberships: ReturnType<typeof localMemberships>;
+
+  // ---- state ----
+  private readonly devState: Uint8Array;
+  private readonly queued: Uint8Array;
+  private readonly retries: Uint8Array;
+  private readonly liveSince: Float64Array;
+  private readonly wantOnline: Uint8Array;
+  private readonly away: Uint8Array;
+  private readonly active: ActiveSet;
+  private readonly timers = new TimerQueue();
+  private readonly popped = { kind: 0, arg: 0 };
+  private readonly connectQueue: number[] = [];
+  private connectHead = 0;
+  private connectsInFlight = 0;
+  private connected = 0;
+  private readonly pendingExpected = new Map<number, number>();
+  private ref = 0;
+
+  // ---- schedule ----
+  private t0 = 0;
+  private readonly totalMs: number;
+  private pacer: Pacer | undefined;
+  private presencePacer: Pacer | undefined;
+  private nextIntervalAt = Infinity;
+  private k = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private phase: 'idle' | 'run' | 'drain' | 'stopped' = 'idle';
+  private readonly offMeans: ReturnType<typeof offlineMeans>;
+  private readonly rand = { ramp: Math.random, offline: Math.random, storm: Math.random, send: Math.random, presence: Math.random, retry: Math.random };
+
+  // ---- counters (per interval unless said) ----
+  private c = { sent: 0, accepted: 0, failed: 0, received: 0, catchup: 0, campaign: 0, presence: 0, stray: 0, connects: 0, connectFailed: 0 };
+  private errors: Record<string, number> = {};
+  private expectedTotal = 0;
+  private receivedTotal = 0;
+  private readonly latency = new LatencyRecorder();
+  private readonly catchupLatency = new LatencyRecorder();
+  private readonly campaignReach = new LatencyRecorder();
+  private readonly sendLag = new LatencyRecorder();
+  private readonly connectTime = new LatencyRecorder();
+  private readonly self: SelfMonitor;
+  private readonly host = new HostSampler();
+  private readonly hostName = hostname();
+  private readonly tagPrefix: string;
+
+  constructor(private readonly o: LoadSessionOptions) {
+    this.s = o.scenario;
+    this.pop = o.population;
+    this.driver = o.driver;
+    this.offset = o.clockOffsetMs;
+    this.track = tracksDeliveries(o.driver.capabilities);
+    this.totalMs = scenarioTotalMs(this.s);
+    this.tagPrefix = `${o.runTag}.`;
+    this.self = new SelfMonitor(this.s.generators.saturation);
+    for (const k of Object.keys(this.rand) as Array<keyof typeof this.rand>) this.rand[k] = stream(this.s.seed, STREAM[k], o.index);
+
+    this.users = localUsers(this.s.users, o.index, o.count);
+    const n = this.users.length;
+    this.names = Array.from({ length: this.pop.graph.users }, (_, u) => userName(o.namespace, u));
+    this.firstDev = new Int32Array(n);
+    this.nDev = new Uint8Array(n);
+    let d = 0;
+    for (let slot = 0; slot < n; slot++) {
+      const u = this.users[slot]!;
+      this.firstDev[slot] = d;
+      this.nDev[slot] = this.pop.devices[u]!;
+      for (let k = 0; k < this.nDev[slot]!; k++) this.refs.push(deviceRef(o.namespace, u, k));
+      d += this.nDev[slot]!;
+    }
+    this.devSlot = new Int32Array(d);
+    for (let slot = 0; slot < n; slot++) for (let k = 0; k < this.nDev[slot]!; k++) this.devSlot[this.firstDev[slot]! + k] = slot;
+    if (d > this.s.generators.maxConnections) {
+      throw new DriverError('TOO_MANY_DEVICES', `generator ${o.index} would host ${d} devices, over generators.maxConnections (${this.s.generators.maxConnections})`);
+    }
+    this.devState = new Uint8Array(d);
+    this.queued = new Uint8Array(d);
+    this.retries = new Uint8Array(d);
+    this.liveSince = new Float64Array(d).fill(Infinity);
+    this.wantOnline = new Uint8Array(n);
+    this.away = new Uint8Array(n);
+    this.active = new ActiveSet(n);
+    this.groupDev = groupDevices(this.pop);
+    this.memberships = localMemberships(this.pop, this.users);
+    this.offMeans = offlineMeans(this.s.behaviours.offline.share, this.s.behaviours.offline.meanDurationMs);
+  }
+
+  get userCount(): number {
+    return this.users.length;
+  }
+
+  get deviceCount(): number {
+    return this.refs.length;
+  }
+
+  /** The runner's clock. */
+  private clock(): number {
+    return nowMs() + this.offset;
+  }
+
+  // ---------- before the run ----------
+
+  /** Registers every device (and the contacts of users whose presence others follow); reports progress about once a second. */
+  async provision(): Promise<{ ms: number; errors: Record<string, number> }> {
+    const t = performance.now();
+    const errors: Record<string, number> = {};
+    const withContacts = this.s.behaviours.presence.changesPerUserPerMinute > 0;
+    let done = 0;
+    let lastReport = 0;
+    const jobs = Array.from({ length: this.refs.length }, (_, di) => di);
+    await each(jobs, PROVISION_CONCURRENCY, async (di) => {
+      const slot = this.devSlot[di]!;
+      const first = di === this.firstDev[slot];
+      const contacts = first && withContacts ? this.contactNames(this.users[slot]!) : [];
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await this.driver.provision(this.refs[di]!, contacts);
+          break;
+        } catch (e) {
+          if (attempt >= PROVISION_ATTEMPTS) {
+            count(errors, codeOf(e));
+            this.o.log(`provision ${this.refs[di]!.user}/${this.refs[di]!.device} failed: ${(e as Error).message}`);
+            break;
+          }
+          await new Promise((r) => setTimeout(r, RETRY_BASE_MS * 2 ** attempt));
+        }
+      }
+      done++;
+      if (performance.now() - lastReport > 1000) {
+        lastReport = performance.now();
+        this.o.emit({ type: 'progress', phase: 'provision', done, total: jobs.length, errors });
+      }
+    });
+    return { ms: performance.now() - t, errors };
+  }
+
+  private contactNames(u: number): string[] {
+    const g = this.pop.graph;
+    const seen = new Set<number>();
+    for (let i = g.offsets[u]!; i < g.offsets[u + 1]! && seen.size < MAX_CONTACTS; i++) if (g.adj[i] !== u) seen.add(g.adj[i]!);
+    return [...seen].map((v) => this.names[v]!);
+  }
+
+  /** Creates the groups (by index) whose creator this generator hosts. */
+  async createGroups(groups: readonly number[]): Promise<{ ids: Record<string, string>; errors: Record<string, number> }> {
+    const ids: Record<string, string> = {};
+    const errors: Record<string, number> = {};
+    const slotOf = new Map<number, number>();
+    this.users.forEach((u, slot) => slotOf.set(u, slot));
+    await each(groups, GROUP_CONCURRENCY, async (gi) => {
+      const members = this.pop.groups[gi];
+      const slot = members ? slotOf.get(members[0]!) : undefined;
+      if (!members || slot === undefined) return void count(errors, 'NOT_LOCAL');
+      try {
+        ids[gi] = await this.driver.createGroup(this.refs[this.firstDev[slot]!]!, `g${gi}`, Array.from(members, (m) => this.names[m]!));
+      } catch (e) {
+        count(errors, codeOf(e));
+        this.o.log(`group ${gi} not created: ${(e as Error).message}`);
+      }
+    });
+    return { ids, errors };
+  }
+
+  /** Every group's id; then the devices are made (XMPP devices join their groups' rooms at connect). */
+  setGroups(ids: readonly string[]): void {
+    this.groupIds = [...ids];
+    const groupsOfUser = this.memberships.groupsOfSlot.map((gs) => gs.map((gi) => this.groupIds[gi] ?? '').filter((g) => g !== ''));
+    this.devices = this.refs.map((ref, di) => this.driver.device(ref, this.events(di), groupsOfUser[this.devSlot[di]!]!));
+  }
+
+  // ---------- the run ----------
+
+  start(t0: number): void {
+    if (this.devices.length !== this.refs.length) this.setGroups(this.groupIds);
+    this.t0 = t0;
+    const s = this.s;
+    for (let slot = 0; slot < this.users.length; slot++) this.timers.push(s.rampUpMs > 0 ? this.rand.ramp() * s.rampUpMs : 0, Act.RampConnect, slot);
+    s.behaviours.reconnectStorms.forEach((st, i) => this.timers.push(st.atMs, Act.Storm, i));
+    const m = s.behaviours.messages;
+    const perUser = m.perUserPerMinute / 60;
+    if (perUser > 0) this.pacer = new Pacer((at) => this.active.size * perUser * diurnalFactor(m.diurnal, at - t0), t0, MAX_BACKLOG, this.rand.send());
+    const pres = s.behaviours.presence.changesPerUserPerMinute / 60;
+    if (pres > 0) this.presencePacer = new Pacer(() => this.active.size * pres, t0, MAX_BACKLOG, this.rand.presence());
+    this.nextIntervalAt = t0 + s.intervalMs;
+    this.phase = 'run';
+    this.self.sample(0); // starts the CPU window at t0's neighbourhood
+    this.host.sample();
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.phase === 'stopped') return;
+    const now = this.clock();
+    const next = Math.min(this.t0 + this.timers.next, this.pacer?.nextAt ?? Infinity, this.presencePacer?.nextAt ?? Infinity, this.nextIntervalAt);
+    clearTimeout(this.timer);
+    this.timer = setTimeout(this.tick, Math.max(0, Math.min(next - now, 1000)));
+  }
+
+  private readonly tick = (): void => {
+    try {
+      const now = this.clock();
+      const t = now - this.t0;
+      while (this.timers.next <= t) {
+        const at = this.timers.pop(this.popped);
+        this.act(this.popped.kind, this.popped.arg, at);
+      }
+      if (this.phase === 'run' && t >= this.totalMs) this.beginDrain();
+      if (this.pacer) for (const intended of this.pacer.due(now)) this.sendOne(intended, now);
+      if (this.presencePacer) for (let n = this.presencePacer.due(now).length; n > 0; n--) this.togglePresence();
+      if (now >= this.nextIntervalAt) this.report();
+    } catch (e) {
+      this.o.log(`tick failed: ${(e as Error).stack ?? String(e)}`);
+      count(this.errors, 'GENERATOR_BUG');
+    }
+    this.schedule();
+  };
+
+  private act(kind: number, arg: number, at: number): void {
+    switch (kind) {
+      case Act.RampConnect:
+        return this.online(arg, at);
+      case Act.GoOnline:
+        if (this.phase === 'run') this.online(arg, at);
+        return;
+      case Act.GoOffline:
+        if (this.phase === 'run' && this.wantOnline[arg]) this.offline(arg, at);
+        return;
+      case Act.Reconnect:
+        return this.requestConnect(arg);
+      case Act.Storm:
+        return this.storm(arg, at);
+    }
+  }
+
+  private online(slot: number, at: number): void {
+    this.wantOnline[slot] = 1;
+    this.active.add(slot);
+    for (let di = this.firstDev[slot]!, end = di + this.nDev[slot]!; di < end; di++) this.requestConnect(di);
+    if (this.offMeans && this.phase === 'run') this.timers.push(at + exponential(this.rand.offline, this.offMeans.onlineMs), Act.GoOffline, slot);
+  }
+
+  private offline(slot: number, at: number): void {
+    this.wantOnline[slot] = 0;
+    this.active.delete(slot);
+    for (let di = this.firstDev[slot]!, end = di + this.nDev[slot]!; di < end; di++) if (this.devState[di] === Dev.Up) this.goodbye(di);
+    this.timers.push(at + exponential(this.rand.offline, this.offMeans!.offlineMs), Act.GoOnline, slot);
+  }
+
+  private storm(i: number, at: number): void {
+    const st = this.s.behaviours.reconnectStorms[i]!;
+    for (let di = 0; di < this.devices.length; di++) {
+      if (this.devState[di] !== Dev.Up || this.rand.storm() >= st.share) continue;
+      this.devices[di]!.drop();
+      this.down(di);
+      this.timers.push(at + this.rand.storm() * st.overMs, Act.Reconnect, di);
+    }
+  }
+
+  private goodbye(di: number): void {
+    this.down(di);
+    this.devices[di]!.disconnect().catch((e) => count(this.errors, `disconnect:${codeOf(e)}`));
+  }
+
+  private down(di: number): void {
+    if (this.devState[di] === Dev.Up) this.connected--;
+    this.devState[di] = Dev.Down;
+    this.liveSince[di] = Infinity;
+  }
+
+  private requestConnect(di: number): void {
+    if (this.devState[di] !== Dev.Down || this.queued[di] || !this.wantOnline[this.devSlot[di]!] || this.phase === 'stopped') return;
+    this.queued[di] = 1;
+    this.connectQueue.push(di);
+    this.pumpConnects();
+  }
+
+  private pumpConnects(): void {
+    while (this.connectsInFlight < CONNECTS_IN_FLIGHT && this.connectHead < this.connectQueue.length) {
+      const di = this.connectQueue[this.connectHead++]!;
+      this.queued[di] = 0;
+      if (this.devState[di] !== Dev.Down || !this.wantOnline[this.devSlot[di]!]) continue;
+      this.devState[di] = Dev.Connecting;
+      this.connectsInFlight++;
+      const startedAt = this.clock();
+      this.devices[di]!.connect().then(
+        () => this.connectDone(di, startedAt, undefined),
+        (e: unknown) => this.connectDone(di, startedAt, e),
+      );
+    }
+    if (this.connectHead > 4096 && this.connectHead * 2 > this.connectQueue.length) {
+      this.connectQueue.splice(0, this.connectHead);
+      this.connectHead = 0;
+    }
+  }
+
+  private connectDone(di: number, startedAt: number, err: unknown): void {
+    this.connectsInFlight--;
+    if (this.phase === 'stopped') return;
+    const now = this.clock();
+    if (err === undefined) {
+      this.devState[di] = Dev.Up;
+      this.connected++;
+      this.liveSince[di] = now;
+      this.retries[di] = 0;
+      this.c.connects++;
+      this.connectTime.add(now - startedAt);
+      // Went offline (or the run ended) while connecting: leave again.
+      if (!this.wantOnline[this.devSlot[di]!]) this.goodbye(di);
+    } else {
+      this.devState[di] = Dev.Down;
+      this.c.connectFailed++;
+      count(this.errors, `connect:${codeOf(err)}`);
+      this.retryLater(di, now);
+    }
+    this.pumpConnects();
+  }
+
+  /** Exponential backoff with full jitter, as a client app would (a thundering herd after an outage is the server's test, not ours). */
+  private retryLater(di: number, now: number): void {
+    const n = Math.min(this.retries[di]!, 15);
+    this.retries[di] = n + 1;
+    const wait = this.rand.retry() * Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** n);
+    this.timers.push(now - this.t0 + wait, Act.Reconnect, di);
+  }
+
+  private events(di: number): DeviceEvents {
+    return {
+      message: (m) => {
+        const at = this.clock();
+        const b = decodeBody(m.body);
+        if (b === undefined || !b.tag.startsWith(this.tagPrefix)) {
+          this.c.stray++;
+          return;
+        }
+        if (m.campaign !== undefined) {
+          this.c.campaign++;
+          this.campaignReach.add(at - b.intendedMs);
+          return;
+        }
+        this.receivedTotal++;
+        if (b.intendedMs < this.liveSince[di]!) {
+          this.c.catchup++;
+          this.catchupLatency.add(at - b.intendedMs);
+        } else {
+          this.c.received++;
+          this.latency.add(at - b.intendedMs);
+        }
+      },
+      outcome: (ref, ok, code) => {
+        const e = this.pendingExpected.get(ref);
+        if (e !== undefined) this.pendingExpected.delete(ref);
+        if (ok) {
+          this.c.accepted++;
+          if (e !== undefined) this.expectedTotal += e;
+        } else {
+          this.c.failed++;
+          count(this.errors, `send:${code ?? 'FAILED'}`);
+        }
+      },
+      presence: () => void this.c.presence++,
+      lost: (code) => {
+        if (this.devState[di] === Dev.Down) return;
+        count(this.errors, `lost:${code}`);
+        this.down(di);
+        this.retryLater(di, this.clock());
+      },
+    };
+  }
+
+  private sendOne(intended: number, now: number): void {
+    const rand = this.rand.send;
+    let slot = -1;
+    let gi = -1;
+    const ms = this.memberships;
+    if (ms.slot.length > 0 && this.s.behaviours.groups.share > 0 && rand() < this.s.behaviours.groups.share) {
+      // A member of a group, among the active ones (a few tries: most users are active).
+      for (let tries = 0; tries < 8; tries++) {
+        const k = Math.floor(rand() * ms.slot.length);
+        if (this.active.has(ms.slot[k]!) && (this.groupIds[ms.group[k]!] ?? '') !== '') {
+          slot = ms.slot[k]!;
+          gi = ms.group[k]!;
+          break;
+        }
+      }
+    }
+    if (slot < 0) slot = this.active.sample(rand);
+    if (slot < 0) return;
+    const u = this.users[slot]!;
+    const nd = this.nDev[slot]!;
+    const di = this.firstDev[slot]! + (nd > 1 ? Math.floor(rand() * nd) : 0);
+    const ref = ++this.ref;
+    const body = encodeBody(intended, this.tagPrefix + this.o.index + '.' + ref.toString(36), this.s.behaviours.messages.bodyBytes);
+    let expected: number;
+    if (gi >= 0) {
+      expected = this.groupDev[gi]! - 1;
+      if (this.track) this.pendingExpected.set(ref, expected);
+      this.devices[di]!.sendToGroup(ref, this.groupIds[gi]!, body);
+    } else {
+      const v = recipientOf(this.pop, u, rand);
+      expected = expectedDirect(this.pop, u, v, this.driver.capabilities);
+      if (this.track) this.pendingExpected.set(ref, expected);
+      this.devices[di]!.send(ref, this.names[v]!, body);
+    }
+    this.c.sent++;
+    this.sendLag.add(now - intended);
+  }
+
+  private togglePresence(): void {
+    const slot = this.active.sample(this.rand.presence);
+    if (slot < 0) return;
+    for (let di = this.firstDev[slot]!, end = di + this.nDev[slot]!; di < end; di++) {
+      if (this.devState[di] !== Dev.Up) continue;
+      this.away[slot] = this.away[slot]! ^ 1;
+      this.devices[di]!.setPresence(this.away[slot] ? 'away' : 'online');
+      return;
+    }
+  }
+
+  /** End of the run: no new sends; everyone comes back online so that every mailbox drains. */
+  private beginDrain(): void {
+    this.phase = 'drain';
+    this.pacer = undefined;
+    this.presencePacer = undefined;
+    for (let slot = 0; slot < this.users.length; slot++) if (!this.wantOnline[slot]) this.online(slot, this.totalMs);
+  }
+
+  private report(): void {
+    const skipped = this.pacer?.skipped ?? 0;
+    const interval: GeneratorInterval = {
+      k: ++this.k,
+      phase: this.phase === 'drain' ? 'drain' : 'run',
+      ...this.c,
+      latency: this.latency.rotate(),
+      campaignReach: this.campaignReach.rotate(),
+      sendLag: this.sendLag.rotate(),
+      connectTime: this.connectTime.rotate(),
+      connected: this.connected,
+      expected: this.expectedTotal,
+      receivedTotal: this.receivedTotal,
+      errors: this.errors,
+      self: this.self.sample(skipped - this.skippedReported),
+      host: { name: this.hostName, sample: this.host.sample() },
+    };
+    this.skippedReported = skipped;
+    this.catchupLatency.rotate();
+    this.o.emit({ type: 'interval', ...interval });
+    this.c = { sent: 0, accepted: 0, failed: 0, received: 0, catchup: 0, campaign: 0, presence: 0, stray: 0, connects: 0, connectFailed: 0 };
+    this.errors = {};
+    this.nextIntervalAt += this.s.intervalMs;
+  }
+
+  private skippedReported = 0;
+
+  /** After the drain: every device leaves cleanly; the whole-run histograms. */
+  async finish(): Promise<GeneratorTotals> {
+    this.phase = 'stopped';
+    clearTimeout(this.timer);
+    const up: number[] = [];
+    for (let di = 0; di < this.devices.length; di++) if (this.devState[di] === Dev.Up) up.push(di);
+    await each(up, DISCONNECT_CONCURRENCY, async (di) => {
+      this.down(di);
+      await this.devices[di]!.disconnect().catch(() => undefined);
+    });
+    await this.driver.close();
+    this.self.stop();
+    const counters = this.driver.counters?.() ?? {};
+    return {
+      latency: encodeHistogram(this.latency.total),
+      catchupLatency: encodeHistogram(this.catchupLatency.total),
+      campaignReach: encodeHistogram(this.campaignReach.total),
+      sendLag: encodeHistogram(this.sendLag.total),
+      connectTime: encodeHistogram(this.connectTime.total),
+      driverCounters: counters,
+    };
+  }
+
+  /** Stops the load at once (abort): devices are dropped, nothing more is reported. */
+  async abort(): Promise<void> {
+    this.phase = 'stopped';
+    clearTimeout(this.timer);
+    for (let di = 0; di < this.devices.length; di++) if (this.devState[di] !== Dev.Down) this.devices[di]!.drop();
+    await this.driver.close().catch(() => undefined);
+    this.self.stop();
+  }
+}

@@ -1,0 +1,165 @@
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runScenario } from '../../bench/src/harness/runner.js';
+import type { RunResult } from '../../bench/src/harness/result.js';
+import type { ProgressStream } from '../../bench/src/harness/progress.js';
+
+/*
+ * `gravitas bench run` for real: a private nats-server, a gravitas node with two cells, two
+ * generator processes coordinated over a control NATS, every behaviour switched on at a small
+ * scale. The run must account for every accepted message, fire the campaign, sample the servers
+ * and locality, and write a JSON result and an HTML report. Then the ways a run fails: a
+ * generator killed mid-run, a target nobody listens on, a bad scenario file on the command line.
+ */
+
+const BENCH_MAIN = fileURLToPath(new URL('../../bench/dist/main.js', import.meta.url));
+
+const SCENARIO = `
+name: e2e
+description: every behaviour, small
+seed: 5
+users: 60
+devicesPerUser: 1.3
+graph: { mu: 0.3, communities: { min: 5, max: 20, exponent: 2 }, degree: { min: 2, max: 10, exponent: 2.5 } }
+behaviours:
+  messages: { perUserPerMinute: 120, bodyBytes: 80, diurnal: { curve: flat } }
+  groups: { share: 0.2, count: 4, size: { min: 3, max: 10, exponent: 2 } }
+  presence: { changesPerUserPerMinute: 6 }
+  reconnectStorms: [{ at: 5s, share: 0.5, over: 1s }]
+  offline: { share: 0.1, meanDuration: 2s }
+  campaigns: [{ at: 4s, audience: 0.5, ratePerSec: 50 }]
+rampUp: 2s
+duration: 8s
+interval: 1s
+generators: { count: 2, maxConnections: 100 }
+target: { driver: gravitas, local: { nodes: 1, cellsPerNode: 2 } }
+`;
+
+class Capture implements ProgressStream {
+  text = '';
+  isTTY = false;
+  write(s: string): boolean {
+    this.text += s;
+    return true;
+  }
+}
+
+t.test('a short run against a private cluster: every behaviour, every message accounted for', async (t) => {
+  const dir = t.testdir({ 'e2e.yaml': SCENARIO });
+  const progress = new Capture();
+  const logs: string[] = [];
+  const { result: r, json, html } = await runScenario({ file: join(dir, 'e2e.yaml'), json: join(dir, 'out', 'r.json'), progress, log: (m) => logs.push(m) });
+
+  t.equal(r.generators.length, 2, 'two generator processes');
+  t.equal(r.generators.reduce((a, g) => a + g.users, 0), 60, 'every user hosted once');
+  t.ok(r.generators.every((g) => Math.abs(g.clockOffsetMs) <= g.clockErrorMs + 1), 'one host, one clock');
+  t.equal(r.setup.groupsCreated, 4, 'the groups were created');
+  t.same(r.setup.errors, {}, 'provisioning without errors');
+
+  const steady = r.intervals.filter((iv) => iv.phase === 'steady');
+  t.ok(r.intervals.filter((iv) => iv.phase === 'ramp').length >= 2, 'ramp-up intervals');
+  t.ok(steady.length >= 7, `steady intervals (${steady.length})`);
+  t.ok(r.totals.sent > 300, `messages sent (${r.totals.sent})`);
+  t.equal(r.totals.accepted + r.totals.failed, r.totals.sent, 'every send has an outcome');
+  t.equal(r.totals.failed, 0, 'none refused');
+  t.equal(r.totals.stray, 0, 'nothing from another run');
+
+  // Custody: every delivery an accepted message owes arrived, live or after its device came back.
+  const d = r.totals.delivery;
+  t.ok(d.tracked, 'the Gravitas driver is tracked');
+  t.ok(d.complete, `all owed deliveries arrived (${d.received} of ${d.expected}, ${d.drainMs.toFixed(0)} ms after the end)`);
+  t.equal(d.missing, 0);
+  t.equal(r.totals.received + r.totals.catchup, d.received, 'live + catch-up = every unique delivery');
+  t.ok(r.totals.catchup > 0, `offline periods and the storm made mailbox catch-up (${r.totals.catchup})`);
+  t.ok(r.totals.latency.count > 0 && r.totals.latency.p50! > 0, 'live latency recorded');
+
+  // Behaviours show where they should.
+  const at = (s: number): RunResult['intervals'][number] => r.intervals.find((iv) => iv.t === s)!;
+  t.ok(at(6).connectsPerSec + at(7).connectsPerSec > 5, 'the storm at 5 s made devices reconnect');
+  t.ok(r.totals.presence > 0, `presence updates reached contacts (${r.totals.presence})`);
+  t.equal(r.totals.campaigns.received, r.totals.campaigns.expected, `the campaign reached every audience device (${r.totals.campaigns.received})`);
+  t.ok(r.totals.campaigns.expected > 0);
+  t.ok(r.totals.campaignReach.count > 0, 'campaign reach recorded');
+  t.ok(Math.max(...r.intervals.map((iv) => iv.connected)) >= 60, 'every user connected at some point');
+
+  // Readings of the target and the host.
+  t.ok(steady.some((iv) => iv.locality !== null), 'locality read from the node’s /metrics');
+  t.ok(steady.every((iv) => iv.servers['nats'] && iv.servers['node1']), 'nats-server and the node sampled every interval');
+  t.ok(steady.every((iv) => Object.keys(iv.generators).length === 2), 'both generators reported every interval');
+  t.ok(steady.every((iv) => Object.keys(iv.hosts).length >= 1), 'the host sampled');
+  t.ok(r.bottlenecks.length >= 1, 'the report says where the limit was');
+  t.ok(r.capacity === null || r.capacity.sentPerSec > 0);
+
+  // The files.
+  const saved = JSON.parse(await readFile(json, 'utf8')) as RunResult;
+  t.equal(saved.format, 'gravitas-bench-run/1');
+  t.equal(saved.intervals.length, r.intervals.length);
+  const page = await readFile(html, 'utf8');
+  t.match(page, /<figure class="plot" id="plot-throughput">/);
+  t.match(page, /id="bottlenecks"/);
+  t.match(progress.text, /connected/, 'progress lines were written');
+  t.ok(logs.some((l) => /provisioning accounts/.test(l)));
+});
+
+t.test('the same workload against XMPP: a private Prosody started by the runner', { skip: existsSync('/usr/bin/prosody') ? false : 'prosody is not installed' }, async (t) => {
+  const dir = t.testdir({
+    'x.yaml': SCENARIO.replace(/\n  campaigns: .*/, '').replace('target: { driver: gravitas, local: { nodes: 1, cellsPerNode: 2 } }', 'target: { driver: xmpp, local: { server: prosody } }'),
+  });
+  const { result: r } = await runScenario({ file: join(dir, 'x.yaml'), json: join(dir, 'r.json'), progress: new Capture(), log: () => undefined });
+  t.match(r.target, /xmpp: a local prosody/);
+  t.equal(r.setup.groupsCreated, 4, 'MUC rooms for the groups');
+  t.ok(r.totals.sent > 300 && r.totals.received > 300, `messages went through (${r.totals.sent} sent, ${r.totals.received} received live)`);
+  t.notOk(r.totals.delivery.tracked, 'XMPP cannot say what the server took custody of: no loss accounting');
+  t.ok(r.notes.some((n) => /cannot tell what the server accepted/.test(n)), 'and the report says so');
+  t.ok(r.intervals.some((iv) => iv.servers['prosody']), 'the Prosody process sampled');
+  t.ok(r.intervals.every((iv) => iv.locality === null), 'no locality from an XMPP server');
+  t.equal(r.totals.stray, 0);
+});
+
+t.test('a generator killed mid-run fails the run, and nothing is left behind', async (t) => {
+  const dir = t.testdir({ 'e2e.yaml': SCENARIO.replace('duration: 8s', 'duration: 30s').replace(/\n  campaigns: .*/, '') });
+  let pid = 0;
+  const run = runScenario({
+    file: join(dir, 'e2e.yaml'),
+    json: join(dir, 'r.json'),
+    progress: new Capture(),
+    log: (m) => {
+      const p = /gen1 \(pid (\d+)\)/.exec(m);
+      if (p) pid = Number(p[1]);
+      if (/setup done/.test(m)) setTimeout(() => process.kill(pid, 'SIGKILL'), 2000);
+    },
+  });
+  await t.rejects(run, { code: 'GENERATOR_FAILED' });
+  t.ok(pid > 0, 'the generator’s pid was logged');
+  t.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, 'the killed generator is gone');
+  t.notOk(existsSync(join(dir, 'r.json')), 'no result for a failed run');
+});
+
+t.test('a target nobody listens on: provisioning fails the run with its code', async (t) => {
+  const dir = t.testdir({
+    'remote.yaml': `name: nobody\nusers: 4\nrampUp: 1s\nduration: 2s\ngenerators: { count: 1, maxConnections: 10 }\ntarget: { driver: gravitas, remote: { addresses: ['127.0.0.1:1'], serverPublicKey: ${'A'.repeat(43)} } }\n`,
+  });
+  await t.rejects(runScenario({ file: join(dir, 'remote.yaml'), json: join(dir, 'r.json'), progress: new Capture(), log: () => undefined }), { code: 'PROVISION_FAILED', message: /4 of 4 devices could not be provisioned/ });
+});
+
+t.test('the command line: a bad scenario file exits 2 with every problem named', { skip: existsSync(BENCH_MAIN) ? false : 'bench not built' }, async (t) => {
+  const dir = t.testdir({ 'bad.yaml': 'name: bad\nusers: 1\nduration: 0\ntarget: { driver: telnet }\n' });
+  const child = spawn(process.execPath, [BENCH_MAIN, join(dir, 'bad.yaml')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const code = await new Promise<number | null>((r) => child.once('exit', r));
+  t.equal(code, 2);
+  t.match(err, /SCENARIO_INVALID/);
+  t.match(err, /users: must be an integer/);
+  t.match(err, /target\.driver: must be "gravitas" or "xmpp"/);
+  await writeFile(join(dir, 'empty.yaml'), '');
+  const usage = spawn(process.execPath, [BENCH_MAIN, 'run'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let uerr = '';
+  usage.stderr.on('data', (d: Buffer) => (uerr += d.toString()));
+  t.equal(await new Promise<number | null>((r) => usage.once('exit', r)), 2, 'no file: usage');
+  t.match(uerr, /missing the scenario file/);
+});
