@@ -28,6 +28,20 @@ t.test('native Ed25519 signing gives tweetnacl’s bytes (the reference clients 
   t.same(Buffer.from(h.subarray(0, 64)), Buffer.from(nacl.sign.detached(h.subarray(64), keys.secretKey)), 'a hint’s signature is tweetnacl’s');
 });
 
+t.test('a caller may bring its own signature check; every other check still applies', async (t) => {
+  const good = signHint(hint(), keys.secretKey);
+  const seen: number[] = [];
+  const native = (m: Uint8Array, sig: Uint8Array, pk: Uint8Array): boolean => {
+    seen.push(m.length);
+    return nacl.sign.detached.verify(m, sig, pk);
+  };
+  t.same(verifyHint(good, keys.publicKey, who, NOW, native), hint(), 'a good hint passes');
+  t.equal(seen.length, 1, 'the given check was used');
+  t.equal(code(() => verifyHint(good, keys.publicKey, who, NOW, () => false)), ErrorCode.HINT_INVALID, 'its "no" is a refusal');
+  t.equal(code(() => verifyHint(good, keys.publicKey, who, NOW + 60_000, () => true)), ErrorCode.HINT_EXPIRED, 'expiry is still checked');
+  t.equal(code(() => verifyHint(good, keys.publicKey, { user: 'mallory', device: 'phone' }, NOW, () => true)), ErrorCode.HINT_INVALID, 'the addressee is still checked');
+});
+
 t.test('the key is derived from the server secret: every cell of a cluster signs alike', async (t) => {
   const secret = random(32);
   t.same(hintKeyPair(secret).publicKey, hintKeyPair(secret).publicKey);
