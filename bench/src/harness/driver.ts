@@ -121,6 +121,21 @@ export interface Driver {
 export const OUTBOX_MAX = 1000;
 
 /**
+ * A send's way into a device's outbox, the same in every driver: the id it travels under
+ * (`idPrefix` + ref in base 36), or undefined when it is refused — OUTBOX_FULL at OUTBOX_MAX
+ * waiting, DUPLICATE_ID for a ref already waiting, or `invalid` (a code the caller found) — with
+ * the refusal reported through `outcome` after send() returns, as every outcome is.
+ */
+export function admitToOutbox(outbox: ReadonlyMap<string, unknown>, idPrefix: string, ref: number, ev: DeviceEvents, invalid?: string): string | undefined {
+  if (!Number.isSafeInteger(ref) || ref < 0) throw new RangeError(`send ref must be a non-negative safe integer, got ${ref}`);
+  const id = idPrefix + ref.toString(36);
+  const refusal = outbox.size >= OUTBOX_MAX ? 'OUTBOX_FULL' : outbox.has(id) ? 'DUPLICATE_ID' : invalid;
+  if (refusal === undefined) return id;
+  queueMicrotask(() => ev.outcome(ref, false, refusal));
+  return undefined;
+}
+
+/**
  * A driver operation that failed; `code` is the protocol's or the transport's own (e.g.
  * `TICKET_EXPIRED`, `ECONNREFUSED`, `not-authorized`), counted by code in the result.
  */

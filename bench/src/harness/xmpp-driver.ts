@@ -3,7 +3,7 @@ import type { Socket } from 'node:net';
 // @ts-expect-error -- @xmpp/client 0.14 ships no type declarations; the part used is typed below (XmppClient, XElement).
 import { client as xmppClientUntyped, xml as xmlUntyped } from '@xmpp/client';
 import {
-  DriverError, OUTBOX_MAX,
+  admitToOutbox, DriverError, OUTBOX_MAX,
   type DeviceEvents, type DeviceRef, type Driver, type DriverCapabilities, type DriverDevice,
 } from './driver.js';
 
@@ -559,17 +559,10 @@ class XmppDevice implements DriverDevice {
   }
 
   private submit(ref: number, to: string, type: 'chat' | 'groupchat', body: string): void {
-    if (!Number.isSafeInteger(ref) || ref < 0) throw new RangeError(`send ref must be a non-negative safe integer, got ${ref}`);
     const out = (this.out ??= new Map());
-    const id = this.drv.idPrefix + ref.toString(36);
-    let refusal: string | undefined;
-    if (out.size >= OUTBOX_MAX) {
-      refusal = 'OUTBOX_FULL';
-      this.drv.count('outboxFull');
-    } else if (out.has(id)) refusal = 'DUPLICATE_ID';
-    if (refusal !== undefined) {
-      const code = refusal;
-      queueMicrotask(() => this.ev.outcome(ref, false, code));
+    const id = admitToOutbox(out, this.drv.idPrefix, ref, this.ev);
+    if (id === undefined) {
+      if (out.size >= OUTBOX_MAX) this.drv.count('outboxFull');
       return;
     }
     const o: Out = { ref, id, to, type, body, sent: false, written: false };
