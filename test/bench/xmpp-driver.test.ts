@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { check } from '@gravitas/testkit';
-import { decodeBody, DriverError, encodeBody, nowMs, OUTBOX_MAX, type DeviceEvents, type Incoming } from '../../bench/src/harness/driver.js';
+import { decodeBody, DriverError, encodeBody, nowMs, OUTBOX_MAX, type DeviceEvents, type DeviceRef, type DriverDevice, type Incoming } from '../../bench/src/harness/driver.js';
 import { HarnessError } from '../../bench/src/harness/errors.js';
 import { deviceRef } from '../../bench/src/harness/identity.js';
 import { startProsody, type LocalProsody } from '../../bench/src/harness/prosody.js';
@@ -48,6 +48,22 @@ function driver(t: Test, over: Partial<XmppDriverOptions> = {}, on: LocalProsody
   const d = new XmppDriver({ host: on.host, port: on.port, domain: on.domain, muc: on.muc, register: true, connectTimeoutMs: 8000, ...over });
   t.teardown(() => d.close());
   return d;
+}
+
+/** Two provisioned users of `namespace`, each with a connected device and a recorder. */
+async function connectedPair(t: Test, namespace: string): Promise<{ drv: XmppDriver; a: DeviceRef; b: DeviceRef; ra: Recorder; rb: Recorder; da: DriverDevice; db: DriverDevice }> {
+  const drv = driver(t);
+  const a = deviceRef(namespace, 0, 0);
+  const b = deviceRef(namespace, 1, 0);
+  await drv.provision(a, []);
+  await drv.provision(b, []);
+  const ra = new Recorder();
+  const rb = new Recorder();
+  const da = drv.device(a, ra, []);
+  const db = drv.device(b, rb, []);
+  await da.connect();
+  await db.connect();
+  return { drv, a, b, ra, rb, da, db };
 }
 
 /** Rejects with the error `p` rejects with, or fails the test if it resolves. */
@@ -107,17 +123,7 @@ t.test('register: false with an unknown account: connect and provision reject wi
 });
 
 t.test('1:1: the body arrives whole with its intended time, and the sender gets its outcome', async (t) => {
-  const drv = driver(t);
-  const a = deviceRef('direct', 0, 0);
-  const b = deviceRef('direct', 1, 0);
-  await drv.provision(a, []);
-  await drv.provision(b, []);
-  const ra = new Recorder();
-  const rb = new Recorder();
-  const da = drv.device(a, ra, []);
-  const db = drv.device(b, rb, []);
-  await da.connect();
-  await db.connect();
+  const { a, b, ra, rb, da } = await connectedPair(t, 'direct');
   const intended = nowMs();
   const body = encodeBody(intended, 'run.g0.1', 300);
   da.send(1, b.user, body);
@@ -219,17 +225,7 @@ t.test('presence flows between mutual contacts after both have been online', asy
 });
 
 t.test('drop() then connect(): no lost event, the session resumes, queued sends go out', async (t) => {
-  const drv = driver(t);
-  const a = deviceRef('drop', 0, 0);
-  const b = deviceRef('drop', 1, 0);
-  await drv.provision(a, []);
-  await drv.provision(b, []);
-  const ra = new Recorder();
-  const rb = new Recorder();
-  const da = drv.device(a, ra, []);
-  const db = drv.device(b, rb, []);
-  await da.connect();
-  await db.connect();
+  const { drv, a, b, ra, rb, da, db } = await connectedPair(t, 'drop');
   da.drop();
   t.notOk(da.connected);
   t.match(await rejection(da.ping()), { driverCode: 'NOT_CONNECTED' });

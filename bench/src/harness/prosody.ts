@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, closeSync, constants, fstatSync, mkdirSync, openSync, readSync, rmSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, mkdirSync, openSync, readSync, rmSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { check, freePort, trackChild } from '@gravitas/testkit';
+import { check, freePort, isExecutable, trackChild } from '@gravitas/testkit';
 import { HarnessError } from './errors.js';
 
 /*
@@ -84,14 +84,6 @@ function trackDir(dir: string): void {
   });
 }
 
-function isExecutable(path: string): boolean {
-  try {
-    accessSync(path, constants.X_OK);
-    return statSync(path).isFile();
-  } catch {
-    return false;
-  }
-}
 
 /** The prosody executable, or TARGET_UNAVAILABLE saying how to install it. */
 export function findProsody(bin?: string): string {

@@ -10,7 +10,7 @@ export {
   type NatsServerOptions,
   type StopOptions,
 } from './server.js';
-export { freePort, tempDir, type TempDir } from './util.js';
+export { freePort, isExecutable, tempDir, type TempDir } from './util.js';
 
 /** Kill a spawned child with SIGKILL if the test process exits or is signalled first. */
 export { trackChild } from './registry.js';

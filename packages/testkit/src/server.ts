@@ -1,5 +1,4 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, statSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { get } from 'node:http';
 import { connect, type Socket } from 'node:net';
@@ -9,6 +8,7 @@ import { createInterface } from 'node:readline';
 import { check } from './check.js';
 import { NatsServerNotFoundError, NatsServerStartError } from './errors.js';
 import { trackChild, trackDir, untrackDir } from './registry.js';
+import { isExecutable } from './util.js';
 
 export type NatsConfig = Record<string, unknown>;
 
@@ -61,14 +61,6 @@ export function findNatsServer(): string {
   throw new NatsServerNotFoundError();
 }
 
-function isExecutable(path: string): boolean {
-  try {
-    accessSync(path, constants.X_OK);
-    return statSync(path).isFile();
-  } catch {
-    return false;
-  }
-}
 
 function isRecord(v: unknown): v is NatsConfig {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
