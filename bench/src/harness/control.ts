@@ -84,6 +84,8 @@ export interface GeneratorInterval {
   /** Totals so far of what the driver's protocol may lose: accepted deliveries expected and unique ones received. */
   expected: number;
   receivedTotal: number;
+  /** Sends still waiting for their outcome (their owed deliveries are not in `expected` yet). */
+  pending: number;
   errors: Record<string, number>;
   self: GeneratorSample;
   host: { name: string; sample: ProcSample & { cores: number } };
@@ -97,6 +99,10 @@ export interface GeneratorTotals {
   sendLag: string;
   connectTime: string;
   driverCounters: Record<string, number>;
+  /** The final account, after every device left. */
+  expected: number;
+  receivedTotal: number;
+  pending: number;
 }
 
 export type FromGenerator =

@@ -536,6 +536,7 @@ export class LoadSession {
       connected: this.connected,
       expected: this.expectedTotal,
       receivedTotal: this.receivedTotal,
+      pending: this.pendingExpected.size,
       errors: this.errors,
       self: this.self.sample(skipped - this.skippedReported),
       host: { name: this.hostName, sample: this.host.sample() },
@@ -570,6 +571,9 @@ export class LoadSession {
       sendLag: encodeHistogram(this.sendLag.total),
       connectTime: encodeHistogram(this.connectTime.total),
       driverCounters: counters,
+      expected: this.expectedTotal,
+      receivedTotal: this.receivedTotal,
+      pending: this.pendingExpected.size,
     };
   }
 

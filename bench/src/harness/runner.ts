@@ -74,6 +74,7 @@ interface Gen {
   progress?: { done: number; total: number };
   expected: number;
   receivedTotal: number;
+  pending: number;
 }
 
 interface RunnerSample {
@@ -249,10 +250,14 @@ class Run {
         k.set(g.id, m);
         g.expected = m.expected;
         g.receivedTotal = m.receivedTotal;
+        g.pending = m.pending;
         break;
       }
       case 'done':
         g.done = m;
+        g.expected = m.expected;
+        g.receivedTotal = m.receivedTotal;
+        g.pending = m.pending;
         break;
       case 'failed':
         this.abort(new HarnessError('GENERATOR_FAILED', `gen${g.index} on ${g.host} failed (${m.code}): ${m.message}`));
@@ -341,7 +346,7 @@ class Run {
     sub.unsubscribe();
     let index = 0;
     for (const h of hellos.values()) {
-      const g: Gen = { id: h.gen, index: index++, host: h.host, pid: h.pid, lastBeat: performance.now(), expected: 0, receivedTotal: 0 };
+      const g: Gen = { id: h.gen, index: index++, host: h.host, pid: h.pid, lastBeat: performance.now(), expected: 0, receivedTotal: 0, pending: 0 };
       this.gens.set(g.id, g);
       this.send(g, { type: 'assign', run: this.run, index: g.index, count: want });
     }
@@ -454,7 +459,8 @@ class Run {
         if (drainStart === Infinity) drainStart = this.t0 + total;
         drainMs = nowMs() - drainStart;
         const owed = this.owed();
-        if (tracked && owed.received >= owed.expected && owed.campaignReceived >= this.campaignsExpected) {
+        // Complete when no send still awaits its outcome (its deliveries would not be owed yet) and everything owed arrived.
+        if (tracked && owed.pending === 0 && owed.received >= owed.expected && owed.campaignReceived >= this.campaignsExpected) {
           complete = true;
           break;
         }
@@ -478,14 +484,16 @@ class Run {
     return this.all((g) => g.ready !== undefined && tracksDeliveries(g.ready.capabilities));
   }
 
-  private owed(): { expected: number; received: number; campaignReceived: number } {
+  private owed(): { expected: number; received: number; pending: number; campaignReceived: number } {
     let expected = 0;
     let received = 0;
+    let pending = 0;
     for (const g of this.gens.values()) {
       expected += g.expected;
       received += g.receivedTotal;
+      pending += g.pending;
     }
-    return { expected, received, campaignReceived: this.totals.campaign };
+    return { expected, received, pending, campaignReceived: this.totals.campaign };
   }
 
   /** Interval `assembled + 1` can be built: every generator reported it, or the laggards are 3 intervals late. */
@@ -579,6 +587,7 @@ class Run {
         driver,
       },
     };
+    if (tracked && owed.pending > 0) this.notes.push(`${owed.pending} sends never got an outcome from the server (neither accepted nor refused) by the end of the drain.`);
     if (!tracked) this.notes.push(`The ${this.target.driver.kind} driver cannot tell what the server accepted, so lost messages are not counted; received / sent is shown as it is.`);
     if (Math.max(...generators.map((g) => g.clockErrorMs)) > 1) this.notes.push(`Generator clocks are aligned to within ±${Math.max(...generators.map((g) => g.clockErrorMs)).toFixed(1)} ms: latencies below that are not meaningful.`);
     return {
