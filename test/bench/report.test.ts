@@ -7,6 +7,7 @@ import { chromium, type Browser } from 'playwright-core';
 import { renderHtmlReport } from '../../bench/src/harness/html.js';
 import { judge, type RunResult } from '../../bench/src/harness/result.js';
 import { syntheticResult } from './synthetic.js';
+import { plotView } from '../fixtures/report-page.js';
 
 /*
  * The HTML report opened in real headless Chromium (Debian's `chromium`; override with
@@ -63,18 +64,7 @@ t.test('opened in headless Chromium: every plot is drawn', { skip: existsSync(CH
   await page.goto(pathToFileURL(file).href);
 
   for (const id of PLOTS) {
-    const plot = await page.$eval(`#plot-${id}`, (fig) => {
-      const svg = fig.querySelector('svg');
-      const paths = Array.from(fig.querySelectorAll('path.series')) as SVGPathElement[];
-      return {
-        svg: svg !== null,
-        width: svg?.getBoundingClientRect().width ?? 0,
-        paths: paths.length,
-        lengths: paths.map((p) => p.getTotalLength()),
-        points: fig.querySelectorAll('circle').length,
-        legend: fig.querySelectorAll('.legend .key').length,
-      };
-    });
+    const plot = await plotView(page, id);
     t.ok(plot.svg && plot.width > 300, `${id}: an SVG is laid out`);
     t.ok(plot.paths >= 1, `${id}: ${plot.paths} series`);
     t.ok(plot.lengths.every((l) => l > 0), `${id}: every series line has a length`);

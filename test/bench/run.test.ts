@@ -3,10 +3,12 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { runScenario } from '../../bench/src/harness/runner.js';
 import type { RunResult } from '../../bench/src/harness/result.js';
 import type { ProgressStream } from '../../bench/src/harness/progress.js';
+import { chromiumMissing, launchChromium } from '../fixtures/browser.js';
+import { plotView } from '../fixtures/report-page.js';
 
 /*
  * `gravitas bench run` for real: a private nats-server, a gravitas node with two cells, two
@@ -102,6 +104,23 @@ t.test('a short run against a private cluster: every behaviour, every message ac
   t.match(page, /<figure class="plot" id="plot-throughput">/);
   t.match(page, /id="bottlenecks"/);
   t.match(progress.text, /connected/, 'progress lines were written');
+
+  // The real run's report in a real browser: every plot drawn from data, nothing loaded from elsewhere.
+  if (chromiumMissing()) return;
+  const browser = await launchChromium();
+  t.teardown(() => browser.close());
+  const tab = await browser.newPage({ viewport: { width: 960, height: 900 } });
+  const requests: string[] = [];
+  tab.on('request', (q) => requests.push(q.url()));
+  await tab.goto(pathToFileURL(html).href);
+  for (const id of ['throughput', 'latency', 'connections', 'connect-rate', 'connect-time', 'locality', 'host-cpu', 'server-cpu', 'server-memory', 'generator-cpu', 'generator-lag']) {
+    const p = await plotView(tab, id);
+    t.ok(p.svg && p.paths >= 1 && p.empty === null, `${id}: drawn from the run's data (${p.paths} series)`);
+    t.ok(p.lengths.some((l) => l > 0), `${id}: a line with a length`);
+  }
+  t.equal(await tab.locator('#plot-server-cpu path.series').count(), 2, 'server CPU: nats and node1');
+  t.ok((await tab.locator('#plot-throughput line.event').count()) >= 2, 'the storm and the campaign are marked');
+  t.same(requests.filter((u) => !u.startsWith('file:')), [], 'no network request');
   t.ok(logs.some((l) => /provisioning accounts/.test(l)));
 });
 
