@@ -8,7 +8,7 @@ import * as placement from './placement.js';
 import * as tracking from './tracking.js';
 import { UsageError, report, type Benchmark } from './report.js';
 import { generatorMain } from './harness/generator.js';
-import { runCommand, RUN_USAGE } from './harness/run-cli.js';
+import { reportCommand, runCommand, RUN_USAGE } from './harness/run-cli.js';
 
 /** Registry: add a benchmark by importing its module and listing it here. */
 const BENCHMARKS: readonly Benchmark[] = [ceilings, pingpong, custody, groups, placement, gravity, tracking, reach];
@@ -117,4 +117,12 @@ const isScenarioFile = (arg: string | undefined): boolean => arg !== undefined &
 
 const argv = process.argv.slice(2);
 process.exitCode =
-  argv[0] === 'run' ? await runCommand(argv.slice(1)) : isScenarioFile(argv[0]) ? await runCommand(argv) : argv[0] === 'generator' ? await generatorMain(argv.slice(1)) : await main(argv);
+  argv[0] === 'run'
+    ? await runCommand(argv.slice(1))
+    : argv[0] === 'report'
+      ? await reportCommand(argv.slice(1))
+      : isScenarioFile(argv[0])
+        ? await runCommand(argv)
+        : argv[0] === 'generator'
+          ? await generatorMain(argv.slice(1))
+          : await main(argv);

@@ -1,27 +1,26 @@
 import t from 'tap';
 import { existsSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { chromium, type Browser } from 'playwright-core';
 import { renderHtmlReport } from '../../bench/src/harness/html.js';
-import { judge, type RunResult } from '../../bench/src/harness/result.js';
+import { bottlenecks, judge, type RunResult } from '../../bench/src/harness/result.js';
 import { syntheticResult } from './synthetic.js';
 import { plotView } from '../fixtures/report-page.js';
 
 /*
  * The HTML report opened in real headless Chromium (Debian's `chromium`; override with
- * CHROMIUM=path). GRAVITAS_REPORT_SCREENSHOT=docs/img/bench-report.png also writes the picture
- * the docs show.
+ * CHROMIUM=path), on made-up data; test/bench/run.test.ts opens the report of a real run.
  */
 
 const CHROMIUM = process.env['CHROMIUM'] ?? '/usr/bin/chromium';
-const PLOTS = ['throughput', 'latency', 'connections', 'connect-rate', 'connect-time', 'locality', 'host-cpu', 'server-cpu', 'server-memory', 'generator-cpu', 'generator-lag'];
+const PLOTS = ['throughput', 'presence', 'latency', 'connections', 'connect-rate', 'connect-time', 'locality', 'host-cpu', 'server-cpu', 'server-memory', 'generator-cpu', 'generator-lag'];
 
 t.test('the verdict: generator-bound only when a generator was saturated often enough', async (t) => {
   const bad = syntheticResult();
   t.equal(bad.verdict.generatorBound, true, '6 of 50 steady intervals saturated ≥ 10 %');
-  t.match(bad.verdict.reasons, [/^gen1 saturated in 6 of 50 intervals/]);
+  t.match(bad.verdict.reasons, [/^gen1 saturated by its own load in 6 of 50 intervals/]);
   t.match(bad.verdict.warnings, [/generator CPU peaked at 97 %/]);
   const good = syntheticResult({ saturate: false });
   t.equal(good.verdict.generatorBound, false);
@@ -30,6 +29,22 @@ t.test('the verdict: generator-bound only when a generator was saturated often e
   const one = syntheticResult({ saturate: false });
   one.intervals[20]!.generators['gen0']!.skipped = 1;
   t.equal(judge(one.intervals, one.scenario).generatorBound, true);
+  // Lag at low CPU while the shared host was out of CPU: the host's limit, not the generator's.
+  const starved = syntheticResult({ saturate: false });
+  for (const iv of starved.intervals.filter((x) => x.t > 40 && x.t <= 46)) {
+    iv.generators['gen1'] = { ...iv.generators['gen1']!, cpu: 12, loopLagP99Ms: 90, saturated: true };
+    iv.hosts['bench1'] = { ...iv.hosts['bench1']!, cpu: 198 };
+  }
+  const hosts = { gen0: 'bench1', gen1: 'bench1' };
+  const hv = judge(starved.intervals, starved.scenario, hosts);
+  t.equal(hv.generatorBound, false, 'not generator-bound');
+  t.equal(hv.hostBound, true, 'host-bound');
+  t.match(hv.reasons, [/^gen1 lagged in 6 of 50 intervals .*6 of them while its host bench1 was out of CPU; its own CPU peaked at/]);
+  t.match(bottlenecks({ intervals: starved.intervals, verdict: hv, totals: starved.totals }), [/lagged only while the host they share with the target was out of CPU/, /^Host bench1 was out of CPU/]);
+  t.match(renderHtmlReport({ ...starved, verdict: hv }), /<strong>Host-bound run\.<\/strong>/);
+  // The same lag with the host idle is the generator's own.
+  for (const iv of starved.intervals) iv.hosts['bench1'] = { ...iv.hosts['bench1']!, cpu: 50 };
+  t.equal(judge(starved.intervals, starved.scenario, hosts).generatorBound, true, 'lag on an idle host is the generator’s own');
   // Saturation during the ramp-up does not count.
   const ramp = syntheticResult({ saturate: false });
   for (const iv of ramp.intervals.slice(0, 10)) iv.generators['gen0']!.saturated = true;
@@ -83,11 +98,6 @@ t.test('opened in headless Chromium: every plot is drawn', { skip: existsSync(CH
   const png = join(dir, 'report.png');
   await page.screenshot({ path: png, fullPage: true });
   t.ok(existsSync(png));
-  const docs = process.env['GRAVITAS_REPORT_SCREENSHOT'];
-  if (docs) {
-    await mkdir(dirname(resolve(docs)), { recursive: true });
-    await page.screenshot({ path: resolve(docs), fullPage: true });
-  }
 });
 
 t.test('a target that cannot tell locality gets a note, not an empty plot', async (t) => {

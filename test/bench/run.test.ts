@@ -113,7 +113,7 @@ t.test('a short run against a private cluster: every behaviour, every message ac
   const requests: string[] = [];
   tab.on('request', (q) => requests.push(q.url()));
   await tab.goto(pathToFileURL(html).href);
-  for (const id of ['throughput', 'latency', 'connections', 'connect-rate', 'connect-time', 'locality', 'host-cpu', 'server-cpu', 'server-memory', 'generator-cpu', 'generator-lag']) {
+  for (const id of ['throughput', 'presence', 'latency', 'connections', 'connect-rate', 'connect-time', 'locality', 'host-cpu', 'server-cpu', 'server-memory', 'generator-cpu', 'generator-lag']) {
     const p = await plotView(tab, id);
     t.ok(p.svg && p.paths >= 1 && p.empty === null, `${id}: drawn from the run's data (${p.paths} series)`);
     t.ok(p.lengths.some((l) => l > 0), `${id}: a line with a length`);

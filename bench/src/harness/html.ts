@@ -96,7 +96,7 @@ function plot(spec: PlotSpec, ctx: Context): string {
   // Shading first, so lines draw over it.
   if (ctx.rampUpS > 0) parts.push(`<rect class="rampup" x="${X(0)}" y="${M.t}" width="${X(Math.min(ctx.rampUpS, xMax)) - X(0)}" height="${ph}"><title>ramp-up</title></rect>`);
   if (xMax > ctx.endS) parts.push(`<rect class="drain" x="${X(ctx.endS)}" y="${M.t}" width="${X(xMax) - X(ctx.endS)}" height="${ph}"><title>drain: no new sends, waiting for owed deliveries</title></rect>`);
-  for (const [a, b] of ctx.saturated) parts.push(`<rect class="saturated" x="${X(a)}" y="${M.t}" width="${Math.max(1, X(b) - X(a))}" height="${ph}"><title>a generator was saturated</title></rect>`);
+  for (const [a, b] of ctx.saturated) parts.push(`<rect class="saturated" x="${X(a)}" y="${M.t}" width="${Math.max(1, X(b) - X(a))}" height="${ph}"><title>a generator was saturated or starved of CPU</title></rect>`);
   for (const v of yTicks) parts.push(`<line class="grid" x1="${M.l}" x2="${W - M.r}" y1="${Y(v)}" y2="${Y(v)}"/><text class="tick" x="${M.l - 6}" y="${Y(v) + 4}" text-anchor="end">${fmt(v)}</text>`);
   const xStep = niceStep(xMax, 8);
   for (let x = 0; x <= xMax + 1e-9; x += xStep) parts.push(`<text class="tick" x="${X(x)}" y="${H - M.b + 16}" text-anchor="middle">${fmt(x)}</text>`);
@@ -181,9 +181,15 @@ export function renderHtmlReport(r: RunResult): string {
         series('received live', (iv) => iv.receivedPerSec),
         series('received catch-up', (iv) => iv.catchupPerSec),
         ...(s.behaviours.campaigns.length > 0 ? [series('campaign', (iv) => iv.campaignPerSec)] : []),
-        ...(s.behaviours.presence.changesPerUserPerMinute > 0 ? [series('presence updates', (iv) => iv.presencePerSec)] : []),
       ],
       empty: 'no messages',
+    },
+    {
+      id: 'presence',
+      title: 'Presence updates delivered to devices (a connect receives its contacts’ presence and announces its own)',
+      unit: 'updates / s',
+      series: [series('presence updates', (iv) => iv.presencePerSec, '#0891b2')],
+      empty: 'no presence update',
     },
     {
       id: 'latency',
@@ -242,7 +248,9 @@ export function renderHtmlReport(r: RunResult): string {
   const v = r.verdict;
   const banner = v.generatorBound
     ? `<div class="flag bad" id="verdict"><strong>Generator-bound run.</strong> The load generators were saturated: the numbers below measure them, not the target. Add generators (or hosts) and run again.<ul>${v.reasons.map((x) => `<li>${esc(x)}</li>`).join('')}</ul></div>`
-    : `<div class="flag good" id="verdict"><strong>Generators kept up.</strong> No generator was saturated in ${Math.round(100 * SATURATED_SHARE)} % or more of the steady-state intervals (peak CPU ${v.generatorPeakCpu.toFixed(0)} %).</div>`;
+    : v.hostBound
+      ? `<div class="flag warn" id="verdict"><strong>Host-bound run.</strong> The generators lagged while the host they share with the target was out of CPU: the host was the limit. Latency in the red intervals includes the generators’ own delay (see the send lag).<ul>${v.reasons.map((x) => `<li>${esc(x)}</li>`).join('')}</ul></div>`
+      : `<div class="flag good" id="verdict"><strong>Generators kept up.</strong> No generator was saturated in ${Math.round(100 * SATURATED_SHARE)} % or more of the steady-state intervals (peak CPU ${v.generatorPeakCpu.toFixed(0)} %).</div>`;
   const warnings = v.warnings.length > 0 ? `<div class="flag warn">${v.warnings.map((w) => `<div>${esc(w)}</div>`).join('')}</div>` : '';
   const lat = r.totals.latency;
   const ms = (x: number | null): string => (x === null ? '–' : `${fmt(x)} ms`);
@@ -260,7 +268,12 @@ export function renderHtmlReport(r: RunResult): string {
     ['latency p99.9 / max', `${ms(lat.p999)} / ${ms(lat.max)}`],
     ['catch-up latency p50 / max', `${ms(r.totals.catchupLatency.p50)} / ${ms(r.totals.catchupLatency.max)} (messages that waited for their device)`],
     ['generator send lag p99 / max', `${ms(r.totals.sendLag.p99)} / ${ms(r.totals.sendLag.max)}`],
-    ['capacity', cap ? `${fmt(cap.sentPerSec)} msgs/s sent in the best sustained interval (${cap.sustainedIntervals} of ${cap.steadyIntervals} steady intervals sustained), busiest generator ${cap.generatorCpu.toFixed(0)} % CPU there` : 'no steady interval was sustained'],
+    [
+      'highest sustained rate',
+      cap
+        ? `${fmt(cap.sentPerSec)} msgs/s sent (${cap.notSustainedPerSec !== null ? `a limit: ${fmt(cap.notSustainedPerSec)} msgs/s and more were not sustained` : 'no higher rate was offered: the capacity is at least this'}; ${cap.sustainedIntervals} of ${cap.steadyIntervals} steady intervals sustained), busiest generator ${cap.generatorCpu.toFixed(0)} % CPU there`
+        : 'no steady interval was sustained',
+    ],
     ['peak connected', fmt(peak((iv) => iv.connected))],
     ['connect time p50 / p99', `${ms(r.totals.connectTime.p50)} / ${ms(r.totals.connectTime.p99)}`],
     ...(s.behaviours.campaigns.length > 0 ? [['campaign deliveries', `${n(r.totals.campaigns.received)} of ${n(r.totals.campaigns.expected)} owed, reach p50 ${ms(r.totals.campaignReach.p50)}, last ${ms(r.totals.campaignReach.max)}`] as [string, string]] : []),
@@ -298,7 +311,7 @@ figcaption{font-weight:600;margin:0 0 4px}svg{display:block;max-width:100%;heigh
 ${banner}${warnings}
 <table>${summary.map(([k, x]) => `<tr><td>${esc(k)}</td><td>${k === 'errors' ? x : esc(x)}</td></tr>`).join('')}</table>
 ${limit}
-<div class="shading">shading:<i style="background:#f5f5f4;border:1px solid #d6d3d1"></i>ramp-up<i style="background:#fecaca"></i>a generator was saturated (those points measure the generator)<i style="background:#eff6ff;border:1px solid #bfdbfe"></i>drain (after the run)</div>
+<div class="shading">shading:<i style="background:#f5f5f4;border:1px solid #d6d3d1"></i>ramp-up<i style="background:#fecaca"></i>a generator was saturated or starved of CPU (those points include its own delay)<i style="background:#eff6ff;border:1px solid #bfdbfe"></i>drain (after the run)</div>
 ${plots.map((p) => plot(p, ctx)).join('\n')}
 <h2>Generators</h2>${genTable}
 ${r.notes.length > 0 ? `<h2>Notes</h2><ul>${r.notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>` : ''}

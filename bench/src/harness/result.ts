@@ -71,9 +71,15 @@ export interface IntervalSample {
 }
 
 export interface Verdict {
-  /** True when generators were saturated in ≥ SATURATED_SHARE of the steady-state intervals, or dropped sends. */
+  /** Generators were saturated by their own load in ≥ SATURATED_SHARE of the steady intervals, or dropped sends: the numbers describe them. */
   generatorBound: boolean;
-  /** Why, one line per generator; empty when not generator-bound. */
+  /**
+   * Not generator-bound, but generators lagged in ≥ SATURATED_SHARE of the steady intervals, mostly
+   * while the host they share with the target was out of CPU: the host is the limit, and latency in
+   * those intervals includes the generators' own delay (the send lag shows how much).
+   */
+  hostBound: boolean;
+  /** Why, one line per generator concerned; empty when neither. */
   reasons: string[];
   /** Worth knowing, not disqualifying (e.g. generators above 50 % CPU). */
   warnings: string[];
@@ -93,6 +99,13 @@ export interface Capacity {
   /** How many steady intervals were sustained, of how many. */
   sustainedIntervals: number;
   steadyIntervals: number;
+  /**
+   * A higher rate (by > 2 %) was offered in a steady interval, with no generator saturated, and not
+   * sustained: `sentPerSec` is a measured limit and `notSustainedPerSec` the lowest such rate.
+   * Otherwise no higher rate was tried, and the capacity is at least `sentPerSec`.
+   */
+  limitReached: boolean;
+  notSustainedPerSec: number | null;
 }
 
 /** Messages the server accepted against deliveries that arrived: what a chat user would call lost. */
@@ -182,35 +195,62 @@ export function latencyJson(p: LatencyPercentiles): LatencyJson {
 }
 
 /** Decides whether the generators were the bottleneck, from the steady-state intervals (after the ramp-up). */
-export function judge(intervals: readonly IntervalSample[], s: Scenario): Verdict {
+/** A host counts as out of CPU in an interval when busy over this share of all its cores. */
+const HOST_BUSY_SHARE = 0.9;
+
+/**
+ * Decides whether the generators, not the system under test, set the limit, from the steady
+ * intervals. A generator's saturated interval is its *own* doing when its CPU was over the
+ * threshold or it dropped sends; it was *starved* when its event loop lagged while its host (in
+ * `hosts`, by the generator's host name in `genHosts`) was out of CPU — on a host shared with the
+ * target that is the host's limit, not the generator's. Own saturation in ≥ 10 % of the steady
+ * intervals (or any dropped send) makes the run generator-bound; otherwise own plus starved in
+ * ≥ 10 % makes it host-bound.
+ */
+export function judge(intervals: readonly IntervalSample[], s: Scenario, genHosts: Readonly<Record<string, string>> = {}): Verdict {
   const steady = intervals.filter((iv) => iv.phase === 'steady');
   const names = [...new Set(steady.flatMap((iv) => Object.keys(iv.generators)))].sort();
   const reasons: string[] = [];
   let peak = 0;
+  let own = false;
+  let starvedAny = false;
+  const sat = s.generators.saturation;
   for (const g of names) {
-    let saturated = 0;
+    let mine = 0;
+    let starved = 0;
     let skipped = 0;
     let lag = 0;
+    let cpu = 0;
     for (const iv of steady) {
       const x = iv.generators[g];
       if (!x) continue;
-      if (x.saturated) saturated++;
       skipped += x.skipped;
       lag = Math.max(lag, x.loopLagP99Ms);
-      peak = Math.max(peak, x.cpu);
+      cpu = Math.max(cpu, x.cpu);
+      if (!x.saturated) continue;
+      const host = iv.hosts[genHosts[g] ?? ''];
+      if (x.cpu < sat.cpu * 100 && x.skipped === 0 && host && host.cpu >= HOST_BUSY_SHARE * 100 * host.cores) starved++;
+      else mine++;
     }
-    const share = steady.length > 0 ? saturated / steady.length : 0;
-    if (share >= SATURATED_SHARE || skipped > 0) {
+    peak = Math.max(peak, cpu);
+    const n = steady.length;
+    if (skipped > 0 || (n > 0 && mine / n >= SATURATED_SHARE)) {
+      own = true;
       reasons.push(
-        `${g} saturated in ${saturated} of ${steady.length} intervals (CPU ≥ ${Math.round(s.generators.saturation.cpu * 100)} % or loop lag p99 ≥ ${s.generators.saturation.loopLagMs} ms; worst lag ${lag.toFixed(1)} ms)` +
+        `${g} saturated by its own load in ${mine} of ${n} intervals (CPU ≥ ${Math.round(sat.cpu * 100)} % or loop lag p99 ≥ ${sat.loopLagMs} ms; worst lag ${lag.toFixed(1)} ms)` +
           (skipped > 0 ? `, ${skipped} sends dropped behind schedule` : ''),
+      );
+    } else if (n > 0 && (mine + starved) / n >= SATURATED_SHARE) {
+      starvedAny = true;
+      reasons.push(
+        `${g} lagged in ${mine + starved} of ${n} intervals (worst loop lag p99 ${lag.toFixed(1)} ms), ${starved} of them while its host ${genHosts[g] ?? ''} was out of CPU; its own CPU peaked at ${cpu.toFixed(0)} %`,
       );
     }
   }
   const warnings: string[] = [];
   if (peak > GENERATOR_CPU_TARGET) warnings.push(`generator CPU peaked at ${peak.toFixed(0)} % (target: below ${GENERATOR_CPU_TARGET} % at the highest sustained rate)`);
   if (steady.length === 0) warnings.push('no steady-state interval was recorded');
-  return { generatorBound: reasons.length > 0, reasons, warnings, generatorPeakCpu: peak };
+  return { generatorBound: own, hostBound: !own && starvedAny, reasons, warnings, generatorPeakCpu: peak };
 }
 
 /** Phase of the interval ending at `tS` seconds. */
@@ -225,16 +265,12 @@ export function phaseAt(s: Scenario, tS: number): IntervalSample['phase'] {
  */
 export function capacity(intervals: readonly IntervalSample[]): Capacity | null {
   const steady = intervals.filter((iv) => iv.phase === 'steady');
-  const ok = steady.filter(
-    (iv) =>
-      iv.sentPerSec > 0 &&
-      iv.acceptedPerSec >= SUSTAINED_ACCEPT_SHARE * iv.sentPerSec &&
-      iv.latency.p99 !== null &&
-      iv.latency.p99 <= SUSTAINED_P99_MS &&
-      !Object.values(iv.generators).some((g) => g.saturated),
-  );
+  const clean = (iv: IntervalSample): boolean => !Object.values(iv.generators).some((g) => g.saturated);
+  const kept = (iv: IntervalSample): boolean => iv.acceptedPerSec >= SUSTAINED_ACCEPT_SHARE * iv.sentPerSec && iv.latency.p99 !== null && iv.latency.p99 <= SUSTAINED_P99_MS;
+  const ok = steady.filter((iv) => iv.sentPerSec > 0 && kept(iv) && clean(iv));
   if (ok.length === 0) return null;
   const best = ok.reduce((a, b) => (b.sentPerSec > a.sentPerSec ? b : a));
+  const above = steady.filter((iv) => iv.sentPerSec > 1.02 * best.sentPerSec && clean(iv) && !kept(iv));
   return {
     sentPerSec: best.sentPerSec,
     t: best.t,
@@ -242,6 +278,8 @@ export function capacity(intervals: readonly IntervalSample[]): Capacity | null 
     generatorCpu: Math.max(0, ...Object.values(best.generators).map((g) => g.cpu)),
     sustainedIntervals: ok.length,
     steadyIntervals: steady.length,
+    limitReached: above.length > 0,
+    notSustainedPerSec: above.length > 0 ? Math.min(...above.map((iv) => iv.sentPerSec)) : null,
   };
 }
 
@@ -258,13 +296,18 @@ export function bottlenecks(r: Pick<RunResult, 'intervals' | 'verdict' | 'totals
   if (steady.length === 0) return ['No steady-state interval was recorded: nothing can be said about the limit.'];
   const out: string[] = [];
   if (r.verdict.generatorBound) out.push('The load generators were the bottleneck (see the verdict): the other readings describe them, not the target. Add generator processes or hosts.');
+  if (r.verdict.hostBound) out.push('The generators lagged only while the host they share with the target was out of CPU: the host was the limit. Latency in those intervals includes the generators’ own delay (see the send lag); run the generators on other hosts to measure the target alone.');
   const pct = (x: number): string => `${x.toFixed(0)} %`;
   const hosts = [...new Set(steady.flatMap((iv) => Object.keys(iv.hosts)))].sort();
   for (const h of hosts) {
     const xs = steady.map((iv) => iv.hosts[h]).filter((x): x is HostSample => x !== undefined);
     const cores = xs[0]?.cores ?? 1;
     const busy = mean(xs.map((x) => x.cpu));
-    if (busy < BUSY_SHARE * 100 * cores) continue;
+    if (busy < BUSY_SHARE * 100 * cores) {
+      const full = xs.filter((x) => x.cpu >= HOST_BUSY_SHARE * 100 * cores).length;
+      if (full / xs.length >= SATURATED_SHARE) out.push(`Host ${h} was out of CPU (≥ ${HOST_BUSY_SHARE * 100} % of its ${cores} cores) in ${full} of ${xs.length} steady intervals (${pct(busy)} of ${cores * 100} % on average): then the host, not any one process, was the limit.`);
+      continue;
+    }
     const procs = [...Object.entries(averageCpu(steady, (iv) => iv.servers)), ...Object.entries(averageCpu(steady, (iv) => iv.generators))].sort((a, b) => b[1] - a[1]);
     out.push(`Host ${h} was out of CPU: ${pct(busy)} of ${cores * 100} % (${cores} cores) on average in the steady state. Its CPU went to ${procs.map(([n, c]) => `${n} ${pct(c)}`).join(', ')}. A faster result needs more cores or hosts, not a faster process.`);
   }

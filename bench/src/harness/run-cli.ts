@@ -1,7 +1,8 @@
+import { readFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { HarnessError, ScenarioError } from './errors.js';
-import { fmt } from './html.js';
-import type { RunResult } from './result.js';
+import { fmt, renderHtmlReport } from './html.js';
+import { bottlenecks, capacity, judge, RESULT_FORMAT, type RunResult } from './result.js';
 import { runScenario, type RunOptions } from './runner.js';
 
 /*
@@ -22,9 +23,12 @@ options:
                            running (gravitas bench generator --control URL) on other hosts
   --namespace NS           name accounts and groups after NS (a-z0-9, ≤ 16): a re-run with the
                            same NS reuses them on a long-lived cluster (default: fresh per run)
-  --drain S                longest wait after the run for owed deliveries (default max(30, 5 intervals))
+  --drain S                after the run, how long to wait for owed deliveries once none arrive any
+                           more (default max(30, 5 intervals); 10 min at most in all, or 4 × S)
 
-  gravitas bench generator --control URL    a generator that serves runners until stopped`;
+  gravitas bench generator --control URL    a generator that serves runners until stopped
+  gravitas bench report RESULT.json [--html FILE]
+                           re-judge a saved result with this version's rules and render its report`;
 
 export async function runCommand(argv: readonly string[], out: NodeJS.WritableStream = process.stdout): Promise<number> {
   let o: RunOptions;
@@ -103,13 +107,48 @@ export function summary(r: RunResult): string {
       t.delivery.tracked ? `${t.delivery.expected.toLocaleString('en-US')} / ${t.delivery.missing.toLocaleString('en-US')} (drain ${(t.delivery.drainMs / 1000).toFixed(1)} s)` : 'not tracked by this driver',
     ],
     ...(r.scenario.behaviours.campaigns.length > 0 ? [['campaign deliveries owed / received', `${t.campaigns.expected} / ${t.campaigns.received} (reach p50 ${ms(t.campaignReach.p50)}, max ${ms(t.campaignReach.max)})`] as [string, string]] : []),
-    ['capacity (best sustained interval)', r.capacity ? `${fmt(r.capacity.sentPerSec)} msgs/s sent, p99 ${ms(r.capacity.latencyP99)}, busiest generator ${r.capacity.generatorCpu.toFixed(0)} % CPU` : 'no steady interval was sustained'],
+    ['highest sustained rate', r.capacity ? `${fmt(r.capacity.sentPerSec)} msgs/s sent${r.capacity.notSustainedPerSec !== null ? ` (not sustained from ${fmt(r.capacity.notSustainedPerSec)} msgs/s)` : ' (no higher rate was offered)'}, p99 ${ms(r.capacity.latencyP99)}, busiest generator ${r.capacity.generatorCpu.toFixed(0)} % CPU` : 'no steady interval was sustained'],
     ['errors', Object.keys(t.errors).length === 0 ? 'none' : Object.entries(t.errors).map(([k, n]) => `${k} × ${n}`).join(', ')],
   ];
   const w = Math.max(...rows.map(([k]) => k.length));
   const lines = rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`);
-  lines.push('', r.verdict.generatorBound ? `VERDICT: generator-bound — ${r.verdict.reasons.join('; ')}` : `VERDICT: generators kept up (peak CPU ${r.verdict.generatorPeakCpu.toFixed(0)} %)`);
+  const v = r.verdict;
+  lines.push('', v.generatorBound ? `VERDICT: generator-bound — ${v.reasons.join('; ')}` : v.hostBound ? `VERDICT: host-bound — ${v.reasons.join('; ')}` : `VERDICT: generators kept up (peak CPU ${v.generatorPeakCpu.toFixed(0)} %)`);
   for (const w of r.verdict.warnings) lines.push(`warning: ${w}`);
   lines.push('', 'where the limit was:', ...r.bottlenecks.map((b) => `  - ${b}`));
   return `${lines.join('\n')}\n`;
+}
+
+/**
+ * `gravitas bench report RESULT.json [--html FILE]`: a saved result judged again with this
+ * version's rules (verdict, capacity, where the limit was) and rendered; the summary on stdout.
+ */
+export async function reportCommand(argv: readonly string[], out: NodeJS.WritableStream = process.stdout): Promise<number> {
+  let file: string;
+  let html: string | undefined;
+  try {
+    const { values, positionals } = parseArgs({ args: [...argv], allowPositionals: true, strict: true, options: { html: { type: 'string' } } });
+    if (positionals.length !== 1) throw new Error('one result file, please');
+    file = positionals[0]!;
+    html = values.html;
+  } catch (e) {
+    process.stderr.write(`error: ${(e as Error).message}\n\n${RUN_USAGE}\n`);
+    return 2;
+  }
+  let r: RunResult;
+  try {
+    r = JSON.parse(await readFile(file, 'utf8')) as RunResult;
+    if (r.format !== RESULT_FORMAT || !Array.isArray(r.intervals)) throw new Error(`not a ${RESULT_FORMAT} result`);
+  } catch (e) {
+    process.stderr.write(`${file}: ${(e as Error).message}\n`);
+    return 2;
+  }
+  r.verdict = judge(r.intervals, r.scenario, Object.fromEntries(r.generators.map((g) => [g.name, g.host])));
+  r.capacity = capacity(r.intervals);
+  r.bottlenecks = bottlenecks(r);
+  const target = html ?? file.replace(/\.json$/, '') + '.html';
+  await writeFile(target, renderHtmlReport(r));
+  out.write(summary(r));
+  out.write(`\nreport: ${target}\n`);
+  return 0;
 }

@@ -47,7 +47,7 @@ export interface RunOptions {
   externalGenerators?: boolean;
   /** Accounts and groups are named after it (lower-case letters and digits); default: a fresh one per run. */
   namespace?: string;
-  /** Longest wait after the run for owed deliveries (default max(30 s, 5 intervals)). */
+  /** After the run, how long to wait for owed deliveries once none arrive any more (default max(30 s, 5 intervals)). */
   drainTimeoutMs?: number;
   progress?: ProgressStream;
   log?: (msg: string) => void;
@@ -58,6 +58,8 @@ const READY_TIMEOUT_MS = 120_000;
 const DONE_TIMEOUT_MS = 120_000;
 /** A generator silent for this long is taken for dead. */
 const GENERATOR_SILENCE_MS = 20_000;
+/** Longest drain however steadily deliveries still arrive (at least 4 × the stall time). */
+const DRAIN_CAP_MS = 600_000;
 /** Time between the start command and t0, so that every generator has it before t0. */
 const START_LEAD_MS = 1500;
 
@@ -444,10 +446,16 @@ class Run {
       this.res.defer(async () => clearTimeout(timer));
     });
 
-    const drainTimeout = this.o.drainTimeoutMs ?? Math.max(30_000, 5 * s.intervalMs);
+    // The drain ends when everything owed arrived, or when nothing more arrived for `stall`: an
+    // overloaded target may take minutes to work off its backlog, and until it stops delivering
+    // nothing it owes is "missing" yet. A hard cap keeps a trickle from holding the run forever.
+    const stall = this.o.drainTimeoutMs ?? Math.max(30_000, 5 * s.intervalMs);
+    const cap = Math.max(DRAIN_CAP_MS, 4 * stall);
     const tracked = this.tracked();
     let drainStart = Infinity;
     let drainMs = 0;
+    let lastProgress = 0;
+    let lastReceived = -1;
     let complete = !tracked;
     try {
       for (;;) {
@@ -466,7 +474,12 @@ class Run {
         }
         // Untracked drivers: give in-flight messages two intervals.
         if (!tracked && iv.t * 1000 >= total + 2 * s.intervalMs) break;
-        if (drainMs >= drainTimeout) break;
+        const arrived = owed.received + owed.campaignReceived;
+        if (arrived !== lastReceived) {
+          lastReceived = arrived;
+          lastProgress = drainMs;
+        }
+        if (drainMs - lastProgress >= stall || drainMs >= cap) break;
       }
     } finally {
       sampling = false;
@@ -570,7 +583,7 @@ class Run {
       clockOffsetMs: g.ready!.clock.offsetMs,
       clockErrorMs: g.ready!.clock.rttMs / 2,
     }));
-    const verdict = judge(this.samples, this.s);
+    const verdict = judge(this.samples, this.s, Object.fromEntries(generators.map((g) => [g.name, g.host])));
     const partial = {
       intervals: this.samples,
       verdict,
