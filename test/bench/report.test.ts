@@ -100,6 +100,15 @@ t.test('opened in headless Chromium: every plot is drawn', { skip: existsSync(CH
   t.ok(existsSync(png));
 });
 
+t.test('the scenario\'s metrics choose the plots', async (t) => {
+  const r = syntheticResult({ saturate: false });
+  r.scenario.metrics = ['throughput', 'latency'];
+  const html = renderHtmlReport(r);
+  t.match(html, /id="plot-throughput"/);
+  t.match(html, /id="plot-latency"/);
+  for (const id of ['connections', 'locality', 'host-cpu', 'server-cpu', 'generator-cpu']) t.notMatch(html, new RegExp(`id="plot-${id}"`), `no ${id} plot`);
+});
+
 t.test('a target that cannot tell locality gets a note, not an empty plot', async (t) => {
   const r = syntheticResult({ saturate: false });
   for (const iv of r.intervals) iv.locality = null;

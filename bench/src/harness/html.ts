@@ -1,4 +1,4 @@
-import { scenarioTotalMs } from './scenario.js';
+import { scenarioTotalMs, type Metric } from './scenario.js';
 import { SATURATED_SHARE, type IntervalSample, type RunResult } from './result.js';
 
 /*
@@ -14,6 +14,22 @@ const W = 880;
 const H = 240;
 const M = { l: 64, r: 16, t: 14, b: 34 };
 const PALETTE = ['#2563eb', '#dc2626', '#16a34a', '#9333ea', '#ea580c', '#0891b2', '#4d7c0f', '#be185d', '#57534e', '#ca8a04'];
+
+/** Which of the scenario's `metrics` each plot belongs to: a plot whose metric was not asked for is left out. */
+const PLOT_METRIC: Readonly<Record<string, Metric>> = {
+  throughput: 'throughput',
+  presence: 'throughput',
+  latency: 'latency',
+  connections: 'connections',
+  'connect-rate': 'connections',
+  'connect-time': 'connections',
+  locality: 'locality',
+  'host-cpu': 'servers',
+  'server-cpu': 'servers',
+  'server-memory': 'servers',
+  'generator-cpu': 'generators',
+  'generator-lag': 'generators',
+};
 
 interface Series {
   name: string;
@@ -312,7 +328,7 @@ ${banner}${warnings}
 <table>${summary.map(([k, x]) => `<tr><td>${esc(k)}</td><td>${k === 'errors' ? x : esc(x)}</td></tr>`).join('')}</table>
 ${limit}
 <div class="shading">shading:<i style="background:#f5f5f4;border:1px solid #d6d3d1"></i>ramp-up<i style="background:#fecaca"></i>a generator was saturated or starved of CPU (those points include its own delay)<i style="background:#eff6ff;border:1px solid #bfdbfe"></i>drain (after the run)</div>
-${plots.map((p) => plot(p, ctx)).join('\n')}
+${plots.filter((p) => s.metrics.includes(PLOT_METRIC[p.id] ?? 'throughput')).map((p) => plot(p, ctx)).join('\n')}
 <h2>Generators</h2>${genTable}
 ${r.notes.length > 0 ? `<h2>Notes</h2><ul>${r.notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>` : ''}
 <script type="application/json" id="result">${json}</script>

@@ -131,6 +131,8 @@ export class LoadSession {
   // ---- counters (per interval unless said) ----
   private c = { sent: 0, accepted: 0, failed: 0, received: 0, catchup: 0, campaign: 0, presence: 0, stray: 0, connects: 0, connectFailed: 0 };
   private errors: Record<string, number> = {};
+  /** The pacer's dropped sends already reported (it counts them for the whole run). */
+  private skippedReported = 0;
   private expectedTotal = 0;
   private receivedTotal = 0;
   private readonly latency = new LatencyRecorder();
@@ -524,7 +526,8 @@ export class LoadSession {
   }
 
   private report(): void {
-    const skipped = this.pacer?.skipped ?? 0;
+    // The pacer is gone after the run: nothing more is skipped then.
+    const skipped = this.pacer?.skipped ?? this.skippedReported;
     const interval: GeneratorInterval = {
       k: ++this.k,
       phase: this.phase === 'drain' ? 'drain' : 'run',
@@ -548,8 +551,6 @@ export class LoadSession {
     this.errors = {};
     this.nextIntervalAt += this.s.intervalMs;
   }
-
-  private skippedReported = 0;
 
   /** After the drain: every device leaves cleanly; the whole-run histograms. */
   async finish(): Promise<GeneratorTotals> {

@@ -124,6 +124,8 @@ class Run {
   private wake: (() => void) | undefined;
   private readonly children: Child[] = [];
   private campaignsExpected = 0;
+  /** The generators' messages to the runner: a bounded queue whose drops the result reports. */
+  private upstream: { dropped(): number } | undefined;
   private t0 = 0;
   private assembled = 0;
 
@@ -213,7 +215,7 @@ class Run {
       clearInterval(watch);
       clock.stop();
     });
-    boundedSubscribe(this.nc, SUBJECT.up(this.run), (data) => this.onUp(decodeFromGenerator(data)), (e) => this.log(`control: ${(e as Error).message}`), 4096);
+    this.upstream = boundedSubscribe(this.nc, SUBJECT.up(this.run), (data) => this.onUp(decodeFromGenerator(data)), (e) => this.log(`control: ${(e as Error).message}`), 4096);
     await this.nc.flush();
     return url;
   }
@@ -425,9 +427,12 @@ class Run {
     this.t0 = nowMs() + START_LEAD_MS;
     this.broadcast({ type: 'start', t0: this.t0 });
     const progress = new Progress(this.o.progress ?? process.stderr);
-    const procs = new ProcSampler(this.target.pids);
+    // Readings the scenario's `metrics` leave out are not taken at all.
+    const want = new Set(s.metrics);
+    const procs = new ProcSampler(want.has('servers') ? this.target.pids : {});
     const host = new HostSampler();
-    const metrics = new MetricsSampler(this.target.metrics, this.target.remoteProcs);
+    const scrape = want.has('locality') || (want.has('servers') && this.target.remoteProcs);
+    const metrics = new MetricsSampler(scrape ? this.target.metrics : [], want.has('servers') && this.target.remoteProcs);
     // The runner's own readings at each boundary, on the same clock as the generators'.
     let k = 0;
     let sampling = true;
@@ -438,7 +443,7 @@ class Run {
         if (!sampling) break;
         k++;
         const m = await metrics.sample();
-        this.runnerSamples.set(k, { servers: { ...procs.sample(), ...m.servers }, host: host.sample(), locality: m.locality });
+        this.runnerSamples.set(k, { servers: { ...procs.sample(), ...m.servers }, host: host.sample(), locality: want.has('locality') ? m.locality : null });
       }
     })();
     s.behaviours.campaigns.forEach((c, i) => {
@@ -600,6 +605,8 @@ class Run {
         driver,
       },
     };
+    const dropped = this.upstream?.dropped() ?? 0;
+    if (dropped > 0) this.notes.push(`${dropped} generator messages were dropped by the runner's bounded control queue (it fell behind): some intervals may lack a generator's report.`);
     if (tracked && owed.pending > 0) this.notes.push(`${owed.pending} sends never got an outcome from the server (neither accepted nor refused) by the end of the drain.`);
     if (!tracked) this.notes.push(`The ${this.target.driver.kind} driver cannot tell what the server accepted, so lost messages are not counted; received / sent is shown as it is.`);
     if (Math.max(...generators.map((g) => g.clockErrorMs)) > 1) this.notes.push(`Generator clocks are aligned to within ±${Math.max(...generators.map((g) => g.clockErrorMs)).toFixed(1)} ms: latencies below that are not meaningful.`);
