@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { check, NatsServer, trackChild } from '@gravitas/testkit';
 import { runScenario } from '../../bench/src/harness/runner.js';
 import type { RunResult } from '../../bench/src/harness/result.js';
 import type { ProgressStream } from '../../bench/src/harness/progress.js';
@@ -137,6 +138,27 @@ t.test('the same workload against XMPP: a private Prosody started by the runner'
   t.ok(r.intervals.some((iv) => iv.servers['prosody']), 'the Prosody process sampled');
   t.ok(r.intervals.every((iv) => iv.locality === null), 'no locality from an XMPP server');
   t.equal(r.totals.stray, 0);
+});
+
+t.test('generators on "other hosts": a daemon on a shared control NATS serves one run after another', async (t) => {
+  const control = await NatsServer.start({ jetstream: false });
+  t.teardown(() => control.stop());
+  // What `gravitas bench generator --control URL` runs on another host or in a pod.
+  const daemon = spawn(process.execPath, [BENCH_MAIN, 'generator', '--control', control.url], { stdio: ['ignore', 'pipe', 'pipe'] });
+  trackChild(daemon);
+  t.teardown(() => void daemon.kill('SIGKILL'));
+  let out = '';
+  daemon.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  await check('the daemon is ready', () => /generator ready/.test(out));
+  const dir = t.testdir({
+    'ext.yaml': `name: ext\nusers: 20\nbehaviours: { messages: { perUserPerMinute: 120 } }\nrampUp: 1s\nduration: 3s\ngenerators: { count: 1, maxConnections: 50 }\ntarget: { driver: gravitas, local: { nodes: 1, cellsPerNode: 1 } }\n`,
+  });
+  for (const round of [1, 2]) {
+    const { result: r } = await runScenario({ file: join(dir, 'ext.yaml'), json: join(dir, `r${round}.json`), control: control.url, externalGenerators: true, progress: new Capture(), log: () => undefined });
+    t.equal(r.generators[0]!.pid, daemon.pid, `run ${round} was served by the daemon`);
+    t.ok(r.totals.sent > 0 && r.totals.delivery.missing === 0, `run ${round}: ${r.totals.sent} sent, nothing missing`);
+  }
+  t.equal(daemon.exitCode, null, 'the daemon waits for the next runner');
 });
 
 t.test('a generator killed mid-run fails the run, and nothing is left behind', async (t) => {

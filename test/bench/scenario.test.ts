@@ -93,6 +93,11 @@ t.test('cross-field rules', async (t) => {
   t.same(issues(t, { ...base(), target: { driver: 'xmpp', remote: { addresses: ['a:1'] } } }), ['target.remote: is for driver "gravitas"']);
   t.same(issues(t, { ...base(), target: { driver: 'xmpp', local: { server: 'prosody' }, port: 5333 } }), ['target.port: comes from the local server: give either local or host/port/domain']);
   t.same(issues(t, { ...base(), target: { driver: 'gravitas', local: {}, muc: 'x' } }), ['target.muc: is for driver "xmpp"']);
+  t.same(issues(t, { ...base(), target: { driver: 'gravitas', local: { config: { cells: 4, admin: {} } } } }), [
+    'target.local.config.cells: is set by the harness (nodes and cells come from nodes and cellsPerNode)',
+    'target.local.config.admin: is set by the harness (nodes and cells come from nodes and cellsPerNode)',
+  ]);
+  t.same(issues(t, { ...base(), target: { driver: 'gravitas', local: { config: 'fast' } } }), ['target.local.config: must be an object of node settings, got "fast"']);
   t.same(issues(t, { ...base(), behaviours: { campaigns: [{ at: 1, audience: 0.5 }] }, target: { driver: 'xmpp', host: 'h' } }), ['behaviours.campaigns: need driver "gravitas" (campaigns are a Gravitas feature), got driver "xmpp"']);
   t.same(
     issues(t, { ...base(), behaviours: { campaigns: [{ at: 1, audience: 0.5 }] }, target: { driver: 'gravitas', remote: { addresses: ['h:1'], serverPublicKey: 'a'.repeat(43) } } }),

@@ -287,7 +287,7 @@ export function renderHtmlReport(r: RunResult): string {
     [
       'highest sustained rate',
       cap
-        ? `${fmt(cap.sentPerSec)} msgs/s sent (${cap.notSustainedPerSec !== null ? `a limit: ${fmt(cap.notSustainedPerSec)} msgs/s and more were not sustained` : 'no higher rate was offered: the capacity is at least this'}; ${cap.sustainedIntervals} of ${cap.steadyIntervals} steady intervals sustained), busiest generator ${cap.generatorCpu.toFixed(0)} % CPU there`
+        ? `${fmt(cap.sentPerSec)} msgs/s sent (${cap.notSustainedPerSec !== null ? `a limit: ${fmt(cap.notSustainedPerSec)} msgs/s and more were not sustained` : 'no higher rate was offered long enough to call it a limit: the capacity is at least this'}; ${cap.sustainedIntervals} of ${cap.steadyIntervals} steady intervals sustained), busiest generator ${cap.generatorCpu.toFixed(0)} % CPU there`
         : 'no steady interval was sustained',
     ],
     ['peak connected', fmt(peak((iv) => iv.connected))],

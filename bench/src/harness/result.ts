@@ -100,9 +100,9 @@ export interface Capacity {
   sustainedIntervals: number;
   steadyIntervals: number;
   /**
-   * A higher rate (by > 2 %) was offered in a steady interval, with no generator saturated, and not
-   * sustained: `sentPerSec` is a measured limit and `notSustainedPerSec` the lowest such rate.
-   * Otherwise no higher rate was tried, and the capacity is at least `sentPerSec`.
+   * Higher rates (by > 2 %) were offered in several steady intervals (≥ 3 and ≥ 5 %), with no
+   * generator saturated, and none was sustained: `sentPerSec` is a measured limit and
+   * `notSustainedPerSec` the lowest such rate. Otherwise the capacity is at least `sentPerSec`.
    */
   limitReached: boolean;
   notSustainedPerSec: number | null;
@@ -186,6 +186,9 @@ export const GENERATOR_CPU_TARGET = 50;
 export const SUSTAINED_ACCEPT_SHARE = 0.97;
 /** ...and its p99 stayed within this (ms): beyond it, a queue is growing somewhere. */
 export const SUSTAINED_P99_MS = 1000;
+/** A sustained rate is a measured limit when at least this many (and this share of) steady intervals at higher rates were not sustained. */
+const LIMIT_MIN_INTERVALS = 3;
+const LIMIT_MIN_SHARE = 0.05;
 /** A host or process busy over this share of its CPU in the steady state is called saturated. */
 export const BUSY_SHARE = 0.9;
 
@@ -270,7 +273,10 @@ export function capacity(intervals: readonly IntervalSample[]): Capacity | null 
   const ok = steady.filter((iv) => iv.sentPerSec > 0 && kept(iv) && clean(iv));
   if (ok.length === 0) return null;
   const best = ok.reduce((a, b) => (b.sentPerSec > a.sentPerSec ? b : a));
+  // Every clean interval at a higher rate failed (best is the highest that did not); it takes a few
+  // of them to blame the rate rather than a storm or a burst.
   const above = steady.filter((iv) => iv.sentPerSec > 1.02 * best.sentPerSec && clean(iv) && !kept(iv));
+  const isLimit = above.length >= LIMIT_MIN_INTERVALS && above.length >= LIMIT_MIN_SHARE * steady.length;
   return {
     sentPerSec: best.sentPerSec,
     t: best.t,
@@ -278,8 +284,8 @@ export function capacity(intervals: readonly IntervalSample[]): Capacity | null 
     generatorCpu: Math.max(0, ...Object.values(best.generators).map((g) => g.cpu)),
     sustainedIntervals: ok.length,
     steadyIntervals: steady.length,
-    limitReached: above.length > 0,
-    notSustainedPerSec: above.length > 0 ? Math.min(...above.map((iv) => iv.sentPerSec)) : null,
+    limitReached: isLimit,
+    notSustainedPerSec: isLimit ? Math.min(...above.map((iv) => iv.sentPerSec)) : null,
   };
 }
 

@@ -107,7 +107,7 @@ export function summary(r: RunResult): string {
       t.delivery.tracked ? `${t.delivery.expected.toLocaleString('en-US')} / ${t.delivery.missing.toLocaleString('en-US')} (drain ${(t.delivery.drainMs / 1000).toFixed(1)} s)` : 'not tracked by this driver',
     ],
     ...(r.scenario.behaviours.campaigns.length > 0 ? [['campaign deliveries owed / received', `${t.campaigns.expected} / ${t.campaigns.received} (reach p50 ${ms(t.campaignReach.p50)}, max ${ms(t.campaignReach.max)})`] as [string, string]] : []),
-    ['highest sustained rate', r.capacity ? `${fmt(r.capacity.sentPerSec)} msgs/s sent${r.capacity.notSustainedPerSec !== null ? ` (not sustained from ${fmt(r.capacity.notSustainedPerSec)} msgs/s)` : ' (no higher rate was offered)'}, p99 ${ms(r.capacity.latencyP99)}, busiest generator ${r.capacity.generatorCpu.toFixed(0)} % CPU` : 'no steady interval was sustained'],
+    ['highest sustained rate', r.capacity ? `${fmt(r.capacity.sentPerSec)} msgs/s sent${r.capacity.notSustainedPerSec !== null ? ` (not sustained from ${fmt(r.capacity.notSustainedPerSec)} msgs/s)` : ' (no higher rate was offered long enough to call it a limit)'}, p99 ${ms(r.capacity.latencyP99)}, busiest generator ${r.capacity.generatorCpu.toFixed(0)} % CPU` : 'no steady interval was sustained'],
     ['errors', Object.keys(t.errors).length === 0 ? 'none' : Object.entries(t.errors).map(([k, n]) => `${k} × ${n}`).join(', ')],
   ];
   const w = Math.max(...rows.map(([k]) => k.length));

@@ -72,8 +72,12 @@ export interface Behaviours {
 
 export interface GravitasLocalTarget {
   driver: 'gravitas';
-  /** Start a private cluster: a nats-server and `nodes` gravitas node processes. */
-  local: { nodes: number; cellsPerNode: number };
+  /**
+   * Start a private cluster: a nats-server and `nodes` gravitas node processes. `config` is node
+   * configuration laid over the harness's (top-level keys replace, `limits` merge), checked by the
+   * node itself when it starts (docs/operations.md), e.g. `{ gravity: { intervalMs: 1000 } }`.
+   */
+  local: { nodes: number; cellsPerNode: number; config?: Record<string, unknown> };
 }
 
 export interface GravitasRemoteTarget {
@@ -134,6 +138,9 @@ export interface Scenario {
   };
   target: Target;
 }
+
+/** Node settings a local target's harness owns: a scenario's `target.local.config` may not set them. */
+const HARNESS_NODE_KEYS = ['nodeId', 'nats', 'cells', 'listen', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'registration'] as const;
 
 /** Highest `generators.maxConnections`: the per-process fd limit (20,000) minus room for NATS, stdio and files. */
 export const MAX_CONNECTIONS_PER_GENERATOR = 19_000;
@@ -503,8 +510,18 @@ function target(c: Checker, v: unknown): Target {
       },
     };
   }
-  const l = c.obj(o['local'], 'target.local', ['nodes', 'cellsPerNode']);
-  return { driver, local: { nodes: c.num(l, 'nodes', 'target.local', { int: true, min: 1, max: 16 }, 2), cellsPerNode: c.num(l, 'cellsPerNode', 'target.local', { int: true, min: 1, max: 16 }, 1) } };
+  const l = c.obj(o['local'], 'target.local', ['nodes', 'cellsPerNode', 'config']);
+  const config = l['config'];
+  if (config !== undefined && !isObj(config)) c.fail('target.local.config', `must be an object of node settings, got ${show(config)}`);
+  if (isObj(config)) for (const k of HARNESS_NODE_KEYS) if (k in config) c.fail(join('target.local.config', k), 'is set by the harness (nodes and cells come from nodes and cellsPerNode)');
+  return {
+    driver,
+    local: {
+      nodes: c.num(l, 'nodes', 'target.local', { int: true, min: 1, max: 16 }, 2),
+      cellsPerNode: c.num(l, 'cellsPerNode', 'target.local', { int: true, min: 1, max: 16 }, 1),
+      ...(isObj(config) && { config }),
+    },
+  };
 }
 
 // ---------- derived quantities ----------
