@@ -100,8 +100,13 @@ export async function runScenario(o: RunOptions): Promise<{ result: RunResult; j
   const scenario = parseScenario(text, format, o.file);
   if (o.namespace !== undefined && !NAMESPACE_PATTERN.test(o.namespace)) throw new HarnessError('SCENARIO_INVALID', `--namespace must match ${NAMESPACE_PATTERN.source}, got ${JSON.stringify(o.namespace)}`);
   const res = new Resources();
+  const run = new Run(scenario, { text, format }, o, res, log);
   try {
-    return await new Run(scenario, { text, format }, o, res, log).go();
+    return await run.go();
+  } catch (e) {
+    // Generators on other hosts would otherwise load the target until their watchdog fires.
+    run.stopGenerators(e);
+    throw e;
   } finally {
     await res.close();
   }
@@ -249,12 +254,20 @@ class Run {
         g.groups = m;
         break;
       case 'interval': {
-        let k = this.intervals.get(m.k);
-        if (!k) this.intervals.set(m.k, (k = new Map()));
-        k.set(g.id, m);
         g.expected = m.expected;
         g.receivedTotal = m.receivedTotal;
         g.pending = m.pending;
+        if (m.k <= this.assembled) {
+          // Its interval was built without it: the counts still belong in the totals.
+          this.addCounts(m);
+          this.totals.skipped += m.self.skipped;
+          for (const [code, n] of Object.entries(m.errors)) count(this.errors, code, n);
+          this.notes.push(`gen${g.index}'s report of interval ${m.k} came after the interval was built: counted in the totals only`);
+          break;
+        }
+        let k = this.intervals.get(m.k);
+        if (!k) this.intervals.set(m.k, (k = new Map()));
+        k.set(g.id, m);
         break;
       }
       case 'done':
@@ -276,6 +289,12 @@ class Run {
       this.abort(new HarnessError('GENERATOR_FAILED', `gen${g.index} on ${g.host} (${g.id}) fell silent for ${GENERATOR_SILENCE_MS / 1000} s`));
     }
     this.wake?.();
+  }
+
+  /** Tells every generator to stop, whatever ended the run. */
+  stopGenerators(e: unknown): void {
+    if (this.failure || this.gens.size === 0) return;
+    this.abort(e instanceof HarnessError ? e : new HarnessError('GENERATOR_FAILED', `the run failed: ${(e as Error).message}`, { cause: e }));
   }
 
   private abort(e: HarnessError): void {
@@ -544,7 +563,7 @@ class Run {
     }
     hosts[hostname()] = runner.host;
     const add = { sent: sum((g) => g.sent), accepted: sum((g) => g.accepted), failed: sum((g) => g.failed), received: sum((g) => g.received), catchup: sum((g) => g.catchup), campaign: sum((g) => g.campaign), presence: sum((g) => g.presence), stray: sum((g) => g.stray) };
-    for (const key of Object.keys(add) as Array<keyof typeof add>) this.totals[key] += add[key];
+    this.addCounts(add);
     const latency = latencyJson(percentiles(mergeEncoded([...per.values()].map((g) => g.latency))));
     const lag = percentiles(mergeEncoded([...per.values()].map((g) => g.sendLag)));
     const ct = percentiles(mergeEncoded([...per.values()].map((g) => g.connectTime)));
@@ -570,6 +589,18 @@ class Run {
       generators,
       hosts,
     };
+  }
+
+  private addCounts(c: Pick<GeneratorInterval, 'sent' | 'accepted' | 'failed' | 'received' | 'catchup' | 'campaign' | 'presence' | 'stray'>): void {
+    const t = this.totals;
+    t.sent += c.sent;
+    t.accepted += c.accepted;
+    t.failed += c.failed;
+    t.received += c.received;
+    t.catchup += c.catchup;
+    t.campaign += c.campaign;
+    t.presence += c.presence;
+    t.stray += c.stray;
   }
 
   private result(drainMs: number, complete: boolean): RunResult {
