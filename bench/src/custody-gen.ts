@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { ErrorCode, verifyHint, type ConnectHint, type KeyPair, type Move, type ResumptionState, type ServerMessage } from '@gravitas/protocol';
+import { ErrorCode, RETRYABLE_SEND_CODES, TICKET_REFUSED_CODES, verifyHint, type ConnectHint, type KeyPair, type Move, type ResumptionState, type ServerMessage } from '@gravitas/protocol';
 import {
   epochNow, GrowBytes, MergeableHistogram, messageId, messageText, mulberry32, parseMessageId, parseText, ST,
   type ConnectResult, type GenRequest, type GenUser, type ProgressResult, type RecvReport, type RunCmd, type RunSummary, type SendReport, type SetupCmd, type StepReport, type Who,
@@ -26,11 +26,8 @@ import { cachingSuite, handshake, newHandshake, parseTarget, sealedWriter, type 
 
 /** Same as the SDK (packages/client/src/client.ts). */
 const SEEN_MAX = 10_000;
-const RETRYABLE = new Set<string>([ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.BUSY, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_IN_FLIGHT]);
 const RETRY_MAX_MS = 5000;
 const DEVICE = 'd';
-/** As the SDK: a refused ticket falls back to a full handshake. */
-const TICKET_CODES = new Set<string>([ErrorCode.TICKET_EXPIRED, ErrorCode.TICKET_INVALID, ErrorCode.TICKET_REPLAYED]);
 const MOVE_TIMEOUT_MS = 15_000;
 /** A message sent or received this soon after its user started a move counts as "moved" in the latency split. */
 const MOVE_RECENT_MS = 5000;
@@ -308,7 +305,7 @@ class Generator {
       case 'status': {
         const out = u.out.get(m.id);
         if (!out || out.retry !== undefined) return;
-        if (m.s === 'failed' && m.code !== undefined && RETRYABLE.has(m.code)) return this.retryLater(u, out, m.code);
+        if (m.s === 'failed' && m.code !== undefined && RETRYABLE_SEND_CODES.has(m.code)) return this.retryLater(u, out, m.code);
         return this.settle(u, out, m.s, m.code);
       }
       case 'msg': {
@@ -405,7 +402,7 @@ class Generator {
     let o: HandshakeOutcome;
     try {
       o = await this.open(u, target, next, ticket, MOVE_TIMEOUT_MS);
-      if (!o.ok && ticket && TICKET_CODES.has(o.code)) {
+      if (!o.ok && ticket && TICKET_REFUSED_CODES.has(o.code)) {
         count(this.moves, 'resume-fallback');
         o = await this.open(u, target, next, undefined, MOVE_TIMEOUT_MS);
       }

@@ -117,6 +117,50 @@ export interface Driver {
   counters?(): Record<string, number>;
 }
 
+/**
+ * The messages a device showed lately, as (sender, id) pairs: a protocol may deliver a message
+ * again (custody after a reconnect, a resumed XMPP stream) and the application must see it once.
+ * A ring of `window` pairs, each kept as two independent 32-bit hashes: 8 bytes a pair, a false
+ * match about once in 2^64 / window. Allocated by a device on its first message.
+ */
+export class RecentIds {
+  private readonly ring: Int32Array;
+  private pos = 0;
+  private count = 0;
+
+  constructor(private readonly window: number) {
+    this.ring = new Int32Array(2 * window);
+  }
+
+  /** Whether (from, id) was seen already; records it if not. */
+  seenBefore(from: string, id: string): boolean {
+    let a = 0x811c9dc5;
+    let b = 0x2545f491;
+    for (let i = 0; i < from.length; i++) {
+      const ch = from.charCodeAt(i);
+      a = Math.imul(a ^ ch, 0x01000193);
+      b = Math.imul(b ^ ch, 0x5bd1e995);
+      b ^= b >>> 13;
+    }
+    // A separator, so ("ab", "c") and ("a", "bc") differ.
+    a = Math.imul(a ^ 0x2f, 0x01000193);
+    b = Math.imul(b ^ 0x2f, 0x5bd1e995);
+    for (let i = 0; i < id.length; i++) {
+      const ch = id.charCodeAt(i);
+      a = Math.imul(a ^ ch, 0x01000193);
+      b = Math.imul(b ^ ch, 0x5bd1e995);
+      b ^= b >>> 13;
+    }
+    const ring = this.ring;
+    for (let i = 0, n = 2 * this.count; i < n; i += 2) if (ring[i] === a && ring[i + 1] === b) return true;
+    ring[2 * this.pos] = a;
+    ring[2 * this.pos + 1] = b;
+    this.pos = (this.pos + 1) % this.window;
+    if (this.count < this.window) this.count++;
+    return false;
+  }
+}
+
 /** A device's outbox bound: what waits while disconnected, or without an outcome. */
 export const OUTBOX_MAX = 1000;
 

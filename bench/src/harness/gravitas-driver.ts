@@ -2,12 +2,12 @@ import { createPublicKey, verify as verifySignature, type KeyObject } from 'node
 import { connect as netConnect, type Socket } from 'node:net';
 import {
   ClientHandshake, decodeServerHandshake, decodeServerMessage, DEFAULT_MAX_FRAME_BYTES, encodeFrame, ErrorCode, MAX_ID_LENGTH, MAX_TEXT_LENGTH, MAX_USERS_PER_REQUEST,
-  nativeSuite, pack, unpack, verifyHint,
+  nativeSuite, NO_RECONNECT_CODES, pack, RETRYABLE_SEND_CODES, TICKET_REFUSED_CODES, unpack, verifyHint,
   type DhKey, type DhSuite, type KeyPair, type RequestArgs, type RequestOp, type ResumptionState, type Response, type SecureChannel, type ServerMessage, type SignatureCheck,
 } from '@gravitas/protocol';
 import { parseTarget } from '../rawclient.js';
 import {
-  admitToOutbox, DriverError, OUTBOX_MAX,
+  admitToOutbox, DriverError, OUTBOX_MAX, RecentIds,
   type DeviceEvents, type DeviceRef, type Driver, type DriverCapabilities, type DriverDevice, type Incoming,
 } from './driver.js';
 
@@ -87,12 +87,8 @@ export interface GravitasDriverCounters {
 
 type CounterName = keyof GravitasDriverCounters;
 
-const RETRYABLE = new Set<string>([ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.BUSY, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_IN_FLIGHT]);
-const TICKET_CODES = new Set<string>([ErrorCode.TICKET_EXPIRED, ErrorCode.TICKET_INVALID, ErrorCode.TICKET_REPLAYED]);
-/** Refusals every cell would repeat (the SDK's NO_RECONNECT): the other cells are not tried. */
-const FINAL_CODES = new Set<string>([ErrorCode.DEVICE_KEY_MISMATCH, ErrorCode.UNKNOWN_DEVICE, ErrorCode.REGISTRATION_DENIED, ErrorCode.TOO_MANY_DEVICES, ErrorCode.SESSION_REPLACED]);
 /** Answers to a provisioning request worth asking again. */
-const REQUEST_RETRYABLE = new Set<string>([...RETRYABLE, ErrorCode.RETRY_LATER, ErrorCode.CONFLICT]);
+const REQUEST_RETRYABLE = new Set<string>([...RETRYABLE_SEND_CODES, ErrorCode.RETRY_LATER, ErrorCode.CONFLICT]);
 const REQUEST_ATTEMPTS = 8;
 /** contacts.add requests in flight at once on a provisioning session. */
 const PROVISION_CONCURRENCY = 32;
@@ -481,9 +477,8 @@ class GravitasDevice implements DriverDevice {
   ticket: ResumptionState | undefined;
   private out: Map<string, Out> | undefined;
   /** Ring of (sender, id) hash pairs of the messages shown last. */
-  private seen: Int32Array | undefined;
-  private seenPos = 0;
-  private seenCount = 0;
+  /** Re-deliveries to drop (allocated on the first message). */
+  private recent: RecentIds | undefined;
   private pings: PingWaiter[] | undefined;
   private pingSeq = 0;
 
@@ -535,7 +530,7 @@ class GravitasDevice implements DriverDevice {
         return;
       } catch (err) {
         last = err;
-        if (err instanceof DriverError && (FINAL_CODES.has(err.driverCode) || err.driverCode === 'ABORTED')) throw err;
+        if (err instanceof DriverError && (NO_RECONNECT_CODES.has(err.driverCode) || err.driverCode === 'ABORTED')) throw err;
       }
     }
     if (epoch !== this.epoch) throw new DriverError('ABORTED', `${this.name}: connect abandoned by disconnect() or drop()`);
@@ -549,7 +544,7 @@ class GravitasDevice implements DriverDevice {
     try {
       return await this.dial(addr, purpose, ticket);
     } catch (err) {
-      if (!ticket || !(err instanceof DriverError) || !TICKET_CODES.has(err.driverCode)) throw err;
+      if (!ticket || !(err instanceof DriverError) || !TICKET_REFUSED_CODES.has(err.driverCode)) throw err;
       this.drv.count('resumeRefused');
       return this.dial(addr, purpose, undefined);
     }
@@ -750,7 +745,7 @@ class GravitasDevice implements DriverDevice {
     const o = this.out?.get(id);
     if (!o) return; // settled already (a re-send's second status)
     if (s !== 'failed') return this.settle(o, true, undefined);
-    if (code !== undefined && RETRYABLE.has(code)) {
+    if (code !== undefined && RETRYABLE_SEND_CODES.has(code)) {
       if (o.due === 0) this.drv.retryLater(this, o);
       return;
     }
@@ -788,36 +783,8 @@ class GravitasDevice implements DriverDevice {
     c.write({ t: 'ack', id, from });
   }
 
-  /**
-   * Whether (from, id) was shown already; records it if not. Two independent 32-bit hashes per
-   * pair in a ring: 8 bytes an entry, a false match about once in 2^64 / window.
-   */
   private seenBefore(from: string, id: string): boolean {
-    let a = 0x811c9dc5;
-    let b = 0x2545f491;
-    for (let i = 0; i < from.length; i++) {
-      const ch = from.charCodeAt(i);
-      a = Math.imul(a ^ ch, 0x01000193);
-      b = Math.imul(b ^ ch, 0x5bd1e995);
-      b ^= b >>> 13;
-    }
-    a = Math.imul(a ^ 0x2f, 0x01000193);
-    b = Math.imul(b ^ 0x2f, 0x5bd1e995);
-    for (let i = 0; i < id.length; i++) {
-      const ch = id.charCodeAt(i);
-      a = Math.imul(a ^ ch, 0x01000193);
-      b = Math.imul(b ^ ch, 0x5bd1e995);
-      b ^= b >>> 13;
-    }
-    const ring = (this.seen ??= new Int32Array(2 * this.drv.dedupWindow));
-    const n = 2 * this.seenCount;
-    for (let i = 0; i < n; i += 2) if (ring[i] === a && ring[i + 1] === b) return true;
-    const p = 2 * this.seenPos;
-    ring[p] = a;
-    ring[p + 1] = b;
-    this.seenPos = (this.seenPos + 1) % this.drv.dedupWindow;
-    if (this.seenCount < this.drv.dedupWindow) this.seenCount++;
-    return false;
+    return (this.recent ??= new RecentIds(this.drv.dedupWindow)).seenBefore(from, id);
   }
 
   presence(user: string): void {

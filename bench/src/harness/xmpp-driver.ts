@@ -3,7 +3,7 @@ import type { Socket } from 'node:net';
 // @ts-expect-error -- @xmpp/client 0.14 ships no type declarations; the part used is typed below (XmppClient, XElement).
 import { client as xmppClientUntyped, xml as xmlUntyped } from '@xmpp/client';
 import {
-  admitToOutbox, DriverError, OUTBOX_MAX,
+  admitToOutbox, DriverError, OUTBOX_MAX, RecentIds,
   type DeviceEvents, type DeviceRef, type Driver, type DriverCapabilities, type DriverDevice,
 } from './driver.js';
 
@@ -218,26 +218,6 @@ export function roomId(creator: string, name: string): string {
 /** A device's nick in every room: unique per device, and its user is what precedes the '/'. */
 const nickOf = (d: { user: string; device: string }): string => `${d.user}/${d.device}`;
 
-/** Two independent 32-bit hashes (FNV-1a, and a multiply-xorshift one) of (a, b). */
-function hashPair(a: string, b: string, out: Int32Array, at: number): void {
-  let h1 = 0x811c9dc5;
-  let h2 = 0x9e3779b9;
-  for (let i = 0; i < a.length; i++) {
-    const c = a.charCodeAt(i);
-    h1 = Math.imul(h1 ^ c, 0x01000193);
-    h2 = Math.imul(h2 ^ c, 0x85ebca6b) ^ (h2 >>> 13);
-  }
-  h1 = Math.imul(h1 ^ 0x2f, 0x01000193);
-  h2 = Math.imul(h2 ^ 0x2f, 0x85ebca6b) ^ (h2 >>> 13);
-  for (let i = 0; i < b.length; i++) {
-    const c = b.charCodeAt(i);
-    h1 = Math.imul(h1 ^ c, 0x01000193);
-    h2 = Math.imul(h2 ^ c, 0x85ebca6b) ^ (h2 >>> 13);
-  }
-  out[at] = h1;
-  out[at + 1] = h2;
-}
-const PAIR = new Int32Array(2);
 
 // ---------- devices ----------
 
@@ -290,9 +270,8 @@ class XmppDevice implements DriverDevice {
   private out: Map<string, Out> | undefined;
   private pings: Set<{ reject(e: Error): void }> | undefined;
   /** Ring of (sender, id) hash pairs of the messages reported last. */
-  private seen: Int32Array | undefined;
-  private seenPos = 0;
-  private seenCount = 0;
+  /** Re-deliveries to drop (allocated on the first message). */
+  private recent: RecentIds | undefined;
   /** Keepalive sweeps since the server last sent anything. */
   quiet = 0;
 
@@ -692,23 +671,11 @@ class XmppDevice implements DriverDevice {
     if (a.joining.size === 0) this.ready();
   }
 
-  /**
-   * Whether (from, id) was reported already; records it if not. Two independent 32-bit hashes per
-   * pair in a ring: 8 bytes an entry, a false match about once in 2^64 / window.
-   */
+  /** Whether (from, id) was reported already; records it if not (never, without an id or a window). */
   private seenBefore(from: string, id: string | undefined): boolean {
     const w = this.drv.dedupWindow;
     if (id === undefined || id === '' || w === 0) return false;
-    hashPair(from, id, PAIR, 0);
-    const h1 = PAIR[0]!;
-    const h2 = PAIR[1]!;
-    const ring = (this.seen ??= new Int32Array(2 * w));
-    for (let i = 0; i < this.seenCount; i++) if (ring[2 * i] === h1 && ring[2 * i + 1] === h2) return true;
-    ring[2 * this.seenPos] = h1;
-    ring[2 * this.seenPos + 1] = h2;
-    this.seenPos = (this.seenPos + 1) % w;
-    if (this.seenCount < w) this.seenCount++;
-    return false;
+    return (this.recent ??= new RecentIds(w)).seenBefore(from, id);
   }
 }
 

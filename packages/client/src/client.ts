@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import {
-  ClientHandshake, decodeServerHandshake, decodeServerMessage, ErrorCode, HintError, pack, ProtocolError, random, RemoteError, toBase64Url, unpack, verifyHint,
+  ClientHandshake, decodeServerHandshake, decodeServerMessage, ErrorCode, HintError, NO_RECONNECT_CODES, pack, ProtocolError, random, RemoteError, RETRYABLE_SEND_CODES, TICKET_REFUSED_CODES, toBase64Url, unpack, verifyHint,
   type CampaignEvent, type ConnectHint, type KeyPair, type Msg, type Presence, type Receipt, type RequestArgs, type RequestOp, type ResumptionState, type SecureChannel, type ServerMessage,
   type TypingEvent, type WelcomePayload, type MuteDurationName, type MuteEntry, type PushTarget,
 } from '@gravitas/protocol';
@@ -115,10 +115,6 @@ export interface ClientEvents {
   error: [Error];
 }
 
-const TICKET_CODES = new Set<string>([ErrorCode.TICKET_EXPIRED, ErrorCode.TICKET_INVALID, ErrorCode.TICKET_REPLAYED]);
-const NO_RECONNECT = new Set<string>([ErrorCode.SESSION_REPLACED, ErrorCode.DEVICE_KEY_MISMATCH, ErrorCode.UNKNOWN_DEVICE, ErrorCode.REGISTRATION_DENIED, ErrorCode.TOO_MANY_DEVICES]);
-/** A `failed` status with one of these means "not now": the message stays in the outbox and is sent again. */
-const RETRYABLE = new Set<string>([ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.BUSY, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_IN_FLIGHT]);
 const RETRY_MAX_MS = 5000;
 /** A `track` answered with one of these is kept and sent again after a backoff; any other error code is final. */
 const FEEDBACK_RETRYABLE = new Set<string>([ErrorCode.RETRY_LATER, ErrorCode.BUSY, ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_IN_FLIGHT, ErrorCode.SHUTTING_DOWN]);
@@ -221,7 +217,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
       try {
         return await this.open(hintEndpoint(hint));
       } catch (err) {
-        if (err instanceof RemoteError && NO_RECONNECT.has(err.code)) throw err;
+        if (err instanceof RemoteError && NO_RECONNECT_CODES.has(err.code)) throw err;
         this.emit('hintIgnored', err as Error); // the hinted cell is gone: any other will do
       }
     }
@@ -232,7 +228,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
       try {
         return await this.open(last);
       } catch (err) {
-        if (err instanceof RemoteError && NO_RECONNECT.has(err.code)) throw err;
+        if (err instanceof RemoteError && NO_RECONNECT_CODES.has(err.code)) throw err;
       }
     }
     const servers = this.options.servers;
@@ -244,7 +240,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         return w;
       } catch (err) {
         lastErr = err;
-        if (err instanceof RemoteError && NO_RECONNECT.has(err.code)) throw err;
+        if (err instanceof RemoteError && NO_RECONNECT_CODES.has(err.code)) throw err;
       }
     }
     throw lastErr instanceof Error ? lastErr : new ClientError(ClientErrorCode.CONNECT_FAILED, 'no server could be reached');
@@ -279,7 +275,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
       return await this.handshake(server, kind);
     } catch (err) {
       // handshake() has already dropped the ticket it sent, so test what we had before.
-      if (err instanceof RemoteError && TICKET_CODES.has(err.code) && hadTicket) {
+      if (err instanceof RemoteError && TICKET_REFUSED_CODES.has(err.code) && hadTicket) {
         this.setResumption(undefined); // a spent or stale ticket: fall back to a full handshake
         return this.handshake(server, kind);
       }
@@ -406,7 +402,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
       case 'status': {
         const out = this.outbox.get(m.id);
         if (!out) return;
-        if (m.s === 'failed' && m.code && RETRYABLE.has(m.code)) return this.retryLater(out);
+        if (m.s === 'failed' && m.code && RETRYABLE_SEND_CODES.has(m.code)) return this.retryLater(out);
         this.outbox.delete(m.id);
         if (m.s === 'failed') this.settle(out, { id: m.id, error: new DeliveryError(m.code ?? ErrorCode.INTERNAL, m.id) });
         else this.settle(out, { id: m.id, status: m.s });
@@ -440,7 +436,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
       case 'bye':
         // The cell we just left says goodbye (we replaced that session by moving): nothing to do.
         if (channel !== this.channel) return;
-        if (m.code && NO_RECONNECT.has(m.code)) {
+        if (m.code && NO_RECONNECT_CODES.has(m.code)) {
           this.closed = true;
           this.emit('error', new RemoteError(m.code, m.message ?? 'server closed the session'));
         }
@@ -544,7 +540,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     this.reconnectTimer = setTimeout(() => {
       if (this.closed || this.channel) return; // closed, or a move connected us meanwhile
       this.connect().catch((err: Error) => {
-        if (err instanceof RemoteError && NO_RECONNECT.has(err.code)) {
+        if (err instanceof RemoteError && NO_RECONNECT_CODES.has(err.code)) {
           this.closed = true;
           this.emit('error', err);
           this.failFeedback();

@@ -127,6 +127,24 @@ export const FATAL_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.INTERNAL,
 ]);
 
+/**
+ * What a client does with a refusal — one list for the SDK, the load drivers and the benchmarks.
+ * A send `failed` with a retryable code is kept and sent again, with the same id, after a backoff.
+ */
+export const RETRYABLE_SEND_CODES: ReadonlySet<string> = new Set<ErrorCode>([ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.BUSY, ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_IN_FLIGHT]);
+
+/** A resumption refused with one of these falls back to a full handshake. */
+export const TICKET_REFUSED_CODES: ReadonlySet<string> = new Set<ErrorCode>([ErrorCode.TICKET_EXPIRED, ErrorCode.TICKET_INVALID, ErrorCode.TICKET_REPLAYED]);
+
+/** Connection refusals every cell would repeat: a client stops reconnecting (or trying other cells). */
+export const NO_RECONNECT_CODES: ReadonlySet<string> = new Set<ErrorCode>([
+  ErrorCode.SESSION_REPLACED,
+  ErrorCode.DEVICE_KEY_MISMATCH,
+  ErrorCode.UNKNOWN_DEVICE,
+  ErrorCode.REGISTRATION_DENIED,
+  ErrorCode.TOO_MANY_DEVICES,
+]);
+
 /** Base class of every coded protocol error. */
 export class ProtocolError extends Error {
   override name = 'ProtocolError';
