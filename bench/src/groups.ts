@@ -6,6 +6,7 @@ import { NatsServer } from '@gravitas/testkit';
 import { LatencyHistogram, type LatencySummary } from './histogram.js';
 import { BENCH_LIMITS, clusterKeys, type ClusterKeys, log, nativeKeyPair, procCpuSeconds, Resources, sleep, startGravitasNode, waitFor } from './procs.js';
 import { makeResult, posInt, posNum, UsageError, type BenchOptions, type BenchResult, type Row } from './report.js';
+import { parsePrometheus, sumSeries } from './harness/scrape.js';
 
 /*
  * Groups, in two parts.
@@ -352,15 +353,7 @@ export interface LiveResult {
 }
 
 async function metric(adminUrl: string, name: string, label?: string): Promise<number> {
-  const text = await (await fetch(`${adminUrl}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name)) continue;
-    if (line[name.length] !== ' ' && line[name.length] !== '{') continue;
-    if (label && !line.includes(label)) continue;
-    sum += Number(line.slice(line.lastIndexOf(' ') + 1)) || 0;
-  }
-  return sum;
+  return sumSeries(parsePrometheus(await (await fetch(`${adminUrl}/metrics`)).text()), name, label);
 }
 
 /** Cumulative buckets of a Prometheus histogram (summed over cells): [upper bound in ms, count]. */

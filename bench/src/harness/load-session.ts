@@ -4,7 +4,9 @@ import { DriverError, encodeBody, decodeBody, nowMs } from './driver.js';
 import type { GeneratorInterval, GeneratorTotals } from './control.js';
 import { deviceRef, userName } from './identity.js';
 import { encodeHistogram, LatencyRecorder, Pacer } from './latency.js';
+import { HarnessError } from './errors.js';
 import { HostSampler, SelfMonitor } from './monitor.js';
+import { tally } from './result.js';
 import type { Population } from './population.js';
 import { diurnalFactor, scenarioTotalMs, type Scenario } from './scenario.js';
 import {
@@ -66,7 +68,6 @@ export interface LoadSessionOptions {
   log: (msg: string) => void;
 }
 
-const count = (r: Record<string, number>, k: string, n = 1): void => void (r[k] = (r[k] ?? 0) + n);
 
 const codeOf = (e: unknown): string => (e instanceof DriverError ? e.driverCode : ((e as { code?: unknown }).code as string | undefined) ?? 'ERROR');
 
@@ -143,7 +144,10 @@ export class LoadSession {
   private readonly self: SelfMonitor;
   private readonly host = new HostSampler();
   private readonly hostName = hostname();
+  /** `<run>.`: a body tag of this run. */
   private readonly tagPrefix: string;
+  /** `<run>.<generator>.`: this generator's messages, each followed by its ref. */
+  private readonly sendTag: string;
 
   constructor(private readonly o: LoadSessionOptions) {
     this.s = o.scenario;
@@ -153,6 +157,7 @@ export class LoadSession {
     this.track = tracksDeliveries(o.driver.capabilities);
     this.totalMs = scenarioTotalMs(this.s);
     this.tagPrefix = `${o.runTag}.`;
+    this.sendTag = `${this.tagPrefix}${o.index}.`;
     this.self = new SelfMonitor(this.s.generators.saturation);
     for (const k of Object.keys(this.rand) as Array<keyof typeof this.rand>) this.rand[k] = stream(this.s.seed, STREAM[k], o.index);
 
@@ -172,7 +177,8 @@ export class LoadSession {
     this.devSlot = new Int32Array(d);
     for (let slot = 0; slot < n; slot++) for (let k = 0; k < this.nDev[slot]!; k++) this.devSlot[this.firstDev[slot]! + k] = slot;
     if (d > this.s.generators.maxConnections) {
-      throw new DriverError('TOO_MANY_DEVICES', `generator ${o.index} would host ${d} devices, over generators.maxConnections (${this.s.generators.maxConnections})`);
+      // Validation checks the total; the round-robin deal can still give one generator a few more.
+      throw new HarnessError('SCENARIO_INVALID', `generator ${o.index} would host ${d} devices, over generators.maxConnections (${this.s.generators.maxConnections}): raise it or generators.count`);
     }
     this.devState = new Uint8Array(d);
     this.queued = new Uint8Array(d);
@@ -219,7 +225,7 @@ export class LoadSession {
           break;
         } catch (e) {
           if (attempt >= PROVISION_ATTEMPTS) {
-            count(errors, codeOf(e));
+            tally(errors, codeOf(e));
             this.o.log(`provision ${this.refs[di]!.user}/${this.refs[di]!.device} failed: ${(e as Error).message}`);
             break;
           }
@@ -251,11 +257,11 @@ export class LoadSession {
     await each(groups, GROUP_CONCURRENCY, async (gi) => {
       const members = this.pop.groups[gi];
       const slot = members ? slotOf.get(members[0]!) : undefined;
-      if (!members || slot === undefined) return void count(errors, 'NOT_LOCAL');
+      if (!members || slot === undefined) return void tally(errors, 'NOT_LOCAL');
       try {
         ids[gi] = await this.driver.createGroup(this.refs[this.firstDev[slot]!]!, `g${gi}`, Array.from(members, (m) => this.names[m]!));
       } catch (e) {
-        count(errors, codeOf(e));
+        tally(errors, codeOf(e));
         this.o.log(`group ${gi} not created: ${(e as Error).message}`);
       }
     });
@@ -311,7 +317,7 @@ export class LoadSession {
       if (now >= this.nextIntervalAt) this.report();
     } catch (e) {
       this.o.log(`tick failed: ${(e as Error).stack ?? String(e)}`);
-      count(this.errors, 'GENERATOR_BUG');
+      tally(this.errors, 'GENERATOR_BUG');
     }
     this.schedule();
   };
@@ -359,7 +365,7 @@ export class LoadSession {
 
   private goodbye(di: number): void {
     this.down(di);
-    this.devices[di]!.disconnect().catch((e) => count(this.errors, `disconnect:${codeOf(e)}`));
+    this.devices[di]!.disconnect().catch((e) => tally(this.errors, `disconnect:${codeOf(e)}`));
   }
 
   private down(di: number): void {
@@ -410,7 +416,7 @@ export class LoadSession {
     } else {
       this.devState[di] = Dev.Down;
       this.c.connectFailed++;
-      count(this.errors, `connect:${codeOf(err)}`);
+      tally(this.errors, `connect:${codeOf(err)}`);
       this.retryLater(di, now);
     }
     this.pumpConnects();
@@ -455,13 +461,13 @@ export class LoadSession {
           if (e !== undefined) this.expectedTotal += e;
         } else {
           this.c.failed++;
-          count(this.errors, `send:${code ?? 'FAILED'}`);
+          tally(this.errors, `send:${code ?? 'FAILED'}`);
         }
       },
       presence: () => void this.c.presence++,
       lost: (code) => {
         if (this.devState[di] === Dev.Down) return;
-        count(this.errors, `lost:${code}`);
+        tally(this.errors, `lost:${code}`);
         this.down(di);
         this.retryLater(di, this.clock());
       },
@@ -490,7 +496,7 @@ export class LoadSession {
     const nd = this.nDev[slot]!;
     const di = this.firstDev[slot]! + (nd > 1 ? Math.floor(rand() * nd) : 0);
     const ref = ++this.ref;
-    const body = encodeBody(intended, this.tagPrefix + this.o.index + '.' + ref.toString(36), this.s.behaviours.messages.bodyBytes);
+    const body = encodeBody(intended, this.sendTag + ref.toString(36), this.s.behaviours.messages.bodyBytes);
     let expected: number;
     if (gi >= 0) {
       expected = this.groupDev[gi]! - 1;

@@ -178,6 +178,9 @@ export interface RunResult {
   notes: string[];
 }
 
+/** Adds `n` to `counts[key]`: errors and outcomes are counted by code everywhere in a run. */
+export const tally = (counts: Record<string, number>, key: string, n = 1): void => void (counts[key] = (counts[key] ?? 0) + n);
+
 /** A generator saturated in at least this share of steady-state intervals makes the run generator-bound. */
 export const SATURATED_SHARE = 0.1;
 /** The issue's target: generators below half their CPU at the highest sustained rate. */

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { createInbox, type NatsConnection } from '@nats-io/transport-node';
 import { NatsServer } from '@gravitas/testkit';
 import { hostInfo } from '../report.js';
-import { Resources, spawnNode, type Child } from '../procs.js';
+import { Resources, sleep, spawnNode, type Child } from '../procs.js';
 import { serveClock } from './clock.js';
 import { boundedSubscribe, connectControl, decodeFromGenerator, encodeControl, SUBJECT, type FromGenerator, type GeneratorInterval, type GeneratorTotals, type ToGenerator } from './control.js';
 import { HarnessError, ScenarioError } from './errors.js';
@@ -16,7 +16,7 @@ import { mergeEncoded, percentiles } from './latency.js';
 import { HostSampler, ProcSampler } from './monitor.js';
 import { buildPopulation, type Population } from './population.js';
 import { Progress, type ProgressStream } from './progress.js';
-import { bottlenecks, capacity, judge, latencyJson, phaseAt, RESULT_FORMAT, type GeneratorInfo, type HostSample, type IntervalSample, type RunResult } from './result.js';
+import { bottlenecks, capacity, judge, latencyJson, phaseAt, RESULT_FORMAT, tally, type GeneratorInfo, type HostSample, type IntervalSample, type RunResult } from './result.js';
 import { parseScenario, scenarioTotalMs, type Scenario } from './scenario.js';
 import { MetricsSampler } from './scrape.js';
 import { startTarget, type StartedTarget } from './target.js';
@@ -85,8 +85,6 @@ interface RunnerSample {
   locality: number | null;
 }
 
-const count = (r: Record<string, number>, k: string, n = 1): void => void (r[k] = (r[k] ?? 0) + n);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export async function runScenario(o: RunOptions): Promise<{ result: RunResult; json: string; html: string }> {
   const log = o.log ?? ((m: string) => void process.stderr.write(`${m}\n`));
@@ -133,6 +131,8 @@ class Run {
   private upstream: { dropped(): number } | undefined;
   private t0 = 0;
   private assembled = 0;
+  /** The run's intervals are all in: a generator exiting now is no failure. */
+  private finished = false;
 
   constructor(
     private readonly s: Scenario,
@@ -173,7 +173,7 @@ class Run {
     });
     const provisionMs = performance.now() - provisionT;
     const setupErrors: Record<string, number> = {};
-    for (const g of this.gens.values()) for (const [k, n] of Object.entries(g.provisioned!.errors)) count(setupErrors, `provision:${k}`, n);
+    for (const g of this.gens.values()) for (const [k, n] of Object.entries(g.provisioned!.errors)) tally(setupErrors, `provision:${k}`, n);
     const unprovisioned = Object.values(setupErrors).reduce((a, b) => a + b, 0);
     if (unprovisioned > 0) {
       // Accounts that do not exist make every number after this wrong (sends refused, groups short of members).
@@ -261,7 +261,7 @@ class Run {
           // Its interval was built without it: the counts still belong in the totals.
           this.addCounts(m);
           this.totals.skipped += m.self.skipped;
-          for (const [code, n] of Object.entries(m.errors)) count(this.errors, code, n);
+          for (const [code, n] of Object.entries(m.errors)) tally(this.errors, code, n);
           this.notes.push(`gen${g.index}'s report of interval ${m.k} came after the interval was built: counted in the totals only`);
           break;
         }
@@ -391,7 +391,7 @@ class Run {
     await this.until('the groups', () => this.all((g) => g.groups !== undefined));
     for (const g of this.gens.values()) {
       for (const [gi, id] of Object.entries(g.groups!.ids)) ids[Number(gi)] = id;
-      for (const [k, c] of Object.entries(g.groups!.errors)) count(errors, `group:${k}`, c);
+      for (const [k, c] of Object.entries(g.groups!.errors)) tally(errors, `group:${k}`, c);
     }
     const failed = ids.filter((x) => x === '').length;
     if (failed > 0) this.notes.push(`${failed} of ${n} groups could not be created; their members send 1:1 instead (errors under setup).`);
@@ -431,14 +431,12 @@ class Run {
       this.log(`campaign ${i} started: ${audience.length.toLocaleString('en-US')} users at ${c.ratePerSec}/s`);
     } catch (e) {
       this.campaignsExpected -= devices;
-      count(this.errors, 'campaign:failed');
+      tally(this.errors, 'campaign:failed');
       this.notes.push(`campaign ${i} could not be started: ${(e as Error).message}`);
     }
   }
 
   // ---------- the run ----------
-
-  private finished = false;
 
   private async play(publisher: string | undefined): Promise<RunResult> {
     const s = this.s;
@@ -558,7 +556,7 @@ class Run {
       const gen = this.gens.get(id)!;
       generators[`gen${gen.index}`] = g.self;
       hosts[g.host.name] ??= g.host.sample;
-      for (const [code, n] of Object.entries(g.errors)) count(this.errors, code, n);
+      for (const [code, n] of Object.entries(g.errors)) tally(this.errors, code, n);
       this.totals.skipped += g.self.skipped;
     }
     hosts[hostname()] = runner.host;
@@ -607,7 +605,7 @@ class Run {
     const gens = [...this.gens.values()].sort((a, b) => a.index - b.index);
     const merged = (f: (t: GeneratorTotals) => string) => latencyJson(percentiles(mergeEncoded(gens.map((g) => f(g.done!)))));
     const driver: Record<string, number> = {};
-    for (const g of gens) for (const [k, n] of Object.entries(g.done!.driverCounters)) count(driver, k, n);
+    for (const g of gens) for (const [k, n] of Object.entries(g.done!.driverCounters)) tally(driver, k, n);
     const owed = this.owed();
     const tracked = this.tracked();
     const generators: GeneratorInfo[] = gens.map((g) => ({
