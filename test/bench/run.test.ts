@@ -93,9 +93,9 @@ t.test('a short run against a private cluster: every behaviour, every message ac
   t.ok(steady.some((iv) => iv.locality !== null), 'locality read from the node’s /metrics');
   t.ok(steady.every((iv) => iv.servers['nats'] && iv.servers['node1']), 'nats-server and the node sampled every interval');
   t.ok(steady.every((iv) => Object.keys(iv.generators).length === 2), 'both generators reported every interval');
-  t.ok(steady.every((iv) => Object.keys(iv.hosts).length >= 1), 'the host sampled');
-  t.ok(r.bottlenecks.length >= 1, 'the report says where the limit was');
-  t.ok(r.capacity === null || r.capacity.sentPerSec > 0);
+  t.ok(steady.every((iv) => Object.values(iv.hosts).every((h) => h.cores >= 1 && h.cpu > 0)), 'the host’s CPU read every interval');
+  t.notOk(r.verdict.generatorBound, 'a light load: no generator saturated by its own work');
+  t.ok(r.capacity !== null && r.capacity.sentPerSec > 60, `a sustained rate near the ~120 msgs/s offered (${r.capacity?.sentPerSec.toFixed(0)})`);
 
   // The files.
   const saved = JSON.parse(await readFile(json, 'utf8')) as RunResult;
