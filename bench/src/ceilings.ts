@@ -2,17 +2,18 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { createServer, type AddressInfo } from 'node:net';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType } from '@nats-io/jetstream';
 import { pack, unpack } from 'msgpackr';
 import nacl from 'tweetnacl';
+import { ed25519Sign } from '@gravitas/protocol';
 import { LatencyHistogram, type LatencySummary } from './histogram.js';
 import { makeResult, type BenchOptions, type BenchResult, type Row } from './report.js';
 
 export const name = 'ceilings';
-export const description = 'raw ceilings: NATS pub/sub + request/reply, JetStream acked publishes, secretbox, X25519 (tweetnacl vs native), msgpackr';
+export const description = 'raw ceilings: NATS pub/sub + request/reply, JetStream acked publishes, secretbox, X25519 and Ed25519 (tweetnacl vs native), msgpackr';
 
 /** Metric names of the ceiling rows, for other benchmarks' `ceiling` column. */
 export const CEILING = {
@@ -25,6 +26,10 @@ export const CEILING = {
   x25519NativeFromRaw: 'x25519.native_from_raw',
   x25519NativeFromRawJwk: 'x25519.native_from_raw_jwk',
   x25519Keygen: 'x25519.native_keygen',
+  ed25519SignNacl: 'ed25519.sign_tweetnacl',
+  ed25519SignNative: 'ed25519.sign_native',
+  ed25519VerifyNacl: 'ed25519.verify_tweetnacl',
+  ed25519VerifyNative: 'ed25519.verify_native',
   msgpack: 'msgpackr.pack_unpack',
 } as const;
 
@@ -395,6 +400,36 @@ export function measureX25519(durationMs: number): X25519Result {
   return { naclScalarMult, nativeDh, nativeDhFromRaw, nativeDhFromRawJwk, nativeKeygen };
 }
 
+// ---------- Ed25519 (connect hints, wake tokens) ----------
+
+export interface Ed25519Result {
+  naclSign: number;
+  /** The server's path: protocol's ed25519Sign (node:crypto, key imported once). */
+  nativeSign: number;
+  naclVerify: number;
+  /** node:crypto verify with a KeyObject imported once (what the load driver checks hints with). */
+  nativeVerify: number;
+}
+
+/** Signing and verifying a hint-sized message (120 bytes), tweetnacl against node:crypto. */
+export function measureEd25519(durationMs: number): Ed25519Result {
+  const kp = nacl.sign.keyPair();
+  const msg = new Uint8Array(120).map((_, i) => i);
+  const sig = nacl.sign.detached(msg, kp.secretKey);
+  if (!Buffer.from(ed25519Sign(msg, kp.secretKey)).equals(Buffer.from(sig))) throw new Error('native Ed25519 disagrees with tweetnacl');
+  const pub = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(kp.publicKey).toString('base64url') }, format: 'jwk' });
+  if (!cryptoVerify(null, msg, pub, sig)) throw new Error('native Ed25519 does not verify tweetnacl\'s signature');
+  log(CEILING.ed25519SignNacl);
+  const naclSign = opsPerSec(durationMs, () => void nacl.sign.detached(msg, kp.secretKey), 1);
+  log(CEILING.ed25519SignNative);
+  const nativeSign = opsPerSec(durationMs, () => void ed25519Sign(msg, kp.secretKey));
+  log(CEILING.ed25519VerifyNacl);
+  const naclVerify = opsPerSec(durationMs, () => void nacl.sign.detached.verify(msg, sig, kp.publicKey), 1);
+  log(CEILING.ed25519VerifyNative);
+  const nativeVerify = opsPerSec(durationMs, () => void cryptoVerify(null, msg, pub, sig));
+  return { naclSign, nativeSign, naclVerify, nativeVerify };
+}
+
 // ---------- msgpackr ----------
 
 export const SAMPLE_CHAT_MSG = {
@@ -422,6 +457,7 @@ export interface Ceilings {
   jsPublish: JsPublishResult;
   secretbox: number;
   x25519: X25519Result;
+  ed25519: Ed25519Result;
   msgpack: { perSec: number; encodedBytes: number };
 }
 
@@ -438,9 +474,10 @@ export async function measureCeilings(durationMs: number, natsUrl?: string): Pro
   log(CEILING.secretbox);
   const secretbox = measureSecretbox(durationMs);
   const x25519 = measureX25519(durationMs);
+  const ed25519 = measureEd25519(durationMs);
   log(CEILING.msgpack);
   const msgpack = measureMsgpack(durationMs);
-  return { natsPubSub: nats.pubsub, natsReqRep: nats.reqrep, jsPublish: nats.jsPublish, secretbox, x25519, msgpack };
+  return { natsPubSub: nats.pubsub, natsReqRep: nats.reqrep, jsPublish: nats.jsPublish, secretbox, x25519, ed25519, msgpack };
 }
 
 /** Rows for a JetStream publish ceiling: rate, then ack latency p50/p99. */
@@ -471,6 +508,10 @@ export function ceilingRows(c: Ceilings): Row[] {
     { metric: CEILING.x25519NativeFromRaw, value: c.x25519.nativeDhFromRaw, unit: 'op/s', note: 'incl. raw→KeyObject import via DER' },
     { metric: CEILING.x25519NativeFromRawJwk, value: c.x25519.nativeDhFromRawJwk, unit: 'op/s', note: 'incl. raw→KeyObject import via JWK' },
     { metric: CEILING.x25519Keygen, value: c.x25519.nativeKeygen, unit: 'op/s', note: 'generateKeyPairSync' },
+    { metric: CEILING.ed25519SignNacl, value: c.ed25519.naclSign, unit: 'op/s', note: '120 B' },
+    { metric: CEILING.ed25519SignNative, value: c.ed25519.nativeSign, unit: 'op/s', note: 'protocol ed25519Sign (node:crypto), same bytes' },
+    { metric: CEILING.ed25519VerifyNacl, value: c.ed25519.naclVerify, unit: 'op/s' },
+    { metric: CEILING.ed25519VerifyNative, value: c.ed25519.nativeVerify, unit: 'op/s', note: 'node:crypto, KeyObject imported once' },
     { metric: CEILING.msgpack, value: c.msgpack.perSec, unit: 'op/s', note: `${c.msgpack.encodedBytes} B encoded` },
   ];
 }

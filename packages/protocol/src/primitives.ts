@@ -79,8 +79,8 @@ const MAX_SIGNING_KEYS = 16;
 
 /**
  * An Ed25519 signature (RFC 8032: deterministic, so the same bytes as tweetnacl's
- * `nacl.sign.detached`, test/protocol/hint.test.ts) from node:crypto, ~100× faster than
- * tweetnacl's pure JavaScript: a cell signs a connect hint per move and per push. `secretKey`
+ * `nacl.sign.detached`, test/protocol/hint.test.ts) from node:crypto, ~160× faster than
+ * tweetnacl's pure JavaScript (`npm run bench -- ceilings`): a cell signs a connect hint per move and per push. `secretKey`
  * is tweetnacl's 64 bytes, seed then public key. Verification stays with tweetnacl everywhere:
  * OpenSSL's is stricter on non-canonical signatures, so only signing is the same function.
  */
