@@ -38,7 +38,7 @@ const codeOf = async (p: Promise<unknown>): Promise<string> => {
 function storeSuite(name: string, open: () => { store: ClientStore; reopen: () => ClientStore }): void {
   t.test(`${name}: feedback records in put order, removal`, async (t) => {
     const { store, reopen } = open();
-    const f = (eid: string, ts: number) => ({ eid, c: 'camp', ev: 'opened' as const, ts });
+    const f = (eid: string, ts: number) => ({ eid, c: 'camp', ev: 'opened' as const, ts, rk: new Uint8Array(12).fill(ts) });
     await Promise.all([store.putFeedback(f('z', 3)), store.putFeedback(f('a', 2)), store.putFeedback(f('m', 1))]);
     store.deleteFeedback('a');
     await store.putFeedback(f('b', 4));

@@ -40,12 +40,12 @@ const cases: Case[] = [
   {
     decoder: 'decodeClientHandshake', decode: decodeClientHandshake, type: 'hello',
     valid: { t: 'hello', v: 1, e: b(32), s: b(48), p: b(40) },
-    fields: { v: req(int(0, 255)), e: req(bin(32)), s: req(bin(48)), p: req(bin(16, 1024)), cookie: opt(bin(16, 64)) },
+    fields: { v: req(int(0, 255)), e: req(bin(32)), s: req(bin(48)), p: req(bin(16, 8192)), cookie: opt(bin(16, 64)) },
   },
   {
     decoder: 'decodeClientHandshake', decode: decodeClientHandshake, type: 'resume',
     valid: { t: 'resume', v: 1, e: b(32), tk: b(120), p: b(40), cookie: b(16) },
-    fields: { v: req(int(0, 255)), e: req(bin(32)), tk: req(bin(32, 1024)), p: req(bin(16, 1024)), cookie: opt(bin(16, 64)) },
+    fields: { v: req(int(0, 255)), e: req(bin(32)), tk: req(bin(32, 1024)), p: req(bin(16, 8192)), cookie: opt(bin(16, 64)) },
   },
   { decoder: 'decodeServerHandshake', decode: decodeServerHandshake, type: 'cookie', valid: { t: 'cookie', c: b(16) }, fields: { c: req(bin(16, 64)) } },
   { decoder: 'decodeServerHandshake', decode: decodeServerHandshake, type: 'welcome', valid: { t: 'welcome', e: b(32), p: b(200) }, fields: { e: req(bin(32)), p: req(bin(16, 4096)) } },
@@ -58,6 +58,16 @@ const cases: Case[] = [
     decoder: 'decodeHelloPayload', decode: decodeHelloPayload,
     valid: { user: 'alice', device: 'phone-1', ts: 1_700_000_000_000, reg: 'token' },
     fields: { user: req(name()), device: req(name(32)), ts: req(int()), reg: opt(str(256)) },
+  },
+  {
+    decoder: 'decodeHelloPayload', decode: decodeHelloPayload,
+    valid: { user: 'alice', device: 'phone-1', ts: 1_700_000_000_000, cred: 'eyJhbGciOiJFZERTQSJ9.e30.sig' },
+    fields: { cred: opt(str(6144)) },
+  },
+  {
+    decoder: 'decodeHelloPayload', decode: decodeHelloPayload,
+    valid: { user: 'alice', device: 'phone-1', ts: 1_700_000_000_000, link: b(200) },
+    fields: { link: opt(bin(65, 512)) },
   },
   {
     decoder: 'decodeWelcomePayload', decode: decodeWelcomePayload,
@@ -78,7 +88,7 @@ const cases: Case[] = [
     fields: { id: req(name()), g: req(name()), text: req(str(MAX_TEXT_LENGTH)) },
   },
   { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'ack', valid: { t: 'ack', id: 'm-1', from: 'alice' }, fields: { id: req(name()), from: req(name()) } },
-  { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'read', valid: { t: 'read', id: 'm-1', from: 'alice' }, fields: { id: req(name()), from: req(name()) } },
+  { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'read', valid: { t: 'read', id: 'm-1', from: 'alice', rk: new Uint8Array(12) }, fields: { id: req(name()), from: req(name()), rk: req(bin(12)) } },
   { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'typing', valid: { t: 'typing', to: 'bob', on: true }, fields: { to: req(name()), on: req({ k: 'bool' }) } },
   { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'typing', valid: { t: 'typing', g: 'grp1', on: false }, fields: { g: req(name()), on: req({ k: 'bool' }) } },
   { decoder: 'decodeClientMessage', decode: decodeClientMessage, type: 'presence', valid: { t: 'presence', s: 'away' }, fields: { s: req({ k: 'oneOf', values: ['online', 'away'] }) } },
@@ -108,6 +118,11 @@ const cases: Case[] = [
     decoder: 'decodeServerMessage', decode: decodeServerMessage, type: 'msg',
     valid: { t: 'msg', id: 'm-1', from: 'alice', fd: 'phone', to: 'bob', text: 'hi', ts: 17, g: 'grp1', seq: 9 },
     fields: { g: opt(name()), seq: opt(int()) },
+  },
+  {
+    decoder: 'decodeServerMessage', decode: decodeServerMessage, type: 'msg',
+    valid: { t: 'msg', id: '_n1', from: '_account', fd: 'system', to: 'bob', text: 'a device was added', ts: 17, sys: 'device-added', dv: 'tablet', rk: b(12) },
+    fields: { sys: opt(name(32)), dv: opt(name(32)), rk: opt(bin(12)) },
   },
   {
     decoder: 'decodeServerMessage', decode: decodeServerMessage, type: 'rcpt',
@@ -299,4 +314,11 @@ t.test('isName: the name rule used for ids, users and devices', async (t) => {
   t.notOk(isName('x'.repeat(MAX_ID_LENGTH + 1)));
   t.notOk(isName('x'.repeat(33), 32));
   for (const bad of ['', 'a.b', 'a*', '>', 'a b', 'zoë', 'a/b']) t.notOk(isName(bad), JSON.stringify(bad));
+});
+
+t.test('a hello offers at most one proof of account membership', async (t) => {
+  const base = { user: 'alice', device: 'phone-1', ts: 1 };
+  for (const two of [{ reg: 'x', cred: 'y' }, { reg: 'x', link: b(100) }, { cred: 'y', link: b(100) }]) {
+    t.equal(codeOfClass(() => decodeHelloPayload({ ...base, ...two })), ErrorCode.BAD_MESSAGE, Object.keys(two).join(' and '));
+  }
 });

@@ -13,7 +13,7 @@ const key = (id: number): TicketKey => ({ id, key: random(32) });
 
 function contents(over: Partial<TicketContents> = {}): TicketContents {
   return {
-    id: random(TICKET_ID_BYTES), user: 'alice', device: 'phone-1', clientStatic: random(32), secret: random(32),
+    id: random(TICKET_ID_BYTES), user: 'alice', device: 'phone-1', clientStatic: random(32), rid: 123_456_789_012, secret: random(32),
     issuedAt: NOW, expiresAt: NOW + 3600_000, ...over,
   };
 }
@@ -24,6 +24,7 @@ function same(t: Test, a: TicketContents, b: TicketContents): void {
   t.equal(a.user, b.user);
   t.equal(a.device, b.device);
   t.equal(hex(a.clientStatic), hex(b.clientStatic));
+  t.equal(a.rid, b.rid);
   t.equal(hex(a.secret), hex(b.secret));
   t.equal(a.issuedAt, b.issuedAt);
   t.equal(a.expiresAt, b.expiresAt);
@@ -34,7 +35,7 @@ t.test('round trip', async (t) => {
   const c = contents();
   const sealed = sealTicket(c, ring);
   t.equal(sealed[0], 7, 'first byte is the key id');
-  t.equal(sealed.length, 1 + NONCE_BYTES + pack({ id: c.id, u: c.user, d: c.device, c: c.clientStatic, rs: c.secret, iat: c.issuedAt, exp: c.expiresAt }).length + 16);
+  t.equal(sealed.length, 1 + NONCE_BYTES + pack({ id: c.id, u: c.user, d: c.device, c: c.clientStatic, ri: c.rid, rs: c.secret, iat: c.issuedAt, exp: c.expiresAt }).length + 16);
   same(t, openTicket(sealed, ring, NOW), c);
   t.not(hex(sealTicket(c, ring)), hex(sealed), 'a fresh random nonce each time');
   t.equal(MAX_TICKET_LIFETIME_MS, 7 * 24 * 3600_000);
@@ -49,7 +50,7 @@ t.test('format: [keyId][24-byte nonce][secretbox(msgpack)]', async (t) => {
   const plain = open(sealed.subarray(25), sealed.subarray(1, 25), ring.current.key);
   t.ok(plain);
   const body = unpack(plain!) as Record<string, unknown>;
-  t.strictSame(Object.keys(body), ['id', 'u', 'd', 'c', 'rs', 'iat', 'exp']);
+  t.strictSame(Object.keys(body), ['id', 'u', 'd', 'c', 'ri', 'rs', 'iat', 'exp']);
   t.equal(body.u, 'alice');
 });
 
@@ -116,7 +117,7 @@ t.test('authentic but malformed contents are TICKET_INVALID', async (t) => {
     const nonce = random(NONCE_BYTES);
     return Uint8Array.from([k.id, ...nonce, ...seal(body, nonce, k.key)]);
   };
-  const good = { id: random(16), u: 'alice', d: 'phone', c: random(32), rs: random(32), iat: NOW, exp: NOW + 1 };
+  const good = { id: random(16), u: 'alice', d: 'phone', c: random(32), ri: 5, rs: random(32), iat: NOW, exp: NOW + 1 };
   t.equal(codeOfClass(() => openTicket(forge(pack(good)), ring, NOW)), undefined, 'the forge helper itself works');
   t.equal(codeOfClass(() => openTicket(forge(new Uint8Array([0xc1, 0xc1])), ring, NOW)), ErrorCode.TICKET_INVALID, 'not one msgpack value');
   t.equal(codeOfClass(() => openTicket(forge(pack([1, 2])), ring, NOW)), ErrorCode.TICKET_INVALID, 'not a map');
@@ -125,6 +126,7 @@ t.test('authentic but malformed contents are TICKET_INVALID', async (t) => {
   t.equal(codeOfClass(() => openTicket(forge(pack({ ...good, u: 'a.b' })), ring, NOW)), ErrorCode.TICKET_INVALID, 'bad user name');
   t.equal(codeOfClass(() => openTicket(forge(pack({ ...good, exp: 'soon' })), ring, NOW)), ErrorCode.TICKET_INVALID, 'bad expiry');
   t.equal(codeOfClass(() => openTicket(forge(pack({ ...good, exp: undefined })), ring, NOW)), ErrorCode.TICKET_INVALID, 'no expiry');
+  t.equal(codeOfClass(() => openTicket(forge(pack({ ...good, ri: undefined })), ring, NOW)), ErrorCode.TICKET_INVALID, 'no registration id (a ticket from before revocation)');
 });
 
 t.test('ticket errors are fatal HandshakeErrors', async (t) => {

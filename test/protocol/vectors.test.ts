@@ -163,7 +163,7 @@ function reference(side: Side, resume?: { ticket: Uint8Array; secret: Uint8Array
   if (!resume) st.mixKey(x25519(side.server_ephemeral_secret, cs)); // se
   const secret = hkdf(st.h, st.ck, 'gravitas resumption', 32);
   const [ticketId, ticketNonce] = side.server_random.map(b) as [Uint8Array, Uint8Array];
-  const ticketBody = pack({ id: ticketId, u: I.user, d: I.device, c: cs, rs: secret, iat: side.server_now, exp: side.server_now + I.ticket_lifetime_ms });
+  const ticketBody = pack({ id: ticketId, u: I.user, d: I.device, c: cs, ri: I.rid, rs: secret, iat: side.server_now, exp: side.server_now + I.ticket_lifetime_ms });
   const ticket = Uint8Array.from([I.ticket_key.id, ...ticketNonce, ...nacl.secretbox(ticketBody, ticketNonce, b(I.ticket_key.key))]);
   const welcomePayload = { ...I.session_info, serverTime: side.server_now, resumed: !!resume, ticket, ticketExpires: side.server_now + I.ticket_lifetime_ms };
   const wp = st.encryptAndHash(pack(welcomePayload));

@@ -266,7 +266,7 @@ t.test('expired ticket: TICKET_EXPIRED', async (t) => {
   const now = Date.now();
   const ring = { current: { id: keys.ticketKeys[0]!.id, key: fromBase64Url(keys.ticketKeys[0]!.key, 32) } };
   const sealed = sealTicket(
-    { id: random(TICKET_ID_BYTES), user: opts.user, device: opts.device, clientStatic: opts.identity.publicKey, secret: random(32), issuedAt: now - 120_000, expiresAt: now - 60_000 },
+    { id: random(TICKET_ID_BYTES), user: opts.user, device: opts.device, clientStatic: opts.identity.publicKey, rid: 1, secret: random(32), issuedAt: now - 120_000, expiresAt: now - 60_000 },
     ring,
   );
   const resume = { ticket: sealed, secret: random(32), expiresAt: now - 60_000 };

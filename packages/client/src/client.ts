@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import {
   ClientHandshake, decodeServerHandshake, decodeServerMessage, ErrorCode, HintError, NO_RECONNECT_CODES, pack, ProtocolError, random, RemoteError, RETRYABLE_SEND_CODES, TICKET_REFUSED_CODES, toBase64Url, unpack, verifyHint,
   type CampaignEvent, type ConnectHint, type KeyPair, type Msg, type Presence, type Receipt, type RequestArgs, type RequestOp, type ResumptionState, type SecureChannel, type ServerMessage,
-  type TypingEvent, type WelcomePayload, type MuteDurationName, type MuteEntry, type PushTarget,
+  type TypingEvent, type WelcomePayload, type MuteDurationName, type MuteEntry, type PushTarget, type Registration,
 } from '@gravitas/protocol';
 import { ClientError, ClientErrorCode, DeliveryError } from './errors.js';
 import { openStore, type ClientStore, type FeedbackRecord, type OutboxRecord } from './store.js';
@@ -30,8 +30,13 @@ export interface ClientOptions {
   identity: KeyPair;
   user: string;
   device: string;
-  /** Registration token to register this device on first use ('' for an open dev cluster). */
-  registration?: string;
+  /**
+   * What registers this device on first use (docs/security.md): a credential from the
+   * operator's auth service (`{ credential: jwt }`), an approval from another device of
+   * the account (`{ link: approval }`, see approveDevice), or on a development cluster
+   * its registration token ('' when it is open).
+   */
+  registration?: Registration;
   /** A ticket from an earlier session, for a one-round-trip resumption. */
   resumption?: ResumptionState;
   /** Called with every new ticket, so the application can persist it. */
@@ -80,6 +85,12 @@ export type Settled = SendResult | { id: string; error: Error };
 export interface Tracked extends FeedbackRecord { dup: boolean }
 /** Feedback the server refused for good (BAD_MESSAGE, NOT_FOUND, …), or dropped at close without a storage path. */
 export interface TrackFailed extends FeedbackRecord { error: Error }
+
+/** A campaign message, or what identifies one: its campaign and its delivery proof (`Msg.c`, `Msg.rk`). */
+export interface CampaignRef { c: string; rk: Uint8Array }
+
+/** Delivery proofs of recently received messages remembered for markRead(id, from) and track(campaignId). */
+const RECENT_PROOFS = 4096;
 
 /** Queued feedback: `ready` once durable, `inFlight` while a `track` request for it is unanswered. */
 interface QueuedFeedback extends FeedbackRecord { ready: boolean; inFlight: boolean }
@@ -144,6 +155,8 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private channel: SecureChannel | undefined;
   private resumption: ResumptionState | undefined;
   private readonly outbox = new Map<string, Outgoing>();
+  /** Delivery proofs of recent messages (`from/id`) and campaigns (`c/<id>`), for markRead and track by id. */
+  private readonly proofs = new Map<string, Uint8Array>();
   private closed = false;
   private attempt = 0;
   private serverIndex = 0;
@@ -368,6 +381,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     const m: ServerMessage = decodeServerMessage(unpack(channel.open(body)));
     switch (m.t) {
       case 'msg':
+        if (m.rk) this.rememberProof(m.c !== undefined ? `c/${m.c}` : `${m.from}/${m.id}`, m.rk);
         // A re-delivery (the sender re-sent after losing its status, a mailbox drain
         // after a lost ack): ack it again, show it once. With a storage path a
         // re-delivery is acked even without autoAck: its key says it was shown,
@@ -660,11 +674,14 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
    * Rejects with OUTBOX_FULL when maxFeedback events are queued, DUPLICATE_ID
    * when this id is queued already, CLOSED, or STORAGE_FAILED.
    */
-  track(campaignId: string, event: CampaignEvent, eventId: string = newEventId()): Promise<string> {
+  track(campaign: string | CampaignRef, event: CampaignEvent, eventId: string = newEventId()): Promise<string> {
     if (this.closed || this.storeClosed) return Promise.reject(new ClientError(ClientErrorCode.CLOSED, 'client is closed'));
+    const campaignId = typeof campaign === 'string' ? campaign : campaign.c;
+    const rk = (typeof campaign === 'string' ? undefined : campaign.rk) ?? this.proofs.get(`c/${campaignId}`);
+    if (!rk) return Promise.reject(new ClientError(ClientErrorCode.NO_PROOF, `no message of campaign ${campaignId} was received here: pass the message (its c and rk)`));
     if (this.feedback.has(eventId)) return Promise.reject(new ClientError(ClientErrorCode.DUPLICATE_ID, `event ${eventId} is already queued`));
     if (this.feedback.size >= (this.options.maxFeedback ?? 10_000)) return Promise.reject(new ClientError(ClientErrorCode.OUTBOX_FULL, 'too many queued feedback events'));
-    const rec: FeedbackRecord = { eid: eventId, c: campaignId, ev: event, ts: Date.now() };
+    const rec: FeedbackRecord = { eid: eventId, c: campaignId, ev: event, ts: Date.now(), rk };
     const q: QueuedFeedback = { ...rec, ready: false, inFlight: false };
     this.feedback.set(eventId, q);
     const saved = this.store.putFeedback(rec);
@@ -693,7 +710,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
 
   /** Queued feedback, oldest first (with a storage path: also what an earlier process left). */
   pendingFeedback(): FeedbackRecord[] {
-    return [...this.feedback.values()].map(({ eid, c, ev, ts }) => ({ eid, c, ev, ts }));
+    return [...this.feedback.values()].map(({ eid, c, ev, ts, rk }) => ({ eid, c, ev, ts, rk }));
   }
 
   /** Connected again: the queue goes out now, whatever backoff it was waiting out. */
@@ -738,7 +755,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     };
     const timer = setTimeout(() => finish(new ClientError(ClientErrorCode.NOT_CONNECTED, `no answer to track ${q.eid}`)), FEEDBACK_TIMEOUT_MS);
     timer.unref();
-    this.request('track', { c: q.c, ev: q.ev, eid: q.eid, ts: q.ts }).then(
+    this.request('track', { c: q.c, ev: q.ev, eid: q.eid, ts: q.ts, rk: q.rk }).then(
       (data) => finish(undefined, data),
       (err: unknown) => finish(err ?? new Error('track failed')),
     );
@@ -758,7 +775,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private settleFeedback(q: QueuedFeedback, outcome: { dup: boolean } | { error: Error }): void {
     this.feedback.delete(q.eid);
     this.store.deleteFeedback(q.eid);
-    const rec = { eid: q.eid, c: q.c, ev: q.ev, ts: q.ts };
+    const rec = { eid: q.eid, c: q.c, ev: q.ev, ts: q.ts, rk: q.rk };
     try {
       if ('error' in outcome) this.emit('trackFailed', { ...rec, error: outcome.error });
       else this.emit('tracked', { ...rec, dup: outcome.dup });
@@ -851,9 +868,34 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     if (this.channel) this.write({ t: 'ack', id, from });
   }
 
-  /** Tells the sender that this user read its message (dropped by the server if read receipts are off). */
-  markRead(id: string, from: string): void {
-    if (this.channel) this.write({ t: 'read', id, from });
+  /**
+   * Tells the sender that this user read its message (dropped by the server if read
+   * receipts are off). Pass the message itself, or its id and sender if it arrived
+   * recently on this client: the read goes back with the message's delivery proof.
+   */
+  markRead(m: string | Pick<Msg, 'id' | 'from' | 'rk'>, from?: string): void {
+    const id = typeof m === 'string' ? m : m.id;
+    const sender = typeof m === 'string' ? from : m.from;
+    if (sender === undefined) throw new TypeError('markRead(id, from): the sender is missing');
+    const rk = (typeof m === 'string' ? undefined : m.rk) ?? this.proofs.get(`${sender}/${id}`);
+    if (!rk) throw new ClientError(ClientErrorCode.NO_PROOF, `message ${id} from ${sender} was not received here: pass the message (with its rk)`);
+    if (this.channel) this.write({ t: 'read', id, from: sender, rk });
+  }
+
+  private rememberProof(key: string, rk: Uint8Array): void {
+    this.proofs.delete(key);
+    if (this.proofs.size >= RECENT_PROOFS) this.proofs.delete(this.proofs.keys().next().value!);
+    this.proofs.set(key, rk);
+  }
+
+  /**
+   * Approves a new device for this account (docs/security.md, "Linking a device"):
+   * `key` is the new device's public key, which it shows (e.g. as a QR code). The
+   * approval goes back to the new device the same way; it registers with
+   * `registration: { link: approval }` before `expiresAt`, once.
+   */
+  async approveDevice(device: string, key: Uint8Array): Promise<{ approval: Uint8Array; expiresAt: number }> {
+    return (await this.request('devices.link', { device, key })) as { approval: Uint8Array; expiresAt: number };
   }
 
   /** Ephemeral typing indicator to a user or a group; never stored, lost if nobody is online. */

@@ -10,6 +10,8 @@ export const ClientErrorCode = {
   DUPLICATE_ID: 'DUPLICATE_ID',
   /** The client store (storagePath) could not be opened, or a write to it failed. */
   STORAGE_FAILED: 'STORAGE_FAILED',
+  /** markRead or track for a message this client has no delivery proof of: pass the message itself. */
+  NO_PROOF: 'NO_PROOF',
 } as const;
 export type ClientErrorCode = (typeof ClientErrorCode)[keyof typeof ClientErrorCode];
 

@@ -8,7 +8,7 @@ import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
 import type { Database, RootDatabase } from 'lmdb';
-import type { CampaignEvent } from '@gravitas/protocol';
+import { fromBase64Url, toBase64Url, type CampaignEvent } from '@gravitas/protocol';
 import type { Target } from './client.js';
 import { ClientError, ClientErrorCode } from './errors.js';
 
@@ -16,7 +16,8 @@ import { ClientError, ClientErrorCode } from './errors.js';
 export interface OutboxRecord { id: string; target: Target; text: string; createdAt: number }
 
 /** One campaign feedback event not yet taken by the server, as stored (`ts`: when it happened). */
-export interface FeedbackRecord { eid: string; c: string; ev: CampaignEvent; ts: number }
+/** One feedback event; `rk` the delivery proof of the campaign's message (the server takes feedback only with it). */
+export interface FeedbackRecord { eid: string; c: string; ev: CampaignEvent; ts: number; rk: Uint8Array }
 
 /**
  * The SDK's storage. A memory store answers at once (plain values); a durable
@@ -113,7 +114,8 @@ const openPaths = new Set<string>();
 /** Stored outbox value: the record and its place in the order of puts. */
 interface StoredOutbox extends OutboxRecord { n: number }
 /** Stored feedback value, likewise. */
-interface StoredFeedback extends FeedbackRecord { n: number }
+/** The JSON form: the proof as base64url. */
+interface StoredFeedback extends Omit<FeedbackRecord, 'rk'> { rk?: string; n: number }
 
 /**
  * LMDB (lmdb-js) in `<path>/client.mdb`. Four sub-databases: `outbox` (id →
@@ -195,11 +197,12 @@ export class LmdbStore implements ClientStore {
 
   loadFeedback(): FeedbackRecord[] {
     const all = [...this.feedback.getRange()].map((e) => e.value).sort((a, b) => a.n - b.n);
-    return all.map(({ eid, c, ev, ts }) => ({ eid, c, ev, ts }));
+    // Records without a proof (from before proofs) are sent with an empty one and refused for good.
+    return all.map(({ eid, c, ev, ts, rk }) => ({ eid, c, ev, ts, rk: typeof rk === 'string' ? fromBase64Url(rk) : new Uint8Array(0) }));
   }
 
   async putFeedback(r: FeedbackRecord): Promise<void> {
-    await this.feedback.put(r.eid, { eid: r.eid, c: r.c, ev: r.ev, ts: r.ts, n: this.nextFeedback++ });
+    await this.feedback.put(r.eid, { eid: r.eid, c: r.c, ev: r.ev, ts: r.ts, rk: toBase64Url(r.rk), n: this.nextFeedback++ });
     await this.root.flushed;
   }
 

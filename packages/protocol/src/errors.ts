@@ -21,6 +21,10 @@ export const ErrorCode = {
   UNKNOWN_DEVICE: 'UNKNOWN_DEVICE',
   REGISTRATION_DENIED: 'REGISTRATION_DENIED',
   DEVICE_KEY_MISMATCH: 'DEVICE_KEY_MISMATCH',
+  /** The device was removed from its account: its key and tickets are refused on every cell, its sessions end. */
+  DEVICE_REVOKED: 'DEVICE_REVOKED',
+  /** The account is suspended by an operator: every device is refused and every session ends. */
+  ACCOUNT_SUSPENDED: 'ACCOUNT_SUSPENDED',
   TICKET_INVALID: 'TICKET_INVALID',
   TICKET_EXPIRED: 'TICKET_EXPIRED',
   TICKET_REPLAYED: 'TICKET_REPLAYED',
@@ -101,6 +105,8 @@ export const FATAL_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.UNKNOWN_DEVICE,
   ErrorCode.REGISTRATION_DENIED,
   ErrorCode.DEVICE_KEY_MISMATCH,
+  ErrorCode.DEVICE_REVOKED,
+  ErrorCode.ACCOUNT_SUSPENDED,
   ErrorCode.TOO_MANY_DEVICES,
   ErrorCode.TICKET_INVALID,
   ErrorCode.TICKET_EXPIRED,
@@ -143,6 +149,8 @@ export const NO_RECONNECT_CODES: ReadonlySet<string> = new Set<ErrorCode>([
   ErrorCode.UNKNOWN_DEVICE,
   ErrorCode.REGISTRATION_DENIED,
   ErrorCode.TOO_MANY_DEVICES,
+  ErrorCode.DEVICE_REVOKED,
+  ErrorCode.ACCOUNT_SUSPENDED,
 ]);
 
 /** Base class of every coded protocol error. */

@@ -92,13 +92,27 @@ function checkSkew(ts: number, now: number): void {
 
 export interface ResumptionState { ticket: Uint8Array; secret: Uint8Array; expiresAt: number }
 
+/**
+ * What a device that is not registered yet offers to join its account (docs/security.md):
+ * a string is the shared registration token of a development cluster ('' when it is open);
+ * `credential` a short-lived JWT from the operator's auth service naming the user, the
+ * device and its public key; `link` an approval from one of the account's existing devices.
+ */
+export type Registration = string | { credential: string } | { link: Uint8Array };
+
+function registrationFields(r: Registration | undefined): Pick<HelloPayload, 'reg' | 'cred' | 'link'> {
+  if (r === undefined) return {};
+  if (typeof r === 'string') return { reg: r };
+  return 'credential' in r ? { cred: r.credential } : { link: r.link };
+}
+
 export interface ClientHandshakeOptions {
   serverPublicKey: Uint8Array;
   identity: KeyPair;
   user: string;
   device: string;
-  /** Registration token (or '' in open-registration dev mode) to register this device on first use. */
-  registration?: string;
+  /** What registers this device on first use (a token, '' for an open dev cluster, a credential or a link approval). */
+  registration?: Registration;
   /** Ticket from an earlier session: attempt a one-round-trip resumption. */
   resume?: ResumptionState;
   suite?: DhSuite;
@@ -124,7 +138,7 @@ export class ClientHandshake {
     this.opts = opts;
     this.suite = opts.suite ?? nativeSuite;
     const now = (opts.now ?? Date.now)();
-    const payload: HelloPayload = { user: opts.user, device: opts.device, ts: now, ...(opts.registration !== undefined && { reg: opts.registration }) };
+    const payload: HelloPayload = { user: opts.user, device: opts.device, ts: now, ...registrationFields(opts.registration) };
     this.eph = this.suite.generate();
     if (opts.resume) {
       const t = (this.t = new Transcript(NAME_RESUME, PROTOCOL_VERSION, opts.serverPublicKey));
@@ -191,10 +205,15 @@ export interface PendingHandshake {
   device: string;
   clientStatic: Uint8Array;
   clientEphemeral: Uint8Array;
-  /** Registration token the client offered (full handshake only). */
-  registration: string | undefined;
+  /** The proof of account membership the client offered (full handshake only). */
+  registration: Registration | undefined;
   /** Resume only: the ticket being spent. */
   ticket: TicketContents | undefined;
+  /**
+   * The registration of the device key (ticket.ts): from the ticket on a resume; on a full
+   * handshake the server sets it once the key is checked, and the new ticket carries it.
+   */
+  rid: number;
   readonly transcript: Transcript;
 }
 
@@ -207,7 +226,8 @@ export function readHello(msg: Hello, ctx: ServerHandshakeContext): PendingHands
   t.mixKey(ctx.staticKey.dh(clientStatic));
   const payload = decodePayload(t.decryptAndHash(msg.p, 'hello payload'), decodeHelloPayload);
   checkSkew(payload.ts, ctx.now());
-  return { kind: 'full', user: payload.user, device: payload.device, clientStatic, clientEphemeral: msg.e, registration: payload.reg, ticket: undefined, transcript: t };
+  const registration: Registration | undefined = payload.reg ?? (payload.cred !== undefined ? { credential: payload.cred } : payload.link && { link: payload.link });
+  return { kind: 'full', user: payload.user, device: payload.device, clientStatic, clientEphemeral: msg.e, registration, ticket: undefined, rid: 0, transcript: t };
 }
 
 export function readResume(msg: Resume, ctx: ServerHandshakeContext): PendingHandshake {
@@ -220,7 +240,7 @@ export function readResume(msg: Resume, ctx: ServerHandshakeContext): PendingHan
   const payload = decodePayload(t.decryptAndHash(msg.p, 'resume payload'), decodeHelloPayload);
   if (payload.user !== ticket.user || payload.device !== ticket.device) throw new HandshakeError(ErrorCode.TICKET_INVALID, 'ticket was issued to another device');
   checkSkew(payload.ts, ctx.now());
-  return { kind: 'resume', user: ticket.user, device: ticket.device, clientStatic: ticket.clientStatic, clientEphemeral: msg.e, registration: undefined, ticket, transcript: t };
+  return { kind: 'resume', user: ticket.user, device: ticket.device, clientStatic: ticket.clientStatic, clientEphemeral: msg.e, registration: undefined, ticket, rid: ticket.rid, transcript: t };
 }
 
 export interface ServerHandshakeResult {
@@ -240,7 +260,7 @@ export function writeWelcome(p: PendingHandshake, info: { session: string; cell:
   const expiresAt = now + ctx.ticketLifetimeMs;
   const rnd = ctx.random ?? random;
   const ticket = sealTicket(
-    { id: rnd(TICKET_ID_BYTES), user: p.user, device: p.device, clientStatic: p.clientStatic, secret: t.resumptionSecret(), issuedAt: now, expiresAt },
+    { id: rnd(TICKET_ID_BYTES), user: p.user, device: p.device, clientStatic: p.clientStatic, rid: p.rid, secret: t.resumptionSecret(), issuedAt: now, expiresAt },
     ctx.ticketKeys,
     rnd,
   );

@@ -9,6 +9,6 @@ export * from './ticket.js';
 export * from './hint.js';
 export * from './wake.js';
 export * from './handshake.js';
-export { isName } from './validate.js';
+export { bad, bytes, int, isName, isObj, isSystemName, name, obj, str, SYSTEM_PREFIX, type Obj } from './validate.js';
 export * from './requests.js';
 export * from './push.js';

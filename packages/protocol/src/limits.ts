@@ -19,3 +19,13 @@ export const MAX_FRAME_COUNTER = 2 ** 48;
  */
 export const HTTP_UP_ROTATE_FRAMES = 4096;
 export const HTTP_UP_ROTATE_BYTES = 4 * 1024 * 1024;
+/** Longest registration credential (a compact JWT) a hello may carry. */
+export const MAX_CREDENTIAL_LENGTH = 6144;
+/** Largest device-link approval (`devices.link`, docs/security.md). */
+export const MAX_LINK_APPROVAL_BYTES = 512;
+/**
+ * Length of the delivery proof (`rk`): a MAC the server puts on every message it
+ * delivers, over the message and its reader, which a `read` receipt or campaign
+ * feedback (`track`) must carry back — so only a reader it reached can send one.
+ */
+export const DELIVERY_PROOF_BYTES = 12;

@@ -1,5 +1,5 @@
 import { DecodeError, ErrorCode, isErrorCode, type ErrorCode as Code } from './errors.js';
-import { MAX_TEXT_LENGTH, MAX_ID_LENGTH } from './limits.js';
+import { DELIVERY_PROOF_BYTES, MAX_CREDENTIAL_LENGTH, MAX_ID_LENGTH, MAX_LINK_APPROVAL_BYTES, MAX_TEXT_LENGTH } from './limits.js';
 import { MAX_WAKE_BYTES } from './wake.js';
 import { decodeMuteList, type MuteEntry } from './push.js';
 import { bad, bytes, int, name, obj, oneOf, optBytes, optStr, str, type Obj } from './validate.js';
@@ -21,8 +21,15 @@ export interface Cookie { t: 'cookie'; c: Uint8Array }
 export interface Welcome { t: 'welcome'; e: Uint8Array; p: Uint8Array }
 export interface ErrorMsg { t: 'error'; code: Code; message: string; ref?: string }
 
-/** Contents of a hello/resume `p` once decrypted. */
-export interface HelloPayload { user: string; device: string; ts: number; reg?: string }
+/**
+ * Contents of a hello/resume `p` once decrypted. A device that is not registered yet
+ * offers at most one proof that it may join the account (docs/security.md):
+ * `reg` the shared registration token of a development cluster ('' when open),
+ * `cred` a credential (a JWT) from the operator's auth service, or `link` an
+ * approval from one of the account's existing devices (`devices.link`).
+ */
+export interface HelloPayload { user: string; device: string; ts: number; reg?: string; cred?: string; link?: Uint8Array }
+
 /** Contents of welcome `p` once decrypted. */
 export interface WelcomePayload {
   session: string;
@@ -45,8 +52,12 @@ export interface Finish { t: 'finish'; h: Uint8Array }
 export type Send = { t: 'send'; id: string; text: string } & ({ to: string; g?: undefined } | { g: string; to?: undefined });
 /** The device has the message (or receipt) `id` from `from`: the server may forget it. */
 export interface Ack { t: 'ack'; id: string; from: string }
-/** The user has read message `id` from `from` (a read receipt, unless turned off). */
-export interface Read { t: 'read'; id: string; from: string }
+/**
+ * The user has read message `id` from `from` (a read receipt, unless turned off).
+ * `rk` is the delivery proof the message came with: only a reader it was
+ * delivered to can produce it.
+ */
+export interface Read { t: 'read'; id: string; from: string; rk: Uint8Array }
 /** Ephemeral: the user is typing to a user or in a group. Never stored. */
 export type Typing = { t: 'typing'; on: boolean } & ({ to: string; g?: undefined } | { g: string; to?: undefined });
 /** Sets the user's own presence (offline is implied by having no session). */
@@ -61,7 +72,7 @@ export type ClientMessage = Finish | Send | Ack | Read | Typing | SetPresence | 
 export const REQUEST_OPS = [
   'contacts.list', 'contacts.add', 'contacts.remove', 'contacts.block', 'contacts.unblock',
   'prefs.get', 'prefs.set',
-  'devices.list', 'devices.remove',
+  'devices.list', 'devices.remove', 'devices.link',
   'groups.list', 'groups.create', 'groups.info', 'groups.add', 'groups.remove', 'groups.admin', 'groups.leave',
   'track', 'profile.get', 'profile.set',
   'push.register', 'push.unregister', 'push.list', 'mute.set', 'mute.clear', 'mute.list',
@@ -71,8 +82,13 @@ export type RequestOp = (typeof REQUEST_OPS)[number];
 
 // ---- sealed, server → client ---------------------------------------------------
 
-/** A chat message delivered to a device. `g` names the group; `seq` orders a group's log; `c` the campaign that sent it. */
-export interface Msg { t: 'msg'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number; c?: string }
+/**
+ * A chat message delivered to a device. `g` names the group; `seq` orders a group's log; `c` the campaign that sent it.
+ * `sys` marks a message the system originated (its sender is a reserved `_` name no client can hold): `campaign`,
+ * `account` (a notice about the account itself, `dv` naming the device it is about). `rk` is the delivery proof
+ * (DELIVERY_PROOF_BYTES): a `read` or a campaign's `track` must carry it back.
+ */
+export interface Msg { t: 'msg'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number; c?: string; sys?: string; dv?: string; rk?: Uint8Array }
 export type ReceiptState = 'delivered' | 'read' | 'expired';
 /**
  * A receipt about message `ref` that this user sent: device `bd` of `by` got it,
@@ -132,7 +148,7 @@ export function decodeClientHandshake(v: unknown): Hello | Resume {
   const t = typeOf(o);
   if (t !== 'hello' && t !== 'resume') return unknownType(t);
   const cookie = optBytes(o, 'cookie', 16, 64);
-  const base = { v: int(o, 'v', 0, 255), e: bytes(o, 'e', KEY), p: bytes(o, 'p', 16, 1024), ...(cookie && { cookie }) };
+  const base = { v: int(o, 'v', 0, 255), e: bytes(o, 'e', KEY), p: bytes(o, 'p', 16, 8192), ...(cookie && { cookie }) };
   if (t === 'hello') return { t, ...base, s: bytes(o, 's', KEY + 16) };
   return { t, ...base, tk: bytes(o, 'tk', 32, 1024) };
 }
@@ -150,7 +166,10 @@ export function decodeServerHandshake(v: unknown): Cookie | Welcome | ErrorMsg {
 export function decodeHelloPayload(v: unknown): HelloPayload {
   const o = obj(v, 'payload');
   const reg = optStr(o, 'reg', 256);
-  return { user: name(o, 'user'), device: name(o, 'device', 32), ts: int(o, 'ts'), ...(reg !== undefined && { reg }) };
+  const cred = optStr(o, 'cred', MAX_CREDENTIAL_LENGTH);
+  const link = optBytes(o, 'link', 65, MAX_LINK_APPROVAL_BYTES);
+  if (Number(reg !== undefined) + Number(cred !== undefined) + Number(link !== undefined) > 1) bad('reg', 'at most one of "reg", "cred" and "link" may be offered');
+  return { user: name(o, 'user'), device: name(o, 'device', 32), ts: int(o, 'ts'), ...(reg !== undefined && { reg }), ...(cred !== undefined && { cred }), ...(link !== undefined && { link }) };
 }
 
 export function decodeWelcomePayload(v: unknown): WelcomePayload {
@@ -191,7 +210,7 @@ export function decodeClientMessage(v: unknown): ClientMessage {
     case 'ack':
       return { t, id: name(o, 'id'), from: name(o, 'from') };
     case 'read':
-      return { t, id: name(o, 'id'), from: name(o, 'from') };
+      return { t, id: name(o, 'id'), from: name(o, 'from'), rk: bytes(o, 'rk', DELIVERY_PROOF_BYTES) };
     case 'typing':
       return { t, on: bool(o, 'on'), ...target(o) } as Typing;
     case 'presence':
@@ -220,9 +239,13 @@ export function decodeServerMessage(v: unknown): ServerMessage {
       const g = o.g === undefined ? undefined : name(o, 'g');
       const seq = o.seq === undefined ? undefined : int(o, 'seq');
       const c = o.c === undefined ? undefined : name(o, 'c');
+      const sys = o.sys === undefined ? undefined : name(o, 'sys', 32);
+      const dv = o.dv === undefined ? undefined : name(o, 'dv', 32);
+      const rk = o.rk === undefined ? undefined : bytes(o, 'rk', DELIVERY_PROOF_BYTES);
       return {
         t, id: name(o, 'id'), from: name(o, 'from'), fd: name(o, 'fd', 32), to: name(o, 'to'), text: str(o, 'text', MAX_TEXT_LENGTH), ts: int(o, 'ts'),
         ...(g !== undefined && { g }), ...(seq !== undefined && { seq }), ...(c !== undefined && { c }),
+        ...(sys !== undefined && { sys }), ...(dv !== undefined && { dv }), ...(rk !== undefined && { rk }),
       };
     }
     case 'rcpt': {

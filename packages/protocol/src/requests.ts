@@ -1,6 +1,7 @@
 import type { RequestOp } from './messages.js';
 import { decodeChatRef, decodeMuteSet, decodePushTarget, type ChatRef, type MuteSet, type PushTarget } from './push.js';
-import { bad, int, isObj, name, oneOf, str, type Obj } from './validate.js';
+import { DELIVERY_PROOF_BYTES } from './limits.js';
+import { bad, bytes, int, isObj, name, oneOf, str, type Obj } from './validate.js';
 
 /** Who may see a user's presence. */
 export type PresenceVisibility = 'contacts' | 'nobody';
@@ -21,6 +22,12 @@ export interface RequestArgs {
   'prefs.set': Partial<Prefs>;
   'devices.list': Record<string, never>;
   'devices.remove': { device: string };
+  /**
+   * Approves a new device for the calling user's account: `key` is the new device's
+   * X25519 public key (it shows it, e.g. as a QR code). The answer's `approval` is what
+   * the new device presents in its first hello (docs/security.md, "Linking a device").
+   */
+  'devices.link': { device: string; key: Uint8Array };
   'groups.list': Record<string, never>;
   'groups.create': { name: string; members: string[] };
   'groups.info': { g: string };
@@ -28,8 +35,11 @@ export interface RequestArgs {
   'groups.remove': { g: string; users: string[] };
   'groups.admin': { g: string; user: string; on: boolean };
   'groups.leave': { g: string };
-  /** Feedback on a campaign message: `eid` is the client's idempotency key for this event. */
-  track: { c: string; ev: CampaignEvent; eid: string; ts: number };
+  /**
+   * Feedback on a campaign message: `eid` is the client's idempotency key for this event, `rk`
+   * the delivery proof the campaign's message came with (only its recipients can send feedback).
+   */
+  track: { c: string; ev: CampaignEvent; eid: string; ts: number; rk: Uint8Array };
   'profile.get': Record<string, never>;
   /** Sets (or with null removes) profile attributes; every change makes a new version. */
   'profile.set': { attrs: ProfilePatch };
@@ -129,6 +139,7 @@ const DECODERS: { [K in RequestOp]: (a: Obj) => RequestArgs[K] } = {
   }),
   'devices.list': none,
   'devices.remove': (a) => ({ device: name(a, 'device', 32) }),
+  'devices.link': (a) => ({ device: name(a, 'device', 32), key: bytes(a, 'key', 32) }),
   'groups.list': none,
   'groups.create': (a) => ({ name: str(a, 'name', MAX_GROUP_NAME_LENGTH, 1), members: a.members === undefined ? [] : users(a, 'members') }),
   'groups.info': group,
@@ -136,7 +147,7 @@ const DECODERS: { [K in RequestOp]: (a: Obj) => RequestArgs[K] } = {
   'groups.remove': (a) => ({ ...group(a), users: users(a, 'users') }),
   'groups.admin': (a) => ({ ...group(a), user: name(a, 'user'), on: flag(a, 'on') }),
   'groups.leave': group,
-  track: (a) => ({ c: name(a, 'c'), ev: oneOf(a, 'ev', CAMPAIGN_EVENTS), eid: name(a, 'eid'), ts: int(a, 'ts') }),
+  track: (a) => ({ c: name(a, 'c'), ev: oneOf(a, 'ev', CAMPAIGN_EVENTS), eid: name(a, 'eid'), ts: int(a, 'ts'), rk: bytes(a, 'rk', DELIVERY_PROOF_BYTES) }),
   'profile.get': none,
   'profile.set': (a) => ({ attrs: decodeProfilePatch(a.attrs) }),
   'push.register': decodePushTarget,

@@ -18,6 +18,12 @@ export interface TicketContents {
   user: string;
   device: string;
   clientStatic: Uint8Array;
+  /**
+   * The registration of the device key this ticket vouches for (the account's device
+   * index names it): a resumption is refused once the device was removed or registered
+   * again, so removing a device revokes its tickets on every cell.
+   */
+  rid: number;
   secret: Uint8Array; // resumption secret, derived from the handshake that issued it
   issuedAt: number;
   expiresAt: number;
@@ -29,7 +35,7 @@ export const MAX_TICKET_LIFETIME_MS = 7 * 24 * 3600_000;
 
 /** `rnd` supplies the nonce (injectable for deterministic test vectors only). */
 export function sealTicket(t: TicketContents, keyring: TicketKeyring, rnd: (n: number) => Uint8Array = random): Uint8Array {
-  const body = pack({ id: t.id, u: t.user, d: t.device, c: t.clientStatic, rs: t.secret, iat: t.issuedAt, exp: t.expiresAt });
+  const body = pack({ id: t.id, u: t.user, d: t.device, c: t.clientStatic, ri: t.rid, rs: t.secret, iat: t.issuedAt, exp: t.expiresAt });
   const nonce = rnd(NONCE_BYTES);
   const box = seal(body, nonce, keyring.current.key);
   const out = new Uint8Array(1 + NONCE_BYTES + box.length);
@@ -58,6 +64,7 @@ export function openTicket(sealed: Uint8Array, keyring: TicketKeyring, now: numb
       user: name(o, 'u'),
       device: name(o, 'd', 32),
       clientStatic: bytes(o, 'c', KEY_BYTES),
+      rid: int(o, 'ri'),
       secret: bytes(o, 'rs', KEY_BYTES),
       issuedAt: int(o, 'iat'),
       expiresAt: int(o, 'exp'),

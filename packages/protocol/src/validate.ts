@@ -58,6 +58,17 @@ export function isName(v: string, max = MAX_ID_LENGTH): boolean {
   return v.length > 0 && v.length <= max && NAME_RE.test(v);
 }
 
+/**
+ * Names that begin with this are the system's (campaign senders, account notices,
+ * server-made message ids): no account, device or client-chosen message id may take
+ * one, so a system message can be neither impersonated nor pre-empted.
+ */
+export const SYSTEM_PREFIX = '_';
+
+export function isSystemName(v: string): boolean {
+  return v.startsWith(SYSTEM_PREFIX);
+}
+
 export function oneOf<T extends string>(o: Obj, field: string, values: readonly T[]): T {
   const v = o[field];
   if (typeof v !== 'string' || !(values as readonly string[]).includes(v)) bad(field, `must be one of ${values.join(', ')}`);

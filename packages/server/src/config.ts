@@ -15,8 +15,26 @@ export interface Limits {
   /** Above this many handshakes per second on a cell, clients must first echo a cookie. */
   cookieThresholdPerSec: number;
   idleTimeoutMs: number;
+  /** Messages a session may send (token bucket). */
   msgRatePerSec: number;
   msgBurst: number;
+  /** Deliveries a session's messages may cause: a message costs its target devices (1:1) or its group's members. */
+  fanoutRatePerSec: number;
+  fanoutBurst: number;
+  /** Read receipts a session may send. */
+  readRatePerSec: number;
+  readBurst: number;
+  /** Requests (`req`) a session may make. */
+  requestRatePerSec: number;
+  requestBurst: number;
+  /** Pings and presence changes a session may send. */
+  controlRatePerSec: number;
+  controlBurst: number;
+  /** The same per account, all its devices together, cluster-wide (leased budgets, cell/budgets.ts). */
+  accountMsgRatePerSec: number;
+  accountFanoutRatePerSec: number;
+  accountReadRatePerSec: number;
+  accountRequestRatePerSec: number;
   maxInFlightPerSession: number;
   custodyWindowMs: number;
   maxOutboundBytes: number;
@@ -114,6 +132,47 @@ export interface WebConfig {
   maxPendingStreams: number;
 }
 
+/**
+ * A credential from the operator's auth service (docs/security.md, "Credentials"):
+ * a short-lived JWT naming the user (`sub`), the device (`device`) and the device's
+ * public key (`cnf.jwk`), signed by a key of the JWKS given inline or at a URL.
+ */
+export interface CredentialConfig {
+  /** `iss` every credential must carry. */
+  issuer: string;
+  /** `aud` every credential must carry. */
+  audience: string;
+  /** Signature algorithms accepted (an allow-list: the token never chooses). */
+  algorithms: CredentialAlgorithm[];
+  /** The verification keys, inline (a JWKS: { keys: [...] }) … */
+  jwks?: { keys: Array<Record<string, unknown>> };
+  /** … or fetched from this URL (cached; fetched again for an unknown `kid`, at most every 30 s). */
+  jwksUrl?: string;
+  /** Longest accepted lifetime (exp − iat) and age (now − iat) of a credential. */
+  maxLifetimeMs: number;
+  /** Clock skew allowed on exp, nbf and iat. */
+  clockToleranceMs: number;
+}
+
+export const CREDENTIAL_ALGORITHMS = ['EdDSA', 'ES256', 'RS256'] as const;
+export type CredentialAlgorithm = (typeof CREDENTIAL_ALGORITHMS)[number];
+
+/** How devices join accounts (docs/security.md, "Registration"). */
+export interface RegistrationConfig {
+  /**
+   * What lets a device join: `credential` (production) a credential from the operator's
+   * auth service, for a new account or one more device; `token` (development) a shared
+   * token creates new accounts only; `open` (development) anyone registers anything.
+   * In every mode an account's existing device may approve a new one (`link`), and a
+   * configured credential is accepted too.
+   */
+  mode: 'credential' | 'token' | 'open';
+  token?: string;
+  credential?: CredentialConfig;
+  /** Device linking: an existing device approves a new device's key (`devices.link`). */
+  link: { enabled: boolean; ttlMs: number };
+}
+
 export interface NodeConfig {
   nodeId: string;
   nats: { servers: string[]; token?: string; user?: string; pass?: string };
@@ -130,7 +189,7 @@ export interface NodeConfig {
   /** Ticket keys, current first; the second, if any, is only accepted (rotation). */
   ticketKeys: Array<{ id: number; key: string }>;
   ticketLifetimeMs: number;
-  registration: { mode: 'open' | 'token'; token?: string };
+  registration: RegistrationConfig;
   membership: { heartbeatMs: number; timeoutMs: number };
   /** Copies of every JetStream stream and KV bucket in a NATS cluster (1 for one server; 3 in production). */
   replicas: number;
@@ -155,6 +214,18 @@ export const DEFAULT_LIMITS: Limits = {
   idleTimeoutMs: 120_000,
   msgRatePerSec: 200,
   msgBurst: 400,
+  fanoutRatePerSec: 2_000,
+  fanoutBurst: 4_096,
+  readRatePerSec: 50,
+  readBurst: 200,
+  requestRatePerSec: 20,
+  requestBurst: 100,
+  controlRatePerSec: 2,
+  controlBurst: 20,
+  accountMsgRatePerSec: 400,
+  accountFanoutRatePerSec: 4_000,
+  accountReadRatePerSec: 100,
+  accountRequestRatePerSec: 40,
   maxInFlightPerSession: 1024,
   custodyWindowMs: 3_000,
   maxOutboundBytes: 4 * 1024 * 1024,
@@ -256,7 +327,11 @@ export const ENV_VARS: Record<string, string> = {
   GRAVITAS_DATA_DIR: 'dataDir',
   GRAVITAS_SERVER_KEY: 'serverKey',
   GRAVITAS_TICKET_KEYS: 'ticketKeys',
+  GRAVITAS_REGISTRATION_MODE: 'registration.mode',
   GRAVITAS_REGISTRATION_TOKEN: 'registration.token',
+  GRAVITAS_CREDENTIAL_ISSUER: 'registration.credential.issuer',
+  GRAVITAS_CREDENTIAL_AUDIENCE: 'registration.credential.audience',
+  GRAVITAS_CREDENTIAL_JWKS_URL: 'registration.credential.jwksUrl',
   GRAVITAS_MAILBOX_PARTITIONS: 'mailbox.partitions',
   GRAVITAS_REPLICAS: 'replicas',
   GRAVITAS_GRAVITY: 'gravity.enabled',
@@ -283,6 +358,9 @@ export const FLAGS: Record<string, string> = {
   replicas: 'replicas',
   gravity: 'gravity.enabled',
   'registration-token': 'registration.token',
+  'credential-issuer': 'registration.credential.issuer',
+  'credential-audience': 'registration.credential.audience',
+  'credential-jwks-url': 'registration.credential.jwksUrl',
 };
 
 export interface ConfigSources {
@@ -334,7 +412,7 @@ const KNOWN_NESTED: Record<string, Set<string>> = {
   listen: new Set(['host', 'basePort', 'webBasePort']),
   web: new Set(Object.keys(DEFAULT_WEB)),
   admin: new Set(['host', 'port', 'token']),
-  registration: new Set(['mode', 'token']),
+  registration: new Set(['mode', 'token', 'credential', 'link']),
   membership: new Set(['heartbeatMs', 'timeoutMs']),
   mailbox: new Set(Object.keys(DEFAULT_MAILBOX)),
   gravity: new Set(Object.keys(DEFAULT_GRAVITY)),
@@ -344,6 +422,64 @@ const KNOWN_NESTED: Record<string, Set<string>> = {
   relay: RELAY_KEYS,
   limits: new Set(Object.keys(DEFAULT_LIMITS)),
 };
+
+const CREDENTIAL_KEYS = new Set(['issuer', 'audience', 'algorithms', 'jwks', 'jwksUrl', 'maxLifetimeMs', 'clockToleranceMs']);
+
+/** registration.credential: undefined when absent or broken (every problem goes to `fail`). */
+function validateCredential(v: unknown, fail: (path: string, message: string) => undefined): CredentialConfig | undefined {
+  if (v === undefined) return undefined;
+  const at = (k: string): string => `registration.credential.${k}`;
+  if (!isJson(v)) return fail('registration.credential', 'must be an object { issuer, audience, jwks or jwksUrl, … }');
+  const before = { ok: true };
+  const bad = (path: string, message: string): undefined => {
+    before.ok = false;
+    return fail(path, message);
+  };
+  for (const k of Object.keys(v)) if (!CREDENTIAL_KEYS.has(k)) bad(at(k), 'unknown setting');
+  const text = (k: string, def?: string): string | undefined => {
+    const x = v[k];
+    if (x === undefined) return def;
+    if (typeof x !== 'string' || x.length === 0 || x.length > 1024) return bad(at(k), 'must be a non-empty string');
+    return x;
+  };
+  const ms = (k: string, def: number, min: number, max: number): number => {
+    let x = v[k];
+    if (x === undefined) return def;
+    if (typeof x === 'string' && /^\d+$/.test(x)) x = Number(x);
+    if (typeof x !== 'number' || !Number.isInteger(x) || x < min || x > max) return bad(at(k), `must be an integer between ${min} and ${max}`) ?? def;
+    return x;
+  };
+  const issuer = text('issuer') ?? bad(at('issuer'), 'is required: the `iss` your auth service puts in credentials');
+  const audience = text('audience', 'gravitas');
+  let algorithms = v.algorithms ?? [...CREDENTIAL_ALGORITHMS];
+  if (typeof algorithms === 'string') algorithms = algorithms.split(',').map((a) => a.trim());
+  if (!Array.isArray(algorithms) || algorithms.length === 0 || !algorithms.every((a) => (CREDENTIAL_ALGORITHMS as readonly unknown[]).includes(a))) {
+    bad(at('algorithms'), `must be a non-empty list of ${CREDENTIAL_ALGORITHMS.join(', ')}`);
+  }
+  const jwksUrl = text('jwksUrl');
+  if (jwksUrl !== undefined) {
+    let u: URL | undefined;
+    try {
+      u = new URL(jwksUrl);
+    } catch {
+      bad(at('jwksUrl'), 'must be an absolute URL');
+    }
+    // Plain http would let anyone on the path swap the keys: only for a service on this host.
+    if (u && u.protocol !== 'https:' && !(u.protocol === 'http:' && /^(127\.\d+\.\d+\.\d+|localhost|\[::1\])$/.test(u.hostname))) bad(at('jwksUrl'), 'must be an https URL (http only on loopback)');
+  }
+  const jwks = v.jwks;
+  if (jwks !== undefined && !(isJson(jwks) && Array.isArray(jwks.keys) && jwks.keys.length > 0 && jwks.keys.every((k) => isJson(k) && typeof k.kty === 'string'))) {
+    bad(at('jwks'), 'must be a JWKS: { "keys": [ { "kty": …, "kid": …, … } ] }');
+  }
+  if ((jwks === undefined) === (jwksUrl === undefined)) bad('registration.credential', 'needs exactly one of jwks (inline keys) and jwksUrl');
+  const maxLifetimeMs = ms('maxLifetimeMs', 15 * 60_000, 10_000, 24 * 3600_000);
+  const clockToleranceMs = ms('clockToleranceMs', 30_000, 0, 5 * 60_000);
+  if (!before.ok || issuer === undefined || audience === undefined) return undefined;
+  return {
+    issuer, audience, algorithms: algorithms as CredentialAlgorithm[], maxLifetimeMs, clockToleranceMs,
+    ...(jwks !== undefined && { jwks: jwks as CredentialConfig['jwks'] & object }), ...(jwksUrl !== undefined && { jwksUrl }),
+  };
+}
 
 /** Validates a merged raw configuration, coercing strings from env/flags. */
 export function validateConfig(raw: Json): NodeConfig {
@@ -430,10 +566,18 @@ export function validateConfig(raw: Json): NodeConfig {
     if (tk.length === 2 && tk[0]!.id === tk[1]!.id) fail('ticketKeys', 'current and previous key need different ids');
   }
 
-  const mode = string('registration.mode', 'token');
-  if (mode !== 'open' && mode !== 'token') fail('registration.mode', 'must be "open" or "token"');
+  const mode = string('registration.mode', 'credential');
+  if (mode !== 'open' && mode !== 'token' && mode !== 'credential') fail('registration.mode', 'must be "credential", "token" (development) or "open" (development)');
   const regToken = string('registration.token', undefined);
-  if (mode === 'token' && !regToken) fail('registration.token', 'is required when registration.mode is "token" (use "open" only for development)');
+  if (mode === 'token' && !regToken) fail('registration.token', 'is required when registration.mode is "token" (a development setting: use "credential" in production)');
+  if (regToken !== undefined && regToken.length < 16) fail('registration.token', 'must be at least 16 characters');
+  const credential = validateCredential(get('registration.credential'), fail);
+  if (mode === 'credential' && !credential && get('registration.credential') === undefined) {
+    fail('registration.credential', 'is required when registration.mode is "credential" ({ issuer, jwks or jwksUrl }; docs/security.md), or choose a development mode ("token", "open")');
+  }
+  const link = get('registration.link');
+  if (link !== undefined && !isJson(link)) fail('registration.link', 'must be an object { enabled, ttlMs }');
+  else if (link !== undefined) for (const k of Object.keys(link)) if (k !== 'enabled' && k !== 'ttlMs') fail(`registration.link.${k}`, 'unknown setting');
 
   const L = DEFAULT_LIMITS;
   const limits: Limits = {
@@ -445,6 +589,18 @@ export function validateConfig(raw: Json): NodeConfig {
     idleTimeoutMs: int('limits.idleTimeoutMs', L.idleTimeoutMs, 1000, 3_600_000),
     msgRatePerSec: int('limits.msgRatePerSec', L.msgRatePerSec, 1, 1_000_000),
     msgBurst: int('limits.msgBurst', L.msgBurst, 1, 1_000_000),
+    fanoutRatePerSec: int('limits.fanoutRatePerSec', L.fanoutRatePerSec, 1, 10_000_000),
+    fanoutBurst: int('limits.fanoutBurst', L.fanoutBurst, 1, 10_000_000),
+    readRatePerSec: int('limits.readRatePerSec', L.readRatePerSec, 1, 1_000_000),
+    readBurst: int('limits.readBurst', L.readBurst, 1, 1_000_000),
+    requestRatePerSec: int('limits.requestRatePerSec', L.requestRatePerSec, 1, 1_000_000),
+    requestBurst: int('limits.requestBurst', L.requestBurst, 1, 1_000_000),
+    controlRatePerSec: int('limits.controlRatePerSec', L.controlRatePerSec, 1, 1_000_000),
+    controlBurst: int('limits.controlBurst', L.controlBurst, 1, 1_000_000),
+    accountMsgRatePerSec: int('limits.accountMsgRatePerSec', L.accountMsgRatePerSec, 1, 10_000_000),
+    accountFanoutRatePerSec: int('limits.accountFanoutRatePerSec', L.accountFanoutRatePerSec, 1, 100_000_000),
+    accountReadRatePerSec: int('limits.accountReadRatePerSec', L.accountReadRatePerSec, 1, 10_000_000),
+    accountRequestRatePerSec: int('limits.accountRequestRatePerSec', L.accountRequestRatePerSec, 1, 10_000_000),
     maxInFlightPerSession: int('limits.maxInFlightPerSession', L.maxInFlightPerSession, 1, 100_000),
     custodyWindowMs: int('limits.custodyWindowMs', L.custodyWindowMs, 100, 600_000),
     maxOutboundBytes: int('limits.maxOutboundBytes', L.maxOutboundBytes, 64 * 1024, 1024 ** 3),
@@ -529,7 +685,11 @@ export function validateConfig(raw: Json): NodeConfig {
     serverKey: string('serverKey', undefined, key32) ?? (get('serverKey') === undefined ? fail('serverKey', 'is required (see `gravitas keygen`)') ?? '' : ''),
     ticketKeys: tk,
     ticketLifetimeMs: int('ticketLifetimeMs', 24 * 3600_000, 60_000, MAX_TICKET_LIFETIME_MS),
-    registration: { mode: mode === 'open' ? 'open' : 'token' },
+    registration: {
+      mode: mode === 'open' || mode === 'token' ? mode : 'credential',
+      ...(credential && { credential }),
+      link: { enabled: bool('registration.link.enabled', true), ttlMs: int('registration.link.ttlMs', 10 * 60_000, 30_000, 3_600_000) },
+    },
     membership: { heartbeatMs: int('membership.heartbeatMs', 1000, 100, 60_000), timeoutMs: int('membership.timeoutMs', 5000, 300, 600_000) },
     replicas: int('replicas', 1, 1, 5),
     mailbox,
@@ -557,7 +717,9 @@ export function validateConfig(raw: Json): NodeConfig {
     else if (basePort !== 0 && webBasePort < basePort + cfg.cells && basePort < webBasePort + cfg.cells) fail('listen.webBasePort', 'the web ports overlap the TCP ports (basePort .. basePort + cells - 1)');
   }
   if (cfg.membership.timeoutMs < 2 * cfg.membership.heartbeatMs) fail('membership.timeoutMs', 'must be at least twice membership.heartbeatMs');
-  if (limits.msgBurst < 1) fail('limits.msgBurst', 'must be at least 1');
+  // A message costs at most a full group (or every device of two accounts): one must always fit the burst.
+  const biggest = Math.max(limits.maxGroupSize, 2 * limits.maxDevicesPerUser);
+  if (limits.fanoutBurst < biggest) fail('limits.fanoutBurst', `must be at least ${biggest} (limits.maxGroupSize, or two accounts' devices): one message must be able to pass`);
   if (issues.length > 0) throw new ConfigError(issues);
   return cfg;
 }

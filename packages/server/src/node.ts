@@ -19,6 +19,8 @@ export interface RunningNode {
 /** Starts a node: its cells and its admin HTTP server. Resolves once every cell listens. */
 export async function startNode(config: NodeConfig, log: (msg: string) => void = (m) => process.stderr.write(`${m}\n`)): Promise<RunningNode> {
   mkdirSync(config.dataDir, { recursive: true });
+  const warning = registrationWarning(config);
+  if (warning) log(warning);
   const supervisor = new Supervisor(config, log);
   await supervisor.start();
   let admin: AdminServer;
@@ -44,6 +46,16 @@ export async function startNode(config: NodeConfig, log: (msg: string) => void =
       return stopping;
     },
   };
+}
+
+/** Said loudly at start-up when devices can join accounts without an operator's credential. */
+export function registrationWarning(config: NodeConfig): string | undefined {
+  const { mode } = config.registration;
+  if (mode === 'credential') return undefined;
+  const what = mode === 'open'
+    ? 'ANYONE can register any device under any user name'
+    : 'the shared registration token, which every client app must ship, lets anyone who extracts it create accounts';
+  return `WARNING: registration.mode is "${mode}": ${what}. This is for development and tests only; production clusters use "credential" (docs/security.md).`;
 }
 
 /** The `ready` line printed by `gravitas node` and `gravitas dev`: scripts wait for it. `web=` only when web listeners run. */

@@ -82,6 +82,10 @@ export class Names {
   get ticketsBucket(): string {
     return `${this.prefix}_tickets`;
   }
+  /** Per-account budgets leased by cells: `<user>.<kind>.<window>` → units taken (cell/budgets.ts). */
+  get budgetsBucket(): string {
+    return `${this.prefix}_budgets`;
+  }
   /** user → contacts, blocks and preferences. */
   get socialBucket(): string {
     return `${this.prefix}_social`;

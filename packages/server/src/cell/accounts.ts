@@ -1,14 +1,45 @@
-import { timingSafeEqual } from 'node:crypto';
+import { randomInt, timingSafeEqual } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
-import { equalBytes, ErrorCode, HandshakeError, pack, ProtocolError, unpack } from '@gravitas/protocol';
+import { equalBytes, ErrorCode, HandshakeError, isSystemName, pack, ProtocolError, unpack, type Registration } from '@gravitas/protocol';
+import type { RegistrationConfig } from '../config.js';
 import { isCasConflict } from './nats.js';
+import { KeyedBuckets } from './rate.js';
+import { approvalId, CredentialVerifier, type LinkApprovals } from './registration.js';
+import type { SpentIds } from './tickets.js';
 import { ReadThrough, TtlCache } from './ttl-cache.js';
 
-const KEY_CACHE_TTL_MS = 60_000;
-/** Device lists are also invalidated cluster-wide on every change; the TTL is the fallback. */
+/*
+ * Accounts and their devices (docs/security.md). One KV bucket, two kinds of keys:
+ *
+ *   <user>                  the account record: msgpack { d: { <device>: { r, t } }, s? }
+ *                           r: the registration id of the device's current key, t: when it
+ *                           registered; s: set while an operator suspends the account
+ *   <user>.<device>.<rid>   one registered key: msgpack { pub, at } — written once, before
+ *                           the record points at it, never changed
+ *
+ * The record is the revocation record too: a device is revoked by taking it out
+ * (or re-registering it, which gives it a new rid), and every handshake reads the
+ * record afresh — a full handshake checks that the record names a key equal to
+ * the one the handshake authenticated, a resumption that its ticket's rid is still
+ * the device's. Once a removal has answered, no cell lets that key or those
+ * tickets in again. Live sessions are told by a cluster-wide broadcast (Cell).
+ */
+
+/** One registered device. */
+interface DeviceEntry { r: number; t: number }
+/** The account record. */
+interface AccountRecord { d: Record<string, DeviceEntry>; s?: number }
+
+const KEY_CACHE_TTL_MS = 10 * 60_000;
+/** Device lists (fan-out) are also invalidated cluster-wide on every change; the TTL is the fallback. */
 const DEVICES_CACHE_TTL_MS = 5_000;
 const CACHE_MAX = 50_000;
 const CAS_ATTEMPTS = 16;
+/** Failed registrations a source may make: a burst, then one per FAILURE_INTERVAL_MS (guessing a token or a credential is not worth it). */
+const FAILURE_BURST = 10;
+const FAILURE_INTERVAL_MS = 6_000;
+/** A registration id: random, so two registrations of one device id never share one. */
+const MAX_RID = 2 ** 48;
 
 function sameSecret(a: string, b: string): boolean {
   const x = Buffer.from(a);
@@ -16,41 +47,100 @@ function sameSecret(a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
-/** The device index of a user: device → registration time. */
-type DeviceIndex = Record<string, number>;
-
-function decodeIndex(v: Uint8Array | undefined): DeviceIndex {
-  if (!v || v.length === 0) return {};
+/** Decodes an account record; anything malformed reads as an empty account rather than failing. */
+export function decodeAccount(v: Uint8Array | undefined): AccountRecord {
+  const out: AccountRecord = { d: {} };
+  if (!v || v.length === 0) return out;
+  let o: { d?: unknown; s?: unknown };
   try {
-    const o = unpack(v) as { d?: unknown };
-    return o && typeof o.d === 'object' && o.d !== null ? (o.d as DeviceIndex) : {};
+    o = unpack(v) as { d?: unknown; s?: unknown };
   } catch {
-    return {};
+    return out;
   }
+  if (typeof o !== 'object' || o === null) return out;
+  if (typeof o.d === 'object' && o.d !== null) {
+    for (const [dev, e] of Object.entries(o.d as Record<string, unknown>)) {
+      const x = e as { r?: unknown; t?: unknown } | null;
+      if (typeof x === 'object' && x !== null && typeof x.r === 'number' && typeof x.t === 'number') out.d[dev] = { r: x.r, t: x.t };
+    }
+  }
+  if (typeof o.s === 'number') out.s = o.s;
+  return out;
 }
 
+function encodeAccount(r: AccountRecord): Uint8Array {
+  return pack(r.s === undefined ? { d: r.d } : { d: r.d, s: r.s });
+}
+
+const keyRecord = (user: string, device: string, rid: number): string => `${user}.${device}.${rid}`;
+
+const suspended = (): HandshakeError => new HandshakeError(ErrorCode.ACCOUNT_SUSPENDED, 'this account is suspended');
+const denied = (why: string): HandshakeError => new HandshakeError(ErrorCode.REGISTRATION_DENIED, why);
+
+/** What happens to accounts, for the cell to pass on (caches, live sessions, notices). */
+export interface AccountEvents {
+  /** The device list of `user` changed (caches everywhere drop it). */
+  changed(user: string): void;
+  /** Keys were revoked: one registration of one device, or (no device) the whole account. Live sessions end. */
+  revoked(user: string, device?: string, rid?: number): void;
+  /** A device joined the account (or a device id got a new key): its other devices are told. */
+  added(user: string, device: string): void;
+  /** A device left the account: its other devices are told. */
+  removed(user: string, device: string): void;
+}
+
+/** The first flight of a full handshake, as accounts see it. */
+export interface Hello { user: string; device: string; key: Uint8Array; registration: Registration | undefined; source: string }
+
 /**
- * Accounts and their devices. Two kinds of keys in one KV bucket: `user.device`
- * holds the device's long-term public key, written once (KV create, so a device id
- * bound to a key can never be re-bound by someone else); `user` holds the index of
- * the user's devices, changed by compare-and-set, which enforces the device limit
- * and is what fan-out reads.
+ * Reads, changes and compare-and-sets an account record (retried on conflict).
+ * `change` edits the record in place and returns true to write it, false to leave
+ * it (and may throw a coded error). Returns the record as written (or as read).
  */
+export async function modifyAccount(kv: KV, user: string, change: (r: AccountRecord) => boolean): Promise<AccountRecord> {
+  for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
+    const cur = await kv.get(user);
+    const r = cur && cur.operation === 'PUT' ? decodeAccount(cur.value) : { d: {} };
+    if (!change(r)) return r;
+    try {
+      if (cur) await kv.update(user, encodeAccount(r), cur.revision);
+      else await kv.create(user, encodeAccount(r));
+      return r;
+    } catch (err) {
+      if (!isCasConflict(err)) throw err;
+    }
+  }
+  throw new ProtocolError(ErrorCode.BUSY, `the account ${user} is changed too often; try again`);
+}
+
 export class Accounts {
+  /** Registered keys by `user.device.rid`: immutable records, cached for memory's sake only. */
   private readonly keys = new TtlCache<string, Uint8Array>(CACHE_MAX, KEY_CACHE_TTL_MS);
-  /** Concurrent misses for one user share one KV get. */
+  /** Device lists for fan-out; concurrent misses for one user share one KV get. */
   private readonly devicesOf = new ReadThrough<string, string[]>(new TtlCache(CACHE_MAX, DEVICES_CACHE_TTL_MS));
+  /** Failed registrations by source address (a token or credential guesser is slowed, not the neighbours). */
+  private readonly failures = new KeyedBuckets(1000 / FAILURE_INTERVAL_MS, FAILURE_BURST);
+  private readonly credentials: CredentialVerifier | undefined;
 
   constructor(
     private readonly kv: KV,
-    private readonly registration: { mode: 'open' | 'token'; token?: string },
+    private readonly spent: SpentIds,
+    private readonly cfg: RegistrationConfig,
     private readonly maxDevices: number,
-    /** Tells every cell that a user's devices changed. */
-    private readonly announce: (user: string) => void,
-  ) {}
+    private readonly links: LinkApprovals,
+    private readonly events: AccountEvents,
+  ) {
+    this.credentials = cfg.credential && new CredentialVerifier(cfg.credential);
+  }
 
-  private async keyOf(user: string, device: string): Promise<Uint8Array | undefined> {
-    const k = `${user}.${device}`;
+  /** The account record straight from KV (the stream leader): what every handshake checks. */
+  private async read(user: string): Promise<AccountRecord> {
+    const e = await this.kv.get(user);
+    return e && e.operation === 'PUT' ? decodeAccount(e.value) : { d: {} };
+  }
+
+  private async keyOf(user: string, device: string, rid: number): Promise<Uint8Array | undefined> {
+    const k = keyRecord(user, device, rid);
     const hit = this.keys.get(k);
     if (hit) return hit;
     const e = await this.kv.get(k);
@@ -61,86 +151,180 @@ export class Accounts {
   }
 
   /**
-   * Checks that `publicKey` is the registered key of the device, registering it
-   * first if the device is new and the client offered valid registration.
-   * Returns true if the device was registered by this call.
+   * A full handshake: the key must be the device's registered key, or the hello
+   * carries a proof that adds it (docs/security.md, "Registration"). Returns the
+   * registration id the session's tickets will carry.
    */
-  async authenticate(user: string, device: string, publicKey: Uint8Array, registration: string | undefined): Promise<boolean> {
-    const known = await this.keyOf(user, device);
-    if (known) {
-      if (!equalBytes(known, publicKey)) throw new HandshakeError(ErrorCode.DEVICE_KEY_MISMATCH, 'this device id is registered with another key');
+  async authenticate(h: Hello): Promise<{ rid: number; added: boolean }> {
+    const { user, device, key } = h;
+    if (isSystemName(user) || isSystemName(device)) throw denied('names beginning with "_" are reserved for the system');
+    const rec = await this.read(user);
+    const entry = rec.d[device];
+    const known = entry && (await this.keyOf(user, device, entry.r));
+    if (known && equalBytes(known, key)) {
+      if (rec.s !== undefined) throw suspended();
+      return { rid: entry.r, added: false };
+    }
+    // Unknown, removed, or registered with another key: one answer, so a hello cannot probe who exists.
+    if (h.registration === undefined) throw new HandshakeError(ErrorCode.UNKNOWN_DEVICE, 'this device is not registered with this key');
+    if (!this.failures.has(h.source)) throw new HandshakeError(ErrorCode.RATE_LIMITED, 'too many failed registrations from this address; try again later');
+    try {
+      const replace = await this.prove(h, rec, entry !== undefined);
+      return { rid: await this.register(h, replace), added: true };
+    } catch (err) {
+      if (err instanceof HandshakeError && (err.code === ErrorCode.REGISTRATION_DENIED || err.code === ErrorCode.DEVICE_KEY_MISMATCH)) this.failures.take(h.source);
+      throw err;
+    }
+  }
+
+  /**
+   * Checks the hello's proof of account membership and spends it. Returns whether
+   * the proof may replace the key of a device id that is registered already (a
+   * credential or a link approval may: the app was reinstalled; a token may not).
+   */
+  private async prove(h: Hello, rec: AccountRecord, exists: boolean): Promise<boolean> {
+    const reg = h.registration!;
+    const now = Date.now();
+    if (rec.s !== undefined) throw suspended();
+    const binding = { user: h.user, device: h.device, key: h.key };
+    if (typeof reg === 'string') {
+      if (this.cfg.mode === 'open') {
+        if (exists) throw new HandshakeError(ErrorCode.DEVICE_KEY_MISMATCH, 'this device id is registered with another key');
+        return false;
+      }
+      if (this.cfg.mode !== 'token') throw denied('this cluster does not take registration tokens: register with a credential, or link from a device of the account');
+      if (!sameSecret(reg, this.cfg.token ?? '')) throw denied('registration token is not valid');
+      // The shared token creates accounts; it cannot add a device to someone's account.
+      if (Object.keys(rec.d).length > 0) throw denied('this account exists: a new device joins it by linking from one of its devices (devices.link), or with a credential');
       return false;
     }
-    if (registration === undefined) throw new HandshakeError(ErrorCode.UNKNOWN_DEVICE, 'device is not registered');
-    if (this.registration.mode === 'token' && !sameSecret(registration, this.registration.token ?? '')) {
-      throw new HandshakeError(ErrorCode.REGISTRATION_DENIED, 'registration token is not valid');
+    let spend: string;
+    if ('credential' in reg) {
+      if (!this.credentials) throw denied('this cluster takes no registration credentials');
+      spend = (await this.credentials.verify(reg.credential, binding, now)).id;
+    } else {
+      if (!this.cfg.link.enabled) throw denied('device linking is turned off on this cluster');
+      const a = this.links.verify(reg.link, binding, now);
+      // An approval from a device that has been removed (or re-keyed) since is void.
+      if (rec.d[a.by]?.r !== a.byRid) throw denied('the device that approved this link is no longer registered');
+      spend = approvalId(a);
     }
-    // The index first: it enforces the device limit. A device in the index without
-    // a key (a crash in between) is harmless and can be removed by the user.
-    await this.modifyIndex(user, (d) => {
-      if (d[device] !== undefined) return false;
-      if (Object.keys(d).length >= this.maxDevices) throw new HandshakeError(ErrorCode.TOO_MANY_DEVICES, `an account may have at most ${this.maxDevices} devices`);
-      d[device] = Date.now();
-      return true;
-    });
-    try {
-      await this.kv.create(`${user}.${device}`, pack({ pub: publicKey, at: Date.now() }));
-    } catch (err) {
-      if (!isCasConflict(err)) throw err;
-      // Lost a race with another registration of the same device: check it again.
-      this.keys.delete(`${user}.${device}`);
-      return this.authenticate(user, device, publicKey, undefined);
-    }
+    if (!(await this.spent.claim(spend))) throw denied('this registration proof was already used');
     return true;
   }
 
-  /** The registered devices of a user (empty for an unknown user). */
+  /** Writes the key record, then points the account at it (the device limit is checked there). */
+  private async register(h: Hello, replace: boolean): Promise<number> {
+    const { user, device } = h;
+    const rid = randomInt(1, MAX_RID);
+    const now = Date.now();
+    const k = keyRecord(user, device, rid);
+    await this.kv.create(k, pack({ pub: h.key, at: now }));
+    let old: DeviceEntry | undefined;
+    try {
+      await modifyAccount(this.kv, user, (r) => {
+        if (r.s !== undefined) throw suspended();
+        old = r.d[device];
+        // Someone registered this device id meanwhile; only a proof of ownership may take it over.
+        if (old && !replace) throw new HandshakeError(ErrorCode.DEVICE_KEY_MISMATCH, 'this device id is registered with another key');
+        if (!old && Object.keys(r.d).length >= this.maxDevices) throw new HandshakeError(ErrorCode.TOO_MANY_DEVICES, `an account may have at most ${this.maxDevices} devices`);
+        r.d[device] = { r: rid, t: now };
+        return true;
+      });
+    } catch (err) {
+      this.kv.delete(k).catch(() => undefined);
+      throw err;
+    }
+    this.keys.set(k, h.key);
+    this.devicesOf.invalidate(user);
+    this.events.changed(user);
+    if (old) {
+      this.events.revoked(user, device, old.r);
+      this.kv.delete(keyRecord(user, device, old.r)).catch(() => undefined);
+    }
+    this.events.added(user, device);
+    return rid;
+  }
+
+  /** A resumption: the ticket's registration must still be the device's, the account not suspended. */
+  async checkResume(user: string, device: string, rid: number): Promise<void> {
+    const rec = await this.read(user);
+    if (rec.d[device]?.r !== rid) throw new HandshakeError(ErrorCode.DEVICE_REVOKED, 'this device was removed from its account');
+    if (rec.s !== undefined) throw suspended();
+  }
+
+  /** Still the device's current registration? (Sessions re-checked after a NATS outage.) */
+  async current(user: string, device: string, rid: number): Promise<boolean> {
+    const rec = await this.read(user);
+    return rec.s === undefined && rec.d[device]?.r === rid;
+  }
+
+  /** The registered devices of a user, for fan-out (none for an unknown or suspended account). */
   devices(user: string): Promise<string[]> {
     return this.devicesOf.get(user, async () => {
       const e = await this.kv.get(user);
-      return e && e.operation === 'PUT' ? Object.keys(decodeIndex(e.value)) : [];
+      const r = e && e.operation === 'PUT' ? decodeAccount(e.value) : { d: {} };
+      return r.s === undefined ? Object.keys(r.d) : [];
     });
   }
 
   /** Devices with their registration time, for `devices.list`. */
   async deviceList(user: string): Promise<Array<{ device: string; registeredAt: number }>> {
-    const e = await this.kv.get(user);
-    const d = e && e.operation === 'PUT' ? decodeIndex(e.value) : {};
-    return Object.entries(d).map(([device, registeredAt]) => ({ device, registeredAt }));
+    const r = await this.read(user);
+    return Object.entries(r.d).map(([device, e]) => ({ device, registeredAt: e.t }));
   }
 
-  /** Removes a device and its key: it must register again (with a new key) to come back. */
+  /**
+   * An approval for a new device, from device `by` of `user` (registration `byRid`):
+   * what the new device presents in its first hello, within registration.link.ttlMs.
+   */
+  approve(user: string, by: string, byRid: number, device: string, key: Uint8Array): { approval: Uint8Array; expiresAt: number } {
+    if (!this.cfg.link.enabled) throw new ProtocolError(ErrorCode.NOT_ALLOWED, 'device linking is turned off on this cluster');
+    if (isSystemName(device)) throw new ProtocolError(ErrorCode.NOT_ALLOWED, 'names beginning with "_" are reserved for the system');
+    const now = Date.now();
+    const expiresAt = now + this.cfg.link.ttlMs;
+    return { approval: this.links.issue({ user, device, key, by, byRid, issuedAt: now, expiresAt }), expiresAt };
+  }
+
+  /**
+   * Removes a device: answers once the account record no longer names it (from
+   * then on no cell accepts its key or its tickets), then its live sessions are
+   * told to end everywhere and its key record goes.
+   */
   async removeDevice(user: string, device: string): Promise<void> {
-    let found = false;
-    await this.modifyIndex(user, (d) => {
-      found = d[device] !== undefined;
-      delete d[device];
-      return found;
+    let removed: DeviceEntry | undefined;
+    await modifyAccount(this.kv, user, (r) => {
+      removed = r.d[device];
+      if (!removed) return false;
+      delete r.d[device];
+      return true;
     });
-    if (!found) throw new ProtocolError(ErrorCode.NOT_FOUND, 'no such device');
-    await this.kv.delete(`${user}.${device}`);
-    this.keys.delete(`${user}.${device}`);
+    if (!removed) throw new ProtocolError(ErrorCode.NOT_FOUND, 'no such device');
+    this.devicesOf.invalidate(user);
+    this.events.changed(user);
+    this.events.revoked(user, device, removed.r);
+    this.events.removed(user, device);
+    await this.kv.delete(keyRecord(user, device, removed.r)).catch(() => undefined);
   }
 
   invalidate(user: string): void {
     this.devicesOf.invalidate(user);
   }
+}
 
-  private async modifyIndex(user: string, change: (d: DeviceIndex) => boolean): Promise<void> {
-    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
-      const cur = await this.kv.get(user);
-      const d = cur && cur.operation === 'PUT' ? decodeIndex(cur.value) : {};
-      if (!change(d)) return;
-      try {
-        if (cur) await this.kv.update(user, pack({ d }), cur.revision);
-        else await this.kv.create(user, pack({ d }));
-        this.devicesOf.invalidate(user);
-        this.announce(user);
-        return;
-      } catch (err) {
-        if (!isCasConflict(err)) throw err;
-      }
-    }
-    throw new ProtocolError(ErrorCode.BUSY, `device list of ${user} is too contended`);
-  }
+/**
+ * Suspends an account (every device refused, every session ended: the caller
+ * broadcasts the revocation) or lifts the suspension. Used by the admin API.
+ * Returns false if the account does not exist.
+ */
+export async function setSuspended(kv: KV, user: string, on: boolean): Promise<boolean> {
+  let exists = false;
+  await modifyAccount(kv, user, (r) => {
+    exists = Object.keys(r.d).length > 0 || r.s !== undefined;
+    if (!exists || (r.s !== undefined) === on) return false;
+    if (on) r.s = Date.now();
+    else delete r.s;
+    return true;
+  });
+  return exists;
 }

@@ -6,7 +6,11 @@ import {
 import type { NodeConfig } from '../config.js';
 import { Names } from '../subjects.js';
 import type { CellStatus } from '../types.js';
-import { Accounts } from './accounts.js';
+import { Accounts, type AccountEvents } from './accounts.js';
+import { AccountBudgets } from './budgets.js';
+import { DeliveryProofs } from './proofs.js';
+import { LinkApprovals } from './registration.js';
+import { TtlCache } from './ttl-cache.js';
 import { Custody } from './custody.js';
 import { Directory, type DeviceLocation } from './directory.js';
 import { ExpirySweeper } from './expiry.js';
@@ -27,11 +31,19 @@ import { Session, type Delivery } from './session.js';
 import { TcpTransport, type Transport, type TransportKind } from './transport.js';
 import { WebListener } from './web-listener.js';
 import { Social } from './social.js';
-import { SpentTickets } from './tickets.js';
-import { decodeEnvelope, decodeInvalidation, type Envelope, type Invalidation } from './envelope.js';
+import { SpentIds } from './tickets.js';
+import { ACCOUNT_NOTICE, decodeEnvelope, decodeInvalidation, type Envelope, type Invalidation } from './envelope.js';
 
 /** Mailbox drains running at once per cell; more wait their turn. */
 const MAX_CONCURRENT_DRAINS = 32;
+/**
+ * Revocations are remembered this long: a handshake that read the account just
+ * before a removal and registers its session just after the broadcast passed is
+ * still refused (longer than any handshake may take).
+ */
+const REVOCATION_MEMORY_MS = 120_000;
+/** Sessions re-checked against their accounts at once after a NATS outage. */
+const RECHECK_CONCURRENCY = 16;
 
 /**
  * One cell: a TCP listener, the sessions it accepted, its own NATS connection and
@@ -52,7 +64,13 @@ export class Cell {
   /** Pushes to offline devices, per-chat mutes (reach/push-gateway.ts). */
   readonly push: PushGateway;
   accounts!: Accounts;
-  tickets!: SpentTickets;
+  tickets!: SpentIds;
+  /** Per-account limits, leased from KV (budgets.ts). */
+  budgets!: AccountBudgets;
+  /** Delivery proofs on every delivered message (proofs.ts). */
+  readonly proofs: DeliveryProofs;
+  /** Recent revocations: `user/device` → the revoked registration; `user` → when the account was suspended (performance.now()). */
+  private readonly revocations = new TtlCache<string, number>(100_000, REVOCATION_MEMORY_MS);
   directory!: Directory;
   membership!: Membership;
   mailbox!: Mailbox;
@@ -106,6 +124,7 @@ export class Cell {
       suite: nativeSuite,
       now: Date.now,
     };
+    this.proofs = new DeliveryProofs(fromBase64Url(config.serverKey, 32));
     this.custody = new Custody(this);
     this.gravity = new Gravity(this);
     this.relay = new RelayCoordinator(this);
@@ -129,8 +148,15 @@ export class Cell {
   async start(): Promise<void> {
     // A fresh NATS cluster creates replicated streams slowly, and many cells ask at once.
     const b = await untilReady(() => openBuckets(this.nc, this.config), 'KV buckets');
-    this.accounts = new Accounts(b.accounts, this.config.registration, this.config.limits.maxDevicesPerUser, (user) => this.invalidate({ kind: 'devices', key: user }));
-    this.tickets = new SpentTickets(b.tickets);
+    this.tickets = new SpentIds(b.tickets);
+    this.accounts = new Accounts(b.accounts, this.tickets, this.config.registration, this.config.limits.maxDevicesPerUser, new LinkApprovals(this.gravity.keys), this.accountEvents());
+    const l = this.config.limits;
+    this.budgets = new AccountBudgets(
+      b.budgets,
+      { msg: l.accountMsgRatePerSec, fanout: l.accountFanoutRatePerSec, read: l.accountReadRatePerSec, req: l.accountRequestRatePerSec },
+      l.maxDevicesPerUser,
+      this.log,
+    );
     this.mailbox = new Mailbox(this.nc, this.names, this.config.mailbox, this.config.replicas);
     this.social = new Social(this, b.social);
     this.presence = new PresenceHub(this, b.presence);
@@ -247,6 +273,10 @@ export class Cell {
   async registerSession(s: Session): Promise<void> {
     const key = `${s.user}/${s.device}`;
     const { epoch, replaced } = await this.directory.register(s.user, s.device, this.cellId, this.config.nodeId);
+    // Revoked while this session was being set up (its handshake read the account just before)?
+    const suspendedAt = this.revocations.get(s.user);
+    const revoked = this.revocations.get(key) === s.rid ? ErrorCode.DEVICE_REVOKED : suspendedAt !== undefined && suspendedAt >= s.startedAt ? ErrorCode.ACCOUNT_SUSPENDED : undefined;
+    if (revoked) s.bye(revoked, 'this device may not connect any more');
     if (!s.isOpen) {
       await this.directory.unregister(s.user, s.device, epoch);
       return;
@@ -431,14 +461,76 @@ export class Cell {
   }
 
   private async devices(s: Session, op: string, args: unknown): Promise<unknown> {
-    if (op === 'devices.list') return { devices: await this.accounts.deviceList(s.user) };
-    const { device } = args as { device: string };
-    await this.accounts.removeDevice(s.user, device);
-    await Promise.all([this.mailbox.purgeDevice(s.user, device), this.groups.forgetDevice(s.user, device), this.push.forgetDevice(s.user, device)]);
-    // Its sessions end now, wherever they are.
-    const locs = await this.directory.lookup(s.user, true);
-    for (const l of locs) if (l.device === device) this.publish(l.cell, { k: 'kick', user: s.user, dev: device, ep: Number.MAX_SAFE_INTEGER });
-    return undefined;
+    switch (op) {
+      case 'devices.list':
+        return { devices: await this.accounts.deviceList(s.user) };
+      case 'devices.link': {
+        const a = args as RequestArgs['devices.link'];
+        return this.accounts.approve(s.user, s.device, s.rid, a.device, a.key);
+      }
+      default: {
+        const { device } = args as RequestArgs['devices.remove'];
+        // Answers once no cell accepts the device any more; its sessions end everywhere (onInvalidation).
+        await this.accounts.removeDevice(s.user, device);
+        await Promise.all([this.mailbox.purgeDevice(s.user, device), this.groups.forgetDevice(s.user, device), this.push.forgetDevice(s.user, device)]);
+        return undefined;
+      }
+    }
+  }
+
+  /** What accounts tell the cell: caches to drop, revocations to broadcast, notices for the account's other devices. */
+  private accountEvents(): AccountEvents {
+    const notice = (user: string, device: string, sys: string, text: string): void => {
+      this.custody.notice(user, device, sys, text, device).catch((err: unknown) => this.log('account notice failed', err));
+    };
+    return {
+      changed: (user) => this.invalidate({ kind: 'devices', key: user }),
+      revoked: (user, dev, rid) => this.invalidate({ kind: 'revoked', key: user, ...(dev !== undefined && { dev, rid: rid ?? 0 }) }),
+      added: (user, device) => notice(user, device, ACCOUNT_NOTICE.added, `a new device (${device}) was added to your account`),
+      removed: (user, device) => notice(user, device, ACCOUNT_NOTICE.removed, `the device ${device} was removed from your account`),
+    };
+  }
+
+  /**
+   * Keys were revoked somewhere in the cluster: live sessions of that registration
+   * (or of the whole suspended account) end with the code, and the revocation is
+   * remembered for sessions still being set up (registerSession).
+   */
+  private revoked(user: string, dev: string | undefined, rid: number | undefined): void {
+    // A rid is never registered twice; a suspension refuses only sessions that began before it was heard of.
+    if (dev === undefined) this.revocations.set(user, performance.now());
+    else this.revocations.set(`${user}/${dev}`, rid ?? 0);
+    for (const s of [...this.sessionsOf(user)]) {
+      if (dev !== undefined && (s.device !== dev || s.rid !== rid)) continue;
+      this.metrics.revokedSessions.inc();
+      if (dev === undefined) s.bye(ErrorCode.ACCOUNT_SUSPENDED, 'this account was suspended');
+      else s.bye(ErrorCode.DEVICE_REVOKED, 'this device was removed from its account');
+    }
+  }
+
+  /**
+   * After NATS comes back: a revocation broadcast while this cell was cut off
+   * never reached it, so every session's registration is read again (a few at a
+   * time) and those no longer current end.
+   */
+  recheckSessions(): void {
+    const all = [...this.sessions.values()];
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < all.length) {
+        const s = all[next++]!;
+        if (!s.isOpen) continue;
+        try {
+          if (!(await this.accounts.current(s.user, s.device, s.rid))) {
+            this.metrics.revokedSessions.inc();
+            s.bye(ErrorCode.DEVICE_REVOKED, 'this device was removed from its account');
+          }
+        } catch (err) {
+          this.log('session re-check failed (kept)', err);
+        }
+      }
+    };
+    for (let i = 0; i < RECHECK_CONCURRENCY; i++) void worker();
   }
 
   // ---- NATS -------------------------------------------------------------------
@@ -459,7 +551,8 @@ export class Cell {
     } catch {
       return;
     }
-    if (i.kind === 'devices') this.accounts.invalidate(i.key);
+    if (i.kind === 'revoked') this.revoked(i.key, i.dev, i.rid);
+    else if (i.kind === 'devices') this.accounts.invalidate(i.key);
     else if (i.kind === 'social') this.social.invalidate(i.key);
     else if (i.kind === 'profile') this.profiles.invalidate(i.key);
     else if (i.kind === 'mutes') this.push.mutesChanged(i.key);
@@ -487,7 +580,7 @@ export class Cell {
         return this.custody.notHereFor(`${e.from}/${e.fd}/${e.id}`, e.u, e.dev);
       case 'kick': {
         const s = this.session(e.user, e.dev);
-        if (s && s.epoch <= e.ep) s.bye(ErrorCode.SESSION_REPLACED, e.ep === Number.MAX_SAFE_INTEGER ? 'this device was removed from the account' : 'this device connected again elsewhere');
+        if (s && s.epoch <= e.ep) s.bye(ErrorCode.SESSION_REPLACED, 'this device connected again elsewhere');
         return;
       }
       case 'mbx': {

@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { ErrorCode, ProtocolError, type ErrorCode as Code, type Read, type Send } from '@gravitas/protocol';
+import { ErrorCode, isSystemName, ProtocolError, SYSTEM_PREFIX, type ErrorCode as Code, type Read, type Send } from '@gravitas/protocol';
 import type { Cell } from './cell.js';
 import type { DeviceLocation } from './directory.js';
-import { ANY_DEVICE, type ChatItem, type Item, type ReceiptItem } from './envelope.js';
+import { ACCOUNT_SENDER, ANY_DEVICE, SYSTEM_DEVICE, type ChatItem, type Item, type ReceiptItem } from './envelope.js';
+import { DeliveryProofs } from './proofs.js';
 import type { StoredRef } from './mailbox.js';
 import type { Session } from './session.js';
 import { TtlCache } from './ttl-cache.js';
@@ -52,9 +53,9 @@ const WAKE_RETRIES = 60;
 
 const tkey = (user: string, device: string): string => `${user}/${device}`;
 
-/** Ids of items the server creates (receipts): time-ordered, unique. */
+/** Ids of items the server creates (receipts, notices): time-ordered, unique, and in the system's `_` namespace no client id can enter. */
 export function serverItemId(prefix: string): string {
-  return `${prefix}${Date.now().toString(36)}${randomBytes(8).toString('base64url')}`;
+  return `${SYSTEM_PREFIX}${prefix}${Date.now().toString(36)}${randomBytes(8).toString('base64url')}`;
 }
 
 /**
@@ -112,13 +113,24 @@ export class Custody {
     for (const d of own) if (d !== s.device) targets.push([s.user, d]);
     if (targets.length === 0) return this.answer(s, key, m.id, { s: 'delivered' }); // a note to self, single device
     if (this.pending.has(key)) return; // re-sent while we were looking things up
+    // What it costs is what it fans out to; not remembered as settled: the SDK sends it again later.
+    if (!(await s.spend('fanout', targets.length))) return s.refused('fanout', m.id);
+    if (this.pending.has(key)) return;
     this.inFlight.set(sender, inFlight + 1);
     await this.take(key, item, { user: s.user, device: s.device }, targets);
   }
 
-  /** A read receipt from a session: a receipt item to the message's sender, under custody. */
+  /**
+   * A read receipt from a session: a receipt item to the message's sender, under
+   * custody — only with the delivery proof of that message to this user, so nobody
+   * can mark as read what did not reach them, and no state per delivery is kept.
+   */
   async read(s: Session, m: Read): Promise<void> {
-    if (m.from === s.user) return;
+    if (!DeliveryProofs.same(this.cell.proofs.message(m.from, m.id, s.user), m.rk)) {
+      // No `ref`: it names the sender's own outbox message in an error frame, and this id is someone else's.
+      return s.sendError(ErrorCode.NOT_ALLOWED, `read receipt for ${m.id} refused: it needs the delivery proof (rk) of a message delivered to you`);
+    }
+    if (m.from === s.user || isSystemName(m.from)) return; // no receipts to oneself, nor to the system
     const [mine, theirs, refused] = await Promise.all([this.cell.social.prefs(s.user), this.cell.social.prefs(m.from), this.cell.social.refuses(m.from, s.user)]);
     // Reciprocal, as users expect: whoever turns read receipts off neither sends nor gets them.
     if (!mine.readReceipts || !theirs.readReceipts || refused) return;
@@ -151,6 +163,17 @@ export class Custody {
         void this.take(key, item, undefined, devices.map((d) => [item.to, d]), resolve);
       });
     });
+  }
+
+  /**
+   * A notice from the system to the devices of `user` (all but `except`), under
+   * custody like a message: a device that is offline finds it in its mailbox.
+   */
+  async notice(user: string, except: string | undefined, sys: string, text: string, dv?: string): Promise<void> {
+    const devices = (await this.cell.accounts.devices(user)).filter((d) => d !== except);
+    if (devices.length === 0) return;
+    const item: ChatItem = { k: 'm', id: serverItemId('n'), from: ACCOUNT_SENDER, fd: SYSTEM_DEVICE, to: user, text, ts: Date.now(), sys, ...(dv !== undefined && { dv }) };
+    await this.take(`${item.from}/${item.fd}/${item.id}`, item, undefined, devices.map((d) => [user, d]));
   }
 
   /** Generates a receipt about message `ref` (sent by `to`) and takes custody of it. */

@@ -6,8 +6,12 @@ import { isName, MAX_TEXT_LENGTH, MAX_WAKE_BYTES, type Msg, type Receipt, type R
  * checks shapes, because a bad envelope must never crash a cell.
  */
 
-/** A chat message under custody. `g`/`seq`: a group message and its place in the group's log. */
-export interface ChatItem { k: 'm'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number; c?: string }
+/**
+ * A chat message under custody. `g`/`seq`: a group message and its place in the group's log; `c` the campaign that
+ * sent it; `sys` set only on what the system originates (its sender is a reserved `_` name), `dv` the device an
+ * account notice is about.
+ */
+export interface ChatItem { k: 'm'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number; c?: string; sys?: string; dv?: string }
 /**
  * A receipt under custody, addressed to `to` (who sent message `ref`): `from` is the
  * user it is about, `fd` its device (or '_' for a user-level read/expired receipt).
@@ -17,6 +21,11 @@ export type Item = ChatItem | ReceiptItem;
 
 /** A receipt about a whole user rather than one device. */
 export const ANY_DEVICE = '_';
+/** The sender of account notices (a device added or removed), and the device name system items come from. */
+export const ACCOUNT_SENDER = '_account';
+export const SYSTEM_DEVICE = 'system';
+/** The `sys` of account notices (their `dv` names the device). */
+export const ACCOUNT_NOTICE = { added: 'device-added', removed: 'device-removed' } as const;
 
 /** Where a delivered item came from, so the device's ack can find its way back. */
 export interface Origin { cell: string; user: string; device: string }
@@ -33,8 +42,12 @@ export type Envelope =
   | { k: 'exp'; user: string; dev: string } // device `user/dev` was sent a connect hint to this cell
   | { k: 'rly'; u: string; dev: string; tu: string; td: string; w: Uint8Array }; // send relayer `u/dev` a wake token `w` for its peer `tu/td`
 
-/** Envelope on the invalidations subject: a cached record changed. */
-export interface Invalidation { kind: 'devices' | 'social' | 'group' | 'profile' | 'mutes'; key: string }
+/**
+ * Envelope on the invalidations subject: a cached record changed. `revoked`: keys of
+ * user `key` were revoked — of device `dev` at registration `rid`, or (no `dev`) of
+ * every device (a suspension); their live sessions end wherever they are.
+ */
+export type Invalidation = { kind: 'devices' | 'social' | 'group' | 'profile' | 'mutes'; key: string } | { kind: 'revoked'; key: string; dev?: string; rid?: number };
 
 type O = Record<string, unknown>;
 const s = (v: unknown): v is string => typeof v === 'string';
@@ -42,18 +55,26 @@ const n = (v: unknown): v is string => typeof v === 'string' && isName(v, 128);
 const num = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 const RECEIPT_STATES = new Set(['delivered', 'read', 'expired']);
 
-export function toClient(i: Item): Msg | Receipt {
+/** The frame a device gets for an item; a message carries its delivery proof `rk` for that reader (proofs.ts). */
+export function toClient(i: Item, rk?: Uint8Array): Msg | Receipt {
   if (i.k === 'r') return { t: 'rcpt', id: i.id, ref: i.ref, by: i.from, s: i.s, ts: i.ts, ...(i.fd !== ANY_DEVICE && { bd: i.fd }) };
-  return { t: 'msg', id: i.id, from: i.from, fd: i.fd, to: i.to, text: i.text, ts: i.ts, ...(i.g !== undefined && { g: i.g }), ...(i.seq !== undefined && { seq: i.seq }), ...(i.c !== undefined && { c: i.c }) };
+  return {
+    t: 'msg', id: i.id, from: i.from, fd: i.fd, to: i.to, text: i.text, ts: i.ts, ...(i.g !== undefined && { g: i.g }), ...(i.seq !== undefined && { seq: i.seq }), ...(i.c !== undefined && { c: i.c }),
+    ...(i.sys !== undefined && { sys: i.sys }), ...(i.dv !== undefined && { dv: i.dv }), ...(rk !== undefined && { rk }),
+  };
 }
 
 export function decodeItem(v: unknown): Item {
   const m = v as O;
   if (typeof m === 'object' && m && n(m.id) && n(m.from) && n(m.fd) && n(m.to) && num(m.ts)) {
-    if (m.k === 'm' && s(m.text) && m.text.length <= MAX_TEXT_LENGTH && (m.g === undefined || n(m.g)) && (m.seq === undefined || num(m.seq)) && (m.c === undefined || n(m.c))) {
+    if (
+      m.k === 'm' && s(m.text) && m.text.length <= MAX_TEXT_LENGTH && (m.g === undefined || n(m.g)) && (m.seq === undefined || num(m.seq)) && (m.c === undefined || n(m.c)) &&
+      (m.sys === undefined || n(m.sys)) && (m.dv === undefined || n(m.dv))
+    ) {
       return {
         k: 'm', id: m.id, from: m.from, fd: m.fd, to: m.to, text: m.text, ts: m.ts,
         ...(m.g !== undefined && { g: m.g as string }), ...(m.seq !== undefined && { seq: m.seq as number }), ...(m.c !== undefined && { c: m.c as string }),
+        ...(m.sys !== undefined && { sys: m.sys as string }), ...(m.dv !== undefined && { dv: m.dv as string }),
       };
     }
     if (m.k === 'r' && n(m.ref) && s(m.s) && RECEIPT_STATES.has(m.s)) {
@@ -102,6 +123,9 @@ export function decodeEnvelope(v: unknown): Envelope {
 
 export function decodeInvalidation(v: unknown): Invalidation {
   const o = v as O;
-  if (typeof o === 'object' && o && (o.kind === 'devices' || o.kind === 'social' || o.kind === 'group' || o.kind === 'profile' || o.kind === 'mutes') && n(o.key)) return { kind: o.kind, key: o.key };
+  if (typeof o === 'object' && o && n(o.key)) {
+    if (o.kind === 'devices' || o.kind === 'social' || o.kind === 'group' || o.kind === 'profile' || o.kind === 'mutes') return { kind: o.kind, key: o.key };
+    if (o.kind === 'revoked' && (o.dev === undefined || (n(o.dev) && num(o.rid)))) return { kind: 'revoked', key: o.key, ...(o.dev !== undefined && { dev: o.dev as string, rid: o.rid as number }) };
+  }
   throw new TypeError('malformed invalidation');
 }

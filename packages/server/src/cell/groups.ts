@@ -185,6 +185,9 @@ export class Groups {
     }
     if (!rec?.members.has(s.user)) return s.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.NOT_A_MEMBER });
     if (this.sending.has(key)) return;
+    // A group message costs what it fans out to (a 1,024-member burst would hold a cell up for seconds).
+    if (!(await s.spend('fanout', rec.members.size))) return s.refused('fanout', m.id);
+    if (this.sending.has(key)) return;
     this.sending.add(key);
     this.inFlight.set(sender, (this.inFlight.get(sender) ?? 0) + 1);
     const item: ChatItem = { k: 'm', id: m.id, from: s.user, fd: s.device, to: g, text: m.text, ts: Date.now(), g };

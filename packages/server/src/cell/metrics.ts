@@ -30,6 +30,9 @@ export class CellMetrics {
   readonly outboundMax = new Gauge({ name: 'gravitas_connection_outbound_max_bytes', help: 'Largest per-connection unsent backlog, per cell', labelNames: ['cell'] as const, registers: [this.registry] });
   readonly mailboxStores = new Counter({ name: 'gravitas_mailbox_stores_total', help: 'Items written to device mailboxes (JetStream acknowledged)', registers: [this.registry] });
   readonly mailboxExpired = new Counter({ name: 'gravitas_mailbox_expired_total', help: 'Undelivered mailbox items expired by retention', registers: [this.registry] });
+  readonly rateLimited = new Counter({ name: 'gravitas_rate_limited_total', help: 'Client operations refused by a per-session or per-account limit, by kind (msg, fanout, read, req, control)', labelNames: ['kind'] as const, registers: [this.registry] });
+  readonly revokedSessions = new Counter({ name: 'gravitas_revoked_sessions_total', help: 'Live sessions ended because their device was removed or their account suspended', registers: [this.registry] });
+  readonly registrations = new Counter({ name: 'gravitas_registrations_total', help: 'Devices added to accounts, by proof (open, token, credential, link)', labelNames: ['proof'] as const, registers: [this.registry] });
   readonly cookiesSent = new Counter({ name: 'gravitas_handshake_cookies_total', help: 'Cookie challenges sent under handshake load', registers: [this.registry] });
   readonly groupMessages = new Counter({ name: 'gravitas_group_messages_total', help: 'Group messages stored in group logs (JetStream acknowledged)', registers: [this.registry] });
   readonly groupDeliveries = new Counter({ name: 'gravitas_group_deliveries_total', help: 'Group messages written to member devices, by path (live: following the log head; catchup: reading behind it)', labelNames: ['path'] as const, registers: [this.registry] });
@@ -60,7 +63,7 @@ export class CellMetrics {
   readonly reachReports = new Counter({ name: 'gravitas_reach_reports_total', help: 'Reachability reports from devices, by result (ok, rate_limited)', labelNames: ['result'] as const, registers: [this.registry] });
 
   // Campaign tracking tiers (docs/campaigns.md). The gauges are set by the shipper on cell 0 only, so the sum over cells is the node's value.
-  readonly trackingIntake = new Counter({ name: 'gravitas_tracking_intake_total', help: 'Campaign feedback requests by result (stored, duplicate, retry_later, bad_message, not_found, error)', labelNames: ['result'] as const, registers: [this.registry] });
+  readonly trackingIntake = new Counter({ name: 'gravitas_tracking_intake_total', help: 'Campaign feedback requests by result (stored, duplicate, retry_later, bad_message, not_found, not_allowed, error)', labelNames: ['result'] as const, registers: [this.registry] });
   readonly trackingArchiveLag = new Gauge({ name: 'gravitas_tracking_archive_lag_seconds', help: "Age of the node's oldest tracking record not yet archived (0: none waiting)", registers: [this.registry] });
   readonly trackingUnarchived = new Gauge({ name: 'gravitas_tracking_unarchived_records', help: 'Tracking records in the node store not yet acknowledged by the archive', registers: [this.registry] });
   readonly trackingLocalRecords = new Gauge({ name: 'gravitas_tracking_local_records', help: 'Tracking records in the node store (archived or not)', registers: [this.registry] });

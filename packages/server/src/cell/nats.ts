@@ -4,6 +4,7 @@ import { Kvm, type KV } from '@nats-io/kv';
 import type { NodeConfig } from '../config.js';
 import { ServerError, ServerErrorCode } from '../errors.js';
 import { Names } from '../subjects.js';
+import { BUDGET_WINDOW_MS } from './budgets.js';
 
 export interface Buckets {
   cells: KV;
@@ -13,6 +14,7 @@ export interface Buckets {
   social: KV;
   presence: KV;
   groups: KV;
+  budgets: KV;
 }
 
 /** How long a starting cell keeps trying to reach NATS before it gives up with NATS_UNAVAILABLE. */
@@ -54,17 +56,27 @@ export async function openBuckets(nc: NatsConnection, cfg: NodeConfig): Promise<
   // Every bucket is replicated: in a NATS cluster, a bucket whose only copy was on a
   // lost server would stop the whole cluster (accounts, directory).
   const replicas = cfg.replicas;
-  const [cells, directory, accounts, tickets, social, presence, groups] = await Promise.all([
+  const [cells, directory, accounts, tickets, social, presence, groups, budgets] = await Promise.all([
     kvm.create(n.cellsBucket, { history: 1, ttl: cfg.membership.timeoutMs * 2, replicas }),
     kvm.create(n.directoryBucket, { history: 1, replicas }),
-    kvm.create(n.accountsBucket, { history: 1, replicas }),
-    // Spent tickets only need to be remembered while the ticket could still be valid.
-    kvm.create(n.ticketsBucket, { history: 1, ttl: cfg.ticketLifetimeMs + 60_000, replicas }),
+    // Read at every handshake to refuse removed devices at once: reads go to the stream leader,
+    // never to a follower that may not have the removal yet (direct gets may be served by any replica).
+    kvm.create(n.accountsBucket, { history: 1, replicas, allow_direct: false }),
+    // Spent tickets, credentials and link approvals only need to be remembered while they could still be valid.
+    kvm.create(n.ticketsBucket, { history: 1, ttl: spentTtl(cfg), replicas }),
     kvm.create(n.socialBucket, { history: 1, replicas }),
     kvm.create(n.presenceBucket, { history: 1, replicas }),
     kvm.create(n.groupsBucket, { history: 1, replicas }),
+    // A window's counters matter for that window only.
+    kvm.create(n.budgetsBucket, { history: 1, ttl: 3 * BUDGET_WINDOW_MS, replicas }),
   ]);
-  return { cells, directory, accounts, tickets, social, presence, groups };
+  return { cells, directory, accounts, tickets, social, presence, groups, budgets };
+}
+
+/** How long a spent id must be remembered: longer than anything single-use can stay valid. */
+function spentTtl(cfg: NodeConfig): number {
+  const { credential, link } = cfg.registration;
+  return Math.max(cfg.ticketLifetimeMs, credential ? credential.maxLifetimeMs + credential.clockToleranceMs : 0, link.ttlMs) + 60_000;
 }
 
 /** How long a starting cell retries creating its buckets and streams. */
@@ -91,8 +103,4 @@ export async function untilReady<T>(step: () => Promise<T>, what: string): Promi
   }
 }
 
-/** JetStream "wrong last sequence": an optimistic-concurrency (create/update) conflict. */
-export function isCasConflict(err: unknown): boolean {
-  const e = err as { code?: unknown; message?: unknown };
-  return e?.code === 10071 || (typeof e?.message === 'string' && e.message.includes('wrong last sequence'));
-}
+export { isCasConflict } from './kv.js';

@@ -4,6 +4,7 @@ import { isName, pack, unpack, type PresenceState, type Typing, type TypingEvent
 import type { Cell } from './cell.js';
 import type { Envelope } from './envelope.js';
 import { isCasConflict } from './nats.js';
+import { TokenBucket } from './rate.js';
 import type { Session } from './session.js';
 import type { SocialRecord } from './social.js';
 import { TtlCache } from './ttl-cache.js';
@@ -65,8 +66,7 @@ interface Viewer {
   writing: boolean;
   failures: number;
   retry: NodeJS.Timeout | undefined;
-  tokens: number;
-  tokensAt: number;
+  typingRate: TokenBucket;
   /** Recipient → last typing state sent to it. */
   typingTo: Map<string, boolean>;
 }
@@ -195,7 +195,7 @@ export class PresenceHub {
     const v: Viewer = {
       s, watching: new Map(), rewatchSeq: 0, rewatchFailures: 0,
       want: 'online', wrote: undefined, writing: false, failures: 0, retry: undefined,
-      tokens: TYPING_BURST, tokensAt: Date.now(), typingTo: new Map(),
+      typingRate: new TokenBucket(TYPING_RATE_PER_SEC, TYPING_BURST), typingTo: new Map(),
     };
     this.viewers.set(s, v);
     this.sync(v);
@@ -516,7 +516,7 @@ export class PresenceHub {
   async typing(s: Session, m: Typing): Promise<void> {
     const v = this.viewers.get(s);
     if (!v) return;
-    if (!this.takeToken(v)) {
+    if (!v.typingRate.take()) {
       this.cell.metrics.typingDropped.inc();
       return;
     }
@@ -557,14 +557,5 @@ export class PresenceHub {
   onTyping(e: Extract<Envelope, { k: 'typ' }>): void {
     const m: TypingEvent = { t: 'typing', from: e.from, on: e.on, ...(e.g !== undefined && { g: e.g }) };
     for (const s of this.cell.sessionsOf(e.to)) s.send(m);
-  }
-
-  private takeToken(v: Viewer): boolean {
-    const now = Date.now();
-    v.tokens = Math.min(TYPING_BURST, v.tokens + ((now - v.tokensAt) * TYPING_RATE_PER_SEC) / 1000);
-    v.tokensAt = now;
-    if (v.tokens < 1) return false;
-    v.tokens--;
-    return true;
   }
 }

@@ -1,10 +1,12 @@
 import {
-  checkFinish, decodeClientHandshake, decodeClientMessage, ErrorCode, pack, ProtocolError, readHello, readResume, unpack, writeWelcome,
-  type ClientMessage, type ErrorCode as Code, type SecureChannel, type ServerMessage,
+  checkFinish, decodeClientHandshake, decodeClientMessage, ErrorCode, isSystemName, pack, ProtocolError, readHello, readResume, unpack, writeWelcome,
+  type ClientMessage, type ErrorCode as Code, type Registration, type SecureChannel, type ServerMessage,
 } from '@gravitas/protocol';
+import type { BudgetKind } from './budgets.js';
 import type { Cell } from './cell.js';
 import { toClient, type ChatItem, type Item } from './envelope.js';
 import type { StoredRef } from './mailbox.js';
+import { TokenBucket } from './rate.js';
 import type { Transport } from './transport.js';
 
 type State = 'handshake' | 'working' | 'confirming' | 'open' | 'closed';
@@ -23,6 +25,37 @@ type Command = { k: 'register' } | { k: 'client'; m: ClientMessage };
 
 let sessionSeq = 0;
 
+function proofKind(r: Registration | undefined): string {
+  if (typeof r === 'string') return r === '' ? 'open' : 'token';
+  return r && 'credential' in r ? 'credential' : 'link';
+}
+
+/** The address part of `ip:port` (or `[v6]:port`): what limits per source count by. */
+export function sourceOf(remoteAddress: string): string {
+  const i = remoteAddress.lastIndexOf(':');
+  return i < 0 ? remoteAddress : remoteAddress.slice(0, i);
+}
+
+/**
+ * What a session may do how often (limits.*): its own token buckets, and its
+ * account's cluster-wide budget (budgets.ts) for the kinds that have one.
+ */
+class SessionLimits {
+  readonly msg: TokenBucket;
+  readonly fanout: TokenBucket;
+  readonly read: TokenBucket;
+  readonly req: TokenBucket;
+  readonly control: TokenBucket;
+
+  constructor(l: Cell['config']['limits'], now: number) {
+    this.msg = new TokenBucket(l.msgRatePerSec, l.msgBurst, now);
+    this.fanout = new TokenBucket(l.fanoutRatePerSec, l.fanoutBurst, now);
+    this.read = new TokenBucket(l.readRatePerSec, l.readBurst, now);
+    this.req = new TokenBucket(l.requestRatePerSec, l.requestBurst, now);
+    this.control = new TokenBucket(l.controlRatePerSec, l.controlBurst, now);
+  }
+}
+
 /**
  * The actor of one connected device. Frames are decoded as they arrive; the
  * commands they carry are queued (bounded) and processed one at a time, so a
@@ -40,11 +73,11 @@ export class Session {
   private readonly inbox: Command[] = [];
   private running = false;
   private paused = false;
-  private readonly startedAt = performance.now();
+  /** When the connection began (performance.now()): a suspension broadcast after it refuses the session. */
+  readonly startedAt = performance.now();
   private kind: 'full' | 'resume' = 'full';
   private handshakeTimer: NodeJS.Timeout | undefined;
-  private tokens: number;
-  private tokensAt = Date.now();
+  private readonly limits: SessionLimits;
   /**
    * Delivered but not yet acknowledged, by `from/id`. Bounded: the oldest is
    * forgotten, which only means its ack no longer counts (custody stores it, a
@@ -56,6 +89,8 @@ export class Session {
   private windowWaiters: Array<() => void> = [];
   user = '';
   device = '';
+  /** The registration of the device's key (accounts.ts): a revocation names it. */
+  rid = 0;
   epoch = 0;
   registered = false;
   registeredAt = 0;
@@ -65,7 +100,7 @@ export class Session {
   constructor(private readonly cell: Cell, readonly transport: Transport) {
     this.slot = ++sessionSeq;
     this.id = `${cell.cellId}-${this.slot.toString(36)}`;
-    this.tokens = cell.config.limits.msgBurst;
+    this.limits = new SessionLimits(cell.config.limits, Date.now());
     transport.setIdleTimeout(cell.config.limits.idleTimeoutMs, () => this.fail(new ProtocolError(ErrorCode.IDLE_TIMEOUT, 'no traffic within the idle timeout')));
     this.handshakeTimer = setTimeout(() => this.fail(new ProtocolError(ErrorCode.HANDSHAKE_TIMEOUT, 'handshake did not complete in time')), cell.config.limits.handshakeTimeoutMs);
     transport.bind({
@@ -138,11 +173,16 @@ export class Session {
       const pending = hello.t === 'hello' ? readHello(hello, ctx) : readResume(hello, ctx);
       if (pending.kind === 'full') {
         this.cell.guard.recordEphemeral(pending.clientEphemeral);
-        await this.cell.accounts.authenticate(pending.user, pending.device, pending.clientStatic, pending.registration);
+        const source = sourceOf(this.transport.remoteAddress);
+        const a = await this.cell.accounts.authenticate({ user: pending.user, device: pending.device, key: pending.clientStatic, registration: pending.registration, source });
+        pending.rid = a.rid;
+        if (a.added) this.cell.metrics.registrations.inc({ proof: proofKind(pending.registration) });
       } else {
-        await this.cell.tickets.spend(pending.ticket!.id);
+        // Spent either way; refused if the device was removed since the ticket was issued (read afresh: no cache).
+        await Promise.all([this.cell.tickets.spend(pending.ticket!.id), this.cell.accounts.checkResume(pending.user, pending.device, pending.rid)]);
       }
       if (this.state === 'closed') return;
+      this.rid = pending.rid;
       const res = writeWelcome(pending, { session: this.id, cell: this.cell.cellId, node: this.cell.config.nodeId, hk: this.cell.gravity.hintPublicKey, ...(this.cell.webAddress && { wa: this.cell.webAddress }) }, ctx);
       this.user = pending.user;
       this.device = pending.device;
@@ -191,7 +231,9 @@ export class Session {
     const m = c.m;
     switch (m.t) {
       case 'send':
-        if (!this.takeToken()) return this.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.RATE_LIMITED });
+        // Ids beginning with "_" are the system's (campaigns, notices): a client's can never meet one.
+        if (isSystemName(m.id)) return this.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.BAD_MESSAGE });
+        if (!(await this.spend('msg', 1))) return this.refused('msg', m.id);
         this.cell.metrics.messagesIn.inc();
         try {
           return await (m.g !== undefined ? this.cell.groups.send(this, m) : this.cell.custody.submit(this, m));
@@ -212,28 +254,40 @@ export class Session {
         return;
       }
       case 'read':
+        if (!(await this.spend('read', 1))) return this.refused('read', m.id);
         return this.cell.custody.read(this, m);
       case 'typing':
         return this.cell.presence.typing(this, m);
       case 'presence':
+        if (!this.limits.control.take()) return this.refused('control');
         return this.cell.presence.set(this, m.s);
       case 'req':
+        if (!(await this.spend('req', 1))) return this.send({ t: 'res', rid: m.rid, ok: false, code: ErrorCode.RATE_LIMITED, message: 'too many requests; slow down' });
         return this.cell.request(this, m);
       case 'ping':
+        if (!this.limits.control.take()) return this.refused('control');
         return this.send({ t: 'pong', n: m.n });
       case 'bye':
         return this.close();
     }
   }
 
-  private takeToken(): boolean {
-    const { msgRatePerSec, msgBurst } = this.cell.config.limits;
+  /**
+   * Spends `n` units of `kind` from this session's bucket, then from its account's
+   * cluster-wide budget: true/false at once unless the account's share on this
+   * cell runs out and must be topped up from KV (one lease per chunk, budgets.ts).
+   */
+  spend(kind: BudgetKind, n: number): boolean | Promise<boolean> {
     const now = Date.now();
-    this.tokens = Math.min(msgBurst, this.tokens + ((now - this.tokensAt) * msgRatePerSec) / 1000);
-    this.tokensAt = now;
-    if (this.tokens < 1) return false;
-    this.tokens--;
-    return true;
+    if (!this.limits[kind].take(n, now)) return false;
+    return this.cell.budgets.take(this.user, kind, n, now);
+  }
+
+  /** A refusal for going over a limit: a status for a message, an error frame otherwise (counted by kind). */
+  refused(kind: BudgetKind | 'control', id?: string): void {
+    this.cell.metrics.rateLimited.inc({ kind });
+    if (kind === 'msg' || kind === 'fanout') this.send({ t: 'status', id: id!, s: 'failed', code: ErrorCode.RATE_LIMITED });
+    else this.sendError(ErrorCode.RATE_LIMITED, kind === 'read' ? `too many read receipts; slow down (${id} not sent)` : 'too many pings or presence changes; slow down');
   }
 
   /**
@@ -276,7 +330,7 @@ export class Session {
       if (old.via === 'mbox') this.releaseWindow();
     }
     this.unacked.set(key, d);
-    this.send(toClient(d.item));
+    this.send(toClient(d.item, d.item.k === 'm' ? this.cell.proofs.of(d.item, this.user) : undefined));
     this.cell.metrics.messagesOut.inc();
   }
 

@@ -26,6 +26,7 @@ async function main(): Promise<void> {
         natsUp = true;
         cell.metrics.natsReconnects.inc();
         cell.redrainAll();
+        cell.recheckSessions();
       }
     }
   })();

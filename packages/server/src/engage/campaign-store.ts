@@ -6,7 +6,7 @@ import { isName, MAX_ID_LENGTH, MAX_TEXT_LENGTH, pack, PROFILE_LIMITS, unpack } 
 import type { CampaignConfig, NodeConfig } from '../config.js';
 import { isCasConflict } from '../cell/nats.js';
 import { Names } from '../subjects.js';
-import { CAMPAIGN_STATES, ROLES, type Audience, type Campaign, type CampaignProgress, type CampaignState, type Predicate, type Publisher, type Role } from './campaign-types.js';
+import { CAMPAIGN_STATES, ROLES, systemSender, type Audience, type Campaign, type CampaignProgress, type CampaignState, type Predicate, type Publisher, type Role } from './campaign-types.js';
 import { enqueueJob } from './jobs.js';
 
 /*
@@ -53,7 +53,7 @@ const ENQUEUE_ATTEMPTS = 3;
 function timeOrderedId(prefix: string, randomHexBytes: number): string {
   return `${prefix}${Date.now().toString(36).padStart(9, '0')}${randomBytes(randomHexBytes).toString('hex')}`;
 }
-/** Campaign ids: `c` + time + 10 hex (20 characters, so `cmp-<id>` is a valid message id). */
+/** Campaign ids: `c` + time + 10 hex (20 characters, so campaignMessageId(id) is a valid message id). */
 export const newCampaignId = (): string => timeOrderedId('c', 5);
 /** Publisher ids have no `_`: an API key `gk_<id>_<secret>` splits at the first `_` after `gk_`. */
 export const newPublisherId = (): string => timeOrderedId('p', 3);
@@ -206,7 +206,8 @@ export function decodeNewPublisher(body: unknown): NewPublisher {
   if (!Array.isArray(roles) || roles.length === 0 || roles.length > ROLES.length || !roles.every((r) => (ROLES as readonly unknown[]).includes(r))) {
     fail('roles', `must be a list of roles from ${ROLES.join(', ')}`);
   }
-  const sender = o.sender === undefined ? undefined : ident(o.sender, 'sender');
+  // One character is left for the system namespace's `_` (systemSender).
+  const sender = o.sender === undefined ? undefined : ident(o.sender, 'sender', MAX_ID_LENGTH - 1);
   return { name, roles: [...new Set(roles as Role[])], ...(sender !== undefined && { sender }) };
 }
 
@@ -284,7 +285,7 @@ export class PublisherStore {
   async create(input: NewPublisher): Promise<{ publisher: Publisher; key: string }> {
     const id = newPublisherId();
     const secret = randomBytes(24).toString('base64url');
-    const publisher: Publisher = { id, name: input.name, roles: input.roles, keyHash: sha256(secret), sender: input.sender ?? `pub-${id}`, createdAt: Date.now() };
+    const publisher: Publisher = { id, name: input.name, roles: input.roles, keyHash: sha256(secret), sender: systemSender(input.sender ?? `pub-${id}`), createdAt: Date.now() };
     try {
       await this.kv.create(publisherKey(id), pack(publisher));
     } catch (err) {

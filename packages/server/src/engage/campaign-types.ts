@@ -1,4 +1,4 @@
-import { isName } from '@gravitas/protocol';
+import { isName, isSystemName, SYSTEM_PREFIX } from '@gravitas/protocol';
 
 /*
  * Publishers and campaigns as stored in the `<prefix>_campaigns` and
@@ -98,4 +98,18 @@ export function matches(p: Predicate, attrs: Record<string, unknown>): boolean {
     case 'gte':
       return typeof v === 'number' && v >= p.value;
   }
+}
+
+/**
+ * The sender name of a publisher's campaign messages, in the system's namespace
+ * (a leading `_`, which no client can register): a publisher's `sender` setting
+ * names it, the namespace makes it unforgeable.
+ */
+export function systemSender(sender: string): string {
+  return isSystemName(sender) ? sender : `${SYSTEM_PREFIX}${sender}`;
+}
+
+/** The id of a campaign's message, the same for every recipient (so every retry is de-duplicated), in the system's namespace. */
+export function campaignMessageId(campaign: string): string {
+  return `${SYSTEM_PREFIX}c-${campaign}`;
 }

@@ -3,6 +3,7 @@ import { Kvm, type KV } from '@nats-io/kv';
 import { ErrorCode, ProtocolError, type RequestArgs } from '@gravitas/protocol';
 import type { Cell } from '../cell/cell.js';
 import type { Session } from '../cell/session.js';
+import { DeliveryProofs } from '../cell/proofs.js';
 import { TtlCache, ReadThrough } from '../cell/ttl-cache.js';
 import { JetStreamArchive } from './archive.js';
 import type { TrackingRecord } from './records.js';
@@ -77,6 +78,11 @@ export class TrackingIntake {
   async handle(s: Session, op: string, args: unknown): Promise<unknown> {
     if (op !== 'track') throw new ProtocolError(ErrorCode.UNKNOWN_TYPE, `no handler for ${op}`);
     const a = args as RequestArgs['track'];
+    // Only a recipient the campaign's message reached holds its delivery proof (no lookup, no oracle).
+    if (!DeliveryProofs.same(this.cell.proofs.campaign(a.c, s.user), a.rk)) {
+      this.cell.metrics.trackingIntake.inc({ result: 'not_allowed' });
+      throw new ProtocolError(ErrorCode.NOT_ALLOWED, 'feedback needs the delivery proof (rk) of the campaign message you received');
+    }
     const store = this.open();
     try {
       // A re-send of something already here needs no lookups (and works while NATS is away).

@@ -12,7 +12,7 @@ import type { ChatItem } from '../cell/envelope.js';
 import { API_TIMEOUT_MS, isNotFound, NS_PER_MS } from '../cell/jetstream.js';
 import { isCasConflict, untilReady } from '../cell/nats.js';
 import { campaignKey, decodeCampaign as decodeCampaignRecord, decodePublisher, openEngageBuckets, progressKey, publisherKey } from './campaign-store.js';
-import { matches, type Campaign, type CampaignProgress } from './campaign-types.js';
+import { campaignMessageId, matches, systemSender, type Campaign, type CampaignProgress } from './campaign-types.js';
 import { decodeJob, enqueueJob, ensureWorkStream, type CampaignJob } from './jobs.js';
 
 /*
@@ -243,8 +243,8 @@ function decodeCampaign(id: string, data: Uint8Array): Campaign {
   if ('users' in c.audience && !c.audience.users.every((u) => typeof u === 'string')) bad('audience.users holds a non-string');
   if (c.content.text.length > MAX_TEXT_LENGTH) bad(`text longer than ${MAX_TEXT_LENGTH}`);
   if (!(c.ratePerSec > 0)) bad('no rate');
-  // The message id `cmp-<id>` must be a protocol id, which is shorter than a campaign id may be.
-  if (`cmp-${id}`.length > MAX_ID_LENGTH) bad(`id longer than ${MAX_ID_LENGTH - 4} characters`);
+  // The message id (campaignMessageId) must be a protocol id, which is shorter than a campaign id may be.
+  if (campaignMessageId(id).length > MAX_ID_LENGTH) bad(`id longer than ${MAX_ID_LENGTH - campaignMessageId('').length} characters`);
   return c;
 }
 
@@ -549,7 +549,7 @@ export class CampaignRunner {
       if (marked) return marked;
       // A recipient who blocked the sender name gets nothing, as with a user's message.
       if (await this.cell.social.refuses(user, sender)) return await this.mark(key, ErrorCode.UNDELIVERABLE);
-      const item: ChatItem = { k: 'm', id: `cmp-${c.id}`, from: sender, fd: CAMPAIGN_DEVICE, to: user, text: c.content.text, ts: Date.now(), c: c.id };
+      const item: ChatItem = { k: 'm', id: campaignMessageId(c.id), from: sender, fd: CAMPAIGN_DEVICE, to: user, text: c.content.text, ts: Date.now(), c: c.id, sys: 'campaign' };
       const st = await settleWithin(this.cell.custody.submitSystem(item), SETTLE_TIMEOUT_MS);
       if (st.s === 'failed') return FINAL_CODES.has(st.code) ? await this.mark(key, st.code) : { s: 'retry', code: st.code };
       await this.recordSent(c.id, user, item.ts);
@@ -700,8 +700,9 @@ export class CampaignRunner {
     } catch (err) {
       throw new CampaignJobError(ErrorCode.NOT_FOUND, `publisher ${publisher}: malformed record`, { cause: err });
     }
-    if (!isName(sender)) throw new CampaignJobError(ErrorCode.NOT_FOUND, `publisher ${publisher} has no valid sender name`);
-    return sender;
+    // Records from before the system namespace get its `_` here: a client can never hold the name.
+    if (!isName(sender, MAX_ID_LENGTH - 1)) throw new CampaignJobError(ErrorCode.NOT_FOUND, `publisher ${publisher} has no valid sender name`);
+    return systemSender(sender);
   }
 
   // ---- profiles -------------------------------------------------------------------------

@@ -1,0 +1,119 @@
+import type { KV } from '@nats-io/kv';
+import { isCasConflict } from './kv.js';
+
+/*
+ * Per-account limits, cluster-wide, without a KV round trip per message
+ * (docs/security.md, "Limits"). An account may spend `rate × WINDOW` units of each
+ * kind per window, across all its devices, wherever their sessions are:
+ *
+ *  - every cell may spend a free allowance for an account without asking anyone:
+ *    budget / (2 × maxDevicesPerUser), so the allowances of all cells an account
+ *    can be on (one session per device) add up to half the budget at most;
+ *  - beyond it, a cell leases chunks of the other half from a counter in KV
+ *    (`<user>.<kind>.<window>`, compare-and-set), one KV write per chunk.
+ *
+ * An ordinary user never leaves the free allowance; a flooding account costs one
+ * KV write per chunk and is refused once the shared half is spent. A session that
+ * moves to another cell finds a fresh allowance there: the bound is the budget
+ * plus one allowance per cell the account reaches within a window.
+ */
+
+export type BudgetKind = 'msg' | 'fanout' | 'read' | 'req';
+const KINDS: readonly BudgetKind[] = ['msg', 'fanout', 'read', 'req'];
+const INDEX: Record<BudgetKind, number> = { msg: 0, fanout: 1, read: 2, req: 3 };
+
+export const BUDGET_WINDOW_MS = 10_000;
+/** Accounts tracked per cell (those with sessions here, and recently so). */
+const MAX_ACCOUNTS = 200_000;
+const CAS_ATTEMPTS = 8;
+
+/** Units per second an account may spend of each kind. */
+export type AccountRates = Record<BudgetKind, number>;
+
+interface Usage {
+  window: number;
+  used: number[];
+  granted: number[];
+  leasing: Array<Promise<void> | undefined>;
+}
+
+export class AccountBudgets {
+  private readonly usage = new Map<string, Usage>();
+  private readonly free: number[];
+  private readonly pool: number[];
+
+  constructor(
+    private readonly kv: KV,
+    rates: AccountRates,
+    maxDevices: number,
+    private readonly log: (msg: string, err?: unknown) => void,
+  ) {
+    const budget = KINDS.map((k) => Math.floor((rates[k] * BUDGET_WINDOW_MS) / 1000));
+    this.free = budget.map((b) => Math.floor(b / (2 * maxDevices)));
+    this.pool = budget.map((b, i) => b - this.free[i]! * maxDevices);
+  }
+
+  /**
+   * Spends `n` units of `kind` for `user`: true/false at once while the cell's share
+   * covers it, else a promise (one KV lease for every caller waiting on it).
+   */
+  take(user: string, kind: BudgetKind, n: number, now = Date.now()): boolean | Promise<boolean> {
+    const u = this.usageOf(user, now);
+    const i = INDEX[kind];
+    if (u.used[i]! + n <= u.granted[i]!) {
+      u.used[i]! += n;
+      return true;
+    }
+    return this.lease(user, u, i, n);
+  }
+
+  private async lease(user: string, u: Usage, i: number, n: number): Promise<boolean> {
+    // Someone is leasing already: wait for it, then try once more from what it brought.
+    if (u.leasing[i]) await u.leasing[i];
+    if (u.used[i]! + n > u.granted[i]!) {
+      const want = Math.max(this.free[i]!, 1, u.used[i]! + n - u.granted[i]!);
+      const p = this.leaseFromKv(`${user}.${KINDS[i]}.${u.window}`, i, want).then(
+        (got) => {
+          u.granted[i]! += got;
+        },
+        (err: unknown) => this.log('account budget lease failed (refusing past the free allowance)', err),
+      );
+      u.leasing[i] = p;
+      await p;
+      if (u.leasing[i] === p) u.leasing[i] = undefined;
+    }
+    if (u.used[i]! + n > u.granted[i]!) return false;
+    u.used[i]! += n;
+    return true;
+  }
+
+  /** Takes up to `want` units of the window's shared pool; returns how many it got (0 when spent). */
+  private async leaseFromKv(key: string, i: number, want: number): Promise<number> {
+    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
+      const cur = await this.kv.get(key);
+      const taken = cur && cur.operation === 'PUT' ? Number(new TextDecoder().decode(cur.value)) || 0 : 0;
+      const got = Math.min(want, this.pool[i]! - taken);
+      if (got <= 0) return 0;
+      const value = new TextEncoder().encode(String(taken + got));
+      try {
+        if (cur) await this.kv.update(key, value, cur.revision);
+        else await this.kv.create(key, value);
+        return got;
+      } catch (err) {
+        if (!isCasConflict(err)) throw err;
+      }
+    }
+    return 0;
+  }
+
+  private usageOf(user: string, now: number): Usage {
+    const window = Math.floor(now / BUDGET_WINDOW_MS);
+    let u = this.usage.get(user);
+    if (u && u.window === window) return u;
+    if (u) this.usage.delete(user); // re-inserted below: insertion order stays age order
+    else if (this.usage.size >= MAX_ACCOUNTS) this.usage.delete(this.usage.keys().next().value!);
+    u = { window, used: [0, 0, 0, 0], granted: [...this.free], leasing: [undefined, undefined, undefined, undefined] };
+    this.usage.set(user, u);
+    return u;
+  }
+}
