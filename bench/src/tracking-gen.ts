@@ -20,8 +20,8 @@ export interface TrackGenSetup {
   /** Generator index (event ids are unique per generator). */
   gen: number;
   serverPublicKey: Uint8Array;
-  /** One cell address per client (the parent spreads them over the cells). */
-  clients: Array<{ user: string; addr: string }>;
+  /** One cell address per client (the parent spreads them over the cells), and the user's delivery proof of each campaign. */
+  clients: Array<{ user: string; addr: string; proofs: Uint8Array[] }>;
   campaigns: string[];
   maxFeedback: number;
 }
@@ -69,6 +69,8 @@ class TrackGen {
   private gen = 0;
   private clients: GravitasClient[] = [];
   private campaigns: string[] = [];
+  /** Per client, its delivery proof of each campaign (as if it had received their messages). */
+  private proofs: Uint8Array[][] = [];
   private seq = 0;
   /** eid → performance.now() of its track() call, until it settles. */
   private readonly started = new Map<string, number>();
@@ -88,6 +90,7 @@ class TrackGen {
   setup(c: TrackGenSetup): void {
     this.gen = c.gen;
     this.campaigns = c.campaigns;
+    this.proofs = c.clients.map((x) => x.proofs);
     this.clients = c.clients.map(({ user, addr }, i) => {
       const client = new GravitasClient({ servers: [addr], serverPublicKey: c.serverPublicKey, identity: nativeKeyPair(), user, device: 'd', registration: '', maxFeedback: c.maxFeedback });
       client.on('error', () => undefined);
@@ -127,10 +130,10 @@ class TrackGen {
 
   private send(i: number): void {
     const eid = this.nextEid();
-    const c = this.campaigns[this.seq % this.campaigns.length]!;
+    const k = this.seq % this.campaigns.length;
     const ev = EVENTS[this.seq % EVENTS.length]!;
     this.started.set(eid, performance.now());
-    this.clients[i]!.track(c, ev, eid).catch((e: Error & { code?: string }) => {
+    this.clients[i]!.track({ c: this.campaigns[k]!, rk: this.proofs[i]![k]! }, ev, eid).catch((e: Error & { code?: string }) => {
       this.started.delete(eid);
       const code = `enqueue:${e.code ?? e.message}`;
       this.failed[code] = (this.failed[code] ?? 0) + 1;

@@ -6,8 +6,8 @@ import { open as openLmdb } from 'lmdb';
 import { connect as natsConnect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { GravitasClient, type Tracked } from '@gravitas/client';
-import { pack, type CampaignEvent } from '@gravitas/protocol';
-import { Names } from '@gravitas/server';
+import { fromBase64Url, pack, type CampaignEvent } from '@gravitas/protocol';
+import { DeliveryProofs, Names } from '@gravitas/server';
 import { NatsServer } from '@gravitas/testkit';
 // Not exported by @gravitas/server; the tests import it the same way (test/fixtures/tracking.ts).
 import { TrackingStore } from '../../packages/server/dist/engage/tracking-store.js';
@@ -634,6 +634,7 @@ async function reportPhase(
   o: { user: string; events: number; local: number; campaigns: string[]; reports: number },
 ): Promise<ReportPhase> {
   const client = new GravitasClient({ servers: [node.clientAddresses[0]!], serverPublicKey: keys.server.publicKey, identity: nativeKeyPair(), user: o.user, device: 'd', registration: '' });
+  const proofs = new DeliveryProofs(fromBase64Url(keys.serverKey, 32));
   client.on('error', () => undefined);
   const tracked = new Map<string, Tracked>();
   const failed: string[] = [];
@@ -646,7 +647,10 @@ async function reportPhase(
     await client.connect();
     const send = async (from: number, to: number): Promise<void> => {
       const ids: string[] = [];
-      for (let i = from; i < to; i++) ids.push(await client.track(o.campaigns[i % o.campaigns.length]!, EVENTS[i % EVENTS.length]!, `r${i.toString(36).padStart(22, '0')}`));
+      for (let i = from; i < to; i++) {
+        const c = o.campaigns[i % o.campaigns.length]!;
+        ids.push(await client.track({ c, rk: proofs.campaign(c, o.user) }, EVENTS[i % EVENTS.length]!, `r${i.toString(36).padStart(22, '0')}`));
+      }
       const end = Date.now() + 60_000;
       while (!ids.every((id) => tracked.has(id)) && failed.length === 0 && Date.now() < end) await sleep(20);
       if (failed.length > 0 || !ids.every((id) => tracked.has(id))) throw new Error(`report user: not every event was tracked (${failed.slice(0, 3).join('; ') || 'timeout'})`);
@@ -741,16 +745,20 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
     const pub = await adminOk<{ key: string }>(node, 'POST', '/admin/publishers', { name: 'Bench', roles: ['campaigns', 'reports'] });
     const campaigns: string[] = [];
     for (let i = 0; i < nCampaigns; i++) {
-      const c = await adminOk<{ campaign: { id: string } }>(node, 'POST', '/admin/campaigns', { name: `bench ${i}`, audience: { users: ['nobody'] }, content: { text: 'hello' } }, pub.key);
+      // Started, due in an hour: running (feedback is taken for running and finished campaigns), nothing sent meanwhile.
+      const c = await adminOk<{ campaign: { id: string } }>(node, 'POST', '/admin/campaigns', { name: `bench ${i}`, audience: { users: ['nobody'] }, content: { text: 'hello' }, startAt: Date.now() + 3600_000 }, pub.key);
+      await adminOk(node, 'POST', `/admin/campaigns/${c.campaign.id}/start`, undefined, pub.key);
       campaigns.push(c.campaign.id);
     }
-    log(`  ${campaigns.length} campaigns created (drafts: the intake only needs them to exist)`);
+    // The clients stand in for recipients: their delivery proofs are made here, as the cells would put them on the messages.
+    const proofs = new DeliveryProofs(fromBase64Url(keys.serverKey, 32));
+    log(`  ${campaigns.length} campaigns running (due in an hour: nothing is sent, the intake takes feedback for them)`);
 
     log(`starting ${nGens} generator processes with ${nClients} SDK clients`);
     const gens = await Promise.all(Array.from({ length: nGens }, (_, k) => GenProcess.start<TrackGenCommand>(res, `tracking-gen-${k}`, GEN_JS)));
     res.defer(async () => void (await Promise.all(gens.map((g) => g.call({ k: 'close' }).catch(() => undefined)))));
-    const perGen: Array<Array<{ user: string; addr: string }>> = gens.map(() => []);
-    for (let i = 0; i < nClients; i++) perGen[i % nGens]!.push({ user: `t${i}`, addr: node.clientAddresses[i % nCells]! });
+    const perGen: Array<Array<{ user: string; addr: string; proofs: Uint8Array[] }>> = gens.map(() => []);
+    for (let i = 0; i < nClients; i++) perGen[i % nGens]!.push({ user: `t${i}`, addr: node.clientAddresses[i % nCells]!, proofs: campaigns.map((c) => proofs.campaign(c, `t${i}`)) });
     const maxFeedback = Math.max(10_000, Math.ceil(burst / nClients) + depth + 10);
     await Promise.all(gens.map((g, k) => g.call({ k: 'setup', gen: k, serverPublicKey: keys.server.publicKey, clients: perGen[k]!, campaigns, maxFeedback })));
     const conn = await Promise.all(gens.map((g) => g.call<ConnectSummary>({ k: 'connect', concurrency: 16 })));

@@ -14,10 +14,11 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect } from '@nats-io/transport-node';
 import { generateKeyPair, toBase64Url } from '@gravitas/protocol';
-import { ClientError, ClientErrorCode, GravitasClient, LmdbStore, MemoryStore, type ClientStore, type TrackFailed } from '@gravitas/client';
+import { ClientError, ClientErrorCode, GravitasClient, LmdbStore, MemoryStore, type CampaignRef, type ClientStore, type TrackFailed } from '@gravitas/client';
 import { check, freePort, NatsServer, tempDir, trackChild } from '@gravitas/testkit';
 import { cleanEnv, clusterKeys, connectClient, makeClient, nodeConfig, spawnNode, writeNodeConfig } from '../fixtures/cluster.js';
 import { allTracked, archiveOf, collect, idsOf, outcomes, putCampaigns, recordId, trackMany } from '../fixtures/tracking.js';
+import { campaignProof } from '../fixtures/proofs.js';
 
 const dir = await tempDir('gravitas-feedback-');
 t.teardown(() => dir[Symbol.asyncDispose]());
@@ -56,26 +57,36 @@ storeSuite('lmdb', () => {
   return { store: LmdbStore.open(path), reopen: () => LmdbStore.open(path) };
 });
 
+/** A campaign message's id and proof, as the SDK queue keeps them (these clients never reach a server). */
+const CAMP: CampaignRef = { c: 'camp', rk: new Uint8Array(12).fill(7) };
+
+t.test('without a delivery proof there is nothing to send: NO_PROOF at once', async (t) => {
+  const c = new GravitasClient({ servers: ['127.0.0.1:1'], serverPublicKey: generateKeyPair().publicKey, identity: generateKeyPair(), user: 'u', device: 'd', reconnect: false });
+  t.teardown(() => c.close());
+  t.equal(await codeOf(c.track('never-received', 'opened')), ClientErrorCode.NO_PROOF, 'track by id of a campaign whose message this client never got');
+  t.throws(() => c.markRead('m1', 'alice'), { code: ClientErrorCode.NO_PROOF }, 'markRead of a message this client never got');
+});
+
 t.test('the queue is bounded, ids are unique in it; closed without a storage path it ends in trackFailed CLOSED', async (t) => {
   const o = { servers: ['127.0.0.1:1'], serverPublicKey: generateKeyPair().publicKey, identity: generateKeyPair(), user: 'u', device: 'd', reconnect: false, maxFeedback: 3 };
   const mem = new GravitasClient(o);
   const failed: TrackFailed[] = [];
   mem.on('trackFailed', (f) => failed.push(f));
-  t.equal(await mem.track('camp', 'opened', 'e1'), 'e1', 'resolves with the event id once queued');
-  t.match(await mem.track('camp', 'clicked'), /^[A-Za-z0-9_-]{20,}$/, 'a generated event id is a protocol name');
-  t.equal(await codeOf(mem.track('camp', 'opened', 'e1')), ClientErrorCode.DUPLICATE_ID);
-  await mem.track('camp', 'dismissed', 'e3');
-  t.equal(await codeOf(mem.track('camp', 'opened', 'e4')), ClientErrorCode.OUTBOX_FULL, 'maxFeedback queued: OUTBOX_FULL');
+  t.equal(await mem.track(CAMP, 'opened', 'e1'), 'e1', 'resolves with the event id once queued');
+  t.match(await mem.track(CAMP, 'clicked'), /^[A-Za-z0-9_-]{20,}$/, 'a generated event id is a protocol name');
+  t.equal(await codeOf(mem.track(CAMP, 'opened', 'e1')), ClientErrorCode.DUPLICATE_ID);
+  await mem.track(CAMP, 'dismissed', 'e3');
+  t.equal(await codeOf(mem.track(CAMP, 'opened', 'e4')), ClientErrorCode.OUTBOX_FULL, 'maxFeedback queued: OUTBOX_FULL');
   const queued = mem.pendingFeedback().map((f) => f.eid);
   t.same([queued[0], queued[2]], ['e1', 'e3'], 'queued, oldest first');
   await mem.close();
   t.same(failed.map((f) => [f.eid, (f.error as ClientError).code]), queued.map((eid) => [eid, ClientErrorCode.CLOSED]), 'without a storage path, close ends every queued event');
-  t.equal(await codeOf(mem.track('camp', 'opened')), ClientErrorCode.CLOSED);
+  t.equal(await codeOf(mem.track(CAMP, 'opened')), ClientErrorCode.CLOSED);
 
   const path = fresh('client');
   const c1 = new GravitasClient({ ...o, storagePath: path });
-  await c1.track('camp', 'opened', 'p1');
-  await c1.track('camp', 'converted', 'p2');
+  await c1.track(CAMP, 'opened', 'p1');
+  await c1.track(CAMP, 'converted', 'p2');
   const c1Failed: TrackFailed[] = [];
   c1.on('trackFailed', (f) => c1Failed.push(f));
   await c1.close();
@@ -130,6 +141,8 @@ t.test('against a node', async (t) => {
   await putCampaigns(nc, ['promo']);
   const keys = clusterKeys();
   const pk = keys.serverPublicKey;
+  /** The campaign as `user` holds it once its message arrived (written into KV by hand here, never sent). */
+  const promo = (user: string): CampaignRef => ({ c: 'promo', rk: campaignProof(keys.serverKey, 'promo', user) });
   const basePort = await freePort();
   const file = await writeNodeConfig(fresh('node.json'), nodeConfig({ natsUrl: nats.url, nodeId: 'fb', dataDir: fresh('node-data'), keys, cells: 1, extra: { listen: { host: '127.0.0.1', basePort } } }));
   let node = await spawnNode(file);
@@ -148,7 +161,7 @@ t.test('against a node', async (t) => {
     const tc = makeClient({ servers: [cell], serverPublicKey: pk, user: 'fb-early' });
     t.teardown(() => tc.client.close());
     const o = outcomes(tc.client);
-    const eids = await trackMany(tc.client, 'promo', 5, 'early');
+    const eids = await trackMany(tc.client, promo('fb-early'), 5, 'early');
     await sleep(100);
     t.equal(o.tracked.size, 0, 'nothing goes out while not connected');
     await tc.client.connect();
@@ -163,7 +176,7 @@ t.test('against a node', async (t) => {
     const eids: string[] = [];
     const sending = (async () => {
       for (let i = 0; i < 300; i++) {
-        eids.push(await tc.client.track('promo', 'delivered', `s-${i}`));
+        eids.push(await tc.client.track(promo('fb-steady'), 'delivered', `s-${i}`));
         if (i % 10 === 9) await sleep(20);
       }
     })();
@@ -183,13 +196,13 @@ t.test('against a node', async (t) => {
   t.test('an SDK process with a storage path SIGKILLed with events queued and in flight, restarted: each stored once', async (t) => {
     const o = { servers: [cell], serverPublicKey: toBase64Url(pk), secretKey: toBase64Url(generateKeyPair().secretKey), user: 'fb-proc', device: 'd1', storagePath: fresh('proc') };
     const queued = Array.from({ length: 20 }, (_, i) => `q-${i}`);
-    const offline = startChild({ ...o, servers: [`127.0.0.1:${await freePort()}`], connect: false, c: 'promo', eids: queued });
+    const offline = startChild({ ...o, servers: [`127.0.0.1:${await freePort()}`], connect: false, c: 'promo', rk: toBase64Url(promo('fb-proc').rk), eids: queued });
     await offline.waitFor('queued events durable', (e) => e.ev === 'durable');
     await offline.kill();
     t.notOk(offline.events.some((e) => e.ev === 'tracked'), 'nothing was taken before the kill');
 
     const flying = Array.from({ length: 200 }, (_, i) => `f-${i}`);
-    const second = startChild({ ...o, connect: true, c: 'promo', eids: flying });
+    const second = startChild({ ...o, connect: true, c: 'promo', rk: toBase64Url(promo('fb-proc').rk), eids: flying });
     const pending = await second.waitFor('restored queue', (e) => e.ev === 'pending');
     t.same(pending.eids, queued, 'the restarted process found every queued event, in order');
     await second.waitFor('durable', (e) => e.ev === 'durable');

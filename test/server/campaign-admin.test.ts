@@ -63,7 +63,7 @@ t.test('publishers and campaigns through the admin API', async (t) => {
 
   t.test('publishers: created by the admin, the key shown once, never its hash', async (t) => {
     t.match(A.key, new RegExp(`^gk_${A.id}_[A-Za-z0-9_-]{16,}$`), 'key gk_<id>_<secret>');
-    t.equal(A.sender, `pub-${A.id}`, 'a default sender name');
+    t.equal(A.sender, `_pub-${A.id}`, "a default sender name, in the system's namespace");
     t.same(A.roles, ['campaigns', 'reports']);
     const list = await call('GET', '/admin/publishers', ROOT_TOKEN);
     t.equal(list.status, 200);
@@ -79,6 +79,8 @@ t.test('publishers and campaigns through the admin API', async (t) => {
     t.equal(said(await call('POST', '/admin/publishers', ROOT_TOKEN, { name: 'x', roles: ['boss'] })), '400 BAD_REQUEST', 'an unknown role');
     t.equal(said(await call('POST', '/admin/publishers', ROOT_TOKEN, { name: 'x', roles: [] })), '400 BAD_REQUEST', 'no role');
     t.equal(said(await call('POST', '/admin/publishers', ROOT_TOKEN, { name: 'x', roles: ['reports'], sender: 'not a name' })), '400 BAD_REQUEST', 'a bad sender');
+    const named = await call('POST', '/admin/publishers', ROOT_TOKEN, { name: 'Brand', roles: ['reports'], sender: 'brand' });
+    t.equal((named.json as PublisherCreated).sender, '_brand', 'a chosen sender name goes to the system namespace: no client can register it');
   });
 
   t.test('authentication', async (t) => {

@@ -34,7 +34,7 @@ t.test('campaign delivery on two nodes × two cells', async (t) => {
     t.same(await admin.progress('c1'), { batches: 3, batchesDone: 3, recipients: 10, sent: 8, failed: { UNDELIVERABLE: 2 } }, 'progress: 10 recipients (a repeated user once), 8 sent, 2 unknown');
     for (const c of online) {
       const got = await check(`${c.user} got the campaign`, () => campaignMsgs(c, 'c1')[0]);
-      t.match(got, { from: SENDER, fd: 'campaign', id: 'cmp-c1', to: c.user, text: 'spring sale', c: 'c1' }, `${c.user}: message from the publisher's sender`);
+      t.match(got, { from: SENDER, fd: 'campaign', id: '_c-c1', to: c.user, text: 'spring sale', c: 'c1', sys: 'campaign' }, `${c.user}: message from the publisher's sender`);
     }
     const later = await Promise.all(offline.map((o) => o.connect()));
     for (const c of later) await check(`${c.user} got the campaign from its mailbox`, () => campaignMsgs(c, 'c1').length > 0);

@@ -14,11 +14,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { ErrorCode, RemoteError, type RequestArgs } from '@gravitas/protocol';
+import type { CampaignRef } from '@gravitas/client';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
 import {
   clusterKeys, connectClient, metricsText, metricValue, nodeConfig, spawnNode, writeNodeConfig, type ClusterKeys, type NodeProcess, type TestClient,
 } from '../fixtures/cluster.js';
 import { allTracked, archiveOf, collect, idsOf, localStore, names, outcomes, putCampaigns, recordId, trackMany, type Outcomes } from '../fixtures/tracking.js';
+import { campaignProof } from '../fixtures/proofs.js';
 import { queryUnarchived } from '../../packages/server/dist/engage/shipper.js';
 import type { TrackingRecord } from '../../packages/server/dist/engage/records.js';
 
@@ -48,15 +50,22 @@ async function node(t: Test, e: Env, nodeId: string, cells: number, extra: Recor
   return n;
 }
 
-async function client(t: Test, e: Env, user: string, server: string, device = 'd1'): Promise<{ tc: TestClient; o: Outcomes }> {
+interface Person { tc: TestClient; o: Outcomes; ref(c: string): CampaignRef }
+
+/**
+ * A recipient. `ref(c)`: the campaign as the person would hold it after receiving its message — its id and
+ * delivery proof (these campaigns are written into KV by hand and never sent, so the proof is computed).
+ */
+async function client(t: Test, e: Env, user: string, server: string, device = 'd1'): Promise<Person> {
   const tc = await connectClient(t, { user, device, servers: [server], serverPublicKey: e.keys.serverPublicKey });
-  return { tc, o: outcomes(tc.client) };
+  return { tc, o: outcomes(tc.client), ref: (c) => ({ c, rk: campaignProof(e.keys.serverKey, c, user) }) };
 }
 
-/** The coded answer of a raw `track` request (or 'ok' with its data). */
-async function track(tc: TestClient, a: Record<string, unknown>): Promise<string> {
+/** The coded answer of a raw `track` request (or 'ok' with its data); the person's proof is added unless `a` has one. */
+async function track(p: Person, a: Record<string, unknown>): Promise<string> {
   try {
-    const data = (await tc.client.request('track', a as unknown as RequestArgs['track'])) as { dup: boolean };
+    const withProof = typeof a.c === 'string' && a.rk === undefined ? { ...a, rk: p.ref(a.c).rk } : a;
+    const data = (await p.tc.client.request('track', withProof as unknown as RequestArgs['track'])) as { dup: boolean };
     return data.dup ? 'dup' : 'stored';
   } catch (err) {
     return err instanceof RemoteError ? err.code : `not a RemoteError: ${String(err)}`;
@@ -99,8 +108,8 @@ t.test('two tiers: recent records local, older ones only archived; reports see t
   const bob = await client(t, e, 'bob', B!.clientAddresses[0]!);
 
   // ---- batch 1: archived, then aged out of the node
-  const first = [...(await trackMany(alice.tc.client, 'spring', 40, 'a1')), ...(await trackMany(alice.tc.client, 'summer', 10, 'a1s'))];
-  const bobs = await trackMany(bob.tc.client, 'spring', 20, 'b1');
+  const first = [...(await trackMany(alice.tc.client, alice.ref('spring'), 40, 'a1')), ...(await trackMany(alice.tc.client, alice.ref('summer'), 10, 'a1s'))];
+  const bobs = await trackMany(bob.tc.client, bob.ref('spring'), 20, 'b1');
   await Promise.all([allTracked(alice.o, first), allTracked(bob.o, bobs)]);
   t.ok([...alice.o.tracked.values()].every((x) => !x.dup), 'every first send was stored (dup: false)');
   await archiveHolds(t, e, 'alice', ids('alice', first));
@@ -111,7 +120,7 @@ t.test('two tiers: recent records local, older ones only archived; reports see t
 
   // ---- batch 2, under a new profile version
   const { version } = (await alice.tc.client.request('profile.set', { attrs: { tier: 'gold' } })) as { version: number };
-  const second = await trackMany(alice.tc.client, 'spring', 30, 'a2', 'clicked');
+  const second = await trackMany(alice.tc.client, alice.ref('spring'), 30, 'a2', 'clicked');
   await allTracked(alice.o, second);
   await check('batch 2 archived', () => localA.unarchivedFor({ user: 'alice' }, { limit: 100 }).records.length === 0, { timeout: 20_000, interval: 100 });
   const archived = await archiveHolds(t, e, 'alice', ids('alice', [...first, ...second]));
@@ -133,7 +142,7 @@ t.test('two tiers: recent records local, older ones only archived; reports see t
   const si = await jsm.streams.info(names.trackingStream);
   await jsm.streams.update(names.trackingStream, { ...si.config, max_msgs: si.state.messages });
   const failuresBefore = await metric(A!, 'gravitas_tracking_ship_failures_total');
-  const third = await trackMany(alice.tc.client, 'summer', 15, 'a3');
+  const third = await trackMany(alice.tc.client, alice.ref('summer'), 15, 'a3');
   await allTracked(alice.o, third);
   t.pass('the node takes feedback while the archive refuses it');
   await check('node A fails to ship', async () => (await metric(A!, 'gravitas_tracking_ship_failures_total')) > failuresBefore, { timeout: 10_000, interval: 100 });
@@ -153,20 +162,20 @@ t.test('two tiers: recent records local, older ones only archived; reports see t
 
   // ---- duplicates by event id
   const ts = Date.now();
-  t.equal(await track(alice.tc, { c: 'spring', ev: 'opened', eid: 'dupe-1', ts }), 'stored');
-  t.equal(await track(alice.tc, { c: 'spring', ev: 'opened', eid: 'dupe-1', ts }), 'dup', 'the same event id again: dup');
-  t.equal(await track(bob.tc, { c: 'spring', ev: 'opened', eid: 'dupe-1', ts }), 'stored', 'another user\'s event with the same id is its own');
+  t.equal(await track(alice, { c: 'spring', ev: 'opened', eid: 'dupe-1', ts }), 'stored');
+  t.equal(await track(alice, { c: 'spring', ev: 'opened', eid: 'dupe-1', ts }), 'dup', 'the same event id again: dup');
+  t.equal(await track(bob, { c: 'spring', ev: 'opened', eid: 'dupe-1', ts }), 'stored', 'another user\'s event with the same id is its own');
   // Two sessions of alice on the two cells of node A race on the same ids.
   const alice2 = await client(t, e, 'alice', A!.clientAddresses[1]!, 'd2');
   const race = Array.from({ length: 20 }, (_, i) => `race-${i}`);
-  const answers = await Promise.all(race.flatMap((eid) => [track(alice.tc, { c: 'summer', ev: 'opened', eid, ts }), track(alice2.tc, { c: 'summer', ev: 'opened', eid, ts })]));
+  const answers = await Promise.all(race.flatMap((eid) => [track(alice, { c: 'summer', ev: 'opened', eid, ts }), track(alice2, { c: 'summer', ev: 'opened', eid, ts })]));
   let once = 0;
   for (let i = 0; i < race.length; i++) if ([answers[2 * i], answers[2 * i + 1]].sort().join() === 'dup,stored') once++;
   t.equal(once, race.length, 'two cells of one node racing on an id: one stores it, the other answers dup');
   // The same id taken by two nodes (bob on both): each node stores it, the archive keeps it once.
   const bobOnA = await client(t, e, 'bob', A!.clientAddresses[1]!, 'd2');
-  t.equal(await track(bob.tc, { c: 'summer', ev: 'opened', eid: 'x-node', ts }), 'stored');
-  t.equal(await track(bobOnA.tc, { c: 'summer', ev: 'opened', eid: 'x-node', ts }), 'stored', 'node A had not seen it');
+  t.equal(await track(bob, { c: 'summer', ev: 'opened', eid: 'x-node', ts }), 'stored');
+  t.equal(await track(bobOnA, { c: 'summer', ev: 'opened', eid: 'x-node', ts }), 'stored', 'node A had not seen it');
   await archiveHolds(t, e, 'bob', ids('bob', [...bobs, 'dupe-1', 'x-node']));
   t.pass('shipped by both nodes, archived once (Nats-Msg-Id = record id)');
 
@@ -182,15 +191,18 @@ t.test('two tiers: recent records local, older ones only archived; reports see t
     ['a ts two days ahead', { c: 'spring', ev: 'opened', eid: 'bad-5', ts: now + 2 * DAY }, ErrorCode.BAD_MESSAGE],
     ['a ts in 1970', { c: 'spring', ev: 'opened', eid: 'bad-6', ts: 1000 }, ErrorCode.BAD_MESSAGE],
     ['an unknown campaign', { c: 'autumn', ev: 'opened', eid: 'bad-7', ts: now }, ErrorCode.NOT_FOUND],
+    ['no delivery proof', { c: 'spring', ev: 'opened', eid: 'bad-8', ts: now, rk: new Uint8Array(12) }, ErrorCode.NOT_ALLOWED],
+    ["another recipient's proof", { c: 'spring', ev: 'opened', eid: 'bad-9', ts: now, rk: bob.ref('spring').rk }, ErrorCode.NOT_ALLOWED],
+    ['the proof of another campaign', { c: 'spring', ev: 'opened', eid: 'bad-10', ts: now, rk: alice.ref('summer').rk }, ErrorCode.NOT_ALLOWED],
   ];
-  for (const [what, a, code] of cases) t.equal(await track(alice.tc, a), code, `${what}: ${code}`);
+  for (const [what, a, code] of cases) t.equal(await track(alice, a), code, `${what}: ${code}`);
   await alice.tc.client.ping();
-  t.equal(await track(alice.tc, { c: 'spring', ev: 'converted', eid: 'good-after-bad', ts: now }), 'stored', 'the session lives on');
+  t.equal(await track(alice, { c: 'spring', ev: 'converted', eid: 'good-after-bad', ts: now }), 'stored', 'the session lives on');
   t.notOk(localA.lookup('alice', 'bad-7'), 'nothing refused was stored');
   // The SDK reports final refusals as 'trackFailed' and keeps going.
-  await alice.tc.client.track('autumn', 'opened', 'sdk-unknown');
-  await alice.tc.client.track('spring', 'opened', 'sdk.bad.id');
-  const after = await trackMany(alice.tc.client, 'spring', 3, 'sdk-good');
+  await alice.tc.client.track(alice.ref('autumn'), 'opened', 'sdk-unknown');
+  await alice.tc.client.track(alice.ref('spring'), 'opened', 'sdk.bad.id');
+  const after = await trackMany(alice.tc.client, alice.ref('spring'), 3, 'sdk-good');
   await check('SDK refusals reported', () => alice.o.failed.has('sdk-unknown') && alice.o.failed.has('sdk.bad.id'));
   t.equal((alice.o.failed.get('sdk-unknown')!.error as RemoteError).code, ErrorCode.NOT_FOUND, "'trackFailed' NOT_FOUND for an unknown campaign");
   t.equal((alice.o.failed.get('sdk.bad.id')!.error as RemoteError).code, ErrorCode.BAD_MESSAGE, "'trackFailed' BAD_MESSAGE for a malformed event");
@@ -207,7 +219,7 @@ t.test('the nats-server is SIGKILLed mid-stream: feedback lands in the node, the
   const N = await node(t, e, 'nodeC', 2);
   const people = await Promise.all([client(t, e, 'carol', N.clientAddresses[0]!), client(t, e, 'dave', N.clientAddresses[1]!)]);
   // Warm: the cells have now seen the campaign and the profile versions (what they use while NATS is away).
-  await Promise.all(people.map(async (p) => allTracked(p.o, await trackMany(p.tc.client, 'fall', 1, 'warm'))));
+  await Promise.all(people.map(async (p) => allTracked(p.o, await trackMany(p.tc.client, p.ref('fall'), 1, 'warm'))));
 
   const PER = 400;
   let outageFrom = 0;
@@ -215,7 +227,7 @@ t.test('the nats-server is SIGKILLed mid-stream: feedback lands in the node, the
   const sent = people.map(() => [] as string[]);
   const senders = people.map(async (p, k) => {
     for (let i = 0; i < PER; i++) {
-      sent[k]!.push(await p.tc.client.track('fall', 'delivered', `f-${i}`));
+      sent[k]!.push(await p.tc.client.track(p.ref('fall'), 'delivered', `f-${i}`));
       if (i % 20 === 19) await sleep(40);
     }
   });
@@ -240,7 +252,7 @@ t.test('the nats-server is SIGKILLed mid-stream: feedback lands in the node, the
   // ---- SIGKILL after ok: answered means flushed
   await e.nats.kill('SIGKILL');
   const carol = people[0]!;
-  const last = await trackMany(carol.tc.client, 'fall', 100, 'k');
+  const last = await trackMany(carol.tc.client, carol.ref('fall'), 100, 'k');
   await allTracked(carol.o, last);
   await N.kill();
   t.pass('node SIGKILLed right after its last ok (NATS away: nothing of these was shipped)');
@@ -259,13 +271,13 @@ t.test('the byte budget: full of unarchived records the node answers RETRY_LATER
   const MAX_BYTES = 64 * 1024;
   const N = await node(t, e, 'nodeD', 1, { tracking: { maxBytes: MAX_BYTES } });
   const erin = await client(t, e, 'erin', N.clientAddresses[0]!);
-  const warm = await trackMany(erin.tc.client, 'winter', 1, 'warm');
+  const warm = await trackMany(erin.tc.client, erin.ref('winter'), 1, 'warm');
   await allTracked(erin.o, warm);
   await archiveHolds(t, e, 'erin', ids('erin', warm));
 
   await e.nats.kill('SIGKILL');
   const TOTAL = 600;
-  const all = await trackMany(erin.tc.client, 'winter', TOTAL, 'w');
+  const all = await trackMany(erin.tc.client, erin.ref('winter'), TOTAL, 'w');
   await check('the node answers RETRY_LATER', async () => (await metric(N, 'gravitas_tracking_intake_total', { result: 'retry_later' })) > 0, { timeout: 30_000, interval: 100 });
   const local = localStore(dataDir(e, 'nodeD'));
   t.teardown(() => local.close());

@@ -71,6 +71,8 @@ export interface GravitasDriverCounters {
   hintsFailed: number;
   /** Messages received again (custody re-deliveries) and not shown twice. */
   redeliveriesDropped: number;
+  /** Account notices (a device added to or removed from an account: `msg` with `sys`, not a campaign): acked, not traffic. */
+  notices: number;
   /** Sends answered with a retryable failure and sent again after a backoff. */
   retries: number;
   /** Sends re-sent after a (re)connect or a move because they had no outcome yet. */
@@ -318,6 +320,12 @@ class Conn {
     const dev = this.dev;
     switch (m.t) {
       case 'msg':
+        // Notices of the system about the account itself (provisioning adds devices) are not the run's messages.
+        if (m.sys !== undefined && m.sys !== 'campaign') {
+          dev.drv.count('notices');
+          if (!dev.temp) this.write({ t: 'ack', id: m.id, from: m.from });
+          return;
+        }
         return dev.received(this, m.id, m.from, m.text, m.g, m.c);
       case 'rcpt':
         // Provisioning sessions leave everything in custody for the device's own sessions.
@@ -858,7 +866,7 @@ export class GravitasDriver implements Driver {
   private readonly tickets = new Map<string, ResumptionState>();
   private readonly c: GravitasDriverCounters = {
     resumed: 0, fullHandshakes: 0, resumeRefused: 0, cookies: 0, connectFailures: 0, hintsFollowed: 0, hintsIgnored: 0, hintsFailed: 0,
-    redeliveriesDropped: 0, retries: 0, resent: 0, outboxFull: 0, lost: 0, keepalivePings: 0, keepaliveTimeouts: 0, clientErrors: 0,
+    redeliveriesDropped: 0, notices: 0, retries: 0, resent: 0, outboxFull: 0, lost: 0, keepalivePings: 0, keepaliveTimeouts: 0, clientErrors: 0,
   };
   private readonly strings = new Map<string, string>();
   private hk: Uint8Array | undefined;

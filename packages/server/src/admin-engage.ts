@@ -6,7 +6,8 @@ import { Kvm, type KV } from '@nats-io/kv';
 import { decodeProfilePatch, ErrorCode, isName, pack, ProtocolError, unpack } from '@gravitas/protocol';
 import type { NodeConfig } from './config.js';
 import { AdminErrorCode } from './admin.js';
-import { connectNats, untilReady } from './cell/nats.js';
+import { connectNats, openAccountsBucket, untilReady } from './cell/nats.js';
+import { decodeAccount, setSuspended } from './cell/accounts.js';
 import { API_TIMEOUT_MS } from './cell/jetstream.js';
 import type { Invalidation } from './cell/envelope.js';
 import { Names } from './subjects.js';
@@ -65,6 +66,8 @@ export interface EngageContext {
   archive: JetStreamArchive;
   /** Cell heartbeats (membership): which nodes should answer a scatter-gather. */
   cells: KV;
+  /** Accounts and their devices (cell/accounts.ts): operators suspend accounts here. */
+  accounts: KV;
 }
 
 export interface RouteCall {
@@ -313,7 +316,48 @@ function reportRoutes(): Route[] {
     },
   ];
 }
-const ROUTES: readonly Route[] = [...CORE_ROUTES, ...reportRoutes()];
+/**
+ * Accounts (docs/security.md, "Suspending an account"): the operator only (the admin
+ * token, not a publisher's key, whatever its roles). A suspension ends every session
+ * of the account and refuses its devices on every cell; messages to it are undeliverable.
+ */
+function accountRoutes(): Route[] {
+  const operator = (who: Principal): void => {
+    if (who.kind !== 'root') throw new AdminError(403, AdminErrorCode.FORBIDDEN, 'only the operator (the admin token) manages accounts');
+  };
+  const invalidate = (ctx: EngageContext, i: Invalidation): void => ctx.nc.publish(ctx.names.invalidations, pack(i));
+  const suspension = (on: boolean): Route => ({
+    method: 'POST',
+    path: new RegExp(`^/admin/accounts/([^/]+)/${on ? 'suspend' : 'unsuspend'}$`),
+    async run(call) {
+      operator(call.who);
+      const user = userParam(call.params[0]!);
+      if (!(await setSuspended(call.ctx.accounts, user, on))) throw new AdminError(404, AdminErrorCode.NOT_FOUND, `no account ${user}`);
+      // Written first: from now on no handshake gets in; then every live session is told, and caches dropped.
+      if (on) invalidate(call.ctx, { kind: 'revoked', key: user });
+      invalidate(call.ctx, { kind: 'devices', key: user });
+      return { status: 200, body: { user, suspended: on } };
+    },
+  });
+  return [
+    {
+      method: 'GET',
+      path: /^\/admin\/accounts\/([^/]+)$/,
+      async run(call) {
+        operator(call.who);
+        const user = userParam(call.params[0]!);
+        const e = await call.ctx.accounts.get(user);
+        const r = decodeAccount(e && e.operation === 'PUT' ? e.value : undefined);
+        if (Object.keys(r.d).length === 0 && r.s === undefined) throw new AdminError(404, AdminErrorCode.NOT_FOUND, `no account ${user}`);
+        return { status: 200, body: { user, devices: Object.entries(r.d).map(([device, d]) => ({ device, registeredAt: d.t })), ...(r.s !== undefined && { suspendedAt: r.s }) } };
+      },
+    },
+    suspension(true),
+    suspension(false),
+  ];
+}
+
+const ROUTES: readonly Route[] = [...CORE_ROUTES, ...reportRoutes(), ...accountRoutes()];
 
 // ---- plumbing -----------------------------------------------------------------------
 
@@ -414,7 +458,8 @@ export function createEngageApi(config: NodeConfig, log: (msg: string) => void):
       const archive = new JetStreamArchive(nc, names, config.tracking, config.replicas);
       await untilReady(() => archive.start(), 'tracking archive');
       const cells = await new Kvm(nc).open(names.cellsBucket);
-      return { config, names, nc, profiles, publishers: new PublisherStore(b.publishers), campaigns: new CampaignStore(b.campaigns, js, names, maxRecord), archive, cells };
+      const accounts = await openAccountsBucket(nc, config);
+      return { config, names, nc, profiles, publishers: new PublisherStore(b.publishers), campaigns: new CampaignStore(b.campaigns, js, names, maxRecord), archive, cells, accounts };
     } catch (err) {
       await nc.close().catch(() => undefined);
       throw err;

@@ -8,3 +8,5 @@ export type { CellInit, CellStatus, FromCell, ToCell } from './types.js';
 export { ChunkedDecoder, HttpError, type ChunkedLimits } from './cell/chunked.js';
 export { parseHead, PATH_DOWN, PATH_UP, PATH_WS, STREAM_HEADER } from './cell/web-listener.js';
 export { WS_CLOSE_CODED } from './cell/web-transports.js';
+/** Delivery proofs (docs/protocol.md §5.6): for tools that stand in for recipients, e.g. a feedback benchmark on its own cluster. */
+export { DeliveryProofs } from './cell/proofs.js';

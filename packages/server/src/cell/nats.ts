@@ -59,9 +59,7 @@ export async function openBuckets(nc: NatsConnection, cfg: NodeConfig): Promise<
   const [cells, directory, accounts, tickets, social, presence, groups, budgets] = await Promise.all([
     kvm.create(n.cellsBucket, { history: 1, ttl: cfg.membership.timeoutMs * 2, replicas }),
     kvm.create(n.directoryBucket, { history: 1, replicas }),
-    // Read at every handshake to refuse removed devices at once: reads go to the stream leader,
-    // never to a follower that may not have the removal yet (direct gets may be served by any replica).
-    kvm.create(n.accountsBucket, { history: 1, replicas, allow_direct: false }),
+    openAccountsBucket(nc, cfg),
     // Spent tickets, credentials and link approvals only need to be remembered while they could still be valid.
     kvm.create(n.ticketsBucket, { history: 1, ttl: spentTtl(cfg), replicas }),
     kvm.create(n.socialBucket, { history: 1, replicas }),
@@ -71,6 +69,15 @@ export async function openBuckets(nc: NatsConnection, cfg: NodeConfig): Promise<
     kvm.create(n.budgetsBucket, { history: 1, ttl: 3 * BUDGET_WINDOW_MS, replicas }),
   ]);
   return { cells, directory, accounts, tickets, social, presence, groups, budgets };
+}
+
+/**
+ * The accounts bucket. Read at every handshake to refuse removed devices at once, so reads
+ * go to the stream leader, never to a follower that may not have the removal yet (direct
+ * gets may be served by any replica).
+ */
+export function openAccountsBucket(nc: NatsConnection, cfg: NodeConfig): Promise<KV> {
+  return new Kvm(nc).create(new Names(cfg.prefix).accountsBucket, { history: 1, replicas: cfg.replicas, allow_direct: false });
 }
 
 /** How long a spent id must be remembered: longer than anything single-use can stay valid. */

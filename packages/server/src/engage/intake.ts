@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { Kvm, type KV } from '@nats-io/kv';
-import { ErrorCode, ProtocolError, type RequestArgs } from '@gravitas/protocol';
+import { ErrorCode, ProtocolError, unpack, type RequestArgs } from '@gravitas/protocol';
 import type { Cell } from '../cell/cell.js';
 import type { Session } from '../cell/session.js';
 import { DeliveryProofs } from '../cell/proofs.js';
@@ -153,10 +153,18 @@ export class TrackingIntake {
     this.knownBefore.set(c, true);
   }
 
+  /** A campaign feedback can be for: one that exists and was started (running, paused or done; a draft sent nothing). */
   private async readCampaign(c: string): Promise<true | undefined> {
     if (!this.campaigns) throw new Error('campaigns bucket not open');
     const e = await this.campaigns.get(`c.${c}`);
-    return e && e.operation === 'PUT' && e.value.length > 0 ? true : undefined;
+    if (!e || e.operation !== 'PUT' || e.value.length === 0) return undefined;
+    let state: unknown;
+    try {
+      state = (unpack(e.value) as { state?: unknown }).state;
+    } catch {
+      return undefined;
+    }
+    return state === 'running' || state === 'paused' || state === 'done' ? true : undefined;
   }
 
   /** The user's current profile version; while profiles cannot be read, the last one seen. */

@@ -1,0 +1,396 @@
+/*
+ * Identity and authorization against production-mode nodes (registration by the
+ * operator's credentials, an admin token), tried as an attacker with a valid app
+ * would (docs/security.md). Two nodes of two cells each: what is cluster-wide is
+ * checked on every cell. Clients speak the protocol by hand (fixtures/raw.ts), so
+ * every refusal's code is seen as the server sends it; each test connects from
+ * its own 127.0.0.x source, as per-source limits count by address.
+ */
+import t, { type Test } from 'tap';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { exportJWK, generateKeyPair as joseKeyPair, SignJWT, UnsecuredJWT, type CryptoKey } from 'jose';
+import {
+  ErrorCode, generateKeyPair, toBase64Url, type ClientHandshakeOptions, type KeyPair, type Msg, type Registration, type ResumptionState, type ServerMessage,
+} from '@gravitas/protocol';
+import { startNode, validateConfig, type RunningNode } from '@gravitas/server';
+import { NatsServer, tempDir } from '@gravitas/testkit';
+import { clusterKeys, nodeConfig } from '../fixtures/cluster.js';
+import { rawHandshake, type RawSession } from '../fixtures/raw.js';
+
+const ISSUER = 'https://auth.example.test';
+const ADMIN_TOKEN = `admin-${randomBytes(12).toString('hex')}`;
+
+const nats = await NatsServer.start();
+t.teardown(() => nats.stop());
+const dir = await tempDir('gravitas-identity-');
+t.teardown(() => dir[Symbol.asyncDispose]());
+const keys = clusterKeys();
+const pk = keys.serverPublicKey;
+
+// The operator's auth service: an Ed25519 signing key, published as a JWKS the nodes are configured with.
+const signer = await joseKeyPair('EdDSA', { crv: 'Ed25519' });
+const jwk = { ...(await exportJWK(signer.publicKey)), kid: 'k1', alg: 'EdDSA', use: 'sig' };
+
+const production = {
+  registration: { mode: 'credential', credential: { issuer: ISSUER, audience: 'gravitas', jwks: { keys: [jwk] } } },
+  admin: { token: ADMIN_TOKEN },
+  // Per-session message limits high, the account's low: the account limit binds, across cells (its own test).
+  limits: { msgRatePerSec: 1000, msgBurst: 1000, accountMsgRatePerSec: 50 },
+};
+const nodes: RunningNode[] = [];
+for (const id of ['id-a', 'id-b']) {
+  const n = await startNode(validateConfig(nodeConfig({ natsUrl: nats.url, nodeId: id, dataDir: join(dir.path, id), keys, extra: production })), () => undefined);
+  t.teardown(() => n.stop());
+  nodes.push(n);
+}
+const cells = nodes.flatMap((n) => n.clientAddresses);
+const [a0, a1, b0, b1] = cells as [string, string, string, string];
+
+let sourceSeq = 10;
+/** A fresh 127.0.0.x source for one test: failed registrations are counted per source. */
+const newSource = (): string => `127.0.0.${sourceSeq++}`;
+
+interface CredentialOptions { user: string; device: string; key: Uint8Array; iss?: string; aud?: string; ttl?: string | number; iat?: number; signWith?: CryptoKey; kid?: string; jti?: string }
+
+/** A credential as the operator's auth service issues it: user, device and the device's key, short-lived, single use. */
+async function credential(o: CredentialOptions): Promise<string> {
+  const jwt = new SignJWT({ device: o.device, cnf: { jwk: { kty: 'OKP', crv: 'X25519', x: toBase64Url(o.key) } } })
+    .setProtectedHeader({ alg: 'EdDSA', kid: o.kid ?? 'k1' })
+    .setIssuer(o.iss ?? ISSUER)
+    .setAudience(o.aud ?? 'gravitas')
+    .setSubject(o.user)
+    .setJti(o.jti ?? randomBytes(9).toString('base64url'))
+    .setIssuedAt(o.iat)
+    .setExpirationTime(o.ttl ?? '5m');
+  return jwt.sign(o.signWith ?? signer.privateKey);
+}
+
+interface Device { user: string; device: string; identity: KeyPair }
+const device = (user: string, name: string): Device => ({ user, device: name, identity: generateKeyPair() });
+const opts = (d: Device, extra: Partial<ClientHandshakeOptions> = {}): ClientHandshakeOptions => ({ serverPublicKey: pk, identity: d.identity, user: d.user, device: d.device, ...extra });
+
+/** Sealed frames until one matches (others kept aside, e.g. notices). */
+async function until<T extends ServerMessage>(s: RawSession, pred: (m: ServerMessage) => m is T, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const m = await s.conn.nextSealed(s.channel, Math.max(1, deadline - Date.now()));
+    if (pred(m)) return m;
+  }
+}
+
+let rids = 0;
+async function request(s: RawSession, op: string, a: Record<string, unknown> = {}): Promise<Extract<ServerMessage, { t: 'res' }>> {
+  const rid = ++rids;
+  s.conn.sendSealed(s.channel, { t: 'req', rid, op, a });
+  return until(s, (m): m is Extract<ServerMessage, { t: 'res' }> => m.t === 'res' && m.rid === rid);
+}
+
+/** A session open and registered (a ping answered), closed at teardown. */
+async function connect(t: Test, address: string, d: Device, source: string, extra: Partial<ClientHandshakeOptions> = {}): Promise<RawSession> {
+  const s = await rawHandshake(address, opts(d, extra), source);
+  t.teardown(() => s.conn.destroy());
+  s.conn.sendSealed(s.channel, { t: 'ping', n: 1 });
+  await until(s, (m): m is Extract<ServerMessage, { t: 'pong' }> => m.t === 'pong');
+  return s;
+}
+
+/** The code (and message) a first flight is refused with, or 'ok' when the handshake completes. */
+async function refusal(address: string, o: ClientHandshakeOptions, source: string): Promise<{ code: string; message: string }> {
+  try {
+    const s = await rawHandshake(address, o, source);
+    s.conn.destroy();
+    return { code: 'ok', message: '' };
+  } catch (err) {
+    return { code: String((err as { code?: unknown }).code), message: (err as Error).message.replace(/^handshake refused: \S+ /, '') };
+  }
+}
+const codeOf = async (address: string, o: ClientHandshakeOptions, source: string): Promise<string> => (await refusal(address, o, source)).code;
+
+/** Registers a device with a fresh credential; returns its ticket. */
+async function register(t: Test, address: string, d: Device, source: string): Promise<RawSession> {
+  return connect(t, address, d, source, { registration: { credential: await credential({ user: d.user, device: d.device, key: d.identity.publicKey }) } });
+}
+
+const isMsg = (m: ServerMessage): m is Msg => m.t === 'msg';
+
+/** `devices.link` from a session of the account: the approval for device `d`'s key. */
+async function approve(s: RawSession, d: Device): Promise<Uint8Array> {
+  const res = await request(s, 'devices.link', { device: d.device, key: d.identity.publicKey });
+  if (!res.ok) throw new Error(`devices.link refused: ${res.code}`);
+  const { approval, expiresAt } = res.data as { approval: Uint8Array; expiresAt: number };
+  if (!(approval instanceof Uint8Array) || !(expiresAt > Date.now())) throw new Error('devices.link answered without an approval');
+  return approval;
+}
+
+t.test('only the account\'s owner can add a device: the takeover attempts are refused', async (t) => {
+  const src = newSource();
+  const alice = device('alice', 'phone');
+  await register(t, a0, alice, src);
+  const mallory = device('mallory', 'laptop');
+  await register(t, b0, mallory, src);
+  const evil = device('alice', 'evil');
+  const malloryCred = await credential({ user: 'mallory', device: 'evil', key: evil.identity.publicKey });
+
+  t.equal(await codeOf(a1, opts(evil), src), ErrorCode.UNKNOWN_DEVICE, 'a new device without proof');
+  t.equal(await codeOf(a1, opts(evil, { registration: { credential: malloryCred } }), src), ErrorCode.REGISTRATION_DENIED, "mallory's own credential does not add a device to alice");
+  t.equal(await codeOf(a1, opts(evil, { registration: 'a-guessed-token' }), src), ErrorCode.REGISTRATION_DENIED, 'no registration token is taken here');
+  // Re-registering alice's device id with mallory's key needs alice's proof too.
+  const stolenId = { ...device('alice', 'phone'), identity: evil.identity };
+  t.equal(await codeOf(b1, opts(stolenId), src), ErrorCode.UNKNOWN_DEVICE, "alice's device id with another key");
+  const wrongKey = await credential({ user: 'alice', device: 'phone', key: alice.identity.publicKey });
+  t.equal(await codeOf(b1, opts(stolenId, { registration: { credential: wrongKey } }), src), ErrorCode.REGISTRATION_DENIED, 'a credential of alice for another key');
+
+  // No existence oracle: an unknown user, an unknown device of a known user, a known device with a wrong key: one answer.
+  const answers = await Promise.all([
+    refusal(a0, opts(device('nobody-here', 'phone')), src),
+    refusal(a0, opts(device('alice', 'tablet')), src),
+    refusal(a0, opts(stolenId), src),
+  ]);
+  t.same(answers.map((a) => a.code), [ErrorCode.UNKNOWN_DEVICE, ErrorCode.UNKNOWN_DEVICE, ErrorCode.UNKNOWN_DEVICE]);
+  t.equal(new Set(answers.map((a) => a.message)).size, 1, 'the same message for all three');
+
+  // alice still owns her account: her device connects, and mallory's attempts added nothing.
+  const s = await connect(t, a1, alice, src);
+  const list = await request(s, 'devices.list');
+  t.same(list.ok && (list.data as { devices: Array<{ device: string }> }).devices.map((d) => d.device), ['phone'], 'alice has one device');
+});
+
+t.test('credentials are checked as the JOSE guidance says', async (t) => {
+  const src = newSource();
+  const d = device('carol', 'phone');
+  const key = d.identity.publicKey;
+  const other = await joseKeyPair('EdDSA', { crv: 'Ed25519' });
+  const now = Math.floor(Date.now() / 1000);
+  const bad: Array<[string, Registration]> = [
+    ['signed by an unknown key', { credential: await credential({ user: 'carol', device: 'phone', key, signWith: other.privateKey }) }],
+    ['an unknown kid', { credential: await credential({ user: 'carol', device: 'phone', key, kid: 'k9' }) }],
+    ['alg none', { credential: new UnsecuredJWT({ device: 'phone', cnf: { jwk: { kty: 'OKP', crv: 'X25519', x: toBase64Url(key) } } }).setIssuer(ISSUER).setAudience('gravitas').setSubject('carol').setJti('j1').setIssuedAt().setExpirationTime('5m').encode() }],
+    ['HS256 keyed with the public JWK (algorithm confusion)', { credential: await new SignJWT({ device: 'phone', cnf: { jwk: { kty: 'OKP', crv: 'X25519', x: toBase64Url(key) } } }).setProtectedHeader({ alg: 'HS256', kid: 'k1' }).setIssuer(ISSUER).setAudience('gravitas').setSubject('carol').setJti('j2').setIssuedAt().setExpirationTime('5m').sign(new TextEncoder().encode(JSON.stringify(jwk))) }],
+    ['another issuer', { credential: await credential({ user: 'carol', device: 'phone', key, iss: 'https://evil.example' }) }],
+    ['another audience', { credential: await credential({ user: 'carol', device: 'phone', key, aud: 'someone-else' }) }],
+    ['expired', { credential: await credential({ user: 'carol', device: 'phone', key, iat: now - 600, ttl: now - 300 }) }],
+    ['lives longer than allowed', { credential: await credential({ user: 'carol', device: 'phone', key, ttl: '2h' }) }],
+    ['for another device', { credential: await credential({ user: 'carol', device: 'tablet', key }) }],
+    ['not a JWT', { credential: 'not.a.jwt' }],
+  ];
+  for (const [what, registration] of bad) t.equal(await codeOf(cells[bad.indexOf(bad.find(([w]) => w === what)!) % 4]!, opts(d, { registration }), src), ErrorCode.REGISTRATION_DENIED, what);
+  // After those failures this source is slowed down; a good credential from another source still works.
+  await register(t, b1, d, newSource());
+});
+
+t.test('failed registrations back off per source; other sources are unaffected', async (t) => {
+  const noisy = newSource();
+  const d = device('dave', 'phone');
+  const forged = async (): Promise<Registration> => ({ credential: await credential({ user: 'dave', device: 'phone', key: generateKeyPair().publicKey }) });
+  const codes: string[] = [];
+  for (let i = 0; i < 14; i++) codes.push(await codeOf(a0, opts(d, { registration: await forged() }), noisy));
+  t.ok(codes.slice(0, 10).every((c) => c === ErrorCode.REGISTRATION_DENIED), 'the first failures are answered as such');
+  t.ok(codes.slice(10).every((c) => c === ErrorCode.RATE_LIMITED), `then the source is refused before any check (${codes.slice(10).join(', ')})`);
+  const good = { registration: { credential: await credential({ user: 'dave', device: 'phone', key: d.identity.publicKey }) } };
+  t.equal(await codeOf(a0, opts(d, good), noisy), ErrorCode.RATE_LIMITED, 'even a good proof waits, from that source');
+  t.equal(await codeOf(a0, opts(d, good), newSource()), 'ok', 'another source registers at once');
+});
+
+t.test('linking: an existing device approves a new one, the others are told, an approval works once', async (t) => {
+  const src = newSource();
+  const phone = device('erin', 'phone');
+  const ps = await register(t, a0, phone, src);
+  const tablet = device('erin', 'tablet');
+  const approval = await approve(ps, tablet);
+
+  const stranger = device('erin', 'watch');
+  t.equal(await codeOf(b0, opts(stranger, { registration: { link: approval } }), src), ErrorCode.REGISTRATION_DENIED, 'the approval names another device and key');
+  const forged = Uint8Array.from(approval);
+  forged[forged.length - 1]! ^= 1;
+  t.equal(await codeOf(b0, opts(tablet, { registration: { link: forged } }), src), ErrorCode.REGISTRATION_DENIED, 'a changed approval');
+  const ts = await connect(t, b1, tablet, src, { registration: { link: approval } });
+  t.ok(ts, 'the approved tablet registers on another node');
+
+  const notice = await until(ps, (m): m is Msg => isMsg(m) && m.sys === 'device-added');
+  t.match(notice, { from: '_account', dv: 'tablet', to: 'erin' }, 'the phone is told, by a system sender');
+
+  // Removed, the tablet cannot come back with the same approval.
+  t.ok((await request(ps, 'devices.remove', { device: 'tablet' })).ok);
+  t.equal(await codeOf(a1, opts(tablet, { registration: { link: approval } }), src), ErrorCode.REGISTRATION_DENIED, 'an approval is spent once');
+
+  // An approval from a device removed since is void.
+  const watch = device('erin', 'watch');
+  const t2 = device('erin', 'tablet2');
+  const t2s = await connect(t, a1, t2, src, { registration: { link: await approve(ps, t2) } });
+  const fromTablet2 = await approve(t2s, watch);
+  t.ok((await request(ps, 'devices.remove', { device: 'tablet2' })).ok);
+  t.equal(await codeOf(b0, opts(watch, { registration: { link: fromTablet2 } }), src), ErrorCode.REGISTRATION_DENIED, 'approved by a device that was removed since');
+});
+
+t.test('removal revokes at once: the removed device\'s tickets and key are refused on every cell', async (t) => {
+  const src = newSource();
+  const phone = device('frank', 'phone');
+  const ps = await register(t, a0, phone, src);
+  const tablet = device('frank', 'tablet');
+  const approval = await approve(ps, tablet);
+  // Tickets of the tablet, one per cell to try (each is single use); the last session stays open, on node b.
+  const tickets: ResumptionState[] = [];
+  let live: RawSession = await connect(t, b0, tablet, src, { registration: { link: approval } });
+  for (const address of [a1, b1, a0, b0]) {
+    tickets.push(live.result.resumption!);
+    live = await connect(t, address, tablet, src);
+  }
+  const res = await request(ps, 'devices.remove', { device: 'tablet' });
+  t.ok(res.ok, 'devices.remove answered');
+  // From the answer on, on every cell of both nodes.
+  const resumed = await Promise.all(cells.map((address, i) => codeOf(address, opts(tablet, { resume: tickets[i]! }), src)));
+  t.same(resumed, cells.map(() => ErrorCode.DEVICE_REVOKED), 'each ticket refused, on each cell');
+  const full = await Promise.all(cells.map((address) => codeOf(address, opts(tablet), src)));
+  t.same(full, cells.map(() => ErrorCode.UNKNOWN_DEVICE), 'its key refused, on each cell');
+  // The live session on the other node ends with the code (how fast is a benchmark figure).
+  const bye = await until(live, (m): m is Extract<ServerMessage, { t: 'bye' }> => m.t === 'bye');
+  t.equal(bye.code, ErrorCode.DEVICE_REVOKED, 'its live session is told why');
+  t.ok(await live.conn.serverClosed(), 'and closed');
+  const notice = await until(ps, (m): m is Msg => isMsg(m) && m.sys === 'device-removed');
+  t.equal(notice.dv, 'tablet', 'the phone is told which device left');
+});
+
+t.test('an operator suspends an account: sessions end, every cell refuses it, messages to it are undeliverable', async (t) => {
+  const src = newSource();
+  const gina = device('gina', 'phone');
+  const gs = await register(t, b1, gina, src);
+  const ticket = gs.result.resumption!;
+  const helen = device('helen', 'phone');
+  const hs = await register(t, a0, helen, src);
+  const admin = nodes[0]!.adminUrl;
+  const post = (path: string, token = ADMIN_TOKEN): Promise<Response> => fetch(`${admin}${path}`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
+
+  t.equal((await post('/admin/accounts/gina/suspend', 'wrong')).status, 401, 'not without the admin token');
+  t.equal((await post('/admin/accounts/nobody-at-all/suspend')).status, 404, 'no such account');
+  const r = await post('/admin/accounts/gina/suspend');
+  t.equal(r.status, 200);
+  t.same(await r.json(), { user: 'gina', suspended: true });
+  const bye = await until(gs, (m): m is Extract<ServerMessage, { t: 'bye' }> => m.t === 'bye');
+  t.equal(bye.code, ErrorCode.ACCOUNT_SUSPENDED, 'the live session ends with the code');
+  t.same(await Promise.all(cells.map((a) => codeOf(a, opts(gina), src))), cells.map(() => ErrorCode.ACCOUNT_SUSPENDED), 'its device is refused on every cell');
+  t.equal(await codeOf(a1, opts(gina, { resume: ticket }), src), ErrorCode.ACCOUNT_SUSPENDED, 'and its ticket');
+  hs.conn.sendSealed(hs.channel, { t: 'send', id: 'to-gina-1', to: 'gina', text: 'hi' });
+  const st = await until(hs, (m): m is Extract<ServerMessage, { t: 'status' }> => m.t === 'status' && m.id === 'to-gina-1');
+  t.same([st.s, st.code], ['failed', ErrorCode.UNDELIVERABLE], 'messages to it are undeliverable');
+  const info = await (await fetch(`${admin}/admin/accounts/gina`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json() as { suspendedAt?: number; devices: unknown[] };
+  t.ok(info.suspendedAt !== undefined && info.devices.length === 1, 'the account shows as suspended');
+
+  t.equal((await post('/admin/accounts/gina/unsuspend')).status, 200);
+  await connect(t, a1, gina, src);
+  t.pass('lifted: the device connects again');
+});
+
+t.test('system senders and ids are reserved', async (t) => {
+  const src = newSource();
+  for (const [user, dev] of [['_pub-acme', 'phone'], ['_account', 'x'], ['ivan', '_system']] as const) {
+    const d = device(user, dev);
+    const cred = await credential({ user, device: dev, key: d.identity.publicKey });
+    t.equal(await codeOf(a0, opts(d, { registration: { credential: cred } }), src), ErrorCode.REGISTRATION_DENIED, `${user}/${dev} cannot be registered`);
+  }
+  const ivan = device('ivan', 'phone');
+  const s = await register(t, b0, ivan, src);
+  s.conn.sendSealed(s.channel, { t: 'send', id: '_c-campaign1', to: 'ivan', text: 'pre-empting a campaign' });
+  const st = await until(s, (m): m is Extract<ServerMessage, { t: 'status' }> => m.t === 'status');
+  t.same([st.id, st.s, st.code], ['_c-campaign1', 'failed', ErrorCode.BAD_MESSAGE], 'a client cannot take a system message id');
+});
+
+t.test('read receipts need the delivery proof of a message delivered to the reader', async (t) => {
+  const src = newSource();
+  const jane = device('jane', 'phone');
+  const js = await register(t, a0, jane, src);
+  const kim = device('kim', 'phone');
+  const ks = await register(t, b1, kim, src);
+  const lou = device('lou', 'phone');
+  const ls = await register(t, a1, lou, src);
+  js.conn.sendSealed(js.channel, { t: 'send', id: 'j1', to: 'kim', text: 'hello kim' });
+  const got = await until(ks, isMsg);
+  ks.conn.sendSealed(ks.channel, { t: 'ack', id: got.id, from: got.from });
+  t.equal(got.rk?.length, 12, 'the message carries a delivery proof');
+
+  ls.conn.sendSealed(ls.channel, { t: 'read', id: 'j1', from: 'jane', rk: got.rk });
+  const e1 = await until(ls, (m): m is Extract<ServerMessage, { t: 'error' }> => m.t === 'error');
+  t.equal(e1.code, ErrorCode.NOT_ALLOWED, "another user cannot use kim's proof");
+  ks.conn.sendSealed(ks.channel, { t: 'read', id: 'j1', from: 'jane', rk: new Uint8Array(12) });
+  const e2 = await until(ks, (m): m is Extract<ServerMessage, { t: 'error' }> => m.t === 'error');
+  t.equal(e2.code, ErrorCode.NOT_ALLOWED, 'a forged proof is refused');
+  ks.conn.sendSealed(ks.channel, { t: 'read', id: 'j-unsent', from: 'jane', rk: got.rk });
+  t.equal((await until(ks, (m): m is Extract<ServerMessage, { t: 'error' }> => m.t === 'error')).code, ErrorCode.NOT_ALLOWED, 'a proof for another message is refused');
+  ks.conn.sendSealed(ks.channel, { t: 'read', id: 'j1', from: 'jane', rk: got.rk });
+  const rcpt = await until(js, (m): m is Extract<ServerMessage, { t: 'rcpt' }> => m.t === 'rcpt' && m.s === 'read');
+  t.match(rcpt, { ref: 'j1', by: 'kim' }, 'with the proof, jane hears kim read it');
+});
+
+t.test('floods of reads and requests are cut with codes while a neighbour keeps chatting', async (t) => {
+  const src = newSource();
+  const max = device('max', 'phone');
+  const ms = await register(t, a0, max, src);
+  const nina = device('nina', 'phone');
+  const ns = await register(t, a0, nina, src);
+  const [n1, n2] = [device('olga', 'phone'), device('pete', 'phone')];
+  const os = await register(t, a0, n1, newSource());
+  const psx = await register(t, a0, n2, newSource());
+
+  ms.conn.sendSealed(ms.channel, { t: 'send', id: 'm1', to: 'nina', text: 'read me' });
+  const got = await until(ns, isMsg);
+  // Nina reads the one message she got, again and again: each read taken would be a receipt item for max.
+  const reader = ns;
+  const READS = 3000;
+  const started = Date.now();
+  for (let i = 0; i < READS; i++) reader.conn.sendSealed(reader.channel, { t: 'read', id: 'm1', from: 'max', rk: got.rk });
+  reader.conn.sendSealed(reader.channel, { t: 'ping', n: 99 });
+  let limited = 0;
+  await until(reader, (m): m is Extract<ServerMessage, { t: 'pong' }> => {
+    if (m.t === 'error' && m.code === ErrorCode.RATE_LIMITED) limited++;
+    return m.t === 'pong';
+  }, 30_000);
+  const elapsed = (Date.now() - started) / 1000;
+  t.ok(limited > READS / 2, `most reads were refused with RATE_LIMITED (${limited} of ${READS})`);
+  t.ok(READS - limited <= 200 + 50 * (elapsed + 1), `reads taken: ${READS - limited}, within burst 200 + 50/s over ${elapsed.toFixed(1)} s`);
+
+  // Requests: the burst, then RATE_LIMITED.
+  for (let i = 0; i < 300; i++) reader.conn.sendSealed(reader.channel, { t: 'req', rid: 10_000 + i, op: 'prefs.get', a: {} });
+  let refused = 0;
+  let answered = 0;
+  await until(reader, (m): m is Extract<ServerMessage, { t: 'res' }> => {
+    if (m.t !== 'res') return false;
+    answered++;
+    if (!m.ok && m.code === ErrorCode.RATE_LIMITED) refused++;
+    return answered === 300;
+  }, 30_000);
+  t.ok(refused >= 150, `requests past the burst refused (${refused} of 300)`);
+
+  // Meanwhile a neighbour on the same cell chats as usual.
+  os.conn.sendSealed(os.channel, { t: 'send', id: 'o1', to: 'pete', text: 'still fine?' });
+  const m = await until(psx, isMsg);
+  t.equal(m.text, 'still fine?', 'the neighbour is unaffected');
+});
+
+t.test("an account's devices share one message budget across cells and nodes", async (t) => {
+  const src = newSource();
+  const phone = device('quinn', 'phone');
+  const ps = await register(t, a0, phone, src);
+  const tablet = device('quinn', 'tablet');
+  const approval = await approve(ps, tablet);
+  const ts = await connect(t, b1, tablet, src, { registration: { link: approval } });
+  await register(t, a1, device('rita', 'phone'), src);
+  const PER_DEVICE = 400;
+  const tally = async (s: RawSession, prefix: string): Promise<{ ok: number; limited: number }> => {
+    for (let i = 0; i < PER_DEVICE; i++) s.conn.sendSealed(s.channel, { t: 'send', id: `${prefix}${i}`, to: 'rita', text: 'x' });
+    let ok = 0;
+    let limited = 0;
+    await until(s, (m): m is Extract<ServerMessage, { t: 'status' }> => {
+      if (m.t !== 'status' || !m.id.startsWith(prefix)) return false;
+      if (m.s === 'failed' && m.code === ErrorCode.RATE_LIMITED) limited++;
+      else ok++;
+      return ok + limited === PER_DEVICE;
+    }, 60_000);
+    return { ok, limited };
+  };
+  const [p, q] = await Promise.all([tally(ps, 'p'), tally(ts, 't')]);
+  // accountMsgRatePerSec 50 → 500 per 10 s window: each cell's free share is 500 / (2 × 8) = 31, the shared rest (252) is leased.
+  const accepted = p.ok + q.ok;
+  t.ok(p.limited > 0 && q.limited > 0, `both devices were refused some (${p.limited}, ${q.limited}), though each is far under its session rate`);
+  t.ok(p.ok > 31 || q.ok > 31, 'beyond the free share, budget was leased from the shared pool');
+  t.ok(accepted <= 2 * (31 + 31 + 252), `together within the account's budget (${accepted} accepted; at most two windows)`);
+});
