@@ -10,7 +10,9 @@ const USAGE = `gravitas — a horizontally scaled chat cluster
 
 usage:
   gravitas dev [--cells 2] [--port 7400] [--admin-port 7300]   local nats-server + one node,
-               [--web-port 7600] [--demo-port 7380]          its web listeners and the demo chat page
+               [--web-port 7600] [--demo-port 7380]          its web listeners and the demo chat page;
+               [--admin-token T]                             its admin token (default: random) is pinned
+                                                             in $GRAVITAS_HOME/admin-tokens/ while it runs
   gravitas node [--config FILE] [--nats URLS] [--cells N] [--port P] [--admin-port P] ...
   gravitas keygen [--ticket-id N] [--vapid [--subject S]]   server key + ticket key (+ push keys) as a JSON config fragment
   gravitas chat --server H:P --as NAME [--device D]          interactive: "@bob hello"
@@ -18,7 +20,8 @@ usage:
   gravitas recv --server H:P --as NAME [--count N] [--json] [--timeout S]
 
 admin API (--admin URL or GRAVITAS_ADMIN_URL, default http://127.0.0.1:7300;
---token T or GRAVITAS_ADMIN_TOKEN: the admin token or a publisher API key):
+--token T or GRAVITAS_ADMIN_TOKEN: the admin token or a publisher API key; without
+either, the token a running \`gravitas dev\` pinned for that admin URL):
   gravitas campaign create --file campaign.json
   gravitas campaign create --name N --text T --users a,b,c [--rate R] [--push] [--publisher P]
                           [--start-at MS|ISO-DATE]
@@ -45,7 +48,7 @@ const WITH_POSITIONALS = new Set(['campaign', 'publisher', 'profile', 'report'])
 
 const STRING_FLAGS = [
   'config', 'nats', 'prefix', 'cells', 'host', 'port', 'advertise', 'admin-host', 'admin-port', 'data-dir', 'server-key', 'ticket-keys', 'registration', 'registration-token', 'node-id', 'server', 'as', 'device', 'to', 'text', 'count', 'timeout', 'ticket-id',
-  'admin', 'token', 'file', 'name', 'users', 'rate', 'publisher', 'roles', 'sender', 'version', 'start-at', 'bucket', 'subject', 'web-port', 'demo-port',
+  'admin', 'token', 'admin-token', 'file', 'name', 'users', 'rate', 'publisher', 'roles', 'sender', 'version', 'start-at', 'bucket', 'subject', 'web-port', 'demo-port',
 ];
 
 async function main(argv: string[]): Promise<void> {

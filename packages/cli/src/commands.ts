@@ -8,7 +8,7 @@ import { loadConfig, readyLine, startNode, stopOnSignals, validateConfig } from 
 import { GravitasClient } from '@gravitas/client';
 import { NatsServer } from '@gravitas/testkit';
 import { startDemoServer, type DemoServer } from './demo.js';
-import { KeyStore } from './keystore.js';
+import { adminTokenPath, KeyStore, keyStoreDir, pinnedAdminToken } from './keystore.js';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -63,10 +63,27 @@ export async function node(flags: Flags): Promise<void> {
 }
 
 /**
+ * The admin token of `gravitas dev`: --admin-token, else GRAVITAS_ADMIN_TOKEN, else a fresh
+ * random one (32 bytes, base64url). An explicit one must be a usable bearer token: visible
+ * ASCII without spaces, long enough not to be guessed, and not shaped like a publisher key
+ * (`gk_…` is always taken as one, so it could never be the root token).
+ */
+function devAdminToken(flags: Flags): string {
+  const given = typeof flags['admin-token'] === 'string' ? flags['admin-token'] : process.env.GRAVITAS_ADMIN_TOKEN;
+  if (given === undefined || given === '') return toBase64Url(random(32));
+  if (!/^[\x21-\x7e]{16,512}$/.test(given)) throw new UsageError('--admin-token (or GRAVITAS_ADMIN_TOKEN) must be 16 to 512 visible ASCII characters, no spaces');
+  if (given.startsWith('gk_')) throw new UsageError('--admin-token (or GRAVITAS_ADMIN_TOKEN) must not start with "gk_": that is how publisher API keys start');
+  return given;
+}
+
+/**
  * `gravitas dev`: a nats-server child with JetStream in a temporary store, and one
  * node with 2 cells and open registration. Ctrl-C stops both and removes the
  * temporary files. The dev server key is pinned in the local key store so that
- * `gravitas send/recv/chat` trust it. It also serves the demo chat page (demo.ts)
+ * `gravitas send/recv/chat` trust it, and the node's admin token (random, or
+ * --admin-token / GRAVITAS_ADMIN_TOKEN) is pinned there for its admin URL so that
+ * `gravitas publisher/campaign/profile/report` use it; both pins go when it stops.
+ * The token itself is never printed. It also serves the demo chat page (demo.ts)
  * and prints `demo url=<url>` after the ready line.
  */
 export async function dev(flags: Flags): Promise<void> {
@@ -75,6 +92,7 @@ export async function dev(flags: Flags): Promise<void> {
   const adminPort = intFlag(flags, 'admin-port', 7300);
   const webPort = intFlag(flags, 'web-port', 7600);
   const demoPort = intFlag(flags, 'demo-port', 7380);
+  const adminToken = devAdminToken(flags);
   log('gravitas dev: starting nats-server with JetStream (temporary store)…');
   const nats = await NatsServer.start({ jetstream: true });
   const dataDir = await mkdtemp(join(tmpdir(), 'gravitas-dev-'));
@@ -83,20 +101,27 @@ export async function dev(flags: Flags): Promise<void> {
   let running: Awaited<ReturnType<typeof startNode>> | undefined;
   let demo: DemoServer | undefined;
   const stop = async (): Promise<void> => {
-    await demo?.close();
-    await running?.stop();
-    if (running) store.unpinServers(running.clientAddresses);
-    await nats.stop();
-    await rm(dataDir, { recursive: true, force: true });
+    try {
+      await demo?.close();
+      await running?.stop();
+    } finally {
+      if (running) {
+        store.unpinServers(running.clientAddresses);
+        store.unpinAdminToken(running.adminUrl, adminToken);
+      }
+      await nats.stop();
+      await rm(dataDir, { recursive: true, force: true });
+    }
   };
   stopOnSignals(stop, log);
+  let tokenFile: string;
   try {
     const config = validateConfig({
       nodeId: 'dev',
       nats: { servers: [nats.url] },
       cells,
       listen: { host: '127.0.0.1', basePort, webBasePort: webPort },
-      admin: { host: '127.0.0.1', port: adminPort },
+      admin: { host: '127.0.0.1', port: adminPort, token: adminToken },
       dataDir,
       serverKey: toBase64Url(server.secretKey),
       ticketKeys: [{ id: 1, key: toBase64Url(random(32)) }],
@@ -106,13 +131,15 @@ export async function dev(flags: Flags): Promise<void> {
     running = await startNode(config, log);
     const node = running;
     demo = await startDemoServer({ host: '127.0.0.1', port: demoPort, config: () => ({ web: node.webAddresses, serverPublicKey: toBase64Url(server.publicKey) }) });
+    store.pinServers(running.clientAddresses, server.publicKey);
+    tokenFile = store.pinAdminToken(running.adminUrl, adminToken);
   } catch (err) {
     await stop();
     throw err;
   }
-  store.pinServers(running.clientAddresses, server.publicKey);
   process.stdout.write(`${readyLine(running)}\ndemo url=${demo.url}\n`);
   log(`server public key: ${toBase64Url(server.publicKey)} (pinned in ${store.dir})`);
+  log(`admin token: in ${tokenFile} (mode 0600, removed on Ctrl-C); gravitas publisher/campaign/profile/report use it against ${running.adminUrl}`);
   log(`gravitas dev: demo chat page at ${demo.url} (open it in two tabs or browsers)`);
 }
 
@@ -220,12 +247,37 @@ export class ApiUnreachableError extends Error {
 
 const API_TIMEOUT_MS = 30_000;
 
-/** One admin API call with --admin (GRAVITAS_ADMIN_URL) and --token (GRAVITAS_ADMIN_TOKEN); the answer's JSON. */
+/** No admin token from a flag, the environment or a dev cluster's pin (exit code 2, like a usage error). */
+export class MissingTokenError extends Error {
+  override name = 'MissingTokenError';
+  readonly exitCode = 2;
+}
+
+/**
+ * The bearer for an admin call: --token, else GRAVITAS_ADMIN_TOKEN, else the token a running
+ * `gravitas dev` pinned for exactly this admin URL (a pinned token is never sent elsewhere).
+ */
+function adminBearer(flags: Flags, base: string): { token: string; pinnedIn?: string } {
+  if (typeof flags.token === 'string') {
+    if (flags.token === '') throw new UsageError('--token must not be empty');
+    return { token: flags.token };
+  }
+  const env = process.env.GRAVITAS_ADMIN_TOKEN;
+  if (env) return { token: env };
+  const pinned = pinnedAdminToken(base);
+  if (pinned) return { token: pinned.token, pinnedIn: pinned.path };
+  throw new MissingTokenError(
+    `no admin token for ${base}: pass --token T or set GRAVITAS_ADMIN_TOKEN (the node's admin token or a publisher API key). ` +
+      `A running \`gravitas dev\` (npm start) pins its token in ${adminTokenPath(base)} and these commands use it by default: ` +
+      `start one, or point --admin (GRAVITAS_ADMIN_URL) at its admin URL, with the same GRAVITAS_HOME (${keyStoreDir()})`,
+  );
+}
+
+/** One admin API call with --admin (GRAVITAS_ADMIN_URL) and --token (GRAVITAS_ADMIN_TOKEN, or a dev cluster's pinned token); the answer's JSON. */
 async function api(flags: Flags, method: string, path: string, body?: unknown): Promise<unknown> {
   const base = (typeof flags.admin === 'string' ? flags.admin : process.env.GRAVITAS_ADMIN_URL) ?? 'http://127.0.0.1:7300';
-  if (!/^https?:\/\/[^\s/]+\/?$/.test(base)) throw new UsageError(`--admin must be an http(s)://host:port URL, got "${base}"`);
-  const token = typeof flags.token === 'string' ? flags.token : process.env.GRAVITAS_ADMIN_TOKEN;
-  if (!token) throw new UsageError('--token (or GRAVITAS_ADMIN_TOKEN) is required: the admin token or a publisher API key');
+  if (!/^https?:\/\/[^\s/]+\/?$/.test(base) || !URL.canParse(base)) throw new UsageError(`--admin must be an http(s)://host:port URL, got "${base}"`);
+  const { token, pinnedIn } = adminBearer(flags, base);
   const url = `${base.replace(/\/$/, '')}${path}`;
   let res: Response;
   try {
@@ -248,7 +300,9 @@ async function api(flags: Flags, method: string, path: string, body?: unknown): 
   }
   if (!res.ok) {
     const e = (parsed as { error?: { code?: unknown; message?: unknown } } | undefined)?.error;
-    throw new ApiError(typeof e?.code === 'string' ? e.code : `HTTP_${res.status}`, `${typeof e?.message === 'string' ? e.message : text.slice(0, 200)} (HTTP ${res.status})`, res.status);
+    // A refused pinned token: the dev cluster that wrote it is gone (killed without its Ctrl-C cleanup) and something else answers here.
+    const stale = res.status === 401 && pinnedIn ? `; the token came from ${pinnedIn}, pinned by a \`gravitas dev\` that is not the one answering at ${base} (stopped without its Ctrl-C cleanup?): pass --token, or restart \`gravitas dev\`` : '';
+    throw new ApiError(typeof e?.code === 'string' ? e.code : `HTTP_${res.status}`, `${typeof e?.message === 'string' ? e.message : text.slice(0, 200)} (HTTP ${res.status})${stale}`, res.status);
   }
   return parsed;
 }

@@ -1,17 +1,54 @@
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fromBase64Url, generateKeyPair, isName, toBase64Url, type KeyPair, type ResumptionState } from '@gravitas/protocol';
 
+/** The key store's directory: GRAVITAS_HOME, default ~/.gravitas. */
+export const keyStoreDir = (): string => process.env.GRAVITAS_HOME || join(homedir(), '.gravitas');
+
+/**
+ * An admin URL as the key store keys it: its origin (scheme, lower-case host, port; no
+ * path or trailing slash), so `http://127.0.0.1:7300/` and `http://127.0.0.1:7300` are one.
+ */
+export function adminOrigin(adminUrl: string): string {
+  return new URL(adminUrl).origin;
+}
+
+/**
+ * Where the admin token pinned for `adminUrl` lives: one file per admin origin under
+ * `admin-tokens/`, so dev clusters on different ports never share (or race on) a file.
+ */
+export function adminTokenPath(adminUrl: string, dir = keyStoreDir()): string {
+  const name = adminOrigin(adminUrl).replace(/^([a-z]+):\/\//, '$1-').replace(/[^A-Za-z0-9.-]/g, '_');
+  return join(dir, 'admin-tokens', `${name}.json`);
+}
+
+/**
+ * The admin token `gravitas dev` pinned for `adminUrl`, if any. Reads only: creates no
+ * directory (the admin commands call it against production URLs too). A file that names
+ * another origin (two origins mapped to one file name) does not count.
+ */
+export function pinnedAdminToken(adminUrl: string, dir = keyStoreDir()): { token: string; path: string } | undefined {
+  const path = adminTokenPath(adminUrl, dir);
+  let o: { adminUrl?: unknown; token?: unknown };
+  try {
+    o = JSON.parse(readFileSync(path, 'utf8')) as typeof o;
+  } catch {
+    return undefined;
+  }
+  return o.adminUrl === adminOrigin(adminUrl) && typeof o.token === 'string' && o.token !== '' ? { token: o.token, path } : undefined;
+}
+
 /**
  * The CLI's local key store (GRAVITAS_HOME, default ~/.gravitas): one identity file
- * per user/device holding its secret key and latest resumption ticket, and the
- * pinned public keys of known servers.
+ * per user/device holding its secret key and latest resumption ticket, the pinned
+ * public keys of known servers, and the admin tokens of running dev clusters.
+ * Every file is written 0600 and atomically.
  */
 export class KeyStore {
   readonly dir: string;
-  constructor(dir = process.env.GRAVITAS_HOME || join(homedir(), '.gravitas')) {
+  constructor(dir = keyStoreDir()) {
     this.dir = dir;
     mkdirSync(join(dir, 'identities'), { recursive: true, mode: 0o700 });
   }
@@ -75,5 +112,22 @@ export class KeyStore {
     if (!o) return;
     for (const a of addresses) delete o[a];
     this.write(this.knownPath, o);
+  }
+
+  /**
+   * Pins the admin token of the dev cluster whose admin API is `adminUrl`, so that the
+   * admin commands use it by default against that URL. Returns the file.
+   */
+  pinAdminToken(adminUrl: string, token: string): string {
+    const path = adminTokenPath(adminUrl, this.dir);
+    mkdirSync(join(this.dir, 'admin-tokens'), { recursive: true, mode: 0o700 });
+    this.write(path, { adminUrl: adminOrigin(adminUrl), token });
+    return path;
+  }
+
+  /** Removes the pin of `adminUrl` if it still holds `token` (a newer dev cluster's pin stays). */
+  unpinAdminToken(adminUrl: string, token: string): void {
+    const pinned = pinnedAdminToken(adminUrl, this.dir);
+    if (pinned?.token === token) rmSync(pinned.path, { force: true });
   }
 }
