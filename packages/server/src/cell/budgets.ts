@@ -26,6 +26,8 @@ export const BUDGET_WINDOW_MS = 10_000;
 /** Accounts tracked per cell (those with sessions here, and recently so). */
 const MAX_ACCOUNTS = 200_000;
 const CAS_ATTEMPTS = 8;
+/** How long a cell stops asking KV for leases after a lease failed (NATS away). */
+const OFFLINE_RETRY_MS = 5_000;
 
 /** Units per second an account may spend of each kind. */
 export type AccountRates = Record<BudgetKind, number>;
@@ -41,6 +43,9 @@ export class AccountBudgets {
   private readonly usage = new Map<string, Usage>();
   private readonly free: number[];
   private readonly pool: number[];
+  private warned = false;
+  /** After a failed lease, leases are not tried again until then: each would wait out a KV timeout. */
+  private offlineUntil = 0;
 
   constructor(
     private readonly kv: KV,
@@ -72,19 +77,33 @@ export class AccountBudgets {
     if (u.leasing[i]) await u.leasing[i];
     if (u.used[i]! + n > u.granted[i]!) {
       const want = Math.max(this.free[i]!, 1, u.used[i]! + n - u.granted[i]!);
-      const p = this.leaseFromKv(`${user}.${KINDS[i]}.${u.window}`, i, want).then(
-        (got) => {
-          u.granted[i]! += got;
-        },
-        (err: unknown) => this.log('account budget lease failed (refusing past the free allowance)', err),
-      );
-      u.leasing[i] = p;
-      await p;
-      if (u.leasing[i] === p) u.leasing[i] = undefined;
+      if (Date.now() < this.offlineUntil) u.granted[i]! += want;
+      else {
+        const p = this.leaseFromKv(`${user}.${KINDS[i]}.${u.window}`, i, want).then(
+          (got) => void (u.granted[i]! += got),
+          (err: unknown) => this.unreachable(u, i, want, err),
+        );
+        u.leasing[i] = p;
+        await p;
+        if (u.leasing[i] === p) u.leasing[i] = undefined;
+      }
     }
     if (u.used[i]! + n > u.granted[i]!) return false;
     u.used[i]! += n;
     return true;
+  }
+
+  /**
+   * KV unreachable (NATS away): the account limit holds per cell only until it is back — the
+   * session limits still apply, and what needs NATS fails on its own; refusing everything would
+   * stop what the cell can still do alone (feedback into its local tier). Leases are not tried
+   * again for a while: each would wait out a KV timeout.
+   */
+  private unreachable(u: Usage, i: number, want: number, err: unknown): void {
+    if (!this.warned) this.log('account budgets cannot be leased from KV now: enforced per cell until NATS is back', err);
+    this.warned = true;
+    this.offlineUntil = Date.now() + OFFLINE_RETRY_MS;
+    u.granted[i]! += want;
   }
 
   /** Takes up to `want` units of the window's shared pool; returns how many it got (0 when spent). */
@@ -98,6 +117,7 @@ export class AccountBudgets {
       try {
         if (cur) await this.kv.update(key, value, cur.revision);
         else await this.kv.create(key, value);
+        this.warned = false;
         return got;
       } catch (err) {
         if (!isCasConflict(err)) throw err;
