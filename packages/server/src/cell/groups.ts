@@ -4,7 +4,7 @@ import type { Cell } from './cell.js';
 import type { DeviceLocation } from './directory.js';
 import type { ChatItem, Envelope } from './envelope.js';
 import { DeviceGroups, Feed, Reader } from './group-feed.js';
-import { GroupAdmin } from './group-admin.js';
+import { GroupAdmin, type InviteNotices } from './group-admin.js';
 import { GroupLog, type LogEntry } from './group-log.js';
 import { GroupRecords, storageError, type GroupMember, type GroupRecord } from './group-records.js';
 import { isCasConflict } from './nats.js';
@@ -146,6 +146,11 @@ export class Groups {
   /** groups.* requests (group-admin.ts). */
   handle(s: Session, op: RequestOp, args: unknown): Promise<unknown> {
     return this.admin.handle(s, op, args);
+  }
+
+  /** Where invitees are told of their invitations (InviteNotices; by default nobody is told). */
+  setInviteNotices(n: InviteNotices): void {
+    this.admin.notices = n;
   }
 
   /** A group record or a user's group list changed somewhere: drop caches, re-sync affected devices here. */
