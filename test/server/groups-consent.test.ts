@@ -10,7 +10,10 @@ import t from 'tap';
 /** What a test's assertions need here. */
 type Tap = Pick<typeof t, 'ok'>;
 import { join } from 'node:path';
-import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, MAX_USERS_PER_REQUEST, pack, type Msg } from '@gravitas/protocol';
+import { connect } from '@nats-io/transport-node';
+import { Kvm } from '@nats-io/kv';
+import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, MAX_USERS_PER_REQUEST, pack, unpack, type Msg } from '@gravitas/protocol';
+import { DEFAULT_MAILBOX, Names } from '@gravitas/server';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
 import { clusterKeys, connectClient, nodeConfig, spawnNode, writeNodeConfig, type TestClient } from '../fixtures/cluster.js';
 
@@ -247,6 +250,21 @@ t.test('group membership by consent', async (t) => {
     await cap.client.request('groups.leave', { g: mine[0]! });
     t.match(await cap.client.acceptInvite(g), { g }, 'below the cap again: accepted');
     t.equal((await cap.client.listGroups()).length, 3);
+
+    // A stale entry in the user's index (a group it left while the index update failed, long ago)
+    // does not count against the cap for good: at the cap it is pruned.
+    const nc = await connect({ servers: nats.url });
+    t.teardown(() => nc.close());
+    const kv = await new Kvm(nc).open(new Names('gcb', DEFAULT_MAILBOX.partitions).groupsBucket);
+    const staler = await on(B, 'staler');
+    await staler.client.createGroup('one');
+    await staler.client.createGroup('two');
+    const e = (await kv.get('u.staler'))!;
+    const idx = unpack(e.value) as { g: string[]; a: number[] };
+    await kv.update('u.staler', pack({ g: [...idx.g, 'AAAAAAAAAAAAAAAA'], a: [...idx.a, 0] }), e.revision);
+    t.match(await staler.client.createGroup('three'), { g: /^[A-Za-z0-9_-]{16}$/ }, 'created at the cap: the stale entry was pruned');
+    t.notOk((unpack((await kv.get('u.staler'))!.value) as { g: string[] }).g.includes('AAAAAAAAAAAAAAAA'), 'and is gone from the index');
+    t.equal(await codeOf(staler.client.createGroup('four')), ErrorCode.TOO_MANY_GROUPS, 'three real groups: at the cap');
   });
 
   t.test('B: invitations take seats; an invitee holds a bounded number, one inviter fewer', async (t) => {

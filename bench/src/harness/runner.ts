@@ -412,7 +412,7 @@ class Run {
    */
   private async joinGroups(ids: string[], errors: Record<string, number>): Promise<void> {
     this.broadcast({ type: 'groups', ids });
-    let lastLog = 0;
+    let lastLog = performance.now();
     await this.until('every generator joined its groups', () => {
       if (performance.now() - lastLog > 5000) {
         lastLog = performance.now();

@@ -175,7 +175,8 @@ export class GroupAdmin {
     let r = await this.records.get(x.g);
     if (!r?.invited.has(user)) r = await this.records.get(x.g, true);
     if (r?.invited.has(user)) return true;
-    if (!r?.members.has(user)) void this.records.uninvite(user, x.g).catch((err) => this.cell.log('dropping a void invitation failed', err));
+    // Revoked, lapsed in the group, the group gone, or accepted already: void.
+    void this.records.uninvite(user, x.g).catch((err) => this.cell.log('dropping a void invitation failed', err));
     return false;
   }
 

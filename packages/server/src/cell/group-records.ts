@@ -136,6 +136,8 @@ export function storageError(err: unknown): ProtocolError {
 const PRUNE_MIN_AGE_MS = 60_000;
 /** Records read at once when pruning an index. */
 const PRUNE_CONCURRENCY = 32;
+/** A user whose index had nothing to prune is not pruned again for this long (each prune reads up to maxPerUser records). */
+const PRUNE_AGAIN_MS = 60_000;
 
 /** Limits of a user's invitation list. */
 export interface InviteLimits {
@@ -164,6 +166,8 @@ export class GroupRecords {
   private readonly recordCas: CombinedCas<GroupRecord>;
   private readonly indexCas: CombinedCas<IndexEntry[]>;
   private readonly inviteCas: CombinedCas<InviteEntry[]>;
+  /** Users whose index was found clean lately: a user at its cap retrying does not make the cell read all its groups each time. */
+  private readonly clean = new TtlCache<string, true>(CACHE_MAX, PRUNE_AGAIN_MS);
 
   constructor(private readonly kv: KV) {
     const conflict = (what: string) => (): ProtocolError => new ProtocolError(ErrorCode.CONFLICT, `${what} is changing too fast, try again`);
@@ -263,6 +267,7 @@ export class GroupRecords {
    * kept: their join may be under way. True if anything was dropped.
    */
   private async prune(user: string): Promise<boolean> {
+    if (this.clean.get(user)) return false;
     const old = (await this.index(user, true)).filter((e) => Date.now() - e.at >= PRUNE_MIN_AGE_MS);
     const stale = new Set<string>();
     let next = 0;
@@ -274,7 +279,10 @@ export class GroupRecords {
         }
       }),
     );
-    if (stale.size === 0) return false;
+    if (stale.size === 0) {
+      this.clean.set(user, true);
+      return false;
+    }
     await this.indexCas.change(indexKey(user), (list) => {
       // Only entries still as old as when they were judged: one renewed meanwhile is being joined.
       const keep = list?.filter((e) => !stale.has(e.g) || Date.now() - e.at < PRUNE_MIN_AGE_MS);
