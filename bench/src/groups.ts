@@ -2,6 +2,7 @@ import { isMainThread, parentPort, Worker, workerData } from 'node:worker_thread
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import { pack } from 'msgpackr';
 import { GravitasClient } from '@gravitas/client';
+import { MAX_USERS_PER_REQUEST } from '@gravitas/protocol';
 import { NatsServer } from '@gravitas/testkit';
 import { LatencyHistogram, type LatencySummary } from './histogram.js';
 import { BENCH_LIMITS, clusterKeys, type ClusterKeys, log, nativeKeyPair, procCpuSeconds, Resources, sleep, startGravitasNode, waitFor } from './procs.js';
@@ -166,9 +167,10 @@ async function layout(nc: NatsConnection, members: number, ms: number, window: n
 // live: load-generator threads (this module, run as a worker)
 
 interface GenData { role: 'groups-gen'; servers: string[]; serverPublicKey: Uint8Array; users: string[] }
-type GenCmd = { cmd: 'connect' } | { cmd: 'count'; n: number } | { cmd: 'total' } | { cmd: 'report' } | { cmd: 'close' };
+type GenCmd = { cmd: 'connect' } | { cmd: 'accept'; g: string } | { cmd: 'count'; n: number } | { cmd: 'total' } | { cmd: 'report' } | { cmd: 'close' };
 type GenReply =
   | { ok: true; cmd: 'connect'; connected: number; errors: string[] }
+  | { ok: true; cmd: 'accept'; accepted: number; errors: string[] }
   | { ok: true; cmd: 'count'; members: number }
   | { ok: true; cmd: 'total'; received: number }
   | { ok: true; cmd: 'report'; latencies: Float64Array; received: number[][]; duplicates: number; foreign: number }
@@ -242,6 +244,21 @@ function makeMember(servers: string[], serverPublicKey: Uint8Array, user: string
   return c;
 }
 
+/** Every member accepts its invitation to `g` (membership is by consent), CONNECT_CONCURRENCY at a time. */
+async function acceptAll(clients: GravitasClient[], g: string): Promise<string[]> {
+  const errors: string[] = [];
+  let i = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(CONNECT_CONCURRENCY, clients.length) }, async () => {
+      while (i < clients.length) {
+        const c = clients[i++]!;
+        await c.acceptInvite(g).catch((e: Error) => errors.push(`${c.options.user}: ${e.message}`));
+      }
+    }),
+  );
+  return errors;
+}
+
 async function connectAll(clients: GravitasClient[]): Promise<string[]> {
   const errors: string[] = [];
   let i = 0;
@@ -269,6 +286,10 @@ function runGenerator(d: GenData): void {
       case 'connect': {
         const errors = await connectAll(clients);
         return { ok: true, cmd: 'connect', connected: clients.filter((x) => x.connected).length, errors: errors.slice(0, 5) };
+      }
+      case 'accept': {
+        const errors = await acceptAll(clients, c.g);
+        return { ok: true, cmd: 'accept', accepted: clients.length - errors.length, errors: errors.slice(0, 5) };
       }
       case 'count':
         return { ok: true, cmd: 'count', members: rx.count(c.n) };
@@ -341,7 +362,7 @@ export interface LiveResult {
   /** Intended send time → `stored` status at the sender. */
   stored: LatencySummary;
   sendErrors: Record<string, number>;
-  setupMs: { connect: number; create: number; attach: number };
+  setupMs: { connect: number; create: number; accept: number; attach: number };
   cpuCores: Record<string, number>;
   /** CPU time of the node per delivery (µs), measured phase. */
   nodeCpuPerDeliveryUs: number;
@@ -425,8 +446,14 @@ async function live(res: Resources, nats: NatsServer, o: { members: number; rate
   log('live: creating the group');
   const creator = senderClients[0]!;
   const t1 = performance.now();
-  const { g } = (await creator.request('groups.create', { name: 'bench', members: users.slice(1) })) as { g: string };
+  const { g } = await creator.createGroup('bench', users.slice(1));
   const tCreate = performance.now() - t1;
+  log(`live: ${o.members - 1} members accept their invitations`);
+  const t3 = performance.now();
+  const [acceptErrors, ...acceptResults] = await Promise.all([acceptAll(senderClients.slice(1), g), ...gens.map((x) => x.call({ cmd: 'accept', g }))]);
+  const joined = senderClients.length - acceptErrors.length + acceptResults.reduce((a, r) => a + r.accepted, 0); // the creator included
+  if (joined < o.members) throw new Error(`only ${joined}/${o.members} members joined: ${[...acceptErrors, ...acceptResults.flatMap((r) => r.errors)].slice(0, 3).join('; ')}`);
+  const tAccept = performance.now() - t3;
 
   // Everyone attached: a warmup message reaches every other member.
   const allGot = async (n: number): Promise<number> => senderRx.count(n) + (await Promise.all(gens.map((x) => x.call({ cmd: 'count', n })))).reduce((a, r) => a + r.members, 0);
@@ -515,7 +542,7 @@ async function live(res: Resources, nats: NatsServer, o: { members: number; rate
     latency: latency.summary(),
     stored: stored.summary(),
     sendErrors,
-    setupMs: { connect: tConnect, create: tCreate, attach: tAttach },
+    setupMs: { connect: tConnect, create: tCreate, accept: tAccept, attach: tAttach },
     cpuCores,
     cellFanout: { p50: bucketQuantile(fanout0, fanout1, 0.5), p99: bucketQuantile(fanout0, fanout1, 0.99) },
     nodeCpuPerDeliveryUs: (cpuCores['node']! * secs * 1e6) / Math.max(1, received),
@@ -603,7 +630,8 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
         { metric: 'live.cpu', value: Object.values(r.cpuCores).reduce((a, b) => a + b, 0), unit: 'cores', note: cores },
         { metric: 'live.node_cpu_per_delivery', value: r.nodeCpuPerDeliveryUs, unit: 'µs', note: 'node CPU / deliveries (seal, socket write, the ack; log reads and cursors included)' },
         { metric: 'live.setup.connect', value: r.setupMs.connect, unit: 'ms', note: `${r.members} members connected (full handshakes with registration)` },
-        { metric: 'live.setup.create', value: r.setupMs.create, unit: 'ms', note: `groups.create with ${r.members - 1} members` },
+        { metric: 'live.setup.create', value: r.setupMs.create, unit: 'ms', note: `groups.create inviting ${r.members - 1} members (and groups.add past ${MAX_USERS_PER_REQUEST} per request)` },
+        { metric: 'live.setup.accept', value: r.setupMs.accept, unit: 'ms', note: `${r.members - 1} members accept at once, ${CONNECT_CONCURRENCY} per thread` },
         { metric: 'live.setup.attach', value: r.setupMs.attach, unit: 'ms', note: '3 warmup messages, each awaited at every member' },
         { metric: 'live.sched_lag.p99', value: r.schedLagP99Ms, unit: 'ms', note: 'generator lateness vs schedule; part of the latencies' },
       );

@@ -121,6 +121,10 @@ t.test('the Gravitas driver against a real node', async (t) => {
   const g = await driver.createGroup(refs.a0, 'team', ['bob', 'carol', 'alice']);
   t.type(g, 'string');
   t.equal(driver.counters().resumed, 1, 'the group was created in a session resumed from the provisioning ticket');
+  // Membership is by consent: the invited members accept, each in a set-up session resumed from its ticket.
+  await Promise.all([driver.joinGroups(refs.b0, [g]), driver.joinGroups(refs.c0, [g])]);
+  await driver.joinGroups(refs.b0, [g]); // joined already: fine
+  t.equal(driver.counters().resumed, 4, 'the joins resumed too');
 
   const rec: Record<keyof typeof refs, Rec> = {
     a0: new Rec(), a1: new Rec(), b0: new Rec(), b1: new Rec(), c0: new Rec(), d0: new Rec(), e0: new Rec(), f0: new Rec(), g0: new Rec(), h0: new Rec(),
@@ -136,7 +140,7 @@ t.test('the Gravitas driver against a real node', async (t) => {
   await devs.a0.connect(); // connected already: nothing happens
   t.same(
     { full: driver.counters().fullHandshakes, resumed: driver.counters().resumed },
-    { full: afterProvision.fullHandshakes, resumed: 1 + online.length },
+    { full: afterProvision.fullHandshakes, resumed: 4 + online.length },
     'every first connect of the run resumed with the ticket its provisioning left (one round trip)',
   );
   await devs.a0.ping();

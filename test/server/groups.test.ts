@@ -1,7 +1,7 @@
 /*
  * Groups against real processes: one nats-server, two `gravitas node` processes
- * with two cells each, SDK clients on every cell. Membership requests and their
- * permissions, fan-out to member devices on both nodes, catch-up of an offline
+ * with two cells each, SDK clients on every cell. Membership requests (by
+ * invitation and acceptance, the default policy) and their permissions, fan-out to member devices on both nodes, catch-up of an offline
  * device, joins and removals, blocks, typing, devices that move or connect while
  * senders have stale caches, cursors across a reconnect, de-duplication.
  * Behaviour only: no timings are asserted.
@@ -68,11 +68,23 @@ t.test('groups on two nodes × two cells', async (t) => {
 
   let g = '';
 
-  t.test('create, info, list', async (t) => {
-    const created = (await alice.client.request('groups.create', { name: 'team', members: ['bob', 'carol', 'dave', 'alice'] })) as { g: string };
+  // groups.info reads the cell's cache: a change made on another cell reaches it by an
+  // invalidation over core NATS, moments later (the writes themselves always read KV).
+  type Info = { owner: string; admins: string[]; members: string[]; count: number };
+  const infoOnceChanged = (c: TestClient, group: string, done: (i: Info) => boolean) =>
+    check('groups.info shows the change', async () => {
+      const i = (await c.client.request('groups.info', { g: group })) as Info;
+      return done(i) ? i : undefined;
+    });
+
+  t.test('create, invitations accepted, info, list', async (t) => {
+    const created = await alice.client.createGroup('team', ['bob', 'carol', 'dave', 'alice']);
     t.match(created.g, /^[A-Za-z0-9_-]{16}$/, 'a server-assigned id');
+    t.same({ added: created.added, invited: created.invited }, { added: [], invited: ['bob', 'carol', 'dave'] }, 'the others are invited');
     g = created.g;
-    t.same(await bob.client.request('groups.info', { g }), { g, name: 'team', owner: 'alice', admins: ['alice'], members: ['alice', 'bob', 'carol', 'dave'] });
+    for (const c of [bob, carol, dave]) t.match(await c.client.acceptInvite(g), { g, name: 'team' }, `${c.user} accepts`);
+    t.same(await infoOnceChanged(bob, g, (i) => i.count === 4), { g, name: 'team', owner: 'alice', count: 4, members: ['alice', 'bob', 'carol', 'dave'], admins: ['alice'] });
+    t.same(await alice.client.request('groups.info', { g }), { g, name: 'team', owner: 'alice', count: 4, members: ['alice', 'bob', 'carol', 'dave'], admins: ['alice'], invited: [], pending: 0 }, 'an admin sees the pending invitations too: none');
     t.same(await carol.client.request('groups.list', {}), { groups: [{ g, name: 'team' }] }, 'members list it');
     t.same(await erin.client.request('groups.list', {}), { groups: [] }, 'others do not');
   });
@@ -83,8 +95,13 @@ t.test('groups on two nodes × two cells', async (t) => {
     t.equal(await codeOf(bob.client.request('groups.add', { g, users: ['erin'] })), ErrorCode.NOT_ALLOWED, 'add: members are not admins');
     t.equal(await codeOf(bob.client.request('groups.remove', { g, users: ['carol'] })), ErrorCode.NOT_ALLOWED, 'remove: members are not admins');
     t.equal(await codeOf(erin.client.request('groups.leave', { g })), ErrorCode.NOT_A_MEMBER, 'leave: not a member');
-    t.equal(await codeOf(alice.client.request('groups.add', { g, users: ['nobody-at-all'] })), ErrorCode.NOT_FOUND, 'add: unknown user');
-    t.equal(await codeOf(alice.client.request('groups.create', { name: 'x', members: ['bob', 'no-such-user'] })), ErrorCode.NOT_FOUND, 'create: unknown user');
+    // Unknown users are invited like any other (whether a user exists is nobody's business); nothing comes of it.
+    t.same(await alice.client.request('groups.add', { g, users: ['nobody-at-all'] }), { added: [], invited: ['nobody-at-all'] }, 'add: an unknown user is invited');
+    t.same(await alice.client.request('groups.remove', { g, users: ['nobody-at-all'] }), { removed: [], revoked: ['nobody-at-all'] }, 'and the invitation revoked');
+    const x = await alice.client.createGroup('x', ['bob', 'no-such-user']);
+    t.same(x.invited, ['bob', 'no-such-user'], 'create: unknown users are invited like the others');
+    await bob.client.declineInvite(x.g);
+    await alice.client.request('groups.leave', { g: x.g });
     t.equal(await codeOf(alice.client.request('groups.admin', { g, user: 'erin', on: true })), ErrorCode.NOT_FOUND, 'admin: the user must be a member');
     t.equal(await codeOf(alice.client.request('groups.admin', { g, user: 'alice', on: false })), ErrorCode.NOT_ALLOWED, 'admin: the owner stays an admin');
     const many = Array.from({ length: MAX_GROUP }, (_, i) => `u${i}`);
@@ -134,7 +151,8 @@ t.test('groups on two nodes × two cells', async (t) => {
   t.test('a member added later gets what is sent from then on, not before', async (t) => {
     const before = await alice.client.sendToGroup(g, 'before erin');
     await bob.received((m) => m.id === before.id);
-    t.same(await alice.client.request('groups.add', { g, users: ['erin', 'bob'] }), { added: ['erin'] });
+    t.same(await alice.client.request('groups.add', { g, users: ['erin', 'bob'] }), { added: [], invited: ['erin'] }, 'erin is invited, bob is a member already');
+    await erin.client.acceptInvite(g);
     const after = await bob.client.sendToGroup(g, 'welcome erin');
     const m = await erin.received((x) => x.id === after.id);
     t.equal(m.text, 'welcome erin');
@@ -143,18 +161,10 @@ t.test('groups on two nodes × two cells', async (t) => {
     t.same((await erin.client.request('groups.list', {})) as unknown, { groups: [{ g, name: 'team' }] });
   });
 
-  // groups.info reads the cell's cache: a change made on another cell reaches it by an
-  // invalidation over core NATS, moments later (the writes themselves always read KV).
-  const infoOnceChanged = (c: TestClient, group: string, done: (i: { owner: string; admins: string[]; members: string[] }) => boolean) =>
-    check('groups.info shows the change', async () => {
-      const i = (await c.client.request('groups.info', { g: group })) as { owner: string; admins: string[]; members: string[] };
-      return done(i) ? i : undefined;
-    });
-
   t.test('admins, removal, leaving', async (t) => {
     await alice.client.request('groups.admin', { g, user: 'bob', on: true });
     t.same((await infoOnceChanged(carol, g, (i) => i.admins.length === 2)).admins, ['alice', 'bob'], 'bob is an admin');
-    t.same(await bob.client.request('groups.remove', { g, users: ['carol'] }), { removed: ['carol'] }, 'an admin removes carol');
+    t.same(await bob.client.request('groups.remove', { g, users: ['carol'] }), { removed: ['carol'], revoked: [] }, 'an admin removes carol');
     t.equal(await codeOf(bob.client.request('groups.remove', { g, users: ['alice'] })), ErrorCode.NOT_ALLOWED, 'not the owner');
     const r = await alice.client.sendToGroup(g, 'after carol left');
     await Promise.all([bob, dave, erin, alice2].map((c) => c.received((m) => m.id === r.id)));
@@ -164,10 +174,12 @@ t.test('groups on two nodes × two cells', async (t) => {
     t.equal(await codeOf(carol.client.request('groups.info', { g })), ErrorCode.NOT_A_MEMBER);
 
     // A group of its own for succession: owner leaves, then the last admin leaves.
-    const { g: h } = (await erin.client.request('groups.create', { name: 'succession', members: ['frank', 'carol'] })) as { g: string };
+    const { g: h } = await erin.client.createGroup('succession', ['frank', 'carol']);
+    await frank.client.acceptInvite(h);
+    await carol.client.acceptInvite(h);
     await erin.client.request('groups.admin', { g: h, user: 'carol', on: true });
     await erin.client.request('groups.leave', { g: h });
-    t.match(await infoOnceChanged(frank, h, (i) => i.owner !== 'erin'), { owner: 'carol', admins: ['carol'], members: ['frank', 'carol'] }, 'the owner left: the remaining admin owns it');
+    t.match(await infoOnceChanged(frank, h, (i) => i.owner !== 'erin'), { owner: 'carol', admins: ['carol'], members: ['carol', 'frank'] }, 'the owner left: the remaining admin owns it');
     await carol.client.request('groups.leave', { g: h });
     t.match(await infoOnceChanged(frank, h, (i) => i.owner !== 'carol'), { owner: 'frank', admins: ['frank'], members: ['frank'] }, 'the last admin left: the oldest member is promoted');
     await frank.client.request('groups.leave', { g: h });
@@ -175,7 +187,9 @@ t.test('groups on two nodes × two cells', async (t) => {
   });
 
   t.test('a member who blocks the sender does not get its messages', async (t) => {
-    const { g: h } = (await bob.client.request('groups.create', { name: 'blocks', members: ['alice', 'frank'] })) as { g: string };
+    const { g: h } = await bob.client.createGroup('blocks', ['alice', 'frank']);
+    await alice.client.acceptInvite(h);
+    await frank.client.acceptInvite(h);
     const blocked = await frank.client.request('contacts.block', { user: 'alice' }).then(
       () => true,
       (e: unknown) => (e as { code?: string }).code,
@@ -218,12 +232,14 @@ t.test('groups on two nodes × two cells', async (t) => {
     dave = await connectClient(top, { user: 'dave', servers: [b1], serverPublicKey: pk, identity: dave.identity });
     const moved = await alice.client.sendToGroup(g, 'dave moved to B');
     t.equal((await dave.received((m) => m.id === moved.id)).text, 'dave moved to B', 'the stale cell forwards it, or the feed finds it');
-    // gina: known, offline, then added; the sending cell caches "offline" for a second.
+    // gina: invited, accepts, goes offline; the sending cell caches "offline" for a second.
     const gina = makeClient({ user: 'gina', servers: [b0], serverPublicKey: pk });
     t.teardown(() => gina.client.close());
     await gina.client.connect();
-    await gina.client.close();
+    await registered(gina);
     await alice.client.request('groups.add', { g, users: ['gina'] });
+    await gina.client.acceptInvite(g);
+    await gina.client.close();
     const whileOffline = await alice.client.sendToGroup(g, 'gina is offline');
     const gina2 = await connectClient(t, { user: 'gina', servers: [b0], serverPublicKey: pk, identity: gina.identity });
     const rightAfter = await alice.client.sendToGroup(g, 'gina just connected');

@@ -104,8 +104,13 @@ t.test('mutes', async (t) => {
   t.test('a group muted without a duration: base × members, capped', async (t) => {
     const gm = await on(a1, 'gm');
     const others = await Promise.all(['gm1', 'gm2', 'gm3', 'gm4'].map((u) => on(a0, u)));
-    const { g: small } = (await gm.client.request('groups.create', { name: 'small', members: ['gm1', 'gm2'] })) as { g: string };
-    const { g: big } = (await gm.client.request('groups.create', { name: 'big', members: ['gm1', 'gm2', 'gm3', 'gm4'] })) as { g: string };
+    const { g: small } = await gm.client.createGroup('small', ['gm1', 'gm2']);
+    const { g: big } = await gm.client.createGroup('big', ['gm1', 'gm2', 'gm3', 'gm4']);
+    // Members by invitation: each accepts (others[3] is gm4, invited to the big group only).
+    for (const [i, c] of others.entries()) {
+      if (i < 2) await c.client.acceptInvite(small);
+      await c.client.acceptInvite(big);
+    }
     let t0 = Date.now();
     const ms = await gm.client.mute({ g: small });
     let t1 = Date.now();

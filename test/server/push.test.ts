@@ -142,7 +142,12 @@ t.test('push gateway', async (t) => {
     const onlineSub = svc.subscribe();
     const hugo = await on(a1, 'hugo');
     await hugo.client.registerPush(onlineSub.target);
-    const { g } = (await alice.client.request('groups.create', { name: 'g', members: ['gina', 'hugo'] })) as { g: string };
+    const { g } = await alice.client.createGroup('g', ['gina', 'hugo']);
+    await hugo.client.acceptInvite(g);
+    // gina accepts the invitation on her device, then goes offline again.
+    const gina2 = await on(a1, 'gina', gina);
+    await gina2.client.acceptInvite(g);
+    await gina2.client.close();
     await alice.client.sendToGroup(g, 'to the group');
     const [p] = await pushes(sub.id, 1, 'gina got a push');
     t.same(p!.problems, []);

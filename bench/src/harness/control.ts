@@ -44,7 +44,7 @@ export type ToGenerator =
   | { type: 'setup'; source: { text: string; format: 'json' | 'yaml' }; namespace: string; runTag: string; driver: DriverSpec }
   | { type: 'provision' }
   | { type: 'createGroups'; groups: number[] }
-  /** Every group's id, by group index ('' for a group that could not be created). */
+  /** Every group's id, by group index ('' for a group that could not be created); the generator's users then join theirs (`groupsJoined`). */
   | { type: 'groups'; ids: string[] }
   /** Run time 0 on the runner's clock (epoch ms). */
   | { type: 'start'; t0: number }
@@ -109,9 +109,11 @@ export type FromGenerator =
   | { type: 'hello'; gen: string; host: string; pid: number; cpus: number }
   | { type: 'assigned'; gen: string; ok: boolean; reason?: string }
   | { type: 'ready'; gen: string; users: number; devices: number; clock: { offsetMs: number; rttMs: number }; capabilities: DriverCapabilities }
-  | { type: 'progress'; gen: string; phase: 'provision' | 'groups'; done: number; total: number; errors: Record<string, number> }
+  | { type: 'progress'; gen: string; phase: 'provision' | 'groups' | 'join'; done: number; total: number; errors: Record<string, number> }
   | { type: 'provisioned'; gen: string; ms: number; errors: Record<string, number> }
   | { type: 'groupsCreated'; gen: string; ids: Record<string, string>; errors: Record<string, number> }
+  /** After `groups`: this generator's users joined their groups (drivers where membership is by consent), with the errors by code. */
+  | { type: 'groupsJoined'; gen: string; ms: number; joins: number; errors: Record<string, number> }
   | ({ type: 'interval'; gen: string } & GeneratorInterval)
   | ({ type: 'done'; gen: string } & GeneratorTotals)
   | { type: 'failed'; gen: string; code: string; message: string }
@@ -141,7 +143,7 @@ function parse(data: Uint8Array): Record<string, unknown> {
 }
 
 const TO_GENERATOR = new Set(['assign', 'setup', 'provision', 'createGroups', 'groups', 'start', 'finish', 'abort']);
-const FROM_GENERATOR = new Set(['hello', 'assigned', 'ready', 'progress', 'provisioned', 'groupsCreated', 'interval', 'done', 'failed', 'beat']);
+const FROM_GENERATOR = new Set(['hello', 'assigned', 'ready', 'progress', 'provisioned', 'groupsCreated', 'groupsJoined', 'interval', 'done', 'failed', 'beat']);
 
 /**
  * Checks the fields each side acts on; the rest of a message (histograms, samples) is checked

@@ -109,6 +109,12 @@ export interface Driver {
   provision(d: DeviceRef, contacts: readonly string[]): Promise<void>;
   /** Before the run: creates a group owned by `creator` (provisioned) with `members`; resolves with the id to send to. */
   createGroup(creator: DeviceRef, name: string, members: readonly string[]): Promise<string>;
+  /**
+   * Before the run, once every group exists, for systems where membership is by consent: the
+   * user of `member` (provisioned) accepts its invitations to `groups`. Leaves no session.
+   * Drivers without it have their members in the group from createGroup on.
+   */
+  joinGroups?(member: DeviceRef, groups: readonly string[]): Promise<void>;
   /** A device; `groups` are the ids of the groups its user is in (XMPP joins their rooms at connect). */
   device(d: DeviceRef, events: DeviceEvents, groups: readonly string[]): DriverDevice;
   /** Ends every connection and releases what the driver holds. */

@@ -127,8 +127,17 @@ export class GeneratorProcess {
           );
           return;
         }
-        case 'groups':
-          return this.session(b).setGroups(m.ids);
+        case 'groups': {
+          const s = this.session(b);
+          void s.joinGroups(m.ids).then(
+            (r) => {
+              s.setGroups(m.ids);
+              this.up({ type: 'groupsJoined', ...r });
+            },
+            (e: Error) => this.fail('PROVISION_FAILED', e),
+          );
+          return;
+        }
         case 'start':
           return this.session(b).start(m.t0);
         case 'finish': {

@@ -973,6 +973,31 @@ export class GravitasDriver implements Driver {
     }
   }
 
+  /**
+   * Accepts the invitations of `member`'s user to `groups` (membership is by consent, docs/groups.md):
+   * one set-up session, the accepts pipelined (the cell takes them one by one; the round trips
+   * overlap), each retried on retryable answers. A group joined already is fine.
+   */
+  async joinGroups(member: DeviceRef, groups: readonly string[]): Promise<void> {
+    const dev = await this.session(member, false);
+    try {
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < groups.length) {
+          const g = groups[next++]!;
+          await dev.request('groups.accept', { g }).catch(async (e: unknown) => {
+            // No invitation (any more): fine if the user is a member already (a retried join); groups.info says.
+            if ((e as DriverError).driverCode !== ErrorCode.NOT_FOUND) throw e;
+            await dev.request('groups.info', { g });
+          });
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(PROVISION_CONCURRENCY, groups.length) }, worker));
+    } finally {
+      await this.endSession(member, dev);
+    }
+  }
+
   /** A set-up session as `d`, holding the ticket chain of provisioning. */
   private async session(d: DeviceRef, full: boolean): Promise<GravitasDevice> {
     if (this.closing) throw new DriverError('CLOSED', 'the driver is closed');

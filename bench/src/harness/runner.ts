@@ -72,6 +72,7 @@ interface Gen {
   ready?: Extract<FromGenerator, { type: 'ready' }>;
   provisioned?: Extract<FromGenerator, { type: 'provisioned' }>;
   groups?: Extract<FromGenerator, { type: 'groupsCreated' }>;
+  joined?: Extract<FromGenerator, { type: 'groupsJoined' }>;
   done?: GeneratorTotals;
   progress?: { done: number; total: number };
   expected: number;
@@ -184,10 +185,13 @@ class Run {
 
     const groupsT = performance.now();
     const ids = await this.createGroups(setupErrors);
+    const createMs = performance.now() - groupsT;
+    const joinT = performance.now();
+    await this.joinGroups(ids, setupErrors);
+    const joinMs = performance.now() - joinT;
     const groupsMs = performance.now() - groupsT;
-    this.broadcast({ type: 'groups', ids });
     const publisher = s.behaviours.campaigns.length > 0 ? await this.createPublisher() : undefined;
-    this.log(`setup done in ${((performance.now() - setupT) / 1000).toFixed(1)} s (provision ${(provisionMs / 1000).toFixed(1)} s, groups ${(groupsMs / 1000).toFixed(1)} s)`);
+    this.log(`setup done in ${((performance.now() - setupT) / 1000).toFixed(1)} s (provision ${(provisionMs / 1000).toFixed(1)} s, groups ${(groupsMs / 1000).toFixed(1)} s: created in ${(createMs / 1000).toFixed(1)} s, joined in ${(joinMs / 1000).toFixed(1)} s)`);
 
     const result = await this.play(publisher);
     result.startedAt = startedAt;
@@ -252,6 +256,9 @@ class Run {
         break;
       case 'groupsCreated':
         g.groups = m;
+        break;
+      case 'groupsJoined':
+        g.joined = m;
         break;
       case 'interval': {
         g.expected = m.expected;
@@ -396,6 +403,35 @@ class Run {
     const failed = ids.filter((x) => x === '').length;
     if (failed > 0) this.notes.push(`${failed} of ${n} groups could not be created; their members send 1:1 instead (errors under setup).`);
     return ids;
+  }
+
+  /**
+   * Every generator learns the groups' ids and (drivers where membership is by consent) its users
+   * accept their invitations. A membership that could not be joined fails the run, as an account
+   * that could not be provisioned does: its member's expected messages would count as lost.
+   */
+  private async joinGroups(ids: string[], errors: Record<string, number>): Promise<void> {
+    this.broadcast({ type: 'groups', ids });
+    let lastLog = performance.now();
+    await this.until('every generator joined its groups', () => {
+      if (performance.now() - lastLog > 5000) {
+        lastLog = performance.now();
+        this.log(`  ${[...this.gens.values()].filter((g) => g.joined).length} of ${this.gens.size} generators joined their groups`);
+      }
+      return this.all((g) => g.joined !== undefined);
+    });
+    let failed = 0;
+    for (const g of this.gens.values()) {
+      for (const [k, n] of Object.entries(g.joined!.errors)) {
+        tally(errors, `join:${k}`, n);
+        failed += n;
+      }
+    }
+    if (failed > 0) {
+      const e = new HarnessError('PROVISION_FAILED', `${failed} group memberships could not be joined: ${Object.entries(errors).filter(([k]) => k.startsWith('join:')).map(([k, n]) => `${k} × ${n}`).join(', ')}`);
+      this.abort(e);
+      throw e;
+    }
   }
 
   private async admin(path: string, body: unknown): Promise<Record<string, unknown>> {

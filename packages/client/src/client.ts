@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import {
-  ClientHandshake, decodeServerHandshake, decodeServerMessage, ErrorCode, HintError, NO_RECONNECT_CODES, pack, ProtocolError, random, RemoteError, RETRYABLE_SEND_CODES, TICKET_REFUSED_CODES, toBase64Url, unpack, verifyHint,
+  ClientHandshake, decodeServerHandshake, decodeServerMessage, ErrorCode, HintError, MAX_USERS_PER_REQUEST, NO_RECONNECT_CODES, pack, ProtocolError, random, RemoteError, RETRYABLE_SEND_CODES, TICKET_REFUSED_CODES, toBase64Url, unpack, verifyHint,
   type CampaignEvent, type ConnectHint, type KeyPair, type Msg, type Presence, type Receipt, type RequestArgs, type RequestOp, type ResumptionState, type SecureChannel, type ServerMessage,
   type TypingEvent, type WelcomePayload, type MuteDurationName, type MuteEntry, type PushTarget, type Registration,
 } from '@gravitas/protocol';
@@ -9,6 +9,24 @@ import { openStore, type ClientStore, type FeedbackRecord, type OutboxRecord } f
 import {
   defaultDialers, endpointName, toEndpoint, TRANSPORT_ORDER, type Dialer, type Endpoint, type FrameConnection, type FrameHandlers, type TransportKind,
 } from './transport.js';
+
+/** A group the user is in (docs/groups.md). */
+export interface GroupSummary { g: string; name: string }
+/** A pending invitation of the user: to group `g` (named `name`) by `by` at `at`, lapsing at `expires` (ms). */
+export interface GroupInvite { g: string; name: string; by: string; at: number; expires: number }
+/**
+ * A group as a member sees it: members in name order, the admins among them, the
+ * member count; for an admin also the pending invitations (`invited`, in name order).
+ */
+export interface GroupInfo {
+  g: string;
+  name: string;
+  owner: string;
+  count: number;
+  members: string[];
+  admins: string[];
+  invited?: Array<{ user: string; by: string; expires: number }>;
+}
 
 export interface ClientOptions {
   /**
@@ -916,6 +934,100 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
       this.requests.set(rid, { resolve, reject });
       this.write({ t: 'req', rid, op, a: args });
     });
+  }
+
+  // ---- groups (docs/groups.md) ---------------------------------------------------
+
+  /**
+   * Asks for every page of a paginated answer: `from` the previous page's `next`
+   * until an answer has none. Each page fits a frame; the whole list may not.
+   */
+  private async pages<K extends 'groups.list' | 'groups.info' | 'groups.invites', P extends { next?: string }>(op: K, args: RequestArgs[K], each: (page: P) => void): Promise<void> {
+    let from: string | undefined;
+    for (;;) {
+      const page = (await this.request(op, { ...args, ...(from !== undefined && { from }) })) as P;
+      each(page);
+      if (page.next === undefined) return;
+      if (page.next === from) throw new ProtocolError(ErrorCode.BAD_MESSAGE, `${op} answered the same cursor twice`);
+      from = page.next;
+    }
+  }
+
+  /** Every group this user is in (all pages of `groups.list`). */
+  async listGroups(): Promise<GroupSummary[]> {
+    const out: GroupSummary[] = [];
+    await this.pages<'groups.list', { groups: GroupSummary[]; next?: string }>('groups.list', {}, (p) => out.push(...p.groups));
+    return out;
+  }
+
+  /** A group, whole (all pages of `groups.info`): NOT_FOUND, NOT_A_MEMBER. */
+  async groupInfo(g: string): Promise<GroupInfo> {
+    let info: GroupInfo | undefined;
+    await this.pages<'groups.info', GroupInfo & { next?: string; pending?: number }>('groups.info', { g }, (p) => {
+      if (!info) {
+        info = { g: p.g, name: p.name, owner: p.owner, count: p.count, members: [...p.members], admins: [...p.admins], ...(p.invited && { invited: [...p.invited] }) };
+        return;
+      }
+      info.members.push(...p.members);
+      info.admins.push(...p.admins);
+      if (p.invited) (info.invited ??= []).push(...p.invited);
+    });
+    return info!;
+  }
+
+  /** This user's pending invitations (all pages of `groups.invites`). */
+  async invites(): Promise<GroupInvite[]> {
+    const out: GroupInvite[] = [];
+    await this.pages<'groups.invites', { invites: GroupInvite[]; next?: string }>('groups.invites', {}, (p) => out.push(...p.invites));
+    return out;
+  }
+
+  /** Joins a group this user was invited to: NOT_FOUND (no such invitation, or it lapsed or was revoked), TOO_MANY_GROUPS. */
+  async acceptInvite(g: string): Promise<GroupSummary> {
+    return (await this.request('groups.accept', { g })) as GroupSummary;
+  }
+
+  /** Declines an invitation (idempotent; the group is not told). */
+  async declineInvite(g: string): Promise<void> {
+    await this.request('groups.decline', { g });
+  }
+
+  /**
+   * Creates a group owned by this user. The named users are invited (or, on a
+   * cluster whose policy is `contacts`, added if they list this user as a
+   * contact); a list longer than one request holds goes in several.
+   */
+  async createGroup(name: string, members: string[] = []): Promise<{ g: string; added: string[]; invited: string[] }> {
+    const rest = [...new Set(members)];
+    const first = rest.splice(0, MAX_USERS_PER_REQUEST);
+    const r = (await this.request('groups.create', { name, members: first })) as { g: string; added: string[]; invited: string[] };
+    if (rest.length === 0) return r;
+    const more = await this.addToGroup(r.g, rest);
+    return { g: r.g, added: [...r.added, ...more.added], invited: [...r.invited, ...more.invited] };
+  }
+
+  /** Invites (or, under `contacts`, adds) users to a group this user administers, in requests of at most MAX_USERS_PER_REQUEST. */
+  async addToGroup(g: string, users: string[]): Promise<{ added: string[]; invited: string[] }> {
+    const out = { added: [] as string[], invited: [] as string[] };
+    const list = [...new Set(users)];
+    for (let i = 0; i < list.length; i += MAX_USERS_PER_REQUEST) {
+      const r = (await this.request('groups.add', { g, users: list.slice(i, i + MAX_USERS_PER_REQUEST) })) as { added: string[]; invited: string[] };
+      out.added.push(...r.added);
+      out.invited.push(...r.invited);
+    }
+    return out;
+  }
+
+  /** Removes members and revokes pending invitations, in requests of at most MAX_USERS_PER_REQUEST. */
+  async removeFromGroup(g: string, users: string[]): Promise<{ removed: string[]; revoked: string[] }> {
+    const out = { removed: [] as string[], revoked: [] as string[] };
+    const list = [...new Set(users)];
+    for (let i = 0; i < list.length; i += MAX_USERS_PER_REQUEST) {
+      const r = (await this.request('groups.remove', { g, users: list.slice(i, i + MAX_USERS_PER_REQUEST) })) as { removed: string[]; revoked: string[] };
+      out.removed.push(...r.removed);
+      out.revoked.push(...r.revoked);
+    }
+    return out;
   }
 
   // ---- push targets and mutes (docs/push.md) -------------------------------------

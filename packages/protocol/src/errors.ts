@@ -56,6 +56,8 @@ export const ErrorCode = {
   NOT_ALLOWED: 'NOT_ALLOWED',
   NOT_A_MEMBER: 'NOT_A_MEMBER',
   GROUP_FULL: 'GROUP_FULL',
+  /** The caller would be in more groups than `groups.maxPerUser` (creating or accepting). */
+  TOO_MANY_GROUPS: 'TOO_MANY_GROUPS',
   /** `push.register` past push.maxTargetsPerDevice, or `mute.set` past the mutes a user may hold. */
   TOO_MANY_PUSH_TARGETS: 'TOO_MANY_PUSH_TARGETS',
   TOO_MANY_MUTES: 'TOO_MANY_MUTES',

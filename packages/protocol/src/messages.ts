@@ -74,6 +74,7 @@ export const REQUEST_OPS = [
   'prefs.get', 'prefs.set',
   'devices.list', 'devices.remove', 'devices.link',
   'groups.list', 'groups.create', 'groups.info', 'groups.add', 'groups.remove', 'groups.admin', 'groups.leave',
+  'groups.invites', 'groups.accept', 'groups.decline',
   'track', 'profile.get', 'profile.set',
   'push.register', 'push.unregister', 'push.list', 'mute.set', 'mute.clear', 'mute.list',
   'reach.report',

@@ -1,6 +1,6 @@
 import type { RequestOp } from './messages.js';
 import { decodeChatRef, decodeMuteSet, decodePushTarget, type ChatRef, type MuteSet, type PushTarget } from './push.js';
-import { DELIVERY_PROOF_BYTES } from './limits.js';
+import { DEFAULT_MAX_FRAME_BYTES, DELIVERY_PROOF_BYTES, MAX_ID_LENGTH } from './limits.js';
 import { bad, bytes, int, isObj, name, oneOf, str, type Obj } from './validate.js';
 
 /** Who may see a user's presence. */
@@ -28,13 +28,19 @@ export interface RequestArgs {
    * the new device presents in its first hello (docs/security.md, "Linking a device").
    */
   'devices.link': { device: string; key: Uint8Array };
-  'groups.list': Record<string, never>;
+  /** A page of the caller's groups, after group id `from` (the answer's `next`). */
+  'groups.list': { from?: string };
   'groups.create': { name: string; members: string[] };
-  'groups.info': { g: string };
+  /** A page of the group's members (then, for admins, its pending invitations), from cursor `from` (the answer's `next`). */
+  'groups.info': { g: string; from?: string };
   'groups.add': { g: string; users: string[] };
   'groups.remove': { g: string; users: string[] };
   'groups.admin': { g: string; user: string; on: boolean };
   'groups.leave': { g: string };
+  /** A page of the caller's pending invitations, after group id `from` (the answer's `next`). */
+  'groups.invites': { from?: string };
+  'groups.accept': { g: string };
+  'groups.decline': { g: string };
   /**
    * Feedback on a campaign message: `eid` is the client's idempotency key for this event, `rk`
    * the delivery proof the campaign's message came with (only its recipients can send feedback).
@@ -101,9 +107,18 @@ export function decodeProfilePatch(v: unknown, field = 'attrs'): ProfilePatch {
   return out;
 }
 
-/** Users named in one request (a group's initial members, users to add): at most this many. */
-export const MAX_USERS_PER_REQUEST = 1024;
+/**
+ * Users named in one request (a group's initial members, users to add or
+ * remove): at most this many, so that the request fits the default frame with
+ * the longest names (msgpack str header + name each, a group name of up to 3
+ * UTF-8 bytes per UTF-16 unit, the envelope and the seal). The SDK splits
+ * longer lists over several requests.
+ */
+export const MAX_USERS_PER_REQUEST = 512;
 export const MAX_GROUP_NAME_LENGTH = 128;
+if (MAX_USERS_PER_REQUEST * (MAX_ID_LENGTH + 2) + MAX_GROUP_NAME_LENGTH * 3 + 256 > DEFAULT_MAX_FRAME_BYTES) throw new Error('a request naming MAX_USERS_PER_REQUEST users does not fit one frame');
+/** A `groups.info` cursor: `m` (members) or `i` (invitations), then the last user name of the previous page. */
+const INFO_CURSOR = /^[mi][A-Za-z0-9_-]{1,64}$/;
 
 function users(o: Obj, field: string): string[] {
   const v = o[field];
@@ -140,13 +155,21 @@ const DECODERS: { [K in RequestOp]: (a: Obj) => RequestArgs[K] } = {
   'devices.list': none,
   'devices.remove': (a) => ({ device: name(a, 'device', 32) }),
   'devices.link': (a) => ({ device: name(a, 'device', 32), key: bytes(a, 'key', 32) }),
-  'groups.list': none,
+  'groups.list': (a) => (a.from === undefined ? {} : { from: name(a, 'from') }),
   'groups.create': (a) => ({ name: str(a, 'name', MAX_GROUP_NAME_LENGTH, 1), members: a.members === undefined ? [] : users(a, 'members') }),
-  'groups.info': group,
+  'groups.info': (a) => {
+    if (a.from === undefined) return group(a);
+    const from = str(a, 'from', MAX_ID_LENGTH + 1, 2);
+    if (!INFO_CURSOR.test(from)) bad('from', 'must be the `next` of an earlier groups.info answer');
+    return { ...group(a), from };
+  },
   'groups.add': (a) => ({ ...group(a), users: users(a, 'users') }),
   'groups.remove': (a) => ({ ...group(a), users: users(a, 'users') }),
   'groups.admin': (a) => ({ ...group(a), user: name(a, 'user'), on: flag(a, 'on') }),
   'groups.leave': group,
+  'groups.invites': (a) => (a.from === undefined ? {} : { from: name(a, 'from') }),
+  'groups.accept': group,
+  'groups.decline': group,
   track: (a) => ({ c: name(a, 'c'), ev: oneOf(a, 'ev', CAMPAIGN_EVENTS), eid: name(a, 'eid'), ts: int(a, 'ts'), rk: bytes(a, 'rk', DELIVERY_PROOF_BYTES) }),
   'profile.get': none,
   'profile.set': (a) => ({ attrs: decodeProfilePatch(a.attrs) }),

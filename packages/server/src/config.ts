@@ -173,6 +173,21 @@ export interface RegistrationConfig {
   link: { enabled: boolean; ttlMs: number };
 }
 
+/**
+ * Group membership by consent (docs/groups.md#consent). `invite`: named users are
+ * invited and join when they accept; `contacts`: only users who list the adder as
+ * a contact can be added, and they join at once.
+ */
+export interface GroupsConfig {
+  policy: 'invite' | 'contacts';
+  /** Groups one user may be in (TOO_MANY_GROUPS when creating or accepting beyond). */
+  maxPerUser: number;
+  /** Pending invitations one user holds; beyond, the oldest is dropped. */
+  maxInvitesPerUser: number;
+  /** An invitation not accepted within this time lapses. */
+  inviteTtlMs: number;
+}
+
 export interface NodeConfig {
   nodeId: string;
   nats: { servers: string[]; token?: string; user?: string; pass?: string };
@@ -201,6 +216,7 @@ export interface NodeConfig {
   push: PushConfig;
   /** Wake-ups relayed through peer devices (docs/relay.md). */
   relay: RelayConfig;
+  groups: GroupsConfig;
   limits: Limits;
   testHooks: boolean;
 }
@@ -232,6 +248,13 @@ export const DEFAULT_LIMITS: Limits = {
   maxInboxDepth: 256,
   maxDevicesPerUser: 8,
   maxGroupSize: 1024,
+};
+
+export const DEFAULT_GROUPS: GroupsConfig = {
+  policy: 'invite',
+  maxPerUser: 512,
+  maxInvitesPerUser: 256,
+  inviteTtlMs: 7 * 24 * 3600_000,
 };
 
 export const DEFAULT_WEB: WebConfig = {
@@ -405,7 +428,7 @@ export function loadConfig(src: ConfigSources = {}): NodeConfig {
   return validateConfig(merge(merge(merge(raw, env), flags), src.overrides ?? {}));
 }
 
-const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'web', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'replicas', 'mailbox', 'gravity', 'tracking', 'campaigns', 'push', 'relay', 'limits', 'testHooks']);
+const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'web', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'replicas', 'mailbox', 'gravity', 'tracking', 'campaigns', 'push', 'relay', 'groups', 'limits', 'testHooks']);
 
 const KNOWN_NESTED: Record<string, Set<string>> = {
   nats: new Set(['servers', 'token', 'user', 'pass']),
@@ -420,6 +443,7 @@ const KNOWN_NESTED: Record<string, Set<string>> = {
   campaigns: new Set(Object.keys(DEFAULT_CAMPAIGNS)),
   push: PUSH_KEYS,
   relay: RELAY_KEYS,
+  groups: new Set(Object.keys(DEFAULT_GROUPS)),
   limits: new Set(Object.keys(DEFAULT_LIMITS)),
 };
 
@@ -608,6 +632,15 @@ export function validateConfig(raw: Json): NodeConfig {
     maxDevicesPerUser: int('limits.maxDevicesPerUser', L.maxDevicesPerUser, 1, 64),
     maxGroupSize: int('limits.maxGroupSize', L.maxGroupSize, 2, 100_000),
   };
+  const GR = DEFAULT_GROUPS;
+  const policy = get('groups.policy') ?? GR.policy;
+  if (policy !== 'invite' && policy !== 'contacts') fail('groups.policy', `must be "invite" or "contacts", got ${JSON.stringify(policy)}`);
+  const groups: GroupsConfig = {
+    policy: policy === 'contacts' ? 'contacts' : 'invite',
+    maxPerUser: int('groups.maxPerUser', GR.maxPerUser, 1, 100_000),
+    maxInvitesPerUser: int('groups.maxInvitesPerUser', GR.maxInvitesPerUser, 1, 4096),
+    inviteTtlMs: int('groups.inviteTtlMs', GR.inviteTtlMs, 1000, 365 * 24 * 3600_000),
+  };
   const W = DEFAULT_WEB;
   let origins = get('web.corsOrigins');
   if (typeof origins === 'string') origins = origins.split(',').map((s) => s.trim()).filter(Boolean);
@@ -698,6 +731,7 @@ export function validateConfig(raw: Json): NodeConfig {
     campaigns,
     push: validatePushConfig({ int, string, bool, fail, get }),
     relay: validateRelayConfig({ int, bool }),
+    groups,
     limits,
     testHooks: bool('testHooks', false),
   };

@@ -32,7 +32,7 @@ import { TcpTransport, type Transport, type TransportKind } from './transport.js
 import { WebListener } from './web-listener.js';
 import { Social } from './social.js';
 import { SpentIds } from './tickets.js';
-import { ACCOUNT_NOTICE, decodeEnvelope, decodeInvalidation, type Envelope, type Invalidation } from './envelope.js';
+import { ACCOUNT_SENDER, decodeEnvelope, decodeInvalidation, GROUPS_SENDER, NOTICE, type Envelope, type Invalidation } from './envelope.js';
 
 /** Mailbox drains running at once per cell; more wait their turn. */
 const MAX_CONCURRENT_DRAINS = 32;
@@ -161,6 +161,13 @@ export class Cell {
     this.social = new Social(this, b.social);
     this.presence = new PresenceHub(this, b.presence);
     this.groups = new Groups(this, b.groups);
+    // An invitee is told under custody, on every device (docs/groups.md#consent).
+    this.groups.setInviteNotices({
+      onInvited: (user, g, by) => {
+        const n = { from: GROUPS_SENDER, sys: NOTICE.groupInvite, text: `${by} invited you to a group`, g };
+        this.custody.notice(user, undefined, n).catch((err: unknown) => this.log('group invitation notice failed', err));
+      },
+    });
     await untilReady(() => Promise.all([this.mailbox.start(), this.groups.start(), this.profiles.start(), this.intake.start()]), 'streams');
     await this.relay.start();
     await untilReady(() => this.push.start(), 'push buckets');
@@ -481,13 +488,13 @@ export class Cell {
   /** What accounts tell the cell: caches to drop, revocations to broadcast, notices for the account's other devices. */
   private accountEvents(): AccountEvents {
     const notice = (user: string, device: string, sys: string, text: string): void => {
-      this.custody.notice(user, device, sys, text, device).catch((err: unknown) => this.log('account notice failed', err));
+      this.custody.notice(user, device, { from: ACCOUNT_SENDER, sys, text, dv: device }).catch((err: unknown) => this.log('account notice failed', err));
     };
     return {
       changed: (user) => this.invalidate({ kind: 'devices', key: user }),
       revoked: (user, dev, rid) => this.invalidate({ kind: 'revoked', key: user, ...(dev !== undefined && { dev, rid: rid ?? 0 }) }),
-      added: (user, device) => notice(user, device, ACCOUNT_NOTICE.added, `a new device (${device}) was added to your account`),
-      removed: (user, device) => notice(user, device, ACCOUNT_NOTICE.removed, `the device ${device} was removed from your account`),
+      added: (user, device) => notice(user, device, NOTICE.deviceAdded, `a new device (${device}) was added to your account`),
+      removed: (user, device) => notice(user, device, NOTICE.deviceRemoved, `the device ${device} was removed from your account`),
     };
   }
 

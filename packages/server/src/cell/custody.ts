@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { ErrorCode, isSystemName, ProtocolError, SYSTEM_PREFIX, type ErrorCode as Code, type Read, type Send } from '@gravitas/protocol';
 import type { Cell } from './cell.js';
 import type { DeviceLocation } from './directory.js';
-import { ACCOUNT_SENDER, ANY_DEVICE, SYSTEM_DEVICE, type ChatItem, type Item, type ReceiptItem } from './envelope.js';
+import { ANY_DEVICE, SYSTEM_DEVICE, type ChatItem, type Item, type ReceiptItem } from './envelope.js';
 import { DeliveryProofs } from './proofs.js';
 import type { StoredRef } from './mailbox.js';
 import type { Session } from './session.js';
@@ -166,13 +166,15 @@ export class Custody {
   }
 
   /**
-   * A notice from the system to the devices of `user` (all but `except`), under
-   * custody like a message: a device that is offline finds it in its mailbox.
+   * A notice from the system (`from`, a reserved name) to the devices of `user` (all but
+   * `except`), under custody like a message: a device that is offline finds it in its mailbox.
    */
-  async notice(user: string, except: string | undefined, sys: string, text: string, dv?: string): Promise<void> {
+  async notice(user: string, except: string | undefined, n: { from: string; sys: string; text: string; dv?: string; g?: string }): Promise<void> {
     const devices = (await this.cell.accounts.devices(user)).filter((d) => d !== except);
     if (devices.length === 0) return;
-    const item: ChatItem = { k: 'm', id: serverItemId('n'), from: ACCOUNT_SENDER, fd: SYSTEM_DEVICE, to: user, text, ts: Date.now(), sys, ...(dv !== undefined && { dv }) };
+    const item: ChatItem = {
+      k: 'm', id: serverItemId('n'), from: n.from, fd: SYSTEM_DEVICE, to: user, text: n.text, ts: Date.now(), sys: n.sys, ...(n.dv !== undefined && { dv: n.dv }), ...(n.g !== undefined && { g: n.g }),
+    };
     await this.take(`${item.from}/${item.fd}/${item.id}`, item, undefined, devices.map((d) => [user, d]));
   }
 

@@ -21,11 +21,12 @@ export type Item = ChatItem | ReceiptItem;
 
 /** A receipt about a whole user rather than one device. */
 export const ANY_DEVICE = '_';
-/** The sender of account notices (a device added or removed), and the device name system items come from. */
+/** The senders of system notices (no client can hold a `_` name), and the device name system items come from. */
 export const ACCOUNT_SENDER = '_account';
+export const GROUPS_SENDER = '_groups';
 export const SYSTEM_DEVICE = 'system';
-/** The `sys` of account notices (their `dv` names the device). */
-export const ACCOUNT_NOTICE = { added: 'device-added', removed: 'device-removed' } as const;
+/** The `sys` of notices: account notices name the device in `dv`, a group invitation the group in `g`. */
+export const NOTICE = { deviceAdded: 'device-added', deviceRemoved: 'device-removed', groupInvite: 'group-invite' } as const;
 
 /** Where a delivered item came from, so the device's ack can find its way back. */
 export interface Origin { cell: string; user: string; device: string }

@@ -4,7 +4,7 @@ import type { Cell } from './cell.js';
 import type { DeviceLocation } from './directory.js';
 import type { ChatItem, Envelope } from './envelope.js';
 import { DeviceGroups, Feed, Reader } from './group-feed.js';
-import { GroupAdmin } from './group-admin.js';
+import { GroupAdmin, type InviteNotices } from './group-admin.js';
 import { GroupLog, type LogEntry } from './group-log.js';
 import { GroupRecords, storageError, type GroupMember, type GroupRecord } from './group-records.js';
 import { isCasConflict } from './nats.js';
@@ -95,6 +95,8 @@ export class Groups {
   private readonly typingSent = new TtlCache<string, true>(100_000, TYPING_REPEAT_MS);
   /** Feeds holding messages: trimmed once a second to what their readers still need. */
   private readonly stocked = new Set<Feed>();
+  /** Groups whose record is being re-checked after a change (true: changed again meanwhile). */
+  private readonly rechecks = new Map<string, boolean>();
   private flushTimer: NodeJS.Timeout | undefined;
   private trimTimer: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -148,14 +150,46 @@ export class Groups {
     return this.admin.handle(s, op, args);
   }
 
+  /** Where invitees are told of their invitations (InviteNotices; by default nobody is told). */
+  setInviteNotices(n: InviteNotices): void {
+    this.admin.notices = n;
+  }
+
   /** A group record or a user's group list changed somewhere: drop caches, re-sync affected devices here. */
   invalidate(key: string): void {
     this.records.invalidate(key);
     const feed = this.feeds.get(key);
-    if (feed) for (const r of feed.readers) void this.sync(r.dev);
+    if (feed) void this.recheck(feed);
     for (const s of this.cell.sessionsOf(key)) {
       const dev = this.devices.get(s);
       if (dev) void this.sync(dev);
+    }
+  }
+
+  /**
+   * The record of a group followed here changed: re-sync the local devices whose
+   * membership changed (left, or joined again). One read of the record per change
+   * (rechecks of one group are coalesced), not a sync of every member device: a
+   * big group's members accepting one by one would otherwise cost every cell a
+   * sync of all its member devices per accept.
+   */
+  private async recheck(feed: Feed): Promise<void> {
+    if (this.rechecks.has(feed.g)) {
+      this.rechecks.set(feed.g, true);
+      return;
+    }
+    this.rechecks.set(feed.g, false);
+    try {
+      do {
+        this.rechecks.set(feed.g, false);
+        const rec = await this.records.get(feed.g).catch(() => null);
+        for (const r of [...feed.readers]) {
+          const m = rec?.members.get(r.dev.user);
+          if (rec === null || !m || m.j > r.joined) void this.sync(r.dev); // unreadable: sync them all
+        }
+      } while (this.rechecks.get(feed.g) === true);
+    } finally {
+      this.rechecks.delete(feed.g);
     }
   }
 
