@@ -121,8 +121,8 @@ const cases: Case[] = [
   },
   {
     decoder: 'decodeServerMessage', decode: decodeServerMessage, type: 'msg',
-    valid: { t: 'msg', id: '_n1', from: '_account', fd: 'system', to: 'bob', text: 'a device was added', ts: 17, sys: 'device-added', dv: 'tablet', rk: b(12) },
-    fields: { sys: opt(name(32)), dv: opt(name(32)), rk: opt(bin(12)) },
+    valid: { t: 'msg', id: '_n1', from: '_account', fd: 'system', to: 'bob', text: 'a device was added', ts: 17, sys: 'device-added', about: 'tablet', rk: b(12) },
+    fields: { sys: opt(name(32)), about: opt(name()), rk: opt(bin(12)) },
   },
   {
     decoder: 'decodeServerMessage', decode: decodeServerMessage, type: 'rcpt',

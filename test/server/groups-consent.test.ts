@@ -58,8 +58,10 @@ t.test('group membership by consent', async (t) => {
     t.teardown(() => node.stop(5000));
     return node;
   };
+  // A pages through lists of hundreds of groups: far more requests than a device makes, not what this tests.
+  const manyRequests = { requestRatePerSec: 10_000, requestBurst: 10_000, accountRequestRatePerSec: 100_000 };
   const [A, B, C] = await Promise.all([
-    start('gca', 2),
+    start('gca', 2, undefined, manyRequests),
     start('gcb', 1, { maxPerUser: 3, maxInvitesPerUser: 4, inviteTtlMs: 6000 }, { maxGroupSize: 4 }),
     start('gcc', 1, { policy: 'contacts', maxPerUser: 2 }),
   ]);
@@ -86,6 +88,9 @@ t.test('group membership by consent', async (t) => {
     t.equal(await codeOf(victim.client.groupInfo(r.g)), ErrorCode.NOT_A_MEMBER);
     t.equal(await codeOf(victim.client.sendToGroup(r.g, 'x')), ErrorCode.NOT_A_MEMBER, 'and cannot send to it');
     t.match(await victim.client.invites(), [{ g: r.g, name: 'free crypto', by: 'mallory' }], 'the invitation is listed for the invitee');
+    const notice = await victim.received((m) => m.sys === 'group-invite');
+    t.match(notice, { from: '_groups', about: r.g }, 'and told to the invitee by a system notice (under custody: offline devices get it too)');
+    t.equal(notice.g, undefined, 'the notice is not a message of the group');
     const info = await mallory.client.groupInfo(r.g);
     t.same(info.members, ['mallory'], 'the group has one member');
     t.match(info.invited, [{ user: 'victim', by: 'mallory' }], 'and one pending invitation, seen by its admin');

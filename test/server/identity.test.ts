@@ -208,7 +208,7 @@ t.test('linking: an existing device approves a new one, the others are told, an 
   t.ok(ts, 'the approved tablet registers on another node');
 
   const notice = await until(ps, (m): m is Msg => isMsg(m) && m.sys === 'device-added');
-  t.match(notice, { from: '_account', dv: 'tablet', to: 'erin' }, 'the phone is told, by a system sender');
+  t.match(notice, { from: '_account', about: 'tablet', to: 'erin' }, 'the phone is told, by a system sender');
 
   // Removed, the tablet cannot come back with the same approval.
   t.ok((await request(ps, 'devices.remove', { device: 'tablet' })).ok);
@@ -248,7 +248,7 @@ t.test('removal revokes at once: the removed device\'s tickets and key are refus
   t.equal(bye.code, ErrorCode.DEVICE_REVOKED, 'its live session is told why');
   t.ok(await live.conn.serverClosed(), 'and closed');
   const notice = await until(ps, (m): m is Msg => isMsg(m) && m.sys === 'device-removed');
-  t.equal(notice.dv, 'tablet', 'the phone is told which device left');
+  t.equal(notice.about, 'tablet', 'the phone is told which device left');
 });
 
 t.test('an operator suspends an account: sessions end, every cell refuses it, messages to it are undeliverable', async (t) => {
@@ -393,4 +393,42 @@ t.test("an account's devices share one message budget across cells and nodes", a
   t.ok(p.limited > 0 && q.limited > 0, `both devices were refused some (${p.limited}, ${q.limited}), though each is far under its session rate`);
   t.ok(p.ok > 31 || q.ok > 31, 'beyond the free share, budget was leased from the shared pool');
   t.ok(accepted <= 2 * (31 + 31 + 252), `together within the account's budget (${accepted} accepted; at most two windows)`);
+});
+
+t.test('a message costs its fan-out: a burst to a group is cut after a few, a neighbour keeps chatting', async (t) => {
+  // Its own cluster (prefix) with small fan-out limits, so a group of 21 shows the weighting quickly.
+  const fan = await startNode(
+    validateConfig(nodeConfig({
+      natsUrl: nats.url, nodeId: 'fan', dataDir: join(dir.path, 'fan'), keys, cells: 1,
+      extra: { prefix: 'fan', limits: { maxGroupSize: 32, fanoutBurst: 64, fanoutRatePerSec: 21, msgRatePerSec: 1000, msgBurst: 1000 } },
+    })),
+    () => undefined,
+  );
+  t.teardown(() => fan.stop());
+  const [cell] = fan.clientAddresses as [string];
+  const src = newSource();
+  const open = (d: Device): Promise<RawSession> => connect(t, cell, d, src, { registration: '' });
+  const owner = await open(device('gus', 'phone'));
+  const members = Array.from({ length: 20 }, (_, i) => device(`member${i}`, 'phone'));
+  const sessions = await Promise.all(members.map(open));
+  const created = await request(owner, 'groups.create', { name: 'big', members: members.map((m) => m.user) });
+  const g = (created as { data: { g: string } }).data.g;
+  for (const s of sessions) t.ok((await request(s, 'groups.accept', { g })).ok, 'accepted');
+  const [x, y] = await Promise.all([open(device('xena', 'phone')), open(device('yuri', 'phone'))]);
+
+  const N = 40;
+  for (let i = 0; i < N; i++) owner.conn.sendSealed(owner.channel, { t: 'send', id: `burst${i}`, g, text: `to all ${i}` });
+  let stored = 0;
+  let limited = 0;
+  await until(owner, (m): m is Extract<ServerMessage, { t: 'status' }> => {
+    if (m.t !== 'status' || !m.id.startsWith('burst')) return false;
+    if (m.s === 'failed' && m.code === ErrorCode.RATE_LIMITED) limited++;
+    else if (m.s === 'stored') stored++;
+    return stored + limited === N;
+  }, 30_000);
+  // Each message costs 21 (the group's members) of a burst of 64 refilled at 21/s: 3 at once, then about one a second.
+  t.ok(stored >= 3 && stored <= 6, `${stored} of ${N} stored`);
+  t.equal(limited, N - stored, 'the rest refused with RATE_LIMITED (the SDK would send them again later)');
+  x.conn.sendSealed(x.channel, { t: 'send', id: 'x1', to: 'yuri', text: 'hi yuri' });
+  t.equal((await until(y, isMsg)).text, 'hi yuri', 'a neighbour on the same cell chats as usual');
 });

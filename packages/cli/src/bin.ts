@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ConfigError, ServerError } from '@gravitas/server';
-import { campaign, chat, dev, keygen, node, profile, publisher, recv, report, send, UsageError } from './commands.js';
+import { approve, campaign, chat, dev, deviceKey, keygen, node, profile, publisher, recv, report, send, UsageError } from './commands.js';
 
 const USAGE = `gravitas — a horizontally scaled chat cluster
 
@@ -18,6 +18,9 @@ usage:
   gravitas chat --server H:P --as NAME [--device D]          interactive: "@bob hello"
   gravitas send --server H:P --as NAME --to USER --text TEXT [--json]
   gravitas recv --server H:P --as NAME [--count N] [--json] [--timeout S]
+  gravitas device-key --as NAME [--device D]                 this device's public key (to be approved)
+  gravitas approve --server H:P --as NAME --new-device D --key KEY   from a device of the account: an approval
+                                                             for the new device, which connects with --link
 
 admin API (--admin URL or GRAVITAS_ADMIN_URL, default http://127.0.0.1:7300;
 --token T or GRAVITAS_ADMIN_TOKEN: the admin token or a publisher API key; without
@@ -40,14 +43,17 @@ load tests (docs/benchmarking.md; needs the repository's bench/ built):
   They print the answer as JSON. Exit codes: 0 ok, 1 refused by the API (its
   code on stderr), 2 usage, 3 admin API unreachable.
 
-client commands also take --server-key KEY (pinned server public key) and
---registration-token TOKEN. See docs/operations.md for every node setting.`;
+client commands also take --server-key KEY (pinned server public key), and to register a new
+device one of --credential JWT (GRAVITAS_CREDENTIAL; from your auth service), --link APPROVAL
+(from \`gravitas approve\`) or --registration-token TOKEN (development clusters). See
+docs/security.md, and docs/operations.md for every node setting.`;
 
 /** Commands that take positional arguments (sub-command, ids, name=value pairs). */
 const WITH_POSITIONALS = new Set(['campaign', 'publisher', 'profile', 'report']);
 
 const STRING_FLAGS = [
   'config', 'nats', 'prefix', 'cells', 'host', 'port', 'advertise', 'admin-host', 'admin-port', 'data-dir', 'server-key', 'ticket-keys', 'registration', 'registration-token', 'node-id', 'server', 'as', 'device', 'to', 'text', 'count', 'timeout', 'ticket-id',
+  'credential', 'link', 'new-device', 'key',
   'admin', 'token', 'admin-token', 'file', 'name', 'users', 'rate', 'publisher', 'roles', 'sender', 'version', 'start-at', 'bucket', 'subject', 'web-port', 'demo-port',
 ];
 
@@ -83,6 +89,10 @@ async function main(argv: string[]): Promise<void> {
       return recv(values);
     case 'chat':
       return chat(values);
+    case 'device-key':
+      return deviceKey(values);
+    case 'approve':
+      return approve(values);
     case 'campaign':
       return campaign(values, positionals);
     case 'publisher':

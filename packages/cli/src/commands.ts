@@ -3,7 +3,7 @@ import { createInterface } from 'node:readline';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generateKeyPair, hintKeyPair, random, toBase64Url, fromBase64Url, keyPairFromSecret, type Msg } from '@gravitas/protocol';
+import { generateKeyPair, hintKeyPair, random, toBase64Url, fromBase64Url, keyPairFromSecret, type Msg, type Registration } from '@gravitas/protocol';
 import { loadConfig, readyLine, startNode, stopOnSignals, validateConfig } from '@gravitas/server';
 import { GravitasClient } from '@gravitas/client';
 import { NatsServer } from '@gravitas/testkit';
@@ -153,19 +153,63 @@ async function client(flags: Flags, defaultDevice: string): Promise<{ c: Gravita
   const serverPublicKey = keyText ? fromBase64Url(keyText, 32) : store.serverKey(servers[0]!);
   if (!serverPublicKey) throw new UsageError(`no known public key for ${servers[0]}: pass --server-key (printed by the node operator's \`gravitas keygen\`) or start it with \`gravitas dev\``);
   const id = store.identity(user, device);
-  const token = typeof flags['registration-token'] === 'string' ? flags['registration-token'] : (process.env.GRAVITAS_REGISTRATION_TOKEN ?? '');
   const c = new GravitasClient({
     servers,
     serverPublicKey,
     identity: keyPairFromSecret(id.keyPair.secretKey),
     user,
     device,
-    registration: token,
+    registration: registrationOf(flags),
     ...(id.resumption && { resumption: id.resumption }),
     onResumption: (r) => store.saveResumption(user, device, r),
   });
   await c.connect();
   return { c, user };
+}
+
+/**
+ * What registers a new device (docs/security.md): `--credential JWT` (or GRAVITAS_CREDENTIAL) from
+ * the operator's auth service, `--link APPROVAL` printed by `gravitas approve` on a device of the
+ * account, else a development cluster's `--registration-token` ('' when it is open).
+ */
+function registrationOf(flags: Flags): Registration {
+  const credential = typeof flags.credential === 'string' ? flags.credential : process.env.GRAVITAS_CREDENTIAL;
+  if (credential) return { credential };
+  if (typeof flags.link === 'string') {
+    try {
+      return { link: fromBase64Url(flags.link) };
+    } catch {
+      throw new UsageError('--link must be the approval `gravitas approve` printed (base64url)');
+    }
+  }
+  return typeof flags['registration-token'] === 'string' ? flags['registration-token'] : (process.env.GRAVITAS_REGISTRATION_TOKEN ?? '');
+}
+
+/** `gravitas device-key --as alice --device tablet`: this device's public key, for a device of the account to approve. */
+export function deviceKey(flags: Flags): void {
+  const user = need(flags, 'as');
+  const device = typeof flags.device === 'string' ? flags.device : 'cli';
+  const id = new KeyStore().identity(user, device);
+  process.stdout.write(flags.json ? `${JSON.stringify({ user, device, key: toBase64Url(id.keyPair.publicKey) })}\n` : `${toBase64Url(id.keyPair.publicKey)}\n`);
+}
+
+/** `gravitas approve --as alice --new-device tablet --key KEY`: from a device of the account, an approval for the new one (printed once). */
+export async function approve(flags: Flags): Promise<void> {
+  const newDevice = need(flags, 'new-device');
+  let key: Uint8Array;
+  try {
+    key = fromBase64Url(need(flags, 'key'), 32);
+  } catch {
+    throw new UsageError('--key must be the new device\'s public key, as `gravitas device-key` prints it');
+  }
+  const { c } = await client(flags, 'cli');
+  try {
+    const { approval, expiresAt } = await c.approveDevice(newDevice, key);
+    process.stdout.write(flags.json ? `${JSON.stringify({ approval: toBase64Url(approval), expiresAt })}\n` : `${toBase64Url(approval)}\n`);
+    log(`valid once, until ${new Date(expiresAt).toISOString()}: on the new device, pass it as --link`);
+  } finally {
+    await c.close();
+  }
 }
 
 /** `gravitas send --to bob --text hi`: exits 0 once delivered, 1 with the error code otherwise. */
@@ -182,7 +226,8 @@ export async function send(flags: Flags): Promise<void> {
 }
 
 function print(m: Msg, json: boolean): void {
-  process.stdout.write(json ? `${JSON.stringify({ id: m.id, from: m.from, to: m.to, text: m.text, ts: m.ts })}\n` : `[${new Date(m.ts).toISOString()}] ${m.from}: ${m.text}\n`);
+  // A message the system originated (a campaign, a notice about the account) says so.
+  process.stdout.write(json ? `${JSON.stringify({ id: m.id, from: m.from, to: m.to, text: m.text, ts: m.ts, ...(m.sys !== undefined && { sys: m.sys }) })}\n` : `[${new Date(m.ts).toISOString()}] ${m.sys !== undefined ? `(${m.sys}) ` : ''}${m.from}: ${m.text}\n`);
 }
 
 /** `gravitas recv --count N [--json]`: prints N messages, then exits. */

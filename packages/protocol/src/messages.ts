@@ -86,10 +86,10 @@ export type RequestOp = (typeof REQUEST_OPS)[number];
 /**
  * A chat message delivered to a device. `g` names the group; `seq` orders a group's log; `c` the campaign that sent it.
  * `sys` marks a message the system originated (its sender is a reserved `_` name no client can hold): `campaign`,
- * `account` (a notice about the account itself, `dv` naming the device it is about). `rk` is the delivery proof
+ * a notice (`device-added`, `device-removed`, `group-invite`; `about` names the device or the group it is about). `rk` is the delivery proof
  * (DELIVERY_PROOF_BYTES): a `read` or a campaign's `track` must carry it back.
  */
-export interface Msg { t: 'msg'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number; c?: string; sys?: string; dv?: string; rk?: Uint8Array }
+export interface Msg { t: 'msg'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number; c?: string; sys?: string; about?: string; rk?: Uint8Array }
 export type ReceiptState = 'delivered' | 'read' | 'expired';
 /**
  * A receipt about message `ref` that this user sent: device `bd` of `by` got it,
@@ -241,12 +241,12 @@ export function decodeServerMessage(v: unknown): ServerMessage {
       const seq = o.seq === undefined ? undefined : int(o, 'seq');
       const c = o.c === undefined ? undefined : name(o, 'c');
       const sys = o.sys === undefined ? undefined : name(o, 'sys', 32);
-      const dv = o.dv === undefined ? undefined : name(o, 'dv', 32);
+      const about = o.about === undefined ? undefined : name(o, 'about');
       const rk = o.rk === undefined ? undefined : bytes(o, 'rk', DELIVERY_PROOF_BYTES);
       return {
         t, id: name(o, 'id'), from: name(o, 'from'), fd: name(o, 'fd', 32), to: name(o, 'to'), text: str(o, 'text', MAX_TEXT_LENGTH), ts: int(o, 'ts'),
         ...(g !== undefined && { g }), ...(seq !== undefined && { seq }), ...(c !== undefined && { c }),
-        ...(sys !== undefined && { sys }), ...(dv !== undefined && { dv }), ...(rk !== undefined && { rk }),
+        ...(sys !== undefined && { sys }), ...(about !== undefined && { about }), ...(rk !== undefined && { rk }),
       };
     }
     case 'rcpt': {

@@ -164,7 +164,7 @@ export class Cell {
     // An invitee is told under custody, on every device (docs/groups.md#consent).
     this.groups.setInviteNotices({
       onInvited: (user, g, by) => {
-        const n = { from: GROUPS_SENDER, sys: NOTICE.groupInvite, text: `${by} invited you to a group`, g };
+        const n = { from: GROUPS_SENDER, sys: NOTICE.groupInvite, text: `${by} invited you to a group`, about: g };
         this.custody.notice(user, undefined, n).catch((err: unknown) => this.log('group invitation notice failed', err));
       },
     });
@@ -488,7 +488,7 @@ export class Cell {
   /** What accounts tell the cell: caches to drop, revocations to broadcast, notices for the account's other devices. */
   private accountEvents(): AccountEvents {
     const notice = (user: string, device: string, sys: string, text: string): void => {
-      this.custody.notice(user, device, { from: ACCOUNT_SENDER, sys, text, dv: device }).catch((err: unknown) => this.log('account notice failed', err));
+      this.custody.notice(user, device, { from: ACCOUNT_SENDER, sys, text, about: device }).catch((err: unknown) => this.log('account notice failed', err));
     };
     return {
       changed: (user) => this.invalidate({ kind: 'devices', key: user }),

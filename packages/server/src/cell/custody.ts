@@ -169,11 +169,11 @@ export class Custody {
    * A notice from the system (`from`, a reserved name) to the devices of `user` (all but
    * `except`), under custody like a message: a device that is offline finds it in its mailbox.
    */
-  async notice(user: string, except: string | undefined, n: { from: string; sys: string; text: string; dv?: string; g?: string }): Promise<void> {
+  async notice(user: string, except: string | undefined, n: { from: string; sys: string; text: string; about: string }): Promise<void> {
     const devices = (await this.cell.accounts.devices(user)).filter((d) => d !== except);
     if (devices.length === 0) return;
     const item: ChatItem = {
-      k: 'm', id: serverItemId('n'), from: n.from, fd: SYSTEM_DEVICE, to: user, text: n.text, ts: Date.now(), sys: n.sys, ...(n.dv !== undefined && { dv: n.dv }), ...(n.g !== undefined && { g: n.g }),
+      k: 'm', id: serverItemId('n'), from: n.from, fd: SYSTEM_DEVICE, to: user, text: n.text, ts: Date.now(), sys: n.sys, about: n.about,
     };
     await this.take(`${item.from}/${item.fd}/${item.id}`, item, undefined, devices.map((d) => [user, d]));
   }

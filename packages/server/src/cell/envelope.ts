@@ -8,10 +8,10 @@ import { isName, MAX_TEXT_LENGTH, MAX_WAKE_BYTES, type Msg, type Receipt, type R
 
 /**
  * A chat message under custody. `g`/`seq`: a group message and its place in the group's log; `c` the campaign that
- * sent it; `sys` set only on what the system originates (its sender is a reserved `_` name), `dv` the device an
+ * sent it; `sys` set only on what the system originates (its sender is a reserved `_` name), `about` the device or
  * account notice is about.
  */
-export interface ChatItem { k: 'm'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number; c?: string; sys?: string; dv?: string }
+export interface ChatItem { k: 'm'; id: string; from: string; fd: string; to: string; text: string; ts: number; g?: string; seq?: number; c?: string; sys?: string; about?: string }
 /**
  * A receipt under custody, addressed to `to` (who sent message `ref`): `from` is the
  * user it is about, `fd` its device (or '_' for a user-level read/expired receipt).
@@ -25,7 +25,7 @@ export const ANY_DEVICE = '_';
 export const ACCOUNT_SENDER = '_account';
 export const GROUPS_SENDER = '_groups';
 export const SYSTEM_DEVICE = 'system';
-/** The `sys` of notices: account notices name the device in `dv`, a group invitation the group in `g`. */
+/** The `sys` of notices; `about` names the device added or removed, or the group one is invited to. */
 export const NOTICE = { deviceAdded: 'device-added', deviceRemoved: 'device-removed', groupInvite: 'group-invite' } as const;
 
 /** Where a delivered item came from, so the device's ack can find its way back. */
@@ -61,7 +61,7 @@ export function toClient(i: Item, rk?: Uint8Array): Msg | Receipt {
   if (i.k === 'r') return { t: 'rcpt', id: i.id, ref: i.ref, by: i.from, s: i.s, ts: i.ts, ...(i.fd !== ANY_DEVICE && { bd: i.fd }) };
   return {
     t: 'msg', id: i.id, from: i.from, fd: i.fd, to: i.to, text: i.text, ts: i.ts, ...(i.g !== undefined && { g: i.g }), ...(i.seq !== undefined && { seq: i.seq }), ...(i.c !== undefined && { c: i.c }),
-    ...(i.sys !== undefined && { sys: i.sys }), ...(i.dv !== undefined && { dv: i.dv }), ...(rk !== undefined && { rk }),
+    ...(i.sys !== undefined && { sys: i.sys }), ...(i.about !== undefined && { about: i.about }), ...(rk !== undefined && { rk }),
   };
 }
 
@@ -70,12 +70,12 @@ export function decodeItem(v: unknown): Item {
   if (typeof m === 'object' && m && n(m.id) && n(m.from) && n(m.fd) && n(m.to) && num(m.ts)) {
     if (
       m.k === 'm' && s(m.text) && m.text.length <= MAX_TEXT_LENGTH && (m.g === undefined || n(m.g)) && (m.seq === undefined || num(m.seq)) && (m.c === undefined || n(m.c)) &&
-      (m.sys === undefined || n(m.sys)) && (m.dv === undefined || n(m.dv))
+      (m.sys === undefined || n(m.sys)) && (m.about === undefined || n(m.about))
     ) {
       return {
         k: 'm', id: m.id, from: m.from, fd: m.fd, to: m.to, text: m.text, ts: m.ts,
         ...(m.g !== undefined && { g: m.g as string }), ...(m.seq !== undefined && { seq: m.seq as number }), ...(m.c !== undefined && { c: m.c as string }),
-        ...(m.sys !== undefined && { sys: m.sys as string }), ...(m.dv !== undefined && { dv: m.dv as string }),
+        ...(m.sys !== undefined && { sys: m.sys as string }), ...(m.about !== undefined && { about: m.about as string }),
       };
     }
     if (m.k === 'r' && n(m.ref) && s(m.s) && RECEIPT_STATES.has(m.s)) {
