@@ -32,7 +32,8 @@ const node = await startNode(
       keys,
       cells: 1,
       extra: {
-        limits: { maxFrameBytes: MAX_FRAME },
+        // Pings stand in for many frames here: their rate limit is not what this tests.
+        limits: { maxFrameBytes: MAX_FRAME, controlRatePerSec: 1_000_000, controlBurst: 1_000_000 },
         web: { maxChunkBytes: MAX_FRAME + 4, maxChunksPerRequest: MAX_CHUNKS, maxBodyBytes: MAX_BODY, headerTimeoutMs: HEADER_MS, maxHeaderBytes: 2048 },
       },
     }),

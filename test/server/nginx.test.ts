@@ -22,7 +22,9 @@ if (!nginxBinary()) {
   const dir = await tempDir('gravitas-nginx-node-');
   t.teardown(() => dir[Symbol.asyncDispose]());
   const keys = clusterKeys();
-  const node = await startNode(validateConfig(nodeConfig({ natsUrl: nats.url, nodeId: 'px', dataDir: join(dir.path, 'px'), keys })), () => undefined);
+  // Pings stand in for many frames here: their rate limit is not what this tests.
+  const limits = { controlRatePerSec: 1_000_000, controlBurst: 1_000_000 };
+  const node = await startNode(validateConfig(nodeConfig({ natsUrl: nats.url, nodeId: 'px', dataDir: join(dir.path, 'px'), keys, extra: { limits } })), () => undefined);
   t.teardown(() => node.stop());
   const [web0, web1] = node.webAddresses as [string, string];
   const pk = keys.serverPublicKey;

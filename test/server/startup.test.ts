@@ -24,7 +24,7 @@ t.test('six cells create the cluster\'s buckets and streams at the same moment',
   for (const n of nodes) t.teardown(() => n.stop(5000));
   for (const [i, n] of nodes.entries()) t.equal(await readyz(n.adminUrl), 200, `node ${i + 1}: /readyz 200`);
   const jsz = await nats.jsz();
-  t.equal(jsz.streams, 8 * 2 + 3 + 12, 'each stream created once: 8 mailbox and 8 group-log partitions, profiles, tracking archive, campaign work queue, 12 buckets (incl. push targets, mutes, reach)');
+  t.equal(jsz.streams, 8 * 2 + 3 + 13, 'each stream created once: 8 mailbox and 8 group-log partitions, profiles, tracking archive, campaign work queue, 13 buckets (incl. push targets, mutes, reach, account budgets)');
   const pk = keys.serverPublicKey;
   const a = await connectClient(t, { user: 'amy', servers: nodes[0]!.clientAddresses, serverPublicKey: pk });
   const b = await connectClient(t, { user: 'ben', servers: nodes[2]!.clientAddresses, serverPublicKey: pk });

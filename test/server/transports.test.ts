@@ -23,7 +23,8 @@ t.teardown(() => dir[Symbol.asyncDispose]());
 const keys = clusterKeys();
 const MAX_FRAME = 4096;
 const node = await startNode(
-  validateConfig(nodeConfig({ natsUrl: nats.url, nodeId: 'web', dataDir: join(dir.path, 'web'), keys, extra: { limits: { maxFrameBytes: MAX_FRAME } } })),
+  // Pings stand in for many frames here: their rate limit is not what this tests.
+  validateConfig(nodeConfig({ natsUrl: nats.url, nodeId: 'web', dataDir: join(dir.path, 'web'), keys, extra: { limits: { maxFrameBytes: MAX_FRAME, controlRatePerSec: 1_000_000, controlBurst: 1_000_000 } } })),
   () => undefined,
 );
 t.teardown(() => node.stop());

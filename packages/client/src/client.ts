@@ -458,6 +458,13 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         return;
       case 'error': {
         const err = new RemoteError(m.code, m.message, m.ref);
+        // A refused ping names its number: it settles now rather than waiting for a pong that will not come.
+        const ping = m.ref !== undefined && /^\d{1,15}$/.test(m.ref) ? this.pings.get(Number(m.ref)) : undefined;
+        if (ping) {
+          this.pings.delete(Number(m.ref));
+          ping.reject(err);
+          return;
+        }
         const out = m.ref ? this.outbox.get(m.ref) : undefined;
         if (out) {
           this.outbox.delete(out.id);

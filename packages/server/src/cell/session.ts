@@ -265,7 +265,8 @@ export class Session {
         if (!(await this.spend('req', 1))) return this.send({ t: 'res', rid: m.rid, ok: false, code: ErrorCode.RATE_LIMITED, message: 'too many requests; slow down' });
         return this.cell.request(this, m);
       case 'ping':
-        if (!this.limits.control.take()) return this.refused('control');
+        // `ref` = the ping's number: the client's ping settles (refused) instead of waiting for a pong.
+        if (!this.limits.control.take()) return this.refused('control', String(m.n));
         return this.send({ t: 'pong', n: m.n });
       case 'bye':
         return this.close();
@@ -287,7 +288,8 @@ export class Session {
   refused(kind: BudgetKind | 'control', id?: string): void {
     this.cell.metrics.rateLimited.inc({ kind });
     if (kind === 'msg' || kind === 'fanout') this.send({ t: 'status', id: id!, s: 'failed', code: ErrorCode.RATE_LIMITED });
-    else this.sendError(ErrorCode.RATE_LIMITED, kind === 'read' ? `too many read receipts; slow down (${id} not sent)` : 'too many pings or presence changes; slow down');
+    else if (kind === 'read') this.sendError(ErrorCode.RATE_LIMITED, `too many read receipts; slow down (${id} not sent)`);
+    else this.sendError(ErrorCode.RATE_LIMITED, 'too many pings or presence changes; slow down', id);
   }
 
   /**
