@@ -1,5 +1,5 @@
 import type { RequestOp } from './messages.js';
-import { decodeChatRef, decodeMuteSet, decodePushTarget, type ChatRef, type MuteSet, type PushTarget } from './push.js';
+import { decodeChatRef, decodeMuteSet, decodePushTarget, muteCursor, type ChatRef, type MuteSet, type PushTarget } from './push.js';
 import { DEFAULT_MAX_FRAME_BYTES, DELIVERY_PROOF_BYTES, MAX_ID_LENGTH } from './limits.js';
 import { bad, bytes, int, isObj, name, oneOf, str, type Obj } from './validate.js';
 
@@ -56,7 +56,8 @@ export interface RequestArgs {
   /** Per-chat mutes of the calling user, synced to its other devices. */
   'mute.set': MuteSet;
   'mute.clear': ChatRef;
-  'mute.list': Record<string, never>;
+  /** One page of the user's active mutes, in chat-key order after the cursor `from` (the `next` of the previous page). */
+  'mute.list': { from?: string };
   /** LAN peers this device reached directly (a probe) and can relay wake-ups to, for `ttlMs` (docs/relay.md). */
   'reach.report': { peers: ReachPeer[]; ttlMs: number };
 }
@@ -178,7 +179,7 @@ const DECODERS: { [K in RequestOp]: (a: Obj) => RequestArgs[K] } = {
   'push.list': none,
   'mute.set': decodeMuteSet,
   'mute.clear': decodeChatRef,
-  'mute.list': none,
+  'mute.list': (a) => (a.from === undefined ? {} : { from: muteCursor(a, 'from') }),
   'reach.report': (a) => ({ peers: reachPeers(a), ttlMs: int(a, 'ttlMs', REACH_LIMITS.minTtlMs, REACH_LIMITS.maxTtlMs) }),
 };
 
