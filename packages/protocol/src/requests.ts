@@ -89,6 +89,14 @@ export type ProfilePatch = Record<string, ProfileValue | null>;
 /** Bounds of a profile: attributes, name length, string value length, encoded size. */
 export const PROFILE_LIMITS = { maxAttrs: 64, maxNameLength: 64, maxStringLength: 1024, maxBytes: 8192 } as const;
 const ATTR_NAME_RE = /^[A-Za-z_][A-Za-z0-9_.-]*$/;
+/**
+ * A profile attribute name: [A-Za-z_][A-Za-z0-9_.-]*, at most maxNameLength, and
+ * never `__proto__` (msgpackr renames such keys; as a plain object's key it sets
+ * the prototype). One rule for profiles and for the audience predicates over them.
+ */
+export function isAttrName(k: string): boolean {
+  return k.length <= PROFILE_LIMITS.maxNameLength && ATTR_NAME_RE.test(k) && k !== '__proto__';
+}
 
 /** Validates a profile patch (also used by the admin API): names, types, sizes. Throws BAD_MESSAGE. */
 export function decodeProfilePatch(v: unknown, field = 'attrs'): ProfilePatch {
@@ -98,7 +106,7 @@ export function decodeProfilePatch(v: unknown, field = 'attrs'): ProfilePatch {
   if (keys.length > PROFILE_LIMITS.maxAttrs) bad(field, `may set at most ${PROFILE_LIMITS.maxAttrs} attributes`);
   const out: ProfilePatch = {};
   for (const k of keys) {
-    if (k.length > PROFILE_LIMITS.maxNameLength || !ATTR_NAME_RE.test(k)) bad(`${field}.${k.slice(0, 64)}`, `is not an attribute name ([A-Za-z_][A-Za-z0-9_.-]*, at most ${PROFILE_LIMITS.maxNameLength})`);
+    if (!isAttrName(k)) bad(`${field}.${k.slice(0, 64)}`, `is not an attribute name ([A-Za-z_][A-Za-z0-9_.-]*, at most ${PROFILE_LIMITS.maxNameLength})`);
     const x = v[k];
     if (x === null || typeof x === 'boolean') out[k] = x;
     else if (typeof x === 'number' && Number.isFinite(x)) out[k] = x;
