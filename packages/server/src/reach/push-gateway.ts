@@ -379,8 +379,14 @@ export class PushGateway {
       return a.until;
     }
     if (chat.g === undefined) return 0;
-    // groups.info checks membership (NOT_A_MEMBER, NOT_FOUND) and counts the members.
-    const info = (await this.cell.groups.handle(s, 'groups.info', { g: chat.g })) as { members: string[]; count?: number };
+    // groups.info checks membership and counts the members. A group that does not exist is
+    // answered as one the user is not in (same code, same text): mute.set is no oracle of group ids.
+    const info = (await this.cell.groups.handle(s, 'groups.info', { g: chat.g }).catch((err: unknown) => {
+      if (err instanceof ProtocolError && (err.code === ErrorCode.NOT_FOUND || err.code === ErrorCode.NOT_A_MEMBER)) {
+        throw new ProtocolError(ErrorCode.NOT_A_MEMBER, 'you are not a member of this group');
+      }
+      throw err;
+    })) as { members: string[]; count?: number };
     const members = info.count ?? info.members.length;
     return now + Math.min(this.cfg.groupMuteCapMs, this.cfg.groupMuteBaseMs * members);
   }
