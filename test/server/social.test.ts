@@ -199,6 +199,16 @@ t.test('contacts, blocks and preferences across two nodes', async (t) => {
     t.same(again.map((r) => r.code).sort(), ['TOO_MANY_CONTACTS', 'ok'], 'one place was freed');
   });
 
+  t.test('a count left too high by a cell that died between two writes is corrected once the head is old', async (t) => {
+    // The head says the list is full, three entries exist: as if adds had reserved places and died.
+    await fill('c-drift', ['d-1', 'd-2', 'd-3'], []);
+    await socialKv.put('c-drift', pack({ n: MAX_CONTACTS, m: 0, t: Date.now() - 120_000 }));
+    const drift = await onA('c-drift');
+    t.same(await drift.client.request('contacts.list', {}), { contacts: ['d-1', 'd-2', 'd-3'], blocked: [] }, 'the entries are what counts');
+    await check('the count was corrected and an add fits again', async () => (await outcome(drift.client.request('contacts.add', { user: 'd-4' }))).code === 'ok', { timeout: 10_000, interval: 100 });
+    t.same(((await drift.client.request('contacts.list', {})) as { contacts: string[] }).contacts, ['d-1', 'd-2', 'd-3', 'd-4']);
+  });
+
   t.test('a malformed record in KV reads as empty, and is replaced by the next change', async (t) => {
     await socialKv.put('c-odd', new TextEncoder().encode('not msgpack at all \u00ff'));
     const odd = await onA('c-odd');

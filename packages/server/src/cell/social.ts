@@ -3,6 +3,7 @@ import type { KV } from '@nats-io/kv';
 import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, isName, MAX_ID_LENGTH, pack, ProtocolError, unpack, type Prefs, type RequestArgs, type RequestOp } from '@gravitas/protocol';
 import type { Cell } from './cell.js';
 import { isCasConflict } from './nats.js';
+import { Limiter } from './limiter.js';
 import { ReadThrough, TtlCache } from './ttl-cache.js';
 import type { Session } from './session.js';
 
@@ -34,6 +35,12 @@ const CACHE_MAX = 20_000;
 /** Names held by the cache in all (≈ 150 MB at worst with 64-character names): a few full lists cannot crowd memory. */
 const CACHE_MAX_NAMES = 1_000_000;
 const CAS_ATTEMPTS = 16;
+/**
+ * Listings of entries (one ordered consumer each) at once per cell, and waiting: a
+ * connect storm of users with contacts must not open thousands of consumers at once.
+ */
+const LIST_CONCURRENCY = 16;
+const LIST_QUEUE = 200_000;
 /**
  * A head whose counts disagree with its entries is corrected when its last write is
  * at least this old: a change writes its entry within one KV request of reserving
@@ -147,6 +154,7 @@ export class Social {
     new TtlCache(CACHE_MAX, CACHE_TTL_MS, CACHE_MAX_NAMES, (c) => c.rec.contacts.size + c.rec.blocked.size),
   );
   private jsm: Promise<JetStreamManager> | undefined;
+  private readonly listings = new Limiter(LIST_CONCURRENCY, LIST_QUEUE, 'contact list');
   private readonly stream: string;
   private readonly subjectPrefix: string;
 
@@ -197,6 +205,16 @@ export class Social {
     if (prev && prev.rev === rev) return { ...prev, checked };
     const head = decodeHead(e?.operation === 'PUT' ? e.value : undefined);
     if (head.n === 0 && head.m === 0) return { rec: { contacts: EMPTY.contacts, blocked: EMPTY.blocked, prefs: head.p }, rev, checked };
+    const { contacts, blocked } = await this.listings.run(() => this.list(user));
+    if ((contacts.size < head.n || blocked.size < head.m) && checked - head.t >= REPAIR_AFTER_MS) {
+      // Best effort: a conflict means someone else changed it, and their change will be re-read.
+      void this.kv.update(user, encodeHead({ ...head, n: contacts.size, m: blocked.size, t: checked }), rev).catch(() => undefined);
+    }
+    return { rec: { contacts, blocked, prefs: head.p }, rev, checked };
+  }
+
+  /** The entries of `user`, in the order they were written (one ordered consumer, keys only). */
+  private async list(user: string): Promise<{ contacts: Set<string>; blocked: Set<string> }> {
     const contacts = new Set<string>();
     const blocked = new Set<string>();
     const keys = await this.kv.keys(`${user}.>`);
@@ -208,11 +226,7 @@ export class Social {
       if (kind === 'c' && contacts.size < MAX_CONTACTS) contacts.add(other);
       else if (kind === 'b' && blocked.size < MAX_BLOCKED) blocked.add(other);
     }
-    if ((contacts.size < head.n || blocked.size < head.m) && checked - head.t >= REPAIR_AFTER_MS) {
-      // Best effort: a conflict means someone else changed it, and their change will be re-read.
-      void this.kv.update(user, encodeHead({ ...head, n: contacts.size, m: blocked.size, t: checked }), rev).catch(() => undefined);
-    }
-    return { rec: { contacts, blocked, prefs: head.p }, rev, checked };
+    return { contacts, blocked };
   }
 
   /** A `req` of area contacts or prefs (arguments already validated). */
