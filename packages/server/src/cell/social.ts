@@ -258,8 +258,11 @@ export class Social {
         await this.removeEntry(me, op === 'contacts.remove' ? 'c' : 'b', user);
         return undefined;
       }
-      case 'prefs.get':
-        return { ...(await this.current(me)).prefs };
+      case 'prefs.get': {
+        // The head alone: fresh, and no listing of the entries.
+        const e = await this.kv.get(me);
+        return { ...decodeHead(e?.operation === 'PUT' ? e.value : undefined).p };
+      }
       case 'prefs.set': {
         const want = args as RequestArgs['prefs.set'];
         const { head, from, to } = await this.changeHead(me, (h) => {
