@@ -18,6 +18,8 @@ const PREFIX = 'gravitas';
 /** The documented bounds (docs/social.md). */
 const MAX_CONTACTS = 5000;
 const MAX_BLOCKED = 5000;
+/** Changes and pages in quick succession, far more than a device makes: the request limits are not what this tests. */
+const MANY_REQUESTS = { requestRatePerSec: 10_000, requestBurst: 10_000, accountRequestRatePerSec: 100_000 };
 /** Small streams: JetStream reserves max_bytes up front, and test servers share one disk. */
 const STREAM_BYTES = 64 * 1024 * 1024;
 
@@ -57,7 +59,7 @@ t.test('contacts, blocks and preferences across two nodes', async (t) => {
   const keys = clusterKeys();
   const [A, B] = await Promise.all(
     ['nodeA', 'nodeB'].map(async (nodeId) => {
-      const file = await writeNodeConfig(join(dir.path, `${nodeId}.json`), nodeConfig({ natsUrl: nats.url, nodeId, dataDir: join(dir.path, nodeId), keys, extra: { mailbox: { maxBytesPerPartition: STREAM_BYTES } } }));
+      const file = await writeNodeConfig(join(dir.path, `${nodeId}.json`), nodeConfig({ natsUrl: nats.url, nodeId, dataDir: join(dir.path, nodeId), keys, extra: { mailbox: { maxBytesPerPartition: STREAM_BYTES }, limits: MANY_REQUESTS } }));
       const node = await spawnNode(file);
       t.teardown(() => node.stop(5000));
       return node;
