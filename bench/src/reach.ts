@@ -242,6 +242,8 @@ async function relayLatency(res: Resources, node: Node, keys: ClusterKeys, m: nu
   const target = makeClient(node, keys, 'reach-relay-target');
   res.defer(() => target.client.close());
   await online(target);
+  // Its consent (docs/relay.md): the relayer is a contact.
+  await target.client.request('contacts.add', { user: 'reach-relay-relayer' });
   await target.client.close();
   const tLink = new PeerLink(target.client, { host: '127.0.0.1', port: 0, timeoutMs: 5000 });
   res.defer(async () => tLink.close());

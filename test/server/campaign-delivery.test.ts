@@ -128,6 +128,19 @@ t.test('campaign delivery on two nodes × two cells', async (t) => {
     t.same(await admin.progress('c4'), { batches: 1, batchesDone: 1, recipients: 3, sent: 3, failed: {} }, 'progress');
   });
 
+  t.test('a predicate on a prototype member name (constructor, toString…) reaches only profiles that hold it', async (t) => {
+    const profiles: Record<string, Record<string, unknown> | undefined> = { px0: { constructor: 'own' }, px1: { plan: 'pro' }, px2: undefined };
+    const clients = new Map<string, TestClient>();
+    await Promise.all(Object.keys(profiles).map(async (u, i) => clients.set(u, await onlineRecipient(t, env, u, i))));
+    for (const [u, attrs] of Object.entries(profiles)) if (attrs) await admin.js.publish(admin.names.profileSubject(u), pack(attrs));
+    const names = ['constructor', 'toString', 'valueOf', 'hasOwnProperty'];
+    await admin.start({ id: 'c4p', audience: { where: { any: names.map((attr) => ({ attr, op: 'exists' as const })) } } });
+    await admin.waitState('c4p', 'done');
+    await check('px0 got it', () => campaignMsgs(clients.get('px0')!, 'c4p').length === 1);
+    t.same(await admin.progress('c4p'), { batches: 1, batchesDone: 1, recipients: 1, sent: 1, failed: {} }, 'one recipient: not every profile');
+    t.same(['px1', 'px2'].filter((u) => campaignMsgs(clients.get(u)!, 'c4p').length > 0), [], 'profiles without such an attribute got nothing');
+  });
+
   t.test('a start in the future; a job of an unknown campaign is dropped', async (t) => {
     await enqueueJob(admin.js, admin.names, { k: 'expand', c: 'nope' }, 'nope.expand');
     await check('the unknown campaign\'s job was dropped', async () => (await metricSum(env.nodes, 'gravitas_campaign_jobs_total', { kind: 'expand', result: 'unknown' })) === 1);

@@ -6,7 +6,9 @@
  */
 import t from 'tap';
 import { join } from 'node:path';
-import { ErrorCode, type MuteEntry } from '@gravitas/protocol';
+import { connect } from '@nats-io/transport-node';
+import { Kvm } from '@nats-io/kv';
+import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, MUTE_LIMITS, pack, type MuteEntry } from '@gravitas/protocol';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
 import { Damper } from '../../packages/server/dist/reach/damping.js';
 import { clusterKeys, connectClient, metricsText, metricValue, nodeConfig, spawnNode, writeNodeConfig, type TestClient } from '../fixtures/cluster.js';
@@ -122,8 +124,11 @@ t.test('mutes', async (t) => {
     const mf = await gm.client.mute({ g: big }, '1h');
     t.ok(mf.until! > Date.now() + 3_500_000, 'a named duration wins');
     t.same((await gm.client.mute({ g: big }, 'always')).until, undefined, "'always': until cleared");
-    t.equal(await code(gm.client.mute({ g: 'nosuchgroup00000' })), ErrorCode.NOT_FOUND, 'an unknown group');
-    t.equal(await code(others[3]!.client.mute({ g: small })), ErrorCode.NOT_A_MEMBER, 'a group one is not in');
+    // No oracle of group ids: a group that does not exist looks exactly like one the user is not in.
+    const refusal = (p: Promise<unknown>) => p.then(() => 'ok', (e: unknown) => `${(e as { code?: string }).code}: ${(e as Error).message}`);
+    const unknown = await refusal(gm.client.mute({ g: 'nosuchgroup00000' }));
+    t.equal(unknown, await refusal(others[3]!.client.mute({ g: small })), 'an unknown group: the same code and text as a group one is not in');
+    t.match(unknown, ErrorCode.NOT_A_MEMBER);
   });
 
   t.test('muting on one device syncs the others; bad arguments are BAD_MESSAGE', async (t) => {
@@ -150,6 +155,47 @@ t.test('mutes', async (t) => {
       ['until in the past', { to: 'alice', until: Date.now() - 1000 }],
     ];
     for (const [what, a] of bad) t.equal(await code(p1.client.request('mute.set', a as never)), ErrorCode.BAD_MESSAGE, what);
+  });
+
+  t.test('1,000 mutes with the longest names: mute.list is paged under the frame limit, the sync is a notice, no device is cut off', async (t) => {
+    // Fill the record to one below the bound directly in KV (docs/push.md's layout): 999 users with 64-character names.
+    const nc = await connect({ servers: nats.url });
+    t.teardown(() => nc.close());
+    const kv = await new Kvm(nc).open('gravitas_mutes');
+    const far = Date.now() + 300 * 86_400_000;
+    const names = Array.from({ length: MUTE_LIMITS.maxPerUser - 1 }, (_, i) => `m${i}`.padEnd(64, 'x'));
+    await kv.put('many', pack({ m: Object.fromEntries(names.map((u) => [`u:${u}`, far])) }));
+    const m1 = await on(a0, 'many', { device: 'm1' });
+    const m2 = await on(a1, 'many', { device: 'm2' });
+    const synced: MuteEntry[][] = [];
+    m2.client.on('mutes', (l) => synced.push(l));
+
+    // Raw pages: each one fits a frame (as sent: the answer in its `res` envelope), the cursors chain, nothing repeats.
+    const seen = new Set<string>();
+    let pages = 0;
+    for (let from: string | undefined; ; pages++) {
+      const page = (await m1.client.request('mute.list', from === undefined ? {} : { from })) as { mutes: MuteEntry[]; next?: string };
+      const frame = pack({ t: 'res', rid: 2 ** 32, ok: true, data: page }).length;
+      t.ok(frame + 40 < DEFAULT_MAX_FRAME_BYTES, `page ${pages}: ${page.mutes.length} mutes in ${frame} bytes`);
+      for (const e of page.mutes) seen.add(e.to!);
+      if (page.next === undefined) break;
+      from = page.next;
+    }
+    t.ok(pages >= 1, `${pages + 1} pages`);
+    t.equal(seen.size, names.length, 'every mute listed once');
+    t.equal(await code(m1.client.request('mute.list', { from: 'not a cursor' } as never)), ErrorCode.BAD_MESSAGE, 'a bad cursor is BAD_MESSAGE');
+
+    // The change that makes 1,000: the other device is told, lists again, and keeps its connection.
+    await m1.client.mute({ to: 'the-thousandth' });
+    await check('m2 re-listed', () => (synced.length > 0 ? true : undefined), { timeout: 10_000, interval: 20 });
+    t.equal(synced.at(-1)!.length, MUTE_LIMITS.maxPerUser, 'the sync gave m2 all 1,000 mutes');
+    t.equal(m2.client.mutes.length, MUTE_LIMITS.maxPerUser, 'client.mutes has them all');
+    t.equal((await m1.client.listMutes()).length, MUTE_LIMITS.maxPerUser, 'listMutes follows the pages');
+    t.equal(await code(m1.client.mute({ to: 'one-too-many' })), ErrorCode.TOO_MANY_MUTES, 'the bound holds');
+    await m2.client.unmute({ to: names[5]! });
+    await check('m1 synced the removal', () => (m1.client.mutes.length === MUTE_LIMITS.maxPerUser - 1 ? true : undefined), { timeout: 10_000, interval: 20 });
+    await Promise.all([m1.client.ping(), m2.client.ping()]);
+    t.same([m1.disconnects, m2.disconnects, m1.errors, m2.errors], [0, 0, [], []], 'neither device was disconnected or saw an error');
   });
 
   t.test('damping: a burst in one chat gives a few alerts, the window widening with the rate', async (t) => {

@@ -70,12 +70,13 @@ t.test('peer-relay wake-ups', async (t) => {
     for (const line of text.split('\n')) if (line.startsWith('gravitas_relay_wakes_total{')) n += Number(line.split(/\s+/).pop());
     return n;
   };
-  /** A device that exists (registered once) and is offline now. */
-  const offline = async (user: string, extra = {}): Promise<TestClient> => {
+  /** A device that exists (registered once, after adding `contacts`) and is offline now. */
+  const offline = async (user: string, extra = {}, contacts: string[] = []): Promise<TestClient> => {
     const tc = makeClient({ user, servers: [c1], serverPublicKey: pk, ...extra });
     t.teardown(() => tc.client.close());
     await tc.client.connect();
     await registered(tc);
+    for (const c of contacts) await tc.client.request('contacts.add', { user: c });
     await tc.client.close();
     return tc;
   };
@@ -105,7 +106,7 @@ t.test('peer-relay wake-ups', async (t) => {
     tomLink.on('woken', (w) => woken.push(w));
     tomLink.on('wakeIgnored', (e) => ignored.push(e));
 
-    // Two devices reach tom: his contact rita, and ned, who is not a contact. Rita is preferred.
+    // Two devices reach tom: his contact rita, and ned, who is not a contact and whom tom never reported: ned is not recorded.
     const rita = await on(c0, 'rl-rita');
     const ned = await on(c1, 'rl-ned');
     await tom.client.connect();
@@ -200,7 +201,7 @@ t.test('peer-relay wake-ups', async (t) => {
     };
 
     // Per target: five messages to an offline device, PER_TARGET relay requests.
-    const tia = await offline('rl-tia');
+    const tia = await offline('rl-tia', {}, ['rl-ray']);
     const ray = await on(c0, 'rl-ray');
     const rayRelays = relays(ray);
     await ray.client.request('reach.report', { peers: [{ user: tia.user, device: 'd1' }], ttlMs: 600_000 });
@@ -210,7 +211,7 @@ t.test('peer-relay wake-ups', async (t) => {
     t.equal((await wakes('rate_limited_target')) - limitedBefore, 5 - PER_TARGET, 'the rest were rate-limited (target)');
 
     // Per relayer: one relayer reaching four offline devices relays for PER_RELAYER of them.
-    const targets = await Promise.all(['rl-t1', 'rl-t2', 'rl-t3', 'rl-t4'].map((u) => offline(u)));
+    const targets = await Promise.all(['rl-t1', 'rl-t2', 'rl-t3', 'rl-t4'].map((u) => offline(u, {}, ['rl-rex'])));
     const rex = await on(c1, 'rl-rex');
     const rexRelays = relays(rex);
     await rex.client.request('reach.report', { peers: targets.map((x) => ({ user: x.user, device: 'd1' })), ttlMs: 600_000 });
@@ -228,7 +229,7 @@ t.test('peer-relay wake-ups', async (t) => {
     t.same([...ray.inbox, ...rex.inbox, ...bystander.inbox], [], 'relay requests never show as messages');
   });
 
-  t.test('reach.report input is checked: BAD_MESSAGE, RATE_LIMITED; unknown devices are not recorded', async (t) => {
+  t.test('reach.report input is checked: BAD_MESSAGE, RATE_LIMITED', async (t) => {
     const rob = await on(c0, 'rl-rob');
     const code = async (a: Record<string, unknown>): Promise<string> =>
       rob.client.request('reach.report', a as never).then(() => 'ok', (e: unknown) => (e instanceof RemoteError ? e.code : String(e)));
@@ -241,9 +242,73 @@ t.test('peer-relay wake-ups', async (t) => {
     t.equal(await code({ peers: [] }), ErrorCode.BAD_MESSAGE, 'no ttlMs');
     t.equal(await code({ peers: [], ttlMs: 10 }), ErrorCode.BAD_MESSAGE, 'ttlMs too short');
     t.equal(await code({ peers: [], ttlMs: 1e12 }), ErrorCode.BAD_MESSAGE, 'ttlMs too long');
-    const res = (await rob.client.request('reach.report', { peers: [{ user: 'rl-nobody', device: 'd1' }, { user: 'rl-rob', device: 'd1' }], ttlMs: 60_000 })) as { accepted: number };
-    t.equal(res.accepted, 0, 'an unknown device and oneself are not recorded');
+    t.same(await rob.client.request('reach.report', { peers: [{ user: 'rl-nobody', device: 'd1' }, { user: 'rl-rob', device: 'd1' }], ttlMs: 60_000 }), { ttlMs: 60_000 }, 'answered with the lifetime only');
     t.equal(await code({ peers: [], ttlMs: 60_000 }), ErrorCode.RATE_LIMITED, 'a second report within the interval');
     t.ok(await rob.client.ping().then(() => true), 'the session lives on');
+  });
+
+  t.test('an attacker: a report tells nothing about who exists and makes nobody a relayer without consent', async (t) => {
+    const sam = await on(c1, 'rl-sam3');
+    const wakeOf = async (to: string, text: string): Promise<void> => {
+      const before = await wakeTotal();
+      t.equal((await sam.client.send(to, text)).status, 'stored');
+      await check(`wake attempt for ${to} counted`, async () => (await wakeTotal()) > before, { timeout: 10_000, interval: 50 });
+    };
+    const vic = await offline('rl-vic');
+    // Each report from another device of the attacker (one report per device per hour here).
+    const mal = async (device: string) => {
+      const c = await on(c0, 'rl-mal', { device });
+      return { c, got: relays(c) };
+    };
+    const probes = [
+      { user: 'rl-vic', device: 'd1' }, // exists
+      { user: 'rl-vic', device: 'd9' }, // a user that exists, a device that does not
+      { user: 'rl-nobody-at-all', device: 'd1' }, // nothing
+    ];
+    const answers: unknown[] = [];
+    for (const [i, p] of probes.entries()) answers.push(await (await mal(`m${i}`)).c.client.request('reach.report', { peers: [p], ttlMs: 600_000 }));
+    t.same(answers, [{ ttlMs: 600_000 }, { ttlMs: 600_000 }, { ttlMs: 600_000 }], 'the same answer whether the device exists or not');
+
+    const m4 = await mal('m4');
+    await m4.c.client.request('reach.report', { peers: [{ user: 'rl-vic', device: 'd1' }], ttlMs: 600_000 });
+    const noBefore = await wakes('no_relayer');
+    await wakeOf('rl-vic', 'nobody consented');
+    t.equal((await wakes('no_relayer')) - noBefore, 1, 'nothing was recorded: no relayer');
+    t.same(m4.got, [], 'the stranger was not asked to relay');
+
+    // Consent by contact: vic lists mal; a fresh report counts, and mal is asked.
+    await vic.client.connect();
+    await registered(vic);
+    await vic.client.request('contacts.add', { user: 'rl-mal' });
+    await vic.client.close();
+    const m5 = await mal('m5');
+    await m5.c.client.request('reach.report', { peers: [{ user: 'rl-vic', device: 'd1' }], ttlMs: 600_000 });
+    await wakeOf('rl-vic', 'a contact may relay');
+    t.same(m5.got, [{ u: 'rl-vic', d: 'd1' }], 'the contact was asked');
+    // Withdrawn: a block takes effect at once, whatever was reported before.
+    await vic.client.connect();
+    await registered(vic);
+    await vic.client.request('contacts.block', { user: 'rl-mal' });
+    await vic.client.close();
+    const offBefore = await wakes('relayer_offline');
+    await wakeOf('rl-vic', 'blocked now');
+    t.equal((await wakes('relayer_offline')) - offBefore, 1, 'no relayer left that vic consents to');
+    t.same(m5.got.length, 1, 'the blocked user was not asked again');
+  });
+
+  t.test('mutual consent: a device the target reported itself may relay for it, without being a contact', async (t) => {
+    const sam = await on(c1, 'rl-sam4');
+    // Both online: tes reports sid's device (its consent), then sid reports tes.
+    const tes = await on(c1, 'rl-tes');
+    const sid = await on(c0, 'rl-sid');
+    const sidRelays = relays(sid);
+    await tes.client.request('reach.report', { peers: [{ user: 'rl-sid', device: 'd1' }], ttlMs: 600_000 });
+    await sid.client.request('reach.report', { peers: [{ user: 'rl-tes', device: 'd1' }], ttlMs: 600_000 });
+    await tes.client.close();
+    const before = await wakes('sent');
+    t.equal((await sam.client.send('rl-tes', 'wake through sid')).status, 'stored');
+    await check('sid was asked to relay', () => sidRelays.length === 1, { timeout: 10_000, interval: 50 });
+    t.same(sidRelays, [{ u: 'rl-tes', d: 'd1' }]);
+    t.equal((await wakes('sent')) - before, 1);
   });
 });

@@ -8,6 +8,7 @@ import t from 'tap';
 import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { ErrorCode, pack, RemoteError, type Receipt } from '@gravitas/protocol';
 import { DeliveryError } from '@gravitas/client';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
@@ -17,6 +18,8 @@ const PREFIX = 'gravitas';
 /** The documented bounds (docs/social.md). */
 const MAX_CONTACTS = 5000;
 const MAX_BLOCKED = 5000;
+/** Changes and pages in quick succession, far more than a device makes: the request limits are not what this tests. */
+const MANY_REQUESTS = { requestRatePerSec: 10_000, requestBurst: 10_000, accountRequestRatePerSec: 100_000 };
 /** Small streams: JetStream reserves max_bytes up front, and test servers share one disk. */
 const STREAM_BYTES = 64 * 1024 * 1024;
 
@@ -56,7 +59,7 @@ t.test('contacts, blocks and preferences across two nodes', async (t) => {
   const keys = clusterKeys();
   const [A, B] = await Promise.all(
     ['nodeA', 'nodeB'].map(async (nodeId) => {
-      const file = await writeNodeConfig(join(dir.path, `${nodeId}.json`), nodeConfig({ natsUrl: nats.url, nodeId, dataDir: join(dir.path, nodeId), keys, extra: { mailbox: { maxBytesPerPartition: STREAM_BYTES } } }));
+      const file = await writeNodeConfig(join(dir.path, `${nodeId}.json`), nodeConfig({ natsUrl: nats.url, nodeId, dataDir: join(dir.path, nodeId), keys, extra: { mailbox: { maxBytesPerPartition: STREAM_BYTES }, limits: MANY_REQUESTS } }));
       const node = await spawnNode(file);
       t.teardown(() => node.stop(5000));
       return node;
@@ -71,6 +74,25 @@ t.test('contacts, blocks and preferences across two nodes', async (t) => {
   const kvConn = await connect({ servers: nats.url });
   t.teardown(() => kvConn.close());
   const socialKv = await new Kvm(kvConn).open(`${PREFIX}_social`);
+  /** Writes a user's lists in the documented layout: one key per entry, counts in the head. */
+  const fill = async (user: string, contacts: string[], blocked: string[]): Promise<void> => {
+    const keys = [...contacts.map((u) => `${user}.c.${u}`), ...blocked.map((u) => `${user}.b.${u}`)];
+    for (let i = 0; i < keys.length; i += 500) await Promise.all(keys.slice(i, i + 500).map((k) => socialKv.put(k, new Uint8Array(0))));
+    await socialKv.put(user, pack({ n: contacts.length, m: blocked.length, t: Date.now() }));
+  };
+  /** Bytes written to the social bucket (payloads and headers of every message on its subjects) while `fn` runs. */
+  const written = async (fn: () => Promise<unknown>): Promise<number> => {
+    let bytes = 0;
+    const sub = kvConn.subscribe(`$KV.${PREFIX}_social.>`, { callback: (_e, m) => void (bytes += m.data.length + (m.headers?.toString().length ?? 0)) });
+    await kvConn.flush();
+    try {
+      await fn();
+      await kvConn.flush();
+      return bytes;
+    } finally {
+      sub.unsubscribe();
+    }
+  };
 
   t.test('add, list, remove; idempotent; refused for oneself; checked arguments', async (t) => {
     const ann = await onA('c-ann');
@@ -98,7 +120,7 @@ t.test('contacts, blocks and preferences across two nodes', async (t) => {
     // Fill the record to one below each bound directly in KV (the documented layout), then add
     // through the server. Names of the longest allowed length: the full lists must still fit one frame.
     const full = (n: number, p: string) => Array.from({ length: n }, (_, i) => `${p}${i}`.padEnd(64, 'x'));
-    await socialKv.put('c-lim', pack({ c: full(MAX_CONTACTS - 1, 'friend-'), b: full(MAX_BLOCKED - 1, 'pest-') }));
+    await fill('c-lim', full(MAX_CONTACTS - 1, 'friend-'), full(MAX_BLOCKED - 1, 'pest-'));
     const lim = await onB('c-lim');
     t.equal(await outcome(lim.client.request('contacts.add', { user: 'c-last'.padEnd(64, 'y') })).then((o) => o.code), 'ok', 'the last free place is taken');
     const over = await outcome(lim.client.request('contacts.add', { user: 'c-one-too-many' }));
@@ -123,6 +145,70 @@ t.test('contacts, blocks and preferences across two nodes', async (t) => {
     t.notOk(lists.contacts.includes('c-one-too-many'));
     await lim.client.request('contacts.remove', { user: full(1, 'friend-')[0]! });
     t.equal(await outcome(lim.client.request('contacts.add', { user: 'c-one-too-many' })).then((o) => o.code), 'ok', 'room again after a removal');
+  });
+
+  t.test('a change writes a few hundred bytes whatever the size of the lists, and a removal leaves nothing behind', async (t) => {
+    // An attacker with a full list must not be able to make every add rewrite it (issue 14: ~111 MiB for 2,000 adds).
+    const full = Array.from({ length: MAX_CONTACTS - 10 }, (_, i) => `w-${i}`.padEnd(64, 'z'));
+    await fill('c-big', full, []);
+    const big = await onA('c-big');
+    const add = await written(() => big.client.request('contacts.add', { user: 'w-new'.padEnd(64, 'q') }));
+    t.ok(add > 0 && add < 1024, `one add to a list of ${full.length + 1} wrote ${add} bytes`);
+    const block = await written(() => big.client.request('contacts.block', { user: 'w-pest' }));
+    t.ok(block > 0 && block < 1024, `one block wrote ${block} bytes`);
+    const remove = await written(() => big.client.request('contacts.remove', { user: full[17]! }));
+    t.ok(remove > 0 && remove < 512, `one removal wrote ${remove} bytes`);
+    t.equal(await written(() => big.client.request('contacts.add', { user: full[18]! })), 0, 'adding one already there writes nothing');
+    t.equal(await written(() => big.client.request('contacts.remove', { user: 'w-never-there' })), 0, 'removing one not there writes nothing');
+
+    // Adding and removing ever new names must not grow the bucket (no delete markers piling up).
+    const jsm = await jetstreamManager(kvConn);
+    const msgs = async () => (await jsm.streams.info(`KV_${PREFIX}_social`)).state.messages;
+    const churn = await onB('c-churn');
+    await churn.client.request('contacts.add', { user: 'c-keep' });
+    const before = await msgs();
+    for (let i = 0; i < 30; i++) {
+      await churn.client.request('contacts.add', { user: `c-tmp-${i}` });
+      await churn.client.request('contacts.block', { user: `c-tmp-${i}` });
+      await churn.client.request('contacts.remove', { user: `c-tmp-${i}` });
+      await churn.client.request('contacts.unblock', { user: `c-tmp-${i}` });
+    }
+    t.equal(await msgs(), before, '120 changes later the bucket holds as many messages as before');
+    t.same(await churn.client.request('contacts.list', {}), { contacts: ['c-keep'], blocked: [] });
+  });
+
+  t.test('two devices adding at once on two nodes never exceed the bound', async (t) => {
+    // 10 places left; each device adds 20 different names at the same time, one device per node.
+    const have = Array.from({ length: MAX_CONTACTS - 10 }, (_, i) => `r-${i}`);
+    await fill('c-race', have, []);
+    const d1 = await connectClient(t, { user: 'c-race', device: 'd1', servers: [a0], serverPublicKey: pk });
+    const d2 = await connectClient(t, { user: 'c-race', device: 'd2', servers: [b1], serverPublicKey: pk });
+    const adds = (c: TestClient, p: string) => Array.from({ length: 20 }, (_, i) => outcome(c.client.request('contacts.add', { user: `${p}-${i}` })));
+    const results = await Promise.all([...adds(d1, 'one'), ...adds(d2, 'two')]);
+    const codes = results.map((r) => r.code);
+    t.equal(codes.filter((c) => c === 'ok').length, 10, 'exactly the 10 free places were taken');
+    t.equal(codes.filter((c) => c === ErrorCode.TOO_MANY_CONTACTS).length, 30, 'every other add was refused with TOO_MANY_CONTACTS');
+    let listed = 0;
+    for (let from: number | undefined = 0; from !== undefined; ) {
+      const page = (await d2.client.request('contacts.list', { from })) as { contacts: string[]; next?: number };
+      listed += page.contacts.length;
+      from = page.next;
+    }
+    t.equal(listed, MAX_CONTACTS, 'the list holds exactly the bound');
+    // Two devices removing the same contact at once free one place, not two.
+    await Promise.all([d1.client.request('contacts.remove', { user: 'r-0' }), d2.client.request('contacts.remove', { user: 'r-0' })]);
+    const again = await Promise.all([outcome(d1.client.request('contacts.add', { user: 'x-1' })), outcome(d2.client.request('contacts.add', { user: 'x-2' }))]);
+    t.same(again.map((r) => r.code).sort(), ['TOO_MANY_CONTACTS', 'ok'], 'one place was freed');
+  });
+
+  t.test('a count left too high by a cell that died between two writes is corrected once the head is old', async (t) => {
+    // The head says the list is full, three entries exist: as if adds had reserved places and died.
+    await fill('c-drift', ['d-1', 'd-2', 'd-3'], []);
+    await socialKv.put('c-drift', pack({ n: MAX_CONTACTS, m: 0, t: Date.now() - 120_000 }));
+    const drift = await onA('c-drift');
+    t.same(await drift.client.request('contacts.list', {}), { contacts: ['d-1', 'd-2', 'd-3'], blocked: [] }, 'the entries are what counts');
+    await check('the count was corrected and an add fits again', async () => (await outcome(drift.client.request('contacts.add', { user: 'd-4' }))).code === 'ok', { timeout: 10_000, interval: 100 });
+    t.same(((await drift.client.request('contacts.list', {})) as { contacts: string[] }).contacts, ['d-1', 'd-2', 'd-3', 'd-4']);
   });
 
   t.test('a malformed record in KV reads as empty, and is replaced by the next change', async (t) => {

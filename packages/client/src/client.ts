@@ -127,7 +127,7 @@ export interface ClientEvents {
   moved: [{ cell: string; addr: string; why: 'rebalance' | 'associate' | 'external' }];
   /** A connect hint was not followed: unverifiable (HINT_INVALID, HINT_EXPIRED) or its cell unreachable. */
   hintIgnored: [Error];
-  /** The user's mutes changed on another of its devices: the whole current list (also in `client.mutes`). */
+  /** The user's mutes changed on another of its devices: the list as the SDK re-read it (also in `client.mutes`). */
   mutes: [MuteEntry[]];
   /**
    * The server asks this device to hand wake token `w` to its LAN peer `u`/`d`
@@ -191,6 +191,9 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private readonly pings = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly requests = new Map<number, { resolve: (data: unknown) => void; reject: (e: Error) => void }>();
   private muteList: MuteEntry[] = [];
+  /** A re-list after a `mutes` notice, and whether another notice came while it ran. */
+  private muteSync: Promise<void> | undefined;
+  private muteSyncAgain = false;
   private requestSeq = 0;
   private readonly retries = new Map<string, NodeJS.Timeout>();
   /** Campaign feedback until the server takes it, oldest first; persisted like the outbox with a storage path. */
@@ -453,8 +456,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
         this.emit('relayRequest', { u: m.u, d: m.d, w: m.w });
         return;
       case 'mutes':
-        this.muteList = m.mutes;
-        this.emit('mutes', m.mutes);
+        this.resyncMutes();
         return;
       case 'error': {
         const err = new RemoteError(m.code, m.message, m.ref);
@@ -1069,10 +1071,42 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     this.muteList = this.muteList.filter((e) => !sameChat(e, chat));
   }
 
-  /** The user's active mutes, fresh from the server (also kept in `client.mutes`). */
+  /** The user's active mutes, fresh from the server, page by page (also kept in `client.mutes`). */
   async listMutes(): Promise<MuteEntry[]> {
-    this.muteList = ((await this.request('mute.list', {})) as { mutes: MuteEntry[] }).mutes;
-    return this.muteList;
+    const all: MuteEntry[] = [];
+    let from: string | undefined;
+    // Bounded: the server holds at most MUTE_LIMITS.maxPerUser mutes, hundreds a page.
+    for (let pages = 0; pages < 64; pages++) {
+      const page = (await this.request('mute.list', from === undefined ? {} : { from })) as { mutes: MuteEntry[]; next?: string };
+      all.push(...page.mutes);
+      from = page.next;
+      if (from === undefined) break;
+    }
+    this.muteList = all;
+    return all;
+  }
+
+  /**
+   * The server's notice that the mutes changed on another device: list them again
+   * (once more if another notice arrives meanwhile), then emit `mutes`. A re-list
+   * that fails (the connection went) leaves `client.mutes` as it was.
+   */
+  private resyncMutes(): void {
+    if (this.muteSync) {
+      this.muteSyncAgain = true;
+      return;
+    }
+    this.muteSync = (async () => {
+      do {
+        this.muteSyncAgain = false;
+        await this.listMutes();
+      } while (this.muteSyncAgain);
+      this.emit('mutes', this.mutes);
+    })()
+      .catch(() => undefined)
+      .finally(() => {
+        this.muteSync = undefined;
+      });
   }
 
   /** The mutes last known to this client (listMutes(), its own changes, and 'mutes' syncs); expired ones left out. */

@@ -1,7 +1,6 @@
 import { DecodeError, ErrorCode, isErrorCode, type ErrorCode as Code } from './errors.js';
 import { DELIVERY_PROOF_BYTES, MAX_CREDENTIAL_LENGTH, MAX_ID_LENGTH, MAX_LINK_APPROVAL_BYTES, MAX_TEXT_LENGTH } from './limits.js';
 import { MAX_WAKE_BYTES } from './wake.js';
-import { decodeMuteList, type MuteEntry } from './push.js';
 import { bad, bytes, int, name, obj, oneOf, optBytes, optStr, str, type Obj } from './validate.js';
 
 /*
@@ -112,8 +111,11 @@ export interface Move { t: 'move'; h: Uint8Array; why: 'rebalance' | 'associate'
  * reaching (docs/relay.md). Never shown to anyone; the SDK forwards it and keeps nothing.
  */
 export interface Relay { t: 'relay'; u: string; d: string; w: Uint8Array }
-/** The user's mutes changed on another of its devices: the whole current list (docs/push.md). */
-export interface Mutes { t: 'mutes'; mutes: MuteEntry[] }
+/**
+ * The user's mutes changed on another of its devices: a notice only, which any
+ * number of mutes fits in one small frame; the SDK lists them again (docs/push.md).
+ */
+export interface Mutes { t: 'mutes' }
 export type ServerMessage = Msg | Receipt | Status | Presence | TypingEvent | Response | Pong | Move | Relay | Mutes | ErrorMsg | Bye;
 
 const KEY = 32;
@@ -277,7 +279,7 @@ export function decodeServerMessage(v: unknown): ServerMessage {
     case 'relay':
       return { t, u: name(o, 'u'), d: name(o, 'd', 32), w: bytes(o, 'w', 65, MAX_WAKE_BYTES) };
     case 'mutes':
-      return { t, mutes: decodeMuteList(o.mutes) };
+      return { t };
     case 'error':
       return errorMsg(o);
     case 'bye': {

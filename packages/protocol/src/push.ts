@@ -1,5 +1,6 @@
 import { fromBase64Url } from './crypto.js';
 import { bad, int, isName, isObj, name, obj, oneOf, str, type Obj } from './validate.js';
+import { MAX_ID_LENGTH } from './limits.js';
 
 /*
  * Push targets and per-chat mutes (docs/push.md): the arguments of the `push.*`
@@ -106,6 +107,13 @@ export function decodeMuteList(v: unknown, field = 'mutes'): MuteEntry[] {
     const chat = decodeChatRef(e);
     return e.until === undefined ? chat : { ...chat, until: int(e, 'until') };
   });
+}
+
+/** A `mute.list` cursor: the chat key (`u:<user>` or `g:<group>`) of the last mute of the previous page. */
+export function muteCursor(o: Obj, field: string): string {
+  const v = str(o, field, MAX_ID_LENGTH + 2, 3);
+  if (!chatOfKey(v)) bad(field, 'must be the "next" of a mute.list answer');
+  return v;
 }
 
 /** The storage and cache key of a chat: `u:<user>` or `g:<group>` (user and group ids may look alike). */

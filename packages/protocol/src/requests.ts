@@ -1,5 +1,5 @@
 import type { RequestOp } from './messages.js';
-import { decodeChatRef, decodeMuteSet, decodePushTarget, type ChatRef, type MuteSet, type PushTarget } from './push.js';
+import { decodeChatRef, decodeMuteSet, decodePushTarget, muteCursor, type ChatRef, type MuteSet, type PushTarget } from './push.js';
 import { DEFAULT_MAX_FRAME_BYTES, DELIVERY_PROOF_BYTES, MAX_ID_LENGTH } from './limits.js';
 import { bad, bytes, int, isObj, name, oneOf, str, type Obj } from './validate.js';
 
@@ -56,7 +56,8 @@ export interface RequestArgs {
   /** Per-chat mutes of the calling user, synced to its other devices. */
   'mute.set': MuteSet;
   'mute.clear': ChatRef;
-  'mute.list': Record<string, never>;
+  /** One page of the user's active mutes, in chat-key order after the cursor `from` (the `next` of the previous page). */
+  'mute.list': { from?: string };
   /** LAN peers this device reached directly (a probe) and can relay wake-ups to, for `ttlMs` (docs/relay.md). */
   'reach.report': { peers: ReachPeer[]; ttlMs: number };
 }
@@ -88,6 +89,14 @@ export type ProfilePatch = Record<string, ProfileValue | null>;
 /** Bounds of a profile: attributes, name length, string value length, encoded size. */
 export const PROFILE_LIMITS = { maxAttrs: 64, maxNameLength: 64, maxStringLength: 1024, maxBytes: 8192 } as const;
 const ATTR_NAME_RE = /^[A-Za-z_][A-Za-z0-9_.-]*$/;
+/**
+ * A profile attribute name: [A-Za-z_][A-Za-z0-9_.-]*, at most maxNameLength, and
+ * never `__proto__` (msgpackr renames such keys; as a plain object's key it sets
+ * the prototype). One rule for profiles and for the audience predicates over them.
+ */
+export function isAttrName(k: string): boolean {
+  return k.length <= PROFILE_LIMITS.maxNameLength && ATTR_NAME_RE.test(k) && k !== '__proto__';
+}
 
 /** Validates a profile patch (also used by the admin API): names, types, sizes. Throws BAD_MESSAGE. */
 export function decodeProfilePatch(v: unknown, field = 'attrs'): ProfilePatch {
@@ -97,7 +106,7 @@ export function decodeProfilePatch(v: unknown, field = 'attrs'): ProfilePatch {
   if (keys.length > PROFILE_LIMITS.maxAttrs) bad(field, `may set at most ${PROFILE_LIMITS.maxAttrs} attributes`);
   const out: ProfilePatch = {};
   for (const k of keys) {
-    if (k.length > PROFILE_LIMITS.maxNameLength || !ATTR_NAME_RE.test(k)) bad(`${field}.${k.slice(0, 64)}`, `is not an attribute name ([A-Za-z_][A-Za-z0-9_.-]*, at most ${PROFILE_LIMITS.maxNameLength})`);
+    if (!isAttrName(k)) bad(`${field}.${k.slice(0, 64)}`, `is not an attribute name ([A-Za-z_][A-Za-z0-9_.-]*, at most ${PROFILE_LIMITS.maxNameLength})`);
     const x = v[k];
     if (x === null || typeof x === 'boolean') out[k] = x;
     else if (typeof x === 'number' && Number.isFinite(x)) out[k] = x;
@@ -178,7 +187,7 @@ const DECODERS: { [K in RequestOp]: (a: Obj) => RequestArgs[K] } = {
   'push.list': none,
   'mute.set': decodeMuteSet,
   'mute.clear': decodeChatRef,
-  'mute.list': none,
+  'mute.list': (a) => (a.from === undefined ? {} : { from: muteCursor(a, 'from') }),
   'reach.report': (a) => ({ peers: reachPeers(a), ttlMs: int(a, 'ttlMs', REACH_LIMITS.minTtlMs, REACH_LIMITS.maxTtlMs) }),
 };
 

@@ -560,7 +560,7 @@ export class Cell {
     }
     if (i.kind === 'revoked') this.revoked(i.key, i.dev, i.rid);
     else if (i.kind === 'devices') this.accounts.invalidate(i.key);
-    else if (i.kind === 'social') this.social.invalidate(i.key);
+    else if (i.kind === 'social') this.social.invalidate(i.key, i.d);
     else if (i.kind === 'profile') this.profiles.invalidate(i.key);
     else if (i.kind === 'mutes') this.push.mutesChanged(i.key);
     else this.groups.invalidate(i.key);

@@ -46,9 +46,13 @@ export type Envelope =
 /**
  * Envelope on the invalidations subject: a cached record changed. `revoked`: keys of
  * user `key` were revoked — of device `dev` at registration `rid`, or (no `dev`) of
- * every device (a suspension); their live sessions end wherever they are.
+ * every device (a suspension); their live sessions end wherever they are. `social`
+ * may carry `d`, the change itself, for cells whose copy it applies to (validated by `Social`).
  */
-export type Invalidation = { kind: 'devices' | 'social' | 'group' | 'profile' | 'mutes'; key: string } | { kind: 'revoked'; key: string; dev?: string; rid?: number };
+export type Invalidation =
+  | { kind: 'devices' | 'group' | 'profile' | 'mutes'; key: string }
+  | { kind: 'social'; key: string; d?: unknown }
+  | { kind: 'revoked'; key: string; dev?: string; rid?: number };
 
 type O = Record<string, unknown>;
 const s = (v: unknown): v is string => typeof v === 'string';
@@ -125,7 +129,8 @@ export function decodeEnvelope(v: unknown): Envelope {
 export function decodeInvalidation(v: unknown): Invalidation {
   const o = v as O;
   if (typeof o === 'object' && o && n(o.key)) {
-    if (o.kind === 'devices' || o.kind === 'social' || o.kind === 'group' || o.kind === 'profile' || o.kind === 'mutes') return { kind: o.kind, key: o.key };
+    if (o.kind === 'social') return { kind: 'social', key: o.key, ...(o.d !== undefined && { d: o.d }) };
+    if (o.kind === 'devices' || o.kind === 'group' || o.kind === 'profile' || o.kind === 'mutes') return { kind: o.kind, key: o.key };
     if (o.kind === 'revoked' && (o.dev === undefined || (n(o.dev) && num(o.rid)))) return { kind: 'revoked', key: o.key, ...(o.dev !== undefined && { dev: o.dev as string, rid: o.rid as number }) };
   }
   throw new TypeError('malformed invalidation');

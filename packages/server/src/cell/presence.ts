@@ -6,6 +6,7 @@ import type { Envelope } from './envelope.js';
 import { isCasConflict } from './nats.js';
 import { TokenBucket } from './rate.js';
 import type { Session } from './session.js';
+import { Limiter } from './limiter.js';
 import type { SocialRecord } from './social.js';
 import { TtlCache } from './ttl-cache.js';
 
@@ -120,34 +121,13 @@ const sameView = (a: View, b: View): boolean => a.s === b.s && a.l === b.l && a.
 /** Viewer V sees owner O iff O lists V as a contact, shows its presence to contacts, and has not blocked V. */
 const visible = (owner: SocialRecord, viewer: string): boolean => owner.prefs.presence === 'contacts' && owner.contacts.has(viewer) && !owner.blocked.has(viewer);
 
-/** Runs at most `max` tasks at once; refuses work beyond a bounded queue. */
-class Limiter {
-  private active = 0;
-  private readonly queue: Array<() => void> = [];
-  constructor(private readonly max: number, private readonly maxQueue: number) {}
-
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.active >= this.max) {
-      if (this.queue.length >= this.maxQueue) throw new Error('presence work queue is full');
-      await new Promise<void>((resolve) => this.queue.push(resolve));
-    } else this.active++;
-    try {
-      return await fn();
-    } finally {
-      const next = this.queue.shift();
-      if (next) next(); // the slot passes on
-      else this.active--;
-    }
-  }
-}
-
 export class PresenceHub {
   private readonly viewers = new Map<Session, Viewer>();
   private readonly watched = new Map<string, Watched>();
   private pairs = 0;
   private readonly died = new TtlCache<string, number>(DIED_MAX, DIED_TTL_MS);
   private readonly repairing = new Set<string>();
-  private readonly limiter = new Limiter(LOAD_CONCURRENCY, LOAD_QUEUE);
+  private readonly limiter = new Limiter(LOAD_CONCURRENCY, LOAD_QUEUE, 'presence');
   private sweeper: NodeJS.Timeout | undefined;
   private startedAt = Date.now();
   private stopped = false;

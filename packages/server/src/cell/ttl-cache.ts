@@ -55,11 +55,15 @@ export class ReadThrough<K, V> {
 
   constructor(readonly cache: TtlCache<K, V>) {}
 
-  /** The cached value, else the shared read in flight, else a new read. `fresh` skips both. */
-  get(k: K, read: () => Promise<V>, fresh = false): Promise<V> {
+  /**
+   * The cached value (if `usable`), else the shared read in flight, else a new read.
+   * `fresh` skips both. A cached value that is not `usable` (e.g. due for a cheap
+   * revalidation) stays cached until the read replaces it.
+   */
+  get(k: K, read: () => Promise<V>, fresh = false, usable?: (v: V) => boolean): Promise<V> {
     if (!fresh) {
       const hit = this.cache.get(k);
-      if (hit !== undefined) return Promise.resolve(hit);
+      if (hit !== undefined && (!usable || usable(hit))) return Promise.resolve(hit);
       const cur = this.loading.get(k);
       if (cur) return cur.p;
     }

@@ -2,7 +2,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
-import { isName, MAX_ID_LENGTH, MAX_TEXT_LENGTH, pack, PROFILE_LIMITS, unpack } from '@gravitas/protocol';
+import { isAttrName, isName, MAX_ID_LENGTH, MAX_TEXT_LENGTH, pack, PROFILE_LIMITS, unpack } from '@gravitas/protocol';
 import type { CampaignConfig, NodeConfig } from '../config.js';
 import { isCasConflict } from '../cell/nats.js';
 import { Names } from '../subjects.js';
@@ -106,9 +106,9 @@ function intIn(v: unknown, field: string, min: number, max: number): number {
   return v;
 }
 
-const ATTR_RE = /^[A-Za-z_][A-Za-z0-9_.-]*$/;
+/** The attribute names a profile can hold (the protocol's rule, one source). */
 function attrName(v: unknown, field: string): string {
-  if (typeof v !== 'string' || v.length > PROFILE_LIMITS.maxNameLength || !ATTR_RE.test(v) || v === '__proto__') {
+  if (typeof v !== 'string' || !isAttrName(v)) {
     fail(field, `must be an attribute name ([A-Za-z_][A-Za-z0-9_.-]*, at most ${PROFILE_LIMITS.maxNameLength})`);
   }
   return v;

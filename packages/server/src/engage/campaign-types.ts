@@ -75,11 +75,16 @@ export interface CampaignProgress {
 
 export const isCampaignId = (s: string): boolean => isName(s, 64);
 
-/** Evaluates a predicate over a profile's attributes (missing attribute: false, except `ne`). */
+/**
+ * Evaluates a predicate over a profile's attributes (missing attribute: false,
+ * except `ne`). Only the profile's own attributes count, for every op: a name
+ * like `constructor` or `toString` must not find the prototype's function (an
+ * `exists` on it matched every profile).
+ */
 export function matches(p: Predicate, attrs: Record<string, unknown>): boolean {
   if ('all' in p) return p.all.every((q) => matches(q, attrs));
   if ('any' in p) return p.any.some((q) => matches(q, attrs));
-  const v = attrs[p.attr];
+  const v = Object.hasOwn(attrs, p.attr) ? attrs[p.attr] : undefined;
   switch (p.op) {
     case 'exists':
       return v !== undefined;

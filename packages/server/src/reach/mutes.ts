@@ -1,5 +1,5 @@
 import type { KV } from '@nats-io/kv';
-import { chatKey, chatOfKey, ErrorCode, MUTE_LIMITS, pack, ProtocolError, unpack, type ChatRef, type MuteEntry } from '@gravitas/protocol';
+import { chatKey, chatOfKey, DEFAULT_MAX_FRAME_BYTES, ErrorCode, MAX_ID_LENGTH, MUTE_LIMITS, pack, ProtocolError, unpack, type ChatRef, type MuteEntry } from '@gravitas/protocol';
 import { isCasConflict } from '../cell/nats.js';
 
 /*
@@ -10,6 +10,16 @@ import { isCasConflict } from '../cell/nats.js';
  */
 
 export type MuteMap = ReadonlyMap<string, number>;
+
+/**
+ * Mutes per `mute.list` answer. The largest entry in msgpack: a 2-field map (1),
+ * "to" (3), the longest name (2 + MAX_ID_LENGTH), "until" (6) and a 64-bit number
+ * (9); the page, the `next` cursor, the answer's envelope and the seal must fit
+ * the SDK's frame limit (a full mute list is ~85 KB: it never goes in one frame).
+ */
+export const MUTE_LIST_PAGE = 500;
+const MUTE_ENTRY_MAX = 1 + 3 + 2 + MAX_ID_LENGTH + 6 + 9;
+if (MUTE_LIST_PAGE * MUTE_ENTRY_MAX + (MAX_ID_LENGTH + 16) + 256 > DEFAULT_MAX_FRAME_BYTES) throw new Error('a mute.list page does not fit one frame');
 
 const CAS_ATTEMPTS = 16;
 
@@ -37,14 +47,22 @@ export function isMuted(m: MuteMap, chat: ChatRef, now: number): boolean {
   return until !== undefined && active(until, now);
 }
 
-/** The active mutes as listed and synced (`until` absent: until cleared). */
-export function muteList(m: MuteMap, now: number): MuteEntry[] {
-  const out: MuteEntry[] = [];
-  for (const [k, until] of m) {
-    const chat = chatOfKey(k);
-    if (chat && active(until, now)) out.push(until === 0 ? chat : { ...chat, until });
+/**
+ * One page of the active mutes, in chat-key order after the cursor `from` (a chat
+ * key); `next` is the cursor of the following page, absent on the last. Keyed, not
+ * counted: mutes set or expired between two pages never make the next one skip or
+ * repeat the others.
+ */
+export function mutePage(m: MuteMap, now: number, from?: string): { mutes: MuteEntry[]; next?: string } {
+  const keys = [...m.keys()].filter((k) => (from === undefined || k > from) && active(m.get(k)!, now)).sort();
+  const page = keys.slice(0, MUTE_LIST_PAGE);
+  const mutes: MuteEntry[] = [];
+  for (const k of page) {
+    const chat = chatOfKey(k)!;
+    const until = m.get(k)!;
+    mutes.push(until === 0 ? chat : { ...chat, until });
   }
-  return out;
+  return { mutes, ...(keys.length > page.length && { next: page[page.length - 1]! }) };
 }
 
 export class MuteStore {

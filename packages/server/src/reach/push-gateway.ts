@@ -10,7 +10,7 @@ import type { ChatItem, Item } from '../cell/envelope.js';
 import type { Session } from '../cell/session.js';
 import { TtlCache } from '../cell/ttl-cache.js';
 import { Damper } from './damping.js';
-import { isMuted, muteList, MuteStore } from './mutes.js';
+import { isMuted, mutePage, MuteStore } from './mutes.js';
 import { backoffMs, WebhookProvider, WebPushProvider, type Outcome, type PushProvider, type PushRequest } from './push-providers.js';
 import { PushTargets, type Provider } from './push-targets.js';
 
@@ -364,7 +364,7 @@ export class PushGateway {
         return undefined;
       }
       case 'mute.list':
-        return { mutes: muteList(await mutes.get(s.user), now) };
+        return mutePage(await mutes.get(s.user), now, (args as RequestArgs['mute.list']).from);
       default:
         throw new ProtocolError(ErrorCode.NOT_ALLOWED, `${op} is not a push or mute operation`);
     }
@@ -379,36 +379,38 @@ export class PushGateway {
       return a.until;
     }
     if (chat.g === undefined) return 0;
-    // groups.info checks membership (NOT_A_MEMBER, NOT_FOUND) and counts the members.
-    const info = (await this.cell.groups.handle(s, 'groups.info', { g: chat.g })) as { members: string[]; count?: number };
+    // groups.info checks membership and counts the members. A group that does not exist is
+    // answered as one the user is not in (same code, same text): mute.set is no oracle of group ids.
+    const info = (await this.cell.groups.handle(s, 'groups.info', { g: chat.g }).catch((err: unknown) => {
+      if (err instanceof ProtocolError && (err.code === ErrorCode.NOT_FOUND || err.code === ErrorCode.NOT_A_MEMBER)) {
+        throw new ProtocolError(ErrorCode.NOT_A_MEMBER, 'you are not a member of this group');
+      }
+      throw err;
+    })) as { members: string[]; count?: number };
     const members = info.count ?? info.members.length;
     return now + Math.min(this.cfg.groupMuteCapMs, this.cfg.groupMuteBaseMs * members);
   }
 
-  /** Tells every cell; each sends the new list to the user's sessions it hosts (but the requesting one). */
+  /** Tells every cell; each tells the user's sessions it hosts (but the requesting one) to list their mutes again. */
   private changed(s: Session): void {
     this.syncSkip.set(`${s.user}/${s.device}`, true);
     this.cell.invalidate({ kind: 'mutes', key: s.user });
   }
 
-  /** The mutes of `user` changed (an invalidation from any cell): sync its sessions here. */
+  /**
+   * The mutes of `user` changed (an invalidation from any cell): a notice to its
+   * sessions here, never the list (1,000 mutes with long names exceed a frame);
+   * the SDK lists them again, page by page.
+   */
   mutesChanged(user: string): void {
-    const sessions = [...this.cell.sessionsOf(user)];
-    if (sessions.length === 0 || !this.mutes) return;
-    this.mutes.get(user).then(
-      (m) => {
-        const list = muteList(m, Date.now());
-        for (const s of sessions) {
-          const k = `${user}/${s.device}`;
-          if (this.syncSkip.get(k)) {
-            this.syncSkip.delete(k);
-            continue;
-          }
-          if (s.isOpen) s.send({ t: 'mutes', mutes: list });
-        }
-      },
-      (err: unknown) => this.cell.log('push: cannot read mutes to sync', err),
-    );
+    for (const s of this.cell.sessionsOf(user)) {
+      const k = `${user}/${s.device}`;
+      if (this.syncSkip.get(k)) {
+        this.syncSkip.delete(k);
+        continue;
+      }
+      if (s.isOpen) s.send({ t: 'mutes' });
+    }
   }
 
   /** A device left its account: its targets go too. */

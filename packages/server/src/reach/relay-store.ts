@@ -6,7 +6,10 @@ import { isCasConflict } from '../cell/nats.js';
  * Reachability and relay rate state, one KV key per device (`<user>.<device>`) in
  * the bucket `<prefix>_reach` (docs/relay.md):
  *
- *   { r: [[user, device, expiresAt]],   devices that recently reported reaching this one
+ *   { r: [[user, device, expiresAt, tier]],  devices that recently reported reaching this one, with
+ *                                       the consent they had (0 own device, 1 contact, 2 mutual)
+ *     c: [[user, device, until]],       devices this one reported reaching: its consent that they
+ *                                       relay for it (the mutual rule), until `until`
  *     w: [ms],                          relay requests for this device (as a target) in the window
  *     s: [ms] }                         relay requests sent via this device (as a relayer) in the window
  *
@@ -14,8 +17,14 @@ import { isCasConflict } from '../cell/nats.js';
  * bucket's max age drops the records of devices nobody talks about any more.
  */
 
-export interface Relayer { user: string; device: string; expiresAt: number }
-export interface ReachRecord { r: Relayer[]; w: number[]; s: number[] }
+export interface Relayer { user: string; device: string; expiresAt: number; tier: number }
+/** A device this one reported reaching: it consents to that device relaying for it until `until`. */
+export interface Consent { user: string; device: string; until: number }
+export interface ReachRecord { r: Relayer[]; c: Consent[]; w: number[]; s: number[] }
+
+/** Consents kept per device (a report names at most 32 peers; the SDK keeps 64). */
+export const MAX_CONSENTS = 64;
+const empty = (): ReachRecord => ({ r: [], c: [], w: [], s: [] });
 
 const CAS_ATTEMPTS = 8;
 /** Timestamps kept per list: the rate limits are at most 1000 per window (relay-config.ts). */
@@ -27,26 +36,35 @@ const stamps = (v: unknown): number[] => (Array.isArray(v) ? v.filter((x): x is 
 
 /** Decodes a stored record; anything malformed reads as empty (a foreign writer must not break wake-ups). */
 export function decodeReach(v: Uint8Array | undefined): ReachRecord {
-  const empty: ReachRecord = { r: [], w: [], s: [] };
-  if (!v || v.length === 0) return empty;
+  if (!v || v.length === 0) return empty();
   let o: Record<string, unknown>;
   try {
     o = unpack(v) as Record<string, unknown>;
   } catch {
-    return empty;
+    return empty();
   }
-  if (typeof o !== 'object' || o === null) return empty;
-  const r: Relayer[] = [];
-  if (Array.isArray(o.r)) {
-    for (const e of o.r.slice(0, 64)) {
-      if (Array.isArray(e) && typeof e[0] === 'string' && isName(e[0]) && typeof e[1] === 'string' && isName(e[1], 32) && typeof e[2] === 'number') r.push({ user: e[0], device: e[1], expiresAt: e[2] });
+  if (typeof o !== 'object' || o === null) return empty();
+  const triples = (v: unknown, max: number, each: (user: string, device: string, n: number, e: unknown[]) => void): void => {
+    if (!Array.isArray(v)) return;
+    for (const e of v.slice(0, max)) {
+      if (Array.isArray(e) && typeof e[0] === 'string' && isName(e[0]) && typeof e[1] === 'string' && isName(e[1], 32) && typeof e[2] === 'number') each(e[0], e[1], e[2], e);
     }
-  }
-  return { r, w: stamps(o.w), s: stamps(o.s) };
+  };
+  const r: Relayer[] = [];
+  // A relayer stored without its tier (an older writer) counts as the least trusted.
+  triples(o.r, 64, (user, device, expiresAt, e) => r.push({ user, device, expiresAt, tier: e[3] === 0 || e[3] === 1 ? e[3] : 2 }));
+  const c: Consent[] = [];
+  triples(o.c, MAX_CONSENTS, (user, device, until) => c.push({ user, device, until }));
+  return { r, c, w: stamps(o.w), s: stamps(o.s) };
 }
 
 function encodeReach(rec: ReachRecord): Uint8Array {
-  return pack({ r: rec.r.map((x) => [x.user, x.device, x.expiresAt]), w: rec.w, s: rec.s });
+  return pack({ r: rec.r.map((x) => [x.user, x.device, x.expiresAt, x.tier]), c: rec.c.map((x) => [x.user, x.device, x.until]), w: rec.w, s: rec.s });
+}
+
+/** True when `rec` (a target's record) holds the target's unexpired consent for `relayer`. */
+export function consents(rec: ReachRecord, relayer: { user: string; device: string }, now: number): boolean {
+  return rec.c.some((x) => x.user === relayer.user && x.device === relayer.device && x.until > now);
 }
 
 export class ReachStore {
@@ -54,7 +72,7 @@ export class ReachStore {
 
   async read(user: string, device: string): Promise<ReachRecord> {
     const e = await this.kv.get(reachKey(user, device));
-    return e && e.operation === 'PUT' ? decodeReach(e.value) : { r: [], w: [], s: [] };
+    return e && e.operation === 'PUT' ? decodeReach(e.value) : empty();
   }
 
   /**
@@ -65,7 +83,7 @@ export class ReachStore {
     const key = reachKey(user, device);
     for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
       const cur = await this.kv.get(key);
-      const rec = cur && cur.operation === 'PUT' ? decodeReach(cur.value) : { r: [], w: [], s: [] };
+      const rec = cur && cur.operation === 'PUT' ? decodeReach(cur.value) : empty();
       if (!change(rec)) return false;
       try {
         if (cur) await this.kv.update(key, encodeReach(rec), cur.revision);
@@ -78,13 +96,29 @@ export class ReachStore {
     throw new Error(`reach record of ${key} is too contended`);
   }
 
-  /** `relayer` reached `target` and says so until `expiresAt`; at most `max` relayers per target, the latest kept. */
-  addRelayer(target: { user: string; device: string }, relayer: { user: string; device: string }, expiresAt: number, max: number, now: number): Promise<boolean> {
+  /**
+   * `relayer` reached `target` and says so until `expiresAt`, with the consent of
+   * `tier`; at most `max` relayers per target: when full, the least trusted go
+   * first (so a contact's many devices cannot push out the target's own), then
+   * the ones that expire soonest.
+   */
+  addRelayer(target: { user: string; device: string }, relayer: { user: string; device: string }, expiresAt: number, tier: number, max: number, now: number): Promise<boolean> {
     return this.modify(target.user, target.device, (rec) => {
       rec.r = rec.r.filter((x) => x.expiresAt > now && !(x.user === relayer.user && x.device === relayer.device));
-      rec.r.push({ user: relayer.user, device: relayer.device, expiresAt });
-      rec.r.sort((a, b) => a.expiresAt - b.expiresAt);
-      if (rec.r.length > max) rec.r = rec.r.slice(-max);
+      rec.r.push({ user: relayer.user, device: relayer.device, expiresAt, tier });
+      rec.r.sort((a, b) => a.tier - b.tier || b.expiresAt - a.expiresAt);
+      if (rec.r.length > max) rec.r = rec.r.slice(0, max);
+      return true;
+    });
+  }
+
+  /** `reporter` reached these devices and consents to their relaying for it until `until` (the latest MAX_CONSENTS kept). */
+  addConsents(reporter: { user: string; device: string }, peers: ReadonlyArray<{ user: string; device: string }>, until: number, now: number): Promise<boolean> {
+    return this.modify(reporter.user, reporter.device, (rec) => {
+      const named = new Set(peers.map((p) => `${p.user}/${p.device}`));
+      rec.c = rec.c.filter((x) => x.until > now && !named.has(`${x.user}/${x.device}`));
+      for (const p of peers) rec.c.push({ user: p.user, device: p.device, until });
+      if (rec.c.length > MAX_CONSENTS) rec.c = rec.c.slice(-MAX_CONSENTS);
       return true;
     });
   }

@@ -7,7 +7,7 @@ import type { DeviceLocation } from '../cell/directory.js';
 import { untilReady } from '../cell/nats.js';
 import type { Session } from '../cell/session.js';
 import { TtlCache } from '../cell/ttl-cache.js';
-import { recentCount, ReachStore, type Relayer } from './relay-store.js';
+import { consents, recentCount, ReachStore, type ReachRecord, type Relayer } from './relay-store.js';
 
 /*
  * Wake-ups relayed through peer devices (docs/relay.md). Devices report which
@@ -24,6 +24,16 @@ export type WakeResult =
 
 /** Reporters remembered for the per-device report interval (one entry per reporting device). */
 const REPORTERS_MAX = 100_000;
+/**
+ * How long a device's report of a peer stands as its consent that the peer relays
+ * for it (the mutual rule, docs/relay.md): long enough to cover the device being
+ * offline, which is when it needs a relay.
+ */
+export const CONSENT_TTL_MS = 7 * 86_400_000;
+/** Consent tiers, also the ranking of relayers: the target's own devices, its user's contacts, devices it reported itself. */
+const OWN = 0;
+const CONTACT = 1;
+const MUTUAL = 2;
 
 interface Candidate { relayer: Relayer; loc: DeviceLocation; tier: number; recent: number; cellLoad: number }
 
@@ -53,8 +63,14 @@ export class RelayCoordinator {
 
   // ---- reports ------------------------------------------------------------------
 
-  /** `reach.report` from a session: the devices it reaches, for at most relay.maxReportTtlMs. */
-  async report(s: Session, a: RequestArgs['reach.report']): Promise<{ accepted: number; ttlMs: number }> {
+  /**
+   * `reach.report` from a session: the devices it reaches, for at most
+   * relay.maxReportTtlMs. It becomes a relayer only of those that consent (see
+   * `consent`); the report is also the reporter's own consent that the devices it
+   * names relay for it. The answer is the same whichever of the named devices
+   * exist or consent: it tells nothing about them.
+   */
+  async report(s: Session, a: RequestArgs['reach.report']): Promise<{ ttlMs: number }> {
     const cfg = this.cell.config.relay;
     const me = `${s.user}/${s.device}`;
     if (this.reporters.get(me)) {
@@ -64,13 +80,34 @@ export class RelayCoordinator {
     this.reporters.set(me, true);
     const ttlMs = Math.min(a.ttlMs, cfg.maxReportTtlMs);
     const now = Date.now();
-    const peers = a.peers.filter((p) => !(p.user === s.user && p.device === s.device));
-    // Registered devices only: a report cannot plant records under names that do not exist.
-    const known = await Promise.all(peers.map(async (p) => (await this.cell.accounts.devices(p.user)).includes(p.device)));
-    const real = peers.filter((_, i) => known[i]);
-    await Promise.all(real.map((p) => this.reach.addRelayer(p, { user: s.user, device: s.device }, now + ttlMs, cfg.maxRelayersPerTarget, now)));
+    const reporter = { user: s.user, device: s.device };
+    const peers = [...new Map(a.peers.filter((p) => !(p.user === s.user && p.device === s.device)).map((p) => [`${p.user}/${p.device}`, p])).values()];
+    if (peers.length > 0) await this.reach.addConsents(reporter, peers, now + CONSENT_TTL_MS, now);
+    const tiers = await Promise.all(peers.map((p) => this.consent(p, reporter, now)));
+    await Promise.all(peers.map((p, i) => (tiers[i] === undefined ? undefined : this.reach.addRelayer(p, reporter, now + ttlMs, tiers[i]!, cfg.maxRelayersPerTarget, now))));
     this.cell.metrics.reachReports.inc({ result: 'ok' });
-    return { accepted: real.length, ttlMs };
+    return { ttlMs };
+  }
+
+  /**
+   * Whether `target` lets `relayer` relay for it, and as what: one of its user's
+   * own devices (registered), a device of a user the target's user lists as a
+   * contact and has not blocked, or a device the target itself reported reaching
+   * within CONSENT_TTL_MS (and whose user it has not blocked). Anyone else:
+   * undefined, and nothing is recorded. Only registered target devices count, so
+   * no record is planted under names that do not exist.
+   */
+  private async consent(target: { user: string; device: string }, relayer: { user: string; device: string }, now: number): Promise<number | undefined> {
+    let tier: number | undefined;
+    if (target.user === relayer.user) tier = OWN;
+    else {
+      const social = await this.cell.social.record(target.user);
+      if (social.blocked.has(relayer.user)) return undefined;
+      if (social.contacts.has(relayer.user)) tier = CONTACT;
+      else if (consents(await this.reach.read(target.user, target.device), relayer, now)) tier = MUTUAL;
+    }
+    if (tier === undefined) return undefined;
+    return (await this.cell.accounts.devices(target.user)).includes(target.device) ? tier : undefined;
   }
 
   // ---- wake-ups -----------------------------------------------------------------
@@ -123,7 +160,7 @@ export class RelayCoordinator {
     }
     // Fresh: a cached "online" would skip a device that just left, a cached "offline" wake one that is back.
     if ((await this.cell.directory.lookup(user, true)).some((l) => l.device === device)) return 'online';
-    const candidates = await this.candidates(user, reported, now);
+    const candidates = await this.candidates(user, target, reported, now);
     if (candidates.length === 0) return 'relayer_offline';
     let chosen: Candidate | undefined;
     for (const c of candidates) {
@@ -151,24 +188,32 @@ export class RelayCoordinator {
     return 'sent';
   }
 
-  /** Reported relayers that are online and not blocked by the target, best first. */
-  private async candidates(user: string, reported: Relayer[], now: number): Promise<Candidate[]> {
+  /**
+   * Reported relayers that are online and still have the target's consent (the
+   * rules of `consent`, checked again now: a contact removed or blocked since its
+   * report, or a mutual consent expired, no longer counts), best first.
+   */
+  private async candidates(user: string, target: ReachRecord, reported: Relayer[], now: number): Promise<Candidate[]> {
     const users = [...new Set(reported.map((r) => r.user))];
     const [located, social] = await Promise.all([Promise.all(users.map((u) => this.cell.directory.lookup(u))), this.cell.social.record(user)]);
     const where = new Map(users.map((u, i) => [u, located[i]!]));
     const loads = this.loads();
-    const online: Array<{ relayer: Relayer; loc: DeviceLocation }> = [];
+    const online: Array<{ relayer: Relayer; loc: DeviceLocation; tier: number }> = [];
     for (const relayer of reported) {
-      if (relayer.user !== user && social.blocked.has(relayer.user)) continue;
+      let tier: number;
+      if (relayer.user === user) tier = OWN;
+      else if (social.blocked.has(relayer.user)) continue;
+      else if (social.contacts.has(relayer.user)) tier = CONTACT;
+      else if (consents(target, relayer, now)) tier = MUTUAL;
+      else continue;
       const loc = where.get(relayer.user)?.find((l) => l.device === relayer.device);
-      if (loc) online.push({ relayer, loc });
+      if (loc) online.push({ relayer, loc, tier });
     }
     const records = await Promise.all(online.map((o) => this.reach.read(o.relayer.user, o.relayer.device)));
     const cfg = this.cell.config.relay;
     const out = online.map((o, i): Candidate => ({
       ...o,
-      // The target's own other device first, then its contacts, then anyone who reached it.
-      tier: o.relayer.user === user ? 0 : social.contacts.has(o.relayer.user) ? 1 : 2,
+      // The target's own other device first, then its contacts, then devices it reported itself.
       recent: recentCount(records[i]!.s, cfg.windowMs, now),
       cellLoad: loads.get(o.loc.cell)?.load ?? Number.MAX_SAFE_INTEGER,
     }));
