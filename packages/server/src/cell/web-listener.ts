@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
 import { WebSocketServer } from 'ws';
-import { ErrorCode, type ErrorCode as Code } from '@gravitas/protocol';
+import { ChannelError, ErrorCode, FramingError, type ErrorCode as Code } from '@gravitas/protocol';
 import type { NodeConfig } from '../config.js';
 import { ChunkedDecoder, DEFAULT_CHUNK_LINE_BYTES, DEFAULT_TRAILER_BYTES, HttpError } from './chunked.js';
 import type { CellMetrics } from './metrics.js';
@@ -25,8 +25,12 @@ import { HttpStreamTransport, WsTransport, type Upstream } from './web-transport
 export const PATH_WS = '/gravitas';
 export const PATH_DOWN = '/gravitas/down';
 export const PATH_UP = '/gravitas/up';
-/** Response header carrying the downstream's stream id (also sent as its first frame). */
+/**
+ * The stream id: a response header of the downstream (also sent as its first frame), and the
+ * request header naming the stream of an upstream POST — never in the URL, which lands in logs.
+ */
 export const STREAM_HEADER = 'X-Gravitas-Stream';
+const STREAM_HEADER_LC = STREAM_HEADER.toLowerCase();
 
 /** What the listener needs from its cell. */
 export interface WebHost {
@@ -255,7 +259,7 @@ export class WebListener {
 
   private preflight(socket: Socket, req: RequestHead, rest: Buffer): void {
     const extra = this.cors(req)
-      ? `Access-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: content-type\r\nAccess-Control-Max-Age: 600\r\n`
+      ? `Access-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: content-type, ${STREAM_HEADER_LC}\r\nAccess-Control-Max-Age: 600\r\n`
       : '';
     const close = this.wantsClose(req);
     socket.write(`HTTP/1.1 204 No Content\r\n${this.cors(req)}${extra}Cache-Control: no-store\r\n${close ? 'Connection: close\r\n' : ''}\r\n`);
@@ -314,7 +318,8 @@ export class WebListener {
 
   private upstream(socket: Socket, req: RequestHead, rest: Buffer): void {
     const { web, limits } = this.host.config;
-    const sid = req.query.get('sid') ?? '';
+    const sid = req.headers.get(STREAM_HEADER_LC) ?? '';
+    if (!sid && req.query.has('sid')) return this.refuse(socket, 400, ErrorCode.HTTP_BAD_REQUEST, `the stream id goes in the ${STREAM_HEADER} request header, not in the URL`, req);
     const stream = SID_RE.test(sid) ? this.streams.get(sid) : undefined;
     if (!stream || stream.isClosed) return this.refuse(socket, 404, ErrorCode.STREAM_UNKNOWN, 'no such stream on this cell', req);
     const te = req.headers.get('transfer-encoding');
@@ -349,24 +354,28 @@ export class WebListener {
         this.refuse(socket, 410, code, 'the stream has ended', req);
       },
     };
-    const fail = (err: HttpError): void => {
+    // A failure of this request's bytes (a cap, bad framing, frames that fail authentication, an
+    // abort) refuses this request alone: the session is untouched (docs/transports.md, "One request,
+    // one verdict"). Whoever sent it learns why; a real client's SDK then ends its own stream.
+    const fail = (err: HttpError | FramingError | ChannelError): void => {
       if (over) return;
       finish();
-      this.refuse(socket, err.status, err.code, err.message, req);
-      stream.fail(err);
+      stream.discardPartial();
+      this.refuse(socket, err instanceof HttpError ? err.status : err.code === ErrorCode.FRAME_TOO_LARGE ? 413 : 400, err.code, err.message, req);
     };
     const aborted = (): void => {
       if (over) return;
       finish();
+      stream.discardPartial();
       socket.destroy();
-      stream.fail(new HttpError(400, ErrorCode.HTTP_BAD_REQUEST, 'the upstream request ended before its body'));
     };
     const feed = (buf: Buffer): void => {
       let used: number;
       try {
         used = reader.push(buf, (d) => stream.ingest(d));
+        if (reader.done && !over) stream.endOfRequest();
       } catch (err) {
-        return fail(err as HttpError);
+        return fail(err as HttpError | FramingError | ChannelError);
       }
       if (over || !reader.done) return;
       finish();
