@@ -8,3 +8,6 @@ export type { CellInit, CellStatus, FromCell, ToCell } from './types.js';
 export { ChunkedDecoder, HttpError, type ChunkedLimits } from './cell/chunked.js';
 export { parseHead, PATH_DOWN, PATH_UP, PATH_WS, STREAM_HEADER } from './cell/web-listener.js';
 export { WS_CLOSE_CODED } from './cell/web-transports.js';
+export { canonicalIp, prefixOf, SourceResolver, type ClientSource } from './net/source.js';
+export { proxyV1, proxyV2, readProxyHeader, type ProxyHeader } from './net/proxy-protocol.js';
+export { SourceTable, SourceLimits, isRefusal, REFUSAL_SLACK, type SourceCharge, type SourceRefusal, type SourceLimitKind } from './net/source-limits.js';

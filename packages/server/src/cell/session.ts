@@ -120,7 +120,7 @@ export class Session {
 
   private onFirstFlight(body: Buffer): void {
     const hello = decodeClientHandshake(unpack(body));
-    const cookie = this.cell.guard.admit(this.transport.remoteAddress, hello.e, hello.cookie);
+    const cookie = this.cell.guard.admit(this.transport.source.ip, hello.e, hello.cookie);
     if (cookie) {
       this.cell.metrics.cookiesSent.inc();
       this.writePlain({ t: 'cookie', c: cookie });

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { ChannelError, encodeFrame, ErrorCode, FrameDecoder, FramingError, ProtocolError, type ErrorCode as Code } from '@gravitas/protocol';
+import type { ClientSource } from '../net/source.js';
 import type { Transport, TransportHandlers } from './transport.js';
 
 /*
@@ -14,10 +15,8 @@ export const WS_CLOSE_CODED = 4000;
 /** One binary WebSocket message = one frame body, no length prefix. */
 export class WsTransport implements Transport {
   readonly kind = 'ws';
-  readonly remoteAddress: string;
 
-  constructor(private readonly ws: WebSocket, private readonly socket: Socket, private readonly onOversize: () => void) {
-    this.remoteAddress = `${socket.remoteAddress}:${socket.remotePort}`;
+  constructor(private readonly ws: WebSocket, private readonly socket: Socket, readonly source: ClientSource, private readonly onOversize: () => void) {
     socket.setNoDelay(true);
   }
 
@@ -104,7 +103,6 @@ export interface Upstream {
  */
 export class HttpStreamTransport implements Transport {
   readonly kind = 'http';
-  readonly remoteAddress: string;
   private decoder: FrameDecoder;
   private h: TransportHandlers | undefined;
   private up: Upstream | undefined;
@@ -119,9 +117,8 @@ export class HttpStreamTransport implements Transport {
   private idleTimer: NodeJS.Timeout | undefined;
   private readonly closeCallbacks: Array<() => void> = [];
 
-  constructor(readonly sid: string, private readonly down: Socket, private readonly maxFrameBytes: number) {
+  constructor(readonly sid: string, private readonly down: Socket, private readonly maxFrameBytes: number, readonly source: ClientSource) {
     this.decoder = new FrameDecoder(maxFrameBytes);
-    this.remoteAddress = `${down.remoteAddress}:${down.remotePort}`;
     down.setNoDelay(true);
     down.on('drain', () => this.h?.drain());
     down.on('close', () => this.finish());
