@@ -136,6 +136,22 @@ export interface NetworkConfig {
   maxPendingStreamsPerPrefix: number;
 }
 
+/** The admin HTTP server (admin.ts). */
+export interface AdminConfig {
+  host: string;
+  port: number;
+  token?: string;
+  /** Open connections at most (beyond: closed at accept), and per client address. */
+  maxConnections: number;
+  maxConnectionsPerSource: number;
+  /** A request head must be complete this long after the connection opened or the previous answer (408). */
+  headerTimeoutMs: number;
+  /** A whole request, body included, must arrive within this (408). */
+  requestTimeoutMs: number;
+  /** An idle kept-alive connection is closed after this. */
+  keepAliveTimeoutMs: number;
+}
+
 export interface NodeConfig {
   nodeId: string;
   nats: { servers: string[]; token?: string; user?: string; pass?: string };
@@ -146,7 +162,7 @@ export interface NodeConfig {
   web: WebConfig;
   network: NetworkConfig;
   advertiseHost: string;
-  admin: { host: string; port: number; token?: string };
+  admin: AdminConfig;
   dataDir: string;
   /** The cluster's X25519 server key (secret half, base64url). */
   serverKey: string;
@@ -207,6 +223,16 @@ export const DEFAULT_NETWORK: NetworkConfig = {
   maxHandshakesPerPrefix: 256,
   maxPendingStreamsPerSource: 8,
   maxPendingStreamsPerPrefix: 64,
+};
+
+export const DEFAULT_ADMIN: Omit<AdminConfig, 'token'> = {
+  host: '127.0.0.1',
+  port: 7300,
+  maxConnections: 64,
+  maxConnectionsPerSource: 16,
+  headerTimeoutMs: 5_000,
+  requestTimeoutMs: 15_000,
+  keepAliveTimeoutMs: 5_000,
 };
 
 export const DEFAULT_MAILBOX: MailboxConfig = {
@@ -371,7 +397,7 @@ const KNOWN_NESTED: Record<string, Set<string>> = {
   listen: new Set(['host', 'basePort', 'webBasePort']),
   web: new Set(Object.keys(DEFAULT_WEB)),
   network: new Set(Object.keys(DEFAULT_NETWORK)),
-  admin: new Set(['host', 'port', 'token']),
+  admin: new Set([...Object.keys(DEFAULT_ADMIN), 'token']),
   registration: new Set(['mode', 'token']),
   membership: new Set(['heartbeatMs', 'timeoutMs']),
   mailbox: new Set(Object.keys(DEFAULT_MAILBOX)),
@@ -536,6 +562,18 @@ export function validateConfig(raw: Json): NodeConfig {
   for (const k of ['Connections', 'Handshakes', 'PendingStreams'] as const) {
     if (network[`max${k}PerPrefix`] < network[`max${k}PerSource`]) fail(`network.max${k}PerPrefix`, `must be at least network.max${k}PerSource (${network[`max${k}PerSource`]}): a prefix holds its sources`);
   }
+  const A = DEFAULT_ADMIN;
+  const admin: AdminConfig = {
+    host: string('admin.host', A.host, host)!,
+    port: int('admin.port', A.port, 0, 65535),
+    maxConnections: int('admin.maxConnections', A.maxConnections, 1, 100_000),
+    maxConnectionsPerSource: int('admin.maxConnectionsPerSource', A.maxConnectionsPerSource, 1, 100_000),
+    headerTimeoutMs: int('admin.headerTimeoutMs', A.headerTimeoutMs, 100, 120_000),
+    requestTimeoutMs: int('admin.requestTimeoutMs', A.requestTimeoutMs, 100, 600_000),
+    keepAliveTimeoutMs: int('admin.keepAliveTimeoutMs', A.keepAliveTimeoutMs, 100, 600_000),
+  };
+  if (admin.maxConnectionsPerSource > admin.maxConnections) fail('admin.maxConnectionsPerSource', `must not exceed admin.maxConnections (${admin.maxConnections})`);
+  if (admin.requestTimeoutMs < admin.headerTimeoutMs) fail('admin.requestTimeoutMs', `must be at least admin.headerTimeoutMs (${admin.headerTimeoutMs}): the head is part of the request`);
   const M = DEFAULT_MAILBOX;
   const mailbox: MailboxConfig = {
     partitions: int('mailbox.partitions', M.partitions, 1, 1024),
@@ -589,7 +627,7 @@ export function validateConfig(raw: Json): NodeConfig {
     web,
     network,
     advertiseHost: string('advertiseHost', listenHost === '0.0.0.0' || listenHost === '::' ? hostname() : listenHost, host)!,
-    admin: { host: string('admin.host', '127.0.0.1', host)!, port: int('admin.port', 7300, 0, 65535) },
+    admin,
     dataDir: string('dataDir', './data')!,
     serverKey: string('serverKey', undefined, key32) ?? (get('serverKey') === undefined ? fail('serverKey', 'is required (see `gravitas keygen`)') ?? '' : ''),
     ticketKeys: tk,
