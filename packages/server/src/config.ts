@@ -409,6 +409,20 @@ const KNOWN_NESTED: Record<string, Set<string>> = {
   limits: new Set(Object.keys(DEFAULT_LIMITS)),
 };
 
+/** Connection caps the start-up fd budget may lower when they were left at their defaults (fd-budget.ts). */
+export const FD_CAP_SETTINGS = ['limits.maxConnectionsPerCell', 'web.maxConnections', 'admin.maxConnections'] as const;
+export type FdCapSetting = (typeof FD_CAP_SETTINGS)[number];
+const explicit = new WeakMap<NodeConfig, ReadonlySet<string>>();
+
+/**
+ * Was `setting` given (file, env, flag or override) rather than left at its default?
+ * Known only for a config made by validateConfig; for a copy or a hand-made object every cap
+ * counts as a default (lowering to fit is the safe mistake).
+ */
+export function isExplicit(cfg: NodeConfig, setting: FdCapSetting): boolean {
+  return explicit.get(cfg)?.has(setting) ?? false;
+}
+
 /** Validates a merged raw configuration, coercing strings from env/flags. */
 export function validateConfig(raw: Json): NodeConfig {
   const issues: ConfigIssue[] = [];
@@ -662,5 +676,6 @@ export function validateConfig(raw: Json): NodeConfig {
   if (cfg.membership.timeoutMs < 2 * cfg.membership.heartbeatMs) fail('membership.timeoutMs', 'must be at least twice membership.heartbeatMs');
   if (limits.msgBurst < 1) fail('limits.msgBurst', 'must be at least 1');
   if (issues.length > 0) throw new ConfigError(issues);
+  explicit.set(cfg, new Set(FD_CAP_SETTINGS.filter((p) => get(p) !== undefined)));
   return cfg;
 }

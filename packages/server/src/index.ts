@@ -11,3 +11,4 @@ export { WS_CLOSE_CODED } from './cell/web-transports.js';
 export { canonicalIp, prefixOf, SourceResolver, type ClientSource } from './net/source.js';
 export { proxyV1, proxyV2, readProxyHeader, type ProxyHeader } from './net/proxy-protocol.js';
 export { SourceTable, SourceLimits, isRefusal, REFUSAL_SLACK, type SourceCharge, type SourceRefusal, type SourceLimitKind } from './net/source-limits.js';
+export { fdNeed, fitFdBudget, softFileLimit } from './net/fd-budget.js';
