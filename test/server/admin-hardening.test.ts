@@ -139,6 +139,9 @@ t.test('bodies are judged by the head: refused before they are read', async (t) 
   t.ok(chunked.sent < HUNDRED_MB / 4);
   const health = await blast(t, `POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: ${HUNDRED_MB}\r\n\r\n`, HUNDRED_MB);
   t.equal(health.status, 413, '/healthz takes no body: 413, unread');
+  const small = await raw(t, '127.10.3.6');
+  small.write(`POST /admin/campaigns/nope/start HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`);
+  t.equal((await small.response()).status, 404, 'a route without a body ignores a small one ({}): 404, no such campaign');
   const cont = await raw(t, '127.10.3.4');
   cont.write(`POST /admin/campaigns HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n`);
   const c = await cont.response();

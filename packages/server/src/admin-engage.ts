@@ -324,10 +324,19 @@ function reply(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
-/** Does the request announce a body (chunked, or a Content-Length above 0)? */
-export function hasBody(req: IncomingMessage): boolean {
-  const cl = req.headers['content-length'];
-  return req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0');
+/** A route that takes no body ignores one this small (clients send `{}` to action routes); a larger one is 413. */
+export const IGNORED_BODY_BYTES = 1024;
+
+/**
+ * Refusal of a body a route does not take (`cap` undefined) or that is over its maximum, from the
+ * head alone; a chunked body's size is unknown, so a route without a body refuses it too.
+ */
+export function bodyRefusal(req: IncomingMessage, cap: number | undefined, what: string): AdminError | undefined {
+  const chunked = req.headers['transfer-encoding'] !== undefined;
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (cap === undefined && (chunked || declared > IGNORED_BODY_BYTES)) return new AdminError(413, AdminErrorCode.PAYLOAD_TOO_LARGE, `${what} takes no body`);
+  if (cap !== undefined && declared > cap) return new AdminError(413, AdminErrorCode.PAYLOAD_TOO_LARGE, `the body may have at most ${cap} bytes`);
+  return undefined;
 }
 
 /** Reads a JSON body of at most `cap` bytes (listeners, not an async iterator: leaving one early would destroy the socket before the answer). */
@@ -489,11 +498,7 @@ export function createEngageApi(config: NodeConfig, log: (msg: string) => void):
     if (!m) return new AdminError(401, AdminErrorCode.UNAUTHORIZED, 'send Authorization: Bearer <admin token or publisher API key>');
     // A publisher key needs a KV lookup (after the head); anything else is the admin token or wrong.
     if (!m[1]!.startsWith('gk_') && !(config.admin.token !== undefined && safeEqual(m[1]!, config.admin.token))) return new AdminError(401, AdminErrorCode.UNAUTHORIZED, 'wrong bearer token');
-    if (!hasBody(req)) return undefined;
-    if (route.body === undefined) return new AdminError(413, AdminErrorCode.PAYLOAD_TOO_LARGE, `${req.method} ${url.pathname} takes no body`);
-    const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > route.body) return new AdminError(413, AdminErrorCode.PAYLOAD_TOO_LARGE, `the body may have at most ${route.body} bytes`);
-    return undefined;
+    return bodyRefusal(req, route.body, `${req.method} ${url.pathname}`);
   }
 
   async function serve(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
@@ -501,6 +506,8 @@ export function createEngageApi(config: NodeConfig, log: (msg: string) => void):
     const route = routeOf(req, path);
     const ctx = await context();
     const who = await authenticate(req, ctx);
+    // A route without a body ignores a small one (early() refused a larger one): read it off so the connection can be kept.
+    if (route.body === undefined) req.resume();
     const body = route.body === undefined ? undefined : await readJson(req, route.body);
     const params = route.path.exec(path)!.slice(1);
     const out = await route.run({ ctx, who, params, query: url.searchParams, body });

@@ -4,7 +4,7 @@ import type { Socket } from 'node:net';
 import { Counter, Gauge } from 'prom-client';
 import type { Supervisor } from './supervisor.js';
 import type { NodeConfig } from './config.js';
-import { AdminError, createEngageApi, hasBody } from './admin-engage.js';
+import { AdminError, bodyRefusal, createEngageApi } from './admin-engage.js';
 import { canonicalIp } from './net/source.js';
 
 /** Stable codes of admin HTTP errors. */
@@ -62,9 +62,10 @@ function authorized(req: IncomingMessage, token: string | undefined): boolean {
  * request within admin.requestTimeoutMs, and an idle kept-alive connection goes
  * after admin.keepAliveTimeoutMs — checked every second at most, not on Node's 30 s
  * sweep. A request is judged on its head before its body is read: a wrong or
- * missing token, a body where none is taken, a Content-Length over the route's
- * maximum are answered at once and the connection closed, the body unread (with
- * `Expect: 100-continue` the client is told before it sends it).
+ * missing token, a chunked body or one over 1 KiB where none is taken, a
+ * Content-Length over the route's maximum are answered at once and the connection
+ * closed, the body unread (with `Expect: 100-continue` the client is told before
+ * it sends it).
  */
 export function startAdmin(config: NodeConfig, sup: Supervisor, log: (msg: string) => void = () => undefined): Promise<AdminServer> {
   const engage = createEngageApi(config, log);
@@ -126,8 +127,7 @@ export function startAdmin(config: NodeConfig, sup: Supervisor, log: (msg: strin
     if (path.startsWith('/admin/') && !CORE_ADMIN_PATH.test(path)) return engage.early(req, url);
     if (path.startsWith('/admin/') && !authorized(req, config.admin.token)) return new AdminError(401, AdminErrorCode.UNAUTHORIZED, 'missing or wrong bearer token');
     // No endpoint here takes a body.
-    if (hasBody(req)) return new AdminError(413, AdminErrorCode.PAYLOAD_TOO_LARGE, `${path} takes no body`);
-    return undefined;
+    return bodyRefusal(req, undefined, path);
   }
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -137,6 +137,7 @@ export function startAdmin(config: NodeConfig, sup: Supervisor, log: (msg: strin
     const e = early(req, url);
     if (e) return error(res, e.status, e.code, e.message);
     if (path.startsWith('/admin/') && !CORE_ADMIN_PATH.test(path)) return engage.handle(req, res, url);
+    req.resume(); // a small body (early() refused a large one) is read off and ignored
     if (path === '/healthz') {
       if (!get) return error(res, 405, AdminErrorCode.METHOD_NOT_ALLOWED, 'use GET');
       return json(res, 200, { status: 'ok', node: config.nodeId });
