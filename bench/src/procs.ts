@@ -224,6 +224,20 @@ export const BENCH_LIMITS = {
 export const BENCH_WEB_CONNECTIONS = 1024;
 
 /**
+ * Per-source caps out of the way: these benchmarks' clients all connect from 127.0.0.1 and measure
+ * throughput, not abuse (the caps have their tests). The load harness's local targets keep the
+ * defaults: its generators spread their connections over loopback addresses (harness/sources.ts).
+ */
+export const BENCH_NETWORK = {
+  maxConnectionsPerSource: 1_000_000,
+  maxConnectionsPerPrefix: 1_000_000,
+  maxHandshakesPerSource: 100_000,
+  maxHandshakesPerPrefix: 100_000,
+  maxPendingStreamsPerSource: 1_000_000,
+  maxPendingStreamsPerPrefix: 1_000_000,
+} as const;
+
+/**
  * Extra node options for the gravitas node processes, e.g. for profiling:
  * GRAVITAS_BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" (profiles every thread, written at exit).
  */
@@ -243,6 +257,7 @@ export async function startGravitasNode(res: Resources, dir: string, nodeId: str
     ticketKeys: keys.ticketKeys,
     registration: { mode: 'open' },
     web: { maxConnections: BENCH_WEB_CONNECTIONS },
+    network: BENCH_NETWORK,
     ...extra,
     limits: { ...BENCH_LIMITS, ...limits },
   };
