@@ -144,6 +144,7 @@ t.test('the network config section', async (t) => {
   };
   t.match(issues({ network: { trustedProxies: ['10.0.0.0/33'] } }), [/network.trustedProxies: .*prefix length must be 0..32/]);
   t.match(issues({ network: { trustedProxies: ['proxy.example'] } }), [/network.trustedProxies: .*not an IP address/]);
+  t.match(issues({ network: { trustedProxies: ['0.0.0.0/0'] } }), [/network.trustedProxies: .*trusts every address/], 'trusting everyone is refused');
   t.same(issues({ network: { trustedProxies: '10.0.0.0/8' } }), [], 'a string is split like the env var');
   t.match(issues({ network: { maxConnectionsPerSource: 10, maxConnectionsPerPrefix: 5 } }), [/network.maxConnectionsPerPrefix: must be at least network.maxConnectionsPerSource/]);
   t.match(issues({ network: { maxConnectionPerSource: 1 } }), [/network.maxConnectionPerSource: unknown setting/], 'a misspelt cap is not silently ignored');

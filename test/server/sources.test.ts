@@ -13,7 +13,7 @@
 import t, { type Test } from 'tap';
 import { join } from 'node:path';
 import WebSocket from 'ws';
-import { ErrorCode, generateKeyPair, type ClientHandshakeOptions } from '@gravitas/protocol';
+import { ClientHandshake, ErrorCode, generateKeyPair, type ClientHandshakeOptions } from '@gravitas/protocol';
 import { proxyV1, proxyV2, startNode, STREAM_HEADER, validateConfig } from '@gravitas/server';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
 import { clusterKeys, connectClient, exchange, metricsText, metricValue, nodeConfig, type TestClient } from '../fixtures/cluster.js';
@@ -45,7 +45,8 @@ const node = await startNode(
       dataDir: join(dir.path, 'n'),
       keys,
       cells: 1,
-      extra: { limits: { handshakeTimeoutMs: 3000 }, network: { trustedProxies: [`${PROXY}/32`], ...CAPS }, web: { maxPendingStreams: 16 } },
+      // cookieThresholdPerSec 0: every first flight must echo a cookie (bound to the source address).
+      extra: { limits: { handshakeTimeoutMs: 3000, cookieThresholdPerSec: 0 }, network: { trustedProxies: [`${PROXY}/32`], ...CAPS }, web: { maxPendingStreams: 16 } },
     }),
   ),
   () => undefined,
@@ -268,6 +269,29 @@ t.test('through nginx\'s stream module (PROXY protocol v1)', { skip: nginxStream
   direct.sendPlain({ t: 'hello' });
   await refused(t, direct, ErrorCode.BAD_PROXY_HEADER, 'the proxy address without a header (nginx without proxy_protocol on)');
   await neighboursChat(t);
+});
+
+t.test('handshake cookies are bound to the source address, not the port', async (t) => {
+  const hs = new ClientHandshake(fresh());
+  const first = await tcp(t, '127.8.0.2');
+  first.sendPlain(hs.hello());
+  const m = await first.nextPlain();
+  if (m.t !== 'cookie') throw new Error(`expected a cookie, got ${JSON.stringify(m)}`);
+  const elsewhere = await tcp(t, '127.8.0.3');
+  elsewhere.sendPlain(hs.hello(m.c));
+  t.equal((await elsewhere.nextPlain()).t, 'cookie', 'echoed from another address: a fresh challenge, no DH work');
+  const samePlace = await tcp(t, '127.8.0.2');
+  samePlace.sendPlain(hs.hello(m.c));
+  t.equal((await samePlace.nextPlain()).t, 'welcome', 'echoed from the same address on another connection (another port): accepted');
+  const proxied = await tcp(t, PROXY);
+  proxied.write(proxyV1('10.8.0.2', '127.0.0.1', 1, 2));
+  const hs2 = new ClientHandshake(fresh());
+  proxied.sendPlain(hs2.hello());
+  const c2 = await proxied.nextPlain();
+  if (c2.t !== 'cookie') throw new Error('expected a cookie');
+  const direct = await tcp(t, '127.8.0.4');
+  direct.sendPlain(hs2.hello(c2.c));
+  t.equal((await direct.nextPlain()).t, 'cookie', 'a cookie issued to a client behind the proxy is bound to that client, not usable from elsewhere');
 });
 
 t.test('per-source tables hold only sources with a slot: empty once everyone left', async (t) => {

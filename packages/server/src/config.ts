@@ -562,6 +562,8 @@ export function validateConfig(raw: Json): NodeConfig {
     for (const c of proxies as string[]) {
       const p = parseCidr(c);
       if (typeof p === 'string') fail('network.trustedProxies', p);
+      // Trusting every address would let any client name any source (and so escape its caps).
+      else if (p.prefix === 0) fail('network.trustedProxies', `"${c}" trusts every address: list the proxies' own addresses or networks`);
     }
   }
   const network: NetworkConfig = {
