@@ -8,11 +8,11 @@ cd "$(dirname "$0")/.."
 say() { printf 'gravitas setup: %s\n' "$*" >&2; }
 
 # apt_install BINARY PACKAGE [WHY]: installs a Debian package unless BINARY is on the PATH
-# (or in /usr/sbin). Needs root or password-less sudo; says what to do otherwise.
+# (or in /usr/sbin; an absolute path: unless that file exists). Needs root or password-less sudo; says what to do otherwise.
 apt_updated=0
 apt_install() {
   local bin=$1 pkg=$2 why=${3:-}
-  if command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ]; then return 0; fi
+  if command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || { [ "${bin#/}" != "$bin" ] && [ -e "$bin" ]; }; then return 0; fi
   say "$bin is missing${why:+ ($why)}; installing it with apt-get (Debian package $pkg)…"
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
@@ -37,6 +37,10 @@ if [ -z "${NATS_SERVER_BIN:-}" ]; then apt_install nats-server nats-server; fi
 # and Chromium (the browser SDK and the demo page, driven by playwright-core).
 if [ "${1:-}" = "--test" ]; then
   apt_install nginx nginx "the chunked-HTTP proxy test"
+  # Debian builds nginx's stream module (TCP proxying, PROXY protocol) as a separate package.
+  if ! /usr/sbin/nginx -V 2>&1 | grep -qE -- '--with-stream( |$)'; then
+    apt_install /usr/lib/nginx/modules/ngx_stream_module.so libnginx-mod-stream "the PROXY protocol test through nginx"
+  fi
   apt_install chromium chromium "the browser tests"
   apt_install prosody prosody "the load harness's XMPP driver test"
 fi

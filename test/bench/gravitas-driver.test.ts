@@ -16,6 +16,7 @@ import { check, NatsServer, tempDir } from '@gravitas/testkit';
 import { decodeBody, DriverError, encodeBody, nowMs, OUTBOX_MAX, type DeviceEvents, type DeviceRef, type Incoming } from '../../bench/src/harness/driver.js';
 import { GravitasDriver, type GravitasDriverOptions } from '../../bench/src/harness/gravitas-driver.js';
 import { deviceSecret, userSecret } from '../../bench/src/harness/identity.js';
+import { isLoopbackHost, loopbackSource } from '../../bench/src/harness/sources.js';
 import { clusterKeys, nodeConfig, spawnNode, writeNodeConfig, type ClusterKeys, type NodeProcess } from '../fixtures/cluster.js';
 
 /** Everything a device reported. */
@@ -88,6 +89,26 @@ t.test('options are checked', async (t) => {
   t.same(d.capabilities, { acceptance: true, ownDeviceCopies: true, offlineDelivery: { direct: true, groups: true } });
   t.throws(() => d.device(dev('a'), new Rec(), []).send(-1, 'b', 'x'), RangeError, 'refs are non-negative integers');
   await d.close();
+});
+
+t.test('sources: against a local target each device connects from its own loopback address', async (t) => {
+  t.equal(loopbackSource(0, 0), '127.1.0.1');
+  t.equal(loopbackSource(2, 253), '127.3.0.254');
+  t.equal(loopbackSource(2, 254), '127.3.1.1', 'a /24 holds 254 devices');
+  t.ok(isLoopbackHost('127.0.0.1') && isLoopbackHost('localhost') && !isLoopbackHost('10.0.0.1') && !isLoopbackHost('::1'));
+  // A target that lets one address hold 2 connections (2 in their handshake): a generator from one address trips it.
+  const { node: n, keys } = await node(t, 1, { network: { maxConnectionsPerSource: 2, maxConnectionsPerPrefix: 1000, maxHandshakesPerSource: 2, maxHandshakesPerPrefix: 1000 } });
+  const spread = new GravitasDriver({ addresses: n.clientAddresses, serverPublicKey: keys.serverPublicKey, idPrefix: 's1x', spreadSources: { generator: 4 } });
+  t.teardown(() => spread.close());
+  const ok = await Promise.allSettled(range(0, 20).map((i) => spread.provision(dev(`sp${i}`), [])));
+  t.same(ok.filter((r) => r.status === 'rejected'), [], '20 devices provisioned at once from 127.5.0.1..20');
+  const devices = range(0, 20).map((i) => spread.device(dev(`sp${i}`), new Rec(), []));
+  await Promise.all(devices.map((d) => d.connect()));
+  t.ok(devices.every((d) => d.connected), 'and all 20 hold a session at once');
+  const single = new GravitasDriver({ addresses: n.clientAddresses, serverPublicKey: keys.serverPublicKey, idPrefix: 's2x' });
+  t.teardown(() => single.close());
+  const one = await Promise.allSettled(range(0, 20).map((i) => single.provision(dev(`one${i}`), [])));
+  t.ok(one.some((r) => r.status === 'rejected' && /SOURCE_LIMIT/.test(String((r.reason as Error).message) + String((r.reason as { code?: string }).code))), 'the same from one address trips the per-source caps (SOURCE_LIMIT)');
 });
 
 t.test('the Gravitas driver against a real node', async (t) => {

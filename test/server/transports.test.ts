@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import WebSocket from 'ws';
 import { ErrorCode } from '@gravitas/protocol';
 import { UP_ROTATE_FRAMES } from '@gravitas/client';
-import { startNode, validateConfig } from '@gravitas/server';
+import { startNode, STREAM_HEADER, validateConfig } from '@gravitas/server';
 import { NatsServer, tempDir } from '@gravitas/testkit';
 import { clusterKeys, connectClient, exchange, http, metricsText, metricValue, nodeConfig } from '../fixtures/cluster.js';
 import { codeOfBody, RawHttp } from '../fixtures/web.js';
@@ -87,10 +87,16 @@ t.test('wrong paths and methods get 404 and 405 with a coded JSON body; prefligh
   t.equal(codeOfBody(noUpgrade.body), ErrorCode.HTTP_BAD_REQUEST);
   const unknown = await RawHttp.open(web0);
   t.teardown(() => unknown.destroy());
-  unknown.write(`POST /gravitas/up?sid=${'ab'.repeat(16)} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n`);
+  unknown.write(`POST /gravitas/up HTTP/1.1\r\nHost: x\r\n${STREAM_HEADER}: ${'ab'.repeat(16)}\r\nContent-Length: 0\r\n\r\n`);
   const u = await unknown.response();
   t.equal(u.status, 404);
   t.equal(codeOfBody(u.body), ErrorCode.STREAM_UNKNOWN);
+  const inUrl = await RawHttp.open(web0);
+  t.teardown(() => inUrl.destroy());
+  inUrl.write(`POST /gravitas/up?sid=${'ab'.repeat(16)} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n`);
+  const iu = await inUrl.response();
+  t.equal(iu.status, 400, 'a stream id in the URL (where proxies log it) is refused');
+  t.equal(codeOfBody(iu.body), ErrorCode.HTTP_BAD_REQUEST);
   const pre = await RawHttp.open(web0);
   t.teardown(() => pre.destroy());
   pre.write('OPTIONS /gravitas/up HTTP/1.1\r\nHost: x\r\nOrigin: http://app.example\r\nAccess-Control-Request-Method: POST\r\n\r\n');
@@ -98,6 +104,7 @@ t.test('wrong paths and methods get 404 and 405 with a coded JSON body; prefligh
   t.equal(p.status, 204);
   t.equal(p.headers['access-control-allow-origin'], '*');
   t.match(p.headers['access-control-allow-methods'], /POST/);
+  t.match(p.headers['access-control-allow-headers'], /x-gravitas-stream/, 'the stream header may be sent cross-origin');
 });
 
 t.test('a WebSocket message over the frame limit is closed with 1009; a neighbour on the cell chats on', async (t) => {

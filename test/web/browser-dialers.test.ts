@@ -41,7 +41,13 @@ t.test('browser dialers carry a session over WebSocket and chunked HTTP', { skip
   await page.waitForFunction(() => (globalThis as unknown as Page).pingOver !== undefined);
 
   let posts = 0;
-  page.on('request', (r) => void (r.method() === 'POST' && r.url().includes('/gravitas/up?sid=') && posts++));
+  const sidInUrl: string[] = [];
+  page.on('request', (r) => {
+    if (r.method() !== 'POST' || !r.url().includes('/gravitas/up')) return;
+    posts++;
+    // The stream id travels in a header, never in the URL (which proxies log).
+    if (!r.url().endsWith('/gravitas/up') || !/^[0-9a-f]{32}$/.test(r.headers()['x-gravitas-stream'] ?? '')) sidInUrl.push(r.url());
+  });
   const expected = Array.from({ length: 50 }, (_, i) => i + 1);
   for (const kind of ['ws', 'http'] as const) {
     for (const [i, web] of config.web.entries()) {
@@ -55,4 +61,5 @@ t.test('browser dialers carry a session over WebSocket and chunked HTTP', { skip
       else t.equal(posts, 0, `ws to cell ${i}: no POST`);
     }
   }
+  t.same(sidInUrl, [], 'every upstream POST named its stream in X-Gravitas-Stream, none in its URL');
 });

@@ -3,11 +3,14 @@ import type { Driver } from './driver.js';
 import { GravitasDriver } from './gravitas-driver.js';
 import { XmppDriver } from './xmpp-driver.js';
 
-/** The driver a generator runs for the spec the runner sent; `idPrefix` makes message ids unique per generator and run. */
-export function makeDriver(spec: DriverSpec, idPrefix: string): Driver {
+/**
+ * The driver a generator runs for the spec the runner sent; `idPrefix` makes message ids unique per
+ * generator and run; `generator` (its index) picks its own range of local addresses (sources.ts).
+ */
+export function makeDriver(spec: DriverSpec, idPrefix: string, generator = 0): Driver {
   switch (spec.kind) {
     case 'gravitas':
-      return new GravitasDriver({ addresses: spec.addresses, serverPublicKey: new Uint8Array(Buffer.from(spec.serverPublicKey, 'base64url')), registration: spec.registration, idPrefix });
+      return new GravitasDriver({ addresses: spec.addresses, serverPublicKey: new Uint8Array(Buffer.from(spec.serverPublicKey, 'base64url')), registration: spec.registration, idPrefix, spreadSources: { generator } });
     case 'xmpp':
       return new XmppDriver({ host: spec.host, port: spec.port, domain: spec.domain, muc: spec.muc, register: spec.register, idPrefix });
   }

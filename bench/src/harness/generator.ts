@@ -94,7 +94,7 @@ export class GeneratorProcess {
           const scenario = parseScenario(m.source.text, m.source.format);
           const population = buildPopulation(scenario);
           const clock = await estimateClock(this.nc, SUBJECT.clock(b.run));
-          const driver = makeDriver(m.driver, `${m.runTag}-${b.index.toString(36)}-`);
+          const driver = makeDriver(m.driver, `${m.runTag}-${b.index.toString(36)}-`, b.index);
           b.session = new LoadSession({
             scenario,
             population,

@@ -6,6 +6,7 @@ import {
   type DhKey, type DhSuite, type KeyPair, type RequestArgs, type RequestOp, type ResumptionState, type Response, type SecureChannel, type ServerMessage, type SignatureCheck,
 } from '@gravitas/protocol';
 import { parseTarget } from '../rawclient.js';
+import { CAN_SPREAD_LOOPBACK, isLoopbackHost, loopbackSource } from './sources.js';
 import {
   admitToOutbox, DriverError, OUTBOX_MAX, RecentIds,
   type DeviceEvents, type DeviceRef, type Driver, type DriverCapabilities, type DriverDevice, type Incoming,
@@ -51,6 +52,12 @@ export interface GravitasDriverOptions {
   followHints?: boolean;
   /** Recent (sender, id) pairs remembered per device to drop re-deliveries (default 256). */
   dedupWindow?: number;
+  /**
+   * Each device connects from its own loopback address 127.(generator+1).H.L (sources.ts), so that
+   * a local target's per-source caps see thousands of clients, not one flood. Used only when every
+   * address is a loopback one and the host can bind them (Linux); undefined: one address for all.
+   */
+  spreadSources?: { generator: number };
 }
 
 /** What `counters()` reports: events of interest to the run's result, summed over every device. */
@@ -231,7 +238,8 @@ class Conn {
     this.attempt = attempt;
     this.hs = dev.handshake(resume);
     const { host, port } = parseTarget(addr);
-    this.socket = netConnect({ host, port, noDelay: true, onread: { buffer: READ_BUFFER, callback: onSocketRead } }) as ConnSocket;
+    const localAddress = dev.localAddress;
+    this.socket = netConnect({ host, port, noDelay: true, onread: { buffer: READ_BUFFER, callback: onSocketRead }, ...(localAddress && { localAddress }) }) as ConnSocket;
     this.socket[CONN] = this;
     this.socket.on('connect', onSocketConnect);
     this.socket.on('error', onSocketError);
@@ -467,6 +475,8 @@ interface PingWaiter extends Waiter<void> {
 
 class GravitasDevice implements DriverDevice {
   readonly name: string;
+  /** The address this device connects from (undefined: the host's default). */
+  readonly localAddress: string | undefined;
   /** The open session (registered), if any. */
   conn: Conn | undefined;
   /** A connection being opened (connect or move): drop() and disconnect() abort it. */
@@ -499,6 +509,7 @@ class GravitasDevice implements DriverDevice {
   ) {
     this.name = key(ref);
     this.addr = drv.home(this.name);
+    this.localAddress = drv.nextSource();
   }
 
   get connected(): boolean {
@@ -877,6 +888,8 @@ export class GravitasDriver implements Driver {
   private retryTimer: NodeJS.Timeout | undefined;
   private retryAt = Infinity;
   private closing = false;
+  private readonly spread: { generator: number } | undefined;
+  private slots = 0;
 
   constructor(o: GravitasDriverOptions) {
     if (o.addresses.length === 0) throw new RangeError('GravitasDriver needs at least one address');
@@ -891,6 +904,7 @@ export class GravitasDriver implements Driver {
     this.connectTimeoutMs = o.connectTimeoutMs ?? 10_000;
     this.followHints = o.followHints ?? true;
     this.dedupWindow = Math.max(1, Math.floor(o.dedupWindow ?? 256));
+    this.spread = o.spreadSources && CAN_SPREAD_LOOPBACK && this.addresses.every((a) => isLoopbackHost(parseTarget(a).host)) ? o.spreadSources : undefined;
     const keepalive = o.keepaliveMs ?? 30_000;
     if (keepalive > 0) {
       this.sweeper = setInterval(() => this.sweep(), keepalive / 2 / SWEEP_SLICES);
@@ -900,6 +914,11 @@ export class GravitasDriver implements Driver {
 
   get isClosed(): boolean {
     return this.closing;
+  }
+
+  /** The local address for the next device (its own slot), or undefined when sources are not spread. */
+  nextSource(): string | undefined {
+    return this.spread && loopbackSource(this.spread.generator, this.slots++);
   }
 
   /** The device's own cell (a stable hash of user/device). */

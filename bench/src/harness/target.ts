@@ -70,7 +70,8 @@ export async function startTarget(s: Scenario, res: Resources, log: (m: string) 
   const started = await Promise.all(
     Array.from({ length: nodes }, (_, i) =>
       startGravitasNode(res, dir, `node${i + 1}`, nats.url, keys, {
-        config: { ...t.local.config, cells: cellsPerNode, admin: { host: '127.0.0.1', port: 0, token } },
+        // The default per-source caps unless the scenario sets its own: generators spread their sources (sources.ts).
+        config: { network: {}, ...t.local.config, cells: cellsPerNode, admin: { host: '127.0.0.1', port: 0, token } },
         readyTimeoutMs: 120_000,
       }).catch((e: Error) => {
         throw new HarnessError('TARGET_UNAVAILABLE', `node${i + 1} did not start: ${e.message}`, { cause: e });

@@ -7,8 +7,9 @@ import type { Dialer, FrameConnection, FrameHandlers, Pausable } from './transpo
 /*
  * Chunked HTTP in Node (docs/transports.md). Downstream: one long
  * `GET /gravitas/down`, whose body is length-prefixed frames, the first one the
- * 16-byte stream id. Upstream: one long `POST /gravitas/up?sid=<hex>` with
- * `Transfer-Encoding: chunked`, one frame per chunk. The POST is ended and a new
+ * 16-byte stream id. Upstream: one long `POST /gravitas/up` naming the stream in
+ * its `X-Gravitas-Stream` header (never the URL: proxies log URLs), with
+ * `Transfer-Encoding: chunked`, one frame per chunk; each request ends at a frame boundary. The POST is ended and a new
  * one started (never two at once: the server takes one upstream per stream) after
  * UP_ROTATE_FRAMES frames or UP_ROTATE_BYTES bytes, well inside the server's caps
  * on chunks and body size. Both requests use their own connection (agent: false):
@@ -20,6 +21,8 @@ export const UP_ROTATE_BYTES = HTTP_UP_ROTATE_BYTES;
 /** Frames queued while the upstream rotates, at most (bytes); beyond it the connection fails. */
 export const UP_MAX_QUEUED_BYTES = 8 * 1024 * 1024;
 const SID_BYTES = 16;
+/** Request header naming the stream of an upstream POST (the server's STREAM_HEADER). */
+export const STREAM_HEADER = 'x-gravitas-stream';
 
 function send(url: URL, o: RequestOptions): ClientRequest {
   return (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, { ...o, agent: false });
@@ -60,6 +63,7 @@ class HttpConnection implements FrameConnection, Pausable {
 
   constructor(
     private readonly upUrl: URL,
+    private readonly sid: string,
     private readonly downReq: ClientRequest,
     private readonly down: IncomingMessage,
     private readonly h: FrameHandlers,
@@ -73,7 +77,7 @@ class HttpConnection implements FrameConnection, Pausable {
   }
 
   private openUp(): void {
-    const req = send(this.upUrl, { method: 'POST', headers: { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } });
+    const req = send(this.upUrl, { method: 'POST', headers: { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked', [STREAM_HEADER]: this.sid } });
     this.up = req;
     this.upFrames = this.upBytes = 0;
     req.flushHeaders();
@@ -185,8 +189,7 @@ export const httpDialer: Dialer = (endpoint, handlers, timeoutMs) =>
           decoder.push(chunk, (body) => {
             if (conn) return conn.frame(body);
             if (body.length !== SID_BYTES) throw new ClientError(ClientErrorCode.CONNECT_FAILED, `${downUrl}: a stream id of ${body.length} bytes`);
-            upUrl.searchParams.set('sid', body.toString('hex'));
-            conn = new HttpConnection(upUrl, req, res, handlers);
+            conn = new HttpConnection(upUrl, body.toString('hex'), req, res, handlers);
             settled = true;
             clearTimeout(timer);
             resolve(conn);

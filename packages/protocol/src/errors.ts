@@ -77,6 +77,11 @@ export const ErrorCode = {
   BODY_TOO_LARGE: 'BODY_TOO_LARGE',
   STREAM_UNKNOWN: 'STREAM_UNKNOWN',
   STREAM_BUSY: 'STREAM_BUSY',
+  // connection sources (docs/security-notes-net.md): per-source caps, trusted proxies
+  /** One client address (or its /24, /64) holds as many connections, handshakes or pending streams on this cell as it may. */
+  SOURCE_LIMIT: 'SOURCE_LIMIT',
+  /** A trusted proxy's connection did not open with a valid PROXY protocol header. */
+  BAD_PROXY_HEADER: 'BAD_PROXY_HEADER',
   SHUTTING_DOWN: 'SHUTTING_DOWN',
   IDLE_TIMEOUT: 'IDLE_TIMEOUT',
   INTERNAL: 'INTERNAL',
@@ -132,6 +137,8 @@ export const FATAL_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.BODY_TOO_LARGE,
   ErrorCode.STREAM_UNKNOWN,
   ErrorCode.STREAM_BUSY,
+  ErrorCode.SOURCE_LIMIT,
+  ErrorCode.BAD_PROXY_HEADER,
   ErrorCode.INTERNAL,
 ]);
 

@@ -361,10 +361,26 @@ const ROUTES: readonly Route[] = [...CORE_ROUTES, ...reportRoutes(), ...accountR
 
 // ---- plumbing -----------------------------------------------------------------------
 
-function reply(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+function reply(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', ...headers });
+  // An answer before the body was read (a refusal) closes the connection: Node would otherwise read the rest to its end.
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', ...(!res.req.complete && { connection: 'close' }) });
   res.end(text);
+}
+
+/** A route that takes no body ignores one this small (clients send `{}` to action routes); a larger one is 413. */
+export const IGNORED_BODY_BYTES = 1024;
+
+/**
+ * Refusal of a body a route does not take (`cap` undefined) or that is over its maximum, from the
+ * head alone; a chunked body's size is unknown, so a route without a body refuses it too.
+ */
+export function bodyRefusal(req: IncomingMessage, cap: number | undefined, what: string): AdminError | undefined {
+  const chunked = req.headers['transfer-encoding'] !== undefined;
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (cap === undefined && (chunked || declared > IGNORED_BODY_BYTES)) return new AdminError(413, AdminErrorCode.PAYLOAD_TOO_LARGE, `${what} takes no body`);
+  if (cap !== undefined && declared > cap) return new AdminError(413, AdminErrorCode.PAYLOAD_TOO_LARGE, `the body may have at most ${cap} bytes`);
+  return undefined;
 }
 
 /** Reads a JSON body of at most `cap` bytes (listeners, not an async iterator: leaving one early would destroy the socket before the answer). */
@@ -435,6 +451,12 @@ function safeEqual(a: string, b: string): boolean {
 }
 
 export interface EngageApi {
+  /**
+   * What can be refused from the request head alone, before its body is read or NATS is asked:
+   * no such route or method, no bearer token or one that is neither the admin token nor shaped
+   * like a publisher key, a body where the route takes none, a Content-Length over its maximum.
+   */
+  early(req: IncomingMessage, url: URL): AdminError | undefined;
   /** Serves one request under /admin/ that admin.ts does not handle itself. */
   handle(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void>;
   /** Closes the NATS connection, if one was opened. */
@@ -502,14 +524,35 @@ export function createEngageApi(config: NodeConfig, log: (msg: string) => void):
     throw new AdminError(401, AdminErrorCode.UNAUTHORIZED, 'wrong bearer token');
   }
 
-  async function serve(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
-    const path = url.pathname;
+  function routeOf(req: IncomingMessage, path: string): Route {
     const matching = ROUTES.filter((r) => r.path.test(path));
     if (matching.length === 0) throw new AdminError(404, AdminErrorCode.NOT_FOUND, `no endpoint ${path}`);
     const route = matching.find((r) => r.method === req.method);
     if (!route) throw new AdminError(405, AdminErrorCode.METHOD_NOT_ALLOWED, `use ${[...new Set(matching.map((r) => r.method))].join(' or ')}`);
+    return route;
+  }
+
+  function early(req: IncomingMessage, url: URL): AdminError | undefined {
+    let route: Route;
+    try {
+      route = routeOf(req, url.pathname);
+    } catch (err) {
+      return err as AdminError;
+    }
+    const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
+    if (!m) return new AdminError(401, AdminErrorCode.UNAUTHORIZED, 'send Authorization: Bearer <admin token or publisher API key>');
+    // A publisher key needs a KV lookup (after the head); anything else is the admin token or wrong.
+    if (!m[1]!.startsWith('gk_') && !(config.admin.token !== undefined && safeEqual(m[1]!, config.admin.token))) return new AdminError(401, AdminErrorCode.UNAUTHORIZED, 'wrong bearer token');
+    return bodyRefusal(req, route.body, `${req.method} ${url.pathname}`);
+  }
+
+  async function serve(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    const path = url.pathname;
+    const route = routeOf(req, path);
     const ctx = await context();
     const who = await authenticate(req, ctx);
+    // A route without a body ignores a small one (early() refused a larger one): read it off so the connection can be kept.
+    if (route.body === undefined) req.resume();
     const body = route.body === undefined ? undefined : await readJson(req, route.body);
     const params = route.path.exec(path)!.slice(1);
     const out = await route.run({ ctx, who, params, query: url.searchParams, body });
@@ -517,6 +560,7 @@ export function createEngageApi(config: NodeConfig, log: (msg: string) => void):
   }
 
   return {
+    early,
     async handle(req, res, url) {
       try {
         await serve(req, res, url);
@@ -524,8 +568,8 @@ export function createEngageApi(config: NodeConfig, log: (msg: string) => void):
         const e = classify(err);
         if (!e) log(`admin: ${req.method} ${url.pathname} failed: ${(err as Error).stack ?? String(err)}`);
         const status = e?.status ?? 500;
-        // An over-long body is not read to its end: close the connection after the answer.
-        reply(res, status, { error: { code: e?.code ?? AdminErrorCode.INTERNAL, message: e?.message ?? 'internal error' } }, status === 413 ? { connection: 'close' } : {});
+        // A body not read to its end (too long, or refused before it) closes the connection (reply()).
+        reply(res, status, { error: { code: e?.code ?? AdminErrorCode.INTERNAL, message: e?.message ?? 'internal error' } });
       }
     },
     async close() {

@@ -1,8 +1,11 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
+import type { Socket } from 'node:net';
+import { Counter, Gauge } from 'prom-client';
 import type { Supervisor } from './supervisor.js';
 import type { NodeConfig } from './config.js';
-import { createEngageApi } from './admin-engage.js';
+import { AdminError, bodyRefusal, createEngageApi } from './admin-engage.js';
+import { canonicalIp } from './net/source.js';
 
 /** Stable codes of admin HTTP errors. */
 export const AdminErrorCode = {
@@ -30,7 +33,8 @@ export interface AdminServer {
 
 function json(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  // An answer before the body was read closes the connection: Node would otherwise read the rest to its end.
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...(!res.req.complete && { connection: 'close' }) });
   res.end(text);
 }
 
@@ -50,21 +54,90 @@ function authorized(req: IncomingMessage, token: string | undefined): boolean {
  * connected to NATS), /metrics (Prometheus), /admin/cells (JSON, token-protected
  * when admin.token is set), and the engagement routes under /admin/
  * (admin-engage.ts, always authenticated).
+ *
+ * Bounded like the client listeners (docs/operations.md, "Admin HTTP"): at most
+ * admin.maxConnections open (Node closes more at accept) and
+ * admin.maxConnectionsPerSource per client address; a head must be complete
+ * within admin.headerTimeoutMs of the connection (or of the previous answer), a
+ * request within admin.requestTimeoutMs, and an idle kept-alive connection goes
+ * after admin.keepAliveTimeoutMs — checked every second at most, not on Node's 30 s
+ * sweep. A request is judged on its head before its body is read: a wrong or
+ * missing token, a chunked body or one over 1 KiB where none is taken, a
+ * Content-Length over the route's maximum are answered at once and the connection
+ * closed, the body unread (with `Expect: 100-continue` the client is told before
+ * it sends it).
  */
 export function startAdmin(config: NodeConfig, sup: Supervisor, log: (msg: string) => void = () => undefined): Promise<AdminServer> {
   const engage = createEngageApi(config, log);
-  const server = createServer((req, res) => {
-    void handle(req, res).catch((err: Error) => error(res, 500, AdminErrorCode.INTERNAL, err.message));
+  const A = config.admin;
+  const server = createServer(
+    {
+      headersTimeout: A.headerTimeoutMs,
+      requestTimeout: A.requestTimeoutMs,
+      keepAliveTimeout: A.keepAliveTimeoutMs,
+      // Node checks the two timeouts above on a sweep; the default sweep is every 30 s.
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(A.headerTimeoutMs / 4))),
+      maxHeaderSize: 16 * 1024,
+    },
+    (req, res) => {
+      void handle(req, res).catch((err: Error) => error(res, 500, AdminErrorCode.INTERNAL, err.message));
+    },
+  );
+  server.maxConnections = A.maxConnections;
+  const refused = new Counter({
+    name: 'gravitas_admin_connections_refused_total',
+    help: 'Connections to the admin port closed at accept: over admin.maxConnections (total) or admin.maxConnectionsPerSource (source)',
+    labelNames: ['reason'] as const,
+    registers: [sup.registry],
   });
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 15_000;
+  const perSource = new Map<string, number>();
+  let open = 0;
+  new Gauge({ name: 'gravitas_admin_connections', help: 'Open connections to the admin port', registers: [sup.registry], collect() {
+    this.set(open);
+  } });
+  server.on('drop', () => refused.inc({ reason: 'total' }));
+  server.on('connection', (socket: Socket) => {
+    const ip = canonicalIp(socket.remoteAddress) ?? 'unknown';
+    const n = perSource.get(ip) ?? 0;
+    if (n >= A.maxConnectionsPerSource) {
+      refused.inc({ reason: 'source' });
+      socket.destroy();
+      return;
+    }
+    perSource.set(ip, n + 1);
+    open++;
+    socket.once('close', () => {
+      open--;
+      const left = (perSource.get(ip) ?? 1) - 1;
+      if (left <= 0) perSource.delete(ip);
+      else perSource.set(ip, left);
+    });
+  });
+  // Expect: 100-continue — say no before the body is sent, or let it come.
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    const e = early(req, new URL(req.url ?? '/', 'http://admin'));
+    if (e) return error(res, e.status, e.code, e.message);
+    res.writeContinue();
+    server.emit('request', req, res);
+  });
+
+  /** What can be refused from the head alone, before any body byte is read or NATS is asked. */
+  function early(req: IncomingMessage, url: URL): AdminError | undefined {
+    const path = url.pathname;
+    if (path.startsWith('/admin/') && !CORE_ADMIN_PATH.test(path)) return engage.early(req, url);
+    if (path.startsWith('/admin/') && !authorized(req, config.admin.token)) return new AdminError(401, AdminErrorCode.UNAUTHORIZED, 'missing or wrong bearer token');
+    // No endpoint here takes a body.
+    return bodyRefusal(req, undefined, path);
+  }
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://admin');
     const path = url.pathname;
     const get = req.method === 'GET' || req.method === 'HEAD';
+    const e = early(req, url);
+    if (e) return error(res, e.status, e.code, e.message);
     if (path.startsWith('/admin/') && !CORE_ADMIN_PATH.test(path)) return engage.handle(req, res, url);
-    req.resume(); // no endpoint here takes a body; drain whatever was sent
+    req.resume(); // a small body (early() refused a large one) is read off and ignored
     if (path === '/healthz') {
       if (!get) return error(res, 405, AdminErrorCode.METHOD_NOT_ALLOWED, 'use GET');
       return json(res, 200, { status: 'ok', node: config.nodeId });
@@ -82,7 +155,6 @@ export function startAdmin(config: NodeConfig, sup: Supervisor, log: (msg: strin
       return;
     }
     if (path.startsWith('/admin/')) {
-      if (!authorized(req, config.admin.token)) return error(res, 401, AdminErrorCode.UNAUTHORIZED, 'missing or wrong bearer token');
       if (path === '/admin/cells') {
         if (!get) return error(res, 405, AdminErrorCode.METHOD_NOT_ALLOWED, 'use GET');
         return json(res, 200, { node: config.nodeId, cells: sup.statuses() });

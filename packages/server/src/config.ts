@@ -3,6 +3,7 @@ import { availableParallelism, hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { fromBase64Url, isName, HARD_MAX_FRAME_BYTES, HTTP_UP_ROTATE_BYTES, HTTP_UP_ROTATE_FRAMES, MAX_TICKET_LIFETIME_MS, DEFAULT_MAX_FRAME_BYTES, MAX_HINT_LIFETIME_MS } from '@gravitas/protocol';
 import { ConfigError, ServerError, ServerErrorCode, type ConfigIssue } from './errors.js';
+import { parseCidr } from './net/source.js';
 import { PUSH_KEYS, validatePushConfig, type PushConfig } from './reach/push-config.js';
 import { RELAY_KEYS, validateRelayConfig, type RelayConfig } from './reach/relay-config.js';
 
@@ -130,6 +131,43 @@ export interface WebConfig {
   maxBodyBytes: number;
   /** Downstreams no upstream has claimed yet (beyond: STREAM_BUSY); each expires with the handshake timeout. */
   maxPendingStreams: number;
+  /** Raw connections on a cell's web listener (beyond: 503 BUSY). Default: 2 × limits.maxConnectionsPerCell. */
+  maxConnections: number;
+}
+
+/**
+ * Where connections come from and how many one source may hold, per cell
+ * (docs/security-notes-net.md). A source is a client IP address; its prefix is
+ * its /24 (IPv4) or /64 (IPv6).
+ */
+export interface NetworkConfig {
+  /** CIDRs of proxies whose report of the client address is believed: PROXY protocol on TCP, X-Forwarded-For on the web listener. */
+  trustedProxies: string[];
+  /** Open connections (TCP and web together) per source, and per prefix. */
+  maxConnectionsPerSource: number;
+  maxConnectionsPerPrefix: number;
+  /** Connections still in their handshake (session not open) per source, and per prefix. */
+  maxHandshakesPerSource: number;
+  maxHandshakesPerPrefix: number;
+  /** Chunked-HTTP downstreams waiting for their first upstream per source, and per prefix. */
+  maxPendingStreamsPerSource: number;
+  maxPendingStreamsPerPrefix: number;
+}
+
+/** The admin HTTP server (admin.ts). */
+export interface AdminConfig {
+  host: string;
+  port: number;
+  token?: string;
+  /** Open connections at most (beyond: closed at accept), and per client address. */
+  maxConnections: number;
+  maxConnectionsPerSource: number;
+  /** A request head must be complete this long after the connection opened or the previous answer (408). */
+  headerTimeoutMs: number;
+  /** A whole request, body included, must arrive within this (408). */
+  requestTimeoutMs: number;
+  /** An idle kept-alive connection is closed after this. */
+  keepAliveTimeoutMs: number;
 }
 
 /**
@@ -196,8 +234,9 @@ export interface NodeConfig {
   /** TCP listener of cell i on basePort + i; web listener (if web.enabled) on webBasePort + i. 0: the OS picks. */
   listen: { host: string; basePort: number; webBasePort: number };
   web: WebConfig;
+  network: NetworkConfig;
   advertiseHost: string;
-  admin: { host: string; port: number; token?: string };
+  admin: AdminConfig;
   dataDir: string;
   /** The cluster's X25519 server key (secret half, base64url). */
   serverKey: string;
@@ -266,6 +305,28 @@ export const DEFAULT_WEB: WebConfig = {
   maxChunksPerRequest: 100_000,
   maxBodyBytes: 64 * 1024 * 1024,
   maxPendingStreams: 1024,
+  maxConnections: 2 * DEFAULT_LIMITS.maxConnectionsPerCell,
+};
+
+export const DEFAULT_NETWORK: NetworkConfig = {
+  trustedProxies: [],
+  // Carrier-grade NAT puts many users behind one address: generous per source, more per prefix.
+  maxConnectionsPerSource: 256,
+  maxConnectionsPerPrefix: 2048,
+  maxHandshakesPerSource: 32,
+  maxHandshakesPerPrefix: 256,
+  maxPendingStreamsPerSource: 8,
+  maxPendingStreamsPerPrefix: 64,
+};
+
+export const DEFAULT_ADMIN: Omit<AdminConfig, 'token'> = {
+  host: '127.0.0.1',
+  port: 7300,
+  maxConnections: 64,
+  maxConnectionsPerSource: 16,
+  headerTimeoutMs: 5_000,
+  requestTimeoutMs: 15_000,
+  keepAliveTimeoutMs: 5_000,
 };
 
 export const DEFAULT_MAILBOX: MailboxConfig = {
@@ -347,6 +408,7 @@ export const ENV_VARS: Record<string, string> = {
   GRAVITAS_ADMIN_HOST: 'admin.host',
   GRAVITAS_ADMIN_PORT: 'admin.port',
   GRAVITAS_ADMIN_TOKEN: 'admin.token',
+  GRAVITAS_TRUSTED_PROXIES: 'network.trustedProxies',
   GRAVITAS_DATA_DIR: 'dataDir',
   GRAVITAS_SERVER_KEY: 'serverKey',
   GRAVITAS_TICKET_KEYS: 'ticketKeys',
@@ -374,6 +436,7 @@ export const FLAGS: Record<string, string> = {
   advertise: 'advertiseHost',
   'admin-host': 'admin.host',
   'admin-port': 'admin.port',
+  'trusted-proxies': 'network.trustedProxies',
   'data-dir': 'dataDir',
   'server-key': 'serverKey',
   'ticket-keys': 'ticketKeys',
@@ -428,13 +491,14 @@ export function loadConfig(src: ConfigSources = {}): NodeConfig {
   return validateConfig(merge(merge(merge(raw, env), flags), src.overrides ?? {}));
 }
 
-const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'web', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'replicas', 'mailbox', 'gravity', 'tracking', 'campaigns', 'push', 'relay', 'groups', 'limits', 'testHooks']);
+const KNOWN_TOP = new Set(['nodeId', 'nats', 'prefix', 'cells', 'listen', 'web', 'network', 'advertiseHost', 'admin', 'dataDir', 'serverKey', 'ticketKeys', 'ticketLifetimeMs', 'registration', 'membership', 'replicas', 'mailbox', 'gravity', 'tracking', 'campaigns', 'push', 'relay', 'groups', 'limits', 'testHooks']);
 
 const KNOWN_NESTED: Record<string, Set<string>> = {
   nats: new Set(['servers', 'token', 'user', 'pass']),
   listen: new Set(['host', 'basePort', 'webBasePort']),
   web: new Set(Object.keys(DEFAULT_WEB)),
-  admin: new Set(['host', 'port', 'token']),
+  network: new Set(Object.keys(DEFAULT_NETWORK)),
+  admin: new Set([...Object.keys(DEFAULT_ADMIN), 'token']),
   registration: new Set(['mode', 'token', 'credential', 'link']),
   membership: new Set(['heartbeatMs', 'timeoutMs']),
   mailbox: new Set(Object.keys(DEFAULT_MAILBOX)),
@@ -503,6 +567,20 @@ function validateCredential(v: unknown, fail: (path: string, message: string) =>
     issuer, audience, algorithms: algorithms as CredentialAlgorithm[], maxLifetimeMs, clockToleranceMs,
     ...(jwks !== undefined && { jwks: jwks as CredentialConfig['jwks'] & object }), ...(jwksUrl !== undefined && { jwksUrl }),
   };
+}
+
+/** Connection caps the start-up fd budget may lower when they were left at their defaults (fd-budget.ts). */
+export const FD_CAP_SETTINGS = ['limits.maxConnectionsPerCell', 'web.maxConnections', 'admin.maxConnections'] as const;
+export type FdCapSetting = (typeof FD_CAP_SETTINGS)[number];
+const explicit = new WeakMap<NodeConfig, ReadonlySet<string>>();
+
+/**
+ * Was `setting` given (file, env, flag or override) rather than left at its default?
+ * Known only for a config made by validateConfig; for a copy or a hand-made object every cap
+ * counts as a default (lowering to fit is the safe mistake).
+ */
+export function isExplicit(cfg: NodeConfig, setting: FdCapSetting): boolean {
+  return explicit.get(cfg)?.has(setting) ?? false;
 }
 
 /** Validates a merged raw configuration, coercing strings from env/flags. */
@@ -659,8 +737,48 @@ export function validateConfig(raw: Json): NodeConfig {
     maxChunksPerRequest: int('web.maxChunksPerRequest', W.maxChunksPerRequest, 4 * HTTP_UP_ROTATE_FRAMES, 100_000_000),
     maxBodyBytes: int('web.maxBodyBytes', W.maxBodyBytes, 2 * HTTP_UP_ROTATE_BYTES, 2 ** 40),
     maxPendingStreams: int('web.maxPendingStreams', W.maxPendingStreams, 1, 1_000_000),
+    maxConnections: int('web.maxConnections', 2 * limits.maxConnectionsPerCell, 1, 2_000_000),
   };
   if (web.maxChunkBytes < limits.maxFrameBytes + 4) fail('web.maxChunkBytes', `must be at least limits.maxFrameBytes + 4 (${limits.maxFrameBytes + 4}): the SDK sends one frame per chunk`);
+  const N = DEFAULT_NETWORK;
+  let proxies = get('network.trustedProxies');
+  if (typeof proxies === 'string') proxies = proxies.split(',').map((s) => s.trim()).filter(Boolean);
+  if (proxies === undefined) proxies = N.trustedProxies;
+  if (!Array.isArray(proxies) || proxies.length > 1024 || !proxies.every((c) => typeof c === 'string')) {
+    fail('network.trustedProxies', 'must be a list of CIDRs (e.g. ["10.0.0.0/8", "fd00::/8"]; comma-separated in env/flag), at most 1024');
+    proxies = [];
+  } else {
+    for (const c of proxies as string[]) {
+      const p = parseCidr(c);
+      if (typeof p === 'string') fail('network.trustedProxies', p);
+      // Trusting every address would let any client name any source (and so escape its caps).
+      else if (p.prefix === 0) fail('network.trustedProxies', `"${c}" trusts every address: list the proxies' own addresses or networks`);
+    }
+  }
+  const network: NetworkConfig = {
+    trustedProxies: proxies as string[],
+    maxConnectionsPerSource: int('network.maxConnectionsPerSource', N.maxConnectionsPerSource, 1, 1_000_000),
+    maxConnectionsPerPrefix: int('network.maxConnectionsPerPrefix', N.maxConnectionsPerPrefix, 1, 1_000_000),
+    maxHandshakesPerSource: int('network.maxHandshakesPerSource', N.maxHandshakesPerSource, 1, 100_000),
+    maxHandshakesPerPrefix: int('network.maxHandshakesPerPrefix', N.maxHandshakesPerPrefix, 1, 100_000),
+    maxPendingStreamsPerSource: int('network.maxPendingStreamsPerSource', N.maxPendingStreamsPerSource, 1, 1_000_000),
+    maxPendingStreamsPerPrefix: int('network.maxPendingStreamsPerPrefix', N.maxPendingStreamsPerPrefix, 1, 1_000_000),
+  };
+  for (const k of ['Connections', 'Handshakes', 'PendingStreams'] as const) {
+    if (network[`max${k}PerPrefix`] < network[`max${k}PerSource`]) fail(`network.max${k}PerPrefix`, `must be at least network.max${k}PerSource (${network[`max${k}PerSource`]}): a prefix holds its sources`);
+  }
+  const A = DEFAULT_ADMIN;
+  const admin: AdminConfig = {
+    host: string('admin.host', A.host, host)!,
+    port: int('admin.port', A.port, 0, 65535),
+    maxConnections: int('admin.maxConnections', A.maxConnections, 1, 100_000),
+    maxConnectionsPerSource: int('admin.maxConnectionsPerSource', A.maxConnectionsPerSource, 1, 100_000),
+    headerTimeoutMs: int('admin.headerTimeoutMs', A.headerTimeoutMs, 100, 120_000),
+    requestTimeoutMs: int('admin.requestTimeoutMs', A.requestTimeoutMs, 100, 600_000),
+    keepAliveTimeoutMs: int('admin.keepAliveTimeoutMs', A.keepAliveTimeoutMs, 100, 600_000),
+  };
+  if (admin.maxConnectionsPerSource > admin.maxConnections) fail('admin.maxConnectionsPerSource', `must not exceed admin.maxConnections (${admin.maxConnections})`);
+  if (admin.requestTimeoutMs < admin.headerTimeoutMs) fail('admin.requestTimeoutMs', `must be at least admin.headerTimeoutMs (${admin.headerTimeoutMs}): the head is part of the request`);
   const M = DEFAULT_MAILBOX;
   const mailbox: MailboxConfig = {
     partitions: int('mailbox.partitions', M.partitions, 1, 1024),
@@ -712,8 +830,9 @@ export function validateConfig(raw: Json): NodeConfig {
     cells: int('cells', availableParallelism(), 1, 256),
     listen: { host: listenHost, basePort, webBasePort: int('listen.webBasePort', basePort === 0 ? 0 : 7600, 0, 65535) },
     web,
+    network,
     advertiseHost: string('advertiseHost', listenHost === '0.0.0.0' || listenHost === '::' ? hostname() : listenHost, host)!,
-    admin: { host: string('admin.host', '127.0.0.1', host)!, port: int('admin.port', 7300, 0, 65535) },
+    admin,
     dataDir: string('dataDir', './data')!,
     serverKey: string('serverKey', undefined, key32) ?? (get('serverKey') === undefined ? fail('serverKey', 'is required (see `gravitas keygen`)') ?? '' : ''),
     ticketKeys: tk,
@@ -755,5 +874,6 @@ export function validateConfig(raw: Json): NodeConfig {
   const biggest = Math.max(limits.maxGroupSize, 2 * limits.maxDevicesPerUser);
   if (limits.fanoutBurst < biggest) fail('limits.fanoutBurst', `must be at least ${biggest} (limits.maxGroupSize, or two accounts' devices): one message must be able to pass`);
   if (issues.length > 0) throw new ConfigError(issues);
+  explicit.set(cfg, new Set(FD_CAP_SETTINGS.filter((p) => get(p) !== undefined)));
   return cfg;
 }

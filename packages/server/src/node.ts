@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { NodeConfig } from './config.js';
 import { startAdmin, type AdminServer } from './admin.js';
 import { Supervisor } from './supervisor.js';
+import { fitFdBudget } from './net/fd-budget.js';
 
 export interface RunningNode {
   config: NodeConfig;
@@ -16,8 +17,13 @@ export interface RunningNode {
   stop(): Promise<void>;
 }
 
-/** Starts a node: its cells and its admin HTTP server. Resolves once every cell listens. */
+/**
+ * Starts a node: its cells and its admin HTTP server. Resolves once every cell listens.
+ * Connection caps left at their defaults may be lowered to fit the fd limit (net/fd-budget.ts);
+ * explicit ones that do not fit make it throw ServerError FD_LIMIT before anything starts.
+ */
 export async function startNode(config: NodeConfig, log: (msg: string) => void = (m) => process.stderr.write(`${m}\n`)): Promise<RunningNode> {
+  fitFdBudget(config, log);
   mkdirSync(config.dataDir, { recursive: true });
   const warning = registrationWarning(config);
   if (warning) log(warning);

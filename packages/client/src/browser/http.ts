@@ -8,18 +8,20 @@ import { webUrl } from './url.js';
  * Chunked HTTP in a browser, for networks that let no WebSocket through
  * (docs/transports.md). Downstream: one long `GET /gravitas/down` whose body is
  * length-prefixed frames, the first carrying the stream id. Upstream: short
- * `POST /gravitas/up?sid=<id>` requests with a Content-Length, since browsers
- * cannot stream a request body over HTTP/1.1. Frames queued while a POST is in
- * flight go together in the next one: in order, one request at a time (the
- * server attaches one upstream request per stream).
+ * `POST /gravitas/up` requests with a Content-Length, since browsers cannot
+ * stream a request body over HTTP/1.1, naming the stream in their
+ * `X-Gravitas-Stream` header (never the URL: proxies log URLs). Frames queued
+ * while a POST is in flight go together in the next one: whole frames, in order,
+ * one request at a time (the server attaches one upstream request per stream).
  */
 
 export const HTTP_DOWN_PATH = 'gravitas/down';
 export const HTTP_UP_PATH = 'gravitas/up';
 /** Upstream bytes waiting for a POST at most, by default; beyond it the connection fails. */
 export const DEFAULT_MAX_UPSTREAM_BYTES = 1024 * 1024;
-/** The stream id the downstream announces in its first frame: 16 random bytes, hex in the upstream URL. */
+/** The stream id the downstream announces in its first frame: 16 random bytes, hex in the upstream's header. */
 const SID_BYTES = 16;
+const STREAM_HEADER = 'x-gravitas-stream';
 
 export interface HttpDialerOptions {
   /** Frames larger than this close the connection (default: the protocol's 64 KiB). */
@@ -54,6 +56,7 @@ class HttpFrameConnection implements FrameConnection {
 
   constructor(
     private readonly upUrl: string,
+    private readonly sid: string,
     private readonly handlers: FrameHandlers,
     private readonly abort: AbortController,
     private readonly fetchFn: typeof fetch,
@@ -108,8 +111,9 @@ class HttpFrameConnection implements FrameConnection {
     this.queue = [];
     this.inFlight = batch.length;
     this.queued = 0;
-    // No Content-Type: a POST without one is a CORS "simple request", no preflight per batch.
-    this.fetchFn(this.upUrl, { method: 'POST', body: batch, cache: 'no-store', credentials: 'omit', signal: this.abort.signal }).then(
+    // The stream header makes a cross-origin POST preflighted; the preflight is cached (600 s) per
+    // URL, and the URL is the same for every stream of the cell, so it costs one OPTIONS per 10 min.
+    this.fetchFn(this.upUrl, { method: 'POST', body: batch, headers: { [STREAM_HEADER]: this.sid }, cache: 'no-store', credentials: 'omit', signal: this.abort.signal }).then(
       async (res) => {
         if (!res.ok) return this.end(await refusal(res, 'upstream'));
         await res.arrayBuffer().catch(() => undefined); // let the browser reuse the connection
@@ -175,8 +179,7 @@ export function browserHttpDialer(opts: HttpDialerOptions = {}): Dialer {
       }
       clearTimeout(timer);
       const up = webUrl(endpoint.web, HTTP_UP_PATH);
-      up.searchParams.set('sid', sid);
-      const conn = new HttpFrameConnection(up.toString(), handlers, abort, fetchFn, maxUpstreamBytes);
+      const conn = new HttpFrameConnection(up.toString(), sid, handlers, abort, fetchFn, maxUpstreamBytes);
       void conn.read(reader, decoder);
       return conn;
     } catch (err) {

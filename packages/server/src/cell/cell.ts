@@ -1,7 +1,7 @@
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Server } from 'node:net';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import {
-  decodeRequestArgs, encodeFrame, ErrorCode, nativeSuite, fromBase64Url, pack, ProtocolError, unpack, type Request, type RequestArgs, type ServerHandshakeContext,
+  decodeRequestArgs, ErrorCode, nativeSuite, fromBase64Url, pack, ProtocolError, unpack, type Request, type RequestArgs, type ServerHandshakeContext,
 } from '@gravitas/protocol';
 import type { NodeConfig } from '../config.js';
 import { Names } from '../subjects.js';
@@ -28,7 +28,10 @@ import { Mailbox } from './mailbox.js';
 import { openBuckets, untilReady } from './nats.js';
 import { PresenceHub } from './presence.js';
 import { Session, type Delivery } from './session.js';
-import { TcpTransport, type Transport, type TransportKind } from './transport.js';
+import { type Transport, type TransportKind } from './transport.js';
+import { acceptTcp } from './tcp-accept.js';
+import { REFUSAL_SLACK, SourceLimits, type SourceCharge } from '../net/source-limits.js';
+import { SourceResolver } from '../net/source.js';
 import { WebListener } from './web-listener.js';
 import { Social } from './social.js';
 import { SpentIds } from './tickets.js';
@@ -55,6 +58,11 @@ const RECHECK_CONCURRENCY = 16;
 export class Cell {
   readonly metrics: CellMetrics;
   readonly guard: HandshakeGuard;
+  /** Who connections come from (trusted proxies), and what each source may hold on this cell. */
+  readonly sources: SourceResolver;
+  readonly sourceLimits: SourceLimits;
+  /** Handshake slots of sessions not yet open, released when they open or close. */
+  private readonly handshaking = new Map<Transport, SourceCharge>();
   readonly handshakeContext: ServerHandshakeContext;
   readonly names: Names;
   readonly custody: Custody;
@@ -116,6 +124,8 @@ export class Cell {
     this.metrics = new CellMetrics(cellId);
     this.names = new Names(config.prefix, config.mailbox.partitions);
     this.guard = new HandshakeGuard(config.limits.maxHandshakesInFlight, config.limits.cookieThresholdPerSec);
+    this.sources = new SourceResolver(config.network.trustedProxies);
+    this.sourceLimits = new SourceLimits(config.network, (r) => this.metrics.sourceRefusals.inc({ limit: r.kind, scope: r.scope }));
     const [current, previous] = config.ticketKeys.map((k) => ({ id: k.id, key: fromBase64Url(k.key, 32) }));
     this.handshakeContext = {
       staticKey: nativeSuite.fromSecret(fromBase64Url(config.serverKey, 32)),
@@ -141,6 +151,7 @@ export class Cell {
     let max = 0;
     for (const s of this.sessions.values()) max = Math.max(max, s.outboundBytes);
     this.metrics.outboundMax.set({ cell: this.cellId }, max);
+    this.metrics.sourceEntries.set(this.sourceLimits.entries);
     if (this.membership) this.gravity.sampleGauges();
     this.intake.sampleGauges();
   }
@@ -201,7 +212,9 @@ export class Cell {
 
   private listen(): Promise<void> {
     const { host, basePort } = this.config.listen;
-    const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.accept(socket));
+    const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => acceptTcp(this, socket));
+    // A hard bound on descriptors: beyond the cap plus room for coded refusals, Node closes at accept.
+    server.maxConnections = this.config.limits.maxConnectionsPerCell + REFUSAL_SLACK;
     this.server = server;
     return new Promise((resolve, reject) => {
       server.once('error', reject);
@@ -229,12 +242,14 @@ export class Cell {
     return !this.draining && this.transports.size < this.config.limits.maxConnectionsPerCell;
   }
 
-  /** Starts a session on a new connection, counted by transport until it closes. */
-  adopt(t: Transport): void {
+  /** Starts a session on a new connection, counted by transport until it closes; `handshake`: its source's slot until the session opens. */
+  adopt(t: Transport, handshake: SourceCharge): void {
+    this.handshaking.set(t, handshake);
     this.transports.add(t);
     this.byKind[t.kind]++;
     this.metrics.connections.set({ transport: t.kind }, this.byKind[t.kind]);
     t.onClosed(() => {
+      this.handshakeDone(t);
       if (!this.transports.delete(t)) return;
       this.byKind[t.kind]--;
       this.metrics.connections.set({ transport: t.kind }, this.byKind[t.kind]);
@@ -242,12 +257,10 @@ export class Cell {
     new Session(this, t);
   }
 
-  private accept(socket: Socket): void {
-    if (!this.canAccept()) {
-      socket.end(encodeFrame(pack({ t: 'error', code: ErrorCode.BUSY, message: this.draining ? 'server is shutting down' : 'cell is at its connection limit' })));
-      return;
-    }
-    this.adopt(new TcpTransport(socket, this.config.limits.maxFrameBytes));
+  /** The session on `t` opened (or closed): its source's handshake slot is free again. */
+  private handshakeDone(t: Transport): void {
+    this.handshaking.get(t)?.release();
+    this.handshaking.delete(t);
   }
 
   status(): CellStatus {
@@ -278,6 +291,7 @@ export class Cell {
   }
 
   async registerSession(s: Session): Promise<void> {
+    this.handshakeDone(s.transport); // registration is the first thing an open session does
     const key = `${s.user}/${s.device}`;
     const { epoch, replaced } = await this.directory.register(s.user, s.device, this.cellId, this.config.nodeId);
     // Revoked while this session was being set up (its handshake read the account just before)?

@@ -13,9 +13,12 @@ const REPLAY_MAX = 2_000_000;
 /**
  * Protects a cell from handshake floods and replays, before any costly X25519:
  *  - a bounded count of handshakes in progress (BUSY beyond it);
- *  - above a rate threshold, a client must echo a cookie (HMAC of its address and
- *    ephemeral key under a rotating secret) — proof that it can receive at its
- *    address, WireGuard-style — before the server spends DH work on it;
+ *  - above a rate threshold, a client must echo a cookie (HMAC of its source
+ *    address and ephemeral key under a rotating secret) — proof that it can
+ *    receive at that address, WireGuard-style — before the server spends DH work
+ *    on it. The address is the connection's source IP (net/source.ts: the peer,
+ *    or the client a trusted proxy reports), without a port: behind a proxy the
+ *    port is the proxy's, and the source IP is what the per-source caps count;
  *  - a replay cache of ephemeral keys seen within the hello time window (two
  *    generations, bounded), so a recorded hello cannot be replayed into this cell.
  */
@@ -32,8 +35,8 @@ export class HandshakeGuard {
 
   constructor(private readonly maxInFlight: number, private readonly cookieThresholdPerSec: number) {}
 
-  /** Call when a first flight arrives. Returns a cookie to send back, or null to proceed. */
-  admit(remote: string, ephemeral: Uint8Array, cookie: Uint8Array | undefined): Uint8Array | null {
+  /** Call when a first flight arrives (`source`: the connection's source IP). Returns a cookie to send back, or null to proceed. */
+  admit(source: string, ephemeral: Uint8Array, cookie: Uint8Array | undefined): Uint8Array | null {
     const now = Date.now();
     if (now - this.windowStart >= 1000) {
       this.windowStart = now;
@@ -43,9 +46,9 @@ export class HandshakeGuard {
     if (this.inFlight >= this.maxInFlight) throw new HandshakeError(ErrorCode.BUSY, 'too many handshakes in progress; retry later');
     if (this.windowCount > this.cookieThresholdPerSec) {
       this.rotate(now);
-      if (!cookie) return this.cookie(this.secret, remote, ephemeral);
-      const ok = equalBytes(cookie, this.cookie(this.secret, remote, ephemeral)) || equalBytes(cookie, this.cookie(this.previousSecret, remote, ephemeral));
-      if (!ok) return this.cookie(this.secret, remote, ephemeral);
+      if (!cookie) return this.cookie(this.secret, source, ephemeral);
+      const ok = equalBytes(cookie, this.cookie(this.secret, source, ephemeral)) || equalBytes(cookie, this.cookie(this.previousSecret, source, ephemeral));
+      if (!ok) return this.cookie(this.secret, source, ephemeral);
     }
     return null;
   }
@@ -79,7 +82,7 @@ export class HandshakeGuard {
     this.secretAt = now;
   }
 
-  private cookie(secret: Buffer, remote: string, ephemeral: Uint8Array): Uint8Array {
-    return new Uint8Array(createHmac('sha256', secret).update(remote).update(ephemeral).digest().subarray(0, COOKIE_BYTES));
+  private cookie(secret: Buffer, source: string, ephemeral: Uint8Array): Uint8Array {
+    return new Uint8Array(createHmac('sha256', secret).update(source).update(ephemeral).digest().subarray(0, COOKIE_BYTES));
   }
 }

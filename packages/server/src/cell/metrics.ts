@@ -23,6 +23,13 @@ export class CellMetrics {
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
     registers: [this.registry],
   });
+  readonly sourceRefusals = new Counter({
+    name: 'gravitas_source_refusals_total',
+    help: 'Connections, handshakes and chunked-HTTP downstreams refused by a per-source cap (SOURCE_LIMIT), by limit (connections, handshakes, streams) and scope (source: one address; prefix: its /24 or /64)',
+    labelNames: ['limit', 'scope'] as const,
+    registers: [this.registry],
+  });
+  readonly sourceEntries = new Gauge({ name: 'gravitas_source_entries', help: 'Entries of the per-source tables (addresses and prefixes holding a slot), read at scrape time; 0 when the cell holds no connection', registers: [this.registry] });
   readonly protocolErrors = new Counter({ name: 'gravitas_protocol_errors_total', help: 'Error frames sent to clients by code', labelNames: ['code'] as const, registers: [this.registry] });
   readonly eventLoopLag = new Gauge({ name: 'gravitas_event_loop_lag_seconds', help: 'Event-loop delay p99 over the last interval, per cell', labelNames: ['cell'] as const, registers: [this.registry] });
   readonly natsReconnects = new Counter({ name: 'gravitas_nats_reconnects_total', help: 'Reconnects of the cell NATS connection', registers: [this.registry] });

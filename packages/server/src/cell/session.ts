@@ -30,12 +30,6 @@ function proofKind(r: Registration | undefined): string {
   return r && 'credential' in r ? 'credential' : 'link';
 }
 
-/** The address part of `ip:port` (or `[v6]:port`): what limits per source count by. */
-export function sourceOf(remoteAddress: string): string {
-  const i = remoteAddress.lastIndexOf(':');
-  return i < 0 ? remoteAddress : remoteAddress.slice(0, i);
-}
-
 /**
  * What a session may do how often (limits.*): its own token buckets, and its
  * account's cluster-wide budget (budgets.ts) for the kinds that have one.
@@ -155,7 +149,7 @@ export class Session {
 
   private onFirstFlight(body: Buffer): void {
     const hello = decodeClientHandshake(unpack(body));
-    const cookie = this.cell.guard.admit(this.transport.remoteAddress, hello.e, hello.cookie);
+    const cookie = this.cell.guard.admit(this.transport.source.ip, hello.e, hello.cookie);
     if (cookie) {
       this.cell.metrics.cookiesSent.inc();
       this.writePlain({ t: 'cookie', c: cookie });
@@ -173,8 +167,7 @@ export class Session {
       const pending = hello.t === 'hello' ? readHello(hello, ctx) : readResume(hello, ctx);
       if (pending.kind === 'full') {
         this.cell.guard.recordEphemeral(pending.clientEphemeral);
-        const source = sourceOf(this.transport.remoteAddress);
-        const a = await this.cell.accounts.authenticate({ user: pending.user, device: pending.device, key: pending.clientStatic, registration: pending.registration, source });
+        const a = await this.cell.accounts.authenticate({ user: pending.user, device: pending.device, key: pending.clientStatic, registration: pending.registration, source: this.transport.source.ip });
         pending.rid = a.rid;
         if (a.added) this.cell.metrics.registrations.inc({ proof: proofKind(pending.registration) });
       } else {

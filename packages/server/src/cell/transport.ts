@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import { encodeFrame, FrameDecoder, type ErrorCode } from '@gravitas/protocol';
+import type { ClientSource } from '../net/source.js';
 
 /*
  * What a Session needs from a connection, whatever carries it: whole frame bodies
@@ -25,8 +26,11 @@ export interface TransportHandlers {
 
 export interface Transport {
   readonly kind: TransportKind;
-  /** `address:port` of the peer, what handshake cookies are bound to. */
-  readonly remoteAddress: string;
+  /**
+   * The client this connection is charged to (net/source.ts): the peer, or the client a trusted
+   * proxy reported. Per-source caps count it; handshake cookies are bound to its address.
+   */
+  readonly source: ClientSource;
   /** Bytes accepted by sendFrame and not yet taken by the kernel. */
   readonly bufferedBytes: number;
   /** Starts delivering events; called once, by the session. */
@@ -47,12 +51,10 @@ export interface Transport {
 /** The original transport: a TCP socket carrying 4-byte length-prefixed frames. */
 export class TcpTransport implements Transport {
   readonly kind = 'tcp';
-  readonly remoteAddress: string;
   private readonly decoder: FrameDecoder;
 
-  constructor(readonly socket: Socket, maxFrameBytes: number) {
+  constructor(readonly socket: Socket, maxFrameBytes: number, readonly source: ClientSource) {
     this.decoder = new FrameDecoder(maxFrameBytes);
-    this.remoteAddress = `${socket.remoteAddress}:${socket.remotePort}`;
     socket.setNoDelay(true);
   }
 

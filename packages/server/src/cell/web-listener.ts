@@ -2,8 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
 import { WebSocketServer } from 'ws';
-import { ErrorCode, type ErrorCode as Code } from '@gravitas/protocol';
+import { ChannelError, ErrorCode, FramingError, type ErrorCode as Code } from '@gravitas/protocol';
 import type { NodeConfig } from '../config.js';
+import { isRefusal, REFUSAL_SLACK, type SourceCharge, type SourceLimits, type SourceRefusal } from '../net/source-limits.js';
+import type { ClientSource, SourceResolver } from '../net/source.js';
 import { ChunkedDecoder, DEFAULT_CHUNK_LINE_BYTES, DEFAULT_TRAILER_BYTES, HttpError } from './chunked.js';
 import type { CellMetrics } from './metrics.js';
 import type { Transport } from './transport.js';
@@ -20,24 +22,49 @@ import { HttpStreamTransport, WsTransport, type Upstream } from './web-transport
  *     far, to a Node http.Server whose 'upgrade' goes to `ws`.
  * An upstream request may be followed by another on the same connection
  * (keep-alive); everything else closes its connection when done.
+ *
+ * Sources (net/source.ts): a raw connection from an untrusted peer is charged
+ * to the peer's address at accept. From a trusted proxy, each WebSocket or
+ * downstream request is charged to the client its X-Forwarded-For names (the
+ * proxy's own sockets are the proxy's to bound).
  */
 
 export const PATH_WS = '/gravitas';
 export const PATH_DOWN = '/gravitas/down';
 export const PATH_UP = '/gravitas/up';
-/** Response header carrying the downstream's stream id (also sent as its first frame). */
+/**
+ * The stream id: a response header of the downstream (also sent as its first frame), and the
+ * request header naming the stream of an upstream POST — never in the URL, which lands in logs.
+ */
 export const STREAM_HEADER = 'X-Gravitas-Stream';
+const STREAM_HEADER_LC = STREAM_HEADER.toLowerCase();
 
 /** What the listener needs from its cell. */
 export interface WebHost {
   readonly config: NodeConfig;
   readonly metrics: CellMetrics;
   readonly draining: boolean;
+  readonly sources: SourceResolver;
+  readonly sourceLimits: SourceLimits;
   log(msg: string, err?: unknown): void;
   /** Room for one more session connection. */
   canAccept(): boolean;
-  /** Starts a session on an accepted transport. */
-  adopt(t: Transport): void;
+  /** Starts a session on an accepted transport; `handshake`: its source's slot until the session opens. */
+  adopt(t: Transport, handshake: SourceCharge): void;
+}
+
+/** What the listener knows of a raw connection from its accept. */
+interface Peer {
+  source: ClientSource;
+  trusted: boolean;
+  /** A connection slot is held for this socket (at accept, or once a proxied request named its client). */
+  charged: boolean;
+}
+
+/** A WebSocket request that passed the checks, waiting for the http.Server's 'upgrade'. */
+interface PendingUpgrade {
+  source: ClientSource;
+  handshake: SourceCharge;
 }
 
 interface RequestHead {
@@ -104,8 +131,10 @@ export class WebListener {
   private readonly wss: WebSocketServer;
   /** Open streams by id; bounded by the cell's connection limit. */
   private readonly streams = new Map<string, HttpStreamTransport>();
-  /** Streams no upstream request has claimed yet: bounded by web.maxPendingStreams. */
-  private readonly pending = new Set<string>();
+  /** Streams no upstream request has claimed yet, with their source's slot: bounded by web.maxPendingStreams. */
+  private readonly pending = new Map<string, SourceCharge>();
+  private readonly peers = new WeakMap<Socket, Peer>();
+  private readonly upgrades = new WeakMap<Socket, PendingUpgrade>();
   /** Connections waiting for a request head (closed at drain). */
   private readonly idle = new Set<Socket>();
   private connections = 0;
@@ -114,6 +143,8 @@ export class WebListener {
   constructor(private readonly host: WebHost) {
     const { web, limits } = host.config;
     this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // A hard bound on descriptors: beyond the cap plus room for coded refusals, Node closes at accept.
+    this.server.maxConnections = web.maxConnections + REFUSAL_SLACK;
     this.server.on('error', (err) => host.log('web listener error', err));
     // Only WebSocket upgrades get here, their head already checked by readHead.
     this.http = createHttpServer({ maxHeaderSize: web.maxHeaderBytes, headersTimeout: web.headerTimeoutMs, requestTimeout: web.headerTimeoutMs });
@@ -152,12 +183,53 @@ export class WebListener {
   private accept(socket: Socket): void {
     socket.on('error', () => undefined); // a reset: 'close' follows, whoever owns the socket now
     // Raw connections are bounded too: each web session uses one or two, plus keep-alive ones.
-    if (this.connections >= this.host.config.limits.maxConnectionsPerCell * 2) {
+    if (this.connections >= this.host.config.web.maxConnections) {
       return this.refuse(socket, 503, ErrorCode.BUSY, 'cell is at its connection limit');
     }
+    const source = this.host.sources.peer(socket.remoteAddress);
+    const trusted = this.host.sources.isTrusted(source.ip);
+    if (!trusted) {
+      const conn = this.host.sourceLimits.take('connections', source);
+      if (isRefusal(conn)) return this.refuseSource(socket, conn);
+      socket.once('close', conn.release);
+    }
+    this.peers.set(socket, { source, trusted, charged: !trusted });
     this.connections++;
     socket.once('close', () => this.connections--);
     this.readHead(socket, Buffer.alloc(0), false);
+  }
+
+  /** The client of a request: the peer, or from a trusted proxy the one its X-Forwarded-For names. */
+  private sourceOf(socket: Socket, req: RequestHead): ClientSource {
+    const p = this.peers.get(socket)!;
+    return p.trusted ? this.host.sources.forwarded(p.source, req.headers.get('x-forwarded-for')) : p.source;
+  }
+
+  /**
+   * Slots for a request that starts a session (WebSocket, downstream): a connection slot
+   * if a proxied request has none yet, and a handshake slot. Both go with the socket.
+   */
+  private admitSession(socket: Socket, source: ClientSource): SourceCharge | SourceRefusal {
+    const p = this.peers.get(socket)!;
+    let conn: SourceCharge | undefined;
+    if (!p.charged) {
+      const c = this.host.sourceLimits.take('connections', source);
+      if (isRefusal(c)) return c;
+      conn = c;
+      p.charged = true;
+      socket.once('close', c.release);
+    }
+    const hs = this.host.sourceLimits.take('handshakes', source);
+    if (isRefusal(hs)) {
+      conn?.release();
+      return hs;
+    }
+    socket.once('close', hs.release); // if the session never starts; the cell releases it when it opens
+    return hs;
+  }
+
+  private refuseSource(socket: Socket, r: SourceRefusal, req?: RequestHead): void {
+    this.refuse(socket, 429, ErrorCode.SOURCE_LIMIT, r.message, req);
   }
 
   /** Reads one request head within web.maxHeaderBytes and web.headerTimeoutMs, then routes it. */
@@ -227,6 +299,10 @@ export class WebListener {
       // Browsers do not apply CORS to WebSockets: the server checks the origin itself.
       const origin = req.headers.get('origin');
       if (origin !== undefined && !this.originAllowed(origin)) return this.refuse(socket, 403, ErrorCode.NOT_ALLOWED, 'origin not allowed', req);
+      const source = this.sourceOf(socket, req);
+      const handshake = this.admitSession(socket, source);
+      if (isRefusal(handshake)) return this.refuseSource(socket, handshake, req);
+      this.upgrades.set(socket, { source, handshake });
       // Hand over, unread: the http.Server parses the same head again and emits 'upgrade'.
       socket.pause();
       socket.unshift(all);
@@ -255,7 +331,7 @@ export class WebListener {
 
   private preflight(socket: Socket, req: RequestHead, rest: Buffer): void {
     const extra = this.cors(req)
-      ? `Access-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: content-type\r\nAccess-Control-Max-Age: 600\r\n`
+      ? `Access-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: content-type, ${STREAM_HEADER_LC}\r\nAccess-Control-Max-Age: 600\r\n`
       : '';
     const close = this.wantsClose(req);
     socket.write(`HTTP/1.1 204 No Content\r\n${this.cors(req)}${extra}Cache-Control: no-store\r\n${close ? 'Connection: close\r\n' : ''}\r\n`);
@@ -294,14 +370,23 @@ export class WebListener {
     if (this.host.draining) return this.refuse(socket, 503, ErrorCode.SHUTTING_DOWN, 'server is shutting down', req);
     if (!this.host.canAccept()) return this.refuse(socket, 503, ErrorCode.BUSY, 'cell is at its connection limit', req);
     if (this.pending.size >= this.host.config.web.maxPendingStreams) return this.refuse(socket, 503, ErrorCode.STREAM_BUSY, 'too many streams wait for their upstream', req);
+    const source = this.sourceOf(socket, req);
+    // One source cannot hold the cell's downstream slots: its own pending streams are capped first.
+    const waiting = this.host.sourceLimits.take('streams', source);
+    if (isRefusal(waiting)) return this.refuseSource(socket, waiting, req);
+    const handshake = this.admitSession(socket, source);
+    if (isRefusal(handshake)) {
+      waiting.release();
+      return this.refuseSource(socket, handshake, req);
+    }
     const id = randomBytes(16);
     const sid = id.toString('hex');
-    const stream = new HttpStreamTransport(sid, socket, this.host.config.limits.maxFrameBytes);
+    const stream = new HttpStreamTransport(sid, socket, this.host.config.limits.maxFrameBytes, source);
     this.streams.set(sid, stream);
-    this.pending.add(sid);
+    this.pending.set(sid, waiting);
     stream.onClosed(() => {
       this.streams.delete(sid);
-      this.pending.delete(sid);
+      this.claimed(sid);
     });
     socket.write(
       'HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nCache-Control: no-store\r\n' +
@@ -309,12 +394,19 @@ export class WebListener {
     );
     // The id also comes as the first frame: it reaches the client even through a proxy that drops headers.
     stream.sendPreamble(id);
-    this.host.adopt(stream);
+    this.host.adopt(stream, handshake);
+  }
+
+  /** The stream is no longer pending (an upstream claimed it, or it closed): its source's slot is free. */
+  private claimed(sid: string): void {
+    this.pending.get(sid)?.release();
+    this.pending.delete(sid);
   }
 
   private upstream(socket: Socket, req: RequestHead, rest: Buffer): void {
     const { web, limits } = this.host.config;
-    const sid = req.query.get('sid') ?? '';
+    const sid = req.headers.get(STREAM_HEADER_LC) ?? '';
+    if (!sid && req.query.has('sid')) return this.refuse(socket, 400, ErrorCode.HTTP_BAD_REQUEST, `the stream id goes in the ${STREAM_HEADER} request header, not in the URL`, req);
     const stream = SID_RE.test(sid) ? this.streams.get(sid) : undefined;
     if (!stream || stream.isClosed) return this.refuse(socket, 404, ErrorCode.STREAM_UNKNOWN, 'no such stream on this cell', req);
     const te = req.headers.get('transfer-encoding');
@@ -349,24 +441,28 @@ export class WebListener {
         this.refuse(socket, 410, code, 'the stream has ended', req);
       },
     };
-    const fail = (err: HttpError): void => {
+    // A failure of this request's bytes (a cap, bad framing, frames that fail authentication, an
+    // abort) refuses this request alone: the session is untouched (docs/transports.md, "One request,
+    // one verdict"). Whoever sent it learns why; a real client's SDK then ends its own stream.
+    const fail = (err: HttpError | FramingError | ChannelError): void => {
       if (over) return;
       finish();
-      this.refuse(socket, err.status, err.code, err.message, req);
-      stream.fail(err);
+      stream.discardPartial();
+      this.refuse(socket, err instanceof HttpError ? err.status : err.code === ErrorCode.FRAME_TOO_LARGE ? 413 : 400, err.code, err.message, req);
     };
     const aborted = (): void => {
       if (over) return;
       finish();
+      stream.discardPartial();
       socket.destroy();
-      stream.fail(new HttpError(400, ErrorCode.HTTP_BAD_REQUEST, 'the upstream request ended before its body'));
     };
     const feed = (buf: Buffer): void => {
       let used: number;
       try {
         used = reader.push(buf, (d) => stream.ingest(d));
+        if (reader.done && !over) stream.endOfRequest();
       } catch (err) {
-        return fail(err as HttpError);
+        return fail(err as HttpError | FramingError | ChannelError);
       }
       if (over || !reader.done) return;
       finish();
@@ -377,7 +473,7 @@ export class WebListener {
       this.readHead(socket, buf.subarray(used), true);
     };
     if (!stream.attach(up)) return this.refuse(socket, 409, ErrorCode.STREAM_BUSY, 'another upstream request is running for this stream', req);
-    this.pending.delete(sid);
+    this.claimed(sid);
     if (req.headers.get('expect')?.toLowerCase() === '100-continue') socket.write('HTTP/1.1 100 Continue\r\n\r\n');
     socket.setTimeout(limits.idleTimeoutMs, () => fail(new HttpError(408, ErrorCode.REQUEST_TIMEOUT, `upstream request silent for ${limits.idleTimeoutMs} ms`)));
     socket.on('data', feed);
@@ -389,10 +485,14 @@ export class WebListener {
   // ---- WebSocket ----------------------------------------------------------------
 
   private upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    const admitted = this.upgrades.get(socket);
+    this.upgrades.delete(socket);
+    // Slots taken in route() go with the socket: a refusal here closes it, and its close frees them.
+    if (!admitted) return this.refuse(socket, 400, ErrorCode.HTTP_BAD_REQUEST, 'malformed request');
     if (this.host.draining) return this.refuse(socket, 503, ErrorCode.SHUTTING_DOWN, 'server is shutting down');
     if (!this.host.canAccept()) return this.refuse(socket, 503, ErrorCode.BUSY, 'cell is at its connection limit');
     this.wss.handleUpgrade(req, socket, head, (ws) => {
-      this.host.adopt(new WsTransport(ws, socket, () => this.host.metrics.protocolErrors.inc({ code: ErrorCode.FRAME_TOO_LARGE })));
+      this.host.adopt(new WsTransport(ws, socket, admitted.source, () => this.host.metrics.protocolErrors.inc({ code: ErrorCode.FRAME_TOO_LARGE })), admitted.handshake);
     });
   }
 }

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
-import { encodeFrame, ErrorCode, FrameDecoder, ProtocolError, type ErrorCode as Code } from '@gravitas/protocol';
+import { ChannelError, encodeFrame, ErrorCode, FrameDecoder, FramingError, ProtocolError, type ErrorCode as Code } from '@gravitas/protocol';
+import type { ClientSource } from '../net/source.js';
 import type { Transport, TransportHandlers } from './transport.js';
 
 /*
@@ -14,10 +15,8 @@ export const WS_CLOSE_CODED = 4000;
 /** One binary WebSocket message = one frame body, no length prefix. */
 export class WsTransport implements Transport {
   readonly kind = 'ws';
-  readonly remoteAddress: string;
 
-  constructor(private readonly ws: WebSocket, private readonly socket: Socket, private readonly onOversize: () => void) {
-    this.remoteAddress = `${socket.remoteAddress}:${socket.remotePort}`;
+  constructor(private readonly ws: WebSocket, private readonly socket: Socket, readonly source: ClientSource, private readonly onOversize: () => void) {
     socket.setNoDelay(true);
   }
 
@@ -87,14 +86,24 @@ export interface Upstream {
 
 /**
  * Chunked HTTP: one long `GET /gravitas/down` carries the server's frames
- * (length-prefixed, one per chunk); successive `POST /gravitas/up?sid=` requests
- * carry the client's bytes, decoded as one continuous frame stream whatever the
- * chunking. Only one upstream request is attached at a time.
+ * (length-prefixed, one per chunk); successive `POST /gravitas/up` requests
+ * (stream id in the X-Gravitas-Stream header) carry the client's frames, whole
+ * frames in each request whatever the chunking. Only one upstream request is
+ * attached at a time.
+ *
+ * One request, one verdict: anyone who learns a stream id can POST to it, so a
+ * request whose bytes fail — bad framing, a truncated frame at its end, a frame
+ * that fails the channel's authentication (a wrong MAC, or a counter other than
+ * the next: a replay or a gap) — is refused on its own and its partial frame
+ * dropped. The session is untouched: SecureChannel.open() changes no state when
+ * it throws (the receive counter moves only on success), and every request
+ * starts at a frame boundary, so the real client's next frame opens as if the
+ * bad request had never come. Frames that authenticate are the client's own,
+ * and what they carry is judged by the session as on any transport.
  */
 export class HttpStreamTransport implements Transport {
   readonly kind = 'http';
-  readonly remoteAddress: string;
-  private readonly decoder: FrameDecoder;
+  private decoder: FrameDecoder;
   private h: TransportHandlers | undefined;
   private up: Upstream | undefined;
   private paused = false;
@@ -108,9 +117,8 @@ export class HttpStreamTransport implements Transport {
   private idleTimer: NodeJS.Timeout | undefined;
   private readonly closeCallbacks: Array<() => void> = [];
 
-  constructor(readonly sid: string, private readonly down: Socket, maxFrameBytes: number) {
+  constructor(readonly sid: string, private readonly down: Socket, private readonly maxFrameBytes: number, readonly source: ClientSource) {
     this.decoder = new FrameDecoder(maxFrameBytes);
-    this.remoteAddress = `${down.remoteAddress}:${down.remotePort}`;
     down.setNoDelay(true);
     down.on('drain', () => this.h?.drain());
     down.on('close', () => this.finish());
@@ -166,15 +174,29 @@ export class HttpStreamTransport implements Transport {
     if (this.up === up) this.up = undefined;
   }
 
-  /** Body bytes of the attached upstream request. */
+  /**
+   * Body bytes of the attached upstream request. Throws a FramingError or ChannelError that
+   * refuses this request alone (the caller answers it); other failures end the session.
+   */
   ingest(data: Uint8Array): void {
     if (this.closed || !this.h) return;
     this.touch();
     try {
       this.decoder.push(data, this.h.frame);
     } catch (err) {
+      if (err instanceof FramingError || err instanceof ChannelError) throw err;
       this.h.error(err);
     }
+  }
+
+  /** The attached request's body is complete: it must have ended at a frame boundary. */
+  endOfRequest(): void {
+    if (this.decoder.pending > 0) throw new FramingError(ErrorCode.FRAME_TRUNCATED, `the upstream request ended inside a frame (${this.decoder.pending} bytes): each request carries whole frames`);
+  }
+
+  /** The attached request was refused or cut: what it left of a frame is dropped, the next starts afresh. */
+  discardPartial(): void {
+    if (this.decoder.pending > 0) this.decoder = new FrameDecoder(this.maxFrameBytes);
   }
 
   /** The upstream failed (a cap, a malformed body, an aborted request): the session fails with `err`. */
