@@ -141,10 +141,12 @@ t.test('against a node', async (t) => {
   await putCampaigns(nc, ['promo']);
   const keys = clusterKeys();
   const pk = keys.serverPublicKey;
+  // These clients send feedback far faster than a device would: the request limits are not what is tested.
+  const FAST_FEEDBACK = { requestRatePerSec: 100_000, requestBurst: 100_000, accountRequestRatePerSec: 1_000_000 };
   /** The campaign as `user` holds it once its message arrived (written into KV by hand here, never sent). */
   const promo = (user: string): CampaignRef => ({ c: 'promo', rk: campaignProof(keys.serverKey, 'promo', user) });
   const basePort = await freePort();
-  const file = await writeNodeConfig(fresh('node.json'), nodeConfig({ natsUrl: nats.url, nodeId: 'fb', dataDir: fresh('node-data'), keys, cells: 1, extra: { listen: { host: '127.0.0.1', basePort } } }));
+  const file = await writeNodeConfig(fresh('node.json'), nodeConfig({ natsUrl: nats.url, nodeId: 'fb', dataDir: fresh('node-data'), keys, cells: 1, extra: { listen: { host: '127.0.0.1', basePort }, limits: FAST_FEEDBACK } }));
   let node = await spawnNode(file);
   t.teardown(() => node.stop(5000));
   const cell = node.clientAddresses[0]!;

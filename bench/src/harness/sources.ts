@@ -3,7 +3,7 @@ import { isIPv4 } from 'node:net';
 /*
  * Source addresses for a generator's connections (docs/benchmarking.md, "Client
  * addresses"). A Gravitas target caps connections, handshakes in progress and
- * pending streams per client address and per /24 (docs/security-notes-net.md), and
+ * pending streams per client address and per /24 (docs/security.md, "Connections per source"), and
  * a generator is thousands of clients on one host: from one address it would trip
  * those caps like a flood would. When the target is on this machine (a loopback
  * address) and the host is Linux — where the whole of 127.0.0.0/8 is the loopback

@@ -77,7 +77,7 @@ export const ErrorCode = {
   BODY_TOO_LARGE: 'BODY_TOO_LARGE',
   STREAM_UNKNOWN: 'STREAM_UNKNOWN',
   STREAM_BUSY: 'STREAM_BUSY',
-  // connection sources (docs/security-notes-net.md): per-source caps, trusted proxies
+  // connection sources (docs/security.md, "Connections per source"): per-source caps, trusted proxies
   /** One client address (or its /24, /64) holds as many connections, handshakes or pending streams on this cell as it may. */
   SOURCE_LIMIT: 'SOURCE_LIMIT',
   /** A trusted proxy's connection did not open with a valid PROXY protocol header. */

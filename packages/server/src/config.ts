@@ -137,7 +137,7 @@ export interface WebConfig {
 
 /**
  * Where connections come from and how many one source may hold, per cell
- * (docs/security-notes-net.md). A source is a client IP address; its prefix is
+ * (docs/security.md, "Connections per source"). A source is a client IP address; its prefix is
  * its /24 (IPv4) or /64 (IPv6).
  */
 export interface NetworkConfig {

@@ -1,7 +1,7 @@
 import type { ClientSource } from './source.js';
 
 /*
- * Per-source caps of one cell (docs/security-notes-net.md): how many of a thing
+ * Per-source caps of one cell (docs/security.md, "Connections per source"): how many of a thing
  * (open connections, handshakes in progress, chunked-HTTP downstreams waiting for
  * their upstream) one client address and one network prefix may hold. Checked
  * where the thing begins, before any crypto or buffering; a refusal is one map

@@ -1,7 +1,7 @@
 import { BlockList, isIP, isIPv4 } from 'node:net';
 
 /*
- * Who a connection comes from (docs/security-notes-net.md): the one place every
+ * Who a connection comes from (docs/security.md, "Connections per source"): the one place every
  * transport asks. A connection's source is its socket's peer address or — only
  * when that peer is a configured trusted proxy — the client address the proxy
  * reports: the PROXY protocol header on a TCP listener (proxy-protocol.ts), the
