@@ -244,38 +244,32 @@ function makeMember(servers: string[], serverPublicKey: Uint8Array, user: string
   return c;
 }
 
-/** Every member accepts its invitation to `g` (membership is by consent), CONNECT_CONCURRENCY at a time. */
-async function acceptAll(clients: GravitasClient[], g: string): Promise<string[]> {
+/** `step` for every client, CONNECT_CONCURRENCY at a time; the failures, as "user: message". */
+async function forEachClient(clients: GravitasClient[], step: (c: GravitasClient) => Promise<unknown>): Promise<string[]> {
   const errors: string[] = [];
   let i = 0;
   await Promise.all(
     Array.from({ length: Math.min(CONNECT_CONCURRENCY, clients.length) }, async () => {
       while (i < clients.length) {
         const c = clients[i++]!;
-        await c.acceptInvite(g).catch((e: Error) => errors.push(`${c.options.user}: ${e.message}`));
+        await step(c).catch((e: Error) => errors.push(`${c.options.user}: ${e.message}`));
       }
     }),
   );
   return errors;
 }
 
-async function connectAll(clients: GravitasClient[]): Promise<string[]> {
-  const errors: string[] = [];
-  let i = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(CONNECT_CONCURRENCY, clients.length) }, async () => {
-      while (i < clients.length) {
-        const c = clients[i++]!;
-        try {
-          await c.connect();
-          await c.ping(); // registered
-        } catch (e) {
-          errors.push(`${c.options.user}: ${(e as Error).message}`);
-        }
-      }
-    }),
-  );
-  return errors;
+/** Every member accepts its invitation to `g` (membership is by consent). */
+function acceptAll(clients: GravitasClient[], g: string): Promise<string[]> {
+  return forEachClient(clients, (c) => c.acceptInvite(g));
+}
+
+/** Every client connected and registered (a ping answered). */
+function connectAll(clients: GravitasClient[]): Promise<string[]> {
+  return forEachClient(clients, async (c) => {
+    await c.connect();
+    await c.ping();
+  });
 }
 
 function runGenerator(d: GenData): void {

@@ -16,16 +16,8 @@ import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, MAX_USERS_PER_REQUEST, pack, unpack
 import { DEFAULT_MAILBOX, Names } from '@gravitas/server';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
 import { clusterKeys, connectClient, nodeConfig, spawnNode, writeNodeConfig, type TestClient } from '../fixtures/cluster.js';
+import { rejectionCode as codeOf } from '../fixtures/codes.js';
 
-/** The error code a promise rejects with (undefined if it resolves). */
-async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p;
-    return undefined;
-  } catch (err) {
-    return (err as { code?: string }).code ?? String(err);
-  }
-}
 
 /** An answer (or the refusal) as bytes, with what must differ between groups — the id, and times — set to fixed values. */
 async function bytesOf(p: Promise<unknown>): Promise<Buffer> {

@@ -16,19 +16,11 @@ import { DeliveryError } from '@gravitas/client';
 import { DEFAULT_MAILBOX, Names } from '@gravitas/server';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
 import { clusterKeys, connectClient, makeClient, nodeConfig, registered, spawnNode, writeNodeConfig, type TestClient } from '../fixtures/cluster.js';
+import { rejectionCode as codeOf } from '../fixtures/codes.js';
 
 const MAX_GROUP = 8;
 const PREFIX = 'gravitas';
 
-/** The error code a promise rejects with (undefined if it resolves). */
-async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p;
-    return undefined;
-  } catch (err) {
-    return (err as { code?: string }).code ?? String(err);
-  }
-}
 
 const inGroup = (c: TestClient, g: string): Msg[] => c.inbox.filter((m) => m.g === g);
 const texts = (ms: Msg[]): string[] => ms.map((m) => m.text);

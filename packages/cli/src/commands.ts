@@ -94,7 +94,8 @@ export async function dev(flags: Flags): Promise<void> {
   const demoPort = intFlag(flags, 'demo-port', 7380);
   const adminToken = devAdminToken(flags);
   log('gravitas dev: starting nats-server with JetStream (temporary store)…');
-  const nats = await NatsServer.start({ jetstream: true });
+  // Stopped by us after the node drained (its last KV writes need it), not by the test kit's signal reaper.
+  const nats = await NatsServer.start({ jetstream: true, stopsItself: true });
   const dataDir = await mkdtemp(join(tmpdir(), 'gravitas-dev-'));
   const server = generateKeyPair();
   const store = new KeyStore();

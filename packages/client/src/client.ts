@@ -1016,25 +1016,21 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   }
 
   /** Invites (or, under `contacts`, adds) users to a group this user administers, in requests of at most MAX_USERS_PER_REQUEST. */
-  async addToGroup(g: string, users: string[]): Promise<{ added: string[]; invited: string[] }> {
-    const out = { added: [] as string[], invited: [] as string[] };
-    const list = [...new Set(users)];
-    for (let i = 0; i < list.length; i += MAX_USERS_PER_REQUEST) {
-      const r = (await this.request('groups.add', { g, users: list.slice(i, i + MAX_USERS_PER_REQUEST) })) as { added: string[]; invited: string[] };
-      out.added.push(...r.added);
-      out.invited.push(...r.invited);
-    }
-    return out;
+  addToGroup(g: string, users: string[]): Promise<{ added: string[]; invited: string[] }> {
+    return this.inBatches('groups.add', g, users, { added: [], invited: [] });
   }
 
   /** Removes members and revokes pending invitations, in requests of at most MAX_USERS_PER_REQUEST. */
-  async removeFromGroup(g: string, users: string[]): Promise<{ removed: string[]; revoked: string[] }> {
-    const out = { removed: [] as string[], revoked: [] as string[] };
+  removeFromGroup(g: string, users: string[]): Promise<{ removed: string[]; revoked: string[] }> {
+    return this.inBatches('groups.remove', g, users, { removed: [], revoked: [] });
+  }
+
+  /** A group request naming many users, one request per MAX_USERS_PER_REQUEST of them; the answers' lists joined into `out`. */
+  private async inBatches<T extends Record<string, string[]>>(op: 'groups.add' | 'groups.remove', g: string, users: string[], out: T): Promise<T> {
     const list = [...new Set(users)];
     for (let i = 0; i < list.length; i += MAX_USERS_PER_REQUEST) {
-      const r = (await this.request('groups.remove', { g, users: list.slice(i, i + MAX_USERS_PER_REQUEST) })) as { removed: string[]; revoked: string[] };
-      out.removed.push(...r.removed);
-      out.revoked.push(...r.revoked);
+      const r = (await this.request(op, { g, users: list.slice(i, i + MAX_USERS_PER_REQUEST) })) as Record<string, string[]>;
+      for (const [k, names] of Object.entries(out)) names.push(...(r[k] ?? []));
     }
     return out;
   }

@@ -23,6 +23,11 @@ export interface NatsServerOptions {
   debug?: boolean;
   /** How long to wait for the server to become ready, in ms (default 20000). */
   startTimeout?: number;
+  /**
+   * The process stops this server itself on SIGINT/SIGTERM (after draining what uses it, as
+   * `gravitas dev` does): a signal does not kill it at once; it is still killed when the process exits.
+   */
+  stopsItself?: boolean;
 }
 
 export interface StopOptions {
@@ -248,7 +253,7 @@ export class NatsServer implements AsyncDisposable {
     const proc = spawn(this.bin, ['-c', this.configFile, ...(this.opts.args ?? [])], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    trackChild(proc);
+    trackChild(proc, this.opts.stopsItself === true);
     this.#proc = proc;
     this.#exit = undefined;
     this.#log = [];

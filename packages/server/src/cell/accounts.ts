@@ -185,11 +185,11 @@ export class Accounts {
   private async prove(h: Hello, rec: AccountRecord, exists: boolean): Promise<boolean> {
     const reg = h.registration!;
     const now = Date.now();
-    if (rec.s !== undefined) throw suspended();
     const binding = { user: h.user, device: h.device, key: h.key };
     if (typeof reg === 'string') {
       if (this.cfg.mode === 'open') {
         if (exists) throw new HandshakeError(ErrorCode.DEVICE_KEY_MISMATCH, 'this device id is registered with another key');
+        if (rec.s !== undefined) throw suspended();
         return false;
       }
       if (this.cfg.mode !== 'token') throw denied('this cluster does not take registration tokens: register with a credential, or link from a device of the account');
@@ -209,6 +209,8 @@ export class Accounts {
       if (rec.d[a.by]?.r !== a.byRid) throw denied('the device that approved this link is no longer registered');
       spend = approvalId(a);
     }
+    // Said only to the holder of a valid proof for this account: no one else learns it is suspended.
+    if (rec.s !== undefined) throw suspended();
     if (!(await this.spent.claim(spend))) throw denied('this registration proof was already used');
     return true;
   }

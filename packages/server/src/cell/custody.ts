@@ -126,11 +126,11 @@ export class Custody {
    * can mark as read what did not reach them, and no state per delivery is kept.
    */
   async read(s: Session, m: Read): Promise<void> {
+    if (m.from === s.user || isSystemName(m.from)) return; // no receipts to oneself, nor to the system
     if (!DeliveryProofs.same(this.cell.proofs.message(m.from, m.id, s.user), m.rk)) {
       // No `ref`: it names the sender's own outbox message in an error frame, and this id is someone else's.
       return s.sendError(ErrorCode.NOT_ALLOWED, `read receipt for ${m.id} refused: it needs the delivery proof (rk) of a message delivered to you`);
     }
-    if (m.from === s.user || isSystemName(m.from)) return; // no receipts to oneself, nor to the system
     const [mine, theirs, refused] = await Promise.all([this.cell.social.prefs(s.user), this.cell.social.prefs(m.from), this.cell.social.refuses(m.from, s.user)]);
     // Reciprocal, as users expect: whoever turns read receipts off neither sends nor gets them.
     if (!mine.readReceipts || !theirs.readReceipts || refused) return;

@@ -255,7 +255,10 @@ export class Session {
         if (!this.limits.control.take()) return this.refused('control');
         return this.cell.presence.set(this, m.s);
       case 'req':
-        if (!(await this.spend('req', 1))) return this.send({ t: 'res', rid: m.rid, ok: false, code: ErrorCode.RATE_LIMITED, message: 'too many requests; slow down' });
+        if (!(await this.spend('req', 1))) {
+          this.cell.metrics.rateLimited.inc({ kind: 'req' });
+          return this.send({ t: 'res', rid: m.rid, ok: false, code: ErrorCode.RATE_LIMITED, message: 'too many requests; slow down' });
+        }
         return this.cell.request(this, m);
       case 'ping':
         // `ref` = the ping's number: the client's ping settles (refused) instead of waiting for a pong.
@@ -277,8 +280,8 @@ export class Session {
     return this.cell.budgets.take(this.user, kind, n, now);
   }
 
-  /** A refusal for going over a limit: a status for a message, an error frame otherwise (counted by kind). */
-  refused(kind: BudgetKind | 'control', id?: string): void {
+  /** A refusal for going over a limit: a status for a message, an error frame for a read, ping or presence (counted by kind). */
+  refused(kind: Exclude<BudgetKind, 'req'> | 'control', id?: string): void {
     this.cell.metrics.rateLimited.inc({ kind });
     if (kind === 'msg' || kind === 'fanout') this.send({ t: 'status', id: id!, s: 'failed', code: ErrorCode.RATE_LIMITED });
     else if (kind === 'read') this.sendError(ErrorCode.RATE_LIMITED, `too many read receipts; slow down (${id} not sent)`);

@@ -1,3 +1,4 @@
+import type { NetworkConfig } from '../config.js';
 import type { ClientSource } from './source.js';
 
 /*
@@ -94,14 +95,7 @@ export class SourceLimits {
   readonly streams: SourceTable;
 
   constructor(
-    n: {
-    maxConnectionsPerSource: number;
-    maxConnectionsPerPrefix: number;
-    maxHandshakesPerSource: number;
-    maxHandshakesPerPrefix: number;
-    maxPendingStreamsPerSource: number;
-    maxPendingStreamsPerPrefix: number;
-    },
+    n: Omit<NetworkConfig, 'trustedProxies'>,
     private readonly refused: (r: SourceRefusal) => void = () => undefined,
   ) {
     this.connections = new SourceTable('connections', { perSource: n.maxConnectionsPerSource, perPrefix: n.maxConnectionsPerPrefix });
