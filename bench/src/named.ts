@@ -5,6 +5,7 @@ import * as groups from './groups.js';
 import * as pingpong from './pingpong.js';
 import * as reach from './reach.js';
 import * as social from './social.js';
+import * as revocation from './revocation.js';
 import * as placement from './placement.js';
 import * as tracking from './tracking.js';
 import { UsageError, report, type Benchmark } from './report.js';
@@ -13,7 +14,7 @@ import { RUN_USAGE } from './harness/run-cli.js';
 /* The named benchmarks (`npm run bench -- <name>`), loaded by main.ts only when one is asked for. */
 
 /** Registry: add a benchmark by importing its module and listing it here. */
-const BENCHMARKS: readonly Benchmark[] = [ceilings, pingpong, custody, groups, placement, gravity, tracking, reach, social];
+const BENCHMARKS: readonly Benchmark[] = [ceilings, pingpong, custody, groups, placement, gravity, tracking, reach, social, revocation];
 
 const DEFAULT_DURATION_S = 2;
 

@@ -223,8 +223,9 @@ export class Accounts {
     const k = keyRecord(user, device, rid);
     await this.kv.create(k, pack({ pub: h.key, at: now }));
     let old: DeviceEntry | undefined;
+    let devices = 0;
     try {
-      await modifyAccount(this.kv, user, (r) => {
+      devices = Object.keys((await modifyAccount(this.kv, user, (r) => {
         if (r.s !== undefined) throw suspended();
         old = r.d[device];
         // Someone registered this device id meanwhile; only a proof of ownership may take it over.
@@ -232,19 +233,19 @@ export class Accounts {
         if (!old && Object.keys(r.d).length >= this.maxDevices) throw new HandshakeError(ErrorCode.TOO_MANY_DEVICES, `an account may have at most ${this.maxDevices} devices`);
         r.d[device] = { r: rid, t: now };
         return true;
-      });
+      })).d).length;
     } catch (err) {
       this.kv.delete(k).catch(() => undefined);
       throw err;
     }
-    this.keys.set(k, h.key);
     this.devicesOf.invalidate(user);
     this.events.changed(user);
     if (old) {
       this.events.revoked(user, device, old.r);
       this.kv.delete(keyRecord(user, device, old.r)).catch(() => undefined);
     }
-    this.events.added(user, device);
+    // The account's other devices are told; an account's first device has nobody to tell.
+    if (devices > 1) this.events.added(user, device);
     return rid;
   }
 

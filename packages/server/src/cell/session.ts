@@ -30,23 +30,39 @@ function proofKind(r: Registration | undefined): string {
   return r && 'credential' in r ? 'credential' : 'link';
 }
 
+type LimitKind = BudgetKind | 'control';
+
 /**
- * What a session may do how often (limits.*): its own token buckets, and its
- * account's cluster-wide budget (budgets.ts) for the kinds that have one.
+ * What a session may do how often (limits.*): a token bucket per kind of operation,
+ * made on its first use (an idle session holds none of them; a full one starts full).
  */
 class SessionLimits {
-  readonly msg: TokenBucket;
-  readonly fanout: TokenBucket;
-  readonly read: TokenBucket;
-  readonly req: TokenBucket;
-  readonly control: TokenBucket;
+  private msg: TokenBucket | undefined;
+  private fanout: TokenBucket | undefined;
+  private read: TokenBucket | undefined;
+  private req: TokenBucket | undefined;
+  private control: TokenBucket | undefined;
 
-  constructor(l: Cell['config']['limits'], now: number) {
-    this.msg = new TokenBucket(l.msgRatePerSec, l.msgBurst, now);
-    this.fanout = new TokenBucket(l.fanoutRatePerSec, l.fanoutBurst, now);
-    this.read = new TokenBucket(l.readRatePerSec, l.readBurst, now);
-    this.req = new TokenBucket(l.requestRatePerSec, l.requestBurst, now);
-    this.control = new TokenBucket(l.controlRatePerSec, l.controlBurst, now);
+  constructor(private readonly l: Cell['config']['limits']) {}
+
+  take(kind: LimitKind, n: number, now: number): boolean {
+    return (this[kind] ??= this.bucket(kind, now)).take(n, now);
+  }
+
+  private bucket(kind: LimitKind, now: number): TokenBucket {
+    const l = this.l;
+    switch (kind) {
+      case 'msg':
+        return new TokenBucket(l.msgRatePerSec, l.msgBurst, now);
+      case 'fanout':
+        return new TokenBucket(l.fanoutRatePerSec, l.fanoutBurst, now);
+      case 'read':
+        return new TokenBucket(l.readRatePerSec, l.readBurst, now);
+      case 'req':
+        return new TokenBucket(l.requestRatePerSec, l.requestBurst, now);
+      case 'control':
+        return new TokenBucket(l.controlRatePerSec, l.controlBurst, now);
+    }
   }
 }
 
@@ -94,7 +110,7 @@ export class Session {
   constructor(private readonly cell: Cell, readonly transport: Transport) {
     this.slot = ++sessionSeq;
     this.id = `${cell.cellId}-${this.slot.toString(36)}`;
-    this.limits = new SessionLimits(cell.config.limits, Date.now());
+    this.limits = new SessionLimits(cell.config.limits);
     transport.setIdleTimeout(cell.config.limits.idleTimeoutMs, () => this.fail(new ProtocolError(ErrorCode.IDLE_TIMEOUT, 'no traffic within the idle timeout')));
     this.handshakeTimer = setTimeout(() => this.fail(new ProtocolError(ErrorCode.HANDSHAKE_TIMEOUT, 'handshake did not complete in time')), cell.config.limits.handshakeTimeoutMs);
     transport.bind({
@@ -252,7 +268,7 @@ export class Session {
       case 'typing':
         return this.cell.presence.typing(this, m);
       case 'presence':
-        if (!this.limits.control.take()) return this.refused('control');
+        if (!this.limits.take('control', 1, Date.now())) return this.refused('control');
         return this.cell.presence.set(this, m.s);
       case 'req':
         if (!(await this.spend('req', 1))) {
@@ -262,7 +278,7 @@ export class Session {
         return this.cell.request(this, m);
       case 'ping':
         // `ref` = the ping's number: the client's ping settles (refused) instead of waiting for a pong.
-        if (!this.limits.control.take()) return this.refused('control', String(m.n));
+        if (!this.limits.take('control', 1, Date.now())) return this.refused('control', String(m.n));
         return this.send({ t: 'pong', n: m.n });
       case 'bye':
         return this.close();
@@ -276,7 +292,7 @@ export class Session {
    */
   spend(kind: BudgetKind, n: number): boolean | Promise<boolean> {
     const now = Date.now();
-    if (!this.limits[kind].take(n, now)) return false;
+    if (!this.limits.take(kind, n, now)) return false;
     return this.cell.budgets.take(this.user, kind, n, now);
   }
 

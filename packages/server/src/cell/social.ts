@@ -95,6 +95,8 @@ export function decodeHead(v: Uint8Array | undefined): Head {
   };
 }
 
+const samePrefs = (a: Prefs, b: Prefs): boolean => a.readReceipts === b.readReceipts && a.presence === b.presence && a.pushPreview === b.pushPreview && a.mutedPush === b.mutedPush;
+
 function encodeHead(h: Head): Uint8Array {
   const p: Partial<Prefs> = {};
   if (h.p.readReceipts !== DEFAULT_PREFS.readReceipts) p.readReceipts = h.p.readReceipts;
@@ -204,7 +206,8 @@ export class Social {
     const checked = Date.now();
     if (prev && prev.rev === rev) return { ...prev, checked };
     const head = decodeHead(e?.operation === 'PUT' ? e.value : undefined);
-    if (head.n === 0 && head.m === 0) return { rec: { contacts: EMPTY.contacts, blocked: EMPTY.blocked, prefs: head.p }, rev, checked };
+    // Most users have no entries and default preferences: they all share one frozen record.
+    if (head.n === 0 && head.m === 0) return { rec: samePrefs(head.p, DEFAULT_PREFS) ? EMPTY : { contacts: EMPTY.contacts, blocked: EMPTY.blocked, prefs: head.p }, rev, checked };
     const { contacts, blocked } = await this.listings.run(() => this.list(user));
     if ((contacts.size < head.n || blocked.size < head.m) && checked - head.t >= REPAIR_AFTER_MS) {
       // Best effort: a conflict means someone else changed it, and their change will be re-read.

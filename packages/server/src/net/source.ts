@@ -91,6 +91,9 @@ export function sourceOf(ip: string, via: ClientSource['via']): ClientSource {
   return { ip, prefix: prefixOf(ip), via };
 }
 
+/** Peer addresses whose source objects are shared at once (the cache is emptied beyond). */
+const MAX_INTERNED = 65_536;
+
 /** A connection whose peer address Node could not tell (it closed at once): charged to one shared bucket. */
 const UNKNOWN: ClientSource = { ip: 'unknown', prefix: 'unknown', via: 'peer' };
 
@@ -114,6 +117,8 @@ export function parseCidr(s: string): { address: string; prefix: number; family:
 export class SourceResolver {
   private readonly trusted = new BlockList();
   readonly hasTrusted: boolean;
+  /** Sources by the peer address Node reports: bounded, emptied when full (a cache, nothing depends on it). */
+  private readonly peers = new Map<string, ClientSource>();
 
   constructor(trustedProxies: readonly string[]) {
     for (const c of trustedProxies) {
@@ -129,10 +134,16 @@ export class SourceResolver {
     return this.hasTrusted && ip !== UNKNOWN.ip && this.trusted.check(ip, isIPv4(ip) ? 'ipv4' : 'ipv6');
   }
 
-  /** The source a socket's own peer address makes. */
+  /** The source a socket's own peer address makes; one shared object per address (most clients hold one connection, many share an address). */
   peer(remoteAddress: string | undefined): ClientSource {
+    if (remoteAddress === undefined) return UNKNOWN;
+    let src = this.peers.get(remoteAddress);
+    if (src) return src;
     const ip = canonicalIp(remoteAddress);
-    return ip ? sourceOf(ip, 'peer') : UNKNOWN;
+    src = ip ? sourceOf(ip, 'peer') : UNKNOWN;
+    if (this.peers.size >= MAX_INTERNED) this.peers.clear();
+    this.peers.set(remoteAddress, src);
+    return src;
   }
 
   /**
