@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import {
-  ClientHandshake, decodeServerHandshake, decodeServerMessage, ErrorCode, HintError, MAX_USERS_PER_REQUEST, NO_RECONNECT_CODES, pack, ProtocolError, random, RemoteError, RETRYABLE_SEND_CODES, TICKET_REFUSED_CODES, toBase64Url, unpack, verifyHint,
+  ClientHandshake, decodeMuteList, decodeServerHandshake, DELIVERY_PROOF_BYTES, decodeServerMessage, ErrorCode, HintError, MAX_USERS_PER_REQUEST, MUTE_LIMITS, NO_RECONNECT_CODES, pack, ProtocolError, random, RemoteError, RETRYABLE_SEND_CODES, TICKET_REFUSED_CODES, toBase64Url, unpack, verifyHint,
   type CampaignEvent, type ConnectHint, type KeyPair, type Msg, type Presence, type Receipt, type RequestArgs, type RequestOp, type ResumptionState, type SecureChannel, type ServerMessage,
   type TypingEvent, type WelcomePayload, type MuteDurationName, type MuteEntry, type PushTarget, type Registration,
 } from '@gravitas/protocol';
@@ -110,6 +110,37 @@ export interface CampaignRef { c: string; rk: Uint8Array }
 /** Delivery proofs of recently received messages remembered for markRead(id, from) and track(campaignId). */
 const RECENT_PROOFS = 4096;
 
+/**
+ * The delivery proofs of the last RECENT_PROOFS messages, by `from/id` (or `c/<campaign>`):
+ * fixed slots in one buffer, the oldest reused. A proof is copied in, never kept as the
+ * decoded view, which would hold the whole plaintext frame it came in.
+ */
+class RecentProofs {
+  private readonly bytes = new Uint8Array(RECENT_PROOFS * DELIVERY_PROOF_BYTES);
+  private readonly keys: Array<string | undefined> = new Array<string | undefined>(RECENT_PROOFS);
+  private readonly slots = new Map<string, number>();
+  private next = 0;
+
+  remember(key: string, rk: Uint8Array): void {
+    if (rk.length !== DELIVERY_PROOF_BYTES) return;
+    let slot = this.slots.get(key);
+    if (slot === undefined) {
+      slot = this.next;
+      this.next = (slot + 1) % RECENT_PROOFS;
+      const old = this.keys[slot];
+      if (old !== undefined) this.slots.delete(old);
+      this.keys[slot] = key;
+      this.slots.set(key, slot);
+    }
+    this.bytes.set(rk, slot * DELIVERY_PROOF_BYTES);
+  }
+
+  get(key: string): Uint8Array | undefined {
+    const slot = this.slots.get(key);
+    return slot === undefined ? undefined : this.bytes.slice(slot * DELIVERY_PROOF_BYTES, (slot + 1) * DELIVERY_PROOF_BYTES);
+  }
+}
+
 /** Queued feedback: `ready` once durable, `inFlight` while a `track` request for it is unanswered. */
 interface QueuedFeedback extends FeedbackRecord { ready: boolean; inFlight: boolean }
 
@@ -174,7 +205,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   private resumption: ResumptionState | undefined;
   private readonly outbox = new Map<string, Outgoing>();
   /** Delivery proofs of recent messages (`from/id`) and campaigns (`c/<id>`), for markRead and track by id. */
-  private readonly proofs = new Map<string, Uint8Array>();
+  private readonly proofs = new RecentProofs();
   private closed = false;
   private attempt = 0;
   private serverIndex = 0;
@@ -402,7 +433,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     const m: ServerMessage = decodeServerMessage(unpack(channel.open(body)));
     switch (m.t) {
       case 'msg':
-        if (m.rk) this.rememberProof(m.c !== undefined ? `c/${m.c}` : `${m.from}/${m.id}`, m.rk);
+        if (m.rk) this.proofs.remember(m.c !== undefined ? `c/${m.c}` : `${m.from}/${m.id}`, m.rk);
         // A re-delivery (the sender re-sent after losing its status, a mailbox drain
         // after a lost ack): ack it again, show it once. With a storage path a
         // re-delivery is acked even without autoAck: its key says it was shown,
@@ -904,15 +935,10 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     const id = typeof m === 'string' ? m : m.id;
     const sender = typeof m === 'string' ? from : m.from;
     if (sender === undefined) throw new TypeError('markRead(id, from): the sender is missing');
+    if (sender === this.options.user) return; // one's own message: no receipt (and no proof: the server sends none)
     const rk = (typeof m === 'string' ? undefined : m.rk) ?? this.proofs.get(`${sender}/${id}`);
     if (!rk) throw new ClientError(ClientErrorCode.NO_PROOF, `message ${id} from ${sender} was not received here: pass the message (with its rk)`);
     if (this.channel) this.write({ t: 'read', id, from: sender, rk });
-  }
-
-  private rememberProof(key: string, rk: Uint8Array): void {
-    this.proofs.delete(key);
-    if (this.proofs.size >= RECENT_PROOFS) this.proofs.delete(this.proofs.keys().next().value!);
-    this.proofs.set(key, rk);
   }
 
   /**
@@ -951,7 +977,7 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
    * Asks for every page of a paginated answer: `from` the previous page's `next`
    * until an answer has none. Each page fits a frame; the whole list may not.
    */
-  private async pages<K extends 'groups.list' | 'groups.info' | 'groups.invites', P extends { next?: string }>(op: K, args: RequestArgs[K], each: (page: P) => void): Promise<void> {
+  private async pages<K extends 'groups.list' | 'groups.info' | 'groups.invites' | 'mute.list', P extends { next?: string }>(op: K, args: RequestArgs[K], each: (page: P) => void): Promise<void> {
     let from: string | undefined;
     for (;;) {
       const page = (await this.request(op, { ...args, ...(from !== undefined && { from }) })) as P;
@@ -1070,14 +1096,10 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
   /** The user's active mutes, fresh from the server, page by page (also kept in `client.mutes`). */
   async listMutes(): Promise<MuteEntry[]> {
     const all: MuteEntry[] = [];
-    let from: string | undefined;
-    // Bounded: the server holds at most MUTE_LIMITS.maxPerUser mutes, hundreds a page.
-    for (let pages = 0; pages < 64; pages++) {
-      const page = (await this.request('mute.list', from === undefined ? {} : { from })) as { mutes: MuteEntry[]; next?: string };
-      all.push(...page.mutes);
-      from = page.next;
-      if (from === undefined) break;
-    }
+    await this.pages<'mute.list', { mutes: unknown; next?: string }>('mute.list', {}, (p) => {
+      all.push(...decodeMuteList(p.mutes));
+      if (all.length > MUTE_LIMITS.maxPerUser) throw new ProtocolError(ErrorCode.BAD_MESSAGE, `mute.list answered more than ${MUTE_LIMITS.maxPerUser} mutes`);
+    });
     this.muteList = all;
     return all;
   }

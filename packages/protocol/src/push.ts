@@ -99,7 +99,7 @@ export function decodeMuteSet(a: Obj): MuteSet {
   return chat;
 }
 
-/** The `mutes` list of a server message (client side). */
+/** The `mutes` of a `mute.list` answer (client side): at most MUTE_LIMITS.maxPerUser entries. */
 export function decodeMuteList(v: unknown, field = 'mutes'): MuteEntry[] {
   if (!Array.isArray(v) || v.length > MUTE_LIMITS.maxPerUser) return bad(field, `must be a list of at most ${MUTE_LIMITS.maxPerUser} mutes`);
   return v.map((e, i) => {

@@ -114,7 +114,9 @@ export class Custody {
     if (targets.length === 0) return this.answer(s, key, m.id, { s: 'delivered' }); // a note to self, single device
     if (this.pending.has(key)) return; // re-sent while we were looking things up
     // What it costs is what it fans out to; not remembered as settled: the SDK sends it again later.
-    if (!(await s.spend('fanout', targets.length))) return s.refused('fanout', m.id);
+    let ok = s.spend('fanout', targets.length);
+    if (typeof ok !== 'boolean') ok = await ok;
+    if (!ok) return s.refused('fanout', m.id);
     if (this.pending.has(key)) return;
     this.inFlight.set(sender, inFlight + 1);
     await this.take(key, item, { user: s.user, device: s.device }, targets);

@@ -63,10 +63,15 @@ const RECEIPT_STATES = new Set(['delivered', 'read', 'expired']);
 /** The frame a device gets for an item; a message carries its delivery proof `rk` for that reader (proofs.ts). */
 export function toClient(i: Item, rk?: Uint8Array): Msg | Receipt {
   if (i.k === 'r') return { t: 'rcpt', id: i.id, ref: i.ref, by: i.from, s: i.s, ts: i.ts, ...(i.fd !== ANY_DEVICE && { bd: i.fd }) };
-  return {
-    t: 'msg', id: i.id, from: i.from, fd: i.fd, to: i.to, text: i.text, ts: i.ts, ...(i.g !== undefined && { g: i.g }), ...(i.seq !== undefined && { seq: i.seq }), ...(i.c !== undefined && { c: i.c }),
-    ...(i.sys !== undefined && { sys: i.sys }), ...(i.about !== undefined && { about: i.about }), ...(rk !== undefined && { rk }),
-  };
+  // Built field by field (this runs for every delivery): no temporary objects for the optional ones.
+  const m: Msg = { t: 'msg', id: i.id, from: i.from, fd: i.fd, to: i.to, text: i.text, ts: i.ts };
+  if (i.g !== undefined) m.g = i.g;
+  if (i.seq !== undefined) m.seq = i.seq;
+  if (i.c !== undefined) m.c = i.c;
+  if (i.sys !== undefined) m.sys = i.sys;
+  if (i.about !== undefined) m.about = i.about;
+  if (rk !== undefined) m.rk = rk;
+  return m;
 }
 
 export function decodeItem(v: unknown): Item {

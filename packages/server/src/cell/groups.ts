@@ -220,7 +220,9 @@ export class Groups {
     if (!rec?.members.has(s.user)) return s.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.NOT_A_MEMBER });
     if (this.sending.has(key)) return;
     // A group message costs what it fans out to (a 1,024-member burst would hold a cell up for seconds).
-    if (!(await s.spend('fanout', rec.members.size))) return s.refused('fanout', m.id);
+    let ok = s.spend('fanout', rec.members.size);
+    if (typeof ok !== 'boolean') ok = await ok;
+    if (!ok) return s.refused('fanout', m.id);
     if (this.sending.has(key)) return;
     this.sending.add(key);
     this.inFlight.set(sender, (this.inFlight.get(sender) ?? 0) + 1);

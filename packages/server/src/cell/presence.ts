@@ -67,7 +67,8 @@ interface Viewer {
   writing: boolean;
   failures: number;
   retry: NodeJS.Timeout | undefined;
-  typingRate: TokenBucket;
+  /** Made on the first typing indicator: an idle session holds none. */
+  typingRate: TokenBucket | undefined;
   /** Recipient → last typing state sent to it. */
   typingTo: Map<string, boolean>;
 }
@@ -175,7 +176,7 @@ export class PresenceHub {
     const v: Viewer = {
       s, watching: new Map(), rewatchSeq: 0, rewatchFailures: 0,
       want: 'online', wrote: undefined, writing: false, failures: 0, retry: undefined,
-      typingRate: new TokenBucket(TYPING_RATE_PER_SEC, TYPING_BURST), typingTo: new Map(),
+      typingRate: undefined, typingTo: new Map(),
     };
     this.viewers.set(s, v);
     this.sync(v);
@@ -496,7 +497,7 @@ export class PresenceHub {
   async typing(s: Session, m: Typing): Promise<void> {
     const v = this.viewers.get(s);
     if (!v) return;
-    if (!v.typingRate.take()) {
+    if (!(v.typingRate ??= new TokenBucket(TYPING_RATE_PER_SEC, TYPING_BURST)).take()) {
       this.cell.metrics.typingDropped.inc();
       return;
     }

@@ -7,10 +7,11 @@ const SALT = new TextEncoder().encode('gravitas delivery proofs v1');
 /**
  * Delivery proofs (docs/security.md): a short MAC, under a key every cell derives
  * from the cluster's server key, over a message and the user it was delivered
- * to. Every delivered message carries one (`rk`); a read receipt must return the
- * proof of the message it is about, and campaign feedback the proof of the
- * campaign's message — so only a reader the message reached can send either,
- * and no cell keeps any per-delivery state to check it.
+ * to. Every delivered message carries one (`rk`; copies of a user's own messages
+ * need none); a read receipt must return the proof of the message it is about,
+ * and campaign feedback the proof of the campaign's message — so only a reader
+ * the message reached can send either, and no cell keeps any per-delivery state
+ * to check it. It costs one HMAC per delivery.
  *
  *   message:  HMAC-SHA256(k, "m" 0 from 0 id 0 reader)[0..12]
  *   campaign: HMAC-SHA256(k, "c" 0 campaign 0 reader)[0..12]   (every recipient gets the same message id)

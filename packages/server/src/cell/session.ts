@@ -31,38 +31,33 @@ function proofKind(r: Registration | undefined): string {
 }
 
 type LimitKind = BudgetKind | 'control';
+type Limits = Cell['config']['limits'];
+
+/** Each kind's rate and burst settings (limits.*). */
+const LIMIT_SETTINGS: Record<LimitKind, readonly [keyof Limits, keyof Limits]> = {
+  msg: ['msgRatePerSec', 'msgBurst'],
+  fanout: ['fanoutRatePerSec', 'fanoutBurst'],
+  read: ['readRatePerSec', 'readBurst'],
+  req: ['requestRatePerSec', 'requestBurst'],
+  control: ['controlRatePerSec', 'controlBurst'],
+};
 
 /**
  * What a session may do how often (limits.*): a token bucket per kind of operation,
  * made on its first use (an idle session holds none of them; a full one starts full).
  */
 class SessionLimits {
-  private msg: TokenBucket | undefined;
-  private fanout: TokenBucket | undefined;
-  private read: TokenBucket | undefined;
-  private req: TokenBucket | undefined;
-  private control: TokenBucket | undefined;
+  private readonly buckets: Partial<Record<LimitKind, TokenBucket>> = {};
 
-  constructor(private readonly l: Cell['config']['limits']) {}
+  constructor(private readonly l: Limits) {}
 
   take(kind: LimitKind, n: number, now: number): boolean {
-    return (this[kind] ??= this.bucket(kind, now)).take(n, now);
-  }
-
-  private bucket(kind: LimitKind, now: number): TokenBucket {
-    const l = this.l;
-    switch (kind) {
-      case 'msg':
-        return new TokenBucket(l.msgRatePerSec, l.msgBurst, now);
-      case 'fanout':
-        return new TokenBucket(l.fanoutRatePerSec, l.fanoutBurst, now);
-      case 'read':
-        return new TokenBucket(l.readRatePerSec, l.readBurst, now);
-      case 'req':
-        return new TokenBucket(l.requestRatePerSec, l.requestBurst, now);
-      case 'control':
-        return new TokenBucket(l.controlRatePerSec, l.controlBurst, now);
+    let b = this.buckets[kind];
+    if (!b) {
+      const [rate, burst] = LIMIT_SETTINGS[kind];
+      b = this.buckets[kind] = new TokenBucket(this.l[rate] as number, this.l[burst] as number, now);
     }
+    return b.take(n, now);
   }
 }
 
@@ -239,10 +234,13 @@ export class Session {
     }
     const m = c.m;
     switch (m.t) {
-      case 'send':
+      case 'send': {
         // Ids beginning with "_" are the system's (campaigns, notices): a client's can never meet one.
         if (isSystemName(m.id)) return this.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.BAD_MESSAGE });
-        if (!(await this.spend('msg', 1))) return this.refused('msg', m.id);
+        // Awaited only when the account's share must be topped up from KV: no promise per message.
+        let ok = this.spend('msg', 1);
+        if (typeof ok !== 'boolean') ok = await ok;
+        if (!ok) return this.refused('msg', m.id);
         this.cell.metrics.messagesIn.inc();
         try {
           return await (m.g !== undefined ? this.cell.groups.send(this, m) : this.cell.custody.submit(this, m));
@@ -252,6 +250,7 @@ export class Session {
           if (!pe) this.cell.log('routing failed', err);
           return this.send({ t: 'status', id: m.id, s: 'failed', code: pe?.code ?? ErrorCode.BUSY });
         }
+      }
       case 'ack': {
         const key = `${m.from}/${m.id}`;
         const d = this.unacked.get(key);
@@ -262,20 +261,26 @@ export class Session {
         }
         return;
       }
-      case 'read':
-        if (!(await this.spend('read', 1))) return this.refused('read', m.id);
+      case 'read': {
+        let ok = this.spend('read', 1);
+        if (typeof ok !== 'boolean') ok = await ok;
+        if (!ok) return this.refused('read', m.id);
         return this.cell.custody.read(this, m);
+      }
       case 'typing':
         return this.cell.presence.typing(this, m);
       case 'presence':
         if (!this.limits.take('control', 1, Date.now())) return this.refused('control');
         return this.cell.presence.set(this, m.s);
-      case 'req':
-        if (!(await this.spend('req', 1))) {
+      case 'req': {
+        let ok = this.spend('req', 1);
+        if (typeof ok !== 'boolean') ok = await ok;
+        if (!ok) {
           this.cell.metrics.rateLimited.inc({ kind: 'req' });
           return this.send({ t: 'res', rid: m.rid, ok: false, code: ErrorCode.RATE_LIMITED, message: 'too many requests; slow down' });
         }
         return this.cell.request(this, m);
+      }
       case 'ping':
         // `ref` = the ping's number: the client's ping settles (refused) instead of waiting for a pong.
         if (!this.limits.take('control', 1, Date.now())) return this.refused('control', String(m.n));
@@ -344,7 +349,8 @@ export class Session {
       if (old.via === 'mbox') this.releaseWindow();
     }
     this.unacked.set(key, d);
-    this.send(toClient(d.item, d.item.k === 'm' ? this.cell.proofs.of(d.item, this.user) : undefined));
+    // The reader's delivery proof (proofs.ts), an HMAC per delivery: none on copies of its own messages, which it never marks read.
+    this.send(toClient(d.item, d.item.k === 'm' && d.item.from !== this.user ? this.cell.proofs.of(d.item, this.user) : undefined));
     this.cell.metrics.messagesOut.inc();
   }
 
