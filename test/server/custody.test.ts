@@ -201,6 +201,13 @@ t.test('mailboxes, multi-device fan-out, receipts and device management', async 
     const m = await metricsText(env.node.adminUrl);
     t.ok((metricValue(m, 'gravitas_mailbox_stores_total') ?? 0) > 40, 'mailbox stores are counted');
   });
+
+  t.test('device names that are Object.prototype members are names like any other', async (t) => {
+    const a = await registered(await client(t, env, 'nia', 'constructor'));
+    await registered(await client(t, env, 'nia', 'toString'));
+    const list = (await a.client.request('devices.list', {})) as { devices: Array<{ device: string }> };
+    t.same(list.devices.map((x) => x.device).sort(), ['constructor', 'toString'], 'both registered, both listed');
+  });
 });
 
 t.test('retention: undelivered messages expire and the sender gets an expired receipt', async (t) => {

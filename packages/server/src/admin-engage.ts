@@ -7,7 +7,7 @@ import { decodeProfilePatch, ErrorCode, isName, pack, ProtocolError, unpack } fr
 import type { NodeConfig } from './config.js';
 import { AdminErrorCode } from './admin.js';
 import { connectNats, openAccountsBucket, untilReady } from './cell/nats.js';
-import { decodeAccount, setSuspended } from './cell/accounts.js';
+import { accountRecords, listDevices, readAccount, setSuspended } from './cell/accounts.js';
 import { API_TIMEOUT_MS } from './cell/jetstream.js';
 import type { Invalidation } from './cell/envelope.js';
 import { Names } from './subjects.js';
@@ -332,7 +332,7 @@ function accountRoutes(): Route[] {
     async run(call) {
       operator(call.who);
       const user = userParam(call.params[0]!);
-      if (!(await setSuspended(call.ctx.accounts, user, on))) throw new AdminError(404, AdminErrorCode.NOT_FOUND, `no account ${user}`);
+      if (!(await setSuspended(accountRecords(call.ctx.accounts), user, on))) throw new AdminError(404, AdminErrorCode.NOT_FOUND, `no account ${user}`);
       // Written first: from now on no handshake gets in; then every live session is told, and caches dropped.
       if (on) invalidate(call.ctx, { kind: 'revoked', key: user });
       invalidate(call.ctx, { kind: 'devices', key: user });
@@ -346,10 +346,9 @@ function accountRoutes(): Route[] {
       async run(call) {
         operator(call.who);
         const user = userParam(call.params[0]!);
-        const e = await call.ctx.accounts.get(user);
-        const r = decodeAccount(e && e.operation === 'PUT' ? e.value : undefined);
-        if (Object.keys(r.d).length === 0 && r.s === undefined) throw new AdminError(404, AdminErrorCode.NOT_FOUND, `no account ${user}`);
-        return { status: 200, body: { user, devices: Object.entries(r.d).map(([device, d]) => ({ device, registeredAt: d.t })), ...(r.s !== undefined && { suspendedAt: r.s }) } };
+        const r = await readAccount(call.ctx.accounts, user);
+        if (r.d.size === 0 && r.s === undefined) throw new AdminError(404, AdminErrorCode.NOT_FOUND, `no account ${user}`);
+        return { status: 200, body: { user, devices: listDevices(r), ...(r.s !== undefined && { suspendedAt: r.s }) } };
       },
     },
     suspension(true),

@@ -3,6 +3,7 @@ import { availableParallelism, hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { fromBase64Url, isName, HARD_MAX_FRAME_BYTES, HTTP_UP_ROTATE_BYTES, HTTP_UP_ROTATE_FRAMES, MAX_TICKET_LIFETIME_MS, DEFAULT_MAX_FRAME_BYTES, MAX_HINT_LIFETIME_MS } from '@gravitas/protocol';
 import { ConfigError, ServerError, ServerErrorCode, type ConfigIssue } from './errors.js';
+import { budgetShares } from './cell/budgets.js';
 import { parseCidr } from './net/source.js';
 import { PUSH_KEYS, validatePushConfig, type PushConfig } from './reach/push-config.js';
 import { RELAY_KEYS, validateRelayConfig, type RelayConfig } from './reach/relay-config.js';
@@ -518,9 +519,9 @@ function validateCredential(v: unknown, fail: (path: string, message: string) =>
   if (v === undefined) return undefined;
   const at = (k: string): string => `registration.credential.${k}`;
   if (!isJson(v)) return fail('registration.credential', 'must be an object { issuer, audience, jwks or jwksUrl, … }');
-  const before = { ok: true };
+  let ok = true;
   const bad = (path: string, message: string): undefined => {
-    before.ok = false;
+    ok = false;
     return fail(path, message);
   };
   for (const k of Object.keys(v)) if (!CREDENTIAL_KEYS.has(k)) bad(at(k), 'unknown setting');
@@ -562,7 +563,7 @@ function validateCredential(v: unknown, fail: (path: string, message: string) =>
   if ((jwks === undefined) === (jwksUrl === undefined)) bad('registration.credential', 'needs exactly one of jwks (inline keys) and jwksUrl');
   const maxLifetimeMs = ms('maxLifetimeMs', 15 * 60_000, 10_000, 24 * 3600_000);
   const clockToleranceMs = ms('clockToleranceMs', 30_000, 0, 5 * 60_000);
-  if (!before.ok || issuer === undefined || audience === undefined) return undefined;
+  if (!ok || issuer === undefined || audience === undefined) return undefined;
   return {
     issuer, audience, algorithms: algorithms as CredentialAlgorithm[], maxLifetimeMs, clockToleranceMs,
     ...(jwks !== undefined && { jwks: jwks as CredentialConfig['jwks'] & object }), ...(jwksUrl !== undefined && { jwksUrl }),
@@ -873,6 +874,9 @@ export function validateConfig(raw: Json): NodeConfig {
   // A message costs at most a full group (or every device of two accounts): one must always fit the burst.
   const biggest = Math.max(limits.maxGroupSize, 2 * limits.maxDevicesPerUser);
   if (limits.fanoutBurst < biggest) fail('limits.fanoutBurst', `must be at least ${biggest} (limits.maxGroupSize, or two accounts' devices): one message must be able to pass`);
+  // Likewise what one cell may spend of an account's budget in a window (cell/budgets.ts).
+  const { oneCell } = budgetShares(limits.accountFanoutRatePerSec, limits.maxDevicesPerUser);
+  if (oneCell < biggest) fail('limits.accountFanoutRatePerSec', `is too low: one cell may spend ${oneCell} of an account's budget in a window, less than one message to ${biggest} devices (limits.maxGroupSize) costs`);
   if (issues.length > 0) throw new ConfigError(issues);
   explicit.set(cfg, new Set(FD_CAP_SETTINGS.filter((p) => get(p) !== undefined)));
   return cfg;

@@ -2,7 +2,7 @@ import { randomInt, timingSafeEqual } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
 import { equalBytes, ErrorCode, HandshakeError, isSystemName, pack, ProtocolError, unpack, type Registration } from '@gravitas/protocol';
 import type { RegistrationConfig } from '../config.js';
-import { isCasConflict } from './nats.js';
+import { CombinedCas } from './combined-cas.js';
 import { KeyedBuckets } from './rate.js';
 import { approvalId, CredentialVerifier, type LinkApprovals } from './registration.js';
 import type { SpentIds } from './tickets.js';
@@ -27,14 +27,14 @@ import { ReadThrough, TtlCache } from './ttl-cache.js';
 
 /** One registered device. */
 interface DeviceEntry { r: number; t: number }
-/** The account record. */
-interface AccountRecord { d: Record<string, DeviceEntry>; s?: number }
+/** The account record, read-only once decoded: a change makes a new one (combined-cas.ts). A Map, so no device name meets Object.prototype. */
+export interface AccountRecord { readonly d: ReadonlyMap<string, DeviceEntry>; readonly s?: number }
+const NO_ACCOUNT: AccountRecord = { d: new Map() };
 
 const KEY_CACHE_TTL_MS = 10 * 60_000;
 /** Device lists (fan-out) are also invalidated cluster-wide on every change; the TTL is the fallback. */
 const DEVICES_CACHE_TTL_MS = 5_000;
 const CACHE_MAX = 50_000;
-const CAS_ATTEMPTS = 16;
 /** Failed registrations a source may make: a burst, then one per FAILURE_INTERVAL_MS (guessing a token or a credential is not worth it). */
 const FAILURE_BURST = 10;
 const FAILURE_INTERVAL_MS = 6_000;
@@ -49,32 +49,61 @@ function sameSecret(a: string, b: string): boolean {
 
 /** Decodes an account record; anything malformed reads as an empty account rather than failing. */
 export function decodeAccount(v: Uint8Array | undefined): AccountRecord {
-  const out: AccountRecord = { d: {} };
-  if (!v || v.length === 0) return out;
+  if (!v || v.length === 0) return NO_ACCOUNT;
   let o: { d?: unknown; s?: unknown };
   try {
     o = unpack(v) as { d?: unknown; s?: unknown };
   } catch {
-    return out;
+    return NO_ACCOUNT;
   }
-  if (typeof o !== 'object' || o === null) return out;
+  if (typeof o !== 'object' || o === null) return NO_ACCOUNT;
+  const d = new Map<string, DeviceEntry>();
   if (typeof o.d === 'object' && o.d !== null) {
     for (const [dev, e] of Object.entries(o.d as Record<string, unknown>)) {
       const x = e as { r?: unknown; t?: unknown } | null;
-      if (typeof x === 'object' && x !== null && typeof x.r === 'number' && typeof x.t === 'number') out.d[dev] = { r: x.r, t: x.t };
+      if (typeof x === 'object' && x !== null && typeof x.r === 'number' && typeof x.t === 'number') d.set(dev, { r: x.r, t: x.t });
     }
   }
-  if (typeof o.s === 'number') out.s = o.s;
-  return out;
+  return typeof o.s === 'number' ? { d, s: o.s } : { d };
 }
 
 function encodeAccount(r: AccountRecord): Uint8Array {
-  return pack(r.s === undefined ? { d: r.d } : { d: r.d, s: r.s });
+  const d = Object.fromEntries(r.d);
+  return pack(r.s === undefined ? { d } : { d, s: r.s });
+}
+
+/** The account record of `user` straight from KV (the stream leader); an unknown user reads as an empty account. */
+export async function readAccount(kv: KV, user: string): Promise<AccountRecord> {
+  const e = await kv.get(user);
+  return e && e.operation === 'PUT' ? decodeAccount(e.value) : NO_ACCOUNT;
+}
+
+/**
+ * Compare-and-set of account records, with this cell's concurrent changes of one
+ * account combined into one write (combined-cas.ts). A change returns the new
+ * record, or undefined to leave it; it may throw a coded error.
+ */
+export function accountRecords(kv: KV): CombinedCas<AccountRecord> {
+  return new CombinedCas<AccountRecord>(kv, { decode: decodeAccount, encode: encodeAccount }, (user) => new ProtocolError(ErrorCode.BUSY, `the account ${user} is changed too often; try again`));
+}
+
+/** `r` with `device` set to `e` (or removed). */
+function withDevice(r: AccountRecord, device: string, e: DeviceEntry | undefined): AccountRecord {
+  const d = new Map(r.d);
+  if (e) d.set(device, e);
+  else d.delete(device);
+  return r.s === undefined ? { d } : { d, s: r.s };
 }
 
 const keyRecord = (user: string, device: string, rid: number): string => `${user}.${device}.${rid}`;
 
-const suspended = (): HandshakeError => new HandshakeError(ErrorCode.ACCOUNT_SUSPENDED, 'this account is suspended');
+/** What a revoked registration or a suspended account is told (handshake refusals, the bye of live sessions). */
+export const REFUSED = {
+  [ErrorCode.DEVICE_REVOKED]: 'this device was removed from its account',
+  [ErrorCode.ACCOUNT_SUSPENDED]: 'this account is suspended',
+} as const;
+
+const suspended = (): HandshakeError => new HandshakeError(ErrorCode.ACCOUNT_SUSPENDED, REFUSED[ErrorCode.ACCOUNT_SUSPENDED]);
 const denied = (why: string): HandshakeError => new HandshakeError(ErrorCode.REGISTRATION_DENIED, why);
 
 /** What happens to accounts, for the cell to pass on (caches, live sessions, notices). */
@@ -92,27 +121,6 @@ export interface AccountEvents {
 /** The first flight of a full handshake, as accounts see it. */
 export interface Hello { user: string; device: string; key: Uint8Array; registration: Registration | undefined; source: string }
 
-/**
- * Reads, changes and compare-and-sets an account record (retried on conflict).
- * `change` edits the record in place and returns true to write it, false to leave
- * it (and may throw a coded error). Returns the record as written (or as read).
- */
-export async function modifyAccount(kv: KV, user: string, change: (r: AccountRecord) => boolean): Promise<AccountRecord> {
-  for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
-    const cur = await kv.get(user);
-    const r = cur && cur.operation === 'PUT' ? decodeAccount(cur.value) : { d: {} };
-    if (!change(r)) return r;
-    try {
-      if (cur) await kv.update(user, encodeAccount(r), cur.revision);
-      else await kv.create(user, encodeAccount(r));
-      return r;
-    } catch (err) {
-      if (!isCasConflict(err)) throw err;
-    }
-  }
-  throw new ProtocolError(ErrorCode.BUSY, `the account ${user} is changed too often; try again`);
-}
-
 export class Accounts {
   /** Registered keys by `user.device.rid`: immutable records, cached for memory's sake only. */
   private readonly keys = new TtlCache<string, Uint8Array>(CACHE_MAX, KEY_CACHE_TTL_MS);
@@ -121,6 +129,7 @@ export class Accounts {
   /** Failed registrations by source address (a token or credential guesser is slowed, not the neighbours). */
   private readonly failures = new KeyedBuckets(1000 / FAILURE_INTERVAL_MS, FAILURE_BURST);
   private readonly credentials: CredentialVerifier | undefined;
+  private readonly records: CombinedCas<AccountRecord>;
 
   constructor(
     private readonly kv: KV,
@@ -131,12 +140,12 @@ export class Accounts {
     private readonly events: AccountEvents,
   ) {
     this.credentials = cfg.credential && new CredentialVerifier(cfg.credential);
+    this.records = accountRecords(kv);
   }
 
   /** The account record straight from KV (the stream leader): what every handshake checks. */
-  private async read(user: string): Promise<AccountRecord> {
-    const e = await this.kv.get(user);
-    return e && e.operation === 'PUT' ? decodeAccount(e.value) : { d: {} };
+  private read(user: string): Promise<AccountRecord> {
+    return readAccount(this.kv, user);
   }
 
   private async keyOf(user: string, device: string, rid: number): Promise<Uint8Array | undefined> {
@@ -159,7 +168,7 @@ export class Accounts {
     const { user, device, key } = h;
     if (isSystemName(user) || isSystemName(device)) throw denied('names beginning with "_" are reserved for the system');
     const rec = await this.read(user);
-    const entry = rec.d[device];
+    const entry = rec.d.get(device);
     const known = entry && (await this.keyOf(user, device, entry.r));
     if (known && equalBytes(known, key)) {
       if (rec.s !== undefined) throw suspended();
@@ -195,7 +204,7 @@ export class Accounts {
       if (this.cfg.mode !== 'token') throw denied('this cluster does not take registration tokens: register with a credential, or link from a device of the account');
       if (!sameSecret(reg, this.cfg.token ?? '')) throw denied('registration token is not valid');
       // The shared token creates accounts; it cannot add a device to someone's account.
-      if (Object.keys(rec.d).length > 0) throw denied('this account exists: a new device joins it by linking from one of its devices (devices.link), or with a credential');
+      if (rec.d.size > 0) throw denied('this account exists: a new device joins it by linking from one of its devices (devices.link), or with a credential');
       return false;
     }
     let spend: string;
@@ -206,7 +215,7 @@ export class Accounts {
       if (!this.cfg.link.enabled) throw denied('device linking is turned off on this cluster');
       const a = this.links.verify(reg.link, binding, now);
       // An approval from a device that has been removed (or re-keyed) since is void.
-      if (rec.d[a.by]?.r !== a.byRid) throw denied('the device that approved this link is no longer registered');
+      if (rec.d.get(a.by)?.r !== a.byRid) throw denied('the device that approved this link is no longer registered');
       spend = approvalId(a);
     }
     // Said only to the holder of a valid proof for this account: no one else learns it is suspended.
@@ -222,22 +231,20 @@ export class Accounts {
     const now = Date.now();
     const k = keyRecord(user, device, rid);
     await this.kv.create(k, pack({ pub: h.key, at: now }));
-    let old: DeviceEntry | undefined;
-    let devices = 0;
-    try {
-      devices = Object.keys((await modifyAccount(this.kv, user, (r) => {
+    const changed = await this.records
+      .change(user, (r = NO_ACCOUNT) => {
         if (r.s !== undefined) throw suspended();
-        old = r.d[device];
+        const old = r.d.get(device);
         // Someone registered this device id meanwhile; only a proof of ownership may take it over.
         if (old && !replace) throw new HandshakeError(ErrorCode.DEVICE_KEY_MISMATCH, 'this device id is registered with another key');
-        if (!old && Object.keys(r.d).length >= this.maxDevices) throw new HandshakeError(ErrorCode.TOO_MANY_DEVICES, `an account may have at most ${this.maxDevices} devices`);
-        r.d[device] = { r: rid, t: now };
-        return true;
-      })).d).length;
-    } catch (err) {
-      this.kv.delete(k).catch(() => undefined);
-      throw err;
-    }
+        if (!old && r.d.size >= this.maxDevices) throw new HandshakeError(ErrorCode.TOO_MANY_DEVICES, `an account may have at most ${this.maxDevices} devices`);
+        return withDevice(r, device, { r: rid, t: now });
+      })
+      .catch((err: unknown) => {
+        this.kv.delete(k).catch(() => undefined); // the record never pointed at it
+        throw err;
+      });
+    const old = changed.before?.d.get(device);
     this.devicesOf.invalidate(user);
     this.events.changed(user);
     if (old) {
@@ -245,36 +252,37 @@ export class Accounts {
       this.kv.delete(keyRecord(user, device, old.r)).catch(() => undefined);
     }
     // The account's other devices are told; an account's first device has nobody to tell.
-    if (devices > 1) this.events.added(user, device);
+    if (changed.after!.d.size > 1) this.events.added(user, device);
     return rid;
+  }
+
+  /**
+   * Whether registration `rid` of a device still holds: undefined if it does, else the
+   * code its handshakes are refused and its sessions end with. Read afresh (no cache).
+   */
+  async standing(user: string, device: string, rid: number): Promise<typeof ErrorCode.DEVICE_REVOKED | typeof ErrorCode.ACCOUNT_SUSPENDED | undefined> {
+    const rec = await this.read(user);
+    if (rec.d.get(device)?.r !== rid) return ErrorCode.DEVICE_REVOKED;
+    return rec.s === undefined ? undefined : ErrorCode.ACCOUNT_SUSPENDED;
   }
 
   /** A resumption: the ticket's registration must still be the device's, the account not suspended. */
   async checkResume(user: string, device: string, rid: number): Promise<void> {
-    const rec = await this.read(user);
-    if (rec.d[device]?.r !== rid) throw new HandshakeError(ErrorCode.DEVICE_REVOKED, 'this device was removed from its account');
-    if (rec.s !== undefined) throw suspended();
-  }
-
-  /** Still the device's current registration? (Sessions re-checked after a NATS outage.) */
-  async current(user: string, device: string, rid: number): Promise<boolean> {
-    const rec = await this.read(user);
-    return rec.s === undefined && rec.d[device]?.r === rid;
+    const why = await this.standing(user, device, rid);
+    if (why) throw new HandshakeError(why, REFUSED[why]);
   }
 
   /** The registered devices of a user, for fan-out (none for an unknown or suspended account). */
   devices(user: string): Promise<string[]> {
     return this.devicesOf.get(user, async () => {
-      const e = await this.kv.get(user);
-      const r = e && e.operation === 'PUT' ? decodeAccount(e.value) : { d: {} };
-      return r.s === undefined ? Object.keys(r.d) : [];
+      const r = await this.read(user);
+      return r.s === undefined ? [...r.d.keys()] : [];
     });
   }
 
   /** Devices with their registration time, for `devices.list`. */
   async deviceList(user: string): Promise<Array<{ device: string; registeredAt: number }>> {
-    const r = await this.read(user);
-    return Object.entries(r.d).map(([device, e]) => ({ device, registeredAt: e.t }));
+    return listDevices(await this.read(user));
   }
 
   /**
@@ -295,13 +303,8 @@ export class Accounts {
    * told to end everywhere and its key record goes.
    */
   async removeDevice(user: string, device: string): Promise<void> {
-    let removed: DeviceEntry | undefined;
-    await modifyAccount(this.kv, user, (r) => {
-      removed = r.d[device];
-      if (!removed) return false;
-      delete r.d[device];
-      return true;
-    });
+    const { before } = await this.records.change(user, (r) => (r?.d.has(device) ? withDevice(r, device, undefined) : undefined));
+    const removed = before?.d.get(device);
     if (!removed) throw new ProtocolError(ErrorCode.NOT_FOUND, 'no such device');
     this.devicesOf.invalidate(user);
     this.events.changed(user);
@@ -315,19 +318,20 @@ export class Accounts {
   }
 }
 
+/** The devices of an account record with their registration time (devices.list, the admin API). */
+export function listDevices(r: AccountRecord): Array<{ device: string; registeredAt: number }> {
+  return [...r.d].map(([device, e]) => ({ device, registeredAt: e.t }));
+}
+
 /**
  * Suspends an account (every device refused, every session ended: the caller
  * broadcasts the revocation) or lifts the suspension. Used by the admin API.
  * Returns false if the account does not exist.
  */
-export async function setSuspended(kv: KV, user: string, on: boolean): Promise<boolean> {
-  let exists = false;
-  await modifyAccount(kv, user, (r) => {
-    exists = Object.keys(r.d).length > 0 || r.s !== undefined;
-    if (!exists || (r.s !== undefined) === on) return false;
-    if (on) r.s = Date.now();
-    else delete r.s;
-    return true;
+export async function setSuspended(records: CombinedCas<AccountRecord>, user: string, on: boolean): Promise<boolean> {
+  const { before } = await records.change(user, (r) => {
+    if (!r || (r.d.size === 0 && r.s === undefined) || (r.s !== undefined) === on) return undefined;
+    return on ? { d: r.d, s: Date.now() } : { d: r.d };
   });
-  return exists;
+  return before !== undefined && (before.d.size > 0 || before.s !== undefined);
 }

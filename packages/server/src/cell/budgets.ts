@@ -1,5 +1,6 @@
 import type { KV } from '@nats-io/kv';
-import { isCasConflict } from './kv.js';
+import { ErrorCode, ProtocolError } from '@gravitas/protocol';
+import { CombinedCas } from './combined-cas.js';
 
 /*
  * Per-account limits, cluster-wide, without a KV round trip per message
@@ -25,9 +26,20 @@ const INDEX: Record<BudgetKind, number> = { msg: 0, fanout: 1, read: 2, req: 3 }
 export const BUDGET_WINDOW_MS = 10_000;
 /** Accounts tracked per cell (those with sessions here, and recently so). */
 const MAX_ACCOUNTS = 200_000;
-const CAS_ATTEMPTS = 8;
 /** How long a cell stops asking KV for leases after a lease failed (NATS away). */
 const OFFLINE_RETRY_MS = 5_000;
+
+/**
+ * An account's budget of one window for a rate: the allowance every cell spends on
+ * its own (`free`), the shared pool leased from KV, and the most one cell can spend
+ * in a window (its allowance and the whole pool): what one operation may cost at most.
+ */
+export function budgetShares(ratePerSec: number, maxDevices: number): { free: number; pool: number; oneCell: number } {
+  const budget = Math.floor((ratePerSec * BUDGET_WINDOW_MS) / 1000);
+  const free = Math.floor(budget / (2 * maxDevices));
+  const pool = budget - free * maxDevices;
+  return { free, pool, oneCell: free + pool };
+}
 
 /** Units per second an account may spend of each kind. */
 export type AccountRates = Record<BudgetKind, number>;
@@ -39,8 +51,15 @@ interface Usage {
   leasing: Array<Promise<void> | undefined>;
 }
 
+/** A window's counter: units taken from its shared pool, as decimal text. */
+const COUNTER = {
+  decode: (b: Uint8Array): number => Number(Buffer.from(b).toString()) || 0,
+  encode: (n: number): Uint8Array => Buffer.from(String(n)),
+};
+
 export class AccountBudgets {
   private readonly usage = new Map<string, Usage>();
+  private readonly counters: CombinedCas<number>;
   private readonly free: number[];
   private readonly pool: number[];
   private warned = false;
@@ -48,14 +67,15 @@ export class AccountBudgets {
   private offlineUntil = 0;
 
   constructor(
-    private readonly kv: KV,
+    kv: KV,
     rates: AccountRates,
     maxDevices: number,
     private readonly log: (msg: string, err?: unknown) => void,
   ) {
-    const budget = KINDS.map((k) => Math.floor((rates[k] * BUDGET_WINDOW_MS) / 1000));
-    this.free = budget.map((b) => Math.floor(b / (2 * maxDevices)));
-    this.pool = budget.map((b, i) => b - this.free[i]! * maxDevices);
+    this.counters = new CombinedCas<number>(kv, COUNTER, (key) => new ProtocolError(ErrorCode.BUSY, `budget ${key} is contended`));
+    const shares = KINDS.map((k) => budgetShares(rates[k], maxDevices));
+    this.free = shares.map((x) => x.free);
+    this.pool = shares.map((x) => x.pool);
   }
 
   /**
@@ -106,24 +126,17 @@ export class AccountBudgets {
     u.granted[i]! += want;
   }
 
-  /** Takes up to `want` units of the window's shared pool; returns how many it got (0 when spent). */
+  /** Takes up to `want` units of the window's shared pool; returns how many it got (0 when spent, or too contended). */
   private async leaseFromKv(key: string, i: number, want: number): Promise<number> {
-    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
-      const cur = await this.kv.get(key);
-      const taken = cur && cur.operation === 'PUT' ? Number(new TextDecoder().decode(cur.value)) || 0 : 0;
-      const got = Math.min(want, this.pool[i]! - taken);
-      if (got <= 0) return 0;
-      const value = new TextEncoder().encode(String(taken + got));
-      try {
-        if (cur) await this.kv.update(key, value, cur.revision);
-        else await this.kv.create(key, value);
-        this.warned = false;
-        return got;
-      } catch (err) {
-        if (!isCasConflict(err)) throw err;
-      }
+    const pool = this.pool[i]!;
+    try {
+      const { before = 0, after = 0 } = await this.counters.change(key, (taken = 0) => (taken < pool ? taken + Math.min(want, pool - taken) : undefined));
+      this.warned = false;
+      return after - before;
+    } catch (err) {
+      if (err instanceof ProtocolError) return 0; // every attempt lost to other cells: refused like a spent pool
+      throw err;
     }
-    return 0;
   }
 
   private usageOf(user: string, now: number): Usage {

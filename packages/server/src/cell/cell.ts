@@ -6,9 +6,10 @@ import {
 import type { NodeConfig } from '../config.js';
 import { Names } from '../subjects.js';
 import type { CellStatus } from '../types.js';
-import { Accounts, type AccountEvents } from './accounts.js';
+import { Accounts, REFUSED, type AccountEvents } from './accounts.js';
 import { AccountBudgets } from './budgets.js';
 import { DeliveryProofs } from './proofs.js';
+import { each } from './limiter.js';
 import { LinkApprovals } from './registration.js';
 import { TtlCache } from './ttl-cache.js';
 import { Custody } from './custody.js';
@@ -297,7 +298,7 @@ export class Cell {
     // Revoked while this session was being set up (its handshake read the account just before)?
     const suspendedAt = this.revocations.get(s.user);
     const revoked = this.revocations.get(key) === s.rid ? ErrorCode.DEVICE_REVOKED : suspendedAt !== undefined && suspendedAt >= s.startedAt ? ErrorCode.ACCOUNT_SUSPENDED : undefined;
-    if (revoked) s.bye(revoked, 'this device may not connect any more');
+    if (revoked) s.bye(revoked, REFUSED[revoked]);
     if (!s.isOpen) {
       await this.directory.unregister(s.user, s.device, epoch);
       return;
@@ -524,8 +525,8 @@ export class Cell {
     for (const s of [...this.sessionsOf(user)]) {
       if (dev !== undefined && (s.device !== dev || s.rid !== rid)) continue;
       this.metrics.revokedSessions.inc();
-      if (dev === undefined) s.bye(ErrorCode.ACCOUNT_SUSPENDED, 'this account was suspended');
-      else s.bye(ErrorCode.DEVICE_REVOKED, 'this device was removed from its account');
+      const why = dev === undefined ? ErrorCode.ACCOUNT_SUSPENDED : ErrorCode.DEVICE_REVOKED;
+      s.bye(why, REFUSED[why]);
     }
   }
 
@@ -535,23 +536,18 @@ export class Cell {
    * time) and those no longer current end.
    */
   recheckSessions(): void {
-    const all = [...this.sessions.values()];
-    let next = 0;
-    const worker = async (): Promise<void> => {
-      while (next < all.length) {
-        const s = all[next++]!;
-        if (!s.isOpen) continue;
-        try {
-          if (!(await this.accounts.current(s.user, s.device, s.rid))) {
-            this.metrics.revokedSessions.inc();
-            s.bye(ErrorCode.DEVICE_REVOKED, 'this device was removed from its account');
-          }
-        } catch (err) {
-          this.log('session re-check failed (kept)', err);
+    void each([...this.sessions.values()], RECHECK_CONCURRENCY, async (s) => {
+      if (!s.isOpen) return;
+      try {
+        const why = await this.accounts.standing(s.user, s.device, s.rid);
+        if (why) {
+          this.metrics.revokedSessions.inc();
+          s.bye(why, REFUSED[why]);
         }
+      } catch (err) {
+        this.log('session re-check failed (kept)', err);
       }
-    };
-    for (let i = 0; i < RECHECK_CONCURRENCY; i++) void worker();
+    });
   }
 
   // ---- NATS -------------------------------------------------------------------

@@ -1,6 +1,6 @@
 import type { KV } from '@nats-io/kv';
 import type { ProtocolError } from '@gravitas/protocol';
-import { isCasConflict } from './nats.js';
+import { isCasConflict } from './kv.js';
 
 /** What a change makes of a value: the new value, `null` to delete the key, `undefined` to leave it as it is. */
 export type Change<V> = (cur: V | undefined) => V | null | undefined;

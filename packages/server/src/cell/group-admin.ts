@@ -1,6 +1,7 @@
 import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, MAX_GROUP_NAME_LENGTH, MAX_ID_LENGTH, ProtocolError, type RequestArgs, type RequestOp } from '@gravitas/protocol';
 import type { Cell } from './cell.js';
 import type { GroupLog } from './group-log.js';
+import { each } from './limiter.js';
 import { newGroupId, storageError, type GroupRecord, type GroupRecords, type InviteEntry } from './group-records.js';
 import type { Session } from './session.js';
 
@@ -40,10 +41,10 @@ if (INFO_HEAD_BYTES + INFO_PAGE_BYTES + Math.max(2 * USER_BYTES, INVITED_BYTES('
 /**
  * Where an invitee is told that it was invited: called once for every invitation
  * recorded in an invitee's list — never for a user who does not exist or who
- * blocks the inviter, so nothing the inviter sees depends on it. Until system
- * senders exist (issue 14), the default tells nobody and an online invitee learns
- * of it by listing (`groups.invites`); the hook is meant to become a durable
- * system notice delivered under custody. Set with `Groups.setInviteNotices`.
+ * blocks the inviter, so nothing the inviter sees depends on it. The cell makes it
+ * a system notice under custody (from `_groups`, `sys: group-invite`); set with
+ * `Groups.setInviteNotices`, and until then nobody is told (the invitee still
+ * finds it with `groups.invites`).
  */
 export interface InviteNotices {
   onInvited(invitee: string, g: string, by: string): void;
@@ -505,14 +506,6 @@ export class GroupAdmin {
     this.cell.invalidate({ kind: 'group', key: g });
     for (const u of users) this.cell.invalidate({ kind: 'group', key: u });
   }
-}
-
-/** Runs `fn` over `items`, at most `limit` at a time. */
-async function each<T>(items: readonly T[], limit: number, fn: (x: T) => Promise<void>): Promise<void> {
-  let i = 0;
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (i < items.length) await fn(items[i++]!);
-  }));
 }
 
 /** The record without `gone`: admins kept, the oldest admin (else member) owns it if the owner left; null if empty. */

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
 import { ErrorCode, isName, pack, ProtocolError, unpack } from '@gravitas/protocol';
 import { CombinedCas } from './combined-cas.js';
+import { each } from './limiter.js';
 import { isCasConflict } from './nats.js';
 import { ReadThrough, TtlCache } from './ttl-cache.js';
 
@@ -270,15 +271,9 @@ export class GroupRecords {
     if (this.clean.get(user)) return false;
     const old = (await this.index(user, true)).filter((e) => Date.now() - e.at >= PRUNE_MIN_AGE_MS);
     const stale = new Set<string>();
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: Math.min(PRUNE_CONCURRENCY, old.length) }, async () => {
-        while (next < old.length) {
-          const e = old[next++]!;
-          if (!(await this.get(e.g, true))?.members.has(user)) stale.add(e.g);
-        }
-      }),
-    );
+    await each(old, PRUNE_CONCURRENCY, async (e) => {
+      if (!(await this.get(e.g, true))?.members.has(user)) stale.add(e.g);
+    });
     if (stale.size === 0) {
       this.clean.set(user, true);
       return false;

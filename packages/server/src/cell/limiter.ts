@@ -23,3 +23,11 @@ export class Limiter {
     }
   }
 }
+
+/** Runs `fn` over `items`, at most `limit` at a time (a failure rejects; the calls under way finish). */
+export async function each<T>(items: readonly T[], limit: number, fn: (x: T) => Promise<void>): Promise<void> {
+  let i = 0;
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (i < items.length) await fn(items[i++]!);
+  }));
+}
