@@ -1,6 +1,6 @@
 import { request as httpRequest, type ClientRequest, type IncomingMessage, type RequestOptions } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { encodeFrame, FrameDecoder, HTTP_UP_ROTATE_BYTES, HTTP_UP_ROTATE_FRAMES, isErrorCode, RemoteError } from '@gravitas/protocol';
+import { encodeFrame, FrameDecoder, HTTP_STREAM_HEADER, HTTP_UP_ROTATE_BYTES, HTTP_UP_ROTATE_FRAMES, isErrorCode, RemoteError } from '@gravitas/protocol';
 import { ClientError, ClientErrorCode } from './errors.js';
 import type { Dialer, FrameConnection, FrameHandlers, Pausable } from './transport.js';
 
@@ -21,8 +21,6 @@ export const UP_ROTATE_BYTES = HTTP_UP_ROTATE_BYTES;
 /** Frames queued while the upstream rotates, at most (bytes); beyond it the connection fails. */
 export const UP_MAX_QUEUED_BYTES = 8 * 1024 * 1024;
 const SID_BYTES = 16;
-/** Request header naming the stream of an upstream POST (the server's STREAM_HEADER). */
-export const STREAM_HEADER = 'x-gravitas-stream';
 
 function send(url: URL, o: RequestOptions): ClientRequest {
   return (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, { ...o, agent: false });
@@ -77,7 +75,7 @@ class HttpConnection implements FrameConnection, Pausable {
   }
 
   private openUp(): void {
-    const req = send(this.upUrl, { method: 'POST', headers: { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked', [STREAM_HEADER]: this.sid } });
+    const req = send(this.upUrl, { method: 'POST', headers: { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked', [HTTP_STREAM_HEADER]: this.sid } });
     this.up = req;
     this.upFrames = this.upBytes = 0;
     req.flushHeaders();

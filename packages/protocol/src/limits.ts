@@ -19,6 +19,11 @@ export const MAX_FRAME_COUNTER = 2 ** 48;
  */
 export const HTTP_UP_ROTATE_FRAMES = 4096;
 export const HTTP_UP_ROTATE_BYTES = 4 * 1024 * 1024;
+/**
+ * The chunked-HTTP stream id: a response header of the downstream, and the request
+ * header naming the stream of an upstream POST (never the URL, which lands in logs).
+ */
+export const HTTP_STREAM_HEADER = 'X-Gravitas-Stream';
 /** Longest registration credential (a compact JWT) a hello may carry. */
 export const MAX_CREDENTIAL_LENGTH = 6144;
 /** Largest device-link approval (`devices.link`, docs/security.md). */

@@ -5,7 +5,8 @@ import { Counter, Gauge } from 'prom-client';
 import type { Supervisor } from './supervisor.js';
 import type { NodeConfig } from './config.js';
 import { AdminError, bodyRefusal, createEngageApi } from './admin-engage.js';
-import { canonicalIp } from './net/source.js';
+import { SourceResolver } from './net/source.js';
+import { isRefusal, SourceTable } from './net/source-limits.js';
 
 /** Stable codes of admin HTTP errors. */
 export const AdminErrorCode = {
@@ -90,27 +91,25 @@ export function startAdmin(config: NodeConfig, sup: Supervisor, log: (msg: strin
     labelNames: ['reason'] as const,
     registers: [sup.registry],
   });
-  const perSource = new Map<string, number>();
+  // The same per-source table as the client listeners (net/source-limits.ts); a prefix may hold them all.
+  const sources = new SourceResolver([]);
+  const perSource = new SourceTable('connections', { perSource: A.maxConnectionsPerSource, perPrefix: A.maxConnections });
   let open = 0;
   new Gauge({ name: 'gravitas_admin_connections', help: 'Open connections to the admin port', registers: [sup.registry], collect() {
     this.set(open);
   } });
   server.on('drop', () => refused.inc({ reason: 'total' }));
   server.on('connection', (socket: Socket) => {
-    const ip = canonicalIp(socket.remoteAddress) ?? 'unknown';
-    const n = perSource.get(ip) ?? 0;
-    if (n >= A.maxConnectionsPerSource) {
+    const slot = perSource.acquire(sources.peer(socket.remoteAddress));
+    if (isRefusal(slot)) {
       refused.inc({ reason: 'source' });
       socket.destroy();
       return;
     }
-    perSource.set(ip, n + 1);
     open++;
     socket.once('close', () => {
       open--;
-      const left = (perSource.get(ip) ?? 1) - 1;
-      if (left <= 0) perSource.delete(ip);
-      else perSource.set(ip, left);
+      slot.release();
     });
   });
   // Expect: 100-continue — say no before the body is sent, or let it come.

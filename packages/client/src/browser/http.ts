@@ -1,5 +1,5 @@
 /// <reference lib="dom" />
-import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder, isErrorCode, RemoteError } from '@gravitas/protocol';
+import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder, HTTP_STREAM_HEADER, isErrorCode, RemoteError } from '@gravitas/protocol';
 import { ClientError, ClientErrorCode } from '../errors.js';
 import type { Dialer, Endpoint, FrameConnection, FrameHandlers } from '../transport.js';
 import { webUrl } from './url.js';
@@ -21,7 +21,6 @@ export const HTTP_UP_PATH = 'gravitas/up';
 export const DEFAULT_MAX_UPSTREAM_BYTES = 1024 * 1024;
 /** The stream id the downstream announces in its first frame: 16 random bytes, hex in the upstream's header. */
 const SID_BYTES = 16;
-const STREAM_HEADER = 'x-gravitas-stream';
 
 export interface HttpDialerOptions {
   /** Frames larger than this close the connection (default: the protocol's 64 KiB). */
@@ -113,7 +112,7 @@ class HttpFrameConnection implements FrameConnection {
     this.queued = 0;
     // The stream header makes a cross-origin POST preflighted; the preflight is cached (600 s) per
     // URL, and the URL is the same for every stream of the cell, so it costs one OPTIONS per 10 min.
-    this.fetchFn(this.upUrl, { method: 'POST', body: batch, headers: { [STREAM_HEADER]: this.sid }, cache: 'no-store', credentials: 'omit', signal: this.abort.signal }).then(
+    this.fetchFn(this.upUrl, { method: 'POST', body: batch, headers: { [HTTP_STREAM_HEADER]: this.sid }, cache: 'no-store', credentials: 'omit', signal: this.abort.signal }).then(
       async (res) => {
         if (!res.ok) return this.end(await refusal(res, 'upstream'));
         await res.arrayBuffer().catch(() => undefined); // let the browser reuse the connection

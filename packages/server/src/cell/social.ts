@@ -81,17 +81,22 @@ export function decodeHead(v: Uint8Array | undefined): Head {
     o = undefined;
   }
   const h = (typeof o === 'object' && o !== null ? o : {}) as Record<string, unknown>;
-  const p = (typeof h.p === 'object' && h.p !== null ? h.p : {}) as Record<string, unknown>;
   return {
     n: count(h.n, MAX_CONTACTS),
     m: count(h.m, MAX_BLOCKED),
     t: typeof h.t === 'number' && Number.isFinite(h.t) ? h.t : 0,
-    p: {
-      readReceipts: typeof p.readReceipts === 'boolean' ? p.readReceipts : DEFAULT_PREFS.readReceipts,
-      presence: p.presence === 'nobody' || p.presence === 'contacts' ? p.presence : DEFAULT_PREFS.presence,
-      pushPreview: typeof p.pushPreview === 'boolean' ? p.pushPreview : DEFAULT_PREFS.pushPreview,
-      mutedPush: p.mutedPush === 'silent' || p.mutedPush === 'suppress' ? p.mutedPush : DEFAULT_PREFS.mutedPush,
-    },
+    p: decodePrefs(h.p),
+  };
+}
+
+/** Stored or announced preferences: each one that is missing or malformed reads as its default. */
+function decodePrefs(v: unknown): Prefs {
+  const p = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;
+  return {
+    readReceipts: typeof p.readReceipts === 'boolean' ? p.readReceipts : DEFAULT_PREFS.readReceipts,
+    presence: p.presence === 'nobody' || p.presence === 'contacts' ? p.presence : DEFAULT_PREFS.presence,
+    pushPreview: typeof p.pushPreview === 'boolean' ? p.pushPreview : DEFAULT_PREFS.pushPreview,
+    mutedPush: p.mutedPush === 'silent' || p.mutedPush === 'suppress' ? p.mutedPush : DEFAULT_PREFS.mutedPush,
   };
 }
 
@@ -129,7 +134,7 @@ export function decodeDelta(v: unknown): Delta | undefined {
   }
   if (o.p !== undefined) {
     if (typeof o.p !== 'object' || o.p === null) return undefined;
-    d.p = decodeHead(pack({ p: o.p })).p;
+    d.p = decodePrefs(o.p);
   }
   return d;
 }

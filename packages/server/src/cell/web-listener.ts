@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, STATUS_CODES, type IncomingMessage, type Server as HttpServer } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
 import { WebSocketServer } from 'ws';
-import { ChannelError, ErrorCode, FramingError, type ErrorCode as Code } from '@gravitas/protocol';
+import { ChannelError, ErrorCode, FramingError, HTTP_STREAM_HEADER, type ErrorCode as Code } from '@gravitas/protocol';
 import type { NodeConfig } from '../config.js';
 import { isRefusal, REFUSAL_SLACK, type SourceCharge, type SourceLimits, type SourceRefusal } from '../net/source-limits.js';
 import type { ClientSource, SourceResolver } from '../net/source.js';
@@ -32,11 +32,8 @@ import { HttpStreamTransport, WsTransport, type Upstream } from './web-transport
 export const PATH_WS = '/gravitas';
 export const PATH_DOWN = '/gravitas/down';
 export const PATH_UP = '/gravitas/up';
-/**
- * The stream id: a response header of the downstream (also sent as its first frame), and the
- * request header naming the stream of an upstream POST — never in the URL, which lands in logs.
- */
-export const STREAM_HEADER = 'X-Gravitas-Stream';
+/** The stream id's header (the protocol's HTTP_STREAM_HEADER); the downstream also sends the id as its first frame. */
+export const STREAM_HEADER = HTTP_STREAM_HEADER;
 const STREAM_HEADER_LC = STREAM_HEADER.toLowerCase();
 
 /** What the listener needs from its cell. */

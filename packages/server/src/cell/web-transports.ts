@@ -199,8 +199,8 @@ export class HttpStreamTransport implements Transport {
     if (this.decoder.pending > 0) this.decoder = new FrameDecoder(this.maxFrameBytes);
   }
 
-  /** The upstream failed (a cap, a malformed body, an aborted request): the session fails with `err`. */
-  fail(err: unknown): void {
+  /** The downstream connection misbehaved (bytes after its GET): the session fails with `err`. */
+  private fail(err: unknown): void {
     if (this.closed) return;
     if (this.h) this.h.error(err);
     else this.destroy();

@@ -1,5 +1,5 @@
 import { ErrorCode, ProtocolError } from '@gravitas/protocol';
-import { canonicalIp } from './source.js';
+import { canonicalIp, expandIpv6 } from './source.js';
 
 /*
  * The PROXY protocol header (HAProxy's spec, versions 1 and 2) that a trusted
@@ -102,12 +102,9 @@ export function proxyV2(src: string, dst: string, sport: number, dport: number, 
   const put = (ip: string, at: number): void => {
     if (!six) ip.split('.').forEach((o, i) => addrs.writeUInt8(Number(o), at + i));
     else {
-      const full = new URL(`http://[${ip}]/`).hostname.slice(1, -1); // normalised by WHATWG URL
-      const [head = '', tail = ''] = full.split('::');
-      const h = head ? head.split(':') : [];
-      const t = tail ? tail.split(':') : [];
-      const g = full.includes('::') ? [...h, ...new Array<string>(8 - h.length - t.length).fill('0'), ...t] : h;
-      g.forEach((x, i) => addrs.writeUInt16BE(parseInt(x, 16), at + i * 2));
+      const g = expandIpv6(ip);
+      if (!g) throw new TypeError(`${ip} is not an IPv6 address`);
+      g.forEach((x, i) => addrs.writeUInt16BE(x, at + i * 2));
     }
   };
   put(src, 0);

@@ -36,8 +36,8 @@ export function canonicalIp(addr: string | undefined): string | undefined {
   return compressIpv6(groups);
 }
 
-/** The eight 16-bit groups of an IPv6 address (validated by isIP already). */
-function expandIpv6(a: string): number[] | undefined {
+/** The eight 16-bit groups of an IPv6 address (validated by isIP already), or undefined if it is none. */
+export function expandIpv6(a: string): number[] | undefined {
   let s = a.toLowerCase();
   const pct = s.indexOf('%');
   if (pct >= 0) s = s.slice(0, pct);

@@ -6,6 +6,7 @@ import { Gravity, type CellLoad } from '../cell/gravity.js';
 import type { DeviceLocation } from '../cell/directory.js';
 import { untilReady } from '../cell/nats.js';
 import type { Session } from '../cell/session.js';
+import type { SocialRecord } from '../cell/social.js';
 import { TtlCache } from '../cell/ttl-cache.js';
 import { consents, recentCount, ReachStore, type ReachRecord, type Relayer } from './relay-store.js';
 
@@ -34,6 +35,18 @@ export const CONSENT_TTL_MS = 7 * 86_400_000;
 const OWN = 0;
 const CONTACT = 1;
 const MUTUAL = 2;
+
+/**
+ * The tier at which devices of `relayerUser` may relay for a device of `targetUser`
+ * (docs/relay.md): the user's own other devices, its contacts' devices, else only
+ * devices the target itself reported reaching (MUTUAL: the caller checks that
+ * consent, `consents`). Undefined: the target's user blocks the relayer's.
+ */
+function socialTier(targetUser: string, relayerUser: string, social: SocialRecord): number | undefined {
+  if (relayerUser === targetUser) return OWN;
+  if (social.blocked.has(relayerUser)) return undefined;
+  return social.contacts.has(relayerUser) ? CONTACT : MUTUAL;
+}
 
 interface Candidate { relayer: Relayer; loc: DeviceLocation; tier: number; recent: number; cellLoad: number }
 
@@ -98,15 +111,8 @@ export class RelayCoordinator {
    * no record is planted under names that do not exist.
    */
   private async consent(target: { user: string; device: string }, relayer: { user: string; device: string }, now: number): Promise<number | undefined> {
-    let tier: number | undefined;
-    if (target.user === relayer.user) tier = OWN;
-    else {
-      const social = await this.cell.social.record(target.user);
-      if (social.blocked.has(relayer.user)) return undefined;
-      if (social.contacts.has(relayer.user)) tier = CONTACT;
-      else if (consents(await this.reach.read(target.user, target.device), relayer, now)) tier = MUTUAL;
-    }
-    if (tier === undefined) return undefined;
+    const tier = socialTier(target.user, relayer.user, await this.cell.social.record(target.user));
+    if (tier === undefined || (tier === MUTUAL && !consents(await this.reach.read(target.user, target.device), relayer, now))) return undefined;
     return (await this.cell.accounts.devices(target.user)).includes(target.device) ? tier : undefined;
   }
 
@@ -200,12 +206,8 @@ export class RelayCoordinator {
     const loads = this.loads();
     const online: Array<{ relayer: Relayer; loc: DeviceLocation; tier: number }> = [];
     for (const relayer of reported) {
-      let tier: number;
-      if (relayer.user === user) tier = OWN;
-      else if (social.blocked.has(relayer.user)) continue;
-      else if (social.contacts.has(relayer.user)) tier = CONTACT;
-      else if (consents(target, relayer, now)) tier = MUTUAL;
-      else continue;
+      const tier = socialTier(user, relayer.user, social);
+      if (tier === undefined || (tier === MUTUAL && !consents(target, relayer, now))) continue;
       const loc = where.get(relayer.user)?.find((l) => l.device === relayer.device);
       if (loc) online.push({ relayer, loc, tier });
     }
