@@ -210,23 +210,40 @@ export class LoadSession {
   /** Registers every device (and the contacts of users whose presence others follow); reports progress about once a second. */
   async provision(): Promise<{ ms: number; errors: Record<string, number> }> {
     const t = performance.now();
-    const errors: Record<string, number> = {};
     const withContacts = this.s.behaviours.presence.changesPerUserPerMinute > 0;
+    const jobs = Array.from({ length: this.refs.length }, (_, di) => di);
+    const errors = await this.setupPhase('provision', jobs, (di) => {
+      const slot = this.devSlot[di]!;
+      const contacts = di === this.firstDev[slot] && withContacts ? this.contactNames(this.users[slot]!) : [];
+      return this.driver.provision(this.refs[di]!, contacts);
+    }, (di) => ({ what: `provision ${this.refs[di]!.user}/${this.refs[di]!.device} failed`, count: 1 }));
+    return { ms: performance.now() - t, errors };
+  }
+
+  /**
+   * One set-up phase: `step` for every job, PROVISION_CONCURRENCY at a time, each tried up
+   * to PROVISION_ATTEMPTS times with backoff; a job that never succeeds counts its error
+   * (`count` times) and is logged. Progress goes out about once a second.
+   */
+  private async setupPhase<J>(
+    phase: 'provision' | 'join',
+    jobs: readonly J[],
+    step: (job: J) => Promise<void>,
+    failure: (job: J) => { what: string; count: number },
+  ): Promise<Record<string, number>> {
+    const errors: Record<string, number> = {};
     let done = 0;
     let lastReport = 0;
-    const jobs = Array.from({ length: this.refs.length }, (_, di) => di);
-    await each(jobs, PROVISION_CONCURRENCY, async (di) => {
-      const slot = this.devSlot[di]!;
-      const first = di === this.firstDev[slot];
-      const contacts = first && withContacts ? this.contactNames(this.users[slot]!) : [];
+    await each(jobs, PROVISION_CONCURRENCY, async (job) => {
       for (let attempt = 1; ; attempt++) {
         try {
-          await this.driver.provision(this.refs[di]!, contacts);
+          await step(job);
           break;
         } catch (e) {
           if (attempt >= PROVISION_ATTEMPTS) {
-            tally(errors, codeOf(e));
-            this.o.log(`provision ${this.refs[di]!.user}/${this.refs[di]!.device} failed: ${(e as Error).message}`);
+            const f = failure(job);
+            tally(errors, codeOf(e), f.count);
+            this.o.log(`${f.what}: ${(e as Error).message}`);
             break;
           }
           await new Promise((r) => setTimeout(r, RETRY_BASE_MS * 2 ** attempt));
@@ -235,10 +252,10 @@ export class LoadSession {
       done++;
       if (performance.now() - lastReport > 1000) {
         lastReport = performance.now();
-        this.o.emit({ type: 'progress', phase: 'provision', done, total: jobs.length, errors });
+        this.o.emit({ type: 'progress', phase, done, total: jobs.length, errors });
       }
     });
-    return { ms: performance.now() - t, errors };
+    return errors;
   }
 
   private contactNames(u: number): string[] {
@@ -277,9 +294,8 @@ export class LoadSession {
   async joinGroups(ids: readonly string[]): Promise<{ ms: number; joins: number; errors: Record<string, number> }> {
     const t = performance.now();
     this.groupIds = [...ids];
-    const errors: Record<string, number> = {};
     const join = this.driver.joinGroups?.bind(this.driver);
-    if (!join) return { ms: 0, joins: 0, errors };
+    if (!join) return { ms: 0, joins: 0, errors: {} };
     const jobs: Array<{ slot: number; ids: string[] }> = [];
     let joins = 0;
     this.memberships.groupsOfSlot.forEach((gs, slot) => {
@@ -289,29 +305,10 @@ export class LoadSession {
       jobs.push({ slot, ids });
       joins += ids.length;
     });
-    let done = 0;
-    let lastReport = 0;
-    await each(jobs, PROVISION_CONCURRENCY, async ({ slot, ids }) => {
-      const ref = this.refs[this.firstDev[slot]!]!;
-      for (let attempt = 1; ; attempt++) {
-        try {
-          await join(ref, ids);
-          break;
-        } catch (e) {
-          if (attempt >= PROVISION_ATTEMPTS) {
-            tally(errors, codeOf(e), ids.length);
-            this.o.log(`${ref.user} could not join its groups: ${(e as Error).message}`);
-            break;
-          }
-          await new Promise((r) => setTimeout(r, RETRY_BASE_MS * 2 ** attempt));
-        }
-      }
-      done++;
-      if (performance.now() - lastReport > 1000) {
-        lastReport = performance.now();
-        this.o.emit({ type: 'progress', phase: 'join', done, total: jobs.length, errors });
-      }
-    });
+    const errors = await this.setupPhase('join', jobs, ({ slot, ids }) => join(this.refs[this.firstDev[slot]!]!, ids), ({ slot, ids }) => ({
+      what: `${this.refs[this.firstDev[slot]!]!.user} could not join its groups`,
+      count: ids.length,
+    }));
     return { ms: performance.now() - t, joins, errors };
   }
 
