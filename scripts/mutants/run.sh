@@ -12,6 +12,7 @@
 # Patch header (lines before the first `diff --git`, which `git apply` skips):
 #   Mutant: <name>             Breaks: <what the product then does wrong>
 #   Test: <test file>          Expect: <part of the name of the test that must fail> (optional)
+# A patch that does not build is reported as NO BUILD (fix the patch) and the run goes on.
 # Exit status: 0 when every mutant run was caught, 1 otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -61,7 +62,14 @@ for name in "$@"; do
   git apply "$patch"; applied=$patch
   bundle=none; grep -qE '^packages/(client|protocol)/' <<<"$files" && bundle=bundle
   echo "mutants: $name applied ($(tr '\n' ' ' <<<"$files")), building, running $test…" >&2
-  build $bundle
+  if ! build $bundle; then
+    # A patch that does not compile proves nothing: say so, and go on with the next one.
+    npx --no-install tsc -b 2>&1 | head -5 | sed 's/^/    /' >&2 || true
+    status=1
+    results+=("$(printf '%-34s %-9s %s' "$name" "NO BUILD" "$test")")
+    revert
+    continue
+  fi
   log=$(mktemp)
   set +e
   npx --no-install tap --disable-coverage -R tap "$test" >"$log" 2>&1
