@@ -9,12 +9,12 @@
 import t from 'tap';
 import { join } from 'node:path';
 import WebSocket from 'ws';
-import { ErrorCode } from '@gravitas/protocol';
+import { decodeServerHandshake, ErrorCode, unpack } from '@gravitas/protocol';
 import { UP_ROTATE_FRAMES } from '@gravitas/client';
 import { startNode, STREAM_HEADER, validateConfig } from '@gravitas/server';
 import { NatsServer, tempDir } from '@gravitas/testkit';
 import { clusterKeys, connectClient, exchange, http, metricsText, metricValue, nodeConfig } from '../fixtures/cluster.js';
-import { codeOfBody, RawHttp } from '../fixtures/web.js';
+import { codeOfBody, postUp, RawDown, RawHttp } from '../fixtures/web.js';
 
 const nats = await NatsServer.start();
 t.teardown(() => nats.stop());
@@ -125,6 +125,33 @@ t.test('a WebSocket message over the frame limit is closed with 1009; a neighbou
   t.equal(neighbour.disconnects, 0);
   const m = await metricsText(node.adminUrl);
   t.ok((metricValue(m, 'gravitas_protocol_errors_total', { code: ErrorCode.FRAME_TOO_LARGE }) ?? 0) >= 1, 'counted as FRAME_TOO_LARGE');
+});
+
+t.test('a coded error on a WebSocket: the error frame first, then close 4000 with the code as its reason', async (t) => {
+  const ws = new WebSocket(`ws://${web0}/gravitas`);
+  t.teardown(() => ws.terminate());
+  ws.on('error', () => undefined);
+  const frames: Buffer[] = [];
+  ws.on('message', (data: Buffer) => frames.push(Buffer.from(data)));
+  await new Promise((resolve, reject) => {
+    ws.once('open', resolve);
+    ws.once('error', reject);
+  });
+  const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+  ws.send('a text message is not a frame'); // docs/transports.md: a text message is DECODE_FAILED
+  t.same(await closed, { code: 4000, reason: ErrorCode.DECODE_FAILED }, 'closed 4000, reason DECODE_FAILED');
+  t.equal(frames.length, 1, 'one frame before the close');
+  t.match(decodeServerHandshake(unpack(frames[0]!)), { t: 'error', code: ErrorCode.DECODE_FAILED }, 'the error frame went first');
+});
+
+t.test('chunked HTTP: an upstream for no open stream is 404 STREAM_UNKNOWN; a byte on the downstream ends its stream', async (t) => {
+  t.same(await postUp(web1, 'ab'.repeat(16), new Uint8Array(0)), { status: 404, code: ErrorCode.STREAM_UNKNOWN }, 'a stream id nobody opened');
+  const down = await RawDown.open(web1);
+  t.teardown(() => down.destroy());
+  t.match(down.sid, /^[0-9a-f]{32}$/, 'a stream was opened');
+  down.conn.write('x'); // the client must never send on the downstream
+  t.ok(await down.conn.closed(), 'the downstream was closed');
+  t.same(await postUp(web1, down.sid, new Uint8Array(0)), { status: 404, code: ErrorCode.STREAM_UNKNOWN }, 'and its stream is gone: an upstream for it is STREAM_UNKNOWN');
 });
 
 t.test('a WebSocket from an origin outside web.corsOrigins is refused', async (t) => {

@@ -405,7 +405,7 @@ export class WebListener {
     const sid = req.headers.get(STREAM_HEADER_LC) ?? '';
     if (!sid && req.query.has('sid')) return this.refuse(socket, 400, ErrorCode.HTTP_BAD_REQUEST, `the stream id goes in the ${STREAM_HEADER} request header, not in the URL`, req);
     const stream = SID_RE.test(sid) ? this.streams.get(sid) : undefined;
-    if (!stream || stream.isClosed) return this.refuse(socket, 404, ErrorCode.STREAM_UNKNOWN, 'no such stream on this cell', req);
+    if (!stream || stream.isEnded) return this.refuse(socket, 404, ErrorCode.STREAM_UNKNOWN, 'no such stream on this cell', req);
     const te = req.headers.get('transfer-encoding');
     const cl = req.headers.get('content-length');
     let reader: ChunkedDecoder | LengthReader;

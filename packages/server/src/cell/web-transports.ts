@@ -140,6 +140,11 @@ export class HttpStreamTransport implements Transport {
     return this.closed;
   }
 
+  /** Its session ended it (the last chunk is written) or it closed: it takes no more upstream requests. */
+  get isEnded(): boolean {
+    return this.ended || this.closed;
+  }
+
   bind(h: TransportHandlers): void {
     this.h = h;
   }
