@@ -77,10 +77,14 @@ t.test('wrong paths and methods get 404 and 405 with a coded JSON body; prefligh
   const nf = await http('GET', `${base}/nope`);
   t.equal(nf.status, 404);
   t.equal(codeOfBody(nf.body), ErrorCode.HTTP_NOT_FOUND);
-  for (const [method, path] of [['PUT', '/gravitas/up'], ['GET', '/gravitas/up'], ['POST', '/gravitas/down'], ['DELETE', '/gravitas']]) {
-    const r = await http(method!, `${base}${path}`);
+  for (const [method, path, allow] of [['PUT', '/gravitas/up', 'POST, OPTIONS'], ['GET', '/gravitas/up', 'POST, OPTIONS'], ['POST', '/gravitas/down', 'GET, OPTIONS'], ['DELETE', '/gravitas', 'GET, OPTIONS']]) {
+    const c = await RawHttp.open(web0);
+    t.teardown(() => c.destroy());
+    c.write(`${method} ${path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n`);
+    const r = await c.response();
     t.equal(r.status, 405, `${method} ${path}`);
     t.equal(codeOfBody(r.body), ErrorCode.HTTP_METHOD_NOT_ALLOWED);
+    t.equal(r.headers.allow, allow, `${method} ${path}: Allow names the methods that are`);
   }
   const noUpgrade = await http('GET', `${base}/gravitas`);
   t.equal(noUpgrade.status, 400);
