@@ -7,7 +7,7 @@
  *   - in both tiers at once (archive acked, not marked archived yet; or taken by two nodes): once.
  * The local tier is the node's real LMDB store; the archive is an in-memory list (its JetStream
  * implementation is tested in tracking-store.test.ts). A "shipper" step moves records between them
- * at the moment the report reads its first tier.
+ * after the report read its first tier and before it reads the second.
  */
 import t, { type Test } from 'tap';
 import { tempDir } from '@gravitas/testkit';
@@ -18,7 +18,7 @@ import type { LocalQuery } from '../../packages/server/dist/engage/tracking-stor
 
 const rec = (u: string, eid: string, ev: TrackingRecord['ev'], ts: number): TrackingRecord => ({ eid, c: 'spring', u, d: 'd1', ev, ts, at: ts, pv: 1 });
 
-/** The local tier (a real store, one per node) and an archive; `onRead` runs once, when the report reads its first tier. */
+/** The local tier (a real store, one per node) and an archive; `betweenReads(f)`: f runs once, between the report's two reads. */
 async function tiers(t: Test, nodes = 1) {
   const dir = await tempDir('gravitas-report-merge-');
   const stores = Array.from({ length: nodes }, (_, i) => TrackingStore.open(`${dir.path}/n${i}`, { maxAgeMs: 3_600_000, maxBytes: 16 << 20 }));
@@ -27,20 +27,23 @@ async function tiers(t: Test, nodes = 1) {
     await dir[Symbol.asyncDispose]();
   });
   const archive: TrackingRecord[] = [];
-  let onRead: (() => Promise<void>) | undefined;
-  const first = async (): Promise<void> => {
-    const f = onRead;
-    onRead = undefined;
+  // `between` runs when the report starts reading its second tier, after it read the first.
+  let between: (() => Promise<void>) | undefined;
+  let reads = 0;
+  const tierRead = async (): Promise<void> => {
+    if (++reads % 2 !== 0) return;
+    const f = between;
+    between = undefined;
     await f?.();
   };
   async function* read(pred: (r: TrackingRecord) => boolean): AsyncGenerator<TrackingRecord> {
-    await first();
+    await tierRead();
     for (const r of archive.filter(pred)) yield r;
   }
   const sources: ReportSources = {
     archive: { readUser: (u) => read((r) => r.u === u), readCampaign: (c) => read((r) => r.c === c) },
     local: async (q: LocalQuery) => {
-      await first();
+      await tierRead();
       return { records: stores.flatMap((s) => s.unarchivedFor(q, { limit: 500 }).records), nodes: stores.map((_, i) => `n${i}`) };
     },
     campaign: async (id) => ({ id, publisher: 'acme', name: id }) as unknown as Awaited<ReturnType<ReportSources['campaign']>>,
@@ -52,7 +55,7 @@ async function tiers(t: Test, nodes = 1) {
     archive.push(...batch.filter((r) => !archive.some((a) => recordId(a) === recordId(r))));
     if (mark) await store.markArchived(batch);
   };
-  return { stores, archive, sources, ship, onFirstRead: (f: () => Promise<void>) => void (onRead = f) };
+  return { stores, archive, sources, ship, betweenReads: (f: () => Promise<void>) => void (between = f) };
 }
 
 const visible = { visible: () => true, withProfiles: false };
@@ -64,11 +67,11 @@ t.test('a record shipped between the report’s two reads is in the report', asy
   await x.ship(store);
   await store.put(rec('uma', 'e2', 'opened', 2000));
   // e2 is shipped (archived and marked) while the report is between its two reads.
-  x.onFirstRead(() => x.ship(store));
+  x.betweenReads(() => x.ship(store));
   const r = await userReport(x.sources, 'uma', visible);
   t.same(r.campaigns.map((c) => c.events.map((e) => e.ev)), [['sent', 'opened']], 'user report: both records, the one in flight included');
   await store.put(rec('vic', 'e4', 'clicked', 4000));
-  x.onFirstRead(() => x.ship(store));
+  x.betweenReads(() => x.ship(store));
   const c = await campaignReport(x.sources, 'spring', 60_000);
   t.match(c.users, { sent: 1, opened: 1, clicked: 1 }, 'campaign report: the record in flight counted');
   t.same(x.stores[0]!.stats().unarchived, 0, 'everything was shipped meanwhile');
