@@ -75,7 +75,8 @@ t.test('a short run against a private cluster: every behaviour, every message ac
   const d = r.totals.delivery;
   t.ok(d.tracked, 'the Gravitas driver is tracked');
   t.ok(d.complete, `all owed deliveries arrived (${d.received} of ${d.expected}, ${d.drainMs.toFixed(0)} ms after the end)`);
-  t.equal(d.missing, 0);
+  t.equal(d.missing, 0, 'missing, by delivery id: 0');
+  t.equal(d.unexpected, 0, 'nothing arrived on a device it was not owed to');
   t.equal(r.totals.received + r.totals.catchup, d.received, 'live + catch-up = every unique delivery');
   t.ok(r.totals.catchup > 0, `offline periods and the storm made mailbox catch-up (${r.totals.catchup})`);
   t.ok(r.totals.latency.count > 0 && r.totals.latency.p50! > 0, 'live latency recorded');
