@@ -64,11 +64,10 @@ t.test('a node is SIGKILLed mid-campaign: nobody skipped, nobody sent it twice',
   for (const s of silent) socketOf(s)?.resume();
   const back = await Promise.all(offline.map((o) => o.connect()));
   const everyone = [...silent, ...online, ...back];
+  // Nobody skipped: the check fails the test unless every recipient's app got it.
   await check('every recipient got the campaign', () => everyone.every((c) => campaignMsgs(c, 'k1').length > 0), { timeout: 60_000, interval: 100 });
   await new Promise((r) => setTimeout(r, 1500)); // room for late duplicates (stored copies of live deliveries)
-  const counts = everyone.map((c) => campaignMsgs(c, 'k1').length);
-  t.equal(counts.filter((n) => n === 0).length, 0, 'skipped: 0');
-  t.equal(counts.filter((n) => n > 1).length, 0, 'seen twice by an application: 0');
+  t.equal(everyone.filter((c) => campaignMsgs(c, 'k1').length > 1).length, 0, 'seen twice by an application: 0');
   const jobs = metricSamples(await metricsText(env.nodes[0]!.adminUrl), 'gravitas_campaign_jobs_total');
   t.comment(`node A's jobs: ${jobs.map((s) => `${s.labels.kind}/${s.labels.result}=${s.value}`).join(' ')}`);
 });
