@@ -15,7 +15,7 @@ import { ErrorCode, unpack, type Msg } from '@gravitas/protocol';
 import { DeliveryError } from '@gravitas/client';
 import { DEFAULT_MAILBOX, Names } from '@gravitas/server';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
-import { clusterKeys, connectClient, makeClient, nodeConfig, registered, spawnNode, writeNodeConfig, type TestClient } from '../fixtures/cluster.js';
+import { clusterKeys, connectClient, makeClient, metricSamples, metricsText, nodeConfig, registered, spawnNode, writeNodeConfig, type TestClient } from '../fixtures/cluster.js';
 import { rejectionCode as codeOf } from '../fixtures/codes.js';
 import { socketOf } from '../fixtures/traffic.js';
 import { watchWire } from '../fixtures/wire.js';
@@ -110,6 +110,13 @@ t.test('groups on two nodes × two cells', async (t) => {
   });
 
   t.test('a message reaches every member device on both nodes, the sender’s other device included', async (t) => {
+    // The nodes' own count of group messages written to devices (live or catch-up), both nodes summed.
+    const given = async (): Promise<number> => {
+      let n = 0;
+      for (const node of [A!, B!]) for (const x of metricSamples(await metricsText(node.adminUrl), 'gravitas_group_deliveries_total')) n += x.value;
+      return n;
+    };
+    const before = await given();
     const r = await alice.client.sendToGroup(g, 'hello team');
     t.equal(r.status, 'stored', 'stored: the group log holds it');
     for (const c of [alice2, bob, carol, dave]) {
@@ -119,9 +126,11 @@ t.test('groups on two nodes × two cells', async (t) => {
     }
     await alice.client.ping();
     t.equal(inGroup(alice, g).length, 0, 'not echoed to the sending device');
+    t.equal((await given()) - before, 4, 'server side: the nodes wrote it to 4 devices, once each');
     const r2 = await carol.client.sendToGroup(g, 'hi from node B');
     for (const c of [alice, alice2, bob, dave]) await c.received((m) => m.id === r2.id);
     t.pass('and back from node B');
+    t.equal((await given()) - before, 8, 'server side: 4 more, once each');
   });
 
   t.test('an offline device catches up in order, exactly once', async (t) => {
