@@ -264,8 +264,9 @@ t.test('groups on two nodes × two cells', async (t) => {
   });
 
   t.test('a reconnect’s catch-up sends nothing that live delivery gave and the device acknowledged (counted on the wire)', async (t) => {
-    // A new device of bob's on node B (its first cursor write is due at once), alice sending from node A.
-    const bob3 = await connectClient(t, { user: 'bob', device: 'd3', servers: [b0], serverPublicKey: pk, identity: bob.identity });
+    // A new device of bob's on node B cell 1 (its first cursor write is due at once; alice2 there
+    // keeps the cell's feed of the group warm), alice sending from node A.
+    const bob3 = await connectClient(t, { user: 'bob', device: 'd3', servers: [b1], serverPublicKey: pk, identity: bob.identity });
     // The SDK would hide a second copy from the app: count the frames bob3's client decodes instead.
     const wire = watchWire(bob3);
     const kv = await new Kvm(nc).open(names.groupsBucket);
@@ -293,6 +294,22 @@ t.test('groups on two nodes × two cells', async (t) => {
     t.same(live.map((id) => wire.countId(id)), [1, 1, 1], 'server side: each live message was on the wire once, not again on catch-up');
     t.equal(wire.countId(after.id), 1, 'server side: the next one once');
     t.same(texts(inGroup(bob3, g)).slice(-5), ['live, flushed', 'live 0', 'live 1', 'live 2', 'after the drop'], 'the app: in order, once');
+
+    // Away for two messages, which the cell's warm feed holds (alice2 got them there): back, the
+    // device follows the feed from its cursor — and is given each once, not by the feed and a log read.
+    await bob3.client.ping();
+    await bob3.client.close();
+    const away = [(await alice.client.sendToGroup(g, 'away 0')).id, (await alice.client.sendToGroup(g, 'away 1')).id];
+    await check('the cell’s feed has them (alice2 got them)', () => away.every((id) => alice2.inbox.some((m) => m.id === id)));
+    const back = makeClient({ user: 'bob', device: 'd3', servers: [b1], serverPublicKey: pk, identity: bob.identity });
+    t.teardown(() => back.client.close());
+    const backWire = watchWire(back);
+    await back.client.connect();
+    await registered(back);
+    await check('back: both arrived', () => away.every((id) => back.inbox.some((m) => m.id === id)), { timeout: 30_000, interval: 20 });
+    const next = await alice.client.sendToGroup(g, 'after coming back');
+    await back.received((m) => m.id === next.id, 30_000);
+    t.same([...away, next.id].map((id) => backWire.countId(id)), [1, 1, 1], 'server side: each once on the wire');
   });
 
   t.test('a re-sent message id is stored once', async (t) => {
