@@ -49,8 +49,9 @@ t.test('the ledger travels in bounded messages and arrives whole', async (t) => 
   const chunks = ledgerChunks(owed, arrived);
   t.ok(chunks.every((c) => c.owed.length + c.received.length <= LEDGER_CHUNK), 'each message bounded');
   t.ok(chunks.every((c) => JSON.stringify(c).length < 1024 * 1024), 'each under NATS’s default 1 MiB payload');
-  t.same(chunks.flatMap((c) => c.owed), owed, 'owed ids whole, in order');
-  t.same(chunks.flatMap((c) => c.received), arrived, 'arrived ids whole, in order');
+  const same = (a: number[], b: number[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
+  t.ok(same(chunks.flatMap((c) => c.owed), owed), 'owed ids whole, in order');
+  t.ok(same(chunks.flatMap((c) => c.received), arrived), 'arrived ids whole, in order');
   t.equal(ledgerChunks([], []).length, 1, 'an empty ledger is still one message (the runner counts them)');
 });
 
