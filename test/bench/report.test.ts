@@ -3,18 +3,19 @@ import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { chromium, type Browser } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { renderHtmlReport } from '../../bench/src/harness/html.js';
 import { bottlenecks, judge, type RunResult } from '../../bench/src/harness/result.js';
 import { syntheticResult } from './synthetic.js';
 import { plotView } from '../fixtures/report-page.js';
+import { chromiumMissing, launchChromium } from '../fixtures/browser.js';
 
 /*
  * The HTML report opened in real headless Chromium (Debian's `chromium`; override with
- * CHROMIUM=path), on made-up data; test/bench/run.test.ts opens the report of a real run.
+ * CHROMIUM_PATH=path, as every browser test), on made-up data; test/bench/run.test.ts opens the
+ * report of a real run.
  */
 
-const CHROMIUM = process.env['CHROMIUM'] ?? '/usr/bin/chromium';
 const PLOTS = ['throughput', 'presence', 'latency', 'connections', 'connect-rate', 'connect-time', 'locality', 'host-cpu', 'server-cpu', 'server-memory', 'generator-cpu', 'generator-lag'];
 
 t.test('the verdict: generator-bound only when a generator was saturated often enough', async (t) => {
@@ -63,13 +64,13 @@ t.test('the report is one self-contained file', async (t) => {
   t.equal(evil.match(/<script/g)?.length, 1, 'the embedded JSON cannot close its script element');
 });
 
-t.test('opened in headless Chromium: every plot is drawn', { skip: existsSync(CHROMIUM) ? false : `no chromium at ${CHROMIUM}` }, async (t) => {
+t.test('opened in headless Chromium: every plot is drawn', { skip: chromiumMissing() }, async (t) => {
   const dir = t.testdir({});
   const file = join(dir, 'report.html');
   const result: RunResult = syntheticResult();
   await writeFile(file, renderHtmlReport(result));
 
-  const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  const browser: Browser = await launchChromium();
   t.teardown(() => browser.close());
   const page = await browser.newPage({ viewport: { width: 960, height: 900 } });
   const requests: string[] = [];

@@ -75,7 +75,8 @@ t.test('a short run against a private cluster: every behaviour, every message ac
   const d = r.totals.delivery;
   t.ok(d.tracked, 'the Gravitas driver is tracked');
   t.ok(d.complete, `all owed deliveries arrived (${d.received} of ${d.expected}, ${d.drainMs.toFixed(0)} ms after the end)`);
-  t.equal(d.missing, 0);
+  t.equal(d.missing, 0, 'missing, by delivery id: 0');
+  t.equal(d.unexpected, 0, 'nothing arrived on a device it was not owed to');
   t.equal(r.totals.received + r.totals.catchup, d.received, 'live + catch-up = every unique delivery');
   t.ok(r.totals.catchup > 0, `offline periods and the storm made mailbox catch-up (${r.totals.catchup})`);
   t.ok(r.totals.latency.count > 0 && r.totals.latency.p50! > 0, 'live latency recorded');
@@ -106,23 +107,25 @@ t.test('a short run against a private cluster: every behaviour, every message ac
   t.match(page, /id="bottlenecks"/);
   t.match(progress.text, /connected/, 'progress lines were written');
 
-  // The real run's report in a real browser: every plot drawn from data, nothing loaded from elsewhere.
-  if (chromiumMissing()) return;
-  const browser = await launchChromium();
-  t.teardown(() => browser.close());
-  const tab = await browser.newPage({ viewport: { width: 960, height: 900 } });
-  const requests: string[] = [];
-  tab.on('request', (q) => requests.push(q.url()));
-  await tab.goto(pathToFileURL(html).href);
-  for (const id of ['throughput', 'presence', 'latency', 'connections', 'connect-rate', 'connect-time', 'locality', 'host-cpu', 'server-cpu', 'server-memory', 'generator-cpu', 'generator-lag']) {
-    const p = await plotView(tab, id);
-    t.ok(p.svg && p.paths >= 1 && p.empty === null, `${id}: drawn from the run's data (${p.paths} series)`);
-    t.ok(p.lengths.some((l) => l > 0), `${id}: a line with a length`);
-  }
-  t.equal(await tab.locator('#plot-server-cpu path.series').count(), 2, 'server CPU: nats and node1');
-  t.ok((await tab.locator('#plot-throughput line.event').count()) >= 2, 'the storm and the campaign are marked');
-  t.same(requests.filter((u) => !u.startsWith('file:')), [], 'no network request');
   t.ok(logs.some((l) => /provisioning accounts/.test(l)));
+
+  // The real run's report in a real browser: every plot drawn from data, nothing loaded from elsewhere.
+  await t.test('the run’s HTML report in headless Chromium', { skip: chromiumMissing() }, async (t) => {
+    const browser = await launchChromium();
+    t.teardown(() => browser.close());
+    const tab = await browser.newPage({ viewport: { width: 960, height: 900 } });
+    const requests: string[] = [];
+    tab.on('request', (q) => requests.push(q.url()));
+    await tab.goto(pathToFileURL(html).href);
+    for (const id of ['throughput', 'presence', 'latency', 'connections', 'connect-rate', 'connect-time', 'locality', 'host-cpu', 'server-cpu', 'server-memory', 'generator-cpu', 'generator-lag']) {
+      const p = await plotView(tab, id);
+      t.ok(p.svg && p.paths >= 1 && p.empty === null, `${id}: drawn from the run's data (${p.paths} series)`);
+      t.ok(p.lengths.some((l) => l > 0), `${id}: a line with a length`);
+    }
+    t.equal(await tab.locator('#plot-server-cpu path.series').count(), 2, 'server CPU: nats and node1');
+    t.ok((await tab.locator('#plot-throughput line.event').count()) >= 2, 'the storm and the campaign are marked');
+    t.same(requests.filter((u) => !u.startsWith('file:')), [], 'no network request');
+  });
 });
 
 t.test('the same workload against XMPP: a private Prosody started by the runner', { skip: existsSync('/usr/bin/prosody') ? false : 'prosody is not installed' }, async (t) => {

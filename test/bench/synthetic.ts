@@ -88,7 +88,7 @@ export function syntheticResult(opts: { saturate?: boolean } = {}): RunResult {
     connectTime: none,
     skipped: 0,
     errors: saturate ? { CONNECT_TIMEOUT: 3 } : {},
-    delivery: { tracked: true, expected: received, received, missing: 0, drainMs: 1200, complete: true },
+    delivery: { tracked: true, expected: received, received, missing: 0, unexpected: 0, repeats: 0, drainMs: 1200, complete: true },
     campaigns: { expected: 2000, received: 2000 },
     driver: {},
   };

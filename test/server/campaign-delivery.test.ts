@@ -15,6 +15,7 @@ import { enqueueJob } from '../../packages/server/dist/engage/jobs.js';
 import {
   campaignCluster, campaignMsgs, metricSum, offlineRecipient, onlineRecipient, SENDER,
 } from '../fixtures/campaigns.js';
+import { watchWire } from '../fixtures/wire.js';
 
 const BATCH = 4;
 
@@ -24,6 +25,8 @@ t.test('campaign delivery on two nodes × two cells', async (t) => {
 
   t.test('online and offline recipients get it once; unknown users are counted as failed', async (t) => {
     const online = await Promise.all(Array.from({ length: 5 }, (_, i) => onlineRecipient(t, env, `on${i}`, i)));
+    // What the server put on the wire, before the SDK's de-duplication.
+    const wires = online.map(watchWire);
     const offline = await Promise.all(Array.from({ length: 3 }, (_, i) => offlineRecipient(t, env, `off${i}`, i)));
     const ghosts = ['ghost0', 'ghost1'];
     const storesBefore = await metricSum(env.nodes, 'gravitas_mailbox_stores_total');
@@ -40,6 +43,8 @@ t.test('campaign delivery on two nodes × two cells', async (t) => {
     for (const c of later) await check(`${c.user} got the campaign from its mailbox`, () => campaignMsgs(c, 'c1').length > 0);
     await new Promise((r) => setTimeout(r, 500)); // room for a duplicate to show up
     for (const c of [...online, ...later]) t.equal(campaignMsgs(c, 'c1').length, 1, `${c.user} saw it exactly once`);
+    // on0 is in the audience twice; each later client is new, so what its app saw is what came on the wire.
+    t.same(wires.map((w) => w.countId('_c-c1')), [1, 1, 1, 1, 1], 'server side: one frame per online recipient (on0 listed twice included)');
 
     const markers = await admin.markers('c1');
     t.same(Object.fromEntries(markers), { ...Object.fromEntries([...online, ...offline].map((c) => [c.user, ''])), ghost0: 'UNDELIVERABLE', ghost1: 'UNDELIVERABLE' }, 'one marker per recipient, failures with their code');
@@ -76,6 +81,7 @@ t.test('campaign delivery on two nodes × two cells', async (t) => {
     const n = 20;
     const rate = 4; // one batch of 4 per second
     const clients = await Promise.all(Array.from({ length: n }, (_, i) => onlineRecipient(t, env, `pz${i}`, i)));
+    const wires = clients.map(watchWire);
     const jobs = admin.watchJobs();
     await admin.start({ id: 'c3', audience: { users: clients.map((x) => x.user) }, ratePerSec: rate });
     const got = (): number => clients.filter((x) => campaignMsgs(x, 'c3').length > 0).length;
@@ -96,6 +102,8 @@ t.test('campaign delivery on two nodes × two cells', async (t) => {
     for (const x of clients) await check(`${x.user} got it`, () => campaignMsgs(x, 'c3').length === 1);
     await new Promise((r) => setTimeout(r, 300));
     t.ok(clients.every((x) => campaignMsgs(x, 'c3').length === 1), 'everyone exactly once');
+    // The job under way at the pause came back after the resume: it must not send to whom it had sent.
+    t.same(clients.filter((_, i) => wires[i]!.countId('_c-c3') !== 1).map((x) => x.user), [], 'server side: one frame per recipient, across the pause and the resume');
     // Batches due after the pause began were moved back by (about) its length: no burst at resume.
     const pause = resumedAt - pausedAt;
     const batchOf = new Map(jobs.flatMap((j) => (j.k === 'send' && j.c === 'c3' ? j.users.map((u) => [u, j] as const) : [])));

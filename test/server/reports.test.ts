@@ -30,6 +30,13 @@ t.test('user and campaign reports over both tiers, with the profile version of t
   const connect = (user: string): Promise<TestClient> => connectClient(t, { user, servers: node.clientAddresses, serverPublicKey: keys.serverPublicKey });
   const uma = await connect('uma');
   const vic = await connect('vic');
+  // track() resolves once queued; the record gets its profile version when the cell takes it.
+  const taken = new Set<string>();
+  for (const c of [uma, vic]) c.client.on('tracked', (r) => taken.add(r.eid));
+  const track = async (c: TestClient, campaign: string, ev: Parameters<TestClient['client']['track']>[1]): Promise<void> => {
+    const eid = await c.client.track(campaign, ev);
+    await check(`${c.user}'s ${ev} taken`, () => taken.has(eid), { timeout: 30_000, interval: 20 });
+  };
 
   /** Creates and starts a campaign of `owner` to uma and vic; resolves with its id once both got it. */
   const run = async (owner: Created, name: string): Promise<string> => {
@@ -43,38 +50,48 @@ t.test('user and campaign reports over both tiers, with the profile version of t
 
   t.equal((await call('PUT', '/admin/profiles/uma', ROOT_TOKEN, { attrs: { tier: 'free', city: 'Oslo' } })).status, 200);
   const c1 = await run(A, 'spring');
-  await uma.client.track(c1, 'opened');
-  await uma.client.track(c1, 'clicked');
-  await vic.client.track(c1, 'opened');
+  await track(uma, c1, 'opened');
+  await track(uma, c1, 'clicked');
+  await track(vic, c1, 'opened');
   // Uma's profile changes between the two campaigns.
   t.equal((await call('PUT', '/admin/profiles/uma', ROOT_TOKEN, { attrs: { tier: 'pro' } })).status, 200);
   const c2 = await run(A, 'summer');
   const c3 = await run(B, 'bolt-news');
-  await uma.client.track(c2, 'opened');
-  await uma.client.track(c2, 'converted');
-  await uma.client.track(c3, 'dismissed');
+  await track(uma, c2, 'opened');
+  await track(uma, c2, 'converted');
+  await track(uma, c3, 'dismissed');
+  // Uma converts on the spring campaign only now, with her new profile: one campaign, two versions.
+  await track(uma, c1, 'converted');
 
   const userReport = async (token: string, query = ''): Promise<UserReport> => {
     const r = await call('GET', `/admin/reports/users/uma/campaigns${query}`, token);
     t.equal(r.status, 200, 'report answered');
     return r.json as UserReport;
   };
-  // sent (runner) + uma's own events: 3 for c1, 3 for c2, 2 for c3.
+  // sent (runner) + uma's own events: 4 for c1, 3 for c2, 2 for c3.
   const complete = async (token: string): Promise<UserReport> =>
     check('every record of uma is in the report', async () => {
       const r = await userReport(token, '?profiles=1');
       const n = r.campaigns.reduce((s, c) => s + c.events.length, 0);
-      return n >= 8 ? r : undefined;
+      return n >= 9 ? r : undefined;
     }, { timeout: 30_000, interval: 200 });
 
   t.test('the user report: each campaign once, its events, the profile version of its time', async (t) => {
     const r = await complete(ROOT_TOKEN);
     t.same(r.campaigns.map((c) => c.campaign), [c1, c2, c3], 'three campaigns, in time order');
-    t.same(r.campaigns.map((c) => c.events.map((e) => e.ev)), [['sent', 'opened', 'clicked'], ['sent', 'opened', 'converted'], ['sent', 'dismissed']], 'each event once');
+    t.same(r.campaigns.map((c) => c.events.map((e) => e.ev)), [['sent', 'opened', 'clicked', 'converted'], ['sent', 'opened', 'converted'], ['sent', 'dismissed']], 'each event once');
     const [r1, r2] = r.campaigns;
     t.not(r1!.profileVersion, r2!.profileVersion, 'the profile changed between the two campaigns: two versions');
     t.same(r1!.profiles?.[r1!.profileVersion], { tier: 'free', city: 'Oslo' }, 'campaign 1 with the profile of its time');
     t.same(r2!.profiles?.[r2!.profileVersion], { tier: 'pro', city: 'Oslo' }, 'campaign 2 with the profile of its time');
+  });
+
+  t.test('a campaign whose events span a profile change: each event with the version of its own time', async (t) => {
+    const r = await complete(ROOT_TOKEN);
+    const [r1, r2] = r.campaigns;
+    const [v1, v2] = [r1!.profileVersion, r2!.profileVersion];
+    t.same(r1!.events.map((e) => [e.ev, e.profileVersion]), [['sent', v1], ['opened', v1], ['clicked', v1], ['converted', v2]], 'spring: converted after the change, with the new version');
+    t.same(r1!.profiles, { [v1]: { tier: 'free', city: 'Oslo' }, [v2]: { tier: 'pro', city: 'Oslo' } }, 'spring: both versions’ attributes');
     t.equal(r1!.name, 'spring');
     t.ok(r.sources.nodes.length === 1, 'the node answered the scatter-gather');
   });
@@ -96,7 +113,7 @@ t.test('user and campaign reports over both tiers, with the profile version of t
       const rep = a.json as CampaignReport;
       return rep.users.opened === 2 ? rep : undefined;
     }, { timeout: 30_000, interval: 200 });
-    t.same(r.users, { sent: 2, delivered: 0, opened: 2, clicked: 1, dismissed: 0, converted: 0 }, 'distinct users per stage');
+    t.same(r.users, { sent: 2, delivered: 0, opened: 2, clicked: 1, dismissed: 0, converted: 1 }, 'distinct users per stage');
     t.equal(r.conversion.clicked, 0.5, 'clicked ÷ opened');
     t.ok(r.overTime.length >= 1, 'over time');
   });
@@ -105,7 +122,7 @@ t.test('user and campaign reports over both tiers, with the profile version of t
     const before = await complete(ROOT_TOKEN);
     const after = await check('local records evicted', async () => {
       const r = await userReport(ROOT_TOKEN, '?profiles=1');
-      return r.sources.local === 0 && r.sources.archived >= 8 ? r : undefined;
+      return r.sources.local === 0 && r.sources.archived >= 9 ? r : undefined;
     }, { timeout: 30_000, interval: 500 });
     t.same(after.campaigns, before.campaigns, 'the report is the same from the archive alone');
   });

@@ -103,6 +103,8 @@ export interface GeneratorTotals {
   expected: number;
   receivedTotal: number;
   pending: number;
+  /** `ledger` messages sent before this one (ledger.ts): the runner checks it got them all. */
+  ledgerChunks: number;
 }
 
 export type FromGenerator =
@@ -115,6 +117,8 @@ export type FromGenerator =
   /** After `groups`: this generator's users joined their groups (drivers where membership is by consent), with the errors by code. */
   | { type: 'groupsJoined'; gen: string; ms: number; joins: number; errors: Record<string, number> }
   | ({ type: 'interval'; gen: string } & GeneratorInterval)
+  /** Part of the generator's delivery ledger (ledger.ts): ids its accepted sends owe, ids that arrived on its devices. */
+  | { type: 'ledger'; gen: string; owed: number[]; received: number[] }
   | ({ type: 'done'; gen: string } & GeneratorTotals)
   | { type: 'failed'; gen: string; code: string; message: string }
   | { type: 'beat'; gen: string };
@@ -143,7 +147,7 @@ function parse(data: Uint8Array): Record<string, unknown> {
 }
 
 const TO_GENERATOR = new Set(['assign', 'setup', 'provision', 'createGroups', 'groups', 'start', 'finish', 'abort']);
-const FROM_GENERATOR = new Set(['hello', 'assigned', 'ready', 'progress', 'provisioned', 'groupsCreated', 'groupsJoined', 'interval', 'done', 'failed', 'beat']);
+const FROM_GENERATOR = new Set(['hello', 'assigned', 'ready', 'progress', 'provisioned', 'groupsCreated', 'groupsJoined', 'interval', 'ledger', 'done', 'failed', 'beat']);
 
 /**
  * Checks the fields each side acts on; the rest of a message (histograms, samples) is checked
@@ -185,6 +189,8 @@ export function decodeFromGenerator(data: Uint8Array): FromGenerator {
   if (!FROM_GENERATOR.has(m['type'] as string)) invalid(`unknown type ${JSON.stringify(m['type'])}`);
   if (typeof m['gen'] !== 'string' || !TOKEN.test(m['gen'])) invalid('gen must be a subject token');
   if (m['type'] === 'interval' && (!Number.isInteger(m['k']) || typeof m['self'] !== 'object' || typeof m['host'] !== 'object')) invalid('interval needs k, self and host');
+  const ids = (v: unknown): boolean => Array.isArray(v) && v.every((x) => Number.isSafeInteger(x) && x >= 0);
+  if (m['type'] === 'ledger' && (!ids(m['owed']) || !ids(m['received']))) invalid('ledger needs owed and received delivery ids');
   return m as unknown as FromGenerator;
 }
 

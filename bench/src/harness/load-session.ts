@@ -5,6 +5,7 @@ import type { GeneratorInterval, GeneratorTotals } from './control.js';
 import { deviceRef, userName } from './identity.js';
 import { encodeHistogram, LatencyRecorder, Pacer } from './latency.js';
 import { HarnessError } from './errors.js';
+import { deliveryId, deviceBase, ledgerChunks } from './ledger.js';
 import { HostSampler, SelfMonitor } from './monitor.js';
 import { tally } from './result.js';
 import type { Population } from './population.js';
@@ -115,7 +116,16 @@ export class LoadSession {
   private connectsInFlight = 0;
   private connected = 0;
   private readonly pendingExpected = new Map<number, number>();
+  /** Per send awaiting its outcome: its target (user v, or −(group + 1)) and the sending device (global number). */
+  private readonly pendingTarget = new Map<number, { to: number; from: number }>();
   private ref = 0;
+  // ---- the delivery ledger (ledger.ts): accepted sends, and what arrived here, by id ----
+  /** Global device numbers: user u's device k is devBase[u] + k. */
+  private readonly devBase: Int32Array;
+  private readonly acceptedRef: number[] = [];
+  private readonly acceptedTo: number[] = [];
+  private readonly acceptedFrom: number[] = [];
+  private readonly arrived: number[] = [];
 
   // ---- schedule ----
   private t0 = 0;
@@ -175,6 +185,7 @@ export class LoadSession {
       d += this.nDev[slot]!;
     }
     this.devSlot = new Int32Array(d);
+    this.devBase = deviceBase(this.pop.devices);
     for (let slot = 0; slot < n; slot++) for (let k = 0; k < this.nDev[slot]!; k++) this.devSlot[this.firstDev[slot]! + k] = slot;
     if (d > this.s.generators.maxConnections) {
       // Validation checks the total; the round-robin deal can still give one generator a few more.
@@ -489,6 +500,7 @@ export class LoadSession {
           return;
         }
         this.receivedTotal++;
+        if (this.track) this.noteArrival(b.tag, di);
         if (b.intendedMs < this.liveSince[di]!) {
           this.c.catchup++;
           this.catchupLatency.add(at - b.intendedMs);
@@ -500,9 +512,16 @@ export class LoadSession {
       outcome: (ref, ok, code) => {
         const e = this.pendingExpected.get(ref);
         if (e !== undefined) this.pendingExpected.delete(ref);
+        const target = this.pendingTarget.get(ref);
+        if (target !== undefined) this.pendingTarget.delete(ref);
         if (ok) {
           this.c.accepted++;
           if (e !== undefined) this.expectedTotal += e;
+          if (target !== undefined) {
+            this.acceptedRef.push(ref);
+            this.acceptedTo.push(target.to);
+            this.acceptedFrom.push(target.from);
+          }
         } else {
           this.c.failed++;
           tally(this.errors, `send:${code ?? 'FAILED'}`);
@@ -544,12 +563,18 @@ export class LoadSession {
     let expected: number;
     if (gi >= 0) {
       expected = this.groupDev[gi]! - 1;
-      if (this.track) this.pendingExpected.set(ref, expected);
+      if (this.track) {
+        this.pendingExpected.set(ref, expected);
+        this.pendingTarget.set(ref, { to: -(gi + 1), from: this.globalDevice(di) });
+      }
       this.devices[di]!.sendToGroup(ref, this.groupIds[gi]!, body);
     } else {
       const v = recipientOf(this.pop, u, rand);
       expected = expectedDirect(this.pop, u, v, this.driver.capabilities);
-      if (this.track) this.pendingExpected.set(ref, expected);
+      if (this.track) {
+        this.pendingExpected.set(ref, expected);
+        this.pendingTarget.set(ref, { to: v, from: this.globalDevice(di) });
+      }
       this.devices[di]!.send(ref, this.names[v]!, body);
     }
     this.c.sent++;
@@ -602,6 +627,53 @@ export class LoadSession {
     this.nextIntervalAt += this.s.intervalMs;
   }
 
+  /** The global number of local device `di`. */
+  private globalDevice(di: number): number {
+    const slot = this.devSlot[di]!;
+    return this.devBase[this.users[slot]!]! + (di - this.firstDev[slot]!);
+  }
+
+  /** A message of this run arrived on local device `di`: its delivery id (tag `<run>.<generator>.<ref base 36>`). */
+  private noteArrival(tag: string, di: number): void {
+    const rest = tag.slice(this.tagPrefix.length);
+    const dot = rest.indexOf('.');
+    const gen = Number(rest.slice(0, dot));
+    const ref = parseInt(rest.slice(dot + 1), 36);
+    if (dot <= 0 || !Number.isInteger(gen) || gen < 0 || gen >= this.o.count || !(ref > 0)) return;
+    this.arrived.push(deliveryId(ref, gen, this.o.count, this.globalDevice(di), this.devBase[this.devBase.length - 1]!));
+  }
+
+  /** Every delivery id the accepted sends of this generator owe: the recipient's devices (and the sender's others), or the group's but the sending device. */
+  private owedIds(): number[] {
+    const out: number[] = [];
+    const devices = this.devBase[this.devBase.length - 1]!;
+    const base = this.devBase;
+    const own = this.driver.capabilities.ownDeviceCopies;
+    const userOf = (dev: number): number => {
+      let lo = 0;
+      let hi = base.length - 2;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (base[mid]! <= dev) lo = mid;
+        else hi = mid - 1;
+      }
+      return lo;
+    };
+    const owe = (ref: number, user: number, except: number): void => {
+      for (let d = base[user]!; d < base[user + 1]!; d++) if (d !== except) out.push(deliveryId(ref, this.o.index, this.o.count, d, devices));
+    };
+    for (let i = 0; i < this.acceptedRef.length; i++) {
+      const ref = this.acceptedRef[i]!;
+      const to = this.acceptedTo[i]!;
+      const from = this.acceptedFrom[i]!;
+      if (to >= 0) {
+        owe(ref, to, -1);
+        if (own) owe(ref, userOf(from), from);
+      } else for (const m of this.pop.groups[-to - 1]!) owe(ref, m, from);
+    }
+    return out;
+  }
+
   /** After the drain: every device leaves cleanly; the whole-run histograms. */
   async finish(): Promise<GeneratorTotals> {
     this.phase = 'stopped';
@@ -615,7 +687,11 @@ export class LoadSession {
     await this.driver.close();
     this.self.stop();
     const counters = this.driver.counters?.() ?? {};
+    // The ledger goes up before `done`, in messages of bounded size; `done` says how many.
+    const chunks = this.track ? ledgerChunks(this.owedIds(), this.arrived) : [];
+    for (const c of chunks) this.o.emit({ type: 'ledger', ...c });
     return {
+      ledgerChunks: chunks.length,
       latency: encodeHistogram(this.latency.total),
       catchupLatency: encodeHistogram(this.catchupLatency.total),
       campaignReach: encodeHistogram(this.campaignReach.total),

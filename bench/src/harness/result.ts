@@ -114,9 +114,14 @@ export interface DeliveryAccount {
   tracked: boolean;
   /** Deliveries owed by accepted messages (each recipient device, and the sender's other devices where the server copies). */
   expected: number;
+  /** Owed deliveries that arrived, each once. */
   received: number;
-  /** expected − received after the drain (negative would mean duplicates reached the application). */
+  /** Owed deliveries that had not arrived after the drain, by delivery id (harness/ledger.ts): an extra arrival never offsets a missing one. */
   missing: number;
+  /** Deliveries that arrived though nothing was owed to that device (by id). */
+  unexpected: number;
+  /** Arrivals of an id already counted, which the driver did not drop as re-deliveries. */
+  repeats: number;
   /** Time after the end of the run until every owed delivery arrived, or the drain timed out. */
   drainMs: number;
   complete: boolean;
@@ -329,6 +334,7 @@ export function bottlenecks(r: Pick<RunResult, 'intervals' | 'verdict' | 'totals
   const half = Math.floor(p99s.length / 2);
   if (half >= 3 && mean(p99s.slice(half)) > 2 * mean(p99s.slice(0, half)) && mean(p99s.slice(half)) > 50) out.push('Latency p99 doubled from the first to the second half of the steady state: a queue was growing.');
   const d = r.totals.delivery;
+  if (d.tracked && d.unexpected > 0) out.push(`${d.unexpected} deliveries arrived on devices nothing was owed to.`);
   if (d.tracked && d.missing > 0) out.push(`${d.missing} accepted deliveries had not arrived ${(d.drainMs / 1000).toFixed(1)} s after the end of the run.`);
   if (out.length === 0) out.push('No resource was saturated: no host out of CPU, no process pinned, no backlog. The offered load was below the capacity of this set-up; raise it to find the limit.');
   return out;

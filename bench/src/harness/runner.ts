@@ -10,6 +10,7 @@ import { Resources, sleep, spawnNode, type Child } from '../procs.js';
 import { serveClock } from './clock.js';
 import { boundedSubscribe, connectControl, decodeFromGenerator, encodeControl, SUBJECT, type FromGenerator, type GeneratorInterval, type GeneratorTotals, type ToGenerator } from './control.js';
 import { HarnessError, ScenarioError } from './errors.js';
+import { accountDeliveries } from './ledger.js';
 import { renderHtmlReport } from './html.js';
 import { NAMESPACE_PATTERN, userName } from './identity.js';
 import { mergeEncoded, percentiles } from './latency.js';
@@ -78,6 +79,8 @@ interface Gen {
   expected: number;
   receivedTotal: number;
   pending: number;
+  /** `ledger` messages received from it (its `done` says how many it sent). */
+  ledgerChunks: number;
 }
 
 interface RunnerSample {
@@ -120,6 +123,9 @@ class Run {
   private readonly samples: IntervalSample[] = [];
   private readonly errors: Record<string, number> = {};
   private readonly totals = { sent: 0, accepted: 0, failed: 0, received: 0, catchup: 0, campaign: 0, presence: 0, stray: 0, skipped: 0 };
+  /** Every generator's delivery ledger (ledger.ts): ids owed by accepted sends, ids that arrived. */
+  private readonly owedIds: number[] = [];
+  private readonly arrivedIds: number[] = [];
   private readonly notes: string[] = [];
   private nc!: NatsConnection;
   private target!: StartedTarget;
@@ -277,6 +283,11 @@ class Run {
         k.set(g.id, m);
         break;
       }
+      case 'ledger':
+        g.ledgerChunks++;
+        for (const id of m.owed) this.owedIds.push(id);
+        for (const id of m.received) this.arrivedIds.push(id);
+        break;
       case 'done':
         g.done = m;
         g.expected = m.expected;
@@ -376,7 +387,7 @@ class Run {
     sub.unsubscribe();
     let index = 0;
     for (const h of hellos.values()) {
-      const g: Gen = { id: h.gen, index: index++, host: h.host, pid: h.pid, lastBeat: performance.now(), expected: 0, receivedTotal: 0, pending: 0 };
+      const g: Gen = { id: h.gen, index: index++, host: h.host, pid: h.pid, lastBeat: performance.now(), expected: 0, receivedTotal: 0, pending: 0, ledgerChunks: 0 };
       this.gens.set(g.id, g);
       this.send(g, { type: 'assign', run: this.run, index: g.index, count: want });
     }
@@ -567,6 +578,23 @@ class Run {
     return { expected, received, pending, campaignReceived: this.totals.campaign };
   }
 
+  /**
+   * Loss by delivery id: the ids accepted sends owe that never arrived (harness/ledger.ts). With a
+   * generator's ledger incomplete (a `ledger` message lost) nothing can be said by id: the run is
+   * not complete, and the note says why.
+   */
+  private delivery(tracked: boolean, drainMs: number, complete: boolean): RunResult['totals']['delivery'] {
+    if (!tracked) return { tracked, expected: 0, received: 0, missing: 0, unexpected: 0, repeats: 0, drainMs, complete };
+    const lost = [...this.gens.values()].filter((g) => g.ledgerChunks !== g.done?.ledgerChunks);
+    if (lost.length > 0) {
+      this.notes.push(`The delivery ledgers of ${lost.map((g) => `gen${g.index}`).join(', ')} did not all arrive: loss cannot be counted by id; the counts shown are owed − received.`);
+      const owed = this.owed();
+      return { tracked, expected: owed.expected, received: owed.received, missing: Math.max(0, owed.expected - owed.received), unexpected: 0, repeats: 0, drainMs, complete: false };
+    }
+    const a = accountDeliveries(this.owedIds, this.arrivedIds);
+    return { tracked, expected: a.expected, received: a.received, missing: a.missing, unexpected: a.unexpected, repeats: a.repeats, drainMs, complete: complete && a.missing === 0 };
+  }
+
   /** Interval `assembled + 1` can be built: every generator reported it, or the laggards are 3 intervals late. */
   private assembleReady(): boolean {
     const k = this.assembled + 1;
@@ -665,7 +693,7 @@ class Run {
         sendLag: merged((t) => t.sendLag),
         connectTime: merged((t) => t.connectTime),
         errors: this.errors,
-        delivery: { tracked, expected: tracked ? owed.expected : 0, received: tracked ? owed.received : 0, missing: tracked ? owed.expected - owed.received : 0, drainMs, complete },
+        delivery: this.delivery(tracked, drainMs, complete),
         campaigns: { expected: this.campaignsExpected, received: this.totals.campaign },
         driver,
       },
