@@ -9,14 +9,16 @@
 import t, { type Test } from 'tap';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { createServer, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { exportJWK, generateKeyPair as joseKeyPair, SignJWT, UnsecuredJWT, type CryptoKey } from 'jose';
 import {
-  ErrorCode, generateKeyPair, toBase64Url, type ClientHandshakeOptions, type KeyPair, type Msg, type Registration, type ResumptionState, type ServerMessage,
+  ClientHandshake, ErrorCode, generateKeyPair, toBase64Url, type ClientHandshakeOptions, type KeyPair, type Msg, type Registration, type ResumptionState, type ServerMessage,
 } from '@gravitas/protocol';
 import { startNode, validateConfig, type RunningNode } from '@gravitas/server';
-import { NatsServer, tempDir } from '@gravitas/testkit';
+import { check, NatsServer, tempDir } from '@gravitas/testkit';
 import { clusterKeys, nodeConfig } from '../fixtures/cluster.js';
-import { rawHandshake, type RawSession } from '../fixtures/raw.js';
+import { RawConn, rawHandshake, type RawSession } from '../fixtures/raw.js';
 
 const ISSUER = 'https://auth.example.test';
 const ADMIN_TOKEN = `admin-${randomBytes(12).toString('hex')}`;
@@ -113,6 +115,47 @@ async function register(t: Test, address: string, d: Device, source: string): Pr
 }
 
 const isMsg = (m: ServerMessage): m is Msg => m.t === 'msg';
+type Bye = Extract<ServerMessage, { t: 'bye' }>;
+type Status = Extract<ServerMessage, { t: 'status' }>;
+const isBye = (m: ServerMessage): m is Bye => m.t === 'bye';
+
+/** The next message with id `id` on `s`, acknowledged as the SDK would (so custody can answer `delivered`). */
+async function receive(s: RawSession, id: string): Promise<Msg> {
+  const m = await until(s, (x): x is Msg => isMsg(x) && x.id === id);
+  s.conn.sendSealed(s.channel, { t: 'ack', id: m.id, from: m.from });
+  return m;
+}
+
+/** Sends a 1:1 message and returns its final status (delivered, stored or failed). */
+async function sendTo(s: RawSession, to: string, id: string): Promise<Status> {
+  s.conn.sendSealed(s.channel, { t: 'send', id, to, text: id });
+  return until(s, (m): m is Status => m.t === 'status' && m.id === id, 20_000);
+}
+
+/** What a session gets next after a ping: its pong (it is open) or its bye (with the code). */
+async function pingOrBye(s: RawSession, n: number): Promise<string> {
+  s.conn.sendSealed(s.channel, { t: 'ping', n });
+  const m = await until(s, (x): x is Bye | Extract<ServerMessage, { t: 'pong' }> => isBye(x) || (x.t === 'pong' && x.n === n));
+  return m.t === 'bye' ? m.code : 'pong';
+}
+
+/** A handshake up to the server's welcome, without the finish: the server has checked the account, the session is not registered yet. */
+async function halfHandshake(t: Test, address: string, o: ClientHandshakeOptions, source: string): Promise<{ conn: RawConn; finish: () => RawSession }> {
+  const conn = await RawConn.open(address, source);
+  t.teardown(() => conn.destroy());
+  const hs = new ClientHandshake(o);
+  conn.sendPlain(hs.hello());
+  const m = await conn.nextPlain();
+  if (m.t !== 'welcome') throw new Error(`expected a welcome, got ${JSON.stringify(m)}`);
+  const result = hs.complete(m);
+  return {
+    conn,
+    finish: () => {
+      conn.sendSealed(result.channel, result.finish);
+      return { conn, hs, result, channel: result.channel };
+    },
+  };
+}
 
 /** `devices.link` from a session of the account: the approval for device `d`'s key. */
 async function approve(s: RawSession, d: Device): Promise<Uint8Array> {
@@ -261,6 +304,10 @@ t.test('an operator suspends an account: sessions end, every cell refuses it, me
   const admin = nodes[0]!.adminUrl;
   const post = (path: string, token = ADMIN_TOKEN): Promise<Response> => fetch(`${admin}${path}`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
 
+  // helen's cell (node a) has gina's devices cached from a first message: the suspension must reach that cache too.
+  const [first] = await Promise.all([sendTo(hs, 'gina', 'to-gina-0'), receive(gs, 'to-gina-0')]);
+  t.equal(first.s, 'delivered', 'before: helen reaches gina across nodes');
+
   t.equal((await post('/admin/accounts/gina/suspend', 'wrong')).status, 401, 'not without the admin token');
   t.equal((await post('/admin/accounts/nobody-at-all/suspend')).status, 404, 'no such account');
   const r = await post('/admin/accounts/gina/suspend');
@@ -277,8 +324,11 @@ t.test('an operator suspends an account: sessions end, every cell refuses it, me
   t.ok(info.suspendedAt !== undefined && info.devices.length === 1, 'the account shows as suspended');
 
   t.equal((await post('/admin/accounts/gina/unsuspend')).status, 200);
-  await connect(t, a1, gina, src);
+  const back = await connect(t, a1, gina, src);
   t.pass('lifted: the device connects again');
+  t.equal(await codeOf(b0, opts(gina, { resume: ticket }), src), ErrorCode.TICKET_REPLAYED, 'the ticket refused during the suspension was spent by that refusal: it does not work now, on another node');
+  const [again] = await Promise.all([sendTo(hs, 'gina', 'to-gina-2'), receive(back, 'to-gina-2')]);
+  t.equal(again.s, 'delivered', 'messages reach it again: no cell kept the suspended (empty) device list');
 });
 
 t.test('system senders and ids are reserved', async (t) => {
@@ -431,4 +481,88 @@ t.test('a message costs its fan-out: a burst to a group is cut after a few, a ne
   t.equal(limited, N - stored, 'the rest refused with RATE_LIMITED (the SDK would send them again later)');
   x.conn.sendSealed(x.channel, { t: 'send', id: 'x1', to: 'yuri', text: 'hi yuri' });
   t.equal((await until(y, isMsg)).text, 'hi yuri', 'a neighbour on the same cell chats as usual');
+});
+
+t.test('a device that connects again replaces its session: SESSION_REPLACED on the same cell and from another node', async (t) => {
+  const src = newSource();
+  const sam = device('sam', 'phone');
+  const first = await register(t, a0, sam, src);
+  const second = await connect(t, a0, sam, src);
+  t.equal((await until(first, isBye)).code, ErrorCode.SESSION_REPLACED, 'the older session on the same cell is told why');
+  t.ok(await first.conn.serverClosed(), 'and closed');
+  const third = await connect(t, b1, sam, src);
+  t.equal((await until(second, isBye)).code, ErrorCode.SESSION_REPLACED, 'the session on node a is told when the device connects on node b');
+  t.ok(await second.conn.serverClosed(), 'and closed');
+  t.equal(await pingOrBye(third, 7), 'pong', 'the newest session lives on');
+  // One session per device: a message reaches the newest only.
+  const tom = await register(t, a1, device('tom', 'phone'), newSource());
+  const [st] = await Promise.all([sendTo(tom, 'sam', 'to-sam-1'), receive(third, 'to-sam-1')]);
+  t.equal(st.s, 'delivered');
+});
+
+t.test('device lists are dropped on every cell at once: a device added or removed on node a is seen by a sender on node b', async (t) => {
+  const src = newSource();
+  const phone = device('uma', 'phone');
+  const ps = await register(t, b0, phone, src);
+  const vic = await register(t, b1, device('vic', 'phone'), src);
+  // vic's cell (b1) caches uma's devices with this first message: [phone].
+  const [s1] = await Promise.all([sendTo(vic, 'uma', 'v1'), receive(ps, 'v1')]);
+  t.equal(s1.s, 'delivered', 'the phone got the first message');
+
+  const tablet = device('uma', 'tablet');
+  const ts = await connect(t, a0, tablet, src, { registration: { link: await approve(ps, tablet) } });
+  // At once (no wait for the cache's 5 s TTL): the next message fans out to both devices.
+  const [s2, onPhone, onTablet] = await Promise.all([sendTo(vic, 'uma', 'v2'), receive(ps, 'v2'), receive(ts, 'v2')]);
+  t.equal(onTablet.id, 'v2', 'the tablet, added on node a a moment ago, gets the next message sent through node b');
+  t.equal(onPhone.id, 'v2');
+  // `stored` is as good here: the sender's directory cache (2 s) may not know where the tablet is yet; it then gets it from its mailbox.
+  t.ok(s2.s === 'delivered' || s2.s === 'stored', `settled for both devices (${s2.s})`);
+
+  t.ok((await request(ps, 'devices.remove', { device: 'tablet' })).ok, 'the phone removes the tablet');
+  t.equal((await until(ts, isBye)).code, ErrorCode.DEVICE_REVOKED);
+  // A cell that still listed the tablet would hold the message for it (offline) and answer `stored`.
+  const [s3] = await Promise.all([sendTo(vic, 'uma', 'v3'), receive(ps, 'v3')]);
+  t.equal(s3.s, 'delivered', 'the next message is for the phone alone: delivered, nothing kept for the removed tablet');
+});
+
+t.test('a session whose handshake read the account just before a removal is refused when it registers after the broadcast', async (t) => {
+  const src = newSource();
+  const phone = device('wes', 'phone');
+  const ps = await register(t, a1, phone, src);
+  const tablet = device('wes', 'tablet');
+  const live = await connect(t, b0, tablet, src, { registration: { link: await approve(ps, tablet) } });
+  // A second handshake of the tablet on the same cell, stopped after the server's welcome: its account check passed.
+  const pending = await halfHandshake(t, b0, opts(tablet), src);
+  t.ok((await request(ps, 'devices.remove', { device: 'tablet' })).ok, 'removed from node a');
+  t.equal((await until(live, isBye)).code, ErrorCode.DEVICE_REVOKED, 'the broadcast has passed the cell: its live session there ended');
+  const late = pending.finish();
+  t.equal(await pingOrBye(late, 1), ErrorCode.DEVICE_REVOKED, 'the late session is refused by the memory of recent revocations, not opened');
+  t.ok(await late.conn.serverClosed(), 'and closed');
+});
+
+t.test('tickets, credentials and link approvals are spent once across cells and nodes, whatever happens after', async (t) => {
+  const src = newSource();
+  const xia = device('xia', 'phone');
+  const cred = await credential({ user: 'xia', device: 'phone', key: xia.identity.publicKey });
+  const s0 = await connect(t, a0, xia, src, { registration: { credential: cred } });
+  const t0 = s0.result.resumption!;
+  s0.conn.destroy();
+  const s1 = await connect(t, b1, xia, src, { resume: t0 });
+  t.ok(s1.result.welcome.resumed, 'the ticket from node a resumes on node b');
+  t.same(
+    await Promise.all([a0, a1, b0, b1].map((address) => codeOf(address, opts(xia, { resume: t0 }), src))),
+    [ErrorCode.TICKET_REPLAYED, ErrorCode.TICKET_REPLAYED, ErrorCode.TICKET_REPLAYED, ErrorCode.TICKET_REPLAYED],
+    'then it is refused on every cell of both nodes, the one that issued it included',
+  );
+  // A resumption that never finishes (the client vanished after the welcome) has spent its ticket all the same.
+  const t1 = s1.result.resumption!;
+  const half = await halfHandshake(t, a1, opts(xia, { resume: t1 }), src);
+  half.conn.destroy();
+  t.equal(await codeOf(b0, opts(xia, { resume: t1 }), src), ErrorCode.TICKET_REPLAYED, 'a ticket sent once is spent, even if that handshake never finished');
+
+  // The credential's jti: the device removes itself, and the captured credential cannot bring it back, on another node.
+  s1.conn.sendSealed(s1.channel, { t: 'req', rid: ++rids, op: 'devices.remove', a: { device: 'phone' } });
+  t.equal((await until(s1, isBye)).code, ErrorCode.DEVICE_REVOKED, 'the phone removed itself: its session ends (before the answer could be sent)');
+  t.equal(await codeOf(b0, opts(xia, { registration: { credential: cred } }), src), ErrorCode.REGISTRATION_DENIED, 'a credential is spent once, cluster-wide');
+  t.equal(await codeOf(a1, opts(xia, { registration: { credential: await credential({ user: 'xia', device: 'phone', key: xia.identity.publicKey }) } }), src), 'ok', 'a fresh one registers it again');
 });
