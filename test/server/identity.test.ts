@@ -566,3 +566,52 @@ t.test('tickets, credentials and link approvals are spent once across cells and 
   t.equal(await codeOf(b0, opts(xia, { registration: { credential: cred } }), src), ErrorCode.REGISTRATION_DENIED, 'a credential is spent once, cluster-wide');
   t.equal(await codeOf(a1, opts(xia, { registration: { credential: await credential({ user: 'xia', device: 'phone', key: xia.identity.publicKey }) } }), src), 'ok', 'a fresh one registers it again');
 });
+
+t.test('BUSY: at most limits.maxHandshakesInFlight handshakes are worked on at once per cell; a finished one frees its slot', async (t) => {
+  // The operator's JWKS behind a URL that holds every request until released: credential handshakes wait on it, in progress.
+  const held: ServerResponse[] = [];
+  let released = false;
+  const jwks = createServer((_req, res) => {
+    if (released) res.end(JSON.stringify({ keys: [jwk] }));
+    else held.push(res);
+  });
+  await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    for (const res of held) res.destroy();
+    jwks.close();
+  });
+  const capNode = await startNode(
+    validateConfig(nodeConfig({
+      natsUrl: nats.url, nodeId: 'cap', dataDir: join(dir.path, 'cap'), keys, cells: 1,
+      extra: {
+        prefix: 'cap',
+        registration: { mode: 'credential', credential: { issuer: ISSUER, audience: 'gravitas', jwksUrl: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks.json` } },
+        limits: { maxHandshakesInFlight: 2 },
+      },
+    })),
+    () => undefined,
+  );
+  t.teardown(() => capNode.stop());
+  const [cell] = capNode.clientAddresses as [string];
+  const src = newSource();
+  const devices = Array.from({ length: 4 }, (_, i) => device(`cap${i}`, 'phone'));
+  const hello = async (d: Device): Promise<Partial<ClientHandshakeOptions>> => ({ registration: { credential: await credential({ user: d.user, device: d.device, key: d.identity.publicKey }) } });
+  const answers: Array<{ code: string; message: string }> = [];
+  const all = Promise.all(devices.map(async (d) => {
+    const a = await refusal(cell, opts(d, await hello(d)), src);
+    answers.push(a);
+    return a;
+  }));
+  // Two are in progress (waiting on the key set), the other two refused at once, before any work.
+  await check('two first flights answered while two wait on the key set', () => answers.length >= 2, { timeout: 4000, interval: 20 }).catch(() => undefined);
+  t.same(answers.slice(0, 2).map((a) => a.code), [ErrorCode.BUSY, ErrorCode.BUSY], 'beyond two in progress: BUSY');
+  t.match(answers[0]?.message ?? '', /too many handshakes in progress/, 'refused by the cap (not by the key set timing out)');
+  await check('the admitted handshakes asked for the key set', () => held.length >= 1, { timeout: 4000, interval: 20 }).catch(() => undefined);
+  t.ok(held.length >= 1, 'the two admitted handshakes are waiting on the key set (jose shares one fetch)');
+  released = true;
+  for (const res of held.splice(0)) res.end(JSON.stringify({ keys: [jwk] }));
+  const codes = (await all).map((a) => a.code).sort();
+  t.same(codes, ['BUSY', 'BUSY', 'ok', 'ok'], 'the two in progress complete once the key set answers');
+  const next = device('cap9', 'phone');
+  t.equal(await codeOf(cell, opts(next, await hello(next)), src), 'ok', 'the slots are free again: the next hello is worked on and registers');
+});
