@@ -10,7 +10,7 @@ import t, { type Test } from 'tap';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { createServer, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { exportJWK, generateKeyPair as joseKeyPair, SignJWT, UnsecuredJWT, type CryptoKey } from 'jose';
 import {
   ClientHandshake, ErrorCode, generateKeyPair, toBase64Url, type ClientHandshakeOptions, type KeyPair, type Msg, type Registration, type ResumptionState, type ServerMessage,
@@ -614,4 +614,60 @@ t.test('BUSY: at most limits.maxHandshakesInFlight handshakes are worked on at o
   t.same(codes, ['BUSY', 'BUSY', 'ok', 'ok'], 'the two in progress complete once the key set answers');
   const next = device('cap9', 'phone');
   t.equal(await codeOf(cell, opts(next, await hello(next)), src), 'ok', 'the slots are free again: the next hello is worked on and registers');
+});
+
+/** A TCP forwarder to the nats-server that the test can cut (every connection dropped, new ones refused) and heal: a node behind it is cut off from NATS. */
+async function natsLink(t: Test, target: string): Promise<{ url: string; cut: () => void; heal: () => void }> {
+  const { port: natsPort } = new URL(target);
+  const sockets = new Set<Socket>();
+  let down = false;
+  const server = createNetServer((client) => {
+    if (down) return void client.destroy();
+    const upstream = netConnect(Number(natsPort), '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      s.on('close', () => {
+        sockets.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  return {
+    url: `nats://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    cut: () => {
+      down = true;
+      for (const s of sockets) s.destroy();
+    },
+    heal: () => void (down = false),
+  };
+}
+
+t.test('a cell cut off from NATS while a device was removed ends that device\'s session when it reconnects', async (t) => {
+  const link = await natsLink(t, nats.url);
+  // A third node of the same cluster, whose only way to NATS is the link.
+  const far = await startNode(validateConfig(nodeConfig({ natsUrl: link.url, nodeId: 'id-far', dataDir: join(dir.path, 'id-far'), keys, cells: 1, extra: production })), () => undefined);
+  t.teardown(() => far.stop());
+  const [farCell] = far.clientAddresses as [string];
+  const src = newSource();
+  const phone = device('zoe', 'phone');
+  const ps = await register(t, a0, phone, src);
+  const tablet = device('zoe', 'tablet');
+  const ts = await connect(t, farCell, tablet, src, { registration: { link: await approve(ps, tablet) } });
+
+  link.cut();
+  t.ok((await request(ps, 'devices.remove', { device: 'tablet' })).ok, 'the tablet is removed on node a while its cell is cut off');
+  // The broadcast cannot reach the far cell: the tablet's session is still open there (the fault had its effect).
+  t.equal(await pingOrBye(ts, 1), 'pong', 'the cut-off cell never heard of the removal: the session still answers');
+  link.heal();
+  t.equal((await until(ts, isBye, 30_000)).code, ErrorCode.DEVICE_REVOKED, 'back on NATS, the cell re-checks its sessions: the removed device\'s session ends');
+  t.ok(await ts.conn.serverClosed(), 'and closed');
 });
