@@ -1,7 +1,8 @@
 /*
  * Identity and authorization against production-mode nodes (registration by the
  * operator's credentials, an admin token), tried as an attacker with a valid app
- * would (docs/security.md). Two nodes of two cells each: what is cluster-wide is
+ * would (docs/security.md). Two nodes of two cells each (and a third of one cell, with a
+ * rotated ticket key, behind a NATS link the test can cut): what is cluster-wide is
  * checked on every cell. Clients speak the protocol by hand (fixtures/raw.ts), so
  * every refusal's code is seen as the server sends it; each test connects from
  * its own 127.0.0.x source, as per-source limits count by address.
@@ -48,6 +49,38 @@ for (const id of ['id-a', 'id-b']) {
 }
 const cells = nodes.flatMap((n) => n.clientAddresses);
 const [a0, a1, b0, b1] = cells as [string, string, string, string];
+
+// A third node of the same cluster, one cell, for three tests: it has rotated the ticket key (a
+// new current key, the cluster's as previous); its only way to NATS is a link the test can cut;
+// it fetches the credential keys from a URL that holds every request until the test releases it,
+// and works on at most two handshakes at once.
+const NEW_TICKET_KEY = { id: 2, key: toBase64Url(randomBytes(32)) };
+const link = await natsLink(t, nats.url);
+const heldJwks: ServerResponse[] = [];
+let jwksReleased = false;
+const jwksServer = createServer((_req, res) => {
+  if (jwksReleased) res.end(JSON.stringify({ keys: [jwk] }));
+  else heldJwks.push(res);
+});
+await new Promise<void>((resolve) => jwksServer.listen(0, '127.0.0.1', resolve));
+t.teardown(() => {
+  for (const res of heldJwks) res.destroy();
+  jwksServer.close();
+});
+const far = await startNode(
+  validateConfig(nodeConfig({
+    natsUrl: link.url, nodeId: 'id-far', dataDir: join(dir.path, 'id-far'), keys, cells: 1,
+    extra: {
+      ...production,
+      registration: { mode: 'credential', credential: { issuer: ISSUER, audience: 'gravitas', jwksUrl: `http://127.0.0.1:${(jwksServer.address() as AddressInfo).port}/jwks.json` } },
+      ticketKeys: [NEW_TICKET_KEY, ...keys.ticketKeys],
+      limits: { ...production.limits, maxHandshakesInFlight: 2 },
+    },
+  })),
+  () => undefined,
+);
+t.teardown(() => far.stop());
+const [farCell] = far.clientAddresses as [string];
 
 let sourceSeq = 10;
 /** A fresh 127.0.0.x source for one test: failed registrations are counted per source. */
@@ -568,31 +601,8 @@ t.test('tickets, credentials and link approvals are spent once across cells and 
 });
 
 t.test('BUSY: at most limits.maxHandshakesInFlight handshakes are worked on at once per cell; a finished one frees its slot', async (t) => {
-  // The operator's JWKS behind a URL that holds every request until released: credential handshakes wait on it, in progress.
-  const held: ServerResponse[] = [];
-  let released = false;
-  const jwks = createServer((_req, res) => {
-    if (released) res.end(JSON.stringify({ keys: [jwk] }));
-    else held.push(res);
-  });
-  await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => {
-    for (const res of held) res.destroy();
-    jwks.close();
-  });
-  const capNode = await startNode(
-    validateConfig(nodeConfig({
-      natsUrl: nats.url, nodeId: 'cap', dataDir: join(dir.path, 'cap'), keys, cells: 1,
-      extra: {
-        prefix: 'cap',
-        registration: { mode: 'credential', credential: { issuer: ISSUER, audience: 'gravitas', jwksUrl: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks.json` } },
-        limits: { maxHandshakesInFlight: 2 },
-      },
-    })),
-    () => undefined,
-  );
-  t.teardown(() => capNode.stop());
-  const [cell] = capNode.clientAddresses as [string];
+  // The far node: its key set is held until released, so credential handshakes wait on it, in progress.
+  const cell = farCell;
   const src = newSource();
   const devices = Array.from({ length: 4 }, (_, i) => device(`cap${i}`, 'phone'));
   const hello = async (d: Device): Promise<Partial<ClientHandshakeOptions>> => ({ registration: { credential: await credential({ user: d.user, device: d.device, key: d.identity.publicKey }) } });
@@ -606,10 +616,10 @@ t.test('BUSY: at most limits.maxHandshakesInFlight handshakes are worked on at o
   await check('two first flights answered while two wait on the key set', () => answers.length >= 2, { timeout: 4000, interval: 20 }).catch(() => undefined);
   t.same(answers.slice(0, 2).map((a) => a.code), [ErrorCode.BUSY, ErrorCode.BUSY], 'beyond two in progress: BUSY');
   t.match(answers[0]?.message ?? '', /too many handshakes in progress/, 'refused by the cap (not by the key set timing out)');
-  await check('the admitted handshakes asked for the key set', () => held.length >= 1, { timeout: 4000, interval: 20 }).catch(() => undefined);
-  t.ok(held.length >= 1, 'the two admitted handshakes are waiting on the key set (jose shares one fetch)');
-  released = true;
-  for (const res of held.splice(0)) res.end(JSON.stringify({ keys: [jwk] }));
+  await check('the admitted handshakes asked for the key set', () => heldJwks.length >= 1, { timeout: 4000, interval: 20 }).catch(() => undefined);
+  t.ok(heldJwks.length >= 1, 'the two admitted handshakes are waiting on the key set (jose shares one fetch)');
+  jwksReleased = true;
+  for (const res of heldJwks.splice(0)) res.end(JSON.stringify({ keys: [jwk] }));
   const codes = (await all).map((a) => a.code).sort();
   t.same(codes, ['BUSY', 'BUSY', 'ok', 'ok'], 'the two in progress complete once the key set answers');
   const next = device('cap9', 'phone');
@@ -651,12 +661,24 @@ async function natsLink(t: Test, target: string): Promise<{ url: string; cut: ()
   };
 }
 
+
+t.test('ticket key rotation across nodes: a node with a new key takes tickets of the previous one, spent once across the rotation', async (t) => {
+  const src = newSource();
+  const ada = device('ada', 'phone');
+  const s0 = await register(t, a0, ada, src);
+  const oldTicket = s0.result.resumption!;
+  t.equal(oldTicket.ticket[0], keys.ticketKeys[0]!.id, 'node a seals under the cluster\'s key');
+  const s1 = await connect(t, farCell, ada, src, { resume: oldTicket });
+  t.ok(s1.result.welcome.resumed, 'the rotated node resumes a ticket sealed under its previous key');
+  const newTicket = s1.result.resumption!;
+  t.equal(newTicket.ticket[0], NEW_TICKET_KEY.id, 'and seals its own under the new key');
+  t.equal(await codeOf(a1, opts(ada, { resume: newTicket }), src), ErrorCode.TICKET_INVALID, 'a node not yet rotated cannot open it (operations.md: the SDK falls back to a full handshake)');
+  t.equal(await codeOf(b0, opts(ada, { resume: oldTicket }), src), ErrorCode.TICKET_REPLAYED, 'the old ticket, spent on the rotated node, is refused on the others');
+  const s2 = await connect(t, farCell, ada, src, { resume: newTicket });
+  t.ok(s2.result.welcome.resumed, 'the new ticket resumes where its key is known (a ticket that failed to open was not spent)');
+});
+
 t.test('a cell cut off from NATS while a device was removed ends that device\'s session when it reconnects', async (t) => {
-  const link = await natsLink(t, nats.url);
-  // A third node of the same cluster, whose only way to NATS is the link.
-  const far = await startNode(validateConfig(nodeConfig({ natsUrl: link.url, nodeId: 'id-far', dataDir: join(dir.path, 'id-far'), keys, cells: 1, extra: production })), () => undefined);
-  t.teardown(() => far.stop());
-  const [farCell] = far.clientAddresses as [string];
   const src = newSource();
   const phone = device('zoe', 'phone');
   const ps = await register(t, a0, phone, src);
