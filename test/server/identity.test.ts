@@ -350,6 +350,9 @@ t.test('an operator suspends an account: sessions end, every cell refuses it, me
   t.equal(bye.code, ErrorCode.ACCOUNT_SUSPENDED, 'the live session ends with the code');
   t.same(await Promise.all(cells.map((a) => codeOf(a, opts(gina), src))), cells.map(() => ErrorCode.ACCOUNT_SUSPENDED), 'its device is refused on every cell');
   t.equal(await codeOf(a1, opts(gina, { resume: ticket }), src), ErrorCode.ACCOUNT_SUSPENDED, 'and its ticket');
+  const newcomer = device('gina', 'tablet');
+  const cred = { registration: { credential: await credential({ user: 'gina', device: 'tablet', key: newcomer.identity.publicKey }) } };
+  t.equal(await codeOf(b0, opts(newcomer, cred), src), ErrorCode.ACCOUNT_SUSPENDED, 'it cannot register a device, even with a valid credential');
   hs.conn.sendSealed(hs.channel, { t: 'send', id: 'to-gina-1', to: 'gina', text: 'hi' });
   const st = await until(hs, (m): m is Extract<ServerMessage, { t: 'status' }> => m.t === 'status' && m.id === 'to-gina-1');
   t.same([st.s, st.code], ['failed', ErrorCode.UNDELIVERABLE], 'messages to it are undeliverable');
