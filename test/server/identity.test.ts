@@ -1,7 +1,8 @@
 /*
  * Identity and authorization against production-mode nodes (registration by the
  * operator's credentials, an admin token), tried as an attacker with a valid app
- * would (docs/security.md). Two nodes of two cells each: what is cluster-wide is
+ * would (docs/security.md). Two nodes of two cells each (and a third of one cell, with a
+ * rotated ticket key, behind a NATS link the test can cut): what is cluster-wide is
  * checked on every cell. Clients speak the protocol by hand (fixtures/raw.ts), so
  * every refusal's code is seen as the server sends it; each test connects from
  * its own 127.0.0.x source, as per-source limits count by address.
@@ -9,14 +10,16 @@
 import t, { type Test } from 'tap';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { createServer, type ServerResponse } from 'node:http';
+import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { exportJWK, generateKeyPair as joseKeyPair, SignJWT, UnsecuredJWT, type CryptoKey } from 'jose';
 import {
-  ErrorCode, generateKeyPair, toBase64Url, type ClientHandshakeOptions, type KeyPair, type Msg, type Registration, type ResumptionState, type ServerMessage,
+  ClientHandshake, ErrorCode, generateKeyPair, toBase64Url, type ClientHandshakeOptions, type KeyPair, type Msg, type Registration, type ResumptionState, type ServerMessage,
 } from '@gravitas/protocol';
 import { startNode, validateConfig, type RunningNode } from '@gravitas/server';
-import { NatsServer, tempDir } from '@gravitas/testkit';
+import { check, NatsServer, tempDir } from '@gravitas/testkit';
 import { clusterKeys, nodeConfig } from '../fixtures/cluster.js';
-import { rawHandshake, type RawSession } from '../fixtures/raw.js';
+import { RawConn, rawHandshake, type RawSession } from '../fixtures/raw.js';
 
 const ISSUER = 'https://auth.example.test';
 const ADMIN_TOKEN = `admin-${randomBytes(12).toString('hex')}`;
@@ -46,6 +49,38 @@ for (const id of ['id-a', 'id-b']) {
 }
 const cells = nodes.flatMap((n) => n.clientAddresses);
 const [a0, a1, b0, b1] = cells as [string, string, string, string];
+
+// A third node of the same cluster, one cell, for three tests: it has rotated the ticket key (a
+// new current key, the cluster's as previous); its only way to NATS is a link the test can cut;
+// it fetches the credential keys from a URL that holds every request until the test releases it,
+// and works on at most two handshakes at once.
+const NEW_TICKET_KEY = { id: 2, key: toBase64Url(randomBytes(32)) };
+const link = await natsLink(t, nats.url);
+const heldJwks: ServerResponse[] = [];
+let jwksReleased = false;
+const jwksServer = createServer((_req, res) => {
+  if (jwksReleased) res.end(JSON.stringify({ keys: [jwk] }));
+  else heldJwks.push(res);
+});
+await new Promise<void>((resolve) => jwksServer.listen(0, '127.0.0.1', resolve));
+t.teardown(() => {
+  for (const res of heldJwks) res.destroy();
+  jwksServer.close();
+});
+const far = await startNode(
+  validateConfig(nodeConfig({
+    natsUrl: link.url, nodeId: 'id-far', dataDir: join(dir.path, 'id-far'), keys, cells: 1,
+    extra: {
+      ...production,
+      registration: { mode: 'credential', credential: { issuer: ISSUER, audience: 'gravitas', jwksUrl: `http://127.0.0.1:${(jwksServer.address() as AddressInfo).port}/jwks.json` } },
+      ticketKeys: [NEW_TICKET_KEY, ...keys.ticketKeys],
+      limits: { ...production.limits, maxHandshakesInFlight: 2 },
+    },
+  })),
+  () => undefined,
+);
+t.teardown(() => far.stop());
+const [farCell] = far.clientAddresses as [string];
 
 let sourceSeq = 10;
 /** A fresh 127.0.0.x source for one test: failed registrations are counted per source. */
@@ -113,6 +148,47 @@ async function register(t: Test, address: string, d: Device, source: string): Pr
 }
 
 const isMsg = (m: ServerMessage): m is Msg => m.t === 'msg';
+type Bye = Extract<ServerMessage, { t: 'bye' }>;
+type Status = Extract<ServerMessage, { t: 'status' }>;
+const isBye = (m: ServerMessage): m is Bye => m.t === 'bye';
+
+/** The next message with id `id` on `s`, acknowledged as the SDK would (so custody can answer `delivered`). */
+async function receive(s: RawSession, id: string): Promise<Msg> {
+  const m = await until(s, (x): x is Msg => isMsg(x) && x.id === id);
+  s.conn.sendSealed(s.channel, { t: 'ack', id: m.id, from: m.from });
+  return m;
+}
+
+/** Sends a 1:1 message and returns its final status (delivered, stored or failed). */
+async function sendTo(s: RawSession, to: string, id: string): Promise<Status> {
+  s.conn.sendSealed(s.channel, { t: 'send', id, to, text: id });
+  return until(s, (m): m is Status => m.t === 'status' && m.id === id, 20_000);
+}
+
+/** What a session gets next after a ping: its pong (it is open) or its bye (with the code). */
+async function pingOrBye(s: RawSession, n: number): Promise<string> {
+  s.conn.sendSealed(s.channel, { t: 'ping', n });
+  const m = await until(s, (x): x is Bye | Extract<ServerMessage, { t: 'pong' }> => isBye(x) || (x.t === 'pong' && x.n === n));
+  return m.t === 'bye' ? m.code : 'pong';
+}
+
+/** A handshake up to the server's welcome, without the finish: the server has checked the account, the session is not registered yet. */
+async function halfHandshake(t: Test, address: string, o: ClientHandshakeOptions, source: string): Promise<{ conn: RawConn; finish: () => RawSession }> {
+  const conn = await RawConn.open(address, source);
+  t.teardown(() => conn.destroy());
+  const hs = new ClientHandshake(o);
+  conn.sendPlain(hs.hello());
+  const m = await conn.nextPlain();
+  if (m.t !== 'welcome') throw new Error(`expected a welcome, got ${JSON.stringify(m)}`);
+  const result = hs.complete(m);
+  return {
+    conn,
+    finish: () => {
+      conn.sendSealed(result.channel, result.finish);
+      return { conn, hs, result, channel: result.channel };
+    },
+  };
+}
 
 /** `devices.link` from a session of the account: the approval for device `d`'s key. */
 async function approve(s: RawSession, d: Device): Promise<Uint8Array> {
@@ -261,6 +337,10 @@ t.test('an operator suspends an account: sessions end, every cell refuses it, me
   const admin = nodes[0]!.adminUrl;
   const post = (path: string, token = ADMIN_TOKEN): Promise<Response> => fetch(`${admin}${path}`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
 
+  // helen's cell (node a) has gina's devices cached from a first message: the suspension must reach that cache too.
+  const [first] = await Promise.all([sendTo(hs, 'gina', 'to-gina-0'), receive(gs, 'to-gina-0')]);
+  t.equal(first.s, 'delivered', 'before: helen reaches gina across nodes');
+
   t.equal((await post('/admin/accounts/gina/suspend', 'wrong')).status, 401, 'not without the admin token');
   t.equal((await post('/admin/accounts/nobody-at-all/suspend')).status, 404, 'no such account');
   const r = await post('/admin/accounts/gina/suspend');
@@ -270,6 +350,9 @@ t.test('an operator suspends an account: sessions end, every cell refuses it, me
   t.equal(bye.code, ErrorCode.ACCOUNT_SUSPENDED, 'the live session ends with the code');
   t.same(await Promise.all(cells.map((a) => codeOf(a, opts(gina), src))), cells.map(() => ErrorCode.ACCOUNT_SUSPENDED), 'its device is refused on every cell');
   t.equal(await codeOf(a1, opts(gina, { resume: ticket }), src), ErrorCode.ACCOUNT_SUSPENDED, 'and its ticket');
+  const newcomer = device('gina', 'tablet');
+  const cred = { registration: { credential: await credential({ user: 'gina', device: 'tablet', key: newcomer.identity.publicKey }) } };
+  t.equal(await codeOf(b0, opts(newcomer, cred), src), ErrorCode.ACCOUNT_SUSPENDED, 'it cannot register a device, even with a valid credential');
   hs.conn.sendSealed(hs.channel, { t: 'send', id: 'to-gina-1', to: 'gina', text: 'hi' });
   const st = await until(hs, (m): m is Extract<ServerMessage, { t: 'status' }> => m.t === 'status' && m.id === 'to-gina-1');
   t.same([st.s, st.code], ['failed', ErrorCode.UNDELIVERABLE], 'messages to it are undeliverable');
@@ -277,8 +360,11 @@ t.test('an operator suspends an account: sessions end, every cell refuses it, me
   t.ok(info.suspendedAt !== undefined && info.devices.length === 1, 'the account shows as suspended');
 
   t.equal((await post('/admin/accounts/gina/unsuspend')).status, 200);
-  await connect(t, a1, gina, src);
+  const back = await connect(t, a1, gina, src);
   t.pass('lifted: the device connects again');
+  t.equal(await codeOf(b0, opts(gina, { resume: ticket }), src), ErrorCode.TICKET_REPLAYED, 'the ticket refused during the suspension was spent by that refusal: it does not work now, on another node');
+  const [again] = await Promise.all([sendTo(hs, 'gina', 'to-gina-2'), receive(back, 'to-gina-2')]);
+  t.equal(again.s, 'delivered', 'messages reach it again: no cell kept the suspended (empty) device list');
 });
 
 t.test('system senders and ids are reserved', async (t) => {
@@ -431,4 +517,182 @@ t.test('a message costs its fan-out: a burst to a group is cut after a few, a ne
   t.equal(limited, N - stored, 'the rest refused with RATE_LIMITED (the SDK would send them again later)');
   x.conn.sendSealed(x.channel, { t: 'send', id: 'x1', to: 'yuri', text: 'hi yuri' });
   t.equal((await until(y, isMsg)).text, 'hi yuri', 'a neighbour on the same cell chats as usual');
+});
+
+t.test('a device that connects again replaces its session: SESSION_REPLACED on the same cell and from another node', async (t) => {
+  const src = newSource();
+  const sam = device('sam', 'phone');
+  const first = await register(t, a0, sam, src);
+  const second = await connect(t, a0, sam, src);
+  t.equal((await until(first, isBye)).code, ErrorCode.SESSION_REPLACED, 'the older session on the same cell is told why');
+  t.ok(await first.conn.serverClosed(), 'and closed');
+  const third = await connect(t, b1, sam, src);
+  t.equal((await until(second, isBye)).code, ErrorCode.SESSION_REPLACED, 'the session on node a is told when the device connects on node b');
+  t.ok(await second.conn.serverClosed(), 'and closed');
+  t.equal(await pingOrBye(third, 7), 'pong', 'the newest session lives on');
+  // One session per device: a message reaches the newest only.
+  const tom = await register(t, a1, device('tom', 'phone'), newSource());
+  const [st] = await Promise.all([sendTo(tom, 'sam', 'to-sam-1'), receive(third, 'to-sam-1')]);
+  t.equal(st.s, 'delivered');
+});
+
+t.test('device lists are dropped on every cell at once: a device added or removed on node a is seen by a sender on node b', async (t) => {
+  const src = newSource();
+  const phone = device('uma', 'phone');
+  const ps = await register(t, b0, phone, src);
+  const vic = await register(t, b1, device('vic', 'phone'), src);
+  // vic's cell (b1) caches uma's devices with this first message: [phone].
+  const [s1] = await Promise.all([sendTo(vic, 'uma', 'v1'), receive(ps, 'v1')]);
+  t.equal(s1.s, 'delivered', 'the phone got the first message');
+
+  const tablet = device('uma', 'tablet');
+  const ts = await connect(t, a0, tablet, src, { registration: { link: await approve(ps, tablet) } });
+  // At once (no wait for the cache's 5 s TTL): the next message fans out to both devices.
+  const [s2, onPhone, onTablet] = await Promise.all([sendTo(vic, 'uma', 'v2'), receive(ps, 'v2'), receive(ts, 'v2')]);
+  t.equal(onTablet.id, 'v2', 'the tablet, added on node a a moment ago, gets the next message sent through node b');
+  t.equal(onPhone.id, 'v2');
+  // `stored` is as good here: the sender's directory cache (2 s) may not know where the tablet is yet; it then gets it from its mailbox.
+  t.ok(s2.s === 'delivered' || s2.s === 'stored', `settled for both devices (${s2.s})`);
+
+  t.ok((await request(ps, 'devices.remove', { device: 'tablet' })).ok, 'the phone removes the tablet');
+  t.equal((await until(ts, isBye)).code, ErrorCode.DEVICE_REVOKED);
+  // A cell that still listed the tablet would hold the message for it (offline) and answer `stored`.
+  const [s3] = await Promise.all([sendTo(vic, 'uma', 'v3'), receive(ps, 'v3')]);
+  t.equal(s3.s, 'delivered', 'the next message is for the phone alone: delivered, nothing kept for the removed tablet');
+});
+
+t.test('a session whose handshake read the account just before a removal is refused when it registers after the broadcast', async (t) => {
+  const src = newSource();
+  const phone = device('wes', 'phone');
+  const ps = await register(t, a1, phone, src);
+  const tablet = device('wes', 'tablet');
+  const live = await connect(t, b0, tablet, src, { registration: { link: await approve(ps, tablet) } });
+  // A second handshake of the tablet on the same cell, stopped after the server's welcome: its account check passed.
+  const pending = await halfHandshake(t, b0, opts(tablet), src);
+  t.ok((await request(ps, 'devices.remove', { device: 'tablet' })).ok, 'removed from node a');
+  t.equal((await until(live, isBye)).code, ErrorCode.DEVICE_REVOKED, 'the broadcast has passed the cell: its live session there ended');
+  const late = pending.finish();
+  t.equal(await pingOrBye(late, 1), ErrorCode.DEVICE_REVOKED, 'the late session is refused by the memory of recent revocations, not opened');
+  t.ok(await late.conn.serverClosed(), 'and closed');
+});
+
+t.test('tickets, credentials and link approvals are spent once across cells and nodes, whatever happens after', async (t) => {
+  const src = newSource();
+  const xia = device('xia', 'phone');
+  const cred = await credential({ user: 'xia', device: 'phone', key: xia.identity.publicKey });
+  const s0 = await connect(t, a0, xia, src, { registration: { credential: cred } });
+  const t0 = s0.result.resumption!;
+  s0.conn.destroy();
+  const s1 = await connect(t, b1, xia, src, { resume: t0 });
+  t.ok(s1.result.welcome.resumed, 'the ticket from node a resumes on node b');
+  t.same(
+    await Promise.all([a0, a1, b0, b1].map((address) => codeOf(address, opts(xia, { resume: t0 }), src))),
+    [ErrorCode.TICKET_REPLAYED, ErrorCode.TICKET_REPLAYED, ErrorCode.TICKET_REPLAYED, ErrorCode.TICKET_REPLAYED],
+    'then it is refused on every cell of both nodes, the one that issued it included',
+  );
+  // A resumption that never finishes (the client vanished after the welcome) has spent its ticket all the same.
+  const t1 = s1.result.resumption!;
+  const half = await halfHandshake(t, a1, opts(xia, { resume: t1 }), src);
+  half.conn.destroy();
+  t.equal(await codeOf(b0, opts(xia, { resume: t1 }), src), ErrorCode.TICKET_REPLAYED, 'a ticket sent once is spent, even if that handshake never finished');
+
+  // The credential's jti: the device removes itself, and the captured credential cannot bring it back, on another node.
+  s1.conn.sendSealed(s1.channel, { t: 'req', rid: ++rids, op: 'devices.remove', a: { device: 'phone' } });
+  t.equal((await until(s1, isBye)).code, ErrorCode.DEVICE_REVOKED, 'the phone removed itself: its session ends (before the answer could be sent)');
+  t.equal(await codeOf(b0, opts(xia, { registration: { credential: cred } }), src), ErrorCode.REGISTRATION_DENIED, 'a credential is spent once, cluster-wide');
+  t.equal(await codeOf(a1, opts(xia, { registration: { credential: await credential({ user: 'xia', device: 'phone', key: xia.identity.publicKey }) } }), src), 'ok', 'a fresh one registers it again');
+});
+
+t.test('BUSY: at most limits.maxHandshakesInFlight handshakes are worked on at once per cell; a finished one frees its slot', async (t) => {
+  // The far node: its key set is held until released, so credential handshakes wait on it, in progress.
+  const cell = farCell;
+  const src = newSource();
+  const devices = Array.from({ length: 4 }, (_, i) => device(`cap${i}`, 'phone'));
+  const hello = async (d: Device): Promise<Partial<ClientHandshakeOptions>> => ({ registration: { credential: await credential({ user: d.user, device: d.device, key: d.identity.publicKey }) } });
+  const answers: Array<{ code: string; message: string }> = [];
+  const all = Promise.all(devices.map(async (d) => {
+    const a = await refusal(cell, opts(d, await hello(d)), src);
+    answers.push(a);
+    return a;
+  }));
+  // Two are in progress (waiting on the key set), the other two refused at once, before any work.
+  await check('two first flights answered while two wait on the key set', () => answers.length >= 2, { timeout: 4000, interval: 20 }).catch(() => undefined);
+  t.same(answers.slice(0, 2).map((a) => a.code), [ErrorCode.BUSY, ErrorCode.BUSY], 'beyond two in progress: BUSY');
+  t.match(answers[0]?.message ?? '', /too many handshakes in progress/, 'refused by the cap (not by the key set timing out)');
+  await check('the admitted handshakes asked for the key set', () => heldJwks.length >= 1, { timeout: 4000, interval: 20 }).catch(() => undefined);
+  t.ok(heldJwks.length >= 1, 'the two admitted handshakes are waiting on the key set (jose shares one fetch)');
+  jwksReleased = true;
+  for (const res of heldJwks.splice(0)) res.end(JSON.stringify({ keys: [jwk] }));
+  const codes = (await all).map((a) => a.code).sort();
+  t.same(codes, ['BUSY', 'BUSY', 'ok', 'ok'], 'the two in progress complete once the key set answers');
+  const next = device('cap9', 'phone');
+  t.equal(await codeOf(cell, opts(next, await hello(next)), src), 'ok', 'the slots are free again: the next hello is worked on and registers');
+});
+
+/** A TCP forwarder to the nats-server that the test can cut (every connection dropped, new ones refused) and heal: a node behind it is cut off from NATS. */
+async function natsLink(t: Test, target: string): Promise<{ url: string; cut: () => void; heal: () => void }> {
+  const { port: natsPort } = new URL(target);
+  const sockets = new Set<Socket>();
+  let down = false;
+  const server = createNetServer((client) => {
+    if (down) return void client.destroy();
+    const upstream = netConnect(Number(natsPort), '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      s.on('close', () => {
+        sockets.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  return {
+    url: `nats://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    cut: () => {
+      down = true;
+      for (const s of sockets) s.destroy();
+    },
+    heal: () => void (down = false),
+  };
+}
+
+
+t.test('ticket key rotation across nodes: a node with a new key takes tickets of the previous one, spent once across the rotation', async (t) => {
+  const src = newSource();
+  const ada = device('ada', 'phone');
+  const s0 = await register(t, a0, ada, src);
+  const oldTicket = s0.result.resumption!;
+  t.equal(oldTicket.ticket[0], keys.ticketKeys[0]!.id, 'node a seals under the cluster\'s key');
+  const s1 = await connect(t, farCell, ada, src, { resume: oldTicket });
+  t.ok(s1.result.welcome.resumed, 'the rotated node resumes a ticket sealed under its previous key');
+  const newTicket = s1.result.resumption!;
+  t.equal(newTicket.ticket[0], NEW_TICKET_KEY.id, 'and seals its own under the new key');
+  t.equal(await codeOf(a1, opts(ada, { resume: newTicket }), src), ErrorCode.TICKET_INVALID, 'a node not yet rotated cannot open it (operations.md: the SDK falls back to a full handshake)');
+  t.equal(await codeOf(b0, opts(ada, { resume: oldTicket }), src), ErrorCode.TICKET_REPLAYED, 'the old ticket, spent on the rotated node, is refused on the others');
+  const s2 = await connect(t, farCell, ada, src, { resume: newTicket });
+  t.ok(s2.result.welcome.resumed, 'the new ticket resumes where its key is known (a ticket that failed to open was not spent)');
+});
+
+t.test('a cell cut off from NATS while a device was removed ends that device\'s session when it reconnects', async (t) => {
+  const src = newSource();
+  const phone = device('zoe', 'phone');
+  const ps = await register(t, a0, phone, src);
+  const tablet = device('zoe', 'tablet');
+  const ts = await connect(t, farCell, tablet, src, { registration: { link: await approve(ps, tablet) } });
+
+  link.cut();
+  t.ok((await request(ps, 'devices.remove', { device: 'tablet' })).ok, 'the tablet is removed on node a while its cell is cut off');
+  // The broadcast cannot reach the far cell: the tablet's session is still open there (the fault had its effect).
+  t.equal(await pingOrBye(ts, 1), 'pong', 'the cut-off cell never heard of the removal: the session still answers');
+  link.heal();
+  t.equal((await until(ts, isBye, 30_000)).code, ErrorCode.DEVICE_REVOKED, 'back on NATS, the cell re-checks its sessions: the removed device\'s session ends');
+  t.ok(await ts.conn.serverClosed(), 'and closed');
 });

@@ -10,6 +10,7 @@ export { parseHead, PATH_DOWN, PATH_UP, PATH_WS, STREAM_HEADER } from './cell/we
 export { WS_CLOSE_CODED } from './cell/web-transports.js';
 /** Delivery proofs (docs/protocol.md §5.6): for tools that stand in for recipients, e.g. a feedback benchmark on its own cluster. */
 export { DeliveryProofs } from './cell/proofs.js';
+export { HandshakeGuard } from './cell/guard.js';
 export { canonicalIp, prefixOf, SourceResolver, type ClientSource } from './net/source.js';
 export { proxyV1, proxyV2, readProxyHeader, type ProxyHeader } from './net/proxy-protocol.js';
 export { SourceTable, SourceLimits, isRefusal, REFUSAL_SLACK, type SourceCharge, type SourceRefusal, type SourceLimitKind } from './net/source-limits.js';

@@ -24,20 +24,27 @@ const REPLAY_MAX = 2_000_000;
  */
 export class HandshakeGuard {
   private inFlight = 0;
-  private windowStart = Date.now();
+  private windowStart: number;
   private windowCount = 0;
   private secret = randomBytes(32);
   private previousSecret = randomBytes(32);
-  private secretAt = Date.now();
+  private secretAt: number;
   private seen = new Set<string>();
   private seenPrev = new Set<string>();
-  private seenAt = Date.now();
+  private seenAt: number;
+  private readonly now: () => number;
+  private readonly replayMax: number;
 
-  constructor(private readonly maxInFlight: number, private readonly cookieThresholdPerSec: number) {}
+  /** `o.now` and `o.replayMax` exist for tests (a clock they move, a small cache); cells use the defaults. */
+  constructor(private readonly maxInFlight: number, private readonly cookieThresholdPerSec: number, o: { now?: () => number; replayMax?: number } = {}) {
+    this.now = o.now ?? Date.now;
+    this.replayMax = o.replayMax ?? REPLAY_MAX;
+    this.windowStart = this.secretAt = this.seenAt = this.now();
+  }
 
   /** Call when a first flight arrives (`source`: the connection's source IP). Returns a cookie to send back, or null to proceed. */
   admit(source: string, ephemeral: Uint8Array, cookie: Uint8Array | undefined): Uint8Array | null {
-    const now = Date.now();
+    const now = this.now();
     if (now - this.windowStart >= 1000) {
       this.windowStart = now;
       this.windowCount = 0;
@@ -55,7 +62,7 @@ export class HandshakeGuard {
 
   /** Records an ephemeral key that passed authentication; throws HANDSHAKE_REPLAY if seen before. */
   recordEphemeral(ephemeral: Uint8Array): void {
-    const now = Date.now();
+    const now = this.now();
     if (now - this.seenAt >= HELLO_MAX_SKEW_MS * 2) {
       this.seenPrev = this.seen;
       this.seen = new Set();
@@ -63,7 +70,7 @@ export class HandshakeGuard {
     }
     const k = Buffer.from(ephemeral.buffer, ephemeral.byteOffset, 8).toString('base64');
     if (this.seen.has(k) || this.seenPrev.has(k)) throw new HandshakeError(ErrorCode.HANDSHAKE_REPLAY, 'this hello was already used');
-    if (this.seen.size + this.seenPrev.size >= REPLAY_MAX) throw new HandshakeError(ErrorCode.BUSY, 'handshake replay cache is full; retry later');
+    if (this.seen.size + this.seenPrev.size >= this.replayMax) throw new HandshakeError(ErrorCode.BUSY, 'handshake replay cache is full; retry later');
     this.seen.add(k);
   }
 
