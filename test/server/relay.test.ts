@@ -132,7 +132,8 @@ t.test('peer-relay wake-ups', async (t) => {
     tomLink.on('wakeIgnored', (e) => ignored.push(e));
 
     // Two devices reach tom: his contact rita, and ned, who is not a contact and whom tom never reported: ned is not recorded.
-    const rita = await on(c0, 'rl-rita');
+    // rita is on cell 1 (tom's configured cell too), the sender on cell 0: only a token naming the sender's cell sends tom to cell 0.
+    const rita = await on(c1, 'rl-rita');
     const ned = await on(c1, 'rl-ned');
     await tom.client.connect();
     await registered(tom);
@@ -157,6 +158,7 @@ t.test('peer-relay wake-ups', async (t) => {
     const got = await tom.received((m) => m.id === r.id, 20_000);
     t.equal(got.text, 'wake up, tom', 'tom was woken and drained his mailbox');
     t.ok(tom.connects > connectsBefore, 'tom connected because of the wake token');
+    t.equal(tom.client.server, c0, "to the cell the token named: the sender's, where the message was found unreachable");
     await check('woken event', () => woken.length === 1, { timeout: 5000 });
     t.equal(ignored.length, 0, 'no token was refused');
     t.same(ritaRelays, [{ u: 'rl-tom', d: 'd1' }], 'the contact relayed, once');
@@ -317,7 +319,9 @@ t.test('peer-relay wake-ups', async (t) => {
     await vic.client.request('contacts.add', { user: 'rl-mal' });
     await vic.client.close();
     const m5 = await mal('m5');
-    await m5.c.client.request('reach.report', { peers: [{ user: 'rl-vic', device: 'd1' }], ttlMs: 600_000 });
+    await m5.c.client.request('reach.report', { peers: [{ user: 'rl-vic', device: 'd1' }, { user: 'rl-vic', device: 'd9' }], ttlMs: 600_000 });
+    t.same((await relayersOf('rl-vic', 'd9')).map((r) => r.who), [], "a contact's report of a device vic does not have plants nothing");
+    t.same((await relayersOf('rl-vic', 'd1')).map((r) => r.who), ['rl-mal/m5'], 'its report of the real device is recorded');
     await wakeOf('rl-vic', 'a contact may relay');
     t.same(m5.got, [{ u: 'rl-vic', d: 'd1' }], 'the contact was asked');
     // Withdrawn: a block takes effect at once, whatever was reported before.
