@@ -153,6 +153,8 @@ t.test('peer-relay wake-ups', async (t) => {
 
     const sam = await on(c0, 'rl-sam');
     const connectsBefore = tom.connects;
+    const drained = () => metric('gravitas_deliveries_total', { path: 'mailbox' });
+    const drainedBefore = await drained();
     const r = await sam.client.send('rl-tom', 'wake up, tom');
     t.equal(r.status, 'stored', 'tom is offline: the message is stored');
     const got = await tom.received((m) => m.id === r.id, 20_000);
@@ -160,6 +162,8 @@ t.test('peer-relay wake-ups', async (t) => {
     t.ok(tom.connects > connectsBefore, 'tom connected because of the wake token');
     t.equal(tom.client.server, c0, "to the cell the token named: the sender's, where the message was found unreachable");
     await check('woken event', () => woken.length === 1, { timeout: 5000 });
+    await tom.client.ping();
+    t.equal((await drained()) - drainedBefore, 1, 'the server wrote it from the mailbox once (counted before any SDK de-duplication)');
     t.equal(ignored.length, 0, 'no token was refused');
     t.same(ritaRelays, [{ u: 'rl-tom', d: 'd1' }], 'the contact relayed, once');
     t.same(nedRelays, [], 'the non-contact was not asked');
