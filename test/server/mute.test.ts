@@ -88,21 +88,27 @@ t.test('mutes', async (t) => {
     t.match(got[1]!.payload, { kind: 'message', title: 'New message from alice', text: 'after' }, 'an alert again (with its preview), nobody cleared the mute');
   });
 
-  t.test('mutedPush suppress: no push at all; clearing restores alerts', async (t) => {
+  t.test('mutedPush suppress: no push at all, also from a cell that read the old preference; clearing restores alerts', async (t) => {
     const { sub, d } = await subscribed('sue');
-    await d.client.request('prefs.set', { mutedPush: 'suppress' });
-    await d.client.mute({ to: 'alice' });
-    t.same(d.client.mutes, [{ to: 'alice' }], 'until cleared: no end');
     await d.client.close();
+    // A first push from alice's cell (0): that cell has now read sue's preferences (the default, silent).
+    await alice.client.send('sue', 'before');
+    await check('a first push', () => (svc.to(sub.id).length >= 1 ? true : undefined), { timeout: 15_000, interval: 20 });
+    // The preference changes on cell 1; cell 0 must not keep its old copy.
+    const d1 = await on(a1, 'sue', { prev: d });
+    await d1.client.request('prefs.set', { mutedPush: 'suppress' });
+    await d1.client.mute({ to: 'alice' });
+    t.same(d1.client.mutes, [{ to: 'alice' }], 'until cleared: no end');
+    await d1.client.close();
     const before = await metric('gravitas_push_suppressed_total', { provider: 'webpush' });
     await alice.client.send('sue', 'hush');
     await check('suppressed', async () => ((await metric('gravitas_push_suppressed_total', { provider: 'webpush' })) > before ? true : undefined), { timeout: 15_000, interval: 50 });
-    t.equal(svc.to(sub.id).length, 0, 'nothing was sent');
+    t.equal(svc.to(sub.id).length, 1, 'nothing was sent after the first push (not even a silent one)');
     const d2 = await on(a1, 'sue', { prev: d });
     await d2.client.unmute({ to: 'alice' });
     await d2.client.close();
     await alice.client.send('sue', 'now');
-    const [p] = await check('a push', () => (svc.to(sub.id).length >= 1 ? svc.to(sub.id) : undefined), { timeout: 15_000, interval: 20 });
+    const [, p] = await check('a push', () => (svc.to(sub.id).length >= 2 ? svc.to(sub.id) : undefined), { timeout: 15_000, interval: 20 });
     t.equal(p!.payload!.kind, 'message');
   });
 
