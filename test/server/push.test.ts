@@ -132,13 +132,17 @@ t.test('push gateway', async (t) => {
     t.equal(svc.to('hook-fay').length, 4, 'bounded by push.maxAttempts');
   });
 
-  t.test('an offline device without targets counts as unreachable', async (t) => {
+  t.test('an offline device without targets counts as unreachable and is handed to the relay', async (t) => {
     const gus = await on(a1, 'gus');
     await gus.client.close();
     const before = await metric('gravitas_push_unreachable_total');
+    const wakes = () => metric('gravitas_relay_wakes_total', { result: 'no_relayer' });
+    const wakesBefore = await wakes();
     await alice.client.send('gus', 'hello');
     await check('unreachable counted', async () => ((await metric('gravitas_push_unreachable_total')) > before ? true : undefined), { timeout: 10_000, interval: 50 });
-    t.pass();
+    // docs/push.md: onUnreachable is wired to the peer relay; nobody reported reaching gus, so its attempt ends in no_relayer.
+    await check('a relay attempt for gus', async () => ((await wakes()) > wakesBefore ? true : undefined), { timeout: 10_000, interval: 50 });
+    t.equal((await wakes()) - wakesBefore, 1, 'one wake attempt for one unreachable device');
   });
 
   t.test('a group message reaches offline members by push; online and own devices get none', async (t) => {
