@@ -261,6 +261,21 @@ t.test('peer-relay wake-ups', async (t) => {
     t.equal((await wakes('rate_limited_relayer')) - relayerLimitedBefore, 1, 'the fourth was rate-limited (relayer)');
     t.equal((await onB()) - bBefore, 2, 'node B ran 2 of the 9 attempts: the limits were shared across nodes, not just cells');
 
+    // At once: six messages to one fresh target sent together from the three cells. The slot is taken by
+    // compare-and-set on the target's KV record, so concurrent attempts on different nodes cannot both pass.
+    const tio = await offline('rl-tio', {}, ['rl-rio']);
+    const rio = await on(c0, 'rl-rio');
+    const rioRelays = relays(rio);
+    await rio.client.request('reach.report', { peers: [{ user: tio.user, device: 'd1' }], ttlMs: 600_000 });
+    const burstBefore = await wakeTotal();
+    const sent = await Promise.all([0, 1, 2, 3, 4, 5].map((i) => senders[i % 3]!.client.send(tio.user, `burst ${i}`)));
+    t.same(sent.map((r) => r.status), Array(6).fill('stored'));
+    // Each cell makes one attempt per target at a time (a burst adds nothing): at least one per cell, at most six.
+    await check('the burst\'s wake attempts counted', async () => (await wakeTotal()) - burstBefore >= 3, { timeout: 10_000, interval: 50 });
+    await check('relay requests arrived', () => rioRelays.length >= PER_TARGET, { timeout: 10_000 });
+    await rio.client.ping();
+    t.equal(rioRelays.length, PER_TARGET, `a burst from 3 cells at once: ${PER_TARGET} relay requests`);
+
     // Nobody reported this one: no relay at all.
     const noBefore = await wakes('no_relayer');
     const lone = await offline('rl-lone');
