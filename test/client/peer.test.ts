@@ -5,7 +5,8 @@
  */
 import t from 'tap';
 import { connect as netConnect, type Socket } from 'node:net';
-import { ErrorCode, generateKeyPair, random } from '@gravitas/protocol';
+import { createSocket } from 'node:dgram';
+import { ErrorCode, generateKeyPair, pack, random } from '@gravitas/protocol';
 import { GravitasClient, PeerLink, type PeerLinkOptions } from '@gravitas/client';
 import { check } from '@gravitas/testkit';
 
@@ -40,6 +41,27 @@ t.test('UDP beacons announce the peer port; the listener probes what it hears', 
   const a = await link('p-ada', { beacon: { port: 0, to: `127.0.0.1:${b.beaconPort}`, host: '127.0.0.1', intervalMs: 200 } });
   await check('bea found ada by her beacon', () => b.peers().find((p) => p.user === 'p-ada'), { timeout: 10_000 });
   t.equal(b.peers()[0]!.addr, a.address, 'at the address the beacon gave, verified by a probe');
+});
+
+t.test('a beacon is only a lead: a forged one names nobody into the peer table', async (t) => {
+  const b = await link('p-bel', { beacon: { port: 0, to: '127.0.0.1:9', host: '127.0.0.1' } });
+  const c = await link('p-cid');
+  const cPort = Number(c.address.slice(c.address.lastIndexOf(':') + 1));
+  const udp = createSocket('udp4');
+  t.teardown(() => udp.close());
+  const beacon = (u: string, p: number) => new Promise<void>((resolve) => udp.send(pack({ t: 'gvb', v: 1, u, d: 'd1', p }), b.beaconPort, '127.0.0.1', () => resolve()));
+  // A port nobody listens on (c's listener, closed), then c's real port under another name, then the truth.
+  const gone = await link('p-gone');
+  const gonePort = Number(gone.address.slice(gone.address.lastIndexOf(':') + 1));
+  await gone.close();
+  await beacon('p-ghost', gonePort);
+  await beacon('p-mask', cPort);
+  // Repeated: a beacon for an address still being probed (p-mask's) is dropped.
+  await check('the genuine beacon was probed', async () => {
+    await beacon('p-cid', cPort);
+    return b.peers().find((p) => p.user === 'p-cid');
+  }, { timeout: 10_000, interval: 100 });
+  t.same(b.peers().map((p) => [p.user, p.addr]), [['p-cid', c.address]], 'only the device that answered the probe under its own name');
 });
 
 t.test('a relay request goes only to a peer this device reported', async (t) => {

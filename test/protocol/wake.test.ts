@@ -92,3 +92,19 @@ t.test('single use: SeenWakes admits an id once until it expires, and stays boun
   seen.admit({ id: random(16), expiresAt: NOW + 60_000 }, NOW + 20_000);
   t.equal(seen.size, 1, 'expired ids are pruned when room is needed');
 });
+
+t.test('the verifier refuses a genuinely signed token whose lifetime is over 5 minutes', async (t) => {
+  // signWake refuses such tokens, so sign one by hand: the device must not trust the issuer to have checked.
+  const ctx = new TextEncoder().encode('gravitas wake token v1\0');
+  const handSigned = (iat: number, exp: number): Uint8Array => {
+    const body = pack({ t: 'wake', id: random(16), u: who.user, d: who.device, h: hintFor({ issuedAt: iat, expiresAt: exp }), iat, exp });
+    const out = new Uint8Array(64 + body.length);
+    out.set(nacl.sign.detached(new Uint8Array([...ctx, ...body]), keys.secretKey), 0);
+    out.set(body, 64);
+    return out;
+  };
+  t.equal(verifyWake(handSigned(NOW, NOW + MAX_WAKE_LIFETIME_MS), keys.publicKey, who, NOW).expiresAt, NOW + MAX_WAKE_LIFETIME_MS, 'exactly 5 minutes: accepted (the hand signer is right)');
+  t.equal(code(() => verifyWake(handSigned(NOW, NOW + MAX_WAKE_LIFETIME_MS + 1), keys.publicKey, who, NOW)), ErrorCode.WAKE_INVALID, '5 minutes and 1 ms: WAKE_INVALID');
+  t.equal(code(() => verifyWake(handSigned(NOW, NOW + 86_400_000), keys.publicKey, who, NOW + 60_000)), ErrorCode.WAKE_INVALID, 'a day, still unexpired: WAKE_INVALID');
+  t.equal(code(() => verifyWake(handSigned(NOW - 3_600_000, NOW + 60_000), keys.publicKey, who, NOW)), ErrorCode.WAKE_INVALID, 'issued an hour ago, valid another minute: WAKE_INVALID');
+});

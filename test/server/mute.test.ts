@@ -67,8 +67,10 @@ t.test('mutes', async (t) => {
     return { sub, d };
   };
 
-  t.test('a timed mute: silent pushes while it lasts, alerts again once it expired by itself', async (t) => {
+  t.test('a timed mute: silent pushes while it lasts (no text even with pushPreview), alerts again once it expired by itself', async (t) => {
     const { sub, d } = await subscribed('mo');
+    // With the preview on: a muted chat's push must still carry no text (docs/push.md, "Payload").
+    await d.client.request('prefs.set', { pushPreview: true });
     const m = await d.client.mute({ to: 'alice' }, 4000);
     t.ok(m.until !== undefined, 'the mute has an end');
     t.same((await d.client.listMutes()).map((e) => e.to), ['alice'], 'listed');
@@ -77,33 +79,40 @@ t.test('mutes', async (t) => {
     const [p] = await check('a push', () => (svc.to(sub.id).length >= 1 ? svc.to(sub.id) : undefined), { timeout: 15_000, interval: 20 });
     t.match(p!.payload, { kind: 'sync', chat: { to: 'alice' }, count: 1 }, 'data-only: the device syncs');
     t.notOk('title' in p!.payload!, 'nothing to show');
+    t.notOk('text' in p!.payload!, 'no preview text for a muted chat, although pushPreview is on');
     const d2 = await on(a1, 'mo', { prev: d });
     await check('the mute expired', async () => ((await d2.client.listMutes()).length === 0 ? true : undefined), { timeout: 15_000, interval: 100 });
     await d2.client.close();
     await alice.client.send('mo', 'after');
     const got = await check('a second push', () => (svc.to(sub.id).length >= 2 ? svc.to(sub.id) : undefined), { timeout: 15_000, interval: 20 });
-    t.match(got[1]!.payload, { kind: 'message', title: 'New message from alice' }, 'an alert again, nobody cleared the mute');
+    t.match(got[1]!.payload, { kind: 'message', title: 'New message from alice', text: 'after' }, 'an alert again (with its preview), nobody cleared the mute');
   });
 
-  t.test('mutedPush suppress: no push at all; clearing restores alerts', async (t) => {
+  t.test('mutedPush suppress: no push at all, also from a cell that read the old preference; clearing restores alerts', async (t) => {
     const { sub, d } = await subscribed('sue');
-    await d.client.request('prefs.set', { mutedPush: 'suppress' });
-    await d.client.mute({ to: 'alice' });
-    t.same(d.client.mutes, [{ to: 'alice' }], 'until cleared: no end');
     await d.client.close();
+    // A first push from alice's cell (0): that cell has now read sue's preferences (the default, silent).
+    await alice.client.send('sue', 'before');
+    await check('a first push', () => (svc.to(sub.id).length >= 1 ? true : undefined), { timeout: 15_000, interval: 20 });
+    // The preference changes on cell 1; cell 0 must not keep its old copy.
+    const d1 = await on(a1, 'sue', { prev: d });
+    await d1.client.request('prefs.set', { mutedPush: 'suppress' });
+    await d1.client.mute({ to: 'alice' });
+    t.same(d1.client.mutes, [{ to: 'alice' }], 'until cleared: no end');
+    await d1.client.close();
     const before = await metric('gravitas_push_suppressed_total', { provider: 'webpush' });
     await alice.client.send('sue', 'hush');
     await check('suppressed', async () => ((await metric('gravitas_push_suppressed_total', { provider: 'webpush' })) > before ? true : undefined), { timeout: 15_000, interval: 50 });
-    t.equal(svc.to(sub.id).length, 0, 'nothing was sent');
+    t.equal(svc.to(sub.id).length, 1, 'nothing was sent after the first push (not even a silent one)');
     const d2 = await on(a1, 'sue', { prev: d });
     await d2.client.unmute({ to: 'alice' });
     await d2.client.close();
     await alice.client.send('sue', 'now');
-    const [p] = await check('a push', () => (svc.to(sub.id).length >= 1 ? svc.to(sub.id) : undefined), { timeout: 15_000, interval: 20 });
+    const [, p] = await check('a push', () => (svc.to(sub.id).length >= 2 ? svc.to(sub.id) : undefined), { timeout: 15_000, interval: 20 });
     t.equal(p!.payload!.kind, 'message');
   });
 
-  t.test('a group muted without a duration: base × members, capped', async (t) => {
+  t.test('a group muted without a duration: base × members, capped; a muted group\'s pushes are silent, a member that just left gets its push', async (t) => {
     const gm = await on(a1, 'gm');
     const others = await Promise.all(['gm1', 'gm2', 'gm3', 'gm4'].map((u) => on(a0, u)));
     const { g: small } = await gm.client.createGroup('small', ['gm1', 'gm2']);
@@ -124,6 +133,20 @@ t.test('mutes', async (t) => {
     const mf = await gm.client.mute({ g: big }, '1h');
     t.ok(mf.until! > Date.now() + 3_500_000, 'a named duration wins');
     t.same((await gm.client.mute({ g: big }, 'always')).until, undefined, "'always': until cleared");
+    await gm.client.unmute({ g: big });
+    // The mute applies to the group's pushes: gm2 mutes the small group only and goes offline.
+    const sub = svc.subscribe();
+    const gm2 = others[1]!;
+    await gm2.client.registerPush(sub.target);
+    await gm2.client.mute({ g: small });
+    await gm2.client.close();
+    await gm.client.sendToGroup(small, 'to the muted group');
+    await gm.client.sendToGroup(big, 'to the other group');
+    const got = await check('gm2 got two pushes', () => (svc.to(sub.id).length >= 2 ? svc.to(sub.id) : undefined), { timeout: 15_000, interval: 20 });
+    const of = (g: string) => got.find((p) => (p.payload?.chat as { g?: string } | undefined)?.g === g)?.payload;
+    t.match(of(small), { kind: 'sync', count: 1 }, 'the muted group: a data-only push');
+    t.notOk(of(small) && 'title' in of(small)!, 'nothing to show for the muted group');
+    t.match(of(big), { kind: 'message', title: 'New message from gm' }, 'the other group: an alert');
     // No oracle of group ids: a group that does not exist looks exactly like one the user is not in.
     const refusal = (p: Promise<unknown>) => p.then(() => 'ok', (e: unknown) => `${(e as { code?: string }).code}: ${(e as Error).message}`);
     const unknown = await refusal(gm.client.mute({ g: 'nosuchgroup00000' }));
@@ -198,9 +221,12 @@ t.test('mutes', async (t) => {
     t.same([m1.disconnects, m2.disconnects, m1.errors, m2.errors], [0, 0, [], []], 'neither device was disconnected or saw an error');
   });
 
-  t.test('damping: a burst in one chat gives a few alerts, the window widening with the rate', async (t) => {
+  t.test('damping: a burst in one chat gives a few alerts, the window widening with the rate; a mute set while a window is open applies', async (t) => {
     const { sub, d } = await subscribed('burst');
     await d.client.close();
+    // A second device, online: it will mute the chat while a (damped, long) window for d1 is open.
+    const d2 = await on(a0, 'burst', { device: 'd2' });
+    const fromAlice = () => svc.to(sub.id).filter((p) => (p.payload?.chat as { to?: string } | undefined)?.to === 'alice');
     const damped0 = await metric('gravitas_push_damped_total');
     const N = 40;
     // Spread over a few base windows: without damping this is one push per 200 ms window.
@@ -209,11 +235,21 @@ t.test('mutes', async (t) => {
       await new Promise((r) => setTimeout(r, 50));
     }
     const got = await check('every message announced', () => {
-      const l = svc.to(sub.id);
+      const l = fromAlice();
       return l.reduce((n, p) => n + Number(p.payload?.count ?? 0), 0) >= N ? l : undefined;
     }, { timeout: 30_000, interval: 50 });
     t.equal(got.reduce((n, p) => n + Number(p.payload?.count), 0), N, 'the counts add up');
     t.ok(got.length <= 6, `${got.length} pushes for ${N} messages over ≥ ${(N * 50) / 1000} s (base windows alone: ≥ 10)`);
     t.ok((await metric('gravitas_push_damped_total')) > damped0, 'windows were widened by damping');
+
+    // The rate is high now: the next message opens a window of dampingMaxWindowMs (3 s). Mutes are read when it
+    // closes (docs/push.md, "Coalescing"), so a mute made meanwhile turns its push into a silent one.
+    const damped1 = await metric('gravitas_push_damped_total');
+    await alice.client.send('burst', 'one more');
+    await check('a damped window opened', async () => ((await metric('gravitas_push_damped_total')) > damped1 ? true : undefined), { timeout: 10_000, interval: 20 });
+    t.equal(fromAlice().length, got.length, 'its push has not gone out yet');
+    await d2.client.mute({ to: 'alice' }, '1h');
+    const late = await check('the last push', () => (fromAlice().length > got.length ? fromAlice() : undefined), { timeout: 15_000, interval: 20 });
+    t.match(late.at(-1)!.payload, { kind: 'sync', count: 1 }, 'the mute made while the window was open applied: a data-only push');
   });
 });

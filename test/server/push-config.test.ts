@@ -1,5 +1,5 @@
 /*
- * The `push` section of a node's config: defaults, VAPID keys that go together
+ * The `push` and `relay` sections of a node's config: defaults, VAPID keys that go together
  * and are checked, bounds, unknown keys, and what `gravitas keygen --vapid` prints
  * being accepted as is.
  */
@@ -51,4 +51,31 @@ t.test('gravitas keygen --vapid prints a push section a node accepts', async (t)
   const c = validateConfig({ ...out, registration: { mode: 'open' } });
   t.equal(c.push.vapidSubject, 'mailto:me@example.com');
   t.ok(c.push.vapidPublicKey && c.push.vapidPrivateKey && c.push.webhookSecret, 'keys and secret');
+});
+
+t.test('the relay section: documented defaults; a token lives at most 5 minutes; bounds are checked', async (t) => {
+  const relayPaths = (relay: Record<string, unknown>): string[] => {
+    try {
+      validateConfig({ ...base, relay });
+      return [];
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      return err.issues.map((i) => i.path).sort();
+    }
+  };
+  // docs/operations.md, relay rows.
+  t.same(validateConfig(base).relay, {
+    enabled: true, tokenTtlMs: 30_000, maxReportTtlMs: 600_000, minReportIntervalMs: 1000, maxRelayersPerTarget: 8,
+    windowMs: 60_000, perTargetPerWindow: 3, perRelayerPerWindow: 10, maxInFlight: 256,
+  });
+  t.same(relayPaths({ tokenTtlMs: 300_000 }), [], 'a token of exactly 5 minutes');
+  // A longer one would be signed by nobody (signWake refuses) and accepted by no device: refuse it at start.
+  t.same(relayPaths({ tokenTtlMs: 300_001 }), ['relay.tokenTtlMs'], 'a token beyond 5 minutes');
+  t.same(relayPaths({ tokenTtlMs: 999 }), ['relay.tokenTtlMs']);
+  t.same(relayPaths({ maxReportTtlMs: 3_600_001 }), ['relay.maxReportTtlMs'], 'no report beyond what reach.report may ask');
+  t.same(relayPaths({ maxRelayersPerTarget: 0 }), ['relay.maxRelayersPerTarget']);
+  t.same(relayPaths({ maxRelayersPerTarget: 65 }), ['relay.maxRelayersPerTarget']);
+  t.same(relayPaths({ perTargetPerWindow: 0, perRelayerPerWindow: 1001 }), ['relay.perRelayerPerWindow', 'relay.perTargetPerWindow']);
+  t.same(relayPaths({ windowMs: 'long' }), ['relay.windowMs']);
+  t.same(relayPaths({ tokenTTL: 1 }), ['relay.tokenTTL'], 'an unknown setting');
 });

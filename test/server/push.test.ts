@@ -9,6 +9,8 @@ import t from 'tap';
 import { join } from 'node:path';
 import { ErrorCode, fromBase64Url, hintKeyPair, verifyHint } from '@gravitas/protocol';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
+import { Kvm } from '@nats-io/kv';
+import { connect as natsConnect } from '@nats-io/transport-node';
 import { clusterKeys, connectClient, metricsText, metricValue, nodeConfig, spawnNode, writeNodeConfig, type TestClient } from '../fixtures/cluster.js';
 import { PushService, vapidKeys, type ReceivedPush } from '../fixtures/push-service.js';
 import { remoteCode as code } from '../fixtures/codes.js';
@@ -51,6 +53,9 @@ t.test('push gateway', async (t) => {
   const pushes = (to: string, n: number, what: string) => check(what, () => (svc.to(to).length >= n ? svc.to(to) : undefined), { timeout: 15_000, interval: 20 });
 
   const alice = await on(a0, 'alice');
+  const nc = await natsConnect({ servers: nats.url });
+  t.teardown(() => nc.close());
+  const pushKv = await new Kvm(nc).open('gravitas_push');
 
   t.test('web push: VAPID verified, payload decrypted, no text by default, text with the opt-in, a hint to the sender\'s cell', async (t) => {
     const sub = svc.subscribe();
@@ -127,13 +132,17 @@ t.test('push gateway', async (t) => {
     t.equal(svc.to('hook-fay').length, 4, 'bounded by push.maxAttempts');
   });
 
-  t.test('an offline device without targets counts as unreachable', async (t) => {
+  t.test('an offline device without targets counts as unreachable and is handed to the relay', async (t) => {
     const gus = await on(a1, 'gus');
     await gus.client.close();
     const before = await metric('gravitas_push_unreachable_total');
+    const wakes = () => metric('gravitas_relay_wakes_total', { result: 'no_relayer' });
+    const wakesBefore = await wakes();
     await alice.client.send('gus', 'hello');
     await check('unreachable counted', async () => ((await metric('gravitas_push_unreachable_total')) > before ? true : undefined), { timeout: 10_000, interval: 50 });
-    t.pass();
+    // docs/push.md: onUnreachable is wired to the peer relay; nobody reported reaching gus, so its attempt ends in no_relayer.
+    await check('a relay attempt for gus', async () => ((await wakes()) > wakesBefore ? true : undefined), { timeout: 10_000, interval: 50 });
+    t.equal((await wakes()) - wakesBefore, 1, 'one wake attempt for one unreachable device');
   });
 
   t.test('a group message reaches offline members by push; online and own devices get none', async (t) => {
@@ -192,6 +201,30 @@ t.test('push gateway', async (t) => {
     const ian = await on(b0, 'ian');
     t.equal(await code(ian.client.registerPush(svc.subscribe().target)), ErrorCode.BAD_MESSAGE, 'node B takes https endpoints only');
     await hal.client.close();
+  });
+
+  t.test('push.unregister removes one target; removing the device purges the others', async (t) => {
+    const [s1, s2] = [svc.subscribe(), svc.subscribe()];
+    const ivy = await on(a1, 'ivy');
+    const id1 = await ivy.client.registerPush(s1.target);
+    const id2 = await ivy.client.registerPush(s2.target);
+    t.equal(await ivy.client.unregisterPush(id1), true, 'removed');
+    t.equal(await ivy.client.unregisterPush(id1), false, 'idempotent: not there any more');
+    t.same((await ivy.client.pushTargets()).targets.map((x) => x.id), [id2], 'one left');
+    await ivy.client.close();
+    // The sender on node B: targets live in KV, so a change made through node A counts there at once.
+    const bea = await on(b0, 'bea');
+    await bea.client.send('ivy', 'after the unregister');
+    await pushes(s2.id, 1, 'the remaining target got the push');
+    t.equal(svc.to(s1.id).length, 0, 'the unregistered target got none');
+
+    // devices.remove from ivy's other device: d1's targets are purged from the store (docs/push.md, "Registering targets").
+    const stored = async (): Promise<boolean> => (await pushKv.get('ivy.d1'))?.operation === 'PUT';
+    t.ok(await stored(), "d1's targets are in KV");
+    const ivy2 = await connectClient(t, { user: 'ivy', device: 'd2', servers: [a0], serverPublicKey: pk });
+    await ivy2.client.request('devices.remove', { device: 'd1' });
+    t.notOk(await stored(), 'gone with the device');
+    await ivy2.client.close();
   });
 
   t.test('the push queue is bounded: drop oldest, counted; depth on /metrics', async (t) => {

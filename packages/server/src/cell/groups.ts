@@ -334,7 +334,9 @@ export class Groups {
       .lookup(user, true)
       .then((locs) => {
         const l = locs.find((x) => x.device === device);
-        if (l && l.cell !== this.cell.cellId) this.cell.publish(l.cell, { k: 'gdlv', m: item, to: [[user, device]] });
+        // Gone since the sender's cell looked it up (a cached location): the push it would have had as an offline member.
+        if (!l) this.cell.push.groupMissed(user, device, item);
+        else if (l.cell !== this.cell.cellId) this.cell.publish(l.cell, { k: 'gdlv', m: item, to: [[user, device]] });
       })
       .catch(() => undefined);
   }

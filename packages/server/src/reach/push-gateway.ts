@@ -163,6 +163,16 @@ export class PushGateway {
     );
   }
 
+  /**
+   * A group message found no session of `user`/`device` on the cell its (cached)
+   * location named, and the device is offline now: it gets the push that
+   * `groupMessage` did not give it, since the sender's cell believed it online.
+   */
+  groupMissed(user: string, device: string, item: ChatItem): void {
+    if (item.g === undefined || user === item.from || this.stopped) return;
+    this.note(user, device, { g: item.g }, item);
+  }
+
   private note(user: string, device: string, chat: ChatRef, item: ChatItem): void {
     if (this.stopped) return;
     const key = `${user}/${device}/${chatKey(chat)}`;

@@ -10,7 +10,7 @@ export interface RelayConfig {
   maxReportTtlMs: number;
   /** One report per device within this interval; sooner ones are answered RATE_LIMITED. */
   minReportIntervalMs: number;
-  /** Relayers remembered per target device (the most recent reports win). */
+  /** Relayers remembered per target device (when full, the least trusted tier goes first, then the report expiring soonest). */
   maxRelayersPerTarget: number;
   /** The window of both rate limits below. */
   windowMs: number;
