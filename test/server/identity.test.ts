@@ -169,7 +169,7 @@ async function sendTo(s: RawSession, to: string, id: string): Promise<Status> {
 async function pingOrBye(s: RawSession, n: number): Promise<string> {
   s.conn.sendSealed(s.channel, { t: 'ping', n });
   const m = await until(s, (x): x is Bye | Extract<ServerMessage, { t: 'pong' }> => isBye(x) || (x.t === 'pong' && x.n === n));
-  return m.t === 'bye' ? m.code : 'pong';
+  return m.t === 'bye' ? (m.code ?? 'bye') : 'pong';
 }
 
 /** A handshake up to the server's welcome, without the finish: the server has checked the account, the session is not registered yet. */
