@@ -359,24 +359,39 @@ t.test('limits: in-flight cap, an ending session hands its items back, the drain
   });
 });
 
-t.test('retention: undelivered messages expire and the sender gets an expired receipt', async (t) => {
-  const env = await setup(t, { mailbox: { partitions: 3, retentionMs: RETENTION_MS, sweepIntervalMs: 200 } });
+t.test('retention: undelivered messages expire, the sender gets one expired receipt each, though two nodes sweep', async (t) => {
+  const retention = { mailbox: { partitions: 3, retentionMs: RETENTION_MS, sweepIntervalMs: 100 }, limits: { custodyWindowMs: CUSTODY_MS, maxDevicesPerUser: 3, msgBurst: 1000 } };
+  const env = await setup(t, retention);
+  // A second node on the same NATS: its cell 0 sweeps the same partitions, racing the first.
+  const dir = await tempDir('gravitas-custody-n2-');
+  t.teardown(() => dir[Symbol.asyncDispose]());
+  const config = nodeConfig({ natsUrl: env.nats.url, nodeId: 'n2', dataDir: join(dir.path, 'n2'), keys: env.keys, extra: retention });
+  const n2 = await spawnNode(await writeNodeConfig(join(dir.path, 'n2.json'), config));
+  t.teardown(() => n2.stop(5000));
   const nina = await client(t, env, 'nina');
   await nina.client.close();
   const ninaKey = nina.identity;
   const oscar = await client(t, env, 'oscar');
+  // oscar's second device, raw and on the other node: it counts the receipts the server wrote.
+  const oscarRaw = await RawDevice.open(t, { address: n2.clientAddresses[1]!, serverPublicKey: env.keys.serverPublicKey, user: 'oscar', device: 'raw' });
   const got = receipts(oscar);
   const sentAt = Date.now();
-  const r = await oscar.client.send('nina', 'you will never read this');
-  t.equal(r.status, 'stored');
-  const x = await check('oscar is told it expired', () => got.find((g) => g.ref === r.id && g.s === 'expired'), { timeout: RETENTION_MS + 10_000 });
-  t.match(x, { by: 'nina', s: 'expired' });
+  // Sent together, so they expire together and both sweepers find them in the same round.
+  const sent = await Promise.all(Array.from({ length: 30 }, (_, i) => oscar.client.send('nina', `you will never read this #${i}`)));
+  t.same(sent.map((r) => r.status), sent.map(() => 'stored'));
+  const ids = sent.map((r) => r.id);
+  const x = await check('oscar is told each expired', () => (ids.every((id) => got.some((g) => g.ref === id && g.s === 'expired')) ? got : undefined), { timeout: RETENTION_MS + 15_000 });
+  t.match(x[0], { by: 'nina', s: 'expired' });
   // Not before the retention passed (the sweep compares JetStream's store time with the cell clock, same machine).
-  t.ok(x.ts >= sentAt + RETENTION_MS - 100, `expired ${x.ts - sentAt} ms after the send (retention ${RETENTION_MS} ms)`);
+  const first = Math.min(...x.map((g) => g.ts));
+  t.ok(first >= sentAt + RETENTION_MS - 100, `expired ${first - sentAt} ms after the send (retention ${RETENTION_MS} ms)`);
   await check('the mailbox is empty again', async () => (await mailboxCount(env)) === 0, { timeout: 10_000 });
+  await oscarRaw.ping();
+  t.same(ids.map((id) => oscarRaw.receipts.filter((r) => r.ref === id).length), ids.map(() => 1), 'the server wrote one expired receipt per message, however the sweepers raced');
   const nina2 = await client(t, env, 'nina', 'd1', { identity: ninaKey });
   await nina2.client.ping();
   t.equal(nina2.inbox.length, 0, 'nina gets nothing after the expiry');
-  const m = await metricsText(env.node.adminUrl);
-  t.equal(metricValue(m, 'gravitas_mailbox_expired_total'), 1, 'one expiry counted');
+  const expired = async (): Promise<number[]> => Promise.all([env.node, n2].map(async (n) => metricValue(await metricsText(n.adminUrl), 'gravitas_mailbox_expired_total') ?? 0));
+  const counts = await expired();
+  t.equal(counts[0]! + counts[1]!, ids.length, `each expiry counted once over both nodes (${counts.join(' + ')})`);
 });
