@@ -209,6 +209,30 @@ t.test('mailboxes, multi-device fan-out, receipts and device management', async 
     t.equal(await mailboxCount(env), before + 2, 'stored once for hank\'s device and once for gina\'s offline phone');
   });
 
+  t.test('a device that moves to another cell mid-traffic: nothing lost, nothing it acknowledged written again', async (t) => {
+    const base = await mailboxCount(env);
+    const mover = generateKeyPair();
+    const before = await raw(t, env, 'mo', 'd1', 0, { identity: mover });
+    const sender = await client(t, env, 'mo-s', 'd1', { servers: [...env.servers].reverse(), maxOutbox: 4096 });
+    const N = 400;
+    const sends = Array.from({ length: N }, (_, i) => sender.client.send('mo', `moving #${i}`));
+    await check('part of the traffic reached the device', () => before.messages.length >= N / 4, { timeout: 15_000 });
+    // The move: reading and acking on the old connection stops, and the device connects on cell 1
+    // (what the SDK does with a connect hint). Its old session is ended by the new one.
+    before.autoAck = false;
+    const acked = new Set(before.messages.map((m) => m.id));
+    const after = await raw(t, env, 'mo', 'd1', 1, { identity: mover });
+    const sent = await Promise.all(sends);
+    t.same([...new Set(sent.map((r) => r.status))].filter((s) => s !== 'delivered' && s !== 'stored'), [], 'every message taken into custody');
+    await check('every message reached the device', () => sent.every((r) => acked.has(r.id) || after.count(r.id) > 0), { timeout: 15_000 });
+    await settle();
+    await after.ping();
+    t.same(sent.filter((r) => acked.has(r.id) && after.count(r.id) > 0).map((r) => r.id), [], `none of the ${acked.size} acknowledged before the move was written to the new session`);
+    t.same(sent.filter((r) => after.count(r.id) > 1).map((r) => r.id), [], 'the new session was written each at most once');
+    t.ok(before.closed || before.frames.some((f) => f.t === 'bye'), 'the old session was ended by the move');
+    await check('nothing of it left in the mailbox', async () => (await mailboxCount(env)) === base, { timeout: 10_000 });
+  });
+
   t.test('read receipts travel under custody to the sender', async (t) => {
     const ivan = await client(t, env, 'ivan');
     const judy = await client(t, env, 'judy');
@@ -285,7 +309,7 @@ t.test('limits: in-flight cap, an ending session hands its items back, the drain
   const MAX_IN_FLIGHT = 4;
   const DRAIN_WINDOW = 4;
   const env = await setup(t, {
-    limits: { custodyWindowMs: WINDOW_MS, maxInFlightPerSession: MAX_IN_FLIGHT, maxDevicesPerUser: 3 },
+    limits: { custodyWindowMs: WINDOW_MS, maxInFlightPerSession: MAX_IN_FLIGHT, maxDevicesPerUser: 3, msgBurst: 1000 },
     mailbox: { partitions: 1, drainWindow: DRAIN_WINDOW, maxBytesPerPartition: 64 * 1024 },
   });
   // u1 sends from cell 0; u2 reads on cell 1: acks and hand-backs cross cells.
@@ -339,6 +363,45 @@ t.test('limits: in-flight cap, an ending session hands its items back, the drain
     await check('the mailbox empties', async () => (await mailboxCount(env)) === 0, { timeout: 10_000 });
     const delivered = await check('u1 got a delivery receipt for each', () => (expected.every((id) => u1.receipts.some((r) => r.ref === id)) ? u1.receipts : undefined), { timeout: 10_000 });
     t.same(expected.map((id) => delivered.filter((r) => r.ref === id && r.s === 'delivered').length), expected.map(() => 1), 'one receipt each, as written by the server');
+  });
+
+  t.test('the per-cell drain cap: at most 32 drains run at once on a cell, the next waits for a slot', async (t) => {
+    const CAP = 32; // cell.ts MAX_CONCURRENT_DRAINS, docs/custody.md "At most 32 drains run at once per cell"
+    const users = Array.from({ length: CAP + 1 }, (_, i) => `dc${i}`);
+    const keys = new Map(users.map((u) => [u, generateKeyPair()]));
+    for (const u of users) (await raw(t, env, u, 'd1', 1, { identity: keys.get(u)! })).close();
+    await settle();
+    // Each of the first 32 gets one item more than its drain window: its drain fills the window and waits, holding a slot.
+    const sentIds: string[] = [];
+    for (const [i, u] of users.entries()) {
+      for (let k = 0; k < (i < CAP ? DRAIN_WINDOW + 1 : 1); k++) {
+        const id = `${u}-${k}`;
+        u1.sendMessage(u, id);
+        sentIds.push(id);
+        if (sentIds.length % MAX_IN_FLIGHT === 0) for (const x of sentIds.slice(-MAX_IN_FLIGHT)) await u1.status(x);
+      }
+    }
+    const notStored: unknown[] = [];
+    for (const id of sentIds) { const st = await u1.status(id); if (st.s !== 'stored') notStored.push(st); }
+    t.same(notStored, [], `all ${sentIds.length} stored`);
+    const holders: RawDevice[] = [];
+    for (const u of users.slice(0, CAP)) holders.push(await raw(t, env, u, 'd1', 1, { identity: keys.get(u)!, autoAck: false }));
+    await check(`${CAP} drains each wrote a full window`, () => holders.every((h) => h.messages.length === DRAIN_WINDOW), { timeout: 15_000 });
+    const last = await raw(t, env, users[CAP]!, 'd1', 1, { identity: keys.get(users[CAP]!)!, autoAck: false });
+    await settle();
+    await last.ping();
+    t.equal(last.messages.length, 0, `the ${CAP + 1}th device's drain waits: every slot is held`);
+    holders[0]!.close(); // its drain ends and frees a slot
+    await check('the waiting drain got the slot', () => last.messages.length === 1, { timeout: 10_000 });
+    t.equal(last.messages[0]!.id, `${users[CAP]}-0`);
+    // Clean up for the next subtest: everything acknowledged, the mailbox empty again.
+    for (const d of [...holders.slice(1), last]) {
+      d.autoAck = true;
+      for (const m of d.messages) d.ack(m);
+    }
+    const rest = await raw(t, env, users[0]!, 'd1', 1, { identity: keys.get(users[0]!)! });
+    await check('the mailbox empties', async () => (await mailboxCount(env)) === 0, { timeout: 20_000 });
+    rest.close();
   });
 
   t.test('MAILBOX_FULL: a store past mailbox.maxBytesPerPartition fails, and nothing is half-taken', async (t) => {
