@@ -390,7 +390,7 @@ t.test('limits: in-flight cap, an ending session hands its items back, the drain
     const last = await raw(t, env, users[CAP]!, 'd1', 1, { identity: keys.get(users[CAP]!)!, autoAck: false });
     await settle();
     await last.ping();
-    t.equal(last.messages.length, 0, `the ${CAP + 1}th device's drain waits: every slot is held`);
+    t.equal(last.messages.length, 0, `one device more: its drain waits, every slot is held`);
     holders[0]!.close(); // its drain ends and frees a slot
     await check('the waiting drain got the slot', () => last.messages.length === 1, { timeout: 10_000 });
     t.equal(last.messages[0]!.id, `${users[CAP]}-0`);
