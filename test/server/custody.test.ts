@@ -74,7 +74,7 @@ function raw(t: Test, env: Env, user: string, device: string, cell: number, o: {
  * Lets what the server does in the background happen (a wake-up 100 ms after a store,
  * then a drain): the tests that use it check that something did NOT happen after it.
  */
-const settle = (ms = 1000): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const settle = (ms = 500): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function receipts(tc: TestClient): Receipt[] {
   const out: Receipt[] = [];
