@@ -439,8 +439,9 @@ t.test('retention: undelivered messages expire, the sender gets one expired rece
   const oscarRaw = await RawDevice.open(t, { address: n2.clientAddresses[1]!, serverPublicKey: env.keys.serverPublicKey, user: 'oscar', device: 'raw' });
   const got = receipts(oscar);
   const sentAt = Date.now();
-  // Sent together, so they expire together and both sweepers find them in the same round.
-  const sent = await Promise.all(Array.from({ length: 30 }, (_, i) => oscar.client.send('nina', `you will never read this #${i}`)));
+  // Sent together, so they expire together: one sweeper's walk over them outlasts the other's
+  // sweep interval, and the second sweeper starts on items the first has not deleted yet.
+  const sent = await Promise.all(Array.from({ length: 100 }, (_, i) => oscar.client.send('nina', `you will never read this #${i}`)));
   t.same(sent.map((r) => r.status), sent.map(() => 'stored'));
   const ids = sent.map((r) => r.id);
   const x = await check('oscar is told each expired', () => (ids.every((id) => got.some((g) => g.ref === id && g.s === 'expired')) ? got : undefined), { timeout: RETENTION_MS + 15_000 });
