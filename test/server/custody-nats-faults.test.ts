@@ -11,8 +11,8 @@ import { connect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { generateKeyPair, type KeyPair } from '@gravitas/protocol';
 import { check, NatsCluster, NatsServer, tempDir } from '@gravitas/testkit';
-import { clusterKeys, connectClient, nodeConfig, spawnNode, writeNodeConfig, type ClusterKeys, type NodeProcess, type TestClient } from '../fixtures/cluster.js';
-import { acceptedAtLeast, runTraffic, verifyExactlyOnce } from '../fixtures/traffic.js';
+import { clusterKeys, connectClient, metricsText, metricValue, nodeConfig, spawnNode, writeNodeConfig, type ClusterKeys, type NodeProcess, type TestClient } from '../fixtures/cluster.js';
+import { acceptedAtLeast, runTraffic, verifyExactlyOnce, type Traffic } from '../fixtures/traffic.js';
 
 const TOTAL = 10_000;
 const SENDERS = 8;
@@ -70,6 +70,24 @@ async function comeOnline(t: Test, keys: ClusterKeys, list: NodeProcess[], p: Pe
   }
 }
 
+async function counter(n: NodeProcess, name: string, labels: Record<string, string> = {}): Promise<number> {
+  return metricValue(await metricsText(n.adminUrl), name, labels) ?? 0;
+}
+
+/** Items drained from mailboxes so far, over every node. */
+async function drained(list: NodeProcess[]): Promise<number> {
+  let n = 0;
+  for (const node of list) n += await counter(node, 'gravitas_deliveries_total', { path: 'mailbox' });
+  return n;
+}
+
+/** The offline recipients' messages really went through the mailbox: at least that many items were drained since they came online. */
+async function mailboxPath(t: Test, list: NodeProcess[], p: People, traffic: Traffic, before: number): Promise<void> {
+  const toOffline = p.offline.reduce((n, o) => n + (traffic.accepted.get(o.user)?.length ?? 0), 0);
+  const after = await drained(list);
+  t.ok(toOffline > 0 && after - before >= toOffline, `${after - before} items drained from mailboxes after the offline recipients came online (${toOffline} messages were sent to them)`);
+}
+
 t.test('the nats-server is SIGKILLed and restarted mid-stream', async (t) => {
   const nats = await NatsServer.start();
   t.teardown(() => nats.stop());
@@ -83,8 +101,12 @@ t.test('the nats-server is SIGKILLed and restarted mid-stream', async (t) => {
   await nats.restart();
   t.pass('nats-server restarted on the same port and store');
   await traffic.done;
+  // The outage had an effect: every node's cells lost NATS and reconnected.
+  for (const n of list) t.ok((await counter(n, 'gravitas_nats_reconnects_total')) > 0, `${n.adminUrl}: the cells reconnected to NATS`);
+  const drainedBefore = await drained(list);
   await comeOnline(t, keys, list, p);
   await verifyExactlyOnce(t, traffic, p.receivers, TOTAL);
+  await mailboxPath(t, list, p, traffic, drainedBefore);
 });
 
 t.test('a 3-server NATS cluster with replicated mailboxes loses one server', async (t) => {
@@ -105,8 +127,17 @@ t.test('a 3-server NATS cluster with replicated mailboxes loses one server', asy
   await cluster.kill(0);
   t.pass(`NATS server 0 killed after ${traffic.count()} messages`);
   await traffic.done;
+  // The loss had an effect on the mailboxes: every R3 stream had a replica on the killed server.
+  const lostReplica = await check(
+    'MBOX_0 reports a replica offline',
+    async () => (await jsm.streams.info('gravitas_MBOX_0').catch(() => undefined))?.cluster?.replicas?.find((r) => r.offline || !r.current),
+    { timeout: 30_000, interval: 500 },
+  );
+  t.ok(lostReplica, `the mailbox stream ran with a replica lost (${lostReplica.name})`);
+  const drainedBefore = await drained(list);
   await comeOnline(t, keys, list, p);
   await verifyExactlyOnce(t, traffic, p.receivers, TOTAL);
+  await mailboxPath(t, list, p, traffic, drainedBefore);
   // JetStream API calls can time out for a while after a server loss on 2.9: ask until answered.
   const leader = await check('the mailbox stream has a leader', async () => (await jsm.streams.info('gravitas_MBOX_0').catch(() => undefined))?.cluster?.leader, { timeout: 30_000, interval: 500 });
   t.ok(leader, `stream leader after the loss: ${leader}`);

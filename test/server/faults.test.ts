@@ -1,11 +1,12 @@
 /*
  * Faults with real node processes: a cell that throws an uncaught exception (test
- * hook) and a node process killed with SIGKILL.
+ * hook) with 2,000 messages flowing through it, and a node process killed with SIGKILL.
  */
 import t, { type Test } from 'tap';
 import { join } from 'node:path';
 import { DeliveryError } from '@gravitas/client';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
+import { acceptedAtLeast, runTraffic, verifyExactlyOnce } from '../fixtures/traffic.js';
 import {
   adminCells, clusterKeys, connectClient, exchange, http, metricsText, metricValue, nodeConfig, readyz, reconnected, spawnNode, writeNodeConfig,
   type ClusterKeys, type NodeProcess, type TestClient,
@@ -15,6 +16,8 @@ const HEARTBEAT_MS = 200;
 const MEMBERSHIP_TIMEOUT_MS = 1000;
 /** Short custody window: a message sent into a dead cell's inbox is stored after this. */
 const CUSTODY_MS = 1000;
+/** Messages moved through the cell crash (two senders, 64 unconfirmed each at a time). */
+const CRASH_TRAFFIC = 2000;
 
 interface Env { nats: NatsServer; dir: string; keys: ClusterKeys }
 
@@ -32,7 +35,7 @@ async function startNodeProcess(t: Test, env: Env, nodeId: string): Promise<Node
     nodeId,
     dataDir: join(env.dir, nodeId),
     keys: env.keys,
-    extra: { membership: { heartbeatMs: HEARTBEAT_MS, timeoutMs: MEMBERSHIP_TIMEOUT_MS }, limits: { custodyWindowMs: CUSTODY_MS } },
+    extra: { membership: { heartbeatMs: HEARTBEAT_MS, timeoutMs: MEMBERSHIP_TIMEOUT_MS }, limits: { custodyWindowMs: CUSTODY_MS, msgRatePerSec: 100_000, msgBurst: 100_000 } },
   });
   const node = await spawnNode(await writeNodeConfig(join(env.dir, `${nodeId}.json`), config));
   t.teardown(() => node.stop(5000));
@@ -79,8 +82,16 @@ t.test('a cell crashes (uncaught exception): the supervisor restarts it, its cli
   t.equal((await exchange(alice, bob, 'before the crash')).status, 'delivered');
   t.equal((await exchange(bob, alice, 'before the crash')).status, 'delivered');
 
+  // Traffic through the crash: c0 sends from cell 0 (the origin cell that dies holds
+  // its messages' custody), c1 from cell 1; both to alice (cell 0) and bob (cell 1).
+  const c0 = await connectClient(t, { user: 'c0', servers: [a0], serverPublicKey: pk, maxOutbox: 4096 });
+  const c1 = await connectClient(t, { user: 'c1', servers: [a1, a0], serverPublicKey: pk, maxOutbox: 4096 });
+  const traffic = runTraffic([c0, c1], ['alice', 'bob'], CRASH_TRAFFIC / 2);
+  await acceptedAtLeast(traffic, CRASH_TRAFFIC / 4);
+  const inFlight = c0.client.pendingMessages().length;
   const crash = await http('POST', `${A.adminUrl}/admin/cells/0/crash`);
   t.equal(crash.status, 202, 'crash hook accepted');
+  t.ok(inFlight > 0, `${inFlight} of c0's messages were unconfirmed on cell 0 when it crashed (${traffic.count()} accepted before)`);
 
   const after = await check(
     'cell 0 restarted and ready',
@@ -105,6 +116,11 @@ t.test('a cell crashes (uncaught exception): the supervisor restarts it, its cli
   t.ok(alice.disconnects >= 1, 'alice saw the disconnect');
   t.equal(bob.disconnects, 0, 'bob (cell 1) was not disturbed');
   t.same(alice.errors, [], 'no client errors');
+
+  // What cell 0 held got no status: its SDK re-sends it after reconnecting, and every message settles.
+  await check('every message in flight at the crash was re-sent and settled', () => traffic.count() + traffic.failures.length === CRASH_TRAFFIC, { timeout: 60_000, interval: 50 });
+  t.ok(c0.disconnects >= 1, 'c0 lost its cell');
+  await verifyExactlyOnce(t, traffic, new Map([['alice', [alice]], ['bob', [bob]]]), CRASH_TRAFFIC);
 
   t.equal((await exchange(alice, bob, 'after the crash')).status, 'delivered', 'alice → bob delivered');
   // bob's cell may still route to alice's dead cell for a moment: those are stored, never lost.

@@ -147,9 +147,18 @@ export class Cell {
     this.runner = new CampaignRunner(this);
   }
 
-  /** Scrape-time view of the largest connection backlog (O(sessions), only when metrics are read). */
+  /** The largest backlog any connection had right after a write, since the last scrape. */
+  private outboundPeak = 0;
+
+  /** Called after each write to a connection with its unsent bytes (one compare per frame). */
+  noteOutbound(bytes: number): void {
+    if (bytes > this.outboundPeak) this.outboundPeak = bytes;
+  }
+
+  /** Scrape-time view of the largest connection backlog since the previous scrape (O(sessions), only when metrics are read). */
   sampleGauges(): void {
-    let max = 0;
+    let max = this.outboundPeak;
+    this.outboundPeak = 0;
     for (const s of this.sessions.values()) max = Math.max(max, s.outboundBytes);
     this.metrics.outboundMax.set({ cell: this.cellId }, max);
     this.metrics.sourceEntries.set(this.sourceLimits.entries);

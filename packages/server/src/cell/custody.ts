@@ -118,7 +118,8 @@ export class Custody {
     if (typeof ok !== 'boolean') ok = await ok;
     if (!ok) return s.refused('fanout', m.id);
     if (this.pending.has(key)) return;
-    this.inFlight.set(sender, inFlight + 1);
+    // Read again: an earlier message of this sender may have settled while we looked things up.
+    this.inFlight.set(sender, (this.inFlight.get(sender) ?? 0) + 1);
     await this.take(key, item, { user: s.user, device: s.device }, targets);
   }
 

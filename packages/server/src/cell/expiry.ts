@@ -55,9 +55,11 @@ export class ExpirySweeper {
         await Promise.all(devices.map((d) => mailbox.store(item.from, d, receipt)));
         this.cell.custody.wake(item.from);
       }
-      await mailbox.remove(ref);
-      this.cell.metrics.mailboxExpired.inc();
-      n++;
+      // Another node's sweeper may have removed it first: it counted it.
+      if (await mailbox.remove(ref)) {
+        this.cell.metrics.mailboxExpired.inc();
+        n++;
+      }
     }
     return n;
   }

@@ -73,13 +73,24 @@ export abstract class PartitionedStreams {
 
 /** A failed publish as the sender's code: a full stream is MAILBOX_FULL, anything else is retryable. */
 export function publishFailure(err: unknown, what: string): StorageError {
-  if (jsCode(err) === JS_STREAM_FULL) return new StorageError(ErrorCode.MAILBOX_FULL, `the ${what} partition is full`, { cause: err });
+  if (isStreamFull(err)) return new StorageError(ErrorCode.MAILBOX_FULL, `the ${what} partition is full`, { cause: err });
   return new StorageError(ErrorCode.STORAGE_UNAVAILABLE, `cannot store in the ${what}: ${(err as Error).message}`, { cause: err });
 }
 
 /** A JetStream step that failed or stalled, with the code the client gets (retryable). */
 export class StorageError extends ProtocolError {
   override name = 'StorageError';
+}
+
+/**
+ * A stream over its max_bytes / max_msgs. nats-server 2.9 answers that with the
+ * generic store failure (10077, "maximum bytes exceeded"), the code it also uses for
+ * "maximum messages per subject exceeded": the text tells them apart.
+ */
+function isStreamFull(err: unknown): boolean {
+  if (jsCode(err) === JS_STREAM_FULL) return true;
+  const message = (err as { message?: unknown })?.message;
+  return typeof message === 'string' && /maximum (bytes|messages) exceeded/i.test(message);
 }
 
 export function jsCode(err: unknown): number | undefined {

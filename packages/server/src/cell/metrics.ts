@@ -33,8 +33,8 @@ export class CellMetrics {
   readonly protocolErrors = new Counter({ name: 'gravitas_protocol_errors_total', help: 'Error frames sent to clients by code', labelNames: ['code'] as const, registers: [this.registry] });
   readonly eventLoopLag = new Gauge({ name: 'gravitas_event_loop_lag_seconds', help: 'Event-loop delay p99 over the last interval, per cell', labelNames: ['cell'] as const, registers: [this.registry] });
   readonly natsReconnects = new Counter({ name: 'gravitas_nats_reconnects_total', help: 'Reconnects of the cell NATS connection', registers: [this.registry] });
-  /** Largest unsent backlog of any connection of the cell, read at scrape time (bounded by limits.maxOutboundBytes + one frame). */
-  readonly outboundMax = new Gauge({ name: 'gravitas_connection_outbound_max_bytes', help: 'Largest per-connection unsent backlog, per cell', labelNames: ['cell'] as const, registers: [this.registry] });
+  /** Largest unsent backlog of any connection of the cell since the previous scrape (bounded by limits.maxOutboundBytes + one frame). */
+  readonly outboundMax = new Gauge({ name: 'gravitas_connection_outbound_max_bytes', help: 'Largest per-connection unsent backlog seen since the previous scrape (after each write), per cell', labelNames: ['cell'] as const, registers: [this.registry] });
   readonly mailboxStores = new Counter({ name: 'gravitas_mailbox_stores_total', help: 'Items written to device mailboxes (JetStream acknowledged)', registers: [this.registry] });
   readonly mailboxExpired = new Counter({ name: 'gravitas_mailbox_expired_total', help: 'Undelivered mailbox items expired by retention', registers: [this.registry] });
   readonly rateLimited = new Counter({ name: 'gravitas_rate_limited_total', help: 'Client operations refused by a per-session or per-account limit, by kind (msg, fanout, read, req, control)', labelNames: ['kind'] as const, registers: [this.registry] });

@@ -325,7 +325,10 @@ export class Session {
   private cutSlow(): void {
     if (this.state === 'closed') return;
     this.cell.metrics.protocolErrors.inc({ code: ErrorCode.SLOW_CONSUMER });
-    if (this.channel) this.transport.sendFrame(this.channel.seal(pack({ t: 'error', code: ErrorCode.SLOW_CONSUMER, message: 'the connection is not reading what it is sent' })));
+    if (this.channel) {
+      this.transport.sendFrame(this.channel.seal(pack({ t: 'error', code: ErrorCode.SLOW_CONSUMER, message: 'the connection is not reading what it is sent' })));
+      this.cell.noteOutbound(this.transport.bufferedBytes);
+    }
     this.close(ErrorCode.SLOW_CONSUMER);
   }
 
@@ -405,6 +408,7 @@ export class Session {
     if (this.transport.bufferedBytes > this.cell.config.limits.maxOutboundBytes) return this.cutSlow();
     this.transport.sendFrame(this.channel.seal(pack(m)));
     this.cell.metrics.framesOut.inc();
+    this.cell.noteOutbound(this.transport.bufferedBytes);
   }
 
   private writePlain(m: object): void {
