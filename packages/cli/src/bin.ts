@@ -57,6 +57,22 @@ const STRING_FLAGS = [
   'admin', 'token', 'admin-token', 'file', 'name', 'users', 'rate', 'publisher', 'roles', 'sender', 'version', 'start-at', 'bucket', 'subject', 'web-port', 'demo-port',
 ];
 
+/**
+ * `--flag value` as `--flag=value` for every string flag: keys, approvals and texts are
+ * base64url or free text and may start with "-", which parseArgs would otherwise refuse
+ * as an ambiguous option argument (one approval in 64 did).
+ */
+function attachValues(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a.startsWith('--') && !a.includes('=') && STRING_SET.has(a.slice(2)) && i + 1 < args.length) out.push(`${a}=${args[++i]}`);
+    else out.push(a);
+  }
+  return out;
+}
+const STRING_SET = new Set(STRING_FLAGS);
+
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
   if (!command || command === '--help' || command === '-h' || command === 'help') {
@@ -68,7 +84,7 @@ async function main(argv: string[]): Promise<void> {
   let positionals: string[];
   try {
     ({ values, positionals } = parseArgs({
-      args: rest,
+      args: attachValues(rest),
       options: { ...Object.fromEntries(STRING_FLAGS.map((f) => [f, { type: 'string' as const }])), json: { type: 'boolean' }, push: { type: 'boolean' }, profiles: { type: 'boolean' }, vapid: { type: 'boolean' } },
       allowPositionals: WITH_POSITIONALS.has(command),
       strict: true,
