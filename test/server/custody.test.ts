@@ -8,7 +8,7 @@
 import t, { type Test } from 'tap';
 import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
-import { jetstreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { ErrorCode, generateKeyPair, RemoteError, type KeyPair, type Receipt } from '@gravitas/protocol';
 import { DeliveryError } from '@gravitas/client';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
@@ -166,6 +166,25 @@ t.test('mailboxes, multi-device fan-out, receipts and device management', async 
     const r = await frank.client.send('erin', 'ack me later');
     t.equal(r.status, 'stored', 'erin never acked within the window: stored');
     t.equal(await mailboxCount(env), before + 1, 'one copy in erin\'s mailbox');
+    // A store of it again after the Nats-Msg-Id window (2 min) has no msg id to stop it: the
+    // per-item subject must (docs/custody.md, Mailbox layout). Publish the copy again as such a
+    // late retry would: on <prefix>.mbox.<k>.<user>.<device>.<from>.<id>, without a msg id.
+    const nc = await connect({ servers: env.nats.url });
+    t.teardown(() => nc.close());
+    const jsm = await jetstreamManager(nc);
+    const on = await Promise.all(Array.from({ length: env.partitions }, async (_, k) => {
+      const subject = `${PREFIX}.mbox.${k}.erin.d1.frank.${r.id}`;
+      const m = await jsm.streams.getMessage(`${PREFIX}_MBOX_${k}`, { last_by_subj: subject }).catch(() => null);
+      return m && { subject, data: m.data };
+    }));
+    const stored = on.filter((x) => x !== null);
+    t.equal(stored.length, 1, 'the copy is on its own per-item subject');
+    const late = await jetstream(nc).publish(stored[0]!.subject, stored[0]!.data).then(
+      () => 'stored',
+      (err: { code?: unknown; api_error?: { err_code?: number } }) => err.api_error?.err_code ?? Number(err.code),
+    );
+    t.equal(late, 10077, 'a late second store of the same item is refused by the stream (10077)');
+    t.equal(await mailboxCount(env), before + 1, 'still one copy');
     // The store woke erin's drain; it finds the item in flight on her session and skips it.
     await settle();
     await erin.ping();

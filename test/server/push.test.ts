@@ -151,8 +151,15 @@ t.test('push gateway', async (t) => {
     const onlineSub = svc.subscribe();
     const hugo = await on(a1, 'hugo');
     await hugo.client.registerPush(onlineSub.target);
-    const { g } = await alice.client.createGroup('g', ['gina', 'hugo']);
+    // iris blocks alice: offline, she gets no push for alice's group messages (docs/groups.md, Blocks).
+    const irisSub = svc.subscribe();
+    const { d: iris } = await offlineWith('iris', irisSub.target);
+    const { g } = await alice.client.createGroup('g', ['gina', 'hugo', 'iris']);
     await hugo.client.acceptInvite(g);
+    const iris2 = await on(a1, 'iris', iris);
+    await iris2.client.acceptInvite(g);
+    await iris2.client.request('contacts.block', { user: 'alice' });
+    await iris2.client.close();
     // gina accepts the invitation on her device, then goes offline again.
     const gina2 = await on(a1, 'gina', gina);
     await gina2.client.acceptInvite(g);
@@ -172,6 +179,7 @@ t.test('push gateway', async (t) => {
     await alice.client.sendToGroup(g, 'a second one');
     await pushes(sub.id, before + 2, 'gina got a second push');
     t.equal(svc.to(onlineSub.id).length, 0, 'the online member got no push');
+    t.same(svc.to(irisSub.id).filter((x) => x.payload?.from === 'alice'), [], 'the member who blocks alice got no push for her messages');
     await hugo.client.close();
   });
 
