@@ -69,6 +69,15 @@ if (!nginxBinary()) {
     t.equal((await exchange(b, a, 'http via nginx')).status, 'delivered');
   });
 
+  t.test('a proxy that buffers responses still streams the downstream: the cell says X-Accel-Buffering: no', async (t) => {
+    const buffering = await Nginx.start({ upstream: web0, buffering: true });
+    t.teardown(() => buffering.stop());
+    const a = await connectClient(t, { servers: [buffering.url], transports: ['http'], serverPublicKey: pk, user: 'px-buf' });
+    const b = await connectClient(t, { servers: [proxy1.url], transports: ['http'], serverPublicKey: pk, user: 'px-buf-peer' });
+    t.equal((await exchange(a, b, 'through a buffering proxy')).status, 'delivered');
+    t.equal((await exchange(b, a, 'and back')).status, 'delivered');
+  });
+
   t.test('the upstream rotates through the proxy without losing a frame', async (t) => {
     const a = await connectClient(t, { servers: [proxy0.url], transports: ['http'], serverPublicKey: pk, user: 'px-rot' });
     const b = await connectClient(t, { servers: [proxy1.url], transports: ['http'], serverPublicKey: pk, user: 'px-rot-peer' });
