@@ -85,4 +85,6 @@ t.test('request heads are parsed strictly', async (t) => {
   t.equal(code('GET / HTTP/1.1\r\nBad Name: x'), ErrorCode.HTTP_BAD_REQUEST, 'space in a name');
   t.equal(code('GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2'), ErrorCode.HTTP_BAD_REQUEST, 'Content-Length twice');
   t.equal(code('GET / HTTP/1.1\r\nX: a\nb'), ErrorCode.HTTP_BAD_REQUEST, 'bare LF inside a line');
+  t.equal(code('GET / HTTP/1.1\nHost: x'), ErrorCode.HTTP_BAD_REQUEST, 'bare LF ending the request line');
+  t.equal(code('GET / HTTP/1.1\r\nHost: x\nX-B: y'), ErrorCode.HTTP_BAD_REQUEST, 'bare LF ending a header line');
 });

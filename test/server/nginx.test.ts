@@ -69,6 +69,15 @@ if (!nginxBinary()) {
     t.equal((await exchange(b, a, 'http via nginx')).status, 'delivered');
   });
 
+  t.test('the downstream tells a proxy not to buffer it, even one with proxy_buffering on (X-Accel-Buffering: no)', async (t) => {
+    // nginx consumes the header, so it is read at the web listener itself.
+    const down = await RawDown.open(web0);
+    t.teardown(() => down.destroy());
+    t.equal(down.status, 200);
+    const head = down.conn.data.toString('latin1', 0, down.conn.data.indexOf('\r\n\r\n'));
+    t.match(head, /\r\nX-Accel-Buffering: no\r?$/im, 'the response head says X-Accel-Buffering: no');
+  });
+
   t.test('the upstream rotates through the proxy without losing a frame', async (t) => {
     const a = await connectClient(t, { servers: [proxy0.url], transports: ['http'], serverPublicKey: pk, user: 'px-rot' });
     const b = await connectClient(t, { servers: [proxy1.url], transports: ['http'], serverPublicKey: pk, user: 'px-rot-peer' });

@@ -16,7 +16,7 @@ import { http } from '../fixtures/cluster.js';
  */
 
 const ENTRY = fileURLToPath(new URL('../fixtures/browser-dialers-entry.ts', import.meta.url));
-interface Page { pingOver?: (kind: string, web: string, key: string, user: string, count: number) => Promise<PingRun> }
+interface Page { pingOver?: (kind: string, web: string, key: string, user: string, count: number) => Promise<PingRun>; defaultTransport?: (web: string, key: string, user: string) => Promise<string> }
 
 t.test('browser dialers carry a session over WebSocket and chunked HTTP', { skip: chromiumMissing() }, async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'gravitas-dialers-'));
@@ -33,7 +33,7 @@ t.test('browser dialers carry a session over WebSocket and chunked HTTP', { skip
   const page = await browser.newPage();
   // Another origin than the web listeners (another port): CORS applies as on the demo page.
   const site = await serveFiles({
-    '/': { type: 'text/html', body: '<!doctype html><script type="module">import { pingOver } from "./d.js"; window.pingOver = pingOver;</script>' },
+    '/': { type: 'text/html', body: '<!doctype html><script type="module">import { pingOver, defaultTransport } from "./d.js"; window.pingOver = pingOver; window.defaultTransport = defaultTransport;</script>' },
     '/d.js': { type: 'text/javascript', body: readFileSync(out, 'utf8') },
   });
   t.teardown(() => site.close());
@@ -62,4 +62,12 @@ t.test('browser dialers carry a session over WebSocket and chunked HTTP', { skip
     }
   }
   t.same(sidInUrl, [], 'every upstream POST named its stream in X-Gravitas-Stream, none in its URL');
+
+  // A browser client with default options on a page where every WebSocket is refused (like a proxy that passes none): chunked HTTP.
+  const refusing = await browser.newPage();
+  await refusing.routeWebSocket(/\/gravitas$/, (ws) => ws.close({ code: 1011, reason: 'no websockets here' }));
+  await refusing.goto(site.url);
+  await refusing.waitForFunction(() => (globalThis as unknown as Page).defaultTransport !== undefined);
+  const kind = await refusing.evaluate(([w, key]) => (globalThis as unknown as Page).defaultTransport!(w, key, 'default-client'), [config.web[0]!, config.serverPublicKey] as const);
+  t.equal(kind, 'http', 'a default browser client falls back to chunked HTTP when WebSocket is refused');
 });
