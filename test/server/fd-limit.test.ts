@@ -26,6 +26,7 @@ t.test('the budget: defaults are lowered to fit, explicit caps that do not fit r
   const logs: string[] = [];
   const cfg = validateConfig(base);
   t.ok(fdNeed(cfg).need > 20_000, `the defaults need ${fdNeed(cfg).need} descriptors: more than this machine's 20,000`);
+  t.equal(fdNeed(validateConfig({ ...base, admin: { maxConnections: 1064 } })).need - fdNeed(cfg).need, 1000, 'admin sockets count: 1,000 more admin.maxConnections need 1,000 more descriptors');
   fitFdBudget(cfg, (m) => void logs.push(m), () => 20_000);
   t.ok(fdNeed(cfg).need <= 20_000, `lowered to ${fdNeed(cfg).need}`);
   t.ok(Math.abs(cfg.web.maxConnections - 2 * cfg.limits.maxConnectionsPerCell) <= 2, `web keeps twice the TCP cap (${cfg.limits.maxConnectionsPerCell}, ${cfg.web.maxConnections})`);

@@ -252,6 +252,7 @@ t.test('presence and typing across three nodes', async (t) => {
     olga.client.setPresence('online');
     await seen(victor, 'olga', (x) => x.s === 'online', 'online after the garbage');
     t.notOk(victor.pres.some((x) => (x.s as string) === 'dancing'), 'the bad view was not forwarded');
+    t.notMatch(A!.stderr() + B!.stderr(), /crashed|exited \(code/, 'no cell crashed or restarted');
   });
 
   t.test('the nodes stayed healthy', async (t) => {
