@@ -105,12 +105,20 @@ interface Device { user: string; device: string; identity: KeyPair }
 const device = (user: string, name: string): Device => ({ user, device: name, identity: generateKeyPair() });
 const opts = (d: Device, extra: Partial<ClientHandshakeOptions> = {}): ClientHandshakeOptions => ({ serverPublicKey: pk, identity: d.identity, user: d.user, device: d.device, ...extra });
 
-/** Sealed frames until one matches (others kept aside, e.g. notices). */
+/** Frames a session received while a test waited for another (a notice that beat a `res`). */
+const asideOf = new WeakMap<RawSession, ServerMessage[]>();
+
+/** Sealed frames until one matches; the others are kept aside for a later `until` (e.g. notices). */
 async function until<T extends ServerMessage>(s: RawSession, pred: (m: ServerMessage) => m is T, timeoutMs = 10_000): Promise<T> {
+  let aside = asideOf.get(s);
+  if (!aside) asideOf.set(s, (aside = []));
+  const i = aside.findIndex(pred);
+  if (i >= 0) return aside.splice(i, 1)[0] as T;
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const m = await s.conn.nextSealed(s.channel, Math.max(1, deadline - Date.now()));
     if (pred(m)) return m;
+    aside.push(m);
   }
 }
 
