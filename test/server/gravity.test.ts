@@ -191,5 +191,11 @@ t.test('rebalancing: split talking pairs converge onto shared cells, balance hol
   t.ok(locality >= 0.85, `locality after convergence ${locality.toFixed(2)} ≥ 0.85`);
   t.ok((metricValue(after, 'gravitas_gravity_migrations_total', { why: 'rebalance' }) ?? 0) > 0, 'migrations on /metrics');
   t.ok((metricValue(after, 'gravitas_gravity_hints_followed_total') ?? 0) > 0, 'followed hints on /metrics');
-  t.ok((metricValue(after, 'gravitas_gravity_balance') ?? 99) <= 1 + epsilon, 'balance gauge within the tolerance');
+  // The gauge is each cell's view of the heartbeats (up to a beat old), and the burst above may
+  // still move a session: the promise is that it settles within the tolerance, not an instant.
+  const balance = await check('balance gauge within the tolerance', async () => {
+    const v = metricValue(await metricsText(node.adminUrl), 'gravitas_gravity_balance') ?? 99;
+    return v <= 1 + epsilon ? v : undefined;
+  }, { timeout: 15_000, interval: 250 });
+  t.pass(`balance gauge ${balance.toFixed(2)} within 1 + ε`);
 });
