@@ -115,9 +115,8 @@ export class LoadSession {
   private connectHead = 0;
   private connectsInFlight = 0;
   private connected = 0;
-  private readonly pendingExpected = new Map<number, number>();
-  /** Per send awaiting its outcome: its target (user v, or −(group + 1)) and the sending device (global number). */
-  private readonly pendingTarget = new Map<number, { to: number; from: number }>();
+  /** Per tracked send awaiting its outcome: deliveries it owes, its target (user v, or −(group + 1)) and the sending device (global number). */
+  private readonly pending = new Map<number, { expected: number; to: number; from: number }>();
   private ref = 0;
   // ---- the delivery ledger (ledger.ts): accepted sends, and what arrived here, by id ----
   /** Global device numbers: user u's device k is devBase[u] + k. */
@@ -510,17 +509,15 @@ export class LoadSession {
         }
       },
       outcome: (ref, ok, code) => {
-        const e = this.pendingExpected.get(ref);
-        if (e !== undefined) this.pendingExpected.delete(ref);
-        const target = this.pendingTarget.get(ref);
-        if (target !== undefined) this.pendingTarget.delete(ref);
+        const p = this.pending.get(ref);
+        if (p !== undefined) this.pending.delete(ref);
         if (ok) {
           this.c.accepted++;
-          if (e !== undefined) this.expectedTotal += e;
-          if (target !== undefined) {
+          if (p !== undefined) {
+            this.expectedTotal += p.expected;
             this.acceptedRef.push(ref);
-            this.acceptedTo.push(target.to);
-            this.acceptedFrom.push(target.from);
+            this.acceptedTo.push(p.to);
+            this.acceptedFrom.push(p.from);
           }
         } else {
           this.c.failed++;
@@ -563,18 +560,12 @@ export class LoadSession {
     let expected: number;
     if (gi >= 0) {
       expected = this.groupDev[gi]! - 1;
-      if (this.track) {
-        this.pendingExpected.set(ref, expected);
-        this.pendingTarget.set(ref, { to: -(gi + 1), from: this.globalDevice(di) });
-      }
+      if (this.track) this.pending.set(ref, { expected, to: -(gi + 1), from: this.globalDevice(di) });
       this.devices[di]!.sendToGroup(ref, this.groupIds[gi]!, body);
     } else {
       const v = recipientOf(this.pop, u, rand);
       expected = expectedDirect(this.pop, u, v, this.driver.capabilities);
-      if (this.track) {
-        this.pendingExpected.set(ref, expected);
-        this.pendingTarget.set(ref, { to: v, from: this.globalDevice(di) });
-      }
+      if (this.track) this.pending.set(ref, { expected, to: v, from: this.globalDevice(di) });
       this.devices[di]!.send(ref, this.names[v]!, body);
     }
     this.c.sent++;
@@ -614,7 +605,7 @@ export class LoadSession {
       connected: this.connected,
       expected: this.expectedTotal,
       receivedTotal: this.receivedTotal,
-      pending: this.pendingExpected.size,
+      pending: this.pending.size,
       errors: this.errors,
       self: this.self.sample(skipped - this.skippedReported),
       host: { name: this.hostName, sample: this.host.sample() },
@@ -700,7 +691,7 @@ export class LoadSession {
       driverCounters: counters,
       expected: this.expectedTotal,
       receivedTotal: this.receivedTotal,
-      pending: this.pendingExpected.size,
+      pending: this.pending.size,
     };
   }
 
