@@ -235,7 +235,7 @@ export interface JsPublishOptions {
   payloadBytes?: number;
   /**
    * `plain` (default): one subject. `mailbox`: a subject per message with `max_msgs_per_subject: 1`
-   * and discard-new-per-subject — the layout of the mailbox streams (packages/server/src/cell/mailbox.ts).
+   * and discard-new-per-subject — the layout of the mailbox streams (packages/server/src/messaging/mailbox.ts).
    */
   layout?: 'plain' | 'mailbox';
   /** Set `Nats-Msg-Id` on every publish (server-side de-duplication, as the mailbox does); default true. */

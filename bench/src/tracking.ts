@@ -10,7 +10,7 @@ import { fromBase64Url, pack, type CampaignEvent } from '@gravitas/protocol';
 import { DeliveryProofs, Names } from '@gravitas/server';
 import { NatsServer } from '@gravitas/testkit';
 // Not exported by @gravitas/server; the tests import it the same way (test/fixtures/tracking.ts).
-import { TrackingStore } from '../../packages/server/dist/engage/tracking-store.js';
+import { TrackingStore } from '@gravitas/server/internal';
 import { GenProcess, readCpu } from './custody-load.js';
 import { MergeableHistogram, type Percentiles } from './custody-types.js';
 import { BENCH_LIMITS, type Child, clusterKeys, type ClusterKeys, log, nativeKeyPair, Resources, sleep, startGravitasNode } from './procs.js';

@@ -9,7 +9,7 @@
 import t from 'tap';
 import { pack } from '@gravitas/protocol';
 import { check } from '@gravitas/testkit';
-import { enqueueJob } from '../../packages/server/dist/engage/jobs.js';
+import { enqueueJob } from '@gravitas/server/internal';
 import { metricSamples, metricsText, type TestClient } from '../fixtures/cluster.js';
 import { socketOf } from '../fixtures/traffic.js';
 import { campaignCluster, campaignMsgs, metricSum, offlineRecipient, onlineRecipient } from '../fixtures/campaigns.js';

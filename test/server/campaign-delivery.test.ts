@@ -11,7 +11,7 @@ import t from 'tap';
 import { pack } from '@gravitas/protocol';
 import { check } from '@gravitas/testkit';
 import type { TestClient } from '../fixtures/cluster.js';
-import { enqueueJob } from '../../packages/server/dist/engage/jobs.js';
+import { enqueueJob } from '@gravitas/server/internal';
 import {
   campaignCluster, campaignMsgs, metricSum, offlineRecipient, onlineRecipient, SENDER,
 } from '../fixtures/campaigns.js';

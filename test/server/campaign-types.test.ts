@@ -6,8 +6,8 @@
  */
 import t from 'tap';
 import { unpack, pack } from '@gravitas/protocol';
-import { matches, type Predicate } from '../../packages/server/dist/engage/campaign-types.js';
-import { decodePredicate } from '../../packages/server/dist/engage/campaign-store.js';
+import { matches, type Predicate } from '@gravitas/server/internal';
+import { decodePredicate } from '@gravitas/server/internal';
 
 const PROTO_NAMES = ['constructor', 'toString', 'valueOf', 'hasOwnProperty', 'isPrototypeOf', 'propertyIsEnumerable', 'toLocaleString', '__defineGetter__', '__lookupGetter__'];
 

@@ -1,5 +1,5 @@
 /**
- * The chunked-body decoder of the web listener (packages/server/src/cell/chunked.ts)
+ * The chunked-body decoder of the web listener (packages/server/src/transport/chunked.ts)
  * on well-formed and hostile input, fed whole and one byte at a time: the same
  * data or the same code either way, and nothing buffered beyond one line.
  */

@@ -10,7 +10,7 @@ import { connect } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, MUTE_LIMITS, pack, type MuteEntry } from '@gravitas/protocol';
 import { check, NatsServer, tempDir } from '@gravitas/testkit';
-import { Damper } from '../../packages/server/dist/reach/damping.js';
+import { Damper } from '@gravitas/server/internal';
 import { clusterKeys, connectClient, metricsText, metricValue, nodeConfig, spawnNode, writeNodeConfig, type TestClient } from '../fixtures/cluster.js';
 import { PushService, vapidKeys } from '../fixtures/push-service.js';
 import { remoteCode as code } from '../fixtures/codes.js';

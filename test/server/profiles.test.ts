@@ -14,7 +14,7 @@ import { ErrorCode, PROFILE_LIMITS, RemoteError, unpack } from '@gravitas/protoc
 import { Names } from '@gravitas/server';
 import { check } from '@gravitas/testkit';
 // The store itself (not part of the package's public surface): the listing has no route of its own.
-import { PROFILE_HISTORY, ProfileStore, type UserProfile } from '../../packages/server/dist/engage/profiles.js';
+import { PROFILE_HISTORY, ProfileStore, type UserProfile } from '@gravitas/server/internal';
 import { connectClient } from '../fixtures/cluster.js';
 import { admin, ROOT_TOKEN, startEngage } from '../fixtures/admin-api.js';
 import { remoteCode as code } from '../fixtures/codes.js';

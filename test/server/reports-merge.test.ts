@@ -11,10 +11,10 @@
  */
 import t, { type Test } from 'tap';
 import { tempDir } from '@gravitas/testkit';
-import { campaignReport, userReport, type ReportSources } from '../../packages/server/dist/engage/reports.js';
-import { TrackingStore, recordId } from '../../packages/server/dist/engage/tracking-store.js';
-import type { TrackingRecord } from '../../packages/server/dist/engage/records.js';
-import type { LocalQuery } from '../../packages/server/dist/engage/tracking-store.js';
+import { campaignReport, userReport, type ReportSources } from '@gravitas/server/internal';
+import { TrackingStore, recordId } from '@gravitas/server/internal';
+import type { TrackingRecord } from '@gravitas/server/internal';
+import type { LocalQuery } from '@gravitas/server/internal';
 
 const rec = (u: string, eid: string, ev: TrackingRecord['ev'], ts: number): TrackingRecord => ({ eid, c: 'spring', u, d: 'd1', ev, ts, at: ts, pv: 1 });
 

@@ -14,10 +14,10 @@ import { ErrorCode, pack, ProtocolError, unpack } from '@gravitas/protocol';
 import { Names } from '@gravitas/server';
 import { NatsServer, tempDir } from '@gravitas/testkit';
 import { idsOf } from '../fixtures/tracking.js';
-import { recordId, TrackingStore } from '../../packages/server/dist/engage/tracking-store.js';
-import { JetStreamArchive } from '../../packages/server/dist/engage/archive.js';
-import { LocalQueryResponder, LOCAL_PAGE, queryUnarchived } from '../../packages/server/dist/engage/shipper.js';
-import type { TrackingRecord } from '../../packages/server/dist/engage/records.js';
+import { recordId, TrackingStore } from '@gravitas/server/internal';
+import { JetStreamArchive } from '@gravitas/server/internal';
+import { LocalQueryResponder, LOCAL_PAGE, queryUnarchived } from '@gravitas/server/internal';
+import type { TrackingRecord } from '@gravitas/server/internal';
 
 const dir = await tempDir('gravitas-tracking-store-');
 t.teardown(() => dir[Symbol.asyncDispose]());

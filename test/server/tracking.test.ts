@@ -21,8 +21,8 @@ import {
 } from '../fixtures/cluster.js';
 import { allTracked, archiveOf, collect, idsOf, localStore, names, outcomes, putCampaigns, recordId, trackMany, type Outcomes } from '../fixtures/tracking.js';
 import { campaignProof } from '../fixtures/proofs.js';
-import { queryUnarchived } from '../../packages/server/dist/engage/shipper.js';
-import type { TrackingRecord } from '../../packages/server/dist/engage/records.js';
+import { queryUnarchived } from '@gravitas/server/internal';
+import type { TrackingRecord } from '@gravitas/server/internal';
 
 interface Env { nats: NatsServer; nc: NatsConnection; dir: string; keys: ClusterKeys; configs: Map<string, string> }
 

@@ -1,9 +1,9 @@
 import { mkdirSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import type { NodeConfig } from './config.js';
-import { startAdmin, type AdminServer } from './admin.js';
-import { Supervisor } from './supervisor.js';
-import { fitFdBudget } from './net/fd-budget.js';
+import type { NodeConfig } from './config/index.js';
+import { startAdmin, type AdminServer } from './admin/admin.js';
+import { Supervisor } from './supervisor/supervisor.js';
+import { fitFdBudget } from './infra/fd-budget.js';
 
 export interface RunningNode {
   config: NodeConfig;

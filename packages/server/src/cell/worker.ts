@@ -1,7 +1,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { Cell } from './cell.js';
-import { connectNats } from './nats.js';
-import type { CellInit, FromCell, ToCell } from '../types.js';
+import { connectNats } from '../infra/nats.js';
+import type { CellInit, FromCell, ToCell } from '../supervisor/messages.js';
 
 /* Entry point of a cell's worker thread. */
 

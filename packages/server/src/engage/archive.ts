@@ -1,9 +1,9 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import { DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { ErrorCode, pack, unpack } from '@gravitas/protocol';
-import type { TrackingConfig } from '../config.js';
-import { API_TIMEOUT_MS, deadline, DUPLICATE_WINDOW_MS, ensureStream, NS_PER_MS, StorageError } from '../cell/jetstream.js';
-import type { Names } from '../subjects.js';
+import type { TrackingConfig } from '../config/index.js';
+import { API_TIMEOUT_MS, deadline, DUPLICATE_WINDOW_MS, ensureStream, NS_PER_MS, StorageError } from '../infra/jetstream.js';
+import type { Names } from '../infra/subjects.js';
 import { decodeRecord, type TrackingRecord } from './records.js';
 import { recordId } from './tracking-store.js';
 

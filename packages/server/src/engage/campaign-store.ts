@@ -3,9 +3,9 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
 import { isAttrName, isName, MAX_ID_LENGTH, MAX_TEXT_LENGTH, pack, PROFILE_LIMITS, unpack } from '@gravitas/protocol';
-import type { CampaignConfig, NodeConfig } from '../config.js';
-import { isCasConflict } from '../cell/nats.js';
-import { Names } from '../subjects.js';
+import type { CampaignConfig, NodeConfig } from '../config/index.js';
+import { isCasConflict } from '../infra/nats.js';
+import { Names } from '../infra/subjects.js';
 import { CAMPAIGN_STATES, ROLES, systemSender, type Audience, type Campaign, type CampaignProgress, type CampaignState, type Predicate, type Publisher, type Role } from './campaign-types.js';
 import { enqueueJob } from './jobs.js';
 

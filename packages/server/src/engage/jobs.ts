@@ -1,7 +1,7 @@
 import { DiscardPolicy, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { pack, unpack, isName } from '@gravitas/protocol';
-import { ensureStream } from '../cell/jetstream.js';
-import type { Names } from '../subjects.js';
+import { ensureStream } from '../infra/jetstream.js';
+import type { Names } from '../infra/subjects.js';
 
 /*
  * Campaign jobs on the work-queue stream `<prefix>_CWORK` (retention: work queue,

@@ -5,11 +5,11 @@ import {
 } from '@nats-io/jetstream';
 import { ErrorCode, pack, PROFILE_LIMITS, ProtocolError, unpack, type ProfilePatch, type ProfileValue, type RequestArgs } from '@gravitas/protocol';
 import type { Cell } from '../cell/cell.js';
-import type { Session } from '../cell/session.js';
-import { API_TIMEOUT_MS, deadline, ensureStream, isNotFound, lastOn, StorageError } from '../cell/jetstream.js';
-import { isCasConflict } from '../cell/nats.js';
-import { ReadThrough, TtlCache } from '../cell/ttl-cache.js';
-import type { Names } from '../subjects.js';
+import type { Session } from '../session/session.js';
+import { API_TIMEOUT_MS, deadline, ensureStream, isNotFound, lastOn, StorageError } from '../infra/jetstream.js';
+import { isCasConflict } from '../infra/nats.js';
+import { ReadThrough, TtlCache } from '../infra/ttl-cache.js';
+import type { Names } from '../infra/subjects.js';
 
 /*
  * Versioned profiles (docs/campaigns.md, "Versioned profiles"). One JetStream

@@ -7,10 +7,10 @@ import {
 import type { KV } from '@nats-io/kv';
 import { ErrorCode, isName, MAX_ID_LENGTH, MAX_TEXT_LENGTH, pack, ProtocolError, unpack } from '@gravitas/protocol';
 import type { Cell } from '../cell/cell.js';
-import type { Settlement } from '../cell/custody.js';
-import type { ChatItem } from '../cell/envelope.js';
-import { API_TIMEOUT_MS, isNotFound, NS_PER_MS } from '../cell/jetstream.js';
-import { isCasConflict, untilReady } from '../cell/nats.js';
+import type { Settlement } from '../messaging/custody.js';
+import type { ChatItem } from '../core/envelope.js';
+import { API_TIMEOUT_MS, isNotFound, NS_PER_MS } from '../infra/jetstream.js';
+import { isCasConflict, untilReady } from '../infra/nats.js';
 import { campaignKey, decodeCampaign as decodeCampaignRecord, decodePublisher, openEngageBuckets, progressKey, publisherKey } from './campaign-store.js';
 import { campaignMessageId, matches, systemSender, type Campaign, type CampaignProgress } from './campaign-types.js';
 import { decodeJob, enqueueJob, ensureWorkStream, type CampaignJob } from './jobs.js';

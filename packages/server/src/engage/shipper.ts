@@ -1,8 +1,8 @@
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { isName, pack, unpack } from '@gravitas/protocol';
-import type { TrackingConfig } from '../config.js';
-import type { CellMetrics } from '../cell/metrics.js';
-import type { Names } from '../subjects.js';
+import type { TrackingConfig } from '../config/index.js';
+import type { CellMetrics } from '../infra/metrics.js';
+import type { Names } from '../infra/subjects.js';
 import type { Archive } from './archive.js';
 import { decodeRecord, type TrackingRecord } from './records.js';
 import type { Cursor, LocalQuery, TrackingStore } from './tracking-store.js';

@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { open, type Database, type Key, type RootDatabase } from 'lmdb';
 import { ErrorCode, pack, ProtocolError } from '@gravitas/protocol';
-import type { TrackingConfig } from '../config.js';
+import type { TrackingConfig } from '../config/index.js';
 import type { TrackingRecord } from './records.js';
 
 /*

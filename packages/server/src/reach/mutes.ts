@@ -1,6 +1,6 @@
 import type { KV } from '@nats-io/kv';
 import { chatKey, chatOfKey, DEFAULT_MAX_FRAME_BYTES, ErrorCode, MAX_ID_LENGTH, MUTE_LIMITS, pack, ProtocolError, unpack, type ChatRef, type MuteEntry } from '@gravitas/protocol';
-import { isCasConflict } from '../cell/nats.js';
+import { isCasConflict } from '../infra/nats.js';
 
 /*
  * Per-chat mutes, per user, in the KV bucket `<prefix>_mutes`: key `<user>`,

@@ -5,10 +5,10 @@ import {
   type ChatRef, type PushTarget, type RequestArgs, type RequestOp,
 } from '@gravitas/protocol';
 import type { Cell } from '../cell/cell.js';
-import type { DeviceLocation } from '../cell/directory.js';
-import type { ChatItem, Item } from '../cell/envelope.js';
-import type { Session } from '../cell/session.js';
-import { TtlCache } from '../cell/ttl-cache.js';
+import type { DeviceLocation } from '../cluster/directory.js';
+import type { ChatItem, Item } from '../core/envelope.js';
+import type { Session } from '../session/session.js';
+import { TtlCache } from '../infra/ttl-cache.js';
 import { Damper } from './damping.js';
 import { isMuted, mutePage, MuteStore } from './mutes.js';
 import { backoffMs, WebhookProvider, WebPushProvider, type Outcome, type PushProvider, type PushRequest } from './push-providers.js';

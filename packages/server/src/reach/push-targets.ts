@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
 import { ErrorCode, pack, ProtocolError, unpack, type PushTarget } from '@gravitas/protocol';
-import { isCasConflict } from '../cell/nats.js';
+import { isCasConflict } from '../infra/nats.js';
 
 /*
  * Push targets, per device, in the KV bucket `<prefix>_push`: key `<user>.<device>`,

@@ -1,6 +1,6 @@
 import type { KV } from '@nats-io/kv';
 import { isName, pack, unpack } from '@gravitas/protocol';
-import { isCasConflict } from '../cell/nats.js';
+import { isCasConflict } from '../infra/nats.js';
 
 /*
  * Reachability and relay rate state, one KV key per device (`<user>.<device>`) in

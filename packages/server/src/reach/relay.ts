@@ -2,12 +2,12 @@ import { Kvm } from '@nats-io/kv';
 import { loadCap } from '@gravitas/placement';
 import { ErrorCode, ProtocolError, signWake, type RequestArgs } from '@gravitas/protocol';
 import type { Cell } from '../cell/cell.js';
-import { Gravity, type CellLoad } from '../cell/gravity.js';
-import type { DeviceLocation } from '../cell/directory.js';
-import { untilReady } from '../cell/nats.js';
-import type { Session } from '../cell/session.js';
-import type { SocialRecord } from '../cell/social.js';
-import { TtlCache } from '../cell/ttl-cache.js';
+import { Gravity, type CellLoad } from '../cluster/gravity.js';
+import type { DeviceLocation } from '../cluster/directory.js';
+import { untilReady } from '../infra/nats.js';
+import type { Session } from '../session/session.js';
+import type { SocialRecord } from '../social/contacts.js';
+import { TtlCache } from '../infra/ttl-cache.js';
 import { consents, recentCount, ReachStore, type ReachRecord, type Relayer } from './relay-store.js';
 
 /*

@@ -1,0 +1,16 @@
+/*
+ * `@gravitas/server/internal`: pieces that tests and benchmarks drive directly
+ * (stores, codecs, the damping curve) without a running node. Not part of the
+ * product's API and free to change with the code; nothing outside this
+ * repository should import it.
+ */
+export { JetStreamArchive } from './engage/archive.js';
+export { decodePredicate } from './engage/campaign-store.js';
+export { matches, type Campaign, type CampaignProgress, type CampaignState, type Predicate } from './engage/campaign-types.js';
+export { decodeJob, enqueueJob, type CampaignJob } from './engage/jobs.js';
+export { PROFILE_HISTORY, ProfileStore, type UserProfile } from './engage/profiles.js';
+export type { TrackingRecord } from './engage/records.js';
+export { campaignReport, userReport, type ReportSources } from './engage/reports.js';
+export { LocalQueryResponder, LOCAL_PAGE, queryUnarchived } from './engage/shipper.js';
+export { recordId, TrackingStore, type LocalQuery } from './engage/tracking-store.js';
+export { Damper } from './reach/damping.js';

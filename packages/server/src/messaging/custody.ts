@@ -1,0 +1,403 @@
+import { randomBytes } from 'node:crypto';
+import { ErrorCode, isSystemName, ProtocolError, SYSTEM_PREFIX, type ErrorCode as Code, type Read, type Send } from '@gravitas/protocol';
+import type { Cell } from '../cell/cell.js';
+import type { DeviceLocation } from '../cluster/directory.js';
+import { ANY_DEVICE, SYSTEM_DEVICE, type ChatItem, type Item, type ReceiptItem } from '../core/envelope.js';
+import { DeliveryProofs } from '../core/proofs.js';
+import type { StoredRef } from './mailbox.js';
+import type { Session } from '../session/session.js';
+import { TtlCache } from '../infra/ttl-cache.js';
+
+/** One device an item must reach, and how far it got. */
+interface Target {
+  user: string;
+  device: string;
+  loc: DeviceLocation | undefined;
+  retried: boolean;
+  state: 'live' | 'storing' | 'done';
+  /** It acknowledged while its mailbox copy was being written: that copy is deleted once written. */
+  ackedWhileStoring: boolean;
+}
+
+/** An item under this cell's custody: it is settled when every target device acked it or holds it in its mailbox. */
+interface Pending {
+  key: string;
+  item: Item;
+  /** The sending device that gets the `status` (none for receipts the server generates). */
+  sender: { user: string; device: string } | undefined;
+  targets: Map<string, Target>;
+  open: number;
+  stored: number;
+  deadline: number;
+  failure: Code | undefined;
+  /** Told the final status (items the server itself sends: campaign messages). */
+  onSettled?: (st: Settlement) => void;
+}
+
+/** The fate of an item under custody. */
+export type Settlement = { s: 'delivered' | 'stored' } | { s: 'failed'; code: Code };
+
+const SWEEP_MS = 100;
+/** Final statuses remembered to answer re-sends without routing them again. */
+const SETTLED_MAX = 100_000;
+const SETTLED_TTL_MS = 10 * 60_000;
+/** Stored copies of items whose devices were online but silent: a late ack still deletes them. */
+const LATE_MAX = 100_000;
+const LATE_TTL_MS = 10 * 60_000;
+
+/** Stores for one user within this delay share one wake-up lookup. */
+const WAKE_DELAY_MS = 100;
+/** A wake-up that could not reach every session is tried again this often, this many times. */
+const WAKE_RETRY_MS = 500;
+const WAKE_RETRIES = 60;
+
+const tkey = (user: string, device: string): string => `${user}/${device}`;
+
+/** Ids of items the server creates (receipts, notices): time-ordered, unique, and in the system's `_` namespace no client id can enter. */
+export function serverItemId(prefix: string): string {
+  return `${SYSTEM_PREFIX}${prefix}${Date.now().toString(36)}${randomBytes(8).toString('base64url')}`;
+}
+
+/**
+ * The custody protocol of one cell (docs/architecture.md, "Custody"). An item
+ * accepted from a sender fans out to every registered device of the recipient and
+ * to the sender's other devices. Online devices get it live (a call or one NATS
+ * publish); offline ones, and online ones that do not acknowledge within the
+ * custody window, get it in their mailbox (JetStream). The sender hears
+ * `delivered` when every device acknowledged, `stored` when the rest are durable.
+ * Until then the SDK keeps the message and re-sends it after a reconnect; a
+ * re-send is matched to the pending or settled entry by (sender, device, id).
+ */
+export class Custody {
+  private readonly pending = new Map<string, Pending>();
+  private readonly settled = new TtlCache<string, { s: 'delivered' | 'stored' | 'failed'; code?: Code }>(SETTLED_MAX, SETTLED_TTL_MS);
+  private readonly late = new TtlCache<string, StoredRef>(LATE_MAX, LATE_TTL_MS);
+  /** Messages in flight per sending device (bounded by limits.maxInFlightPerSession). */
+  private readonly inFlight = new Map<string, number>();
+  /** Users whose mailbox just got items: one directory read each wakes their drains. */
+  private readonly wakes = new Map<string, { running: boolean; again: boolean; attempt: number }>();
+  private sweeper: NodeJS.Timeout | undefined;
+
+  constructor(private readonly cell: Cell) {}
+
+  start(): void {
+    this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
+    this.sweeper.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.sweeper);
+  }
+
+  // ---- accepting --------------------------------------------------------------
+
+  /** A chat message from a session, to a user. */
+  async submit(s: Session, m: Send & { to: string }): Promise<void> {
+    const key = `${s.user}/${s.device}/${m.id}`;
+    if (this.pending.has(key)) return; // a re-send of a message still in flight: its status will come
+    const done = this.settled.get(key);
+    if (done) return s.send({ t: 'status', id: m.id, ...done });
+    const sender = tkey(s.user, s.device);
+    const inFlight = this.inFlight.get(sender) ?? 0;
+    if (inFlight >= this.cell.config.limits.maxInFlightPerSession) return s.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.TOO_MANY_IN_FLIGHT });
+    const item: ChatItem = { k: 'm', id: m.id, from: s.user, fd: s.device, to: m.to, text: m.text, ts: Date.now() };
+    // Refusal and non-existence look the same to the sender: UNDELIVERABLE reveals nothing.
+    const [recipients, own, refused] = await Promise.all([
+      this.cell.accounts.devices(m.to),
+      m.to === s.user ? Promise.resolve([]) : this.cell.accounts.devices(s.user),
+      this.cell.social.refuses(m.to, s.user),
+    ]);
+    if (refused || recipients.length === 0) return this.answer(s, key, m.id, { s: 'failed', code: ErrorCode.UNDELIVERABLE });
+    const targets: Array<[string, string]> = [];
+    for (const d of recipients) if (!(m.to === s.user && d === s.device)) targets.push([m.to, d]);
+    for (const d of own) if (d !== s.device) targets.push([s.user, d]);
+    if (targets.length === 0) return this.answer(s, key, m.id, { s: 'delivered' }); // a note to self, single device
+    if (this.pending.has(key)) return; // re-sent while we were looking things up
+    // What it costs is what it fans out to; not remembered as settled: the SDK sends it again later.
+    let ok = s.spend('fanout', targets.length);
+    if (typeof ok !== 'boolean') ok = await ok;
+    if (!ok) return s.refused('fanout', m.id);
+    if (this.pending.has(key)) return;
+    // Read again: an earlier message of this sender may have settled while we looked things up.
+    this.inFlight.set(sender, (this.inFlight.get(sender) ?? 0) + 1);
+    await this.take(key, item, { user: s.user, device: s.device }, targets);
+  }
+
+  /**
+   * A read receipt from a session: a receipt item to the message's sender, under
+   * custody — only with the delivery proof of that message to this user, so nobody
+   * can mark as read what did not reach them, and no state per delivery is kept.
+   */
+  async read(s: Session, m: Read): Promise<void> {
+    if (m.from === s.user || isSystemName(m.from)) return; // no receipts to oneself, nor to the system
+    if (!DeliveryProofs.same(this.cell.proofs.message(m.from, m.id, s.user), m.rk)) {
+      // No `ref`: it names the sender's own outbox message in an error frame, and this id is someone else's.
+      return s.sendError(ErrorCode.NOT_ALLOWED, `read receipt for ${m.id} refused: it needs the delivery proof (rk) of a message delivered to you`);
+    }
+    const [mine, theirs, refused] = await Promise.all([this.cell.social.prefs(s.user), this.cell.social.prefs(m.from), this.cell.social.refuses(m.from, s.user)]);
+    // Reciprocal, as users expect: whoever turns read receipts off neither sends nor gets them.
+    if (!mine.readReceipts || !theirs.readReceipts || refused) return;
+    await this.receipt(m.from, m.id, s.user, ANY_DEVICE, 'read');
+  }
+
+  /**
+   * A message the server sends on someone's behalf (a campaign): custody as for a
+   * user's message, to every device of `item.to`, and a promise of its settlement
+   * instead of a `status` frame. Submitting the same id again while it is pending
+   * or settled (10 min) answers with the same settlement, sending nothing twice.
+   */
+  submitSystem(item: ChatItem): Promise<Settlement> {
+    const key = `${item.from}/${item.fd}/${item.id}/${item.to}`;
+    const done = this.settled.get(key);
+    if (done) return Promise.resolve(done.s === 'failed' ? { s: 'failed', code: done.code ?? ErrorCode.INTERNAL } : { s: done.s });
+    const pending = this.pending.get(key);
+    if (pending) {
+      return new Promise((resolve) => {
+        const before = pending.onSettled;
+        pending.onSettled = (st) => {
+          before?.(st);
+          resolve(st);
+        };
+      });
+    }
+    return this.cell.accounts.devices(item.to).then((devices) => {
+      if (devices.length === 0) return { s: 'failed', code: ErrorCode.UNDELIVERABLE };
+      return new Promise<Settlement>((resolve) => {
+        void this.take(key, item, undefined, devices.map((d) => [item.to, d]), resolve);
+      });
+    });
+  }
+
+  /**
+   * A notice from the system (`from`, a reserved name) to the devices of `user` (all but
+   * `except`), under custody like a message: a device that is offline finds it in its mailbox.
+   */
+  async notice(user: string, except: string | undefined, n: { from: string; sys: string; text: string; about: string }): Promise<void> {
+    const devices = (await this.cell.accounts.devices(user)).filter((d) => d !== except);
+    if (devices.length === 0) return;
+    const item: ChatItem = {
+      k: 'm', id: serverItemId('n'), from: n.from, fd: SYSTEM_DEVICE, to: user, text: n.text, ts: Date.now(), sys: n.sys, about: n.about,
+    };
+    await this.take(`${item.from}/${item.fd}/${item.id}`, item, undefined, devices.map((d) => [user, d]));
+  }
+
+  /** Generates a receipt about message `ref` (sent by `to`) and takes custody of it. */
+  async receipt(to: string, ref: string, by: string, byDevice: string, state: ReceiptItem['s']): Promise<void> {
+    const item: ReceiptItem = { k: 'r', id: serverItemId(state[0]!), from: by, fd: byDevice, to, ref, s: state, ts: Date.now() };
+    const devices = await this.cell.accounts.devices(to);
+    if (devices.length === 0) return;
+    await this.take(`${by}/${byDevice}/${item.id}`, item, undefined, devices.map((d) => [to, d]));
+  }
+
+  private answer(s: Session, key: string, id: string, st: { s: 'delivered' | 'stored' | 'failed'; code?: Code }): void {
+    this.settled.set(key, st);
+    s.send({ t: 'status', id, ...st });
+  }
+
+  private async take(key: string, item: Item, sender: Pending['sender'], targets: Array<[string, string]>, onSettled?: (st: Settlement) => void): Promise<void> {
+    const p: Pending = { key, item, sender, targets: new Map(), open: targets.length, stored: 0, deadline: Date.now() + this.cell.config.limits.custodyWindowMs, failure: undefined, ...(onSettled && { onSettled }) };
+    for (const [user, device] of targets) p.targets.set(tkey(user, device), { user, device, loc: undefined, retried: false, state: 'live', ackedWhileStoring: false });
+    this.pending.set(key, p);
+    const users = [...new Set(targets.map(([u]) => u))];
+    let located: DeviceLocation[][];
+    try {
+      located = await Promise.all(users.map((u) => this.cell.directory.lookup(u)));
+    } catch {
+      located = users.map(() => []); // directory unreachable: the mailbox is the safe path
+    }
+    for (const [i, user] of users.entries()) {
+      for (const loc of located[i]!) {
+        const t = p.targets.get(tkey(user, loc.device));
+        if (t) t.loc = loc;
+      }
+    }
+    for (const t of p.targets.values()) {
+      if (t.state !== 'live') continue; // the window passed while we looked (the sweep stored it)
+      if (t.loc) this.dispatch(p, t);
+      else this.store(p, t);
+    }
+  }
+
+  // ---- live delivery ------------------------------------------------------------
+
+  private dispatch(p: Pending, t: Target): void {
+    const loc = t.loc!;
+    const sender = p.sender && this.cell.session(p.sender.user, p.sender.device);
+    if (loc.cell === this.cell.cellId) {
+      const target = this.cell.session(t.user, t.device);
+      if (target?.deliverLive(p.item, this.cell.cellId)) {
+        this.cell.metrics.deliveries.inc({ path: 'local' });
+        this.cell.gravity.delivered(sender, target, loc.cell);
+      } else this.notHere(p, t);
+    } else {
+      this.cell.publish(loc.cell, { k: 'dlv', m: p.item, u: t.user, dev: t.device, oc: this.cell.cellId });
+      this.cell.metrics.deliveries.inc({ path: 'cross_cell' });
+      this.cell.gravity.delivered(sender, undefined, loc.cell);
+    }
+  }
+
+  /**
+   * The pending entry an ack or "not here" about item `key` (from/fd/id) by `user`
+   * is for: a user's item, or a system item, which is also keyed by its recipient
+   * (one campaign id goes to many users) — and only its recipient's devices answer.
+   */
+  private pendingFor(key: string, user: string): Pending | undefined {
+    return this.pending.get(key) ?? this.pending.get(`${key}/${user}`);
+  }
+
+  /** "Not here" from a cell, for an item this cell holds. */
+  notHereFor(key: string, user: string, device: string): void {
+    const p = this.pendingFor(key, user);
+    const t = p?.targets.get(tkey(user, device));
+    if (p && t) this.notHere(p, t);
+  }
+
+  /** The device was not where the directory said (or cannot take it now): look once more, then store. */
+  private notHere(p: Pending, t: Target): void {
+    if (t.state !== 'live') return;
+    if (t.retried) return this.store(p, t);
+    t.retried = true;
+    this.cell.directory.invalidate(t.user);
+    this.cell.directory
+      .lookup(t.user, true)
+      .then((locs) => {
+        if (t.state !== 'live') return;
+        const loc = locs.find((l) => l.device === t.device);
+        if (loc && (loc.cell !== t.loc?.cell || loc.epoch !== t.loc?.epoch)) {
+          t.loc = loc;
+          this.dispatch(p, t);
+        } else this.store(p, t);
+      })
+      .catch(() => this.store(p, t));
+  }
+
+  /** A device acknowledged an item this cell holds (or held). */
+  acked(key: string, user: string, device: string): void {
+    const p = this.pendingFor(key, user);
+    const t = p?.targets.get(tkey(user, device));
+    if (p && t) {
+      if (t.state === 'live') {
+        t.state = 'done';
+        p.open--;
+        return this.settleIfDone(p);
+      }
+      if (t.state === 'storing') {
+        t.ackedWhileStoring = true;
+        return;
+      }
+    }
+    // Acknowledged after the window: the stored copy is now redundant (a system item's key has its recipient too).
+    for (const lk of [`${key}/${user}/${device}`, `${key}/${user}/${user}/${device}`]) {
+      const ref = this.late.get(lk);
+      if (!ref) continue;
+      this.late.delete(lk);
+      this.cell.mailbox.remove(ref).catch((err) => this.cell.log('late-ack delete failed', err));
+      break;
+    }
+  }
+
+  // ---- storing ------------------------------------------------------------------
+
+  private store(p: Pending, t: Target): void {
+    if (t.state !== 'live') return;
+    t.state = 'storing';
+    this.cell.mailbox
+      .store(t.user, t.device, p.item)
+      .then(
+        (ref) => {
+          t.state = 'done';
+          p.open--;
+          this.cell.metrics.mailboxStores.inc();
+          if (t.ackedWhileStoring) {
+            this.cell.mailbox.remove(ref).catch(() => undefined); // redundant already
+          } else {
+            p.stored++;
+            this.cell.push.stored(t.user, t.device, p.item); // offline or silent: announce it (reach/push-gateway.ts)
+            // Delivered live too: a late ack deletes the copy; otherwise wake the device's drain.
+            if (t.loc) this.late.set(`${p.key}/${t.user}/${t.device}`, ref);
+            this.wake(t.user);
+          }
+          this.settleIfDone(p);
+        },
+        (err: unknown) => {
+          t.state = 'done';
+          p.open--;
+          if (!t.ackedWhileStoring) {
+            this.cell.log('mailbox store failed', err);
+            p.failure = err instanceof ProtocolError ? err.code : ErrorCode.STORAGE_UNAVAILABLE;
+          }
+          this.settleIfDone(p);
+        },
+      );
+  }
+
+  /**
+   * After a store, look the user up again: a device that registered while we
+   * decided it was offline may have drained already, so it is told to drain again.
+   * A lookup that starts after the store's ack closes that race; stores for one
+   * user within WAKE_DELAY_MS share one lookup (a burst to an offline user costs
+   * one read, not one per message).
+   */
+  wake(user: string, attempt = 0): void {
+    const w = this.wakes.get(user);
+    if (w) {
+      if (w.running) w.again = true; // started before this store: look once more after it
+      return;
+    }
+    this.wakes.set(user, { running: false, again: false, attempt });
+    setTimeout(() => this.runWake(user), WAKE_DELAY_MS).unref();
+  }
+
+  private runWake(user: string): void {
+    const w = this.wakes.get(user)!;
+    w.running = true;
+    this.cell.directory
+      .entries(user)
+      .then(
+        (entries) => {
+          for (const l of entries) if (l.live) this.cell.pokeMailbox(l, user);
+          // A session on a cell that missed heartbeats (NATS hiccup) may still be
+          // there: look again until the cell is back or long enough declared dead.
+          return entries.some((l) => !l.live);
+        },
+        () => true, // NATS away: try again, or the item would wait for the device's next connect
+      )
+      .then((retry) => {
+        this.wakes.delete(user);
+        if (w.again) this.wake(user);
+        else if (retry && w.attempt < WAKE_RETRIES) setTimeout(() => this.wake(user, w.attempt + 1), WAKE_RETRY_MS).unref();
+      });
+  }
+
+  // ---- settling -----------------------------------------------------------------
+
+  private settleIfDone(p: Pending): void {
+    if (p.open > 0 || this.pending.get(p.key) !== p) return;
+    this.pending.delete(p.key);
+    if (p.onSettled) {
+      const st: Settlement = p.failure ? { s: 'failed', code: p.failure } : { s: p.stored > 0 ? 'stored' : 'delivered' };
+      if (!p.failure) this.settled.set(p.key, st);
+      p.onSettled(st);
+    }
+    if (!p.sender) return;
+    const key = tkey(p.sender.user, p.sender.device);
+    const n = (this.inFlight.get(key) ?? 1) - 1;
+    if (n > 0) this.inFlight.set(key, n);
+    else this.inFlight.delete(key);
+    // A failed store is only final if nothing else holds the message; the SDK retries STORAGE_UNAVAILABLE.
+    const st = p.failure ? { s: 'failed' as const, code: p.failure } : { s: p.stored > 0 ? ('stored' as const) : ('delivered' as const) };
+    if (!p.failure) this.settled.set(p.key, st);
+    this.cell.session(p.sender.user, p.sender.device)?.send({ t: 'status', id: p.item.id, ...st });
+  }
+
+  /** Live targets past the window go to the mailbox. Pending entries are in deadline order. */
+  private sweep(): void {
+    const now = Date.now();
+    for (const p of this.pending.values()) {
+      if (p.deadline === Number.POSITIVE_INFINITY) continue; // already swept, its stores are under way
+      if (p.deadline > now) break;
+      p.deadline = Number.POSITIVE_INFINITY;
+      for (const t of p.targets.values()) if (t.state === 'live') this.store(p, t);
+    }
+  }
+}

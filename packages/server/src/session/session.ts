@@ -1,0 +1,456 @@
+import {
+  checkFinish, decodeClientHandshake, decodeClientMessage, ErrorCode, isSystemName, pack, ProtocolError, readHello, readResume, unpack, writeWelcome,
+  type ClientMessage, type ErrorCode as Code, type Registration, type SecureChannel, type ServerMessage,
+} from '@gravitas/protocol';
+import type { BudgetKind } from './budgets.js';
+import type { Cell } from '../cell/cell.js';
+import { toClient, type ChatItem, type Item } from '../core/envelope.js';
+import type { StoredRef } from '../messaging/mailbox.js';
+import { TokenBucket } from '../infra/rate.js';
+import type { Transport } from '../core/transport.js';
+
+type State = 'handshake' | 'working' | 'confirming' | 'open' | 'closed';
+
+/**
+ * An item written to this device and not yet acknowledged, and how it came: live
+ * (custody held by cell `origin`), from the mailbox (delete `ref` on ack), or from
+ * a group's log (advance the device's cursor on ack).
+ */
+export type Delivery =
+  | { via: 'live'; item: Item; origin: string; ref?: StoredRef }
+  | { via: 'mbox'; item: Item; ref: StoredRef }
+  | { via: 'group'; item: ChatItem };
+
+type Command = { k: 'register' } | { k: 'client'; m: ClientMessage };
+
+let sessionSeq = 0;
+
+function proofKind(r: Registration | undefined): string {
+  if (typeof r === 'string') return r === '' ? 'open' : 'token';
+  return r && 'credential' in r ? 'credential' : 'link';
+}
+
+type LimitKind = BudgetKind | 'control';
+type Limits = Cell['config']['limits'];
+
+/** Each kind's rate and burst settings (limits.*). */
+const LIMIT_SETTINGS: Record<LimitKind, readonly [keyof Limits, keyof Limits]> = {
+  msg: ['msgRatePerSec', 'msgBurst'],
+  fanout: ['fanoutRatePerSec', 'fanoutBurst'],
+  read: ['readRatePerSec', 'readBurst'],
+  req: ['requestRatePerSec', 'requestBurst'],
+  control: ['controlRatePerSec', 'controlBurst'],
+};
+
+/**
+ * What a session may do how often (limits.*): a token bucket per kind of operation,
+ * made on its first use (an idle session holds none of them; a full one starts full).
+ */
+class SessionLimits {
+  private readonly buckets: Partial<Record<LimitKind, TokenBucket>> = {};
+
+  constructor(private readonly l: Limits) {}
+
+  take(kind: LimitKind, n: number, now: number): boolean {
+    let b = this.buckets[kind];
+    if (!b) {
+      const [rate, burst] = LIMIT_SETTINGS[kind];
+      b = this.buckets[kind] = new TokenBucket(this.l[rate] as number, this.l[burst] as number, now);
+    }
+    return b.take(n, now);
+  }
+}
+
+/**
+ * The actor of one connected device. Frames are decoded as they arrive; the
+ * commands they carry are queued (bounded) and processed one at a time, so a
+ * sender's messages are routed in the order it sent them. A full inbox pauses the
+ * transport: TCP backpressure instead of buffering. The session does not know
+ * whether TCP, WebSocket or chunked HTTP carries its frames (transport.ts).
+ */
+export class Session {
+  readonly id: string;
+  /** A number unique within the cell (the gravitation sketch's key). */
+  readonly slot: number;
+  private state: State = 'handshake';
+  private channel: SecureChannel | undefined;
+  private expectedFinish: Uint8Array | undefined;
+  private readonly inbox: Command[] = [];
+  private running = false;
+  private paused = false;
+  /** When the connection began (performance.now()): a suspension broadcast after it refuses the session. */
+  readonly startedAt = performance.now();
+  private kind: 'full' | 'resume' = 'full';
+  private handshakeTimer: NodeJS.Timeout | undefined;
+  private readonly limits: SessionLimits;
+  /**
+   * Delivered but not yet acknowledged, by `from/id`. Bounded: the oldest is
+   * forgotten, which only means its ack no longer counts (custody stores it, a
+   * drain delivers it again, the client drops the duplicate).
+   */
+  readonly unacked = new Map<string, Delivery>();
+  /** State of this device's mailbox drain (Cell.drainMailbox). */
+  readonly drain = { running: false, again: false, next: 1, inFlight: 0, retryMs: 0, hinted: false };
+  private windowWaiters: Array<() => void> = [];
+  user = '';
+  device = '';
+  /** The registration of the device's key (accounts.ts): a revocation names it. */
+  rid = 0;
+  epoch = 0;
+  registered = false;
+  registeredAt = 0;
+  /** Told to move to another cell (a connect hint): not moved again meanwhile. */
+  moving = false;
+
+  constructor(private readonly cell: Cell, readonly transport: Transport) {
+    this.slot = ++sessionSeq;
+    this.id = `${cell.cellId}-${this.slot.toString(36)}`;
+    this.limits = new SessionLimits(cell.config.limits);
+    transport.setIdleTimeout(cell.config.limits.idleTimeoutMs, () => this.fail(new ProtocolError(ErrorCode.IDLE_TIMEOUT, 'no traffic within the idle timeout')));
+    this.handshakeTimer = setTimeout(() => this.fail(new ProtocolError(ErrorCode.HANDSHAKE_TIMEOUT, 'handshake did not complete in time')), cell.config.limits.handshakeTimeoutMs);
+    transport.bind({
+      frame: (body) => this.onFrame(body),
+      end: () => this.close(),
+      drain: () => this.wakeWindow(),
+      error: (err) => this.fail(err),
+      close: () => this.close(),
+    });
+  }
+
+  get isOpen(): boolean {
+    return this.state === 'open';
+  }
+
+  private onFrame(body: Buffer): void {
+    if (this.state === 'closed') return;
+    this.cell.metrics.framesIn.inc();
+    switch (this.state) {
+      case 'handshake':
+        this.onFirstFlight(body);
+        return;
+      case 'working':
+        throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, 'frame sent before the welcome');
+      case 'confirming': {
+        const m = decodeClientMessage(unpack(this.channel!.open(body)));
+        if (m.t !== 'finish') throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, 'expected finish (key confirmation)');
+        checkFinish(this.expectedFinish!, m.h);
+        this.expectedFinish = undefined;
+        clearTimeout(this.handshakeTimer);
+        this.state = 'open';
+        this.cell.metrics.handshakes.inc({ kind: this.kind, result: 'ok' });
+        this.cell.metrics.handshakeSeconds.observe({ kind: this.kind }, (performance.now() - this.startedAt) / 1000);
+        this.enqueue({ k: 'register' });
+        return;
+      }
+      case 'open': {
+        const plain = this.channel!.open(body);
+        let m: ClientMessage;
+        try {
+          m = decodeClientMessage(unpack(plain));
+        } catch (err) {
+          // An authentic frame with a bad message: report it, keep the session.
+          if (err instanceof ProtocolError && !err.fatal) return this.sendError(err.code, err.message);
+          throw err;
+        }
+        if (m.t === 'finish') throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, 'finish after the handshake');
+        this.enqueue({ k: 'client', m });
+      }
+    }
+  }
+
+  private onFirstFlight(body: Buffer): void {
+    const hello = decodeClientHandshake(unpack(body));
+    const cookie = this.cell.guard.admit(this.transport.source.ip, hello.e, hello.cookie);
+    if (cookie) {
+      this.cell.metrics.cookiesSent.inc();
+      this.writePlain({ t: 'cookie', c: cookie });
+      return;
+    }
+    this.kind = hello.t === 'hello' ? 'full' : 'resume';
+    this.state = 'working';
+    this.cell.guard.begin();
+    void this.completeHandshake(hello).finally(() => this.cell.guard.end());
+  }
+
+  private async completeHandshake(hello: ReturnType<typeof decodeClientHandshake>): Promise<void> {
+    const ctx = this.cell.handshakeContext;
+    try {
+      const pending = hello.t === 'hello' ? readHello(hello, ctx) : readResume(hello, ctx);
+      if (pending.kind === 'full') {
+        this.cell.guard.recordEphemeral(pending.clientEphemeral);
+        const a = await this.cell.accounts.authenticate({ user: pending.user, device: pending.device, key: pending.clientStatic, registration: pending.registration, source: this.transport.source.ip });
+        pending.rid = a.rid;
+        if (a.added) this.cell.metrics.registrations.inc({ proof: proofKind(pending.registration) });
+      } else {
+        // Spent either way; refused if the device was removed since the ticket was issued (read afresh: no cache).
+        await Promise.all([this.cell.tickets.spend(pending.ticket!.id), this.cell.accounts.checkResume(pending.user, pending.device, pending.rid)]);
+      }
+      if (this.state === 'closed') return;
+      this.rid = pending.rid;
+      const res = writeWelcome(pending, { session: this.id, cell: this.cell.cellId, node: this.cell.config.nodeId, hk: this.cell.gravity.hintPublicKey, ...(this.cell.webAddress && { wa: this.cell.webAddress }) }, ctx);
+      this.user = pending.user;
+      this.device = pending.device;
+      this.channel = res.channel;
+      this.expectedFinish = res.expectedFinish;
+      this.state = 'confirming';
+      this.writePlain(res.welcome);
+    } catch (err) {
+      if (err instanceof ProtocolError) this.cell.metrics.handshakes.inc({ kind: this.kind, result: err.code });
+      this.fail(err);
+    }
+  }
+
+  private enqueue(c: Command): void {
+    this.inbox.push(c);
+    if (this.inbox.length >= this.cell.config.limits.maxInboxDepth && !this.paused) {
+      this.paused = true;
+      this.transport.pause();
+    }
+    if (!this.running) void this.run();
+  }
+
+  private async run(): Promise<void> {
+    this.running = true;
+    try {
+      while (this.inbox.length > 0 && this.state === 'open') {
+        const c = this.inbox.shift()!;
+        if (this.paused && this.inbox.length < this.cell.config.limits.maxInboxDepth / 2) {
+          this.paused = false;
+          this.transport.resume();
+        }
+        await this.handle(c);
+      }
+    } catch (err) {
+      this.fail(err);
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async handle(c: Command): Promise<void> {
+    if (c.k === 'register') {
+      await this.cell.registerSession(this);
+      return;
+    }
+    const m = c.m;
+    switch (m.t) {
+      case 'send': {
+        // Ids beginning with "_" are the system's (campaigns, notices): a client's can never meet one.
+        if (isSystemName(m.id)) return this.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.BAD_MESSAGE });
+        // Awaited only when the account's share must be topped up from KV: no promise per message.
+        let ok = this.spend('msg', 1);
+        if (typeof ok !== 'boolean') ok = await ok;
+        if (!ok) return this.refused('msg', m.id);
+        this.cell.metrics.messagesIn.inc();
+        try {
+          return await (m.g !== undefined ? this.cell.groups.send(this, m) : this.cell.custody.submit(this, m));
+        } catch (err) {
+          // NATS away or a store refused: this message failed (the SDK retries), the session lives on.
+          const pe = err instanceof ProtocolError ? err : undefined;
+          if (!pe) this.cell.log('routing failed', err);
+          return this.send({ t: 'status', id: m.id, s: 'failed', code: pe?.code ?? ErrorCode.BUSY });
+        }
+      }
+      case 'ack': {
+        const key = `${m.from}/${m.id}`;
+        const d = this.unacked.get(key);
+        if (d) {
+          this.unacked.delete(key);
+          if (d.via === 'mbox') this.releaseWindow();
+          this.cell.onDeviceAck(this, d);
+        }
+        return;
+      }
+      case 'read': {
+        let ok = this.spend('read', 1);
+        if (typeof ok !== 'boolean') ok = await ok;
+        if (!ok) return this.refused('read', m.id);
+        return this.cell.custody.read(this, m);
+      }
+      case 'typing':
+        return this.cell.presence.typing(this, m);
+      case 'presence':
+        if (!this.limits.take('control', 1, Date.now())) return this.refused('control');
+        return this.cell.presence.set(this, m.s);
+      case 'req': {
+        let ok = this.spend('req', 1);
+        if (typeof ok !== 'boolean') ok = await ok;
+        if (!ok) {
+          this.cell.metrics.rateLimited.inc({ kind: 'req' });
+          return this.send({ t: 'res', rid: m.rid, ok: false, code: ErrorCode.RATE_LIMITED, message: 'too many requests; slow down' });
+        }
+        return this.cell.request(this, m);
+      }
+      case 'ping':
+        // `ref` = the ping's number: the client's ping settles (refused) instead of waiting for a pong.
+        if (!this.limits.take('control', 1, Date.now())) return this.refused('control', String(m.n));
+        return this.send({ t: 'pong', n: m.n });
+      case 'bye':
+        return this.close();
+    }
+  }
+
+  /**
+   * Spends `n` units of `kind` from this session's bucket, then from its account's
+   * cluster-wide budget: true/false at once unless the account's share on this
+   * cell runs out and must be topped up from KV (one lease per chunk, budgets.ts).
+   */
+  spend(kind: BudgetKind, n: number): boolean | Promise<boolean> {
+    const now = Date.now();
+    if (!this.limits.take(kind, n, now)) return false;
+    return this.cell.budgets.take(this.user, kind, n, now);
+  }
+
+  /** A refusal for going over a limit: a status for a message, an error frame for a read, ping or presence (counted by kind). */
+  refused(kind: Exclude<BudgetKind, 'req'> | 'control', id?: string): void {
+    this.cell.metrics.rateLimited.inc({ kind });
+    if (kind === 'msg' || kind === 'fanout') this.send({ t: 'status', id: id!, s: 'failed', code: ErrorCode.RATE_LIMITED });
+    else if (kind === 'read') this.sendError(ErrorCode.RATE_LIMITED, `too many read receipts; slow down (${id} not sent)`);
+    else this.sendError(ErrorCode.RATE_LIMITED, 'too many pings or presence changes; slow down', id);
+  }
+
+  /**
+   * Can the device take one more item? A device that stopped reading is cut with
+   * SLOW_CONSUMER once its unread bytes pass limits.maxOutboundBytes: memory stays
+   * bounded, and what it did not acknowledge goes to its mailbox.
+   */
+  private writable(): boolean {
+    if (this.state !== 'open') return false;
+    if (this.transport.bufferedBytes <= this.cell.config.limits.maxOutboundBytes) return true;
+    this.cutSlow();
+    return false;
+  }
+
+  /** Ends a connection that does not read: one last error frame, then close. Nothing more is buffered for it. */
+  private cutSlow(): void {
+    if (this.state === 'closed') return;
+    this.cell.metrics.protocolErrors.inc({ code: ErrorCode.SLOW_CONSUMER });
+    if (this.channel) {
+      this.transport.sendFrame(this.channel.seal(pack({ t: 'error', code: ErrorCode.SLOW_CONSUMER, message: 'the connection is not reading what it is sent' })));
+      this.cell.noteOutbound(this.transport.bufferedBytes);
+    }
+    this.close(ErrorCode.SLOW_CONSUMER);
+  }
+
+  /** Bytes written to this connection and not yet taken by the kernel. */
+  get outboundBytes(): number {
+    return this.transport.bufferedBytes;
+  }
+
+  private track(d: Delivery): void {
+    const key = `${d.item.from}/${d.item.id}`;
+    const old = this.unacked.get(key);
+    if (old?.via === 'mbox') {
+      // Now also in flight live: the one ack must settle the live custody and delete
+      // the mailbox copy, and the copy no longer holds a place in the drain window.
+      this.releaseWindow();
+      if (d.via === 'live') d.ref = old.ref;
+    }
+    if (this.unacked.size >= this.cell.config.limits.maxInFlightPerSession * 4 && !old) {
+      const [oldKey, old] = this.unacked.entries().next().value!;
+      this.unacked.delete(oldKey);
+      if (old.via === 'mbox') this.releaseWindow();
+    }
+    this.unacked.set(key, d);
+    // The reader's delivery proof (proofs.ts), an HMAC per delivery: none on copies of its own messages, which it never marks read.
+    this.send(toClient(d.item, d.item.k === 'm' && d.item.from !== this.user ? this.cell.proofs.of(d.item, this.user) : undefined));
+    this.cell.metrics.messagesOut.inc();
+  }
+
+  /** Writes an item whose custody cell `origin` holds. False if the device cannot take it now. */
+  deliverLive(item: Item, origin: string): boolean {
+    if (!this.writable()) return false;
+    this.track({ via: 'live', item, origin });
+    return true;
+  }
+
+  /** Writes an item from this device's mailbox (the drain keeps within its window). */
+  deliverStored(item: Item, ref: StoredRef): void {
+    if (!this.writable()) return;
+    this.drain.inFlight++;
+    this.track({ via: 'mbox', item, ref });
+  }
+
+  /** Writes a group message (its log holds custody). False if the device cannot take it now. */
+  deliverGroup(item: ChatItem): boolean {
+    if (!this.writable()) return false;
+    this.track({ via: 'group', item });
+    return true;
+  }
+
+  /**
+   * Resolves when fewer than `window` mailbox items are unacknowledged and the
+   * connection's unsent bytes are below half its limit (or the session ended): a
+   * drain of large messages to a slow but reading device waits for the socket
+   * instead of running into SLOW_CONSUMER.
+   */
+  async windowFor(window: number): Promise<void> {
+    const half = this.cell.config.limits.maxOutboundBytes / 2;
+    while (this.state !== 'closed' && (this.drain.inFlight >= window || this.transport.bufferedBytes > half)) {
+      await new Promise<void>((resolve) => this.windowWaiters.push(resolve));
+    }
+  }
+
+  private releaseWindow(): void {
+    this.drain.inFlight--;
+    this.wakeWindow();
+  }
+
+  private wakeWindow(): void {
+    const waiters = this.windowWaiters;
+    this.windowWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Every server frame goes through here, so a peer that sends without reading cannot grow our buffers either. */
+  send(m: ServerMessage): void {
+    if (this.state === 'closed' || !this.channel) return;
+    if (this.transport.bufferedBytes > this.cell.config.limits.maxOutboundBytes) return this.cutSlow();
+    this.transport.sendFrame(this.channel.seal(pack(m)));
+    this.cell.metrics.framesOut.inc();
+    this.cell.noteOutbound(this.transport.bufferedBytes);
+  }
+
+  private writePlain(m: object): void {
+    this.transport.sendFrame(pack(m));
+    this.cell.metrics.framesOut.inc();
+  }
+
+  sendError(code: Code, message: string, ref?: string): void {
+    this.cell.metrics.protocolErrors.inc({ code });
+    const m = { t: 'error' as const, code, message, ...(ref !== undefined && { ref }) };
+    if (this.state === 'open' || (this.state === 'confirming' && this.channel)) this.send(m);
+    else this.writePlain(m);
+  }
+
+  /** Sends a coded error, then closes if the code is fatal or the handshake is not done. Unknown errors become INTERNAL. */
+  fail(err: unknown): void {
+    if (this.state === 'closed') return;
+    const pe = err instanceof ProtocolError ? err : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
+    if (!(err instanceof ProtocolError)) this.cell.log('session error', err);
+    this.sendError(pe.code, pe.message);
+    // Before the session is open nothing is worth keeping: any error ends it.
+    if (pe.fatal || this.state !== 'open') this.close(pe.code);
+  }
+
+  /** Says goodbye with a reason (shutdown, replaced), then closes. */
+  bye(code: Code, message: string): void {
+    if (this.state === 'open') this.send({ t: 'bye', code, message });
+    this.close();
+  }
+
+  /** `code`: the error that ended the session, for transports that can say it in their close (WebSocket). */
+  close(code?: Code): void {
+    if (this.state === 'closed') return;
+    const wasOpen = this.state === 'open';
+    this.state = 'closed';
+    clearTimeout(this.handshakeTimer);
+    this.inbox.length = 0;
+    for (const w of this.windowWaiters) w();
+    this.windowWaiters = [];
+    this.transport.end(code);
+    // Give the last frame a moment to leave, then make sure the descriptor is freed.
+    setTimeout(() => this.transport.destroy(), 1000).unref();
+    this.cell.detach(this, wasOpen);
+  }
+}
