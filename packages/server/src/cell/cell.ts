@@ -6,6 +6,7 @@ import {
 import type { NodeConfig } from '../config/index.js';
 import { Names } from '../infra/subjects.js';
 import type { CellStatus } from '../supervisor/messages.js';
+import type { Bus, CellContext, Hub } from '../core/context.js';
 import { Accounts, REFUSED, type AccountEvents } from '../session/accounts.js';
 import { AccountBudgets } from '../session/budgets.js';
 import { DeliveryProofs } from '../core/proofs.js';
@@ -56,7 +57,9 @@ const RECHECK_CONCURRENCY = 16;
  * item reaches a device on this cell by a call and one on another cell by one
  * NATS publish to that cell's inbox.
  */
-export class Cell {
+export class Cell implements Bus, Hub {
+  /** What features are given of the cell (core/context.ts). */
+  readonly ctx: CellContext;
   readonly metrics: CellMetrics;
   readonly guard: HandshakeGuard;
   /** Who connections come from (trusted proxies), and what each source may hold on this cell. */
@@ -124,6 +127,7 @@ export class Cell {
   ) {
     this.metrics = new CellMetrics(cellId);
     this.names = new Names(config.prefix, config.mailbox.partitions);
+    this.ctx = { cellId, index, config, nc, names: this.names, metrics: this.metrics, log, bus: this, hub: this };
     this.guard = new HandshakeGuard(config.limits.maxHandshakesInFlight, config.limits.cookieThresholdPerSec);
     this.sources = new SourceResolver(config.network.trustedProxies);
     this.sourceLimits = new SourceLimits(config.network, (r) => this.metrics.sourceRefusals.inc({ limit: r.kind, scope: r.scope }));
@@ -288,6 +292,10 @@ export class Cell {
   // ---- sessions ---------------------------------------------------------------
 
   get sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  get count(): number {
     return this.sessions.size;
   }
 

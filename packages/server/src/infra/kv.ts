@@ -1,5 +1,53 @@
+import type { KV, KvEntry } from '@nats-io/kv';
+
 /** JetStream "wrong last sequence": an optimistic-concurrency (create/update) conflict. */
 export function isCasConflict(err: unknown): boolean {
   const e = err as { code?: unknown; message?: unknown };
   return e?.code === 10071 || (typeof e?.message === 'string' && e.message.includes('wrong last sequence'));
+}
+
+/** Compare-and-set attempts before a change gives up: enough for every contended key measured here. */
+export const CAS_ATTEMPTS = 16;
+
+/** What one attempt of a read-modify-write makes of the current value. */
+export interface CasStep<R> {
+  /** New bytes; `null` deletes the key; absent leaves it as it is (and ends the loop). */
+  write?: Uint8Array | null;
+  /** What `casModify` resolves to once this step's write (if any) went through. */
+  result: R;
+}
+
+export interface CasOptions {
+  attempts?: number;
+  /** Where the current entry is read from (default: `kv.get`, which reads the stream leader only if the bucket says so). */
+  read?: (key: string) => Promise<KvEntry | null>;
+  /** The error thrown after the last conflicting attempt (callers give it a stable code). */
+  contended: () => Error;
+}
+
+/**
+ * The one read-modify-write loop over a KV key: reads the entry, lets `step`
+ * decide from its value (undefined when absent or deleted), writes with the
+ * revision read (create when there was none, update over a delete marker), and
+ * reads again on a conflict. Other errors end it at once. `step` must be pure:
+ * it may run several times.
+ */
+export async function casModify<R>(kv: KV, key: string, step: (cur: Uint8Array | undefined) => CasStep<R>, opts: CasOptions): Promise<R> {
+  const attempts = opts.attempts ?? CAS_ATTEMPTS;
+  for (let i = 0; i < attempts; i++) {
+    const e = await (opts.read ? opts.read(key) : kv.get(key));
+    const live = e !== null && e.operation === 'PUT';
+    const { write, result } = step(live ? e.value : undefined);
+    if (write === undefined) return result;
+    try {
+      if (write === null) {
+        if (live) await kv.delete(key, { previousSeq: e.revision });
+      } else if (e) await kv.update(key, write, e.revision);
+      else await kv.create(key, write);
+      return result;
+    } catch (err) {
+      if (!isCasConflict(err)) throw err;
+    }
+  }
+  throw opts.contended();
 }
