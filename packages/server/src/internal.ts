@@ -14,3 +14,16 @@ export { campaignReport, userReport, type ReportSources } from './engage/reports
 export { LocalQueryResponder, LOCAL_PAGE, queryUnarchived } from './engage/shipper.js';
 export { recordId, TrackingStore, type LocalQuery } from './engage/tracking-store.js';
 export { Damper } from './reach/damping.js';
+
+// Features and the cell's plumbing, for unit tests that build one feature on fakes of its ports.
+export type { Bus, CellContext, Hub, Log } from './core/context.js';
+export type * from './core/ports.js';
+export type { BudgetKind, Delivery, DeviceSession, DrainState, StoredRef } from './core/session.js';
+export type { Envelope, Invalidation, Item, ChatItem, ReceiptItem } from './core/envelope.js';
+export { DeliveryProofs } from './core/proofs.js';
+export { CellMetrics } from './infra/metrics.js';
+export { Names } from './infra/subjects.js';
+export { casModify, CAS_ATTEMPTS, isCasConflict } from './infra/kv.js';
+export { Custody, type CustodyPorts } from './messaging/custody.js';
+export { Routing, type RoutingPorts } from './messaging/routing.js';
+export { MailboxDrains } from './messaging/drain.js';

@@ -3,7 +3,9 @@ import { pack, unpack } from '@gravitas/protocol';
 import { isCasConflict } from '../infra/nats.js';
 
 /** Where one device's session lives. `epoch` grows with every new session of the device. */
-export interface DeviceLocation { device: string; cell: string; node: string; epoch: number }
+import type { DeviceLocation, DirectoryPort } from '../core/ports.js';
+
+export type { DeviceLocation };
 
 type Entry = Record<string, { c: string; n: string; e: number }>;
 
@@ -34,7 +36,7 @@ function decode(v: Uint8Array | undefined): Entry {
  * session of the same device has registered. Entries on cells that stopped
  * heartbeating are ignored by lookups and dropped on the next write.
  */
-export class Directory {
+export class Directory implements DirectoryPort {
   private readonly cache = new Map<string, { locs: DeviceLocation[]; at: number }>();
   private readonly inFlight = new Map<string, Promise<DeviceLocation[]>>();
 

@@ -1,10 +1,21 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { chooseHintCell, choosePartner, CellTraffic, CELL_SPACE, loadCap, planExchange, RateLimiter, type ExchangeSide, type SessionTraffic } from '@gravitas/placement';
-import { fromBase64Url, hintKeyPair, isName, pack, signHint, unpack, type HintKeyPair } from '@gravitas/protocol';
-import type { Cell } from '../cell/cell.js';
+import { isName, pack, unpack, type HintKeyPair } from '@gravitas/protocol';
+import type { CellContext } from '../core/context.js';
 import type { ChatItem } from '../core/envelope.js';
-import type { Session } from '../session/session.js';
+import type { CellLoad, DirectoryPort, MessagingEvents, Placement } from '../core/ports.js';
+import type { DeviceSession } from '../core/session.js';
 import { TtlCache } from '../infra/ttl-cache.js';
+import { Hints, type SelfAddress } from './hints.js';
+
+/** What gravitation uses besides the context. */
+export interface GravityPorts {
+  hints: Hints;
+  self: SelfAddress;
+  directory: () => Pick<DirectoryPort, 'lookup'>;
+  /** Runs a device's mailbox drain (after a move it did not follow). */
+  drain(s: DeviceSession): void;
+}
 
 /*
  * Gravitation on a real cell (docs/gravitation.md). The policy itself lives in
@@ -47,17 +58,12 @@ function decodeReply(v: unknown): ExchangeReply | undefined {
   return { addr: o.addr, yours: o.yours, mine: o.mine };
 }
 
-/** A live cell as placement sees it. */
-export interface CellLoad { addr: string; web?: string; load: number }
-
-export class Gravity {
+export class Gravity implements Placement, Pick<MessagingEvents, 'delivered'> {
   private readonly traffic: CellTraffic;
   /** Cell ids as small numbers for the sketch (cell ids change with every incarnation). */
   private readonly cellNums = new Map<string, number>();
-  private readonly bySlot = new Map<number, Session>();
+  private readonly bySlot = new Map<number, DeviceSession>();
   private readonly limiter: RateLimiter;
-  /** The cluster's hint key pair (derived from the server key): hints, and relay wake tokens. */
-  readonly keys: HintKeyPair;
   /** Partners recently traded with. */
   private readonly cooldown: TtlCache<string, true>;
   /** Sessions told to move here, by user/device: an arrival counts as a followed hint. */
@@ -69,32 +75,39 @@ export class Gravity {
   private sub: Subscription | undefined;
   private stopped = false;
 
-  constructor(private readonly cell: Cell) {
-    const g = cell.config.gravity;
+  private readonly hints: Hints;
+
+  constructor(private readonly ctx: CellContext, private readonly ports: GravityPorts) {
+    const g = ctx.config.gravity;
+    this.hints = ports.hints;
     this.traffic = new CellTraffic(0, g.sketchSize, g.halfLifeMs, performance.now());
-    this.cellNums.set(cell.cellId, 0);
+    this.cellNums.set(ctx.cellId, 0);
     this.limiter = new RateLimiter(g.migrationsPerSec, g.maxMovesPerExchange, performance.now());
-    this.keys = hintKeyPair(fromBase64Url(cell.config.serverKey, 32));
     this.cooldown = new TtlCache(1024, Math.max(1, g.cooldownMs));
     this.expected = new TtlCache(100_000, g.hintTtlMs);
   }
 
+  /** The cluster's hint key pair (derived from the server key): hints, and relay wake tokens. */
+  get keys(): HintKeyPair {
+    return this.hints.keys;
+  }
+
   /** The public half of the hint key, for the welcome. */
   get hintPublicKey(): Uint8Array {
-    return this.keys.publicKey;
+    return this.hints.keys.publicKey;
   }
 
   private get nc(): NatsConnection {
-    return this.cell.nc;
+    return this.ctx.nc;
   }
 
   private subject(cellId: string): string {
-    return `${this.cell.config.prefix}.gravity.${cellId}`;
+    return `${this.ctx.config.prefix}.gravity.${cellId}`;
   }
 
   start(): void {
-    this.sub = this.nc.subscribe(this.subject(this.cell.cellId), { callback: (err, msg) => void (err || this.onRequest(msg)) });
-    if (this.cell.config.gravity.enabled) this.schedule();
+    this.sub = this.nc.subscribe(this.subject(this.ctx.cellId), { callback: (err, msg) => void (err || this.onRequest(msg)) });
+    if (this.ctx.config.gravity.enabled) this.schedule();
   }
 
   stop(): void {
@@ -104,11 +117,11 @@ export class Gravity {
   }
 
   private schedule(): void {
-    const every = this.cell.config.gravity.intervalMs;
+    const every = this.ctx.config.gravity.intervalMs;
     this.timer = setTimeout(() => {
       if (this.stopped) return;
       this.exchange()
-        .catch((err) => this.cell.log('gravity exchange failed', err))
+        .catch((err) => this.ctx.log('gravity exchange failed', err))
         .finally(() => !this.stopped && this.schedule());
     }, every * (0.5 + Math.random()));
     this.timer.unref();
@@ -122,7 +135,7 @@ export class Gravity {
     if (this.cellNums.size >= CELL_SPACE) {
       // Many incarnations of cells since start: forget the old ids (and their counts).
       this.cellNums.clear();
-      this.cellNums.set(this.cell.cellId, 0);
+      this.cellNums.set(this.ctx.cellId, 0);
       this.traffic.forget(() => true);
     }
     n = this.cellNums.size;
@@ -131,8 +144,13 @@ export class Gravity {
   }
 
   /** One delivery between session `s` of this cell and a session on `peerCell`. */
-  record(s: Session, peerCell: string): void {
+  record(s: DeviceSession, peerCell: string): void {
     this.traffic.record(s.slot, this.cellNum(peerCell), 1, performance.now());
+  }
+
+  /** A live item held by cell `origin` reached `s` here: the recipient's side of the count. */
+  arrived(s: DeviceSession, origin: string): void {
+    this.record(s, origin);
   }
 
   /**
@@ -140,8 +158,8 @@ export class Gravity {
    * session if it is here, `recipient` the receiving one if it is here, `peerCell`
    * where the recipient is. The recipient's cell records its side on arrival.
    */
-  delivered(sender: Session | undefined, recipient: Session | undefined, peerCell: string): void {
-    if (peerCell === this.cell.cellId) this.window.local++;
+  delivered(sender: DeviceSession | undefined, recipient: DeviceSession | undefined, peerCell: string): void {
+    if (peerCell === this.ctx.cellId) this.window.local++;
     else this.window.remote++;
     if (sender) this.record(sender, peerCell);
     if (recipient) this.record(recipient, peerCell);
@@ -150,9 +168,9 @@ export class Gravity {
   /** Scrape time: locality since the last scrape, and the balance this cell sees. */
   sampleGauges(): void {
     const { local, remote } = this.window;
-    if (local + remote > 0) this.cell.metrics.locality.set({ cell: this.cell.cellId }, local / (local + remote));
+    if (local + remote > 0) this.ctx.metrics.locality.set({ cell: this.ctx.cellId }, local / (local + remote));
     this.window = { local: 0, remote: 0 };
-    this.cell.metrics.balance.set({ cell: this.cell.cellId }, this.balance());
+    this.ctx.metrics.balance.set({ cell: this.ctx.cellId }, this.balance());
   }
 
   /** A device was sent a hint to this cell: its arrival will count as followed. */
@@ -160,70 +178,51 @@ export class Gravity {
     this.expected.set(`${user}/${device}`, true);
   }
 
-  registered(s: Session): void {
+  registered(s: DeviceSession): void {
     this.bySlot.set(s.slot, s);
     if (this.expected.get(`${s.user}/${s.device}`)) {
       this.expected.delete(`${s.user}/${s.device}`);
-      this.cell.metrics.hintsFollowed.inc();
+      this.ctx.metrics.hintsFollowed.inc();
     }
   }
 
-  detached(s: Session): void {
+  detached(s: DeviceSession): void {
     this.bySlot.delete(s.slot);
   }
 
   // ---- who may move, and where -----------------------------------------------------
 
   /** Not in a handshake (unregistered), not draining its mailbox, settled long enough. */
-  private movable(s: Session | undefined, now: number): s is Session {
-    return s !== undefined && s.isOpen && s.registered && !s.drain.running && !s.moving && now - s.registeredAt >= this.cell.config.gravity.minDwellMs;
+  private movable(s: DeviceSession | undefined, now: number): s is DeviceSession {
+    return s !== undefined && s.isOpen && s.registered && !s.drain.running && !s.moving && now - s.registeredAt >= this.ctx.config.gravity.minDwellMs;
   }
 
-  /** Live, accepting cells: addresses (TCP, web) and loads, this cell's own load taken fresh. */
   loads(): Map<string, CellLoad> {
-    const out = new Map<string, CellLoad>();
-    for (const c of this.cell.membership.live()) if (c.state === 'up') out.set(c.cell, { addr: c.address, ...(c.web && { web: c.web }), load: c.sessions });
-    const web = this.cell.webAddress;
-    out.set(this.cell.cellId, { addr: this.cell.address, ...(web && { web }), load: this.cell.sessionCount });
-    return out;
+    return this.hints.loads();
   }
 
-  /**
-   * A signed hint sending `user`/`device` to live cell `cellId`, with its web address
-   * too so a device on WebSocket or chunked HTTP can follow. Undefined if the cell is not live.
-   */
   signHintTo(cellId: string, user: string, device: string, ttlMs: number, now = Date.now(), loads = this.loads()): Uint8Array | undefined {
-    const c = loads.get(cellId);
-    if (!c) return undefined;
-    return signHint({ cell: cellId, addr: c.addr, ...(c.web && { web: c.web }), user, device, issuedAt: now, expiresAt: now + ttlMs }, this.keys.secretKey);
-  }
-
-  static mean(loads: Map<string, { load: number }>): number {
-    let total = 0;
-    for (const l of loads.values()) total += l.load;
-    return loads.size > 0 ? total / loads.size : 0;
+    return this.hints.signHintTo(cellId, user, device, ttlMs, now, loads);
   }
 
   /** max/mean sessions over the live cells (1 = perfectly even). */
   balance(): number {
     const loads = this.loads();
-    const mean = Gravity.mean(loads);
+    const mean = Hints.mean(loads);
     let max = 0;
     for (const l of loads.values()) max = Math.max(max, l.load);
     return mean > 0 ? max / mean : 1;
   }
 
   /** Sends `s` a signed hint to move to `cellId` at `addr`. */
-  private move(s: Session, cellId: string, addr: string, why: 'rebalance' | 'associate'): void {
-    const now = Date.now();
+  private move(s: DeviceSession, cellId: string, addr: string, why: 'rebalance' | 'associate'): void {
     // The target's web listener too, so a device on WebSocket or chunked HTTP can follow.
-    const web = cellId === this.cell.cellId ? this.cell.webAddress : this.cell.membership.live().find((c) => c.cell === cellId)?.web;
-    const h = signHint({ cell: cellId, addr, ...(web && { web }), user: s.user, device: s.device, issuedAt: now, expiresAt: now + this.cell.config.gravity.hintTtlMs }, this.keys.secretKey);
+    const h = this.hints.signHintAt(cellId, addr, s.user, s.device, this.ctx.config.gravity.hintTtlMs);
     s.moving = true;
     s.send({ t: 'move', h, why });
-    this.cell.metrics.migrations.inc({ why });
+    this.ctx.metrics.migrations.inc({ why });
     // A hint not followed by its expiry (an old SDK, an unreachable cell): the session may be planned again.
-    setTimeout(() => (s.moving = false), this.cell.config.gravity.hintTtlMs).unref();
+    setTimeout(() => (s.moving = false), this.ctx.config.gravity.hintTtlMs).unref();
   }
 
   /**
@@ -233,24 +232,24 @@ export class Gravity {
    * first), as long as the cell is below its load cap. True if a move was sent
    * (the drain waits).
    */
-  async associateHint(s: Session, item: ChatItem): Promise<boolean> {
-    if (!this.cell.config.gravity.enabled || item.from === s.user || s.moving) return false;
-    const locs = await this.cell.directory.lookup(item.from);
+  async associateHint(s: DeviceSession, item: ChatItem): Promise<boolean> {
+    if (!this.ctx.config.gravity.enabled || item.from === s.user || s.moving) return false;
+    const locs = await this.ports.directory().lookup(item.from);
     const loads = this.loads();
     const preferred = locs.find((l) => l.device === item.fd)?.cell ?? locs[0]?.cell;
     if (preferred === undefined) return false;
-    const cap = loadCap(Gravity.mean(loads), this.cell.config.gravity.epsilon);
+    const cap = loadCap(Hints.mean(loads), this.ctx.config.gravity.epsilon);
     // What the cell knows of this device's associates: the sender, its sending device first.
     const associates = locs.map((l) => ({ cell: l.cell, weight: l.device === item.fd ? 2 : 1 }));
     const target = chooseHintCell(preferred, associates, (c) => loads.get(c)?.load, cap);
-    if (target === undefined || target === this.cell.cellId || !s.isOpen) return false;
+    if (target === undefined || target === this.ctx.cellId || !s.isOpen) return false;
     this.move(s, target, loads.get(target)!.addr, 'associate');
-    this.cell.publish(target, { k: 'exp', user: s.user, dev: s.device });
+    this.ctx.bus.publish(target, { k: 'exp', user: s.user, dev: s.device });
     setTimeout(() => {
       // Not followed (a dead cell, an old SDK): stay, and drain here after all.
       if (!s.isOpen) return;
       s.moving = false;
-      this.cell.drainMailbox(s);
+      this.ports.drain(s);
     }, ASSOCIATE_FALLBACK_MS).unref();
     return true;
   }
@@ -258,7 +257,7 @@ export class Gravity {
   // ---- exchanges --------------------------------------------------------------------
 
   private sides(summary: Map<number, SessionTraffic>, partner: string): { cands: Weighted[]; spares: Weighted[] } {
-    const g = this.cell.config.gravity;
+    const g = this.ctx.config.gravity;
     const now = Date.now();
     const p = this.cellNum(partner);
     const eligible = (slot: number): boolean => this.movable(this.bySlot.get(slot), now);
@@ -290,21 +289,21 @@ export class Gravity {
       const id = names.get(n);
       if (id !== undefined) cross.push([id, count]);
     }
-    const mean = Gravity.mean(loads);
-    const cap = loadCap(mean, this.cell.config.gravity.epsilon);
-    const partner = choosePartner(this.cell.cellId, cross, (c) => loads.get(c)?.load, (c) => this.cooldown.get(c) === true, loads.keys(), mean, cap);
+    const mean = Hints.mean(loads);
+    const cap = loadCap(mean, this.ctx.config.gravity.epsilon);
+    const partner = choosePartner(this.ctx.cellId, cross, (c) => loads.get(c)?.load, (c) => this.cooldown.get(c) === true, loads.keys(), mean, cap);
     if (!partner) return;
     const { cands, spares } = this.sides(summary, partner);
-    if (cands.length === 0 && (this.cell.sessionCount < cap || spares.length === 0)) return;
+    if (cands.length === 0 && (this.ctx.hub.count < cap || spares.length === 0)) return;
     this.busy = true;
     try {
-      const req: ExchangeRequest = { from: this.cell.cellId, addr: this.cell.address, load: this.cell.sessionCount, c: cands, sp: spares };
+      const req: ExchangeRequest = { from: this.ctx.cellId, addr: this.ports.self.address(), load: this.ctx.hub.count, c: cands, sp: spares };
       const res = await this.nc.request(this.subject(partner), pack(req), { timeout: REQUEST_TIMEOUT_MS });
       const reply = decodeReply(unpack(res.data));
-      if (!reply) return this.cell.metrics.exchanges.inc({ result: 'malformed' });
-      if (reply.busy) return this.cell.metrics.exchanges.inc({ result: 'busy' });
+      if (!reply) return this.ctx.metrics.exchanges.inc({ result: 'malformed' });
+      if (reply.busy) return this.ctx.metrics.exchanges.inc({ result: 'busy' });
       this.cooldown.set(partner, true);
-      this.cell.metrics.exchanges.inc({ result: reply.yours.length + reply.mine.length > 0 ? 'moved' : 'empty' });
+      this.ctx.metrics.exchanges.inc({ result: reply.yours.length + reply.mine.length > 0 ? 'moved' : 'empty' });
       for (const [u, d] of reply.mine) this.expect(u, d);
       this.carryOut(reply.yours, partner, reply.addr);
     } finally {
@@ -321,10 +320,10 @@ export class Gravity {
       req = undefined;
     }
     if (!req) return; // malformed: no answer, the requester times out
-    if (this.busy || this.stopped || !this.cell.config.gravity.enabled) return reply({ busy: true });
+    if (this.busy || this.stopped || !this.ctx.config.gravity.enabled) return reply({ busy: true });
     this.busy = true;
     try {
-      const g = this.cell.config.gravity;
+      const g = this.ctx.config.gravity;
       const loads = this.loads();
       loads.set(req.from, { addr: req.addr, load: req.load });
       const summary = this.summary();
@@ -335,8 +334,8 @@ export class Gravity {
         toOther: c.map((e, i) => ({ session: i, cell: 0, gain: e[2] })),
         spares: sp.map((e, i) => ({ session: c.length + i, weight: e[2] })),
       });
-      const plan = planExchange(side(req.c, req.sp, req.load), side(cands, spares, this.cell.sessionCount), {
-        mean: Gravity.mean(loads),
+      const plan = planExchange(side(req.c, req.sp, req.load), side(cands, spares, this.ctx.hub.count), {
+        mean: Hints.mean(loads),
         epsilon: g.epsilon,
         maxMoves: g.maxMovesPerExchange,
         minGain: g.minGain,
@@ -347,7 +346,7 @@ export class Gravity {
       };
       const yours = plan.aToB.map(pick(req.c, req.sp));
       const mine = plan.bToA.map(pick(cands, spares));
-      reply({ addr: this.cell.address, yours, mine });
+      reply({ addr: this.ports.self.address(), yours, mine });
       this.cooldown.set(req.from, true);
       for (const [u, d] of yours) this.expect(u, d);
       // The reply first (it tells the requester whom to expect), then the moves: a mover
@@ -364,7 +363,7 @@ export class Gravity {
   /** Sends this cell's movers to `partner`, within the migration rate. */
   private carryOut(leaving: Pair[], partner: string, addr: string): void {
     const now = Date.now();
-    const movers = leaving.map(([u, d]) => this.cell.session(u, d)).filter((s): s is Session => this.movable(s, now));
+    const movers = leaving.map(([u, d]) => this.ctx.hub.session(u, d)).filter((s): s is DeviceSession => this.movable(s, now));
     const granted = this.limiter.take(movers.length, performance.now());
     for (const s of movers.slice(0, granted)) this.move(s, partner, addr, 'rebalance');
   }

@@ -1,18 +1,9 @@
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { KV } from '@nats-io/kv';
 import { pack, unpack } from '@gravitas/protocol';
+import type { CellInfo, Liveness } from '../core/ports.js';
 
-/** What a cell announces about itself on every heartbeat. */
-export interface CellInfo {
-  cell: string;
-  node: string;
-  address: string;
-  /** The cell's web listener (host:port), if it has one. */
-  web?: string;
-  sessions: number;
-  lagMs: number;
-  state: 'up' | 'draining';
-}
+export type { CellInfo };
 
 /** A heartbeat from the wire, checked: a malformed one is ignored, never trusted. */
 function decodeInfo(v: unknown): CellInfo | undefined {
@@ -30,7 +21,7 @@ function decodeInfo(v: unknown): CellInfo | undefined {
  * also put (best effort) into a KV bucket with a short max age, so a starting cell
  * learns the membership at once and a graceful leave (a delete) is seen at once.
  */
-export class Membership {
+export class Membership implements Liveness {
   private readonly seen = new Map<string, { info: CellInfo; at: number }>();
   private hb: NodeJS.Timeout | undefined;
   private reaper: NodeJS.Timeout | undefined;

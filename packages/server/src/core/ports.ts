@@ -1,6 +1,8 @@
 import type { ErrorCode, HintKeyPair, Prefs, Read, RequestArgs, RequestOp, Send, Typing } from '@gravitas/protocol';
 import type { ChatItem, Envelope, Item, ReceiptItem } from './envelope.js';
-import type { DeviceSession } from './session.js';
+import type { DeviceSession, StoredRef } from './session.js';
+
+export type { StoredRef };
 
 /*
  * The interfaces features know each other by. A feature's constructor takes the
@@ -15,8 +17,6 @@ import type { DeviceSession } from './session.js';
 /** Where one of a user's devices has a session. */
 export interface DeviceLocation { device: string; cell: string; node: string; epoch: number }
 
-/** Where one stored item lives: enough to delete it once acknowledged. */
-export interface StoredRef { stream: string; seq: number }
 
 export interface StoredItem { item: Item; ref: StoredRef; storedAt: number }
 
@@ -60,6 +60,8 @@ export interface DirectoryPort {
   lookup(user: string, fresh?: boolean): Promise<DeviceLocation[]>;
   register(user: string, device: string, cell: string, node: string): Promise<{ epoch: number; replaced?: DeviceLocation }>;
   unregister(user: string, device: string, epoch: number): Promise<void>;
+  /** Every device entry of `user`, also those on cells not heard from lately (`live` false). */
+  entries(user: string): Promise<Array<DeviceLocation & { live: boolean }>>;
   invalidate(user: string): void;
 }
 
@@ -123,9 +125,20 @@ export interface PresencePort {
 
 /** A device's mailbox stream (messaging/mailbox.ts). */
 export interface MailboxPort {
+  store(user: string, device: string, item: Item): Promise<StoredRef>;
   read(user: string, device: string, fromSeq: number): AsyncIterable<StoredItem>;
+  /** Items of partition `k` stored before `cutoff` (the expiry sweep). */
+  expired(k: number, cutoff: number): AsyncIterable<StoredItem>;
   remove(ref: StoredRef): Promise<boolean>;
   purgeDevice(user: string, device: string): Promise<void>;
+}
+
+/** Runs mailbox drains (messaging/drain.ts). */
+export interface Drains {
+  /** Starts (or repeats) the drain of session `s`'s mailbox. */
+  drain(s: DeviceSession): void;
+  /** Tells the cell hosting `loc` that the device's mailbox has new items. */
+  poke(loc: DeviceLocation, user: string): void;
 }
 
 /** 1:1 messages and receipts under custody (messaging/custody.ts). */
@@ -187,8 +200,10 @@ export interface ProfilesPort extends RequestHandler {
 export interface MessagingEvents {
   /** A 1:1 item was stored in `user/device`'s mailbox (the device is offline or silent). */
   stored(user: string, device: string, item: Item): void;
-  /** A live 1:1 item reached a device; `sender`/`recipient` are the sessions on this cell, if any. */
+  /** Custody delivered a live 1:1 item towards `peerCell`; `sender`/`recipient` are the sessions on this cell, if any. */
   delivered(sender: DeviceSession | undefined, recipient: DeviceSession | undefined, peerCell: string): void;
+  /** A live item held by cell `origin` reached session `s` here. */
+  arrived(s: DeviceSession, origin: string): void;
   /** A group message for `member`: `online` are its devices with sessions. */
   groupMessage(member: string, online: readonly DeviceLocation[], item: ChatItem): void;
   /** A group message did not reach `user/device`, which had just gone offline. */

@@ -1,12 +1,14 @@
 import type { ErrorCode, ServerMessage } from '@gravitas/protocol';
 import type { ChatItem, Item } from './envelope.js';
-import type { StoredRef } from './ports.js';
 
 /*
  * A device's session as features see it: who it is, whether it is still open,
  * and the few ways to hand it something. The actor behind it
  * (session/session.ts) owns the secure channel, the inbox and the window.
  */
+
+/** Where one stored item lives: enough to delete it once acknowledged. */
+export interface StoredRef { stream: string; seq: number }
 
 /**
  * An item written to this device and not yet acknowledged, and how it came: live
@@ -19,6 +21,20 @@ export type Delivery =
   | { via: 'group'; item: ChatItem };
 
 export type BudgetKind = 'msg' | 'fanout' | 'read' | 'req';
+
+/** Where a device's mailbox drain is (messaging/drain.ts keeps it on the session). */
+export interface DrainState {
+  running: boolean;
+  /** A wake-up came during the run: run once more from `next`. */
+  again: boolean;
+  /** The next mailbox sequence to read. */
+  next: number;
+  /** Mailbox items written and not yet acknowledged (the drain window). */
+  inFlight: number;
+  retryMs: number;
+  /** The connect-time associate hint was considered (gravitation). */
+  hinted: boolean;
+}
 
 export interface DeviceSession {
   readonly id: string;
@@ -34,6 +50,15 @@ export interface DeviceSession {
   readonly startedAt: number;
   /** Unsent bytes on its connection. */
   readonly outboundBytes: number;
+  /** Registered in the directory and the hub (set by the hub). */
+  readonly registered: boolean;
+  /** When it registered (ms since the epoch). */
+  readonly registeredAt: number;
+  /** Written and not yet acknowledged, by `from/id`. */
+  readonly unacked: Map<string, Delivery>;
+  readonly drain: DrainState;
+  /** Resolves when fewer than `window` mailbox items are unacknowledged and the connection has room (or the session ended). */
+  windowFor(window: number): Promise<void>;
   /** Told to move to another cell (a connect hint): not moved again meanwhile (gravitation's mark). */
   moving: boolean;
   send(m: ServerMessage): void;

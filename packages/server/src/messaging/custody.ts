@@ -1,12 +1,25 @@
 import { randomBytes } from 'node:crypto';
 import { ErrorCode, isSystemName, ProtocolError, SYSTEM_PREFIX, type ErrorCode as Code, type Read, type Send } from '@gravitas/protocol';
-import type { Cell } from '../cell/cell.js';
-import type { DeviceLocation } from '../cluster/directory.js';
+import type { CellContext } from '../core/context.js';
 import { ANY_DEVICE, SYSTEM_DEVICE, type ChatItem, type Item, type ReceiptItem } from '../core/envelope.js';
+import type { CustodyPort, DeviceLocation, DeviceRoster, DirectoryPort, Drains, MailboxPort, MessagingEvents, Notice, Settlement, SocialGraph, StoredRef } from '../core/ports.js';
 import { DeliveryProofs } from '../core/proofs.js';
-import type { StoredRef } from './mailbox.js';
-import type { Session } from '../session/session.js';
+import type { DeviceSession } from '../core/session.js';
 import { TtlCache } from '../infra/ttl-cache.js';
+import type { Routing } from './routing.js';
+
+/** What custody works with besides the context (stores and services built at start, hence getters). */
+export interface CustodyPorts {
+  accounts: () => Pick<DeviceRoster, 'devices'>;
+  social: () => Pick<SocialGraph, 'refuses' | 'prefs'>;
+  directory: () => Pick<DirectoryPort, 'lookup' | 'invalidate' | 'entries'>;
+  mailbox: () => Pick<MailboxPort, 'store' | 'remove'>;
+  routing: Pick<Routing, 'toDevice'>;
+  drains: Pick<Drains, 'poke'>;
+  proofs: Pick<DeliveryProofs, 'message'>;
+  /** Told of every item stored for a device that is offline or silent (push listens). */
+  events: Pick<MessagingEvents, 'stored'>;
+}
 
 /** One device an item must reach, and how far it got. */
 interface Target {
@@ -34,8 +47,7 @@ interface Pending {
   onSettled?: (st: Settlement) => void;
 }
 
-/** The fate of an item under custody. */
-export type Settlement = { s: 'delivered' | 'stored' } | { s: 'failed'; code: Code };
+export type { Settlement };
 
 const SWEEP_MS = 100;
 /** Final statuses remembered to answer re-sends without routing them again. */
@@ -68,7 +80,7 @@ export function serverItemId(prefix: string): string {
  * Until then the SDK keeps the message and re-sends it after a reconnect; a
  * re-send is matched to the pending or settled entry by (sender, device, id).
  */
-export class Custody {
+export class Custody implements CustodyPort {
   private readonly pending = new Map<string, Pending>();
   private readonly settled = new TtlCache<string, { s: 'delivered' | 'stored' | 'failed'; code?: Code }>(SETTLED_MAX, SETTLED_TTL_MS);
   private readonly late = new TtlCache<string, StoredRef>(LATE_MAX, LATE_TTL_MS);
@@ -78,7 +90,7 @@ export class Custody {
   private readonly wakes = new Map<string, { running: boolean; again: boolean; attempt: number }>();
   private sweeper: NodeJS.Timeout | undefined;
 
-  constructor(private readonly cell: Cell) {}
+  constructor(private readonly ctx: CellContext, private readonly ports: CustodyPorts) {}
 
   start(): void {
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
@@ -92,20 +104,20 @@ export class Custody {
   // ---- accepting --------------------------------------------------------------
 
   /** A chat message from a session, to a user. */
-  async submit(s: Session, m: Send & { to: string }): Promise<void> {
+  async submit(s: DeviceSession, m: Send & { to: string }): Promise<void> {
     const key = `${s.user}/${s.device}/${m.id}`;
     if (this.pending.has(key)) return; // a re-send of a message still in flight: its status will come
     const done = this.settled.get(key);
     if (done) return s.send({ t: 'status', id: m.id, ...done });
     const sender = tkey(s.user, s.device);
     const inFlight = this.inFlight.get(sender) ?? 0;
-    if (inFlight >= this.cell.config.limits.maxInFlightPerSession) return s.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.TOO_MANY_IN_FLIGHT });
+    if (inFlight >= this.ctx.config.limits.maxInFlightPerSession) return s.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.TOO_MANY_IN_FLIGHT });
     const item: ChatItem = { k: 'm', id: m.id, from: s.user, fd: s.device, to: m.to, text: m.text, ts: Date.now() };
     // Refusal and non-existence look the same to the sender: UNDELIVERABLE reveals nothing.
     const [recipients, own, refused] = await Promise.all([
-      this.cell.accounts.devices(m.to),
-      m.to === s.user ? Promise.resolve([]) : this.cell.accounts.devices(s.user),
-      this.cell.social.refuses(m.to, s.user),
+      this.ports.accounts().devices(m.to),
+      m.to === s.user ? Promise.resolve([]) : this.ports.accounts().devices(s.user),
+      this.ports.social().refuses(m.to, s.user),
     ]);
     if (refused || recipients.length === 0) return this.answer(s, key, m.id, { s: 'failed', code: ErrorCode.UNDELIVERABLE });
     const targets: Array<[string, string]> = [];
@@ -128,13 +140,13 @@ export class Custody {
    * custody — only with the delivery proof of that message to this user, so nobody
    * can mark as read what did not reach them, and no state per delivery is kept.
    */
-  async read(s: Session, m: Read): Promise<void> {
+  async read(s: DeviceSession, m: Read): Promise<void> {
     if (m.from === s.user || isSystemName(m.from)) return; // no receipts to oneself, nor to the system
-    if (!DeliveryProofs.same(this.cell.proofs.message(m.from, m.id, s.user), m.rk)) {
+    if (!DeliveryProofs.same(this.ports.proofs.message(m.from, m.id, s.user), m.rk)) {
       // No `ref`: it names the sender's own outbox message in an error frame, and this id is someone else's.
       return s.sendError(ErrorCode.NOT_ALLOWED, `read receipt for ${m.id} refused: it needs the delivery proof (rk) of a message delivered to you`);
     }
-    const [mine, theirs, refused] = await Promise.all([this.cell.social.prefs(s.user), this.cell.social.prefs(m.from), this.cell.social.refuses(m.from, s.user)]);
+    const [mine, theirs, refused] = await Promise.all([this.ports.social().prefs(s.user), this.ports.social().prefs(m.from), this.ports.social().refuses(m.from, s.user)]);
     // Reciprocal, as users expect: whoever turns read receipts off neither sends nor gets them.
     if (!mine.readReceipts || !theirs.readReceipts || refused) return;
     await this.receipt(m.from, m.id, s.user, ANY_DEVICE, 'read');
@@ -160,7 +172,7 @@ export class Custody {
         };
       });
     }
-    return this.cell.accounts.devices(item.to).then((devices) => {
+    return this.ports.accounts().devices(item.to).then((devices) => {
       if (devices.length === 0) return { s: 'failed', code: ErrorCode.UNDELIVERABLE };
       return new Promise<Settlement>((resolve) => {
         void this.take(key, item, undefined, devices.map((d) => [item.to, d]), resolve);
@@ -172,8 +184,8 @@ export class Custody {
    * A notice from the system (`from`, a reserved name) to the devices of `user` (all but
    * `except`), under custody like a message: a device that is offline finds it in its mailbox.
    */
-  async notice(user: string, except: string | undefined, n: { from: string; sys: string; text: string; about: string }): Promise<void> {
-    const devices = (await this.cell.accounts.devices(user)).filter((d) => d !== except);
+  async notice(user: string, except: string | undefined, n: Notice): Promise<void> {
+    const devices = (await this.ports.accounts().devices(user)).filter((d) => d !== except);
     if (devices.length === 0) return;
     const item: ChatItem = {
       k: 'm', id: serverItemId('n'), from: n.from, fd: SYSTEM_DEVICE, to: user, text: n.text, ts: Date.now(), sys: n.sys, about: n.about,
@@ -184,24 +196,24 @@ export class Custody {
   /** Generates a receipt about message `ref` (sent by `to`) and takes custody of it. */
   async receipt(to: string, ref: string, by: string, byDevice: string, state: ReceiptItem['s']): Promise<void> {
     const item: ReceiptItem = { k: 'r', id: serverItemId(state[0]!), from: by, fd: byDevice, to, ref, s: state, ts: Date.now() };
-    const devices = await this.cell.accounts.devices(to);
+    const devices = await this.ports.accounts().devices(to);
     if (devices.length === 0) return;
     await this.take(`${by}/${byDevice}/${item.id}`, item, undefined, devices.map((d) => [to, d]));
   }
 
-  private answer(s: Session, key: string, id: string, st: { s: 'delivered' | 'stored' | 'failed'; code?: Code }): void {
+  private answer(s: DeviceSession, key: string, id: string, st: { s: 'delivered' | 'stored' | 'failed'; code?: Code }): void {
     this.settled.set(key, st);
     s.send({ t: 'status', id, ...st });
   }
 
   private async take(key: string, item: Item, sender: Pending['sender'], targets: Array<[string, string]>, onSettled?: (st: Settlement) => void): Promise<void> {
-    const p: Pending = { key, item, sender, targets: new Map(), open: targets.length, stored: 0, deadline: Date.now() + this.cell.config.limits.custodyWindowMs, failure: undefined, ...(onSettled && { onSettled }) };
+    const p: Pending = { key, item, sender, targets: new Map(), open: targets.length, stored: 0, deadline: Date.now() + this.ctx.config.limits.custodyWindowMs, failure: undefined, ...(onSettled && { onSettled }) };
     for (const [user, device] of targets) p.targets.set(tkey(user, device), { user, device, loc: undefined, retried: false, state: 'live', ackedWhileStoring: false });
     this.pending.set(key, p);
     const users = [...new Set(targets.map(([u]) => u))];
     let located: DeviceLocation[][];
     try {
-      located = await Promise.all(users.map((u) => this.cell.directory.lookup(u)));
+      located = await Promise.all(users.map((u) => this.ports.directory().lookup(u)));
     } catch {
       located = users.map(() => []); // directory unreachable: the mailbox is the safe path
     }
@@ -221,19 +233,8 @@ export class Custody {
   // ---- live delivery ------------------------------------------------------------
 
   private dispatch(p: Pending, t: Target): void {
-    const loc = t.loc!;
-    const sender = p.sender && this.cell.session(p.sender.user, p.sender.device);
-    if (loc.cell === this.cell.cellId) {
-      const target = this.cell.session(t.user, t.device);
-      if (target?.deliverLive(p.item, this.cell.cellId)) {
-        this.cell.metrics.deliveries.inc({ path: 'local' });
-        this.cell.gravity.delivered(sender, target, loc.cell);
-      } else this.notHere(p, t);
-    } else {
-      this.cell.publish(loc.cell, { k: 'dlv', m: p.item, u: t.user, dev: t.device, oc: this.cell.cellId });
-      this.cell.metrics.deliveries.inc({ path: 'cross_cell' });
-      this.cell.gravity.delivered(sender, undefined, loc.cell);
-    }
+    const sender = p.sender && this.ctx.hub.session(p.sender.user, p.sender.device);
+    if (!this.ports.routing.toDevice(p.item, t.user, t.device, t.loc!, sender)) this.notHere(p, t);
   }
 
   /**
@@ -257,8 +258,9 @@ export class Custody {
     if (t.state !== 'live') return;
     if (t.retried) return this.store(p, t);
     t.retried = true;
-    this.cell.directory.invalidate(t.user);
-    this.cell.directory
+    this.ports.directory().invalidate(t.user);
+    this.ports
+      .directory()
       .lookup(t.user, true)
       .then((locs) => {
         if (t.state !== 'live') return;
@@ -291,7 +293,7 @@ export class Custody {
       const ref = this.late.get(lk);
       if (!ref) continue;
       this.late.delete(lk);
-      this.cell.mailbox.remove(ref).catch((err) => this.cell.log('late-ack delete failed', err));
+      this.ports.mailbox().remove(ref).catch((err) => this.ctx.log('late-ack delete failed', err));
       break;
     }
   }
@@ -301,18 +303,19 @@ export class Custody {
   private store(p: Pending, t: Target): void {
     if (t.state !== 'live') return;
     t.state = 'storing';
-    this.cell.mailbox
+    this.ports
+      .mailbox()
       .store(t.user, t.device, p.item)
       .then(
         (ref) => {
           t.state = 'done';
           p.open--;
-          this.cell.metrics.mailboxStores.inc();
+          this.ctx.metrics.mailboxStores.inc();
           if (t.ackedWhileStoring) {
-            this.cell.mailbox.remove(ref).catch(() => undefined); // redundant already
+            this.ports.mailbox().remove(ref).catch(() => undefined); // redundant already
           } else {
             p.stored++;
-            this.cell.push.stored(t.user, t.device, p.item); // offline or silent: announce it (reach/push-gateway.ts)
+            this.ports.events.stored(t.user, t.device, p.item); // offline or silent: announce it (push listens)
             // Delivered live too: a late ack deletes the copy; otherwise wake the device's drain.
             if (t.loc) this.late.set(`${p.key}/${t.user}/${t.device}`, ref);
             this.wake(t.user);
@@ -323,7 +326,7 @@ export class Custody {
           t.state = 'done';
           p.open--;
           if (!t.ackedWhileStoring) {
-            this.cell.log('mailbox store failed', err);
+            this.ctx.log('mailbox store failed', err);
             p.failure = err instanceof ProtocolError ? err.code : ErrorCode.STORAGE_UNAVAILABLE;
           }
           this.settleIfDone(p);
@@ -351,11 +354,12 @@ export class Custody {
   private runWake(user: string): void {
     const w = this.wakes.get(user)!;
     w.running = true;
-    this.cell.directory
+    this.ports
+      .directory()
       .entries(user)
       .then(
         (entries) => {
-          for (const l of entries) if (l.live) this.cell.pokeMailbox(l, user);
+          for (const l of entries) if (l.live) this.ports.drains.poke(l, user);
           // A session on a cell that missed heartbeats (NATS hiccup) may still be
           // there: look again until the cell is back or long enough declared dead.
           return entries.some((l) => !l.live);
@@ -387,7 +391,7 @@ export class Custody {
     // A failed store is only final if nothing else holds the message; the SDK retries STORAGE_UNAVAILABLE.
     const st = p.failure ? { s: 'failed' as const, code: p.failure } : { s: p.stored > 0 ? ('stored' as const) : ('delivered' as const) };
     if (!p.failure) this.settled.set(p.key, st);
-    this.cell.session(p.sender.user, p.sender.device)?.send({ t: 'status', id: p.item.id, ...st });
+    this.ctx.hub.session(p.sender.user, p.sender.device)?.send({ t: 'status', id: p.item.id, ...st });
   }
 
   /** Live targets past the window go to the mailbox. Pending entries are in deadline order. */

@@ -1,5 +1,13 @@
-import type { Cell } from '../cell/cell.js';
+import type { CellContext } from '../core/context.js';
 import { ANY_DEVICE, type ReceiptItem } from '../core/envelope.js';
+import type { CustodyPort, DeviceRoster, MailboxPort } from '../core/ports.js';
+
+export interface ExpiryPorts {
+  mailbox: Pick<MailboxPort, 'expired' | 'store' | 'remove'>;
+  accounts: Pick<DeviceRoster, 'devices'>;
+  /** Wakes the sender's sessions for the `expired` receipt. */
+  custody: Pick<CustodyPort, 'wake'>;
+}
 
 /**
  * Expires undelivered mailbox items past `mailbox.retentionMs`. Each expired chat
@@ -13,10 +21,10 @@ export class ExpirySweeper {
   private timer: NodeJS.Timeout | undefined;
   private running = false;
 
-  constructor(private readonly cell: Cell) {}
+  constructor(private readonly ctx: CellContext, private readonly ports: ExpiryPorts) {}
 
   start(): void {
-    const every = this.cell.config.mailbox.sweepIntervalMs;
+    const every = this.ctx.config.mailbox.sweepIntervalMs;
     // Jitter spreads the sweeps of many nodes over the interval.
     const first = setTimeout(() => void this.sweepAll(), Math.random() * every);
     first.unref();
@@ -33,10 +41,10 @@ export class ExpirySweeper {
     this.running = true;
     let expired = 0;
     try {
-      const cutoff = Date.now() - this.cell.config.mailbox.retentionMs;
-      for (let k = 0; k < this.cell.config.mailbox.partitions; k++) expired += await this.sweep(k, cutoff);
+      const cutoff = Date.now() - this.ctx.config.mailbox.retentionMs;
+      for (let k = 0; k < this.ctx.config.mailbox.partitions; k++) expired += await this.sweep(k, cutoff);
     } catch (err) {
-      this.cell.log('mailbox expiry sweep failed', err);
+      this.ctx.log('mailbox expiry sweep failed', err);
     } finally {
       this.running = false;
     }
@@ -44,7 +52,7 @@ export class ExpirySweeper {
   }
 
   private async sweep(k: number, cutoff: number): Promise<number> {
-    const { mailbox, accounts } = this.cell;
+    const { mailbox, accounts } = this.ports;
     let n = 0;
     for await (const { item, ref } of mailbox.expired(k, cutoff)) {
       // The target of a stored item is in its subject; the item says who sent it. A
@@ -53,11 +61,11 @@ export class ExpirySweeper {
         const receipt: ReceiptItem = { k: 'r', id: `x${k}-${ref.seq}`, from: item.to, fd: ANY_DEVICE, to: item.from, ref: item.id, s: 'expired', ts: Date.now() };
         const devices = await accounts.devices(item.from);
         await Promise.all(devices.map((d) => mailbox.store(item.from, d, receipt)));
-        this.cell.custody.wake(item.from);
+        this.ports.custody.wake(item.from);
       }
       // Another node's sweeper may have removed it first: it counted it.
       if (await mailbox.remove(ref)) {
-        this.cell.metrics.mailboxExpired.inc();
+        this.ctx.metrics.mailboxExpired.inc();
         n++;
       }
     }

@@ -4,10 +4,9 @@ import {
   API_TIMEOUT_MS, DUPLICATE_WINDOW_MS, isNotFound, JS_MAX_PER_SUBJECT, jsCode, lastOn, NS_PER_MS, PartitionedStreams, publishFailure, scan, type StreamSettings,
 } from '../infra/jetstream.js';
 
-/** Where one stored item lives: enough to delete it once acknowledged. */
-export interface StoredRef { stream: string; seq: number }
+import type { MailboxPort, StoredItem, StoredRef } from '../core/ports.js';
 
-export interface StoredItem { item: Item; ref: StoredRef; storedAt: number }
+export type { StoredItem, StoredRef };
 
 /** JetStream's own expiry runs this long after ours, as a safety net: our sweep tells senders first. */
 const HARD_EXPIRY_GRACE_MS = 24 * 3600_000;
@@ -21,7 +20,7 @@ const HARD_EXPIRY_GRACE_MS = 24 * 3600_000;
  * subjects in stream order (which is send order, hence order per conversation),
  * and each acknowledged item is deleted.
  */
-export class Mailbox extends PartitionedStreams {
+export class Mailbox extends PartitionedStreams implements MailboxPort {
   protected streamConfig(k: number): StreamSettings {
     return {
       ...this.base(this.names.mailboxStream(k), this.names.mailboxStreamSubjects(k)),

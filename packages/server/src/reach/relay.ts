@@ -2,10 +2,11 @@ import { Kvm } from '@nats-io/kv';
 import { loadCap } from '@gravitas/placement';
 import { ErrorCode, ProtocolError, signWake, type RequestArgs } from '@gravitas/protocol';
 import type { Cell } from '../cell/cell.js';
-import { Gravity, type CellLoad } from '../cluster/gravity.js';
+import { Hints } from '../cluster/hints.js';
+import type { CellLoad } from '../core/ports.js';
 import type { DeviceLocation } from '../cluster/directory.js';
 import { untilReady } from '../infra/nats.js';
-import type { Session } from '../session/session.js';
+import type { DeviceSession } from '../core/session.js';
 import type { SocialRecord } from '../social/contacts.js';
 import { TtlCache } from '../infra/ttl-cache.js';
 import { consents, recentCount, ReachStore, type ReachRecord, type Relayer } from './relay-store.js';
@@ -83,7 +84,7 @@ export class RelayCoordinator {
    * names relay for it. The answer is the same whichever of the named devices
    * exist or consent: it tells nothing about them.
    */
-  async report(s: Session, a: RequestArgs['reach.report']): Promise<{ ttlMs: number }> {
+  async report(s: DeviceSession, a: RequestArgs['reach.report']): Promise<{ ttlMs: number }> {
     const cfg = this.cell.config.relay;
     const me = `${s.user}/${s.device}`;
     if (this.reporters.get(me)) {
@@ -231,7 +232,7 @@ export class RelayCoordinator {
 
   /** The cell the token sends the target to: `near` while it is up and under the load cap, else the least loaded. */
   private hintCell(near: string, loads: Map<string, CellLoad>): string | undefined {
-    const cap = loadCap(Gravity.mean(loads), this.cell.config.gravity.epsilon);
+    const cap = loadCap(Hints.mean(loads), this.cell.config.gravity.epsilon);
     if ((loads.get(near)?.load ?? Infinity) < cap) return near;
     let best: [string, number] | undefined;
     for (const [cell, l] of loads) if (!best || l.load < best[1]) best = [cell, l.load];

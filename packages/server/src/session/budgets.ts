@@ -19,7 +19,8 @@ import { CombinedCas } from '../infra/combined-cas.js';
  * plus one allowance per cell the account reaches within a window.
  */
 
-export type BudgetKind = 'msg' | 'fanout' | 'read' | 'req';
+import type { BudgetKind } from '../core/session.js';
+export type { BudgetKind };
 const KINDS: readonly BudgetKind[] = ['msg', 'fanout', 'read', 'req'];
 const INDEX: Record<BudgetKind, number> = { msg: 0, fanout: 1, read: 2, req: 3 };
 

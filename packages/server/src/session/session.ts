@@ -2,24 +2,16 @@ import {
   checkFinish, decodeClientHandshake, decodeClientMessage, ErrorCode, isSystemName, pack, ProtocolError, readHello, readResume, unpack, writeWelcome,
   type ClientMessage, type ErrorCode as Code, type Registration, type SecureChannel, type ServerMessage,
 } from '@gravitas/protocol';
-import type { BudgetKind } from './budgets.js';
-import type { Cell } from '../cell/cell.js';
+import type { NodeConfig } from '../config/index.js';
+import type { CellContext } from '../core/context.js';
 import { toClient, type ChatItem, type Item } from '../core/envelope.js';
-import type { StoredRef } from '../messaging/mailbox.js';
-import { TokenBucket } from '../infra/rate.js';
+import type { StoredRef } from '../core/ports.js';
+import type { BudgetKind, Delivery, DeviceSession, DrainState } from '../core/session.js';
 import type { Transport } from '../core/transport.js';
+import { TokenBucket } from '../infra/rate.js';
+import type { SessionHost } from './host.js';
 
 type State = 'handshake' | 'working' | 'confirming' | 'open' | 'closed';
-
-/**
- * An item written to this device and not yet acknowledged, and how it came: live
- * (custody held by cell `origin`), from the mailbox (delete `ref` on ack), or from
- * a group's log (advance the device's cursor on ack).
- */
-export type Delivery =
-  | { via: 'live'; item: Item; origin: string; ref?: StoredRef }
-  | { via: 'mbox'; item: Item; ref: StoredRef }
-  | { via: 'group'; item: ChatItem };
 
 type Command = { k: 'register' } | { k: 'client'; m: ClientMessage };
 
@@ -31,7 +23,7 @@ function proofKind(r: Registration | undefined): string {
 }
 
 type LimitKind = BudgetKind | 'control';
-type Limits = Cell['config']['limits'];
+type Limits = NodeConfig['limits'];
 
 /** Each kind's rate and burst settings (limits.*). */
 const LIMIT_SETTINGS: Record<LimitKind, readonly [keyof Limits, keyof Limits]> = {
@@ -68,7 +60,7 @@ class SessionLimits {
  * transport: TCP backpressure instead of buffering. The session does not know
  * whether TCP, WebSocket or chunked HTTP carries its frames (transport.ts).
  */
-export class Session {
+export class Session implements DeviceSession {
   readonly id: string;
   /** A number unique within the cell (the gravitation sketch's key). */
   readonly slot: number;
@@ -89,8 +81,8 @@ export class Session {
    * drain delivers it again, the client drops the duplicate).
    */
   readonly unacked = new Map<string, Delivery>();
-  /** State of this device's mailbox drain (Cell.drainMailbox). */
-  readonly drain = { running: false, again: false, next: 1, inFlight: 0, retryMs: 0, hinted: false };
+  /** State of this device's mailbox drain (messaging/drain.ts). */
+  readonly drain: DrainState = { running: false, again: false, next: 1, inFlight: 0, retryMs: 0, hinted: false };
   private windowWaiters: Array<() => void> = [];
   user = '';
   device = '';
@@ -102,7 +94,10 @@ export class Session {
   /** Told to move to another cell (a connect hint): not moved again meanwhile. */
   moving = false;
 
-  constructor(private readonly cell: Cell, readonly transport: Transport) {
+  private readonly ctx: CellContext;
+
+  constructor(private readonly host: SessionHost<Session>, readonly transport: Transport) {
+    const cell = (this.ctx = host.ctx);
     this.slot = ++sessionSeq;
     this.id = `${cell.cellId}-${this.slot.toString(36)}`;
     this.limits = new SessionLimits(cell.config.limits);
@@ -123,7 +118,7 @@ export class Session {
 
   private onFrame(body: Buffer): void {
     if (this.state === 'closed') return;
-    this.cell.metrics.framesIn.inc();
+    this.ctx.metrics.framesIn.inc();
     switch (this.state) {
       case 'handshake':
         this.onFirstFlight(body);
@@ -137,8 +132,8 @@ export class Session {
         this.expectedFinish = undefined;
         clearTimeout(this.handshakeTimer);
         this.state = 'open';
-        this.cell.metrics.handshakes.inc({ kind: this.kind, result: 'ok' });
-        this.cell.metrics.handshakeSeconds.observe({ kind: this.kind }, (performance.now() - this.startedAt) / 1000);
+        this.ctx.metrics.handshakes.inc({ kind: this.kind, result: 'ok' });
+        this.ctx.metrics.handshakeSeconds.observe({ kind: this.kind }, (performance.now() - this.startedAt) / 1000);
         this.enqueue({ k: 'register' });
         return;
       }
@@ -160,34 +155,34 @@ export class Session {
 
   private onFirstFlight(body: Buffer): void {
     const hello = decodeClientHandshake(unpack(body));
-    const cookie = this.cell.guard.admit(this.transport.source.ip, hello.e, hello.cookie);
+    const cookie = this.host.guard.admit(this.transport.source.ip, hello.e, hello.cookie);
     if (cookie) {
-      this.cell.metrics.cookiesSent.inc();
+      this.ctx.metrics.cookiesSent.inc();
       this.writePlain({ t: 'cookie', c: cookie });
       return;
     }
     this.kind = hello.t === 'hello' ? 'full' : 'resume';
     this.state = 'working';
-    this.cell.guard.begin();
-    void this.completeHandshake(hello).finally(() => this.cell.guard.end());
+    this.host.guard.begin();
+    void this.completeHandshake(hello).finally(() => this.host.guard.end());
   }
 
   private async completeHandshake(hello: ReturnType<typeof decodeClientHandshake>): Promise<void> {
-    const ctx = this.cell.handshakeContext;
+    const ctx = this.host.handshake;
     try {
       const pending = hello.t === 'hello' ? readHello(hello, ctx) : readResume(hello, ctx);
       if (pending.kind === 'full') {
-        this.cell.guard.recordEphemeral(pending.clientEphemeral);
-        const a = await this.cell.accounts.authenticate({ user: pending.user, device: pending.device, key: pending.clientStatic, registration: pending.registration, source: this.transport.source.ip });
+        this.host.guard.recordEphemeral(pending.clientEphemeral);
+        const a = await this.host.accounts.authenticate({ user: pending.user, device: pending.device, key: pending.clientStatic, registration: pending.registration, source: this.transport.source.ip });
         pending.rid = a.rid;
-        if (a.added) this.cell.metrics.registrations.inc({ proof: proofKind(pending.registration) });
+        if (a.added) this.ctx.metrics.registrations.inc({ proof: proofKind(pending.registration) });
       } else {
         // Spent either way; refused if the device was removed since the ticket was issued (read afresh: no cache).
-        await Promise.all([this.cell.tickets.spend(pending.ticket!.id), this.cell.accounts.checkResume(pending.user, pending.device, pending.rid)]);
+        await Promise.all([this.host.tickets.spend(pending.ticket!.id), this.host.accounts.checkResume(pending.user, pending.device, pending.rid)]);
       }
       if (this.state === 'closed') return;
       this.rid = pending.rid;
-      const res = writeWelcome(pending, { session: this.id, cell: this.cell.cellId, node: this.cell.config.nodeId, hk: this.cell.gravity.hintPublicKey, ...(this.cell.webAddress && { wa: this.cell.webAddress }) }, ctx);
+      const res = writeWelcome(pending, { session: this.id, cell: this.ctx.cellId, node: this.ctx.config.nodeId, hk: this.host.hintPublicKey, ...(this.host.webAddress() && { wa: this.host.webAddress() }) }, ctx);
       this.user = pending.user;
       this.device = pending.device;
       this.channel = res.channel;
@@ -195,14 +190,14 @@ export class Session {
       this.state = 'confirming';
       this.writePlain(res.welcome);
     } catch (err) {
-      if (err instanceof ProtocolError) this.cell.metrics.handshakes.inc({ kind: this.kind, result: err.code });
+      if (err instanceof ProtocolError) this.ctx.metrics.handshakes.inc({ kind: this.kind, result: err.code });
       this.fail(err);
     }
   }
 
   private enqueue(c: Command): void {
     this.inbox.push(c);
-    if (this.inbox.length >= this.cell.config.limits.maxInboxDepth && !this.paused) {
+    if (this.inbox.length >= this.ctx.config.limits.maxInboxDepth && !this.paused) {
       this.paused = true;
       this.transport.pause();
     }
@@ -214,7 +209,7 @@ export class Session {
     try {
       while (this.inbox.length > 0 && this.state === 'open') {
         const c = this.inbox.shift()!;
-        if (this.paused && this.inbox.length < this.cell.config.limits.maxInboxDepth / 2) {
+        if (this.paused && this.inbox.length < this.ctx.config.limits.maxInboxDepth / 2) {
           this.paused = false;
           this.transport.resume();
         }
@@ -229,7 +224,7 @@ export class Session {
 
   private async handle(c: Command): Promise<void> {
     if (c.k === 'register') {
-      await this.cell.registerSession(this);
+      await this.host.opened(this);
       return;
     }
     const m = c.m;
@@ -241,13 +236,13 @@ export class Session {
         let ok = this.spend('msg', 1);
         if (typeof ok !== 'boolean') ok = await ok;
         if (!ok) return this.refused('msg', m.id);
-        this.cell.metrics.messagesIn.inc();
+        this.ctx.metrics.messagesIn.inc();
         try {
-          return await (m.g !== undefined ? this.cell.groups.send(this, m) : this.cell.custody.submit(this, m));
+          return await (m.g !== undefined ? this.host.sendGroup(this, m) : this.host.send1to1(this, m));
         } catch (err) {
           // NATS away or a store refused: this message failed (the SDK retries), the session lives on.
           const pe = err instanceof ProtocolError ? err : undefined;
-          if (!pe) this.cell.log('routing failed', err);
+          if (!pe) this.ctx.log('routing failed', err);
           return this.send({ t: 'status', id: m.id, s: 'failed', code: pe?.code ?? ErrorCode.BUSY });
         }
       }
@@ -257,7 +252,7 @@ export class Session {
         if (d) {
           this.unacked.delete(key);
           if (d.via === 'mbox') this.releaseWindow();
-          this.cell.onDeviceAck(this, d);
+          this.host.acked(this, d);
         }
         return;
       }
@@ -265,21 +260,21 @@ export class Session {
         let ok = this.spend('read', 1);
         if (typeof ok !== 'boolean') ok = await ok;
         if (!ok) return this.refused('read', m.id);
-        return this.cell.custody.read(this, m);
+        return this.host.read(this, m);
       }
       case 'typing':
-        return this.cell.presence.typing(this, m);
+        return this.host.typing(this, m);
       case 'presence':
         if (!this.limits.take('control', 1, Date.now())) return this.refused('control');
-        return this.cell.presence.set(this, m.s);
+        return this.host.presence(this, m.s);
       case 'req': {
         let ok = this.spend('req', 1);
         if (typeof ok !== 'boolean') ok = await ok;
         if (!ok) {
-          this.cell.metrics.rateLimited.inc({ kind: 'req' });
+          this.ctx.metrics.rateLimited.inc({ kind: 'req' });
           return this.send({ t: 'res', rid: m.rid, ok: false, code: ErrorCode.RATE_LIMITED, message: 'too many requests; slow down' });
         }
-        return this.cell.request(this, m);
+        return this.host.request(this, m);
       }
       case 'ping':
         // `ref` = the ping's number: the client's ping settles (refused) instead of waiting for a pong.
@@ -298,12 +293,12 @@ export class Session {
   spend(kind: BudgetKind, n: number): boolean | Promise<boolean> {
     const now = Date.now();
     if (!this.limits.take(kind, n, now)) return false;
-    return this.cell.budgets.take(this.user, kind, n, now);
+    return this.host.budgets.take(this.user, kind, n, now);
   }
 
   /** A refusal for going over a limit: a status for a message, an error frame for a read, ping or presence (counted by kind). */
   refused(kind: Exclude<BudgetKind, 'req'> | 'control', id?: string): void {
-    this.cell.metrics.rateLimited.inc({ kind });
+    this.ctx.metrics.rateLimited.inc({ kind });
     if (kind === 'msg' || kind === 'fanout') this.send({ t: 'status', id: id!, s: 'failed', code: ErrorCode.RATE_LIMITED });
     else if (kind === 'read') this.sendError(ErrorCode.RATE_LIMITED, `too many read receipts; slow down (${id} not sent)`);
     else this.sendError(ErrorCode.RATE_LIMITED, 'too many pings or presence changes; slow down', id);
@@ -316,7 +311,7 @@ export class Session {
    */
   private writable(): boolean {
     if (this.state !== 'open') return false;
-    if (this.transport.bufferedBytes <= this.cell.config.limits.maxOutboundBytes) return true;
+    if (this.transport.bufferedBytes <= this.ctx.config.limits.maxOutboundBytes) return true;
     this.cutSlow();
     return false;
   }
@@ -324,10 +319,10 @@ export class Session {
   /** Ends a connection that does not read: one last error frame, then close. Nothing more is buffered for it. */
   private cutSlow(): void {
     if (this.state === 'closed') return;
-    this.cell.metrics.protocolErrors.inc({ code: ErrorCode.SLOW_CONSUMER });
+    this.ctx.metrics.protocolErrors.inc({ code: ErrorCode.SLOW_CONSUMER });
     if (this.channel) {
       this.transport.sendFrame(this.channel.seal(pack({ t: 'error', code: ErrorCode.SLOW_CONSUMER, message: 'the connection is not reading what it is sent' })));
-      this.cell.noteOutbound(this.transport.bufferedBytes);
+      this.host.noteOutbound(this.transport.bufferedBytes);
     }
     this.close(ErrorCode.SLOW_CONSUMER);
   }
@@ -346,15 +341,15 @@ export class Session {
       this.releaseWindow();
       if (d.via === 'live') d.ref = old.ref;
     }
-    if (this.unacked.size >= this.cell.config.limits.maxInFlightPerSession * 4 && !old) {
+    if (this.unacked.size >= this.ctx.config.limits.maxInFlightPerSession * 4 && !old) {
       const [oldKey, old] = this.unacked.entries().next().value!;
       this.unacked.delete(oldKey);
       if (old.via === 'mbox') this.releaseWindow();
     }
     this.unacked.set(key, d);
     // The reader's delivery proof (proofs.ts), an HMAC per delivery: none on copies of its own messages, which it never marks read.
-    this.send(toClient(d.item, d.item.k === 'm' && d.item.from !== this.user ? this.cell.proofs.of(d.item, this.user) : undefined));
-    this.cell.metrics.messagesOut.inc();
+    this.send(toClient(d.item, d.item.k === 'm' && d.item.from !== this.user ? this.host.proofs.of(d.item, this.user) : undefined));
+    this.ctx.metrics.messagesOut.inc();
   }
 
   /** Writes an item whose custody cell `origin` holds. False if the device cannot take it now. */
@@ -385,7 +380,7 @@ export class Session {
    * instead of running into SLOW_CONSUMER.
    */
   async windowFor(window: number): Promise<void> {
-    const half = this.cell.config.limits.maxOutboundBytes / 2;
+    const half = this.ctx.config.limits.maxOutboundBytes / 2;
     while (this.state !== 'closed' && (this.drain.inFlight >= window || this.transport.bufferedBytes > half)) {
       await new Promise<void>((resolve) => this.windowWaiters.push(resolve));
     }
@@ -405,19 +400,19 @@ export class Session {
   /** Every server frame goes through here, so a peer that sends without reading cannot grow our buffers either. */
   send(m: ServerMessage): void {
     if (this.state === 'closed' || !this.channel) return;
-    if (this.transport.bufferedBytes > this.cell.config.limits.maxOutboundBytes) return this.cutSlow();
+    if (this.transport.bufferedBytes > this.ctx.config.limits.maxOutboundBytes) return this.cutSlow();
     this.transport.sendFrame(this.channel.seal(pack(m)));
-    this.cell.metrics.framesOut.inc();
-    this.cell.noteOutbound(this.transport.bufferedBytes);
+    this.ctx.metrics.framesOut.inc();
+    this.host.noteOutbound(this.transport.bufferedBytes);
   }
 
   private writePlain(m: object): void {
     this.transport.sendFrame(pack(m));
-    this.cell.metrics.framesOut.inc();
+    this.ctx.metrics.framesOut.inc();
   }
 
   sendError(code: Code, message: string, ref?: string): void {
-    this.cell.metrics.protocolErrors.inc({ code });
+    this.ctx.metrics.protocolErrors.inc({ code });
     const m = { t: 'error' as const, code, message, ...(ref !== undefined && { ref }) };
     if (this.state === 'open' || (this.state === 'confirming' && this.channel)) this.send(m);
     else this.writePlain(m);
@@ -427,7 +422,7 @@ export class Session {
   fail(err: unknown): void {
     if (this.state === 'closed') return;
     const pe = err instanceof ProtocolError ? err : new ProtocolError(ErrorCode.INTERNAL, 'internal error');
-    if (!(err instanceof ProtocolError)) this.cell.log('session error', err);
+    if (!(err instanceof ProtocolError)) this.ctx.log('session error', err);
     this.sendError(pe.code, pe.message);
     // Before the session is open nothing is worth keeping: any error ends it.
     if (pe.fatal || this.state !== 'open') this.close(pe.code);
@@ -451,6 +446,6 @@ export class Session {
     this.transport.end(code);
     // Give the last frame a moment to leave, then make sure the descriptor is freed.
     setTimeout(() => this.transport.destroy(), 1000).unref();
-    this.cell.detach(this, wasOpen);
+    this.host.closed(this, wasOpen);
   }
 }

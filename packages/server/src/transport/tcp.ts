@@ -1,8 +1,8 @@
-import type { Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { encodeFrame, ErrorCode, FrameDecoder, pack, ProtocolError, type ErrorCode as Code } from '@gravitas/protocol';
 import type { NodeConfig } from '../config/index.js';
 import { readProxyHeader } from './proxy-protocol.js';
-import { isRefusal, type SourceCharge, type SourceLimits } from './source-limits.js';
+import { isRefusal, REFUSAL_SLACK, type SourceCharge, type SourceLimits } from './source-limits.js';
 import { sourceOf, type ClientSource, type SourceResolver } from './source.js';
 import type { CellMetrics } from '../infra/metrics.js';
 import type { Transport, TransportHandlers } from '../core/transport.js';
@@ -158,5 +158,38 @@ export class TcpTransport implements Transport {
 
   onClosed(cb: () => void): void {
     this.socket.once('close', cb);
+  }
+}
+
+/** The cell's TCP listener: accepts, admits (acceptTcp) and keeps its port across generations of the cell. */
+export class TcpListener {
+  private readonly server: Server;
+
+  constructor(private readonly host: TcpHost & { log(msg: string, err?: unknown): void }) {
+    this.server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => acceptTcp(host, socket));
+    // A hard bound on descriptors: beyond the cap plus room for coded refusals, Node closes at accept.
+    this.server.maxConnections = host.config.limits.maxConnectionsPerCell + REFUSAL_SLACK;
+  }
+
+  /** Listens on `port` (0: any); resolves with the port taken. */
+  listen(port: number, hostName: string): Promise<number> {
+    const server = this.server;
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, hostName, () => {
+        server.off('error', reject);
+        server.on('error', (err) => this.host.log('listener error', err));
+        const addr = server.address();
+        resolve(typeof addr === 'object' && addr ? addr.port : 0);
+      });
+    });
+  }
+
+  get listening(): boolean {
+    return this.server.listening;
+  }
+
+  close(): void {
+    this.server.close();
   }
 }
