@@ -185,14 +185,24 @@ export class Cell implements Bus, Hub {
     this.mailbox = new Mailbox(this.nc, this.names, this.config.mailbox, this.config.replicas);
     this.social = new Social(this, b.social);
     this.presence = new PresenceHub(this, b.presence);
-    this.groups = new Groups(this, b.groups);
-    // An invitee is told under custody, on every device (docs/groups.md#consent).
-    this.groups.setInviteNotices({
-      onInvited: (user, g, by) => {
-        const n = { from: GROUPS_SENDER, sys: NOTICE.groupInvite, text: `${by} invited you to a group`, about: g };
-        this.custody.notice(user, undefined, n).catch((err: unknown) => this.log('group invitation notice failed', err));
+    this.groups = new Groups(
+      this.ctx,
+      {
+        directory: { lookup: (user, fresh) => this.directory.lookup(user, fresh) }, // made in start() below
+        social: this.social,
+        accounts: this.accounts,
+        events: this.push,
+        presence: this.presence,
+        // An invitee is told under custody, on every device (docs/groups.md#consent).
+        invites: {
+          onInvited: (user, g, by) => {
+            const n = { from: GROUPS_SENDER, sys: NOTICE.groupInvite, text: `${by} invited you to a group`, about: g };
+            this.custody.notice(user, undefined, n).catch((err: unknown) => this.log('group invitation notice failed', err));
+          },
+        },
       },
-    });
+      b.groups,
+    );
     await untilReady(() => Promise.all([this.mailbox.start(), this.groups.start(), this.profiles.start(), this.intake.start()]), 'streams');
     await this.relay.start();
     await untilReady(() => this.push.start(), 'push buckets');
