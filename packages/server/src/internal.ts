@@ -14,3 +14,8 @@ export { campaignReport, userReport, type ReportSources } from './engage/reports
 export { LocalQueryResponder, LOCAL_PAGE, queryUnarchived } from './engage/shipper.js';
 export { recordId, TrackingStore, type LocalQuery } from './engage/tracking-store.js';
 export { Damper } from './reach/damping.js';
+export type { CellContext } from './core/context.js';
+export type { DeviceSession } from './core/session.js';
+export { CellMetrics } from './infra/metrics.js';
+export { Groups, type GroupPorts } from './messaging/groups/groups.js';
+export type { LogEntry, LogStore } from './messaging/groups/log.js';
