@@ -27,3 +27,5 @@ export { casModify, CAS_ATTEMPTS, isCasConflict } from './infra/kv.js';
 export { Custody, type CustodyPorts } from './messaging/custody.js';
 export { Routing, type RoutingPorts } from './messaging/routing.js';
 export { MailboxDrains } from './messaging/drain.js';
+export { Groups, type GroupPorts } from './messaging/groups/groups.js';
+export type { LogEntry, LogStore } from './messaging/groups/log.js';

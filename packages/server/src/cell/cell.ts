@@ -155,11 +155,19 @@ export class Cell {
     this.directory = new Directory(b.directory, (cell) => cell === this.cellId || this.membership.isLive(cell));
     this.social = new Social(this, b.social);
     this.presence = new PresenceHub(this, b.presence);
-    this.groups = new Groups(this, b.groups);
-    // An invitee is told under custody, on every device (docs/groups.md#consent).
-    this.groups.setInviteNotices({
-      onInvited: (user, g, by) => notice(user, undefined, { from: GROUPS_SENDER, sys: NOTICE.groupInvite, text: `${by} invited you to a group`, about: g }),
-    });
+    this.groups = new Groups(
+      ctx,
+      {
+        directory: this.directory,
+        social: this.social,
+        accounts: this.accounts,
+        events: this.push,
+        presence: this.presence,
+        // An invitee is told under custody, on every device (docs/groups.md#consent).
+        invites: { onInvited: (user, g, by) => notice(user, undefined, { from: GROUPS_SENDER, sys: NOTICE.groupInvite, text: `${by} invited you to a group`, about: g }) },
+      },
+      b.groups,
+    );
     await untilReady(() => Promise.all([this.mailbox.start(), this.groups.start(), this.profiles.start(), this.intake.start()]), 'streams');
     await this.relay.start();
     await untilReady(() => this.push.start(), 'push buckets');

@@ -23,6 +23,8 @@ export interface CasOptions {
   read?: (key: string) => Promise<KvEntry | null>;
   /** The error thrown after the last conflicting attempt (callers give it a stable code). */
   contended: () => Error;
+  /** Told the revision a write left (create or update), for callers that write the key again with it. */
+  written?: (revision: number) => void;
 }
 
 /**
@@ -42,8 +44,10 @@ export async function casModify<R>(kv: KV, key: string, step: (cur: Uint8Array |
     try {
       if (write === null) {
         if (live) await kv.delete(key, { previousSeq: e.revision });
-      } else if (e) await kv.update(key, write, e.revision);
-      else await kv.create(key, write);
+      } else {
+        const rev = e ? await kv.update(key, write, e.revision) : await kv.create(key, write);
+        opts.written?.(rev);
+      }
       return result;
     } catch (err) {
       if (!isCasConflict(err)) throw err;

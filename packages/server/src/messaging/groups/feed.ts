@@ -1,4 +1,4 @@
-import type { Session } from '../../session/session.js';
+import type { DeviceSession } from '../../core/session.js';
 import type { LogEntry } from './log.js';
 
 /*
@@ -23,6 +23,13 @@ import type { LogEntry } from './log.js';
  * - The device's cursor for the group is the position before its oldest
  *   unacknowledged message (or before `next`): everything up to it was acked.
  */
+
+/** A timer that does not hold the process open. */
+export function timer(fn: () => void, ms: number): NodeJS.Timeout {
+  const t = setTimeout(fn, ms);
+  t.unref();
+  return t;
+}
 
 /** The state of one group's log on this cell. */
 export class Feed {
@@ -173,7 +180,7 @@ export class DeviceGroups {
   syncAgain = false;
   closed = false;
 
-  constructor(readonly s: Session) {}
+  constructor(readonly s: DeviceSession) {}
 
   get user(): string {
     return this.s.user;

@@ -117,3 +117,6 @@ export class GroupLog extends PartitionedStreams {
     await this.jsm.streams.purge(this.streamOf(g), { filter: this.names.groupSubject(g) });
   }
 }
+
+/** What groups use of the log (a test gives a fake one). */
+export type LogStore = Pick<GroupLog, 'start' | 'append' | 'next' | 'read' | 'positionAt' | 'position' | 'purge'>;
