@@ -3,8 +3,8 @@ import { availableParallelism, hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { fromBase64Url, isName, HARD_MAX_FRAME_BYTES, HTTP_UP_ROTATE_BYTES, HTTP_UP_ROTATE_FRAMES, MAX_TICKET_LIFETIME_MS, DEFAULT_MAX_FRAME_BYTES, MAX_HINT_LIFETIME_MS } from '@gravitas/protocol';
 import { ConfigError, ServerError, ServerErrorCode, type ConfigIssue } from '../infra/errors.js';
-import { budgetShares } from '../session/budgets.js';
-import { parseCidr } from '../transport/source.js';
+import { budgetShares } from '../infra/rate.js';
+import { parseCidr } from '../infra/addresses.js';
 import { PUSH_KEYS, validatePushConfig, type PushConfig } from './push.js';
 import { RELAY_KEYS, validateRelayConfig, type RelayConfig } from './relay.js';
 

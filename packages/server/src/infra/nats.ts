@@ -4,7 +4,7 @@ import { Kvm, type KV } from '@nats-io/kv';
 import type { NodeConfig } from '../config/index.js';
 import { ServerError, ServerErrorCode } from './errors.js';
 import { Names } from './subjects.js';
-import { BUDGET_WINDOW_MS } from '../session/budgets.js';
+import { BUDGET_WINDOW_MS } from './rate.js';
 
 export interface Buckets {
   cells: KV;

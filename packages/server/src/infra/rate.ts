@@ -85,3 +85,18 @@ export class KeyedBuckets {
     for (const [k, b] of this.buckets) if (b.idle(now)) this.buckets.delete(k);
   }
 }
+
+/** Per-account budgets (session/budgets.ts) count in windows of this length. */
+export const BUDGET_WINDOW_MS = 10_000;
+
+/**
+ * An account's budget of one window for a rate: the allowance every cell spends on
+ * its own (`free`), the shared pool leased from KV, and the most one cell can spend
+ * in a window (its allowance and the whole pool): what one operation may cost at most.
+ */
+export function budgetShares(ratePerSec: number, maxDevices: number): { free: number; pool: number; oneCell: number } {
+  const budget = Math.floor((ratePerSec * BUDGET_WINDOW_MS) / 1000);
+  const free = Math.floor(budget / (2 * maxDevices));
+  const pool = budget - free * maxDevices;
+  return { free, pool, oneCell: free + pool };
+}

@@ -1,6 +1,7 @@
 import type { KV } from '@nats-io/kv';
 import { ErrorCode, ProtocolError } from '@gravitas/protocol';
 import { CombinedCas } from '../infra/combined-cas.js';
+import { BUDGET_WINDOW_MS, budgetShares } from '../infra/rate.js';
 
 /*
  * Per-account limits, cluster-wide, without a KV round trip per message
@@ -24,23 +25,12 @@ export type { BudgetKind };
 const KINDS: readonly BudgetKind[] = ['msg', 'fanout', 'read', 'req'];
 const INDEX: Record<BudgetKind, number> = { msg: 0, fanout: 1, read: 2, req: 3 };
 
-export const BUDGET_WINDOW_MS = 10_000;
+export { BUDGET_WINDOW_MS, budgetShares };
 /** Accounts tracked per cell (those with sessions here, and recently so). */
 const MAX_ACCOUNTS = 200_000;
 /** How long a cell stops asking KV for leases after a lease failed (NATS away). */
 const OFFLINE_RETRY_MS = 5_000;
 
-/**
- * An account's budget of one window for a rate: the allowance every cell spends on
- * its own (`free`), the shared pool leased from KV, and the most one cell can spend
- * in a window (its allowance and the whole pool): what one operation may cost at most.
- */
-export function budgetShares(ratePerSec: number, maxDevices: number): { free: number; pool: number; oneCell: number } {
-  const budget = Math.floor((ratePerSec * BUDGET_WINDOW_MS) / 1000);
-  const free = Math.floor(budget / (2 * maxDevices));
-  const pool = budget - free * maxDevices;
-  return { free, pool, oneCell: free + pool };
-}
 
 /** Units per second an account may spend of each kind. */
 export type AccountRates = Record<BudgetKind, number>;
