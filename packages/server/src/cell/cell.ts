@@ -142,10 +142,22 @@ export class Cell implements Bus, Hub {
     this.proofs = new DeliveryProofs(fromBase64Url(config.serverKey, 32));
     this.custody = new Custody(this);
     this.gravity = new Gravity(this);
-    this.relay = new RelayCoordinator(this);
-    this.push = new PushGateway(this);
-    // Offline devices no push reached are woken through a LAN peer (docs/relay.md).
-    this.push.onUnreachable = (user, device) => this.relay.unreachable(user, device);
+    const devices = { devices: (user: string) => this.accounts.devices(user) };
+    this.relay = new RelayCoordinator(this.ctx, {
+      directory: { lookup: (user, fresh) => this.directory.lookup(user, fresh) },
+      social: { record: (user) => this.social.record(user) },
+      accounts: devices,
+      hints: this.gravity,
+      connected: () => this.status().natsConnected,
+    });
+    this.push = new PushGateway(this.ctx, {
+      social: { prefs: (user) => this.social.prefs(user) },
+      groups: { handle: (s, op, args) => this.groups.handle(s as Session, op, args) },
+      accounts: devices,
+      hints: this.gravity,
+      // Offline devices no push reached are woken through a LAN peer (docs/relay.md).
+      events: this.relay,
+    });
     this.profiles = new Profiles(this);
     this.intake = new TrackingIntake(this);
     this.runner = new CampaignRunner(this);
