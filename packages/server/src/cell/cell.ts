@@ -195,8 +195,13 @@ export class Cell implements Bus, Hub {
       this.log,
     );
     this.mailbox = new Mailbox(this.nc, this.names, this.config.mailbox, this.config.replicas);
-    this.social = new Social(this, b.social);
-    this.presence = new PresenceHub(this, b.presence);
+    this.social = new Social(this.ctx, { socialChanged: (user) => this.presence.socialChanged(user) }, b.social);
+    this.presence = new PresenceHub(this.ctx, {
+      social: this.social,
+      directory: { lookup: (user, fresh) => this.directory.lookup(user, fresh) },
+      liveness: { isLive: (cell) => this.membership?.isLive(cell) ?? false },
+      groups: { typing: (s, m) => this.groups.typing(s as Session, m) },
+    }, b.presence);
     this.groups = new Groups(this, b.groups);
     // An invitee is told under custody, on every device (docs/groups.md#consent).
     this.groups.setInviteNotices({
