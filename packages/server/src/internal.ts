@@ -14,3 +14,12 @@ export { campaignReport, userReport, type ReportSources } from './engage/reports
 export { LocalQueryResponder, LOCAL_PAGE, queryUnarchived } from './engage/shipper.js';
 export { recordId, TrackingStore, type LocalQuery } from './engage/tracking-store.js';
 export { Damper } from './reach/damping.js';
+export { PushGateway, type PushPorts } from './reach/push-gateway.js';
+export { RelayCoordinator, type RelayPorts } from './reach/relay.js';
+export { PresenceHub, type PresencePorts } from './social/presence.js';
+export { CellMetrics } from './infra/metrics.js';
+export { CAS_ATTEMPTS } from './infra/kv.js';
+export type { CellContext } from './core/context.js';
+export type { Envelope, Invalidation } from './core/envelope.js';
+export type { DeviceLocation, SocialRecord } from './core/ports.js';
+export type { DeviceSession } from './core/session.js';

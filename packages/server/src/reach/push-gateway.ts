@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { Kvm } from '@nats-io/kv';
+import { Kvm, type KV } from '@nats-io/kv';
 import {
   chatKey, ErrorCode, MUTE_LIMITS, ProtocolError, toBase64Url,
   type ChatRef, type PushTarget, type RequestArgs, type RequestOp,
@@ -113,11 +113,11 @@ export class PushGateway implements PushPort, Pick<MessagingEvents, 'stored' | '
     return this.ctx.config.push;
   }
 
-  async start(): Promise<void> {
+  /** Opens the buckets of push targets and mutes (or takes the ones given: unit tests). */
+  async start(buckets?: { push: KV; mutes: KV }): Promise<void> {
     const { nc, config, names } = this.ctx;
-    const kvm = new Kvm(nc);
-    const opts = { history: 1, replicas: config.replicas };
-    const [push, mutes] = await Promise.all([kvm.create(names.pushBucket, opts), kvm.create(names.mutesBucket, opts)]);
+    const open = (kvm: Kvm, opts = { history: 1, replicas: config.replicas }) => Promise.all([kvm.create(names.pushBucket, opts), kvm.create(names.mutesBucket, opts)]);
+    const [push, mutes] = buckets ? [buckets.push, buckets.mutes] : await open(new Kvm(nc));
     this.targets = new PushTargets(push);
     this.mutes = new MuteStore(mutes);
   }

@@ -1,4 +1,4 @@
-import { Kvm } from '@nats-io/kv';
+import { Kvm, type KV } from '@nats-io/kv';
 import { loadCap } from '@gravitas/placement';
 import { ErrorCode, ProtocolError, signWake, type RequestArgs } from '@gravitas/protocol';
 import type { CellContext } from '../core/context.js';
@@ -77,11 +77,12 @@ export class RelayCoordinator implements RelayPort, ReachEvents {
     this.reporters = new TtlCache(REPORTERS_MAX, Math.max(1, ctx.config.relay.minReportIntervalMs));
   }
 
-  async start(): Promise<void> {
+  /** Opens the reach bucket (or takes the one given: unit tests). */
+  async start(bucket?: KV): Promise<void> {
     const { config: cfg, nc, names } = this.ctx;
     // Records outlive the longest report and the rate window; idle ones then vanish.
     const ttl = Math.max(cfg.relay.maxReportTtlMs, cfg.relay.windowMs) + 60_000;
-    const kv = await untilReady(() => new Kvm(nc).create(names.reachBucket, { history: 1, ttl, replicas: cfg.replicas }), 'reach bucket');
+    const kv = bucket ?? (await untilReady(() => new Kvm(nc).create(names.reachBucket, { history: 1, ttl, replicas: cfg.replicas }), 'reach bucket'));
     this.store = new ReachStore(kv);
   }
 
