@@ -23,9 +23,12 @@ export type { Envelope, Invalidation, Item, ChatItem, ReceiptItem } from './core
 export { DeliveryProofs } from './core/proofs.js';
 export { CellMetrics } from './infra/metrics.js';
 export { Names } from './infra/subjects.js';
-export { casModify, CAS_ATTEMPTS, isCasConflict } from './infra/kv.js';
+export { casModify, casModifyRev, CAS_ATTEMPTS, isCasConflict } from './infra/kv.js';
 export { Custody, type CustodyPorts } from './messaging/custody.js';
 export { Routing, type RoutingPorts } from './messaging/routing.js';
 export { MailboxDrains } from './messaging/drain.js';
 export { Groups, type GroupPorts } from './messaging/groups/groups.js';
 export type { LogEntry, LogStore } from './messaging/groups/log.js';
+export { PushGateway, type PushPorts } from './reach/push-gateway.js';
+export { RelayCoordinator, type RelayPorts } from './reach/relay.js';
+export { PresenceHub, type PresencePorts } from './social/presence.js';

@@ -7,73 +7,15 @@
  */
 import t from 'tap';
 import type { KV } from '@nats-io/kv';
-import { ErrorCode, pack, ProtocolError, unpack } from '@gravitas/protocol';
+import { ErrorCode, pack, ProtocolError } from '@gravitas/protocol';
 import { Groups, type CellContext, type GroupPorts, type LogEntry, type LogStore } from '@gravitas/server/internal';
-import { fakeCell, FakeSession } from '../../fixtures/fake-cell.js';
+import { fakeCell, FakeKv, FakeSession, until } from '../../fixtures/fake-cell.js';
 
 type Item = LogEntry['item'];
 type Envelope = Parameters<CellContext['bus']['publish']>[1];
 type Loc = { device: string; cell: string; node: string; epoch: number };
 
 const HERE = 'c0';
-
-const conflict = (): Error => Object.assign(new Error('wrong last sequence'), { code: 10071 });
-
-interface Entry { value: Uint8Array; revision: number; operation: 'PUT' | 'DEL' | 'PURGE' }
-
-/** The KV calls groups make, in memory, with revisions and compare-and-set like JetStream's. */
-class FakeKv {
-  readonly entries = new Map<string, Entry>();
-  private rev = 0;
-  gets = 0;
-  updates = 0;
-  /** Updates that fail with a conflict before any succeeds (Infinity: all). */
-  conflicts = 0;
-  /** Reads of keys with this prefix throw (the store is unavailable). */
-  failReads: string | undefined;
-
-  async get(key: string): Promise<{ key: string; value: Uint8Array; revision: number; operation: string } | null> {
-    this.gets++;
-    if (this.failReads !== undefined && key.startsWith(this.failReads)) throw new Error('kv unavailable');
-    const e = this.entries.get(key);
-    return e ? { key, ...e } : null;
-  }
-
-  async create(key: string, value: Uint8Array): Promise<number> {
-    const e = this.entries.get(key);
-    if (e && e.operation === 'PUT') throw conflict();
-    return this.put(key, value);
-  }
-
-  async update(key: string, value: Uint8Array, revision: number): Promise<number> {
-    this.updates++;
-    if (this.conflicts > 0) {
-      this.conflicts--;
-      throw conflict();
-    }
-    if (this.entries.get(key)?.revision !== revision) throw conflict();
-    return this.put(key, value);
-  }
-
-  async delete(key: string): Promise<void> {
-    this.entries.set(key, { value: new Uint8Array(0), revision: ++this.rev, operation: 'DEL' });
-  }
-
-  async purge(key: string): Promise<void> {
-    this.entries.set(key, { value: new Uint8Array(0), revision: ++this.rev, operation: 'PURGE' });
-  }
-
-  /** A write by someone else (another session of a device, another cell). */
-  put(key: string, value: Uint8Array): number {
-    this.entries.set(key, { value, revision: ++this.rev, operation: 'PUT' });
-    return this.rev;
-  }
-
-  value(key: string): unknown {
-    const e = this.entries.get(key);
-    return e && e.operation === 'PUT' ? unpack(e.value) : undefined;
-  }
-}
 
 /** A group log in memory: one partition, sequences shared by every group. */
 class FakeLog implements LogStore {
@@ -168,14 +110,7 @@ function rig(opts: { drainWindow?: number } = {}) {
   return { ctx, ports, kv, log, groups, published, logged, where, lookups, pushed, missed, typed, blocks, connect, makeGroup, metrics: ctx.metrics };
 }
 
-const until = async (what: string, ok: () => boolean, ms = 2000): Promise<void> => {
-  const end = Date.now() + ms;
-  while (!ok()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-};
-const statusOf = (s: FakeSession, id: string) => s.frames.find((m) => m.t === 'status' && m.id === id) as { s: string; code?: string } | undefined;
+const statusOf = (s: FakeSession, id: string) => s.sent.find((m) => m.t === 'status' && m.id === id) as { s: string; code?: string } | undefined;
 
 t.test('fan-out goes where the directory says, even to a cell that is gone', async (t) => {
   const r = rig();
@@ -250,7 +185,7 @@ t.test('a log that fails: STORAGE_UNAVAILABLE, not remembered; a refusal is reme
   t.ok(r.logged.some((l) => l.msg === 'group log append failed'), 'logged');
   // A re-send is tried again: the failure was not remembered.
   r.log.failAppend = undefined;
-  alice.frames.length = 0;
+  alice.sent.length = 0;
   await r.groups.send(alice, { t: 'send', id: 'm1', text: 'hi', g });
   await until('a status', () => statusOf(alice, 'm1') !== undefined);
   t.equal(statusOf(alice, 'm1')!.s, 'stored', 'stored on the re-send');
@@ -260,7 +195,7 @@ t.test('a log that fails: STORAGE_UNAVAILABLE, not remembered; a refusal is reme
   await r.groups.send(alice, { t: 'send', id: 'm2', text: 'x', g });
   await until('a status', () => statusOf(alice, 'm2') !== undefined);
   t.same(statusOf(alice, 'm2'), { t: 'status', id: 'm2', s: 'failed', code: ErrorCode.MAILBOX_FULL });
-  alice.frames.length = 0;
+  alice.sent.length = 0;
   await r.groups.send(alice, { t: 'send', id: 'm2', text: 'x', g });
   t.same(statusOf(alice, 'm2'), { t: 'status', id: 'm2', s: 'failed', code: ErrorCode.MAILBOX_FULL }, 'the re-send is answered from memory');
   t.equal(r.log.appends, 3, 'without a second append');
@@ -317,8 +252,8 @@ t.test('an acknowledgement that arrives twice frees one slot of the window and m
   await new Promise((res) => setTimeout(res, 10));
   t.equal(bob.given.length, 3);
   r.groups.detached(bob); // writes the cursor
-  await until('the cursor written', () => (r.kv.value('c.bob.b1') as { c: Record<string, number> } | undefined)?.c[g] !== undefined);
-  t.equal((r.kv.value('c.bob.b1') as { c: Record<string, number> }).c[g], seqs[0], 'the cursor is past the acknowledged message only');
+  await until('the cursor written', () => (r.kv.decoded('c.bob.b1') as { c: Record<string, number> } | undefined)?.c[g] !== undefined);
+  t.equal((r.kv.decoded('c.bob.b1') as { c: Record<string, number> }).c[g], seqs[0], 'the cursor is past the acknowledged message only');
 });
 
 t.test('cursor writes: a conflicting write by another session is merged, keeping the higher', async (t) => {
@@ -330,15 +265,15 @@ t.test('cursor writes: a conflicting write by another session is merged, keeping
   await until('delivered', () => bob.given.length === 1);
   r.groups.acked(bob, bob.given[0]!);
   // Meanwhile bob's device wrote from another cell: further in this group, and in another one.
-  const theirs = r.kv.value('c.bob.b1') as { s: number };
+  const theirs = r.kv.decoded('c.bob.b1') as { s: number };
   r.kv.put('c.bob.b1', pack({ c: { [g]: seq + 10, other: 5 }, s: theirs.s }));
-  const gets = r.kv.gets;
+  const gets = r.kv.reads;
   const updates = r.kv.updates;
   r.groups.detached(bob);
   await until('written', () => r.kv.updates - updates === 2);
   await new Promise((res) => setTimeout(res, 10));
-  t.same((r.kv.value('c.bob.b1') as { c: unknown }).c, { [g]: seq + 10, other: 5 }, 'the higher of both, per group');
-  t.equal(r.kv.gets - gets, 1, 'one read: after the conflict (the first attempt used the known revision)');
+  t.same((r.kv.decoded('c.bob.b1') as { c: unknown }).c, { [g]: seq + 10, other: 5 }, 'the higher of both, per group');
+  t.equal(r.kv.reads - gets, 1, 'one read: after the conflict (the first attempt used the known revision)');
 });
 
 t.test('cursor writes that stay contended give up with CONFLICT after a few attempts', async (t) => {

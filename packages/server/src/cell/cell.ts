@@ -119,10 +119,22 @@ export class Cell {
     this.gravity = new Gravity(ctx, { hints: this.hints, self, directory: () => this.directory, drain: (s) => this.drains.drain(s) });
     this.drains = new MailboxDrains(ctx, { mailbox: () => this.mailbox, placement: this.gravity });
     this.routing = new Routing(ctx, { custody: () => this.custody, mailbox: () => this.mailbox, groups: () => this.groups, events: this.gravity });
-    this.relay = new RelayCoordinator(this);
-    this.push = new PushGateway(this);
-    // Offline devices no push reached are woken through a LAN peer (docs/relay.md).
-    this.push.onUnreachable = (user, device) => this.relay.unreachable(user, device);
+    const devices = { devices: (user: string) => this.accounts.devices(user) };
+    this.relay = new RelayCoordinator(ctx, {
+      directory: { lookup: (user, fresh) => this.directory.lookup(user, fresh) },
+      social: { record: (user) => this.social.record(user) },
+      accounts: devices,
+      hints: this.hints,
+      connected: () => this.status().natsConnected,
+    });
+    this.push = new PushGateway(ctx, {
+      social: { prefs: (user) => this.social.prefs(user) },
+      groups: { handle: (s, op, args) => this.groups.handle(s, op, args) },
+      accounts: devices,
+      hints: this.hints,
+      // Offline devices no push reached are woken through a LAN peer (docs/relay.md).
+      events: this.relay,
+    });
     this.custody = new Custody(ctx, {
       accounts: () => this.accounts,
       social: () => this.social,
@@ -153,8 +165,13 @@ export class Cell {
     this.budgets = new AccountBudgets(b.budgets, rates, l.maxDevicesPerUser, log);
     this.mailbox = new Mailbox(this.nc, ctx.names, config.mailbox, config.replicas);
     this.directory = new Directory(b.directory, (cell) => cell === this.cellId || this.membership.isLive(cell));
-    this.social = new Social(this, b.social);
-    this.presence = new PresenceHub(this, b.presence);
+    this.social = new Social(ctx, { socialChanged: (user) => this.presence.socialChanged(user) }, b.social);
+    this.presence = new PresenceHub(ctx, {
+      social: this.social,
+      directory: this.directory,
+      liveness: { isLive: (cell) => this.membership?.isLive(cell) ?? false },
+      groups: { typing: (s, m) => this.groups.typing(s, m) },
+    }, b.presence);
     this.groups = new Groups(
       ctx,
       {

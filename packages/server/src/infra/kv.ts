@@ -23,8 +23,6 @@ export interface CasOptions {
   read?: (key: string) => Promise<KvEntry | null>;
   /** The error thrown after the last conflicting attempt (callers give it a stable code). */
   contended: () => Error;
-  /** Told the revision a write left (create or update), for callers that write the key again with it. */
-  written?: (revision: number) => void;
 }
 
 /**
@@ -34,21 +32,36 @@ export interface CasOptions {
  * reads again on a conflict. Other errors end it at once. `step` must be pure:
  * it may run several times.
  */
-export async function casModify<R>(kv: KV, key: string, step: (cur: Uint8Array | undefined) => CasStep<R>, opts: CasOptions): Promise<R> {
+export async function casModify<R>(kv: KV, key: string, step: (cur: Uint8Array | undefined, rev: number) => CasStep<R>, opts: CasOptions): Promise<R> {
+  return (await casModifyRev(kv, key, step, opts)).result;
+}
+
+/**
+ * `casModify` for callers that order or announce changes by revision: `step` is
+ * also given the revision it read (0 when there was no entry, a delete marker's
+ * own revision), and the answer carries the key's revision after the step (the
+ * one written; the one read when nothing was written; 0 after a delete, whose
+ * revision the KV client does not answer).
+ */
+export async function casModifyRev<R>(
+  kv: KV,
+  key: string,
+  step: (cur: Uint8Array | undefined, rev: number) => CasStep<R>,
+  opts: CasOptions,
+): Promise<{ result: R; rev: number }> {
   const attempts = opts.attempts ?? CAS_ATTEMPTS;
   for (let i = 0; i < attempts; i++) {
     const e = await (opts.read ? opts.read(key) : kv.get(key));
     const live = e !== null && e.operation === 'PUT';
-    const { write, result } = step(live ? e.value : undefined);
-    if (write === undefined) return result;
+    const read = e?.revision ?? 0;
+    const { write, result } = step(live ? e.value : undefined, read);
+    if (write === undefined) return { result, rev: read };
     try {
       if (write === null) {
         if (live) await kv.delete(key, { previousSeq: e.revision });
-      } else {
-        const rev = e ? await kv.update(key, write, e.revision) : await kv.create(key, write);
-        opts.written?.(rev);
+        return { result, rev: live ? 0 : read };
       }
-      return result;
+      return { result, rev: e ? await kv.update(key, write, e.revision) : await kv.create(key, write) };
     } catch (err) {
       if (!isCasConflict(err)) throw err;
     }

@@ -1,6 +1,6 @@
 import type { KV } from '@nats-io/kv';
 import { chatKey, chatOfKey, DEFAULT_MAX_FRAME_BYTES, ErrorCode, MAX_ID_LENGTH, MUTE_LIMITS, pack, ProtocolError, unpack, type ChatRef, type MuteEntry } from '@gravitas/protocol';
-import { isCasConflict } from '../infra/nats.js';
+import { casModify } from '../infra/kv.js';
 
 /*
  * Per-chat mutes, per user, in the KV bucket `<prefix>_mutes`: key `<user>`,
@@ -20,8 +20,6 @@ export type MuteMap = ReadonlyMap<string, number>;
 export const MUTE_LIST_PAGE = 500;
 const MUTE_ENTRY_MAX = 1 + 3 + 2 + MAX_ID_LENGTH + 6 + 9;
 if (MUTE_LIST_PAGE * MUTE_ENTRY_MAX + (MAX_ID_LENGTH + 16) + 256 > DEFAULT_MAX_FRAME_BYTES) throw new Error('a mute.list page does not fit one frame');
-
-const CAS_ATTEMPTS = 16;
 
 function decode(v: Uint8Array | undefined): Map<string, number> {
   const out = new Map<string, number>();
@@ -68,37 +66,29 @@ export function mutePage(m: MuteMap, now: number, from?: string): { mutes: MuteE
 export class MuteStore {
   constructor(private readonly kv: KV) {}
 
-  private async read(user: string): Promise<{ m: Map<string, number>; rev: number }> {
-    const e = await this.kv.get(user);
-    if (!e || e.operation !== 'PUT') return { m: new Map(), rev: e?.revision ?? 0 };
-    return { m: decode(e.value), rev: e.revision };
-  }
-
   async get(user: string): Promise<MuteMap> {
-    return (await this.read(user)).m;
+    const e = await this.kv.get(user);
+    return e && e.operation === 'PUT' ? decode(e.value) : new Map();
   }
 
   /** Sets (until > 0: until then; 0: until cleared) or clears (undefined) the mute of one chat. Expired ones are pruned. */
-  async change(user: string, chat: ChatRef, until: number | undefined, now: number): Promise<MuteMap> {
+  change(user: string, chat: ChatRef, until: number | undefined, now: number): Promise<MuteMap> {
     const key = chatKey(chat);
-    for (let i = 0; i < CAS_ATTEMPTS; i++) {
-      const cur = await this.read(user);
-      const next = new Map([...cur.m].filter(([, u]) => active(u, now)));
-      if (until === undefined) next.delete(key);
-      else {
-        if (!next.has(key) && next.size >= MUTE_LIMITS.maxPerUser) throw new ProtocolError(ErrorCode.TOO_MANY_MUTES, `a user may mute at most ${MUTE_LIMITS.maxPerUser} chats`);
-        next.set(key, until);
-      }
-      if (until === undefined && !cur.m.has(key)) return cur.m; // nothing to clear
-      try {
-        const value = pack({ m: Object.fromEntries(next) });
-        if (cur.rev) await this.kv.update(user, value, cur.rev);
-        else await this.kv.create(user, value);
-        return next;
-      } catch (err) {
-        if (!isCasConflict(err)) throw err;
-      }
-    }
-    throw new ProtocolError(ErrorCode.CONFLICT, 'the mutes are being changed too often; try again');
+    return casModify(
+      this.kv,
+      user,
+      (cur) => {
+        const m = decode(cur);
+        const next = new Map([...m].filter(([, u]) => active(u, now)));
+        if (until === undefined) next.delete(key);
+        else {
+          if (!next.has(key) && next.size >= MUTE_LIMITS.maxPerUser) throw new ProtocolError(ErrorCode.TOO_MANY_MUTES, `a user may mute at most ${MUTE_LIMITS.maxPerUser} chats`);
+          next.set(key, until);
+        }
+        if (until === undefined && !m.has(key)) return { result: m }; // nothing to clear
+        return { write: pack({ m: Object.fromEntries(next) }), result: next };
+      },
+      { contended: () => new ProtocolError(ErrorCode.CONFLICT, 'the mutes are being changed too often; try again') },
+    );
   }
 }

@@ -1,13 +1,13 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { Kvm } from '@nats-io/kv';
+import { Kvm, type KV } from '@nats-io/kv';
 import {
   chatKey, ErrorCode, MUTE_LIMITS, ProtocolError, toBase64Url,
   type ChatRef, type PushTarget, type RequestArgs, type RequestOp,
 } from '@gravitas/protocol';
-import type { Cell } from '../cell/cell.js';
-import type { DeviceLocation } from '../cluster/directory.js';
+import type { CellContext } from '../core/context.js';
 import type { ChatItem, Item } from '../core/envelope.js';
-import type { Session } from '../session/session.js';
+import type { DeviceLocation, DeviceRoster, GroupsPort, HintSigner, MessagingEvents, PushPort, ReachEvents, SocialGraph } from '../core/ports.js';
+import type { DeviceSession } from '../core/session.js';
 import { TtlCache } from '../infra/ttl-cache.js';
 import { Damper } from './damping.js';
 import { isMuted, mutePage, MuteStore } from './mutes.js';
@@ -64,18 +64,29 @@ const MAX_SENDERS = 64;
 /** Web Push carries ~4 KB of plaintext; a preview is cut until the payload fits this. */
 const MAX_PAYLOAD_BYTES = 3000;
 
-export class PushGateway {
+/** What the gateway asks of the other features. */
+export interface PushPorts {
+  social: Pick<SocialGraph, 'prefs'>;
   /**
-   * Called for an offline device that no push reached: none registered, push off,
-   * or every target failed or was gone. Wired by the cell to the peer relay.
+   * `groups.info` as the muting user would ask it: a group muted without a duration
+   * is muted for longer the more members it has, and only a member may mute it
+   * (an unknown group answers as one the user is not in).
    */
+  groups: Pick<GroupsPort, 'handle'>;
+  accounts: Pick<DeviceRoster, 'devices'>;
+  /** Signs the connect hint a push carries (to this cell). */
+  hints: Pick<HintSigner, 'signHintTo'>;
   /**
-   * No push could reach the device: the relay may wake it through a peer. The device's hint would
-   * name this cell, and the relay starts from this cell, so no signed hint is passed along (an
-   * Ed25519 sign and verify per offline delivery in pure JS is what a load test found drowning cells).
+   * Told of an offline device that no push reached: none registered, push off, or
+   * every target failed or was gone; the relay may wake it through a peer. The
+   * device's hint would name this cell, and the relay starts from this cell, so no
+   * signed hint is passed along (an Ed25519 sign and verify per offline delivery
+   * in pure JS is what a load test found drowning cells).
    */
-  onUnreachable?: (user: string, device: string) => void;
+  events: ReachEvents;
+}
 
+export class PushGateway implements PushPort, Pick<MessagingEvents, 'stored' | 'groupMessage' | 'groupMissed'> {
   private targets: PushTargets | undefined;
   private mutes: MuteStore | undefined;
   private readonly providers: Partial<Record<Provider, PushProvider>> = {};
@@ -89,8 +100,8 @@ export class PushGateway {
   /** The device whose request changed the mutes already knows: `user/device` skips one sync. */
   private readonly syncSkip = new TtlCache<string, true>(10_000, 10_000);
 
-  constructor(private readonly cell: Cell) {
-    const p = cell.config.push;
+  constructor(private readonly ctx: CellContext, private readonly ports: PushPorts) {
+    const p = ctx.config.push;
     this.damper = new Damper({ baseMs: p.coalesceMs, thresholdPerMin: p.dampingThresholdPerMin, halfLifeMs: p.dampingHalfLifeMs, maxWindowMs: p.dampingMaxWindowMs, maxKeys: p.maxPending });
     if (p.vapidPublicKey && p.vapidPrivateKey && p.vapidSubject) {
       this.providers.webpush = new WebPushProvider({ publicKey: p.vapidPublicKey, privateKey: p.vapidPrivateKey, subject: p.vapidSubject }, p.ttlSeconds, p.timeoutMs);
@@ -99,13 +110,14 @@ export class PushGateway {
   }
 
   private get cfg() {
-    return this.cell.config.push;
+    return this.ctx.config.push;
   }
 
-  async start(): Promise<void> {
-    const kvm = new Kvm(this.cell.nc);
-    const opts = { history: 1, replicas: this.cell.config.replicas };
-    const [push, mutes] = await Promise.all([kvm.create(this.cell.names.pushBucket, opts), kvm.create(this.cell.names.mutesBucket, opts)]);
+  /** Opens the buckets of push targets and mutes (or takes the ones given: unit tests). */
+  async start(buckets?: { push: KV; mutes: KV }): Promise<void> {
+    const { nc, config, names } = this.ctx;
+    const open = (kvm: Kvm, opts = { history: 1, replicas: config.replicas }) => Promise.all([kvm.create(names.pushBucket, opts), kvm.create(names.mutesBucket, opts)]);
+    const [push, mutes] = buckets ? [buckets.push, buckets.mutes] : await open(new Kvm(nc));
     this.targets = new PushTargets(push);
     this.mutes = new MuteStore(mutes);
   }
@@ -135,7 +147,7 @@ export class PushGateway {
   }
 
   private gauges(): void {
-    const m = this.cell.metrics;
+    const m = this.ctx.metrics;
     m.pushQueueDepth.set(this.queue.length);
     m.pushInFlight.set(this.inFlight);
     m.pushRetrying.set(this.retrying);
@@ -155,11 +167,11 @@ export class PushGateway {
   groupMessage(member: string, online: readonly DeviceLocation[], item: ChatItem): void {
     const g = item.g;
     if (g === undefined || member === item.from || this.stopped) return;
-    this.cell.accounts.devices(member).then(
+    this.ports.accounts.devices(member).then(
       (devices) => {
         for (const d of devices) if (!online.some((l) => l.device === d)) this.note(member, d, { g }, item);
       },
-      (err: unknown) => this.cell.log('push: device list unavailable', err),
+      (err: unknown) => this.ctx.log('push: device list unavailable', err),
     );
   }
 
@@ -187,13 +199,13 @@ export class PushGateway {
       return;
     }
     if (this.windows.size >= this.cfg.maxPending) {
-      this.cell.metrics.pushDropped.inc({ provider: 'none' });
+      this.ctx.metrics.pushDropped.inc({ provider: 'none' });
       return;
     }
     const w: Window = { key, user, device, chat, count: 1, from: item.from, senders: new Set([item.from]), text: item.text, ts: item.ts };
     this.windows.set(key, w);
     const ms = this.damper.window(rate);
-    if (ms > this.cfg.coalesceMs) this.cell.metrics.pushDamped.inc();
+    if (ms > this.cfg.coalesceMs) this.ctx.metrics.pushDamped.inc();
     this.later(() => this.flush(w), ms);
     this.gauges();
   }
@@ -203,25 +215,25 @@ export class PushGateway {
     this.windows.delete(w.key);
     this.gauges();
     this.dispatch(w).catch((err: unknown) => {
-      this.cell.log('push: cannot prepare a push', err);
-      this.cell.metrics.pushFailed.inc({ provider: 'none' });
+      this.ctx.log('push: cannot prepare a push', err);
+      this.ctx.metrics.pushFailed.inc({ provider: 'none' });
     });
   }
 
   /** A hint to this cell, where the message's sender is. */
   private hint(user: string, device: string, now: number): Uint8Array {
-    return this.cell.gravity.signHintTo(this.cell.cellId, user, device, this.cfg.hintTtlMs, now)!;
+    return this.ports.hints.signHintTo(this.ctx.cellId, user, device, this.cfg.hintTtlMs, now)!;
   }
 
   private async dispatch(w: Window): Promise<void> {
     const now = Date.now();
     if (!this.cfg.enabled) return this.unreachable(w.user, w.device);
     const { targets, mutes } = this.stores();
-    const [list, muted, prefs] = await Promise.all([targets.list(w.user, w.device), mutes.get(w.user), this.cell.social.prefs(w.user)]);
+    const [list, muted, prefs] = await Promise.all([targets.list(w.user, w.device), mutes.get(w.user), this.ports.social.prefs(w.user)]);
     const usable = list.filter((t) => this.providers[t.kind] !== undefined);
     const silent = isMuted(muted, w.chat, now);
     if (silent && prefs.mutedPush === 'suppress') {
-      for (const t of usable) this.cell.metrics.pushSuppressed.inc({ provider: t.kind });
+      for (const t of usable) this.ctx.metrics.pushSuppressed.inc({ provider: t.kind });
       return;
     }
     if (usable.length === 0 || this.stopped) return this.unreachable(w.user, w.device);
@@ -232,7 +244,7 @@ export class PushGateway {
     const notice: Notice = { user: w.user, device: w.device, left: usable.length, delivered: false };
     for (const t of usable) {
       const provider = this.providers[t.kind]!;
-      if (w.count > 1) this.cell.metrics.pushCoalesced.inc({ provider: t.kind }, w.count - 1);
+      if (w.count > 1) this.ctx.metrics.pushCoalesced.inc({ provider: t.kind }, w.count - 1);
       // A webhook serves many devices: it is told whose push it is.
       const body = t.kind === 'webhook' ? JSON.stringify({ ...payload, user: w.user, device: w.device }) : JSON.stringify(payload);
       this.enqueue({ notice, provider, attempt: 1, req: { target: t, body, idempotencyKey: `${id}.${t.id}`, urgency: silent ? 'low' : 'normal', topic } });
@@ -257,11 +269,11 @@ export class PushGateway {
   }
 
   private unreachable(user: string, device: string): void {
-    this.cell.metrics.pushUnreachable.inc();
+    this.ctx.metrics.pushUnreachable.inc();
     try {
-      this.onUnreachable?.(user, device);
+      this.ports.events.unreachable(user, device);
     } catch (err) {
-      this.cell.log('push: unreachable hook failed', err);
+      this.ctx.log('push: unreachable hook failed', err);
     }
   }
 
@@ -272,7 +284,7 @@ export class PushGateway {
     if (this.queue.length >= this.cfg.queueSize) {
       // Drop oldest: the newest push announces the most; the dropped one's messages wait in the mailbox.
       const old = this.queue.shift()!;
-      this.cell.metrics.pushDropped.inc({ provider: old.provider.name });
+      this.ctx.metrics.pushDropped.inc({ provider: old.provider.name });
       this.done(old.notice, false);
     }
     this.queue.push(job);
@@ -287,7 +299,7 @@ export class PushGateway {
         .send(job.req)
         .catch((err: unknown): Outcome => ({ kind: 'retry', why: String(err) }))
         .then((o) => this.settle(job, o))
-        .catch((err: unknown) => this.cell.log('push: settling failed', err))
+        .catch((err: unknown) => this.ctx.log('push: settling failed', err))
         .finally(() => {
           this.inFlight--;
           this.pump();
@@ -298,14 +310,14 @@ export class PushGateway {
 
   private settle(job: Job, o: Outcome): void {
     const provider = job.provider.name;
-    const m = this.cell.metrics;
+    const m = this.ctx.metrics;
     switch (o.kind) {
       case 'ok':
         m.pushSent.inc({ provider });
         return this.done(job.notice, true);
       case 'gone':
         m.pushGone.inc({ provider });
-        this.targets?.remove(job.notice.user, job.notice.device, job.req.target.id).catch((err: unknown) => this.cell.log('push: cannot remove a gone target', err));
+        this.targets?.remove(job.notice.user, job.notice.device, job.req.target.id).catch((err: unknown) => this.ctx.log('push: cannot remove a gone target', err));
         return this.done(job.notice, false);
       case 'retry':
         // Retries wait outside the queue but count against its bound.
@@ -336,7 +348,7 @@ export class PushGateway {
   // ---- requests -----------------------------------------------------------------
 
   /** `push.*` and `mute.*` requests (arguments already validated by the protocol). */
-  async handle(s: Session, op: RequestOp, args: unknown): Promise<unknown> {
+  async handle(s: DeviceSession, op: RequestOp, args: unknown): Promise<unknown> {
     const { targets, mutes } = this.stores();
     const now = Date.now();
     switch (op) {
@@ -381,7 +393,7 @@ export class PushGateway {
   }
 
   /** When a mute ends (0: when cleared). A group muted without a duration: base × members, capped. */
-  private async muteUntil(s: Session, a: RequestArgs['mute.set'], chat: ChatRef, now: number): Promise<number> {
+  private async muteUntil(s: DeviceSession, a: RequestArgs['mute.set'], chat: ChatRef, now: number): Promise<number> {
     if (a.always) return 0;
     if (a.forMs !== undefined) return now + a.forMs;
     if (a.until !== undefined) {
@@ -391,7 +403,7 @@ export class PushGateway {
     if (chat.g === undefined) return 0;
     // groups.info checks membership and counts the members. A group that does not exist is
     // answered as one the user is not in (same code, same text): mute.set is no oracle of group ids.
-    const info = (await this.cell.groups.handle(s, 'groups.info', { g: chat.g }).catch((err: unknown) => {
+    const info = (await this.ports.groups.handle(s, 'groups.info', { g: chat.g }).catch((err: unknown) => {
       if (err instanceof ProtocolError && (err.code === ErrorCode.NOT_FOUND || err.code === ErrorCode.NOT_A_MEMBER)) {
         throw new ProtocolError(ErrorCode.NOT_A_MEMBER, 'you are not a member of this group');
       }
@@ -402,9 +414,9 @@ export class PushGateway {
   }
 
   /** Tells every cell; each tells the user's sessions it hosts (but the requesting one) to list their mutes again. */
-  private changed(s: Session): void {
+  private changed(s: DeviceSession): void {
     this.syncSkip.set(`${s.user}/${s.device}`, true);
-    this.cell.invalidate({ kind: 'mutes', key: s.user });
+    this.ctx.bus.invalidate({ kind: 'mutes', key: s.user });
   }
 
   /**
@@ -413,7 +425,7 @@ export class PushGateway {
    * the SDK lists them again, page by page.
    */
   mutesChanged(user: string): void {
-    for (const s of this.cell.sessionsOf(user)) {
+    for (const s of this.ctx.hub.sessionsOf(user)) {
       const k = `${user}/${s.device}`;
       if (this.syncSkip.get(k)) {
         this.syncSkip.delete(k);

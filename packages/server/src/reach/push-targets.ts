@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
 import { ErrorCode, pack, ProtocolError, unpack, type PushTarget } from '@gravitas/protocol';
-import { isCasConflict } from '../infra/nats.js';
+import { casModify } from '../infra/kv.js';
 
 /*
  * Push targets, per device, in the KV bucket `<prefix>_push`: key `<user>.<device>`,
@@ -23,8 +23,6 @@ export interface StoredTarget {
   auth?: string;
   at: number;
 }
-
-const CAS_ATTEMPTS = 16;
 
 /** A target's id: 16 base64url characters of SHA-256 over kind and URL. */
 export function targetId(t: PushTarget): string {
@@ -55,32 +53,22 @@ export class PushTargets {
     return `${user}.${device}`;
   }
 
-  private async read(user: string, device: string): Promise<{ list: StoredTarget[]; rev: number }> {
+  async list(user: string, device: string): Promise<StoredTarget[]> {
     const e = await this.kv.get(PushTargets.key(user, device));
-    if (!e || e.operation !== 'PUT') return { list: [], rev: e?.revision ?? 0 };
-    return { list: decode(e.value), rev: e.revision };
-  }
-
-  list(user: string, device: string): Promise<StoredTarget[]> {
-    return this.read(user, device).then((r) => r.list);
+    return e && e.operation === 'PUT' ? decode(e.value) : [];
   }
 
   /** Read, change, compare-and-set. `change` returns the new list, or undefined for "nothing to write". */
-  private async modify(user: string, device: string, change: (list: StoredTarget[]) => StoredTarget[] | undefined): Promise<void> {
-    const key = PushTargets.key(user, device);
-    for (let i = 0; i < CAS_ATTEMPTS; i++) {
-      const cur = await this.read(user, device);
-      const next = change(cur.list);
-      if (!next) return;
-      try {
-        if (cur.rev) await this.kv.update(key, pack({ t: next }), cur.rev);
-        else await this.kv.create(key, pack({ t: next }));
-        return;
-      } catch (err) {
-        if (!isCasConflict(err)) throw err;
-      }
-    }
-    throw new ProtocolError(ErrorCode.CONFLICT, 'the push targets are being changed too often; try again');
+  private modify(user: string, device: string, change: (list: StoredTarget[]) => StoredTarget[] | undefined): Promise<void> {
+    return casModify(
+      this.kv,
+      PushTargets.key(user, device),
+      (cur) => {
+        const next = change(decode(cur));
+        return next ? { write: pack({ t: next }), result: undefined } : { result: undefined };
+      },
+      { contended: () => new ProtocolError(ErrorCode.CONFLICT, 'the push targets are being changed too often; try again') },
+    );
   }
 
   /** Adds or replaces (same id) a target; TOO_MANY_PUSH_TARGETS past `max`. Returns its id. */

@@ -1,6 +1,6 @@
 import type { KV } from '@nats-io/kv';
 import { isName, pack, unpack } from '@gravitas/protocol';
-import { isCasConflict } from '../infra/nats.js';
+import { casModify } from '../infra/kv.js';
 
 /*
  * Reachability and relay rate state, one KV key per device (`<user>.<device>`) in
@@ -26,7 +26,12 @@ export interface ReachRecord { r: Relayer[]; c: Consent[]; w: number[]; s: numbe
 export const MAX_CONSENTS = 64;
 const empty = (): ReachRecord => ({ r: [], c: [], w: [], s: [] });
 
-const CAS_ATTEMPTS = 8;
+/**
+ * Fewer attempts than the default (infra/kv.ts), as this store always had: a wake-up is best effort and
+ * fire-and-forget, and a burst of them for one popular relayer should give up
+ * (counted as `error`) rather than keep the KV busy for the others.
+ */
+const REACH_CAS_ATTEMPTS = 8;
 /** Timestamps kept per list: the rate limits are at most 1000 per window (relay-config.ts). */
 const MAX_STAMPS = 1000;
 
@@ -79,21 +84,17 @@ export class ReachStore {
    * Read, change, compare-and-set; `change` returns false to leave the record as it
    * is (the result is then false too). Conflicts are retried with a fresh read.
    */
-  async modify(user: string, device: string, change: (rec: ReachRecord) => boolean): Promise<boolean> {
+  modify(user: string, device: string, change: (rec: ReachRecord) => boolean): Promise<boolean> {
     const key = reachKey(user, device);
-    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
-      const cur = await this.kv.get(key);
-      const rec = cur && cur.operation === 'PUT' ? decodeReach(cur.value) : empty();
-      if (!change(rec)) return false;
-      try {
-        if (cur) await this.kv.update(key, encodeReach(rec), cur.revision);
-        else await this.kv.create(key, encodeReach(rec));
-        return true;
-      } catch (err) {
-        if (!isCasConflict(err)) throw err;
-      }
-    }
-    throw new Error(`reach record of ${key} is too contended`);
+    return casModify(
+      this.kv,
+      key,
+      (cur) => {
+        const rec = decodeReach(cur);
+        return change(rec) ? { write: encodeReach(rec), result: true } : { result: false };
+      },
+      { attempts: REACH_CAS_ATTEMPTS, contended: () => new Error(`reach record of ${key} is too contended`) },
+    );
   }
 
   /**

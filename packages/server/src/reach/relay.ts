@@ -1,13 +1,10 @@
-import { Kvm } from '@nats-io/kv';
+import { Kvm, type KV } from '@nats-io/kv';
 import { loadCap } from '@gravitas/placement';
 import { ErrorCode, ProtocolError, signWake, type RequestArgs } from '@gravitas/protocol';
-import type { Cell } from '../cell/cell.js';
-import { Hints } from '../cluster/hints.js';
-import type { CellLoad } from '../core/ports.js';
-import type { DeviceLocation } from '../cluster/directory.js';
-import { untilReady } from '../infra/nats.js';
+import type { CellContext } from '../core/context.js';
+import type { CellLoad, DeviceLocation, DeviceRoster, DirectoryPort, HintSigner, ReachEvents, RelayPort, SocialGraph, SocialRecord } from '../core/ports.js';
 import type { DeviceSession } from '../core/session.js';
-import type { SocialRecord } from '../social/contacts.js';
+import { untilReady } from '../infra/nats.js';
 import { TtlCache } from '../infra/ttl-cache.js';
 import { consents, recentCount, ReachStore, type ReachRecord, type Relayer } from './relay-store.js';
 
@@ -51,22 +48,41 @@ function socialTier(targetUser: string, relayerUser: string, social: SocialRecor
 
 interface Candidate { relayer: Relayer; loc: DeviceLocation; tier: number; recent: number; cellLoad: number }
 
-export class RelayCoordinator {
+/** The mean load of the live cells (as gravitation computes it, cluster/gravity.ts). */
+function meanLoad(loads: Map<string, CellLoad>): number {
+  let total = 0;
+  for (const l of loads.values()) total += l.load;
+  return loads.size > 0 ? total / loads.size : 0;
+}
+
+/** What the relay asks of the other features and of the cell. */
+export interface RelayPorts {
+  directory: Pick<DirectoryPort, 'lookup'>;
+  social: Pick<SocialGraph, 'record'>;
+  accounts: Pick<DeviceRoster, 'devices'>;
+  /** Live cells' loads, and the keys that sign a wake token and the hint inside it. */
+  hints: HintSigner;
+  /** Whether this cell is connected to NATS and not draining (a woken device could be served here). */
+  connected: () => boolean;
+}
+
+export class RelayCoordinator implements RelayPort, ReachEvents {
   private store: ReachStore | undefined;
   /** Devices that reported within relay.minReportIntervalMs. */
   private readonly reporters: TtlCache<string, true>;
   /** Targets with a wake attempt running on this cell: a burst of stores makes one attempt. */
   private readonly running = new Set<string>();
 
-  constructor(private readonly cell: Cell) {
-    this.reporters = new TtlCache(REPORTERS_MAX, Math.max(1, cell.config.relay.minReportIntervalMs));
+  constructor(private readonly ctx: CellContext, private readonly ports: RelayPorts) {
+    this.reporters = new TtlCache(REPORTERS_MAX, Math.max(1, ctx.config.relay.minReportIntervalMs));
   }
 
-  async start(): Promise<void> {
-    const { config: cfg, nc, names } = this.cell;
+  /** Opens the reach bucket (or takes the one given: unit tests). */
+  async start(bucket?: KV): Promise<void> {
+    const { config: cfg, nc, names } = this.ctx;
     // Records outlive the longest report and the rate window; idle ones then vanish.
     const ttl = Math.max(cfg.relay.maxReportTtlMs, cfg.relay.windowMs) + 60_000;
-    const kv = await untilReady(() => new Kvm(nc).create(names.reachBucket, { history: 1, ttl, replicas: cfg.replicas }), 'reach bucket');
+    const kv = bucket ?? (await untilReady(() => new Kvm(nc).create(names.reachBucket, { history: 1, ttl, replicas: cfg.replicas }), 'reach bucket'));
     this.store = new ReachStore(kv);
   }
 
@@ -85,10 +101,10 @@ export class RelayCoordinator {
    * exist or consent: it tells nothing about them.
    */
   async report(s: DeviceSession, a: RequestArgs['reach.report']): Promise<{ ttlMs: number }> {
-    const cfg = this.cell.config.relay;
+    const cfg = this.ctx.config.relay;
     const me = `${s.user}/${s.device}`;
     if (this.reporters.get(me)) {
-      this.cell.metrics.reachReports.inc({ result: 'rate_limited' });
+      this.ctx.metrics.reachReports.inc({ result: 'rate_limited' });
       throw new ProtocolError(ErrorCode.RATE_LIMITED, `at most one reach report per ${cfg.minReportIntervalMs} ms`);
     }
     this.reporters.set(me, true);
@@ -99,7 +115,7 @@ export class RelayCoordinator {
     if (peers.length > 0) await this.reach.addConsents(reporter, peers, now + CONSENT_TTL_MS, now);
     const tiers = await Promise.all(peers.map((p) => this.consent(p, reporter, now)));
     await Promise.all(peers.map((p, i) => (tiers[i] === undefined ? undefined : this.reach.addRelayer(p, reporter, now + ttlMs, tiers[i]!, cfg.maxRelayersPerTarget, now))));
-    this.cell.metrics.reachReports.inc({ result: 'ok' });
+    this.ctx.metrics.reachReports.inc({ result: 'ok' });
     return { ttlMs };
   }
 
@@ -112,9 +128,9 @@ export class RelayCoordinator {
    * no record is planted under names that do not exist.
    */
   private async consent(target: { user: string; device: string }, relayer: { user: string; device: string }, now: number): Promise<number | undefined> {
-    const tier = socialTier(target.user, relayer.user, await this.cell.social.record(target.user));
+    const tier = socialTier(target.user, relayer.user, await this.ports.social.record(target.user));
     if (tier === undefined || (tier === MUTUAL && !consents(await this.reach.read(target.user, target.device), relayer, now))) return undefined;
-    return (await this.cell.accounts.devices(target.user)).includes(target.device) ? tier : undefined;
+    return (await this.ports.accounts.devices(target.user)).includes(target.device) ? tier : undefined;
   }
 
   // ---- wake-ups -----------------------------------------------------------------
@@ -128,18 +144,18 @@ export class RelayCoordinator {
   unreachable(user: string, device: string): void {
     const key = `${user}/${device}`;
     if (this.running.has(key)) return this.count('coalesced');
-    if (this.running.size >= this.cell.config.relay.maxInFlight) return this.count('busy');
+    if (this.running.size >= this.ctx.config.relay.maxInFlight) return this.count('busy');
     this.running.add(key);
     this.wake(user, device)
       .catch((err) => {
-        this.cell.log('relay wake failed', err);
+        this.ctx.log('relay wake failed', err);
         this.count('error');
       })
       .finally(() => this.running.delete(key));
   }
 
   private count(result: WakeResult): void {
-    this.cell.metrics.relayWakes.inc({ result });
+    this.ctx.metrics.relayWakes.inc({ result });
   }
 
   /**
@@ -148,25 +164,25 @@ export class RelayCoordinator {
    * then relayers with fewer recent relays and on less loaded cells; never one the
    * target blocked. Rate-limited per target and per relayer, cluster-wide.
    */
-  async wake(user: string, device: string, near: string = this.cell.cellId): Promise<WakeResult> {
+  async wake(user: string, device: string, near: string = this.ctx.cellId): Promise<WakeResult> {
     const result = await this.attempt(user, device, near);
     this.count(result);
     return result;
   }
 
   private async attempt(user: string, device: string, near: string): Promise<WakeResult> {
-    const cfg = this.cell.config.relay;
+    const cfg = this.ctx.config.relay;
     if (!cfg.enabled) return 'disabled';
     const now = Date.now();
     const target = await this.reach.read(user, device);
     const reported = target.r.filter((r) => r.expiresAt > now);
     if (reported.length === 0) return 'no_relayer';
     if (recentCount(target.w, cfg.windowMs, now) >= cfg.perTargetPerWindow) {
-      this.cell.metrics.relayRateLimited.inc({ kind: 'target' });
+      this.ctx.metrics.relayRateLimited.inc({ kind: 'target' });
       return 'rate_limited_target';
     }
     // Fresh: a cached "online" would skip a device that just left, a cached "offline" wake one that is back.
-    if ((await this.cell.directory.lookup(user, true)).some((l) => l.device === device)) return 'online';
+    if ((await this.ports.directory.lookup(user, true)).some((l) => l.device === device)) return 'online';
     const candidates = await this.candidates(user, target, reported, now);
     if (candidates.length === 0) return 'relayer_offline';
     let chosen: Candidate | undefined;
@@ -175,23 +191,23 @@ export class RelayCoordinator {
         chosen = c;
         break;
       }
-      this.cell.metrics.relayRateLimited.inc({ kind: 'relayer' });
+      this.ctx.metrics.relayRateLimited.inc({ kind: 'relayer' });
     }
     if (!chosen) return 'rate_limited_relayer';
     // Taken last, with a compare-and-set: two cells waking one target at once cannot both pass.
     if (!(await this.reach.takeSlot(user, device, 'w', cfg.perTargetPerWindow, cfg.windowMs, now))) {
-      this.cell.metrics.relayRateLimited.inc({ kind: 'target' });
+      this.ctx.metrics.relayRateLimited.inc({ kind: 'target' });
       return 'rate_limited_target';
     }
     const loads = this.loads();
     const cell = this.hintCell(near, loads);
     if (!cell) return 'no_cell';
     const expiresAt = now + cfg.tokenTtlMs;
-    const hint = this.cell.gravity.signHintTo(cell, user, device, cfg.tokenTtlMs, now, loads)!;
-    const w = signWake({ user, device, hint, issuedAt: now, expiresAt }, this.cell.gravity.keys.secretKey);
+    const hint = this.ports.hints.signHintTo(cell, user, device, cfg.tokenTtlMs, now, loads)!;
+    const w = signWake({ user, device, hint, issuedAt: now, expiresAt }, this.ports.hints.keys.secretKey);
     const { relayer, loc } = chosen;
-    if (loc.cell === this.cell.cellId) this.deliver(relayer.user, relayer.device, user, device, w);
-    else this.cell.publish(loc.cell, { k: 'rly', u: relayer.user, dev: relayer.device, tu: user, td: device, w });
+    if (loc.cell === this.ctx.cellId) this.deliver(relayer.user, relayer.device, user, device, w);
+    else this.ctx.bus.publish(loc.cell, { k: 'rly', u: relayer.user, dev: relayer.device, tu: user, td: device, w });
     return 'sent';
   }
 
@@ -202,7 +218,7 @@ export class RelayCoordinator {
    */
   private async candidates(user: string, target: ReachRecord, reported: Relayer[], now: number): Promise<Candidate[]> {
     const users = [...new Set(reported.map((r) => r.user))];
-    const [located, social] = await Promise.all([Promise.all(users.map((u) => this.cell.directory.lookup(u))), this.cell.social.record(user)]);
+    const [located, social] = await Promise.all([Promise.all(users.map((u) => this.ports.directory.lookup(u))), this.ports.social.record(user)]);
     const where = new Map(users.map((u, i) => [u, located[i]!]));
     const loads = this.loads();
     const online: Array<{ relayer: Relayer; loc: DeviceLocation; tier: number }> = [];
@@ -213,7 +229,7 @@ export class RelayCoordinator {
       if (loc) online.push({ relayer, loc, tier });
     }
     const records = await Promise.all(online.map((o) => this.reach.read(o.relayer.user, o.relayer.device)));
-    const cfg = this.cell.config.relay;
+    const cfg = this.ctx.config.relay;
     const out = online.map((o, i): Candidate => ({
       ...o,
       // The target's own other device first, then its contacts, then devices it reported itself.
@@ -225,14 +241,14 @@ export class RelayCoordinator {
 
   /** Gravitation's live cells, less this one while it is cut off from NATS (a woken device could not be served here). */
   private loads(): Map<string, CellLoad> {
-    const out = this.cell.gravity.loads();
-    if (!this.cell.status().natsConnected) out.delete(this.cell.cellId);
+    const out = this.ports.hints.loads();
+    if (!this.ports.connected()) out.delete(this.ctx.cellId);
     return out;
   }
 
   /** The cell the token sends the target to: `near` while it is up and under the load cap, else the least loaded. */
   private hintCell(near: string, loads: Map<string, CellLoad>): string | undefined {
-    const cap = loadCap(Hints.mean(loads), this.cell.config.gravity.epsilon);
+    const cap = loadCap(meanLoad(loads), this.ctx.config.gravity.epsilon);
     if ((loads.get(near)?.load ?? Infinity) < cap) return near;
     let best: [string, number] | undefined;
     for (const [cell, l] of loads) if (!best || l.load < best[1]) best = [cell, l.load];
@@ -241,12 +257,12 @@ export class RelayCoordinator {
 
   /** Writes the relay frame to the relayer's session on this cell (from here or from a `rly` envelope). */
   deliver(u: string, dev: string, tu: string, td: string, w: Uint8Array): void {
-    const s = this.cell.session(u, dev);
+    const s = this.ctx.hub.session(u, dev);
     if (!s?.isOpen) {
-      this.cell.metrics.relayLost.inc();
+      this.ctx.metrics.relayLost.inc();
       return;
     }
     s.send({ t: 'relay', u: tu, d: td, w });
-    this.cell.metrics.relayRequests.inc();
+    this.ctx.metrics.relayRequests.inc();
   }
 }

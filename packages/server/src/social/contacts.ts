@@ -1,11 +1,12 @@
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, isName, MAX_ID_LENGTH, pack, ProtocolError, unpack, type Prefs, type RequestArgs, type RequestOp } from '@gravitas/protocol';
-import type { Cell } from '../cell/cell.js';
-import { isCasConflict } from '../infra/nats.js';
+import type { CellContext } from '../core/context.js';
+import type { PresencePort, SocialGraph, SocialRecord } from '../core/ports.js';
+import type { DeviceSession } from '../core/session.js';
+import { casModifyRev, isCasConflict } from '../infra/kv.js';
 import { Limiter } from '../infra/limiter.js';
 import { ReadThrough, TtlCache } from '../infra/ttl-cache.js';
-import type { Session } from '../session/session.js';
 
 /**
  * Users one contact list may hold (TOO_MANY_CONTACTS beyond), and one block list
@@ -34,7 +35,6 @@ const CACHE_TTL_MS = 10 * 60_000;
 const CACHE_MAX = 20_000;
 /** Names held by the cache in all (≈ 150 MB at worst with 64-character names): a few full lists cannot crowd memory. */
 const CACHE_MAX_NAMES = 1_000_000;
-const CAS_ATTEMPTS = 16;
 /**
  * Listings of entries (one ordered consumer each) at once per cell, and waiting: a
  * connect storm of users with contacts must not open thousands of consumers at once.
@@ -49,12 +49,6 @@ const LIST_QUEUE = 200_000;
  */
 export const REPAIR_AFTER_MS = 60_000;
 
-/** One user's social record, as the cell uses it. */
-export interface SocialRecord {
-  readonly contacts: ReadonlySet<string>;
-  readonly blocked: ReadonlySet<string>;
-  readonly prefs: Readonly<Prefs>;
-}
 
 type Kind = 'c' | 'b';
 
@@ -152,10 +146,10 @@ interface Cached { rec: SocialRecord; rev: number; checked: number }
  * the head by compare-and-set after its entry (which is how the bounds hold with
  * several devices adding at once, and how a cached copy is revalidated with one
  * get). Records are read through a per-cell cache that every cell drops when the
- * owner's record changes (Cell.invalidate). `refuses` is what every delivery path
+ * owner's record changes (Bus.invalidate). `refuses` is what every delivery path
  * asks before it lets one user reach another: it never waits for KV on a hit.
  */
-export class Social {
+export class Social implements SocialGraph {
   /** Bounded by entries and by the names they hold: a few full lists cannot crowd memory. */
   private readonly records = new ReadThrough<string, Cached>(
     new TtlCache(CACHE_MAX, CACHE_TTL_MS, CACHE_MAX_NAMES, (c) => c.rec.contacts.size + c.rec.blocked.size),
@@ -165,8 +159,13 @@ export class Social {
   private readonly stream: string;
   private readonly subjectPrefix: string;
 
-  constructor(readonly cell: Cell, readonly kv: KV) {
-    const bucket = cell.names.socialBucket;
+  constructor(
+    private readonly ctx: CellContext,
+    /** Told after every change of a record, so watchers here follow it. */
+    private readonly presence: Pick<PresencePort, 'socialChanged'>,
+    readonly kv: KV,
+  ) {
+    const bucket = ctx.names.socialBucket;
     this.stream = `KV_${bucket}`;
     this.subjectPrefix = `$KV.${bucket}.`;
   }
@@ -238,7 +237,7 @@ export class Social {
   }
 
   /** A `req` of area contacts or prefs (arguments already validated). */
-  async handle(s: Session, op: RequestOp, args: unknown): Promise<unknown> {
+  async handle(s: DeviceSession, op: RequestOp, args: unknown): Promise<unknown> {
     const me = s.user;
     switch (op) {
       case 'contacts.list': {
@@ -334,12 +333,14 @@ export class Social {
    * Removes one entry: purge that key's message by its sequence (so a concurrent
    * remover's purge finds nothing and does not count it twice, and nothing is left
    * behind: no delete markers piling up), then release its place in the head.
+   * Not `casModify`: a KV delete leaves a marker, and only a purge filtered by the
+   * revision read tells which of two removers took the entry away.
    */
   private async removeEntry(me: string, kind: Kind, user: string): Promise<void> {
     const key = entryKey(me, kind, user);
     const e = await this.kv.get(key);
     if (e?.operation !== 'PUT') return; // idempotent
-    this.jsm ??= jetstreamManager(this.cell.nc);
+    this.jsm ??= jetstreamManager(this.ctx.nc);
     const jsm = await this.jsm.catch((err: unknown) => {
       this.jsm = undefined;
       throw err;
@@ -360,23 +361,18 @@ export class Social {
    * Answers the head and the revisions it was read at (`from`) and written at (`to`).
    */
   private async changeHead(user: string, change: (h: Head) => boolean): Promise<{ head: Head; from: number; to: number }> {
-    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
-      const e = await this.kv.get(user);
-      const from = e?.revision ?? 0;
-      const head = decodeHead(e?.operation === 'PUT' ? e.value : undefined);
-      if (!change(head)) return { head, from, to: from };
-      head.t = Date.now();
-      let to: number;
-      try {
-        if (from) to = await this.kv.update(user, encodeHead(head), from); // over a delete marker too
-        else to = await this.kv.create(user, encodeHead(head));
-      } catch (err) {
-        if (isCasConflict(err)) continue;
-        throw err;
-      }
-      return { head, from, to };
-    }
-    throw new ProtocolError(ErrorCode.BUSY, 'the contact list is being changed too often; try again');
+    const { result, rev } = await casModifyRev(
+      this.kv,
+      user,
+      (cur, from) => {
+        const head = decodeHead(cur);
+        if (!change(head)) return { result: { head, from } };
+        head.t = Date.now();
+        return { write: encodeHead(head), result: { head, from } };
+      },
+      { contended: () => new ProtocolError(ErrorCode.BUSY, 'the contact list is being changed too often; try again') },
+    );
+    return { ...result, to: rev };
   }
 
   /**
@@ -385,7 +381,7 @@ export class Social {
    */
   private changed(user: string, d: Delta | undefined): void {
     this.follow(user, d);
-    this.cell.invalidate({ kind: 'social', key: user, ...(d && { d }) });
+    this.ctx.bus.invalidate({ kind: 'social', key: user, ...(d && { d }) });
   }
 
   /** Applies `d` to the cached copy if that copy is the one `d` starts from; else drops the copy. */
@@ -406,7 +402,7 @@ export class Social {
     } else {
       this.records.invalidate(user);
     }
-    this.cell.presence.socialChanged(user);
+    this.presence.socialChanged(user);
   }
 
   /** Another cell (or this one) changed the record of `user`; `d` is the change, if it came with one. */

@@ -1,14 +1,18 @@
 import type { KV } from '@nats-io/kv';
 import type { Subscription } from '@nats-io/transport-node';
-import { isName, pack, unpack, type PresenceState, type Typing, type TypingEvent } from '@gravitas/protocol';
-import type { Cell } from '../cell/cell.js';
+import { pack, unpack, type Typing } from '@gravitas/protocol';
+import type { CellContext } from '../core/context.js';
 import type { Envelope } from '../core/envelope.js';
-import { isCasConflict } from '../infra/nats.js';
-import { TokenBucket } from '../infra/rate.js';
-import type { Session } from '../session/session.js';
+import type { DirectoryPort, GroupsPort, Liveness, PresencePort, SocialGraph, SocialRecord } from '../core/ports.js';
+import type { DeviceSession } from '../core/session.js';
+import { casModifyRev } from '../infra/kv.js';
 import { Limiter } from '../infra/limiter.js';
-import type { SocialRecord } from './contacts.js';
 import { TtlCache } from '../infra/ttl-cache.js';
+import { decodePresRecord, decodeView, derive, EMPTY, sameView, viewKey, visible, withoutGone, type GoneAt, type PresRecord, type View } from './presence-record.js';
+import { TypingRelay, typingState, type TypingState } from './typing.js';
+
+export { decodePresRecord } from './presence-record.js';
+export { TYPING_BURST, TYPING_RATE_PER_SEC } from './typing.js';
 
 /*
  * Presence, last seen and typing (docs/social.md).
@@ -19,22 +23,17 @@ import { TtlCache } from '../infra/ttl-cache.js';
  * new view on the core subject `<prefix>.pres.<user>`; every cell that hosts a session
  * whose contact list names that user holds one subscription to it (ref-counted by
  * local watcher sessions) and forwards the view to the watchers the owner lets see it.
- * Typing indicators are never stored: one envelope per cell hosting the recipient.
+ * Typing indicators are never stored: one envelope per cell hosting the recipient
+ * (typing.ts). The record and view codecs are in presence-record.ts.
  */
 
 /** Distinct users one cell watches (one NATS subscription each). */
 export const MAX_WATCHED = 100_000;
 /** (watcher session, watched user) pairs on one cell. */
 export const MAX_WATCH_PAIRS = 1_000_000;
-/** Typing indicators per session: a token bucket; the excess is dropped silently. */
-export const TYPING_RATE_PER_SEC = 5;
-export const TYPING_BURST = 10;
-/** Recipients a session's last typing state is remembered for (to send "off" when it closes). */
-const TYPING_TARGETS = 32;
 /** KV reads (views, repairs) in flight at once, and queued behind them. */
 const LOAD_CONCURRENCY = 64;
 const LOAD_QUEUE = 2 * MAX_WATCHED;
-const CAS_ATTEMPTS = 16;
 /** A device-state write that fails is retried this many times, with backoff, then given up. */
 const WRITE_ATTEMPTS = 8;
 const RETRY_MAX_MS = 5000;
@@ -43,20 +42,11 @@ const DIED_MAX = 10_000;
 const DIED_TTL_MS = 3600_000;
 /** What a viewer was last shown when the owner stopped letting it see: an `offline` without last seen. */
 const HIDDEN = '-';
-/** Device entries read from one record, at most (a user has at most limits.maxDevicesPerUser). */
-const MAX_ENTRIES = 64;
-
-interface DeviceEntry { c: string; i: string; e: number; a: 0 | 1; t: number }
-interface PresRecord { d: Record<string, DeviceEntry>; l?: number }
-
-/** What watchers are told: state, last seen (offline only), cells holding sessions, KV revision (orders views). */
-interface View { s: PresenceState; l: number | undefined; c: string[]; r: number }
-
 type Want = 'online' | 'away' | 'gone';
 
 /** The presence side of one local session. */
 interface Viewer {
-  s: Session;
+  s: DeviceSession;
   /** Watched owner → what this session was last shown ('' nothing yet, HIDDEN, or a view key). */
   watching: Map<string, string>;
   rewatchSeq: number;
@@ -67,63 +57,31 @@ interface Viewer {
   writing: boolean;
   failures: number;
   retry: NodeJS.Timeout | undefined;
-  /** Made on the first typing indicator: an idle session holds none. */
-  typingRate: TokenBucket | undefined;
-  /** Recipient → last typing state sent to it. */
-  typingTo: Map<string, boolean>;
+  typing: TypingState;
 }
 
 /** A user watched by sessions of this cell. */
 interface Watched {
   owner: string;
   sub: Subscription;
-  sessions: Set<Session>;
+  sessions: Set<DeviceSession>;
   view: View | undefined;
   /** The owner's contacts, blocks and preferences: who may see the view. Undefined while (re)loading. */
   rules: SocialRecord | undefined;
   rulesSeq: number;
 }
 
-const EMPTY: PresRecord = { d: {} };
-const STATES = new Set<string>(['online', 'away', 'offline']);
-const num = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
-const cellName = (v: unknown): v is string => typeof v === 'string' && isName(v, 128);
-
-export function decodePresRecord(v: Uint8Array | undefined): PresRecord {
-  if (!v || v.length === 0) return EMPTY;
-  let o: Record<string, unknown>;
-  try {
-    o = unpack(v) as Record<string, unknown>;
-  } catch {
-    return EMPTY;
-  }
-  if (typeof o !== 'object' || o === null || typeof o.d !== 'object' || o.d === null) return EMPTY;
-  const d: Record<string, DeviceEntry> = {};
-  let n = 0;
-  for (const [dev, x] of Object.entries(o.d as Record<string, Record<string, unknown>>)) {
-    if (++n > MAX_ENTRIES) break;
-    if (!isName(dev, 32) || typeof x !== 'object' || x === null) continue;
-    if (cellName(x.c) && typeof x.i === 'string' && num(x.e) && (x.a === 0 || x.a === 1) && num(x.t)) d[dev] = { c: x.c, i: x.i, e: x.e, a: x.a, t: x.t };
-  }
-  return num(o.l) ? { d, l: o.l } : { d };
+/** What presence asks of the other features. */
+export interface PresencePorts {
+  social: Pick<SocialGraph, 'record' | 'refuses'>;
+  directory: Pick<DirectoryPort, 'lookup'>;
+  /** Cells membership has not given up on (a cell may ask before membership has started). */
+  liveness: Pick<Liveness, 'isLive'>;
+  groups: Pick<GroupsPort, 'typing'>;
 }
 
-/** A view published on a presence subject; throws on anything malformed. */
-function decodeView(v: unknown): View {
-  const o = v as Record<string, unknown>;
-  if (typeof o === 'object' && o !== null && typeof o.s === 'string' && STATES.has(o.s) && num(o.r) && (o.l === undefined || num(o.l))) {
-    if (Array.isArray(o.c) && o.c.length <= MAX_ENTRIES && o.c.every(cellName)) return { s: o.s as PresenceState, l: o.l as number | undefined, c: o.c as string[], r: o.r };
-  }
-  throw new TypeError('malformed presence view');
-}
-
-const viewKey = (v: View): string => `${v.s}:${v.l ?? ''}`;
-const sameView = (a: View, b: View): boolean => a.s === b.s && a.l === b.l && a.c.length === b.c.length && a.c.every((c, i) => c === b.c[i]);
-/** Viewer V sees owner O iff O lists V as a contact, shows its presence to contacts, and has not blocked V. */
-const visible = (owner: SocialRecord, viewer: string): boolean => owner.prefs.presence === 'contacts' && owner.contacts.has(viewer) && !owner.blocked.has(viewer);
-
-export class PresenceHub {
-  private readonly viewers = new Map<Session, Viewer>();
+export class PresenceHub implements PresencePort {
+  private readonly viewers = new Map<DeviceSession, Viewer>();
   private readonly watched = new Map<string, Watched>();
   private pairs = 0;
   private readonly died = new TtlCache<string, number>(DIED_MAX, DIED_TTL_MS);
@@ -132,8 +90,15 @@ export class PresenceHub {
   private sweeper: NodeJS.Timeout | undefined;
   private startedAt = Date.now();
   private stopped = false;
+  private readonly typingRelay: TypingRelay;
 
-  constructor(readonly cell: Cell, readonly kv: KV) {}
+  constructor(
+    private readonly ctx: CellContext,
+    private readonly ports: PresencePorts,
+    readonly kv: KV,
+  ) {
+    this.typingRelay = new TypingRelay(ctx, ports);
+  }
 
   start(): void {
     this.startedAt = Date.now();
@@ -141,7 +106,7 @@ export class PresenceHub {
     // one started, still shows sessions there: re-check what the views name.
     this.sweeper = setInterval(() => {
       for (const w of this.watched.values()) if (w.view?.c.some((c) => this.gone({ c }))) this.repair(w.owner);
-    }, this.cell.config.membership.timeoutMs);
+    }, this.ctx.config.membership.timeoutMs);
     this.sweeper.unref();
   }
 
@@ -151,7 +116,7 @@ export class PresenceHub {
     for (const w of this.watched.values()) w.sub.unsubscribe();
     this.watched.clear();
     this.pairs = 0;
-    this.cell.metrics.presenceWatched.set(0);
+    this.ctx.metrics.presenceWatched.set(0);
   }
 
   /**
@@ -161,22 +126,25 @@ export class PresenceHub {
    * this cell has been up, and the entry has existed, longer than a heartbeat timeout.
    */
   private gone(x: { c: string; t?: number }): boolean {
-    if (x.c === this.cell.cellId || this.cell.membership?.isLive(x.c)) return false;
+    if (x.c === this.ctx.cellId || this.ports.liveness.isLive(x.c)) return false;
     if (this.died.get(x.c) !== undefined) return true;
-    const { timeoutMs, heartbeatMs } = this.cell.config.membership;
+    const { timeoutMs, heartbeatMs } = this.ctx.config.membership;
     const now = Date.now();
     return now - this.startedAt > timeoutMs + heartbeatMs && (x.t === undefined || now - x.t > timeoutMs + heartbeatMs);
   }
 
+  /** When an entry's session ended with its cell, or undefined while the cell may be live. */
+  private readonly goneAt: GoneAt = (x) => (this.gone(x) ? (this.died.get(x.c) ?? x.t) : undefined);
+
   // ---- the sessions of this cell ----------------------------------------------------
 
   /** A session registered: write its device state, watch its contacts and show it their presence. */
-  online(s: Session): void {
+  online(s: DeviceSession): void {
     if (this.stopped || this.viewers.has(s)) return;
     const v: Viewer = {
       s, watching: new Map(), rewatchSeq: 0, rewatchFailures: 0,
       want: 'online', wrote: undefined, writing: false, failures: 0, retry: undefined,
-      typingRate: undefined, typingTo: new Map(),
+      typing: typingState(),
     };
     this.viewers.set(s, v);
     this.sync(v);
@@ -184,19 +152,17 @@ export class PresenceHub {
   }
 
   /** A registered session ended. */
-  offline(s: Session): void {
+  offline(s: DeviceSession): void {
     const v = this.viewers.get(s);
     if (!v) return;
     this.viewers.delete(s);
     for (const o of [...v.watching.keys()]) this.unwatch(v, o);
-    // An indicator left on would stay on at the recipient: turn it off.
-    for (const [to, on] of v.typingTo) if (on) void this.sendTyping(s.user, to, false);
-    v.typingTo.clear();
+    this.typingRelay.closed(v.typing, s.user);
     v.want = 'gone';
     this.sync(v);
   }
 
-  set(s: Session, state: 'online' | 'away'): void {
+  set(s: DeviceSession, state: 'online' | 'away'): void {
     const v = this.viewers.get(s);
     if (!v) return;
     v.want = state;
@@ -216,7 +182,7 @@ export class PresenceHub {
         },
         (err: unknown) => {
           if (++v.failures >= WRITE_ATTEMPTS) {
-            this.cell.log(`presence of ${v.s.user}/${v.s.device} not written (${want}), giving up`, err);
+            this.ctx.log(`presence of ${v.s.user}/${v.s.device} not written (${want}), giving up`, err);
             v.wrote = want;
             v.failures = 0;
             return;
@@ -234,8 +200,8 @@ export class PresenceHub {
       });
   }
 
-  private async writeDevice(s: Session, want: Want): Promise<void> {
-    const cell = this.cell.cellId;
+  private async writeDevice(s: DeviceSession, want: Want): Promise<void> {
+    const cell = this.ctx.cellId;
     const res = await this.modify(s.user, (r) => {
       const cur = r.d[s.device];
       if (want === 'gone') {
@@ -258,56 +224,30 @@ export class PresenceHub {
    * dropped on the way (their users' last seen becomes the time the cell died).
    */
   private async modify(user: string, change: (r: PresRecord) => boolean): Promise<{ before: PresRecord; after: PresRecord; rev: number; changed: boolean }> {
-    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
-      const e = await this.kv.get(user);
-      const rev = e?.revision ?? 0;
-      const before = e && e.operation === 'PUT' ? decodePresRecord(e.value) : EMPTY;
-      const after: PresRecord = { d: { ...before.d }, ...(before.l !== undefined && { l: before.l }) };
-      let dropped = false;
-      for (const [dev, x] of Object.entries(after.d)) {
-        if (!this.gone(x)) continue;
-        delete after.d[dev];
-        after.l = Math.max(after.l ?? 0, this.died.get(x.c) ?? x.t);
-        dropped = true;
-      }
-      const changed = change(after) || dropped;
-      if (!changed) return { before, after: before, rev, changed };
-      try {
-        const value = pack(after);
-        const next = rev ? await this.kv.update(user, value, rev) : await this.kv.create(user, value);
-        return { before, after, rev: next, changed };
-      } catch (err) {
-        if (!isCasConflict(err)) throw err;
-      }
-    }
-    throw new Error(`presence of ${user} is too contended`);
+    const { result, rev } = await casModifyRev<{ before: PresRecord; after: PresRecord; changed: boolean }>(
+      this.kv,
+      user,
+      (cur) => {
+        const before = cur ? decodePresRecord(cur) : EMPTY;
+        const { after, dropped } = withoutGone(before, this.goneAt);
+        const changed = change(after) || dropped;
+        if (!changed) return { result: { before, after: before, changed } };
+        return { write: pack(after), result: { before, after, changed } };
+      },
+      { contended: () => new Error(`presence of ${user} is too contended`) },
+    );
+    return { ...result, rev };
   }
 
   /** A user's record changed: publish the new view if watchers would see a difference, and apply it here. */
   private announce(owner: string, before: PresRecord, after: PresRecord, rev: number): void {
-    const old = this.derive(before, 0);
-    const view = this.derive(after, rev);
+    const old = derive(before, 0, this.goneAt);
+    const view = derive(after, rev, this.goneAt);
     if (!sameView(old, view)) {
-      this.cell.nc.publish(this.cell.names.presence(owner), pack({ s: view.s, ...(view.l !== undefined && { l: view.l }), c: view.c, r: view.r }));
+      this.ctx.nc.publish(this.ctx.names.presence(owner), pack({ s: view.s, ...(view.l !== undefined && { l: view.l }), c: view.c, r: view.r }));
     }
     const w = this.watched.get(owner);
     if (w) this.apply(w, view);
-  }
-
-  private derive(rec: PresRecord, rev: number): View {
-    let online = false;
-    let last = rec.l;
-    const cells = new Set<string>();
-    for (const x of Object.values(rec.d)) {
-      if (this.gone(x)) {
-        last = Math.max(last ?? 0, this.died.get(x.c) ?? x.t);
-        continue;
-      }
-      cells.add(x.c);
-      if (x.a === 0) online = true;
-    }
-    const s: PresenceState = online ? 'online' : cells.size > 0 ? 'away' : 'offline';
-    return { s, l: s === 'offline' ? last : undefined, c: [...cells].sort(), r: rev };
   }
 
   // ---- watching -------------------------------------------------------------------------
@@ -317,11 +257,11 @@ export class PresenceHub {
     const seq = ++v.rewatchSeq;
     let rec: SocialRecord;
     try {
-      rec = await this.cell.social.record(v.s.user);
+      rec = await this.ports.social.record(v.s.user);
     } catch (err) {
       if (this.viewers.get(v.s) === v && seq === v.rewatchSeq && ++v.rewatchFailures < 5) {
         setTimeout(() => void this.rewatch(v), 1000 * v.rewatchFailures).unref();
-      } else this.cell.log(`contacts of ${v.s.user} unavailable: presence not watched`, err);
+      } else this.ctx.log(`contacts of ${v.s.user} unavailable: presence not watched`, err);
       return;
     }
     if (this.stopped || this.viewers.get(v.s) !== v || seq !== v.rewatchSeq) return;
@@ -332,8 +272,8 @@ export class PresenceHub {
     for (const o of want) {
       if (v.watching.has(o)) continue;
       if (!this.watch(v, o)) {
-        this.cell.metrics.presenceRefused.inc();
-        this.cell.log(`presence watch limit reached: ${v.s.user} watches ${v.watching.size} of ${want.size} contacts`);
+        this.ctx.metrics.presenceRefused.inc();
+        this.ctx.log(`presence watch limit reached: ${v.s.user} watches ${v.watching.size} of ${want.size} contacts`);
         break;
       }
     }
@@ -344,14 +284,14 @@ export class PresenceHub {
     let w = this.watched.get(owner);
     if (!w) {
       if (this.watched.size >= MAX_WATCHED) return false;
-      const sub = this.cell.nc.subscribe(this.cell.names.presence(owner), {
+      const sub = this.ctx.nc.subscribe(this.ctx.names.presence(owner), {
         callback: (err, msg) => {
           if (!err) this.onView(owner, msg.data);
         },
       });
       w = { owner, sub, sessions: new Set(), view: undefined, rules: undefined, rulesSeq: 0 };
       this.watched.set(owner, w);
-      this.cell.metrics.presenceWatched.set(this.watched.size);
+      this.ctx.metrics.presenceWatched.set(this.watched.size);
       this.loadView(w, 0);
       this.loadRules(w, 0);
     }
@@ -370,7 +310,7 @@ export class PresenceHub {
     if (w.sessions.size > 0) return;
     w.sub.unsubscribe();
     this.watched.delete(owner);
-    this.cell.metrics.presenceWatched.set(this.watched.size);
+    this.ctx.metrics.presenceWatched.set(this.watched.size);
   }
 
   /** Reads the owner's record (subscribed first, so no later change is missed; revisions order the two). */
@@ -381,12 +321,12 @@ export class PresenceHub {
         const e = await this.kv.get(w.owner);
         const rec = e && e.operation === 'PUT' ? decodePresRecord(e.value) : EMPTY;
         if (this.watched.get(w.owner) !== w) return;
-        this.apply(w, this.derive(rec, e?.revision ?? 0));
+        this.apply(w, derive(rec, e?.revision ?? 0, this.goneAt));
         if (Object.values(rec.d).some((x) => this.gone(x))) this.repair(w.owner);
       })
       .catch((err: unknown) => {
         if (attempt < 3 && this.watched.get(w.owner) === w) setTimeout(() => this.loadView(w, attempt + 1), 500 * 2 ** attempt).unref();
-        else this.cell.log(`presence of ${w.owner} unavailable`, err);
+        else this.ctx.log(`presence of ${w.owner} unavailable`, err);
       });
   }
 
@@ -394,7 +334,7 @@ export class PresenceHub {
   private loadRules(w: Watched, attempt: number): void {
     const seq = ++w.rulesSeq;
     w.rules = undefined;
-    this.cell.social.record(w.owner).then(
+    this.ports.social.record(w.owner).then(
       (rec) => {
         if (this.watched.get(w.owner) !== w || seq !== w.rulesSeq) return;
         w.rules = rec;
@@ -403,7 +343,7 @@ export class PresenceHub {
       (err: unknown) => {
         if (this.watched.get(w.owner) !== w || seq !== w.rulesSeq) return;
         if (attempt < 3) setTimeout(() => this.watched.get(w.owner) === w && seq === w.rulesSeq && this.loadRules(w, attempt + 1), 500 * 2 ** attempt).unref();
-        else this.cell.log(`contacts of ${w.owner} unavailable: presence hidden`, err);
+        else this.ctx.log(`contacts of ${w.owner} unavailable: presence hidden`, err);
       },
     );
   }
@@ -451,7 +391,7 @@ export class PresenceHub {
   socialChanged(user: string): void {
     if (this.stopped) return;
     // As a watcher: its contact list may have changed.
-    for (const s of this.cell.sessionsOf(user)) {
+    for (const s of this.ctx.hub.sessionsOf(user)) {
       const v = this.viewers.get(s);
       if (v) void this.rewatch(v);
     }
@@ -481,9 +421,9 @@ export class PresenceHub {
         const res = await this.modify(owner, () => false);
         if (res.changed) return this.announce(owner, res.before, res.after, res.rev);
         const w = this.watched.get(owner);
-        if (w) this.apply(w, this.derive(res.after, res.rev));
+        if (w) this.apply(w, derive(res.after, res.rev, this.goneAt));
       })
-      .catch((err: unknown) => this.cell.log(`presence repair of ${owner} failed`, err))
+      .catch((err: unknown) => this.ctx.log(`presence repair of ${owner} failed`, err))
       .finally(() => this.repairing.delete(owner));
   }
 
@@ -494,49 +434,14 @@ export class PresenceHub {
    * cell hosting a session of the recipient, unless the recipient blocked the sender.
    * Awaited by the session, so a sender's indicators keep their order.
    */
-  async typing(s: Session, m: Typing): Promise<void> {
+  async typing(s: DeviceSession, m: Typing): Promise<void> {
     const v = this.viewers.get(s);
     if (!v) return;
-    if (!(v.typingRate ??= new TokenBucket(TYPING_RATE_PER_SEC, TYPING_BURST)).take()) {
-      this.cell.metrics.typingDropped.inc();
-      return;
-    }
-    if (m.g !== undefined) return this.groupTyping(s, m);
-    const to = m.to;
-    if (to === s.user) return;
-    v.typingTo.delete(to);
-    if (v.typingTo.size >= TYPING_TARGETS) v.typingTo.delete(v.typingTo.keys().next().value!);
-    v.typingTo.set(to, m.on);
-    await this.sendTyping(s.user, to, m.on);
-  }
-
-  private async groupTyping(s: Session, m: Typing & { g: string }): Promise<void> {
-    try {
-      await this.cell.groups.typing(s, m);
-    } catch (err) {
-      this.cell.log('group typing failed', err); // ephemeral: dropped, the session lives on
-    }
-  }
-
-  private async sendTyping(from: string, to: string, on: boolean): Promise<void> {
-    try {
-      const [refused, locs] = await Promise.all([this.cell.social.refuses(to, from), this.cell.directory.lookup(to)]);
-      if (refused) return;
-      const e: Extract<Envelope, { k: 'typ' }> = { k: 'typ', from, to, on };
-      const cells = new Set<string>();
-      for (const l of locs) cells.add(l.cell);
-      for (const c of cells) {
-        if (c === this.cell.cellId) this.onTyping(e);
-        else this.cell.publish(c, e);
-      }
-    } catch {
-      // Ephemeral: with NATS away it is simply lost.
-    }
+    await this.typingRelay.typing(v.typing, s, m);
   }
 
   /** A typing indicator for every local session of `e.to`. */
   onTyping(e: Extract<Envelope, { k: 'typ' }>): void {
-    const m: TypingEvent = { t: 'typing', from: e.from, on: e.on, ...(e.g !== undefined && { g: e.g }) };
-    for (const s of this.cell.sessionsOf(e.to)) s.send(m);
+    this.typingRelay.onTyping(e);
   }
 }

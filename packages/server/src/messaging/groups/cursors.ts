@@ -2,7 +2,7 @@ import type { KV, KvEntry } from '@nats-io/kv';
 import { ErrorCode, pack, ProtocolError, unpack } from '@gravitas/protocol';
 import type { CellContext } from '../../core/context.js';
 import type { DeviceRoster } from '../../core/ports.js';
-import { casModify } from '../../infra/kv.js';
+import { casModifyRev } from '../../infra/kv.js';
 import type { DeviceGroups } from './feed.js';
 
 /**
@@ -73,7 +73,7 @@ export class CursorStore {
       const registered = (await this.accounts.deviceList(dev.user)).find((d) => d.device === dev.device)?.registeredAt ?? Date.now();
       since = Math.min(registered, Date.now()) - CLOCK_SKEW_MS;
     }
-    const got = await casModify(
+    const { result: got, rev } = await casModifyRev(
       this.kv,
       dev.cursorKey,
       (cur): { write?: Uint8Array; result: Cursors } => (cur ? { result: decodeCursors(cur) } : { write: pack({ c: {}, s: since }), result: { cursors: {}, since } }),
@@ -85,10 +85,10 @@ export class CursorStore {
           dev.rev = e?.revision ?? 0;
           return e;
         },
-        written: (rev) => (dev.rev = rev),
         contended: () => this.contended(dev),
       },
     );
+    dev.rev = rev;
     dev.cursors = got.cursors;
     dev.since = got.since;
     dev.loaded = true;
@@ -131,7 +131,7 @@ export class CursorStore {
 
   private async write(dev: DeviceGroups, cursors: Record<string, number>): Promise<void> {
     let first = true;
-    const written = await casModify(
+    const { result: written, rev } = await casModifyRev(
       this.kv,
       dev.cursorKey,
       (cur) => {
@@ -153,10 +153,10 @@ export class CursorStore {
           dev.rev = e?.revision ?? 0;
           return e;
         },
-        written: (rev) => (dev.rev = rev),
         contended: () => this.contended(dev),
       },
     );
+    dev.rev = rev;
     for (const [g, c] of Object.entries(written)) if (c > (dev.cursors[g] ?? -1)) dev.cursors[g] = c;
     this.ctx.metrics.groupCursorWrites.inc();
   }
