@@ -87,10 +87,33 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     };
     try {
       // Left unconfirmed by an earlier process: re-sent, same ids, once connected.
-      this.outbox = new Outbox(this.store, { emit, emitLater, saving, write: session.write, get online() { return session.online; }, get open() { return !conn.closed; } }, options);
+      this.outbox = new Outbox(
+        this.store,
+        {
+          emit,
+          emitLater,
+          saving,
+          write: session.write,
+          get online() {
+            return session.online;
+          },
+          get open() {
+            return !conn.closed;
+          },
+        },
+        options,
+      );
       this.feedback = new FeedbackQueue(
         this.store,
-        { emit, emitLater, saving, get sending() { return session.online && !conn.closed; }, track: (q) => this.request('track', { c: q.c, ev: q.ev, eid: q.eid, ts: q.ts, rk: q.rk }) },
+        {
+          emit,
+          emitLater,
+          saving,
+          get sending() {
+            return session.online && !conn.closed;
+          },
+          track: (q) => this.request('track', { c: q.c, ev: q.ev, eid: q.eid, ts: q.ts, rk: q.rk }),
+        },
         options,
       );
     } catch (err) {
