@@ -1,9 +1,13 @@
 import type { Socket } from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { ErrorCode, RETRYABLE_SEND_CODES, TICKET_REFUSED_CODES, verifyHint, type ConnectHint, type KeyPair, type Move, type ResumptionState, type ServerMessage } from '@gravitas/protocol';
+import { ackFor, RetryQueue, seenKey, statusVerdict } from '@gravitas/client/internal';
+import { ErrorCode, TICKET_REFUSED_CODES, verifyHint, type ConnectHint, type Move, type ResumptionState, type ServerMessage } from '@gravitas/protocol';
 import {
-  epochNow, GrowBytes, MergeableHistogram, messageId, messageText, mulberry32, parseMessageId, parseText, ST,
-  type ConnectResult, type GenRequest, type GenUser, type ProgressResult, type RecvReport, type RunCmd, type RunSummary, type SendReport, type SetupCmd, type StepReport, type Who,
+  closedLoop, count, newUser, openLoop, RESEND, recvReport, RecvStep, sendReport, SendStep, sleep, type Conn, type Out, type User,
+} from './custody-gen-state.js';
+import {
+  epochNow, GrowBytes, messageId, messageText, mulberry32, parseMessageId,
+  type ConnectResult, type GenRequest, type GenUser, type ProgressResult, type RunCmd, type RunSummary, type SetupCmd, type StepReport, type Who,
 } from './custody-types.js';
 import { nativeKeyPair } from './procs.js';
 import { cachingSuite, handshake, newHandshake, parseTarget, sealedWriter, type HandshakeOutcome, type SealedWriter, type Target } from './rawclient.js';
@@ -11,11 +15,13 @@ import { cachingSuite, handshake, newHandshake, parseTarget, sealedWriter, type 
 /*
  * Load-generator process of the custody benchmark (started by custody-load.ts with an IPC
  * channel). It hosts many users, each one raw protocol session (rawclient.ts: the same
- * handshake and sealed frames as the SDK, without its per-connection machinery), and does what
- * the SDK does for custody: keeps every message until its status, re-sends a retryable failure
- * with the same id after a backoff, acknowledges every `msg` and `rcpt`, and drops re-deliveries
- * of the last 10,000 ids per device before the "application" sees them. It records, per step,
- * the status of every message it sent and every message its users received (custody-types.ts).
+ * handshake and sealed frames as the SDK, without its per-connection machinery), and follows the
+ * SDK's custody rules, from the same code (@gravitas/client/internal, custody.ts): keeps every
+ * message until its status, re-sends a retryable failure with the same id after a backoff (one
+ * RetryQueue, one timer, for every user), acknowledges every `msg` and `rcpt` (ackFor), and drops
+ * re-deliveries of the last SEEN_MAX ids per device (SeenWindow) before the "application" sees
+ * them. It records, per step, the status of every message it sent and every message its users
+ * received (custody-gen-state.ts, custody-types.ts).
  *
  * With `follow` (the gravity benchmark) it also follows `move` hints as the SDK's follow() does:
  * verifies the hint with the welcome's key, opens a session on the hinted cell by resumption
@@ -24,118 +30,10 @@ import { cachingSuite, handshake, newHandshake, parseTarget, sealedWriter, type 
  * What still arrives on the old connection is acknowledged there and accounted as usual.
  */
 
-/** Same as the SDK (packages/client/src/client.ts). */
-const SEEN_MAX = 10_000;
-const RETRY_MAX_MS = 5000;
 const DEVICE = 'd';
 const MOVE_TIMEOUT_MS = 15_000;
 /** A message sent or received this soon after its user started a move counts as "moved" in the latency split. */
 const MOVE_RECENT_MS = 5000;
-
-/**
- * Self-check of the accounting (never set in a real run): GRAVITAS_BENCH_GEN_FAULT=drop:N hides
- * every Nth received message from the "application" (acked, not recorded: the parent must report
- * it lost), dup:N records every Nth one twice (must be reported duplicated).
- */
-const FAULT = /^(drop|dup):(\d+)$/.exec(process.env['GRAVITAS_BENCH_GEN_FAULT'] ?? '');
-const FAULT_KIND = FAULT?.[1];
-const FAULT_EVERY = Number(FAULT?.[2] ?? 0);
-let faultCount = 0;
-
-interface Out {
-  id: string;
-  step: number;
-  seq: number;
-  /** Intended send time, performance.now() ms. */
-  intended: number;
-  rec: boolean;
-  frame: { t: 'send'; id: string; to: string; text: string };
-  attempts: number;
-  retry: NodeJS.Timeout | undefined;
-}
-
-/** One connection of a user; after a move the old one lingers until it closes. */
-interface Conn {
-  socket: Socket | undefined;
-  write: SealedWriter | undefined;
-  /** Left by a move: its close and its SESSION_REPLACED are expected. */
-  left: boolean;
-}
-
-interface User {
-  i: number;
-  name: string;
-  target: Target;
-  contacts: number[];
-  keys: KeyPair;
-  socket: Socket | undefined;
-  write: SealedWriter | undefined;
-  /** The connection `socket`/`write` belong to. */
-  conn: Conn | undefined;
-  /** From the latest welcome: the cell, the hint key, the resumption ticket (single use). */
-  cell: string | undefined;
-  hk: Uint8Array | undefined;
-  ticket: ResumptionState | undefined;
-  /** A move is under way: the new session opening, and a `move` that came on it before the switch. */
-  moving: boolean;
-  pending: Conn | undefined;
-  deferred: Move | undefined;
-  /** performance.now() when the user last started a move (-Infinity: never). */
-  movedAt: number;
-  /** Closed by us (disconnect command): not counted as a disconnect. */
-  leaving: boolean;
-  out: Map<string, Out>;
-  seen: Map<string, true>;
-}
-
-class SendStep {
-  readonly status = new Map<number, GrowBytes>();
-  private readonly seqs = new Map<number, number>();
-  sent = 0;
-  outstanding = 0;
-  delivered = 0;
-  stored = 0;
-  acceptedInWindow = 0;
-  failed: Record<string, number> = {};
-  skipped = 0;
-  retries = 0;
-  retryCodes: Record<string, number> = {};
-  windowStart = Infinity;
-  windowEnd = -Infinity;
-  readonly lat = new MergeableHistogram();
-  readonly latDelivered = new MergeableHistogram();
-  readonly latStored = new MergeableHistogram();
-  readonly sched = new MergeableHistogram();
-  /** Closed loop: called when a message of this step is settled. */
-  onSettled: ((u: User) => void) | undefined;
-
-  constructor(readonly step: number) {}
-
-  nextSeq(sender: number): number {
-    const s = this.seqs.get(sender) ?? 0;
-    this.seqs.set(sender, s + 1);
-    let st = this.status.get(sender);
-    if (!st) this.status.set(sender, (st = new GrowBytes()));
-    st.set(s, ST.none);
-    return s;
-  }
-}
-
-class RecvStep {
-  readonly app = new Map<number, GrowBytes>();
-  readonly wire = new Map<number, GrowBytes>();
-  readonly lat = new MergeableHistogram();
-  readonly latMoved = new MergeableHistogram();
-  readonly latStill = new MergeableHistogram();
-  unique = 0;
-  firstAt = Infinity;
-  lastAt = -Infinity;
-
-  constructor(readonly step: number) {}
-}
-
-const count = (r: Record<string, number>, k: string): void => void (r[k] = (r[k] ?? 0) + 1);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 class Generator {
   private readonly users = new Map<number, User>();
@@ -145,6 +43,8 @@ class Generator {
   private readonly errors: Record<string, number> = {};
   private readonly moves: Record<string, number> = {};
   private readonly suite = cachingSuite();
+  /** Every send waiting out a retry backoff, of every user. */
+  private readonly retries = new RetryQueue<User, Out>(RESEND);
   private rand: () => number = Math.random;
   private unexpectedCloses = 0;
   /** Steps already collected for good: their late arrivals are not recorded. */
@@ -156,26 +56,7 @@ class Generator {
   }
 
   private addUser(g: GenUser): void {
-    this.users.set(g.i, {
-      i: g.i,
-      name: this.name(g.i),
-      target: parseTarget(g.addr),
-      contacts: g.contacts,
-      keys: nativeKeyPair(),
-      socket: undefined,
-      write: undefined,
-      conn: undefined,
-      cell: undefined,
-      hk: undefined,
-      ticket: undefined,
-      moving: false,
-      pending: undefined,
-      deferred: undefined,
-      movedAt: Number.NEGATIVE_INFINITY,
-      leaving: false,
-      out: new Map(),
-      seen: new Map(),
-    });
+    this.users.set(g.i, newUser(g, this.name(g.i), parseTarget(g.addr), nativeKeyPair()));
   }
 
   private name(i: number): string {
@@ -224,7 +105,7 @@ class Generator {
             u.leaving = false;
             connected++;
             // Messages still without a status go out again with the same id, as the SDK does.
-            for (const out of u.out.values()) if (out.retry === undefined) write(out.frame);
+            for (const out of u.out.values()) if (out.due === 0) write(out.frame);
           } else if (!o.ok) count(errors, o.code);
         }
       }),
@@ -279,19 +160,13 @@ class Generator {
     if (u.moving && !u.leaving) {
       // Replaced by the session the move is opening (its registration kicked this one) before
       // the switch: messages written meanwhile have no status and are re-sent at the switch.
-      for (const out of u.out.values()) {
-        clearTimeout(out.retry);
-        out.retry = undefined;
-      }
+      for (const out of u.out.values()) out.due = 0;
       return;
     }
     u.conn = undefined;
     u.socket = undefined;
     u.write = undefined;
-    for (const out of u.out.values()) {
-      clearTimeout(out.retry);
-      out.retry = undefined;
-    }
+    for (const out of u.out.values()) out.due = 0;
     if (!u.leaving) {
       count(this.errors, 'DISCONNECTED');
       this.unexpectedCloses++;
@@ -304,18 +179,19 @@ class Generator {
     switch (m.t) {
       case 'status': {
         const out = u.out.get(m.id);
-        if (!out || out.retry !== undefined) return;
-        if (m.s === 'failed' && m.code !== undefined && RETRYABLE_SEND_CODES.has(m.code)) return this.retryLater(u, out, m.code);
-        return this.settle(u, out, m.s, m.code);
-      }
-      case 'msg': {
-        this.received(u, m.id, m.from, m.text);
-        write({ t: 'ack', id: m.id, from: m.from });
+        if (!out) return;
+        const v = statusVerdict(m.s, m.code);
+        if (v !== 'retry') return this.settle(u, out, v, m.code);
+        if (!RetryQueue.waiting(out)) this.retryLater(u, out, m.code!);
         return;
       }
+      case 'msg':
+        this.received(u, m.id, m.from, m.text);
+        write(ackFor(m)!);
+        return;
       case 'rcpt':
         count(this.receipts, m.s);
-        write({ t: 'ack', id: m.id, from: m.by });
+        write(ackFor(m)!);
         return;
       case 'error': {
         count(this.errors, m.code);
@@ -345,27 +221,8 @@ class Generator {
     if (!wire) r.wire.set(p.sender, (wire = new GrowBytes()));
     wire.inc(p.seq);
     // The SDK's de-duplication: a bounded window of (sender, id) per device.
-    const key = `${from}/${id}`;
-    if (u.seen.has(key)) return;
-    if (u.seen.size >= SEEN_MAX) u.seen.delete(u.seen.keys().next().value!);
-    u.seen.set(key, true);
-    let app = r.app.get(p.sender);
-    if (!app) r.app.set(p.sender, (app = new GrowBytes()));
-    if (FAULT_EVERY > 0 && ++faultCount % FAULT_EVERY === 0) {
-      if (FAULT_KIND === 'drop') return;
-      app.inc(p.seq);
-    }
-    if (app.inc(p.seq) === 1) {
-      r.unique++;
-      if (now < r.firstAt) r.firstAt = now;
-      if (now > r.lastAt) r.lastAt = now;
-      const t = parseText(text);
-      if (t?.record) {
-        const ms = now - t.intendedEpochMs;
-        r.lat.recordMs(ms);
-        if (this.cfg.follow) (t.moved || performance.now() - u.movedAt < MOVE_RECENT_MS ? r.latMoved : r.latStill).recordMs(ms);
-      }
-    }
+    if (!u.seen.markSeen(seenKey(from, id))) return;
+    r.received(p.sender, p.seq, text, now, this.cfg.follow === true && performance.now() - u.movedAt < MOVE_RECENT_MS, this.cfg.follow === true);
   }
 
   // ---- moving (gravitation) ----
@@ -424,7 +281,7 @@ class Generator {
     conn.left = true;
     const write = this.use(u, next, o.socket, o);
     // Messages still without a status go out again on the new session, with the same ids.
-    for (const out of u.out.values()) if (out.retry === undefined) write(out.frame);
+    for (const out of u.out.values()) if (out.due === 0) write(out.frame);
     try {
       conn.write?.({ t: 'bye' });
     } catch {
@@ -453,7 +310,7 @@ class Generator {
     const to = u.contacts[Math.floor(this.rand() * u.contacts.length)]!;
     const moved = this.cfg.follow === true && performance.now() - u.movedAt < MOVE_RECENT_MS;
     const frame = { t: 'send' as const, id, to: this.name(to), text: messageText(performance.timeOrigin + intended, rec, this.cfg.textBytes, moved) };
-    u.out.set(id, { id, step: st.step, seq, intended, rec, frame, attempts: 0, retry: undefined });
+    u.out.set(id, { id, step: st.step, seq, intended, rec, frame, attempts: 0, due: 0 });
     st.sent++;
     st.outstanding++;
     u.write(frame);
@@ -466,36 +323,15 @@ class Generator {
       st.retries++;
       count(st.retryCodes, code);
     }
-    const n = Math.min(10, out.attempts++);
-    const delay = Math.min(RETRY_MAX_MS, 50 * 2 ** n) * (0.5 + this.rand() / 2);
-    out.retry = setTimeout(() => {
-      out.retry = undefined;
-      if (u.out.get(out.id) === out) u.write?.(out.frame);
-    }, delay);
+    this.retries.schedule(u, out, this.rand());
   }
 
   private settle(u: User, out: Out, s: 'delivered' | 'stored' | 'failed', code: string | undefined): void {
     u.out.delete(out.id);
-    clearTimeout(out.retry);
+    out.due = 0;
     const st = this.sendSteps.get(out.step);
     if (!st) return;
-    st.outstanding--;
-    const now = performance.now();
-    const status = st.status.get(u.i);
-    if (s === 'failed') {
-      status?.set(out.seq, ST.failed);
-      count(st.failed, code ?? 'UNKNOWN');
-    } else {
-      status?.set(out.seq, s === 'delivered' ? ST.delivered : ST.stored);
-      if (s === 'delivered') st.delivered++;
-      else st.stored++;
-      if (now >= st.windowStart && now <= st.windowEnd) st.acceptedInWindow++;
-      if (out.rec) {
-        const ms = now - out.intended;
-        st.lat.recordMs(ms);
-        (s === 'delivered' ? st.latDelivered : st.latStored).recordMs(ms);
-      }
-    }
+    st.settled(u.i, out, s, code);
     st.onSettled?.(u);
   }
 
@@ -510,8 +346,9 @@ class Generator {
     st.windowEnd = st.windowStart + c.durationMs;
     const end = st.windowEnd;
     if (senders.length > 0) {
-      if (c.mode === 'closed') await this.closedLoop(st, senders, c.window, t0, end);
-      else await this.openLoop(st, senders, c.rate, t0, end);
+      const send = (u: User, s: SendStep, intended: number, rec: boolean): void => this.send(u, s, intended, rec);
+      if (c.mode === 'closed') await closedLoop(st, senders, c.window, t0, end, send);
+      else await openLoop(st, senders, c.rate, t0, end, send);
     }
     // The last statuses (retries included).
     const settleEnd = performance.now() + c.settleMs;
@@ -528,61 +365,6 @@ class Generator {
       disconnects: this.unexpectedCloses - closes0,
       loopDelay: { p99: loop.percentile(99) / 1e6, max: loop.max / 1e6 },
     };
-  }
-
-  private sendReport(st: SendStep): SendReport {
-    return {
-      step: st.step,
-      status: [...st.status.entries()].map(([k, v]) => [k, v.bytes()]),
-      sent: st.sent,
-      delivered: st.delivered,
-      stored: st.stored,
-      failed: st.failed,
-      unconfirmed: st.outstanding,
-      skipped: st.skipped,
-      retries: st.retries,
-      retryCodes: st.retryCodes,
-      statusLatency: st.lat.encode(),
-      statusLatencyDelivered: st.latDelivered.encode(),
-      statusLatencyStored: st.latStored.encode(),
-      schedLag: st.sched.encode(),
-    };
-  }
-
-  /**
-   * Open loop: the generator's messages are spaced evenly at `rate` and dealt to its senders in
-   * turn, whatever happened to earlier ones. Latency counts from the intended send time, so a
-   * stall (of the system or of this process) shows in the percentiles (no coordinated omission).
-   */
-  private openLoop(st: SendStep, senders: User[], rate: number, t0: number, end: number): Promise<void> {
-    const gap = 1000 / rate;
-    let k = 0;
-    return new Promise((resolve) => {
-      const tick = (): void => {
-        const now = performance.now();
-        for (let t = t0 + k * gap; t <= now && t < end; t = t0 + k * gap) {
-          const rec = t >= st.windowStart;
-          if (rec) st.sched.recordMs(now - t);
-          this.send(senders[k % senders.length]!, st, t, rec);
-          k++;
-        }
-        const next = t0 + k * gap;
-        if (next >= end) return resolve();
-        setTimeout(tick, Math.max(0, next - performance.now()));
-      };
-      setTimeout(tick, Math.max(0, t0 - performance.now()));
-    });
-  }
-
-  /** Closed loop: every sender keeps `window` messages without a status until the end. */
-  private async closedLoop(st: SendStep, senders: User[], window: number, t0: number, end: number): Promise<void> {
-    await sleep(Math.max(0, t0 - performance.now()));
-    st.onSettled = (u) => {
-      const now = performance.now();
-      if (now < end) this.send(u, st, now, now >= st.windowStart);
-    };
-    for (const u of senders) for (let w = 0; w < window; w++) this.send(u, st, performance.now(), false);
-    await sleep(Math.max(0, end - performance.now()));
   }
 
   // ---- reports ----
@@ -609,18 +391,8 @@ class Generator {
         this.sendSteps.delete(s);
         this.dropped.add(s);
       }
-      const recv: RecvReport = r
-        ? {
-            step: s,
-            app: [...r.app.entries()].map(([k, v]) => [k, v.bytes()]),
-            wire: [...r.wire.entries()].map(([k, v]) => [k, v.bytes()]),
-            recvLatency: r.lat.encode(),
-            ...(this.cfg.follow && { recvLatencyMoved: r.latMoved.encode(), recvLatencyStill: r.latStill.encode() }),
-            firstAt: r.firstAt === Infinity ? 0 : r.firstAt,
-            lastAt: r.lastAt === -Infinity ? 0 : r.lastAt,
-          }
-        : { step: s, app: [], wire: [], recvLatency: '', firstAt: 0, lastAt: 0 };
-      return { send: st && this.sendReport(st), recv };
+      const recv = recvReport(s, r, this.cfg.follow === true);
+      return { send: st && sendReport(st), recv };
     });
   }
 }

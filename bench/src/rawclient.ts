@@ -1,4 +1,5 @@
 import { connect, type Socket } from 'node:net';
+import { ackFor } from '@gravitas/client/internal';
 import {
   ClientHandshake, decodeServerHandshake, decodeServerMessage, encodeFrame, FrameDecoder, nativeSuite, pack, unpack,
   type DhKey, type DhSuite, type KeyPair, type ResumptionState, type SecureChannel, type ServerMessage, type WelcomePayload,
@@ -10,9 +11,9 @@ import {
  * the key confirmation and registered the session — the ping is queued behind the registration).
  * No SDK machinery: no outbox, no reconnects, no EventEmitter.
  *
- * It speaks the custody protocol: a `msg` or `rcpt` that arrives is acknowledged with
- * `{ t: 'ack', id, from }` (for a receipt `from` is its `by`), so that the server can let go of it,
- * unless `SessionHooks` take the session over after the pong.
+ * It speaks the custody protocol: a `msg` or `rcpt` that arrives is acknowledged as the SDK does
+ * (ackFor, @gravitas/client/internal), so that the server can let go of it, unless `SessionHooks`
+ * take the session over after the pong.
  */
 
 export interface Identity {
@@ -58,13 +59,6 @@ export type SealedWriter = (m: object) => void;
 
 export function sealedWriter(socket: Socket, channel: SecureChannel): SealedWriter {
   return (m) => void socket.write(encodeFrame(channel.seal(pack(m))));
-}
-
-/** The acknowledgement the server expects for a delivered `msg` / `rcpt` (undefined for anything else). */
-export function ackFor(m: ServerMessage): { t: 'ack'; id: string; from: string } | undefined {
-  if (m.t === 'msg') return { t: 'ack', id: m.id, from: m.from };
-  if (m.t === 'rcpt') return { t: 'ack', id: m.id, from: m.by };
-  return undefined;
 }
 
 /**

@@ -1,4 +1,5 @@
 export * from './client.js';
+export * from './types.js';
 export * from './errors.js';
 export * from './store.js';
 export * from './peer.js';

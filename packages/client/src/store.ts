@@ -8,16 +8,10 @@ import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
 import type { Database, RootDatabase } from 'lmdb';
-import { fromBase64Url, toBase64Url, type CampaignEvent } from '@gravitas/protocol';
-import type { Target } from './client.js';
+import { fromBase64Url, toBase64Url } from '@gravitas/protocol';
+import { SEEN_MAX, SeenWindow } from './custody.js';
 import { ClientError, ClientErrorCode } from './errors.js';
-
-/** One unconfirmed outgoing message, as stored. */
-export interface OutboxRecord { id: string; target: Target; text: string; createdAt: number }
-
-/** One campaign feedback event not yet taken by the server, as stored (`ts`: when it happened). */
-/** One feedback event; `rk` the delivery proof of the campaign's message (the server takes feedback only with it). */
-export interface FeedbackRecord { eid: string; c: string; ev: CampaignEvent; ts: number; rk: Uint8Array }
+import type { FeedbackRecord, OutboxRecord } from './types.js';
 
 /**
  * The SDK's storage. A memory store answers at once (plain values); a durable
@@ -51,7 +45,7 @@ export interface ClientStore {
 }
 
 /** Keys remembered by the memory store (the SDK's behaviour before storage paths). */
-export const MEMORY_SEEN_MAX = 10_000;
+export const MEMORY_SEEN_MAX = SEEN_MAX;
 /** Keys remembered by the LMDB store: about 50 MiB on disk at the longest keys (user and id of 64 characters). */
 export const LMDB_SEEN_MAX = 100_000;
 
@@ -65,11 +59,10 @@ export class MemoryStore implements ClientStore {
   readonly durable = false;
   private readonly outbox = new Map<string, OutboxRecord>();
   private readonly feedback = new Map<string, FeedbackRecord>();
-  private readonly seen = new Set<string>();
-  private readonly maxSeen: number;
+  private readonly seen: SeenWindow;
 
   constructor(o: StoreOptions = {}) {
-    this.maxSeen = o.maxSeen ?? MEMORY_SEEN_MAX;
+    this.seen = new SeenWindow(o.maxSeen ?? MEMORY_SEEN_MAX);
   }
 
   loadOutbox(): OutboxRecord[] {
@@ -97,10 +90,7 @@ export class MemoryStore implements ClientStore {
   }
 
   markSeen(key: string): boolean {
-    if (this.seen.has(key)) return false;
-    if (this.seen.size >= this.maxSeen) this.seen.delete(this.seen.values().next().value!);
-    this.seen.add(key);
-    return true;
+    return this.seen.markSeen(key);
   }
 
   async close(): Promise<void> {

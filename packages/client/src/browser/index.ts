@@ -4,7 +4,8 @@
  * dialers: WebSocket, falling back to chunked HTTP (fetch). Storage is memory
  * only: no storagePath in a browser (docs/sdk.md#browser).
  */
-import { GravitasClient, type ClientOptions } from '../client.js';
+import { GravitasClient } from '../client.js';
+import type { ClientOptions } from '../types.js';
 import { registerDialers, type TransportKind } from '../transport.js';
 import { browserHttpDialer } from './http.js';
 import { webBase } from './url.js';
@@ -29,7 +30,8 @@ export function createBrowserClient(opts: BrowserClientOptions): GravitasClient 
   return new GravitasClient({ ...rest, servers: web.map((w) => ({ web: webBase(w) })), transports: transports ?? ['ws', 'http'] });
 }
 
-export { GravitasClient, newMessageId, type ClientEvents, type ClientOptions, type SendResult, type Settled, type Target } from '../client.js';
+export { GravitasClient, newMessageId } from '../client.js';
+export type { ClientEvents, ClientOptions, SendResult, Settled, Target } from '../types.js';
 export { ClientError, ClientErrorCode, DeliveryError, RemoteError } from '../errors.js';
 export type { Dialer, Endpoint, FrameConnection, FrameHandlers, TransportKind } from '../transport.js';
 export { browserWebSocketDialer, webSocketUrl, type WebSocketDialerOptions } from './websocket.js';
