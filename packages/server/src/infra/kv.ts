@@ -17,12 +17,19 @@ export interface CasStep<R> {
   result: R;
 }
 
+/** What casModify uses of a bucket (a KV, or a fake of one in unit tests). */
+export type CasKv = Pick<KV, 'get' | 'create' | 'update' | 'delete'>;
+
 export interface CasOptions {
   attempts?: number;
   /** Where the current entry is read from (default: `kv.get`, which reads the stream leader only if the bucket says so). */
   read?: (key: string) => Promise<KvEntry | null>;
   /** The error thrown after the last conflicting attempt (callers give it a stable code). */
   contended: () => Error;
+  /** Waits after conflicting attempt `attempt` (0-based) before the next one; default: at once. */
+  backoff?: (attempt: number) => Promise<void>;
+  /** Hears the revision a write created (not called for a delete). */
+  written?: (revision: number) => void;
 }
 
 /**
@@ -32,7 +39,7 @@ export interface CasOptions {
  * reads again on a conflict. Other errors end it at once. `step` must be pure:
  * it may run several times.
  */
-export async function casModify<R>(kv: KV, key: string, step: (cur: Uint8Array | undefined) => CasStep<R>, opts: CasOptions): Promise<R> {
+export async function casModify<R>(kv: CasKv, key: string, step: (cur: Uint8Array | undefined) => CasStep<R>, opts: CasOptions): Promise<R> {
   const attempts = opts.attempts ?? CAS_ATTEMPTS;
   for (let i = 0; i < attempts; i++) {
     const e = await (opts.read ? opts.read(key) : kv.get(key));
@@ -42,11 +49,14 @@ export async function casModify<R>(kv: KV, key: string, step: (cur: Uint8Array |
     try {
       if (write === null) {
         if (live) await kv.delete(key, { previousSeq: e.revision });
-      } else if (e) await kv.update(key, write, e.revision);
-      else await kv.create(key, write);
+      } else {
+        const rev = e ? await kv.update(key, write, e.revision) : await kv.create(key, write);
+        opts.written?.(rev);
+      }
       return result;
     } catch (err) {
       if (!isCasConflict(err)) throw err;
+      if (opts.backoff && i + 1 < attempts) await opts.backoff(i);
     }
   }
   throw opts.contended();
