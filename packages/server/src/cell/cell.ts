@@ -146,9 +146,15 @@ export class Cell implements Bus, Hub {
     this.push = new PushGateway(this);
     // Offline devices no push reached are woken through a LAN peer (docs/relay.md).
     this.push.onUnreachable = (user, device) => this.relay.unreachable(user, device);
-    this.profiles = new Profiles(this);
-    this.intake = new TrackingIntake(this);
-    this.runner = new CampaignRunner(this);
+    this.profiles = new Profiles(this.ctx);
+    this.intake = new TrackingIntake(this.ctx, { proofs: this.proofs, profiles: this.profiles });
+    this.runner = new CampaignRunner(this.ctx, {
+      custody: this.custody,
+      // Contacts are built in start(); the runner asks only once jobs run.
+      social: { refuses: (recipient, sender) => this.social.refuses(recipient, sender) },
+      profiles: this.profiles,
+      intake: this.intake,
+    });
   }
 
   /** The largest backlog any connection had right after a write, since the last scrape. */
