@@ -5,7 +5,7 @@
  * repository should import it.
  */
 export { JetStreamArchive } from './engage/archive.js';
-export { decodePredicate } from './engage/campaign-store.js';
+export { decodePredicate } from './engage/campaign-input.js';
 export { matches, type Campaign, type CampaignProgress, type CampaignState, type Predicate } from './engage/campaign-types.js';
 export { decodeJob, enqueueJob, type CampaignJob } from './engage/jobs.js';
 export { PROFILE_HISTORY, ProfileStore, type UserProfile } from './engage/profiles.js';
