@@ -14,3 +14,10 @@ export { campaignReport, userReport, type ReportSources } from './engage/reports
 export { LocalQueryResponder, LOCAL_PAGE, queryUnarchived } from './engage/shipper.js';
 export { recordId, TrackingStore, type LocalQuery } from './engage/tracking-store.js';
 export { Damper } from './reach/damping.js';
+export { CAS_ATTEMPTS, casModify, isCasConflict, type CasKv } from './infra/kv.js';
+export { CampaignStore } from './engage/campaign-store.js';
+export { CampaignError } from './engage/campaign-types.js';
+export { Expansion, type ProfileSource } from './engage/runner-expand.js';
+export { JobRun, Warnings } from './engage/runner-job.js';
+export { CampaignJobError, CampaignRecords, decodeLedger, encodeLedger, ledgerKey, type Ledger } from './engage/runner-ledger.js';
+export { markerKey, Sending, sentEventId, type SendDeps, type SendMetrics } from './engage/runner-send.js';

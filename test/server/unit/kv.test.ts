@@ -1,0 +1,164 @@
+import t from 'tap';
+import type { KvEntry } from '@nats-io/kv';
+import { CAS_ATTEMPTS, casModify, isCasConflict, type CasKv } from '@gravitas/server/internal';
+
+/*
+ * casModify (infra/kv.ts) against an in-memory bucket that keeps revisions the
+ * way JetStream KV does and can be told to lose the next writes to a
+ * concurrent writer, or to fail them outright.
+ */
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+class FakeKv implements CasKv {
+  private rev = 0;
+  readonly entries = new Map<string, { value: Uint8Array; revision: number; operation: 'PUT' | 'DEL' }>();
+  readonly writes: string[] = [];
+  gets = 0;
+  /** The next this many writes find that someone else wrote first. */
+  conflicts = 0;
+  /** The next write fails with this (not a conflict). */
+  failWith: Error | undefined;
+
+  put(key: string, value: string): number {
+    this.entries.set(key, { value: enc.encode(value), revision: ++this.rev, operation: 'PUT' });
+    return this.rev;
+  }
+  markDeleted(key: string): number {
+    this.entries.set(key, { value: new Uint8Array(0), revision: ++this.rev, operation: 'DEL' });
+    return this.rev;
+  }
+  text(key: string): string | undefined {
+    const e = this.entries.get(key);
+    return e?.operation === 'PUT' ? dec.decode(e.value) : undefined;
+  }
+
+  async get(key: string): Promise<KvEntry | null> {
+    this.gets++;
+    const e = this.entries.get(key);
+    if (!e) return null;
+    return { bucket: 'fake', key, value: e.value, revision: e.revision, operation: e.operation, created: new Date(), delta: 0, length: e.value.length } as unknown as KvEntry;
+  }
+  private check(op: string, key: string, expected: number | undefined): void {
+    this.writes.push(`${op} ${key}${expected === undefined ? '' : ` @${expected}`}`);
+    if (this.failWith) {
+      const err = this.failWith;
+      this.failWith = undefined;
+      throw err;
+    }
+    if (this.conflicts > 0) {
+      this.conflicts--;
+      throw Object.assign(new Error('wrong last sequence: 1'), { code: 10071 });
+    }
+    const cur = this.entries.get(key);
+    const live = cur?.operation === 'PUT';
+    if (expected === undefined ? live : cur?.revision !== expected) throw Object.assign(new Error('wrong last sequence: 2'), { code: 10071 });
+  }
+  async create(key: string, value: Uint8Array): Promise<number> {
+    this.check('create', key, undefined);
+    this.entries.set(key, { value, revision: ++this.rev, operation: 'PUT' });
+    return this.rev;
+  }
+  async update(key: string, value: Uint8Array, version: number): Promise<number> {
+    this.check('update', key, version);
+    this.entries.set(key, { value, revision: ++this.rev, operation: 'PUT' });
+    return this.rev;
+  }
+  async delete(key: string, opts?: Partial<{ previousSeq: number }>): Promise<void> {
+    this.check('delete', key, opts?.previousSeq);
+    this.markDeleted(key);
+  }
+}
+
+const contended = (): Error => new Error('too contended');
+const append = (suffix: string) => (cur: Uint8Array | undefined) => {
+  const next = `${cur ? dec.decode(cur) : ''}${suffix}`;
+  return { write: enc.encode(next), result: next };
+};
+
+t.test('an absent key is created, a present one updated with the revision read', async (t) => {
+  const kv = new FakeKv();
+  const revs: number[] = [];
+  t.equal(await casModify(kv, 'k', append('a'), { contended, written: (r) => revs.push(r) }), 'a');
+  t.equal(await casModify(kv, 'k', append('b'), { contended, written: (r) => revs.push(r) }), 'ab');
+  t.same(kv.writes, ['create k', 'update k @1']);
+  t.same(revs, [1, 2], 'written hears each new revision');
+  t.equal(kv.text('k'), 'ab');
+});
+
+t.test('a step that writes nothing ends the loop with its result, and writes nothing', async (t) => {
+  const kv = new FakeKv();
+  kv.put('k', 'x');
+  const seen: Array<string | undefined> = [];
+  const r = await casModify(kv, 'k', (cur) => (seen.push(cur && dec.decode(cur)), { result: 42 }), { contended });
+  t.equal(r, 42);
+  t.same(seen, ['x']);
+  t.same(kv.writes, []);
+});
+
+t.test('null deletes a live key with its revision; an absent key is left alone', async (t) => {
+  const kv = new FakeKv();
+  const rev = kv.put('k', 'x');
+  await casModify(kv, 'k', () => ({ write: null, result: undefined }), { contended });
+  t.equal(kv.text('k'), undefined);
+  t.same(kv.writes, [`delete k @${rev}`]);
+  await casModify(kv, 'gone', () => ({ write: null, result: undefined }), { contended });
+  t.same(kv.writes, [`delete k @${rev}`], 'nothing to delete: no write');
+});
+
+t.test('over a delete marker the step sees no value, and the write updates the marker', async (t) => {
+  const kv = new FakeKv();
+  const marker = kv.markDeleted('k');
+  t.equal(await casModify(kv, 'k', append('a'), { contended }), 'a');
+  t.same(kv.writes, [`update k @${marker}`]);
+});
+
+t.test('a conflict reads again and runs the step again; backoff is told the attempt', async (t) => {
+  const kv = new FakeKv();
+  kv.put('k', 'x');
+  kv.conflicts = 2;
+  const pauses: number[] = [];
+  let steps = 0;
+  const r = await casModify(kv, 'k', (cur) => (steps++, append('y')(cur)), { contended, backoff: async (i) => void pauses.push(i) });
+  t.equal(r, 'xy');
+  t.equal(steps, 3);
+  t.same(pauses, [0, 1]);
+  t.equal(kv.gets, 3);
+});
+
+t.test('conflicts until the attempts run out: the contended error, no pause after the last', async (t) => {
+  const kv = new FakeKv();
+  kv.conflicts = Infinity;
+  const pauses: number[] = [];
+  await t.rejects(casModify(kv, 'k', append('a'), { contended, attempts: 3, backoff: async (i) => void pauses.push(i) }), { message: 'too contended' });
+  t.equal(kv.writes.length, 3);
+  t.same(pauses, [0, 1]);
+  kv.writes.length = 0;
+  await t.rejects(casModify(kv, 'k', append('a'), { contended }), { message: 'too contended' });
+  t.equal(kv.writes.length, CAS_ATTEMPTS, 'the default number of attempts');
+});
+
+t.test('any other failure ends it at once', async (t) => {
+  const kv = new FakeKv();
+  kv.failWith = new Error('no responders');
+  await t.rejects(casModify(kv, 'k', append('a'), { contended }), { message: 'no responders' });
+  t.equal(kv.writes.length, 1);
+  t.notOk(isCasConflict(new Error('no responders')));
+});
+
+t.test('a step that throws ends it with its error', async (t) => {
+  const kv = new FakeKv();
+  await t.rejects(casModify(kv, 'k', () => { throw new Error('refused'); }, { contended }), { message: 'refused' });
+  t.same(kv.writes, []);
+});
+
+t.test('read replaces kv.get', async (t) => {
+  const kv = new FakeKv();
+  kv.put('k', 'bucket');
+  const other = new FakeKv();
+  other.put('k', 'elsewhere');
+  const r = await casModify(kv, 'k', (cur) => ({ result: cur && dec.decode(cur) }), { contended, read: (key) => other.get(key) });
+  t.equal(r, 'elsewhere');
+  t.equal(kv.gets, 0);
+});
