@@ -1,6 +1,6 @@
 import t from 'tap';
-import type { KvEntry } from '@nats-io/kv';
-import { CAS_ATTEMPTS, casModify, isCasConflict, type CasKv } from '@gravitas/server/internal';
+import { CAS_ATTEMPTS, casModify, isCasConflict } from '@gravitas/server/internal';
+import { FakeKv } from '../../fixtures/fake-kv.js';
 
 /*
  * casModify (infra/kv.ts) against an in-memory bucket that keeps revisions the
@@ -10,66 +10,6 @@ import { CAS_ATTEMPTS, casModify, isCasConflict, type CasKv } from '@gravitas/se
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
-
-class FakeKv implements CasKv {
-  private rev = 0;
-  readonly entries = new Map<string, { value: Uint8Array; revision: number; operation: 'PUT' | 'DEL' }>();
-  readonly writes: string[] = [];
-  gets = 0;
-  /** The next this many writes find that someone else wrote first. */
-  conflicts = 0;
-  /** The next write fails with this (not a conflict). */
-  failWith: Error | undefined;
-
-  put(key: string, value: string): number {
-    this.entries.set(key, { value: enc.encode(value), revision: ++this.rev, operation: 'PUT' });
-    return this.rev;
-  }
-  markDeleted(key: string): number {
-    this.entries.set(key, { value: new Uint8Array(0), revision: ++this.rev, operation: 'DEL' });
-    return this.rev;
-  }
-  text(key: string): string | undefined {
-    const e = this.entries.get(key);
-    return e?.operation === 'PUT' ? dec.decode(e.value) : undefined;
-  }
-
-  async get(key: string): Promise<KvEntry | null> {
-    this.gets++;
-    const e = this.entries.get(key);
-    if (!e) return null;
-    return { bucket: 'fake', key, value: e.value, revision: e.revision, operation: e.operation, created: new Date(), delta: 0, length: e.value.length } as unknown as KvEntry;
-  }
-  private check(op: string, key: string, expected: number | undefined): void {
-    this.writes.push(`${op} ${key}${expected === undefined ? '' : ` @${expected}`}`);
-    if (this.failWith) {
-      const err = this.failWith;
-      this.failWith = undefined;
-      throw err;
-    }
-    if (this.conflicts > 0) {
-      this.conflicts--;
-      throw Object.assign(new Error('wrong last sequence: 1'), { code: 10071 });
-    }
-    const cur = this.entries.get(key);
-    const live = cur?.operation === 'PUT';
-    if (expected === undefined ? live : cur?.revision !== expected) throw Object.assign(new Error('wrong last sequence: 2'), { code: 10071 });
-  }
-  async create(key: string, value: Uint8Array): Promise<number> {
-    this.check('create', key, undefined);
-    this.entries.set(key, { value, revision: ++this.rev, operation: 'PUT' });
-    return this.rev;
-  }
-  async update(key: string, value: Uint8Array, version: number): Promise<number> {
-    this.check('update', key, version);
-    this.entries.set(key, { value, revision: ++this.rev, operation: 'PUT' });
-    return this.rev;
-  }
-  async delete(key: string, opts?: Partial<{ previousSeq: number }>): Promise<void> {
-    this.check('delete', key, opts?.previousSeq);
-    this.markDeleted(key);
-  }
-}
 
 const contended = (): Error => new Error('too contended');
 const append = (suffix: string) => (cur: Uint8Array | undefined) => {
