@@ -36,13 +36,6 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
 
-/**
- * Campaign feedback into the node's tracking store (docs/campaigns.md): the
- * `track` request of every session of the cell, and the records the server
- * writes itself (the runner's `sent`). On cell 0 it also runs the shipper that
- * moves the node's records to the archive; every cell answers the reports'
- * scatter-gather (one per node).
- */
 /** What the intake uses of other parts of the cell. */
 export interface IntakeDeps {
   /** The delivery proofs of this cell's messages (a campaign message's `rk`). */
@@ -50,6 +43,13 @@ export interface IntakeDeps {
   profiles: Pick<ProfilesPort, 'version'>;
 }
 
+/**
+ * Campaign feedback into the node's tracking store (docs/campaigns.md): the
+ * `track` request of every session of the cell, and the records the server
+ * writes itself (the runner's `sent`). On cell 0 it also runs the shipper that
+ * moves the node's records to the archive; every cell answers the reports'
+ * scatter-gather (one per node).
+ */
 export class TrackingIntake implements RequestHandler {
   private store: TrackingStore | undefined;
   private campaigns: KV | undefined;
