@@ -5,7 +5,7 @@
  * repository should import it.
  */
 export { JetStreamArchive } from './engage/archive.js';
-export { decodePredicate } from './engage/campaign-store.js';
+export { decodePredicate } from './engage/campaign-input.js';
 export { matches, type Campaign, type CampaignProgress, type CampaignState, type Predicate } from './engage/campaign-types.js';
 export { decodeJob, enqueueJob, type CampaignJob } from './engage/jobs.js';
 export { PROFILE_HISTORY, ProfileStore, type UserProfile } from './engage/profiles.js';
@@ -32,3 +32,10 @@ export type { LogEntry, LogStore } from './messaging/groups/log.js';
 export { PushGateway, type PushPorts } from './reach/push-gateway.js';
 export { RelayCoordinator, type RelayPorts } from './reach/relay.js';
 export { PresenceHub, type PresencePorts } from './social/presence.js';
+export type { CasKv } from './infra/kv.js';
+export { CampaignStore } from './engage/campaign-store.js';
+export { CampaignError } from './engage/campaign-types.js';
+export { Expansion, type ProfileSource } from './engage/runner-expand.js';
+export { JobRun, Warnings } from './engage/runner-job.js';
+export { CampaignJobError, CampaignRecords, decodeLedger, encodeLedger, ledgerKey, type Ledger } from './engage/runner-ledger.js';
+export { markerKey, Sending, sentEventId, type SendDeps, type SendMetrics } from './engage/runner-send.js';

@@ -86,7 +86,7 @@ t.test('push: a target the provider says is gone is removed; a hook that throws 
   await r.gw.handle(bob, 'push.register', { kind: 'webhook', url: hook.url });
   r.gw.stored('bob', 'd1', item('alice', 'bob'));
   await until('the hand-over', () => r.unreachable.length > 0);
-  await until('the removal', () => r.targets.writes === 2);
+  await until('the removal', () => r.targets.stored === 2);
   t.same(await r.gw.handle(bob, 'push.list', {}), { targets: [] }, 'the gone target is removed');
   t.equal(await metric(r.f.metrics.pushGone, { provider: 'webhook' }), 1, 'counted gone');
   t.ok(r.f.logged('push: unreachable hook failed'), 'the throwing hook is logged, not thrown');

@@ -145,9 +145,15 @@ export class Cell {
       proofs: this.proofs,
       events: this.push,
     });
-    this.profiles = new Profiles(this);
-    this.intake = new TrackingIntake(this);
-    this.runner = new CampaignRunner(this);
+    this.profiles = new Profiles(ctx);
+    this.intake = new TrackingIntake(ctx, { proofs: this.proofs, profiles: this.profiles });
+    this.runner = new CampaignRunner(ctx, {
+      custody: this.custody,
+      // Contacts are built in start(); the runner asks only once jobs run.
+      social: { refuses: (recipient, sender) => this.social.refuses(recipient, sender) },
+      profiles: this.profiles,
+      intake: this.intake,
+    });
     this.revocations = new Revocations(ctx, () => this.accounts);
   }
 

@@ -2,47 +2,27 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
-import { isAttrName, isName, MAX_ID_LENGTH, MAX_TEXT_LENGTH, pack, PROFILE_LIMITS, unpack } from '@gravitas/protocol';
-import type { CampaignConfig, NodeConfig } from '../config/index.js';
-import { isCasConflict } from '../infra/nats.js';
+import { isName, pack, unpack } from '@gravitas/protocol';
+import type { NodeConfig } from '../config/index.js';
+import { casModifyRev } from '../infra/kv.js';
 import { Names } from '../infra/subjects.js';
-import { CAMPAIGN_STATES, ROLES, systemSender, type Audience, type Campaign, type CampaignProgress, type CampaignState, type Predicate, type Publisher, type Role } from './campaign-types.js';
+import { isObj, type NewCampaign, type NewPublisher, type Obj } from './campaign-input.js';
+import {
+  CAMPAIGN_STATES, CampaignError, CampaignErrorCode, ROLES, systemSender, type Campaign, type CampaignProgress, type CampaignState, type Publisher, type Role,
+} from './campaign-types.js';
 import { enqueueJob } from './jobs.js';
 
 /*
- * Publishers and campaign records in KV (layout in campaign-types.ts), with the
- * validation of everything the admin API accepts for them. Policy-free: who may
- * do what is decided by the caller (admin-engage.ts); this module keeps the
- * records consistent (compare-and-set state changes, one expansion per start).
+ * Publishers and campaign records in KV (layout in campaign-types.ts; what the
+ * admin API may write into them is checked by campaign-input.ts). Policy-free:
+ * who may do what is decided by the caller (admin/engage.ts); this module keeps
+ * the records consistent (compare-and-set state changes, one expansion per start).
  */
 
-/** Stable codes of campaign-store failures (the admin API answers them as they are). */
-export const CampaignErrorCode = {
-  BAD_REQUEST: 'BAD_REQUEST',
-  NOT_FOUND: 'NOT_FOUND',
-  CONFLICT: 'CONFLICT',
-  PAYLOAD_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
-  UNAVAILABLE: 'UNAVAILABLE',
-} as const;
-export type CampaignErrorCode = (typeof CampaignErrorCode)[keyof typeof CampaignErrorCode];
+// The admin API imports these from here.
+export { CampaignError, CampaignErrorCode } from './campaign-types.js';
+export { decodeNewCampaign, decodeNewPublisher, decodePredicate, type NewCampaign, type NewPublisher } from './campaign-input.js';
 
-export class CampaignError extends Error {
-  override name = 'CampaignError';
-  constructor(readonly code: CampaignErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
-}
-
-// ---- bounds -----------------------------------------------------------------------
-
-export const MAX_CAMPAIGN_NAME = 200;
-export const MAX_PUBLISHER_NAME = 128;
-/** A `where` predicate: nesting depth, conditions in all, members of one all/any, values of one `in`. */
-export const PREDICATE_LIMITS = { maxDepth: 8, maxNodes: 256, maxBranches: 64, maxInValues: 1000 } as const;
-/** startAt at most this far ahead (catches seconds given for milliseconds). */
-const MAX_START_AHEAD_MS = 366 * 24 * 3600_000;
-/** State changes retried on a concurrent write before CONFLICT. */
-const CAS_ATTEMPTS = 8;
 /** Campaign records one list call reads at most (it answers `next` to continue). */
 const LIST_SCAN = 2000;
 const ENQUEUE_ATTEMPTS = 3;
@@ -76,141 +56,6 @@ export async function openEngageBuckets(nc: NatsConnection, cfg: Pick<NodeConfig
   return { campaigns, publishers };
 }
 
-// ---- input validation ------------------------------------------------------------
-
-type Obj = Record<string, unknown>;
-
-function fail(field: string, why: string): never {
-  throw new CampaignError(CampaignErrorCode.BAD_REQUEST, `field "${field}" ${why}`);
-}
-function isObj(v: unknown): v is Obj {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-/** A JSON object with only the `allowed` fields (a misspelt optional field must not be silently ignored). */
-function object(v: unknown, field: string, allowed: readonly string[]): Obj {
-  if (!isObj(v)) fail(field, 'must be an object');
-  for (const k of Object.keys(v)) if (!allowed.includes(k)) fail(field ? `${field}.${k.slice(0, 64)}` : k.slice(0, 64), 'is not a known field');
-  return v;
-}
-function text(o: Obj, field: string, max: number, path = field): string {
-  const v = o[field];
-  if (typeof v !== 'string' || v.trim().length === 0 || v.length > max) fail(path, `must be a non-empty string of at most ${max} characters`);
-  return v;
-}
-function ident(v: unknown, field: string, max = MAX_ID_LENGTH): string {
-  if (typeof v !== 'string' || !isName(v, max)) fail(field, `must be a name (A-Z a-z 0-9 _ -, at most ${max})`);
-  return v;
-}
-function intIn(v: unknown, field: string, min: number, max: number): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) fail(field, `must be an integer in ${min}..${max}`);
-  return v;
-}
-
-/** The attribute names a profile can hold (the protocol's rule, one source). */
-function attrName(v: unknown, field: string): string {
-  if (typeof v !== 'string' || !isAttrName(v)) {
-    fail(field, `must be an attribute name ([A-Za-z_][A-Za-z0-9_.-]*, at most ${PROFILE_LIMITS.maxNameLength})`);
-  }
-  return v;
-}
-function scalar(v: unknown, field: string): string | number | boolean {
-  if (typeof v === 'boolean' || (typeof v === 'number' && Number.isFinite(v)) || (typeof v === 'string' && v.length <= PROFILE_LIMITS.maxStringLength)) return v;
-  fail(field, `must be a string (at most ${PROFILE_LIMITS.maxStringLength}), a finite number or a boolean`);
-}
-
-/**
- * Validates an audience predicate, bounded in depth and size before any
- * recursion or iteration, so a hostile body costs little to refuse.
- */
-export function decodePredicate(v: unknown, field = 'where', depth = 1, budget = { nodes: 0 }): Predicate {
-  if (depth > PREDICATE_LIMITS.maxDepth) fail(field, `nests deeper than ${PREDICATE_LIMITS.maxDepth} levels`);
-  if (++budget.nodes > PREDICATE_LIMITS.maxNodes) fail(field, `makes the predicate hold more than ${PREDICATE_LIMITS.maxNodes} conditions`);
-  if (!isObj(v)) fail(field, 'must be an object: {attr, op, value}, {all: [...]} or {any: [...]}');
-  if ('all' in v || 'any' in v) {
-    const kind = 'all' in v ? 'all' : 'any';
-    object(v, field, [kind]);
-    const list = v[kind];
-    if (!Array.isArray(list) || list.length === 0 || list.length > PREDICATE_LIMITS.maxBranches) fail(`${field}.${kind}`, `must be a list of 1..${PREDICATE_LIMITS.maxBranches} predicates`);
-    const parts = list.map((p, i) => decodePredicate(p, `${field}.${kind}[${i}]`, depth + 1, budget));
-    return kind === 'all' ? { all: parts } : { any: parts };
-  }
-  const attr = attrName(v.attr, `${field}.attr`);
-  switch (v.op) {
-    case 'eq':
-    case 'ne':
-      object(v, field, ['attr', 'op', 'value']);
-      return { attr, op: v.op, value: scalar(v.value, `${field}.value`) };
-    case 'lt':
-    case 'lte':
-    case 'gt':
-    case 'gte':
-      object(v, field, ['attr', 'op', 'value']);
-      if (typeof v.value !== 'number' || !Number.isFinite(v.value)) fail(`${field}.value`, `must be a finite number for ${v.op}`);
-      return { attr, op: v.op, value: v.value };
-    case 'in': {
-      object(v, field, ['attr', 'op', 'values']);
-      const values = v.values;
-      if (!Array.isArray(values) || values.length === 0 || values.length > PREDICATE_LIMITS.maxInValues) fail(`${field}.values`, `must be a list of 1..${PREDICATE_LIMITS.maxInValues} values`);
-      return { attr, op: 'in', values: values.map((x, i) => scalar(x, `${field}.values[${i}]`)) };
-    }
-    case 'exists':
-      object(v, field, ['attr', 'op']);
-      return { attr, op: 'exists' };
-    default:
-      fail(`${field}.op`, 'must be one of eq, ne, lt, lte, gt, gte, in, exists');
-  }
-}
-
-export function decodeAudience(v: unknown, maxListSize: number): Audience {
-  if (isObj(v) && 'where' in v) {
-    object(v, 'audience', ['where']);
-    return { where: decodePredicate(v.where, 'audience.where') };
-  }
-  const o = object(v, 'audience', ['users']);
-  const users = o.users;
-  if (!Array.isArray(users) || users.length === 0 || users.length > maxListSize) fail('audience.users', `must be a list of 1..${maxListSize} user names (or give audience.where)`);
-  const out = new Set<string>();
-  users.forEach((u, i) => out.add(ident(u, `audience.users[${i}]`)));
-  return { users: [...out] };
-}
-
-/** What POST /admin/campaigns accepts. `publisher`: the owner, named by an admin. */
-export interface NewCampaign {
-  name: string;
-  audience: Audience;
-  content: { text: string; push: boolean };
-  startAt?: number;
-  ratePerSec: number;
-  publisher?: string;
-}
-
-export function decodeNewCampaign(body: unknown, cfg: CampaignConfig, now = Date.now()): NewCampaign {
-  const o = object(body, '', ['name', 'audience', 'content', 'startAt', 'ratePerSec', 'publisher']);
-  const name = text(o, 'name', MAX_CAMPAIGN_NAME);
-  const audience = decodeAudience(o.audience, cfg.maxListSize);
-  const c = object(o.content, 'content', ['text', 'push']);
-  if (c.push !== undefined && typeof c.push !== 'boolean') fail('content.push', 'must be a boolean');
-  const content = { text: text(c, 'text', MAX_TEXT_LENGTH, 'content.text'), push: c.push === true };
-  const ratePerSec = o.ratePerSec === undefined ? cfg.defaultRatePerSec : intIn(o.ratePerSec, 'ratePerSec', 1, cfg.maxRatePerSec);
-  const startAt = o.startAt === undefined ? undefined : intIn(o.startAt, 'startAt', 0, now + MAX_START_AHEAD_MS);
-  const publisher = o.publisher === undefined ? undefined : ident(o.publisher, 'publisher');
-  return { name, audience, content, ratePerSec, ...(startAt !== undefined && { startAt }), ...(publisher !== undefined && { publisher }) };
-}
-
-export interface NewPublisher { name: string; roles: Role[]; sender?: string }
-
-export function decodeNewPublisher(body: unknown): NewPublisher {
-  const o = object(body, '', ['name', 'roles', 'sender']);
-  const name = text(o, 'name', MAX_PUBLISHER_NAME);
-  const roles = o.roles;
-  if (!Array.isArray(roles) || roles.length === 0 || roles.length > ROLES.length || !roles.every((r) => (ROLES as readonly unknown[]).includes(r))) {
-    fail('roles', `must be a list of roles from ${ROLES.join(', ')}`);
-  }
-  // One character is left for the system namespace's `_` (systemSender).
-  const sender = o.sender === undefined ? undefined : ident(o.sender, 'sender', MAX_ID_LENGTH - 1);
-  return { name, roles: [...new Set(roles as Role[])], ...(sender !== undefined && { sender }) };
-}
-
 // ---- stored forms ------------------------------------------------------------------
 
 const num = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
@@ -228,6 +73,14 @@ export function decodeCampaign(data: Uint8Array): Campaign {
     return o as unknown as Campaign;
   }
   throw new TypeError('malformed campaign record');
+}
+
+function decodeCampaignOrUndefined(data: Uint8Array): Campaign | undefined {
+  try {
+    return decodeCampaign(data);
+  } catch {
+    return undefined;
+  }
 }
 
 export function decodePublisher(data: Uint8Array): Publisher {
@@ -380,10 +233,6 @@ export class CampaignStore {
   }
 
   async get(id: string): Promise<Campaign | undefined> {
-    return (await this.read(id))?.c;
-  }
-
-  private async read(id: string): Promise<{ c: Campaign; rev: number } | undefined> {
     if (!isName(id, 64)) return undefined;
     let e: KvEntry | null;
     try {
@@ -391,12 +240,7 @@ export class CampaignStore {
     } catch (err) {
       throw unavailable(err, 'reading a campaign');
     }
-    if (!e || e.operation !== 'PUT') return undefined;
-    try {
-      return { c: decodeCampaign(e.value), rev: e.revision };
-    } catch {
-      return undefined;
-    }
+    return e && e.operation === 'PUT' ? decodeCampaignOrUndefined(e.value) : undefined;
   }
 
   /**
@@ -437,22 +281,31 @@ export class CampaignStore {
    */
   async transition(id: string, action: CampaignAction): Promise<Campaign> {
     const { from, to } = TRANSITIONS[action];
-    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
-      const cur = await this.read(id);
-      if (!cur) throw new CampaignError(CampaignErrorCode.NOT_FOUND, `no campaign ${id}`);
-      if (cur.c.state !== from) throw new CampaignError(CampaignErrorCode.CONFLICT, `campaign ${id} is ${cur.c.state}: ${action} needs it ${from}`);
-      const next: Campaign = { ...cur.c, state: to, ...(action === 'start' && { startedAt: Date.now() }) };
-      let rev: number;
-      try {
-        rev = await this.kv.update(campaignKey(id), pack(next), cur.rev);
-      } catch (err) {
-        if (isCasConflict(err)) continue;
-        throw unavailable(err, `${action} of the campaign`);
-      }
-      if (action === 'start') await this.enqueueExpansion(cur.c, rev);
-      return next;
+    if (!isName(id, 64)) throw new CampaignError(CampaignErrorCode.NOT_FOUND, `no campaign ${id}`);
+    let changed: { result: { before: Campaign; after: Campaign }; rev: number };
+    try {
+      changed = await casModifyRev(
+        this.kv,
+        campaignKey(id),
+        (data) => {
+          const before = data === undefined ? undefined : decodeCampaignOrUndefined(data);
+          if (!before) throw new CampaignError(CampaignErrorCode.NOT_FOUND, `no campaign ${id}`);
+          if (before.state !== from) throw new CampaignError(CampaignErrorCode.CONFLICT, `campaign ${id} is ${before.state}: ${action} needs it ${from}`);
+          const after: Campaign = { ...before, state: to, ...(action === 'start' && { startedAt: Date.now() }) };
+          return { write: pack(after), result: { before, after } };
+        },
+        {
+          read: (key) => this.kv.get(key).catch((err: unknown) => {
+            throw unavailable(err, 'reading a campaign');
+          }),
+          contended: () => new CampaignError(CampaignErrorCode.CONFLICT, `campaign ${id} is being changed concurrently; try again`),
+        },
+      );
+    } catch (err) {
+      throw unavailable(err, `${action} of the campaign`);
     }
-    throw new CampaignError(CampaignErrorCode.CONFLICT, `campaign ${id} is being changed concurrently; try again`);
+    if (action === 'start') await this.enqueueExpansion(changed.result.before, changed.rev);
+    return changed.result.after;
   }
 
   private async enqueueExpansion(draft: Campaign, rev: number): Promise<void> {

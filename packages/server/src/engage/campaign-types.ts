@@ -118,3 +118,22 @@ export function systemSender(sender: string): string {
 export function campaignMessageId(campaign: string): string {
   return `${SYSTEM_PREFIX}c-${campaign}`;
 }
+
+// ---- errors ---------------------------------------------------------------------
+
+/** Stable codes of campaign failures: bad input, missing records, state conflicts, storage (the admin API answers them as they are). */
+export const CampaignErrorCode = {
+  BAD_REQUEST: 'BAD_REQUEST',
+  NOT_FOUND: 'NOT_FOUND',
+  CONFLICT: 'CONFLICT',
+  PAYLOAD_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
+  UNAVAILABLE: 'UNAVAILABLE',
+} as const;
+export type CampaignErrorCode = (typeof CampaignErrorCode)[keyof typeof CampaignErrorCode];
+
+export class CampaignError extends Error {
+  override name = 'CampaignError';
+  constructor(readonly code: CampaignErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}

@@ -1,9 +1,10 @@
 import { join } from 'node:path';
 import { Kvm, type KV } from '@nats-io/kv';
 import { ErrorCode, ProtocolError, unpack, type RequestArgs } from '@gravitas/protocol';
-import type { Cell } from '../cell/cell.js';
-import type { Session } from '../session/session.js';
+import type { CellContext } from '../core/context.js';
+import type { ProfilesPort, RequestHandler } from '../core/ports.js';
 import { DeliveryProofs } from '../core/proofs.js';
+import type { DeviceSession } from '../core/session.js';
 import { TtlCache, ReadThrough } from '../infra/ttl-cache.js';
 import { JetStreamArchive } from './archive.js';
 import type { TrackingRecord } from './records.js';
@@ -35,6 +36,13 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
 
+/** What the intake uses of other parts of the cell. */
+export interface IntakeDeps {
+  /** The delivery proofs of this cell's messages (a campaign message's `rk`). */
+  proofs: Pick<DeliveryProofs, 'campaign'>;
+  profiles: Pick<ProfilesPort, 'version'>;
+}
+
 /**
  * Campaign feedback into the node's tracking store (docs/campaigns.md): the
  * `track` request of every session of the cell, and the records the server
@@ -42,7 +50,7 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
  * moves the node's records to the archive; every cell answers the reports'
  * scatter-gather (one per node).
  */
-export class TrackingIntake {
+export class TrackingIntake implements RequestHandler {
   private store: TrackingStore | undefined;
   private campaigns: KV | undefined;
   private shipper: Shipper | undefined;
@@ -51,59 +59,62 @@ export class TrackingIntake {
   private readonly knownBefore = new TtlCache<string, true>(CAMPAIGN_CACHE_MAX, FALLBACK_TTL_MS);
   private readonly versionBefore = new TtlCache<string, number>(FALLBACK_MAX, FALLBACK_TTL_MS);
 
-  constructor(readonly cell: Cell) {}
+  constructor(
+    private readonly ctx: CellContext,
+    private readonly deps: IntakeDeps,
+  ) {}
 
   /** Idempotent: the cell retries its whole start-up step while JetStream elects leaders. */
   async start(): Promise<void> {
-    const { config, metrics } = this.cell;
+    const { config, metrics } = this.ctx;
     if (!this.store) {
       this.store = TrackingStore.open(join(config.dataDir, 'tracking'), config.tracking);
       this.store.onEvict = (n) => n > 0 && metrics.trackingEvicted.inc(n);
     }
     // Only opened (or created, with the settings of campaign-store.ts openEngageBuckets): the admin API writes its records.
-    this.campaigns ??= await new Kvm(this.cell.nc).create(this.cell.names.campaignsBucket, { history: 1, replicas: config.replicas, allow_direct: false });
-    if (this.cell.index === 0 && !this.shipper) {
-      const archive = new JetStreamArchive(this.cell.nc, this.cell.names, config.tracking, config.replicas);
+    this.campaigns ??= await new Kvm(this.ctx.nc).create(this.ctx.names.campaignsBucket, { history: 1, replicas: config.replicas, allow_direct: false });
+    if (this.ctx.index === 0 && !this.shipper) {
+      const archive = new JetStreamArchive(this.ctx.nc, this.ctx.names, config.tracking, config.replicas);
       await archive.start();
-      this.shipper = new Shipper(this.store, archive, config.tracking, metrics, this.cell.log);
+      this.shipper = new Shipper(this.store, archive, config.tracking, metrics, this.ctx.log);
       this.shipper.start();
     }
     if (!this.responder) {
-      this.responder = new LocalQueryResponder(this.cell.nc, this.cell.names, config.nodeId, this.store, this.cell.log);
+      this.responder = new LocalQueryResponder(this.ctx.nc, this.ctx.names, config.nodeId, this.store, this.ctx.log);
       this.responder.start();
     }
   }
 
   /** The `track` request (arguments validated by decodeRequestArgs). Answers once the record is on disk. */
-  async handle(s: Session, op: string, args: unknown): Promise<unknown> {
+  async handle(s: DeviceSession, op: string, args: unknown): Promise<unknown> {
     if (op !== 'track') throw new ProtocolError(ErrorCode.UNKNOWN_TYPE, `no handler for ${op}`);
     const a = args as RequestArgs['track'];
     // Only a recipient the campaign's message reached holds its delivery proof (no lookup, no oracle).
-    if (!DeliveryProofs.same(this.cell.proofs.campaign(a.c, s.user), a.rk)) {
-      this.cell.metrics.trackingIntake.inc({ result: 'not_allowed' });
+    if (!DeliveryProofs.same(this.deps.proofs.campaign(a.c, s.user), a.rk)) {
+      this.ctx.metrics.trackingIntake.inc({ result: 'not_allowed' });
       throw new ProtocolError(ErrorCode.NOT_ALLOWED, 'feedback needs the delivery proof (rk) of the campaign message you received');
     }
     const store = this.open();
     try {
       // A re-send of something already here needs no lookups (and works while NATS is away).
       if (store.lookup(s.user, a.eid)) {
-        this.cell.metrics.trackingIntake.inc({ result: 'duplicate' });
+        this.ctx.metrics.trackingIntake.inc({ result: 'duplicate' });
         return { dup: true };
       }
       const now = Date.now();
       const skew = a.ts - now;
-      const max = this.cell.config.tracking.maxClockSkewMs;
+      const max = this.ctx.config.tracking.maxClockSkewMs;
       if (Math.abs(skew) > max) {
         throw new ProtocolError(ErrorCode.BAD_MESSAGE, `ts is ${Math.round(Math.abs(skew) / 1000)} s ${skew > 0 ? 'ahead of' : 'behind'} the server clock; at most ${Math.round(max / 1000)} s either way is accepted`);
       }
       await this.requireCampaign(a.c);
       const pv = await this.profileVersion(s.user);
       const r = await this.write({ eid: a.eid, c: a.c, u: s.user, d: s.device, ev: a.ev, ts: a.ts, at: now, pv });
-      this.cell.metrics.trackingIntake.inc({ result: r });
+      this.ctx.metrics.trackingIntake.inc({ result: r });
       return { dup: r === 'duplicate' };
     } catch (err) {
       const code = err instanceof ProtocolError ? err.code : undefined;
-      this.cell.metrics.trackingIntake.inc({ result: code === ErrorCode.RETRY_LATER ? 'retry_later' : code === ErrorCode.BAD_MESSAGE ? 'bad_message' : code === ErrorCode.NOT_FOUND ? 'not_found' : 'error' });
+      this.ctx.metrics.trackingIntake.inc({ result: code === ErrorCode.RETRY_LATER ? 'retry_later' : code === ErrorCode.BAD_MESSAGE ? 'bad_message' : code === ErrorCode.NOT_FOUND ? 'not_found' : 'error' });
       throw err;
     }
   }
@@ -170,7 +181,7 @@ export class TrackingIntake {
   /** The user's current profile version; while profiles cannot be read, the last one seen. */
   private async profileVersion(user: string): Promise<number> {
     try {
-      const v = await within(this.cell.profiles.version(user), LOOKUP_TIMEOUT_MS, 'reading the profile version');
+      const v = await within(this.deps.profiles.version(user), LOOKUP_TIMEOUT_MS, 'reading the profile version');
       this.versionBefore.set(user, v);
       return v;
     } catch (err) {

@@ -4,8 +4,9 @@ import {
   type Consumer, type JetStreamClient, type JetStreamManager, type StoredMsg,
 } from '@nats-io/jetstream';
 import { ErrorCode, pack, PROFILE_LIMITS, ProtocolError, unpack, type ProfilePatch, type ProfileValue, type RequestArgs } from '@gravitas/protocol';
-import type { Cell } from '../cell/cell.js';
-import type { Session } from '../session/session.js';
+import type { CellContext } from '../core/context.js';
+import type { ProfilesPort } from '../core/ports.js';
+import type { DeviceSession } from '../core/session.js';
 import { API_TIMEOUT_MS, deadline, ensureStream, isNotFound, lastOn, StorageError } from '../infra/jetstream.js';
 import { isCasConflict } from '../infra/nats.js';
 import { ReadThrough, TtlCache } from '../infra/ttl-cache.js';
@@ -25,7 +26,13 @@ import type { Names } from '../infra/subjects.js';
  * one user's history to 1000 × 8 KiB.
  */
 export const PROFILE_HISTORY = 1000;
-/** Compare-and-set attempts of one `set` before CONFLICT. */
+/**
+ * Compare-and-set attempts of one `set` before CONFLICT. Not infra/kv.ts
+ * casModify: this compare-and-set is a publish to the user's stream subject
+ * expecting its last sequence, whose new sequence is the version `set` answers;
+ * casModify works on KV keys. Few attempts: a profile has one writer at a time
+ * in practice, and CONFLICT tells a client to try again.
+ */
 const CAS_ATTEMPTS = 5;
 /** The version cache: invalidated cluster-wide on every change; the TTL bounds a lost invalidation. */
 const VERSION_CACHE_MAX = 100_000;
@@ -271,14 +278,14 @@ function asStorageError(err: unknown, what: string): ProtocolError {
  * and the version numbers the tracking intake stamps on records, cached and kept
  * fresh by cluster-wide invalidations.
  */
-export class Profiles {
+export class Profiles implements ProfilesPort {
   readonly store: ProfileStore;
   private readonly versions = new ReadThrough<string, number>(new TtlCache(VERSION_CACHE_MAX, VERSION_CACHE_TTL_MS));
 
-  constructor(readonly cell: Cell) {
-    this.store = new ProfileStore(cell.nc, cell.names, cell.config.replicas, (user, version) => {
+  constructor(ctx: CellContext) {
+    this.store = new ProfileStore(ctx.nc, ctx.names, ctx.config.replicas, (user, version) => {
       this.versions.set(user, version);
-      cell.invalidate({ kind: 'profile', key: user });
+      ctx.bus.invalidate({ kind: 'profile', key: user });
     });
   }
 
@@ -287,7 +294,7 @@ export class Profiles {
   }
 
   /** A `req` of area profile (arguments already validated). */
-  async handle(s: Session, op: string, args: unknown): Promise<unknown> {
+  async handle(s: DeviceSession, op: string, args: unknown): Promise<unknown> {
     switch (op) {
       case 'profile.get': {
         const { version, attrs } = await this.store.get(s.user);
@@ -305,6 +312,11 @@ export class Profiles {
   /** The current profile version of `user` (0: none), from the cache when it is there. */
   version(user: string): Promise<number> {
     return this.versions.get(user, () => this.store.version(user));
+  }
+
+  /** The latest profile of every user (ProfileStore.all): a predicate audience's source. */
+  all(): AsyncIterable<UserProfile> {
+    return this.store.all();
   }
 
   /** Another cell (or this one, or the admin API) changed the profile of `user`. */

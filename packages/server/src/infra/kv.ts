@@ -17,12 +17,17 @@ export interface CasStep<R> {
   result: R;
 }
 
+/** What casModify uses of a bucket (a KV, or a fake of one in unit tests). */
+export type CasKv = Pick<KV, 'get' | 'create' | 'update' | 'delete'>;
+
 export interface CasOptions {
   attempts?: number;
   /** Where the current entry is read from (default: `kv.get`, which reads the stream leader only if the bucket says so). */
   read?: (key: string) => Promise<KvEntry | null>;
   /** The error thrown after the last conflicting attempt (callers give it a stable code). */
   contended: () => Error;
+  /** Waits after conflicting attempt `attempt` (0-based) before the next one; default: at once. */
+  backoff?: (attempt: number) => Promise<void>;
 }
 
 /**
@@ -32,7 +37,7 @@ export interface CasOptions {
  * reads again on a conflict. Other errors end it at once. `step` must be pure:
  * it may run several times.
  */
-export async function casModify<R>(kv: KV, key: string, step: (cur: Uint8Array | undefined, rev: number) => CasStep<R>, opts: CasOptions): Promise<R> {
+export async function casModify<R>(kv: CasKv, key: string, step: (cur: Uint8Array | undefined, rev: number) => CasStep<R>, opts: CasOptions): Promise<R> {
   return (await casModifyRev(kv, key, step, opts)).result;
 }
 
@@ -44,7 +49,7 @@ export async function casModify<R>(kv: KV, key: string, step: (cur: Uint8Array |
  * revision the KV client does not answer).
  */
 export async function casModifyRev<R>(
-  kv: KV,
+  kv: CasKv,
   key: string,
   step: (cur: Uint8Array | undefined, rev: number) => CasStep<R>,
   opts: CasOptions,
@@ -64,6 +69,7 @@ export async function casModifyRev<R>(
       return { result, rev: e ? await kv.update(key, write, e.revision) : await kv.create(key, write) };
     } catch (err) {
       if (!isCasConflict(err)) throw err;
+      if (opts.backoff && i + 1 < attempts) await opts.backoff(i);
     }
   }
   throw opts.contended();
