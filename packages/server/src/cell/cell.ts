@@ -1,8 +1,9 @@
 import type { NatsConnection } from '@nats-io/transport-node';
-import { ErrorCode, fromBase64Url, nativeSuite, type RequestArgs, type ServerHandshakeContext } from '@gravitas/protocol';
+import { ErrorCode, fromBase64Url } from '@gravitas/protocol';
 import type { NodeConfig } from '../config/index.js';
 import type { CellContext, Log } from '../core/context.js';
 import { GROUPS_SENDER, NOTICE } from '../core/envelope.js';
+import type { Notice } from '../core/ports.js';
 import { DeliveryProofs } from '../core/proofs.js';
 import { Directory } from '../cluster/directory.js';
 import { Gravity } from '../cluster/gravity.js';
@@ -22,23 +23,17 @@ import { Mailbox } from '../messaging/mailbox.js';
 import { Routing } from '../messaging/routing.js';
 import { PushGateway } from '../reach/push-gateway.js';
 import { RelayCoordinator } from '../reach/relay.js';
-import { Accounts } from '../session/accounts.js';
-import { AccountBudgets } from '../session/budgets.js';
 import { accountEvents, DeviceRequests } from '../session/devices.js';
-import { HandshakeGuard } from '../session/guard.js';
-import { LinkApprovals } from '../session/registration.js';
-import { Revocations } from '../session/revocations.js';
+import { Identity } from '../session/identity.js';
 import { Session } from '../session/session.js';
-import { SpentIds } from '../session/tickets.js';
 import { PresenceHub } from '../social/presence.js';
 import { Social } from '../social/contacts.js';
 import type { CellStatus } from '../supervisor/messages.js';
 import { Connections } from '../transport/connections.js';
-import { TcpListener } from '../transport/tcp.js';
-import { WebListener } from '../transport/web-listener.js';
-import { CellBus } from './bus.js';
+import { Listeners } from '../transport/listeners.js';
+import { CellBus, envelopeHandlers, invalidationHandlers } from './bus.js';
 import { SessionHub } from './hub.js';
-import { Requests } from './requests.js';
+import { requestAreas, Requests } from './requests.js';
 import { CellSessions } from './sessions.js';
 
 /**
@@ -54,72 +49,53 @@ export class Cell {
   private readonly bus: CellBus;
   private readonly hub = new SessionHub();
   private readonly connections: Connections;
-  private readonly guard: HandshakeGuard;
-  private readonly handshake: ServerHandshakeContext;
-  readonly proofs: DeliveryProofs;
+  private readonly listeners: Listeners;
+  private readonly identity: Identity;
+  private readonly proofs: DeliveryProofs;
   private readonly hints: Hints;
-  readonly gravity: Gravity;
+  private readonly gravity: Gravity;
   private readonly drains: MailboxDrains;
   private readonly routing: Routing;
-  readonly custody: Custody;
-  readonly relay: RelayCoordinator;
-  readonly push: PushGateway;
-  readonly profiles: Profiles;
-  readonly intake: TrackingIntake;
-  readonly runner: CampaignRunner;
-  private readonly revocations: Revocations;
+  private readonly custody: Custody;
+  private readonly relay: RelayCoordinator;
+  private readonly push: PushGateway;
+  private readonly profiles: Profiles;
+  private readonly intake: TrackingIntake;
+  private readonly runner: CampaignRunner;
   // Built at start, once the KV buckets and streams are there.
-  accounts!: Accounts;
-  private tickets!: SpentIds;
-  private budgets!: AccountBudgets;
-  directory!: Directory;
-  membership!: Membership;
+  private directory!: Directory;
+  private membership!: Membership;
   private mailbox!: Mailbox;
-  social!: Social;
-  presence!: PresenceHub;
-  groups!: Groups;
+  private social!: Social;
+  private presence!: PresenceHub;
+  private groups!: Groups;
   private sessions: CellSessions | undefined;
   private expiry: ExpirySweeper | undefined;
-  private tcp: TcpListener | undefined;
-  private web: WebListener | undefined;
-  address = '';
-  /** host:port of this cell's web listener (WebSocket, chunked HTTP); '' when off. */
-  webAddress = '';
-  /** The largest backlog any connection had right after a write, since the last scrape. */
-  private outboundPeak = 0;
 
   constructor(
-    readonly config: NodeConfig,
-    readonly cellId: string,
-    readonly index: number,
-    readonly nc: NatsConnection,
-    readonly log: Log,
-    /** Port of an earlier generation of this cell, reused so clients find it again. */
-    private readonly previousPort?: number,
-    /** The same for the web listener. */
-    private readonly previousWebPort?: number,
+    private readonly config: NodeConfig,
+    private readonly cellId: string,
+    private readonly index: number,
+    private readonly nc: NatsConnection,
+    private readonly log: Log,
+    /** Ports of an earlier generation of this cell (TCP, web), reused so clients find it again. */
+    previousPort?: number,
+    previousWebPort?: number,
   ) {
     this.metrics = new CellMetrics(cellId);
     const names = new Names(config.prefix, config.mailbox.partitions);
     this.bus = new CellBus(nc, names, log);
     const ctx = (this.ctx = { cellId, index, config, nc, names, metrics: this.metrics, log, bus: this.bus, hub: this.hub });
     this.connections = new Connections(ctx, (t) => new Session(this.sessions!, t));
-    this.guard = new HandshakeGuard(config.limits.maxHandshakesInFlight, config.limits.cookieThresholdPerSec);
-    const [current, previous] = config.ticketKeys.map((k) => ({ id: k.id, key: fromBase64Url(k.key, 32) }));
-    this.handshake = {
-      staticKey: nativeSuite.fromSecret(fromBase64Url(config.serverKey, 32)),
-      ticketKeys: { current: current!, ...(previous && { previous }) },
-      ticketLifetimeMs: config.ticketLifetimeMs,
-      suite: nativeSuite,
-      now: Date.now,
-    };
+    this.listeners = new Listeners(ctx, this.connections, { port: previousPort, webPort: previousWebPort });
     this.proofs = new DeliveryProofs(fromBase64Url(config.serverKey, 32));
-    const self = { address: () => this.address, webAddress: () => this.webAddress };
+    this.identity = new Identity(ctx, this.proofs);
+    const self = this.listeners;
     this.hints = new Hints(ctx, () => this.membership, self);
     this.gravity = new Gravity(ctx, { hints: this.hints, self, directory: () => this.directory, drain: (s) => this.drains.drain(s) });
     this.drains = new MailboxDrains(ctx, { mailbox: () => this.mailbox, placement: this.gravity });
     this.routing = new Routing(ctx, { custody: () => this.custody, mailbox: () => this.mailbox, groups: () => this.groups, events: this.gravity });
-    const devices = { devices: (user: string) => this.accounts.devices(user) };
+    const devices = { devices: (user: string) => this.identity.accounts.devices(user) };
     this.relay = new RelayCoordinator(ctx, {
       directory: { lookup: (user, fresh) => this.directory.lookup(user, fresh) },
       social: { record: (user) => this.social.record(user) },
@@ -135,16 +111,8 @@ export class Cell {
       // Offline devices no push reached are woken through a LAN peer (docs/relay.md).
       events: this.relay,
     });
-    this.custody = new Custody(ctx, {
-      accounts: () => this.accounts,
-      social: () => this.social,
-      directory: () => this.directory,
-      mailbox: () => this.mailbox,
-      routing: this.routing,
-      drains: this.drains,
-      proofs: this.proofs,
-      events: this.push,
-    });
+    const late = { accounts: () => this.identity.accounts, social: () => this.social, directory: () => this.directory, mailbox: () => this.mailbox };
+    this.custody = new Custody(ctx, { ...late, routing: this.routing, drains: this.drains, proofs: this.proofs, events: this.push });
     this.profiles = new Profiles(ctx);
     this.intake = new TrackingIntake(ctx, { proofs: this.proofs, profiles: this.profiles });
     this.runner = new CampaignRunner(ctx, {
@@ -154,21 +122,16 @@ export class Cell {
       profiles: this.profiles,
       intake: this.intake,
     });
-    this.revocations = new Revocations(ctx, () => this.accounts);
   }
 
   async start(): Promise<void> {
     const { config, ctx, log } = this;
     // A fresh NATS cluster creates replicated streams slowly, and many cells ask at once.
     const b = await untilReady(() => openBuckets(this.nc, config), 'KV buckets');
-    const l = config.limits;
-    this.tickets = new SpentIds(b.tickets);
-    const notice = (user: string, except: string | undefined, n: Parameters<Custody['notice']>[2]): void => {
+    const notice = (user: string, except: string | undefined, n: Notice): void => {
       this.custody.notice(user, except, n).catch((err: unknown) => log('notice failed', err));
     };
-    this.accounts = new Accounts(b.accounts, this.tickets, config.registration, l.maxDevicesPerUser, new LinkApprovals(this.hints.keys), accountEvents(this.bus, notice));
-    const rates = { msg: l.accountMsgRatePerSec, fanout: l.accountFanoutRatePerSec, read: l.accountReadRatePerSec, req: l.accountRequestRatePerSec };
-    this.budgets = new AccountBudgets(b.budgets, rates, l.maxDevicesPerUser, log);
+    this.identity.open(b, this.hints.keys, accountEvents(this.bus, notice));
     this.mailbox = new Mailbox(this.nc, ctx.names, config.mailbox, config.replicas);
     this.directory = new Directory(b.directory, (cell) => cell === this.cellId || this.membership.isLive(cell));
     this.social = new Social(ctx, { socialChanged: (user) => this.presence.socialChanged(user) }, b.social);
@@ -178,43 +141,22 @@ export class Cell {
       liveness: { isLive: (cell) => this.membership?.isLive(cell) ?? false },
       groups: { typing: (s, m) => this.groups.typing(s, m) },
     }, b.presence);
-    this.groups = new Groups(
-      ctx,
-      {
-        directory: this.directory,
-        social: this.social,
-        accounts: this.accounts,
-        events: this.push,
-        presence: this.presence,
-        // An invitee is told under custody, on every device (docs/groups.md#consent).
-        invites: { onInvited: (user, g, by) => notice(user, undefined, { from: GROUPS_SENDER, sys: NOTICE.groupInvite, text: `${by} invited you to a group`, about: g }) },
-      },
-      b.groups,
-    );
+    // An invitee is told under custody, on every device (docs/groups.md#consent).
+    const invites = { onInvited: (user: string, g: string, by: string) => notice(user, undefined, { from: GROUPS_SENDER, sys: NOTICE.groupInvite, text: `${by} invited you to a group`, about: g }) };
+    this.groups = new Groups(ctx, { directory: this.directory, social: this.social, accounts: this.identity.accounts, events: this.push, presence: this.presence, invites }, b.groups);
     await untilReady(() => Promise.all([this.mailbox.start(), this.groups.start(), this.profiles.start(), this.intake.start()]), 'streams');
     await this.relay.start();
     await untilReady(() => this.push.start(), 'push buckets');
     this.sessions = this.buildSessions();
-    this.bus.listen(this.cellId, {
-      dlv: (e) => this.routing.onDeliver(e),
-      ack: (e) => this.routing.onAnswer(e),
-      nh: (e) => this.routing.onAnswer(e),
-      kick: (e) => this.sessions?.kick(e.user, e.dev, e.ep),
-      mbx: (e) => this.drains.onPoke(e.user, e.dev),
-      gdlv: (e) => this.groups.onDelivery(e.m, e.to),
-      typ: (e) => this.presence.onTyping(e),
-      exp: (e) => this.gravity.expect(e.user, e.dev),
-      rly: (e) => this.relay.deliver(e.u, e.dev, e.tu, e.td, e.w),
-    }, {
-      revoked: (i) => this.revocations.revoked(i.key, i.dev, i.rid),
-      devices: (i) => this.accounts.invalidate(i.key),
-      social: (i) => this.social.invalidate(i.key, i.d),
-      profile: (i) => this.profiles.invalidate(i.key),
-      mutes: (i) => this.push.mutesChanged(i.key),
-      group: (i) => this.groups.invalidate(i.key),
-    });
-    await this.listen();
-    const info = () => ({ cell: this.cellId, node: config.nodeId, address: this.address, ...(this.webAddress && { web: this.webAddress }), sessions: this.hub.count, lagMs: this.metrics.lagMs(), state: this.connections.draining ? ('draining' as const) : ('up' as const) });
+    const { routing, drains, groups, presence, relay, push, profiles, social, identity } = this;
+    this.bus.listen(
+      this.cellId,
+      envelopeHandlers({ routing, sessions: this.sessions, drains, groups, presence, placement: this.gravity, relay }),
+      invalidationHandlers({ revocations: identity.revocations, accounts: identity.accounts, social, profiles, push, groups }),
+    );
+    await this.listeners.listen();
+    const web = this.listeners.webAddress();
+    const info = () => ({ cell: this.cellId, node: config.nodeId, address: this.listeners.address(), ...(web && { web }), sessions: this.hub.count, lagMs: this.metrics.lagMs(), state: this.connections.draining ? ('draining' as const) : ('up' as const) });
     this.membership = new Membership(this.nc, ctx.names.heartbeats, b.cells, info, config.membership.heartbeatMs, config.membership.timeoutMs, (cell) => this.presence.cellDied(cell));
     await untilReady(() => this.membership.start(), 'membership');
     this.custody.start();
@@ -223,28 +165,20 @@ export class Cell {
     await this.runner.start();
     // One sweeper per node is plenty; sweeps by several are harmless (stores and deletes are idempotent).
     if (this.index === 0) {
-      this.expiry = new ExpirySweeper(ctx, { mailbox: this.mailbox, accounts: this.accounts, custody: this.custody });
+      this.expiry = new ExpirySweeper(ctx, { mailbox: this.mailbox, accounts: this.identity.accounts, custody: this.custody });
       this.expiry.start();
     }
   }
 
   private buildSessions(): CellSessions {
-    const requests = new Requests({
-      contacts: this.social,
-      prefs: this.social,
-      groups: this.groups,
-      devices: new DeviceRequests(() => this.accounts, [(u, d) => this.mailbox.purgeDevice(u, d), (u, d) => this.groups.forgetDevice(u, d), (u, d) => this.push.forgetDevice(u, d)]),
-      track: this.intake,
-      profile: this.profiles,
-      push: this.push,
-      mute: this.push,
-      reach: { handle: (s, _op, args) => this.relay.report(s, args as RequestArgs['reach.report']) },
-    }, this.log);
+    const { social, groups, intake, profiles, push, relay, mailbox } = this;
+    const devices = new DeviceRequests(() => this.identity.accounts, [(u, d) => mailbox.purgeDevice(u, d), (u, d) => groups.forgetDevice(u, d), (u, d) => push.forgetDevice(u, d)]);
+    const requests = new Requests(requestAreas({ social, groups, devices, intake, profiles, push, relay }), this.log);
     return new CellSessions(this.ctx, {
       hub: this.hub,
       connections: this.connections,
-      identity: { handshake: this.handshake, guard: this.guard, accounts: this.accounts, tickets: this.tickets, budgets: this.budgets, proofs: this.proofs },
-      revocations: this.revocations,
+      identity: this.identity,
+      revocations: this.identity.revocations,
       directory: this.directory,
       placement: this.gravity,
       drains: this.drains,
@@ -253,33 +187,14 @@ export class Cell {
       groups: this.groups,
       presence: this.presence,
       request: (s, m) => requests.request(s, m),
-      webAddress: () => this.webAddress,
-      noteOutbound: (bytes) => this.noteOutbound(bytes),
+      webAddress: () => this.listeners.webAddress(),
+      noteOutbound: (bytes) => this.connections.noteOutbound(bytes),
     });
-  }
-
-  private async listen(): Promise<void> {
-    const { host, basePort, webBasePort } = this.config.listen;
-    this.tcp = new TcpListener(this.connections);
-    const port = await this.tcp.listen(this.previousPort ?? (basePort === 0 ? 0 : basePort + this.index), host);
-    this.address = `${this.config.advertiseHost}:${port}`;
-    if (!this.config.web.enabled) return;
-    this.web = new WebListener(this.connections);
-    const webPort = await this.web.listen(this.previousWebPort ?? (webBasePort === 0 ? 0 : webBasePort + this.index), host);
-    this.webAddress = `${this.config.advertiseHost}:${webPort}`;
-  }
-
-  /** Called after each write to a connection with its unsent bytes (one compare per frame). */
-  noteOutbound(bytes: number): void {
-    if (bytes > this.outboundPeak) this.outboundPeak = bytes;
   }
 
   /** Scrape-time view of the largest connection backlog since the previous scrape (O(sessions), only when metrics are read). */
   sampleGauges(): void {
-    let max = this.outboundPeak;
-    this.outboundPeak = 0;
-    for (const s of this.hub.all()) max = Math.max(max, s.outboundBytes);
-    this.metrics.outboundMax.set({ cell: this.cellId }, max);
+    this.metrics.outboundMax.set({ cell: this.cellId }, this.connections.outboundPeak());
     this.metrics.sourceEntries.set(this.connections.sourceLimits.entries);
     if (this.membership) this.gravity.sampleGauges();
     this.intake.sampleGauges();
@@ -288,10 +203,10 @@ export class Cell {
   status(): CellStatus {
     return {
       cellId: this.cellId,
-      address: this.address,
-      ...(this.webAddress && { web: this.webAddress }),
+      address: this.listeners.address(),
+      ...(this.listeners.webAddress() && { web: this.listeners.webAddress() }),
       natsConnected: !this.nc.isClosed() && !this.connections.draining,
-      listening: (this.tcp?.listening ?? false) && (!this.web || this.web.listening),
+      listening: this.listeners.listening,
       connections: this.connections.size,
       sessions: this.hub.count,
     };
@@ -303,15 +218,14 @@ export class Cell {
   }
 
   recheckSessions(): void {
-    this.revocations.recheck(this.hub.all());
+    this.identity.revocations.recheck(this.hub.all());
   }
 
   /** Stop accepting, say goodbye to every session, leave the directory and membership; then stop the features in order. */
   async drain(): Promise<void> {
     if (this.connections.draining) return;
     this.connections.draining = true;
-    this.tcp?.close();
-    this.web?.close();
+    this.listeners.close();
     const leaving = this.sessions?.leaveAll();
     this.connections.endAll(ErrorCode.SHUTTING_DOWN);
     await Promise.race([leaving, new Promise((r) => setTimeout(r, 5000))]);
@@ -327,35 +241,5 @@ export class Cell {
     await this.membership?.stop(this.cellId);
     this.bus.stop();
     this.metrics.stop();
-  }
-
-  // ---- until every feature takes ports (issue 16): what unported features still read from the cell ----
-
-  get names(): Names {
-    return this.ctx.names;
-  }
-
-  get draining(): boolean {
-    return this.connections.draining;
-  }
-
-  get sessionCount(): number {
-    return this.hub.count;
-  }
-
-  session(user: string, device: string): Session | undefined {
-    return this.hub.session(user, device);
-  }
-
-  sessionsOf(user: string): Iterable<Session> {
-    return this.hub.sessionsOf(user);
-  }
-
-  publish(cell: string, e: Parameters<CellBus['publish']>[1]): void {
-    this.bus.publish(cell, e);
-  }
-
-  invalidate(i: Parameters<CellBus['invalidate']>[0]): void {
-    this.bus.invalidate(i);
   }
 }

@@ -1,6 +1,6 @@
-import { decodeRequestArgs, ErrorCode, ProtocolError, type Request, type RequestOp } from '@gravitas/protocol';
+import { decodeRequestArgs, ErrorCode, ProtocolError, type Request, type RequestArgs, type RequestOp } from '@gravitas/protocol';
 import type { Log } from '../core/context.js';
-import type { RequestHandler } from '../core/ports.js';
+import type { RelayPort, RequestHandler } from '../core/ports.js';
 import type { DeviceSession } from '../core/session.js';
 
 /** The area of a request op: what comes before the first dot (the whole op without one). */
@@ -27,4 +27,27 @@ export class Requests {
       s.send({ t: 'res', rid: m.rid, ok: false, code: pe?.code ?? ErrorCode.BUSY, message: pe?.message ?? 'the request could not be completed now' });
     }
   }
+}
+
+/** Which feature answers each area. */
+export function requestAreas(p: {
+  social: RequestHandler;
+  groups: RequestHandler;
+  devices: RequestHandler;
+  intake: RequestHandler;
+  profiles: RequestHandler;
+  push: RequestHandler;
+  relay: Pick<RelayPort, 'report'>;
+}): RequestAreas {
+  return {
+    contacts: p.social,
+    prefs: p.social,
+    groups: p.groups,
+    devices: p.devices,
+    track: p.intake,
+    profile: p.profiles,
+    push: p.push,
+    mute: p.push,
+    reach: { handle: (s, _op, args) => p.relay.report(s, args as RequestArgs['reach.report']) },
+  };
 }

@@ -22,6 +22,8 @@ export class Connections implements TcpHost, WebHost {
   /** Handshake slots of sessions not yet open, released when they open or close. */
   private readonly handshaking = new Map<Transport, SourceCharge>();
   draining = false;
+  /** The largest backlog any connection had right after a write, since the last look. */
+  private peak = 0;
 
   constructor(private readonly ctx: CellContext, private readonly startSession: (t: Transport) => void) {
     this.sources = new SourceResolver(ctx.config.network.trustedProxies);
@@ -65,6 +67,19 @@ export class Connections implements TcpHost, WebHost {
   handshakeDone(t: Transport): void {
     this.handshaking.get(t)?.release();
     this.handshaking.delete(t);
+  }
+
+  /** Called after each write to a connection with its unsent bytes (one compare per frame). */
+  noteOutbound(bytes: number): void {
+    if (bytes > this.peak) this.peak = bytes;
+  }
+
+  /** The largest backlog since the previous call: the peak noted, or a connection's backlog now (O(connections), at scrape time). */
+  outboundPeak(): number {
+    let max = this.peak;
+    this.peak = 0;
+    for (const t of this.all) if (t.bufferedBytes > max) max = t.bufferedBytes;
+    return max;
   }
 
   /** Ends every connection with `code` (shutdown). */
