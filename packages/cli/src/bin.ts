@@ -4,7 +4,10 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ConfigError, ServerError } from '@gravitas/server';
-import { approve, campaign, chat, dev, deviceKey, keygen, node, profile, publisher, recv, report, send, UsageError } from './commands.js';
+import { campaign, profile, publisher, report } from './commands/admin.js';
+import { approve, chat, deviceKey, recv, send } from './commands/client.js';
+import { UsageError } from './commands/flags.js';
+import { dev, keygen, node } from './commands/node.js';
 
 const USAGE = `gravitas — a horizontally scaled chat cluster
 

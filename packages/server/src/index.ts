@@ -3,7 +3,7 @@ export * from './infra/errors.js';
 export * from './node.js';
 export { Supervisor } from './supervisor/supervisor.js';
 export { Names } from './infra/subjects.js';
-export { AdminErrorCode } from './admin/admin.js';
+export { AdminErrorCode } from './admin/http.js';
 export type { CellInit, CellStatus, FromCell, ToCell } from './supervisor/messages.js';
 export { ChunkedDecoder, HttpError, type ChunkedLimits } from './transport/chunked.js';
 export { parseHead, PATH_DOWN, PATH_UP, PATH_WS, STREAM_HEADER } from './transport/web-listener.js';

@@ -1,4 +1,4 @@
-import { fromBase64Url } from '@gravitas/protocol';
+import { base64Key, type ConfigCheck, type TextCheck } from './check.js';
 
 /** The `push` section of a node's config (docs/push.md, docs/operations.md). */
 export interface PushConfig {
@@ -66,26 +66,9 @@ export const DEFAULT_PUSH: PushConfig = {
 /** Every key of the section, for the unknown-setting check. */
 export const PUSH_KEYS = new Set([...Object.keys(DEFAULT_PUSH), 'vapidPublicKey', 'vapidPrivateKey', 'vapidSubject', 'webhookSecret']);
 
-/** The checks of config.ts's validateConfig, handed over so the section reads like the others. */
-export interface ConfigCheckers {
-  int(path: string, def: number, min: number, max: number): number;
-  string(path: string, def: string | undefined, check?: (s: string) => string | undefined): string | undefined;
-  bool(path: string, def: boolean): boolean;
-  fail(path: string, message: string): undefined;
-  /** The raw value at a path (to tell "absent" from "invalid"). */
-  get(path: string): unknown;
-}
+const vapidKey = (bytes: number, first?: { byte: number; message: string }): TextCheck => base64Key(bytes, 'see `gravitas keygen --vapid`', first);
 
-const keyOf = (bytes: number, first?: number) => (s: string): string | undefined => {
-  try {
-    const b = fromBase64Url(s, bytes);
-    return first !== undefined && b[0] !== first ? 'must be an uncompressed P-256 public key' : undefined;
-  } catch {
-    return `must be ${bytes} bytes in base64url (see \`gravitas keygen --vapid\`)`;
-  }
-};
-
-export function validatePushConfig(c: ConfigCheckers): PushConfig {
+export function validatePushConfig(c: ConfigCheck): PushConfig {
   const D = DEFAULT_PUSH;
   const out: PushConfig = {
     enabled: c.bool('push.enabled', D.enabled),
@@ -108,8 +91,8 @@ export function validatePushConfig(c: ConfigCheckers): PushConfig {
     dampingMaxWindowMs: c.int('push.dampingMaxWindowMs', D.dampingMaxWindowMs, 0, 24 * 3600_000),
     previewChars: c.int('push.previewChars', D.previewChars, 0, 1000),
   };
-  const pub = c.string('push.vapidPublicKey', undefined, keyOf(65, 4));
-  const priv = c.string('push.vapidPrivateKey', undefined, keyOf(32));
+  const pub = c.string('push.vapidPublicKey', undefined, vapidKey(65, { byte: 4, message: 'must be an uncompressed P-256 public key' }));
+  const priv = c.string('push.vapidPrivateKey', undefined, vapidKey(32));
   const subject = c.string('push.vapidSubject', undefined, (s) => (/^(mailto:\S+@\S+|https:\/\/\S+)$/.test(s) ? undefined : 'must be a mailto: or https: URL (RFC 8292)'));
   const present = ['vapidPublicKey', 'vapidPrivateKey', 'vapidSubject'].filter((k) => c.get(`push.${k}`) !== undefined).length;
   if (present > 0 && present < 3) c.fail('push.vapidPublicKey', 'vapidPublicKey, vapidPrivateKey and vapidSubject go together');

@@ -1,4 +1,5 @@
 import { MAX_WAKE_LIFETIME_MS, REACH_LIMITS } from '@gravitas/protocol';
+import type { ConfigCheck } from './check.js';
 
 /** The `relay` section of a node's config (docs/relay.md, docs/operations.md). */
 export interface RelayConfig {
@@ -36,13 +37,7 @@ export const DEFAULT_RELAY: RelayConfig = {
 
 export const RELAY_KEYS = new Set(Object.keys(DEFAULT_RELAY));
 
-/** The checks of config.ts's validateConfig that this section uses. */
-interface Checkers {
-  int(path: string, def: number, min: number, max: number): number;
-  bool(path: string, def: boolean): boolean;
-}
-
-export function validateRelayConfig(c: Checkers): RelayConfig {
+export function validateRelayConfig(c: ConfigCheck): RelayConfig {
   const D = DEFAULT_RELAY;
   return {
     enabled: c.bool('relay.enabled', D.enabled),
