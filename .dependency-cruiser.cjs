@@ -1,6 +1,6 @@
 /*
  * The layer rules of packages/ (docs/architecture.md, "Layers"), checked by
- * `npm test` (scripts/check-structure.sh). A feature folder of the server knows
+ * `npm test` (`npm run lint`). A feature folder of the server knows
  * core/ (what features share: context, ports, envelopes), infra/ (no feature
  * knowledge) and config/; it never reaches into the cell that composes it nor
  * into another feature's folder — the other feature's interface is in core/.

@@ -173,7 +173,8 @@ export class GeneratorProcess {
     this.watchdog = setInterval(() => {
       if (performance.now() - b.lastRunnerBeat < RUNNER_SILENCE_MS) return;
       this.log(`the runner of ${b.run} fell silent for ${RUNNER_SILENCE_MS / 1000} s: stopping the load`);
-      void b.session?.abort().finally(() => this.release());
+      // release() settles (its flush is caught); the abort's own failure is the session's to report.
+      void b.session?.abort().catch(() => undefined).then(() => this.release());
     }, BEAT_MS);
     this.up({ type: 'assigned', ok: true });
     this.log(`assigned to run ${m.run} as generator ${m.index + 1} of ${m.count}`);

@@ -297,6 +297,9 @@ class Run {
       case 'failed':
         this.abort(new HarnessError('GENERATOR_FAILED', `gen${g.index} on ${g.host} failed (${m.code}): ${m.message}`));
         break;
+      case 'beat': // counted above (lastBeat)
+      case 'hello': // only while generators are gathered (gather())
+        break;
     }
     this.wake?.();
   }

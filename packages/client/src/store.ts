@@ -206,19 +206,20 @@ export class LmdbStore implements ClientStore {
 
   async markSeen(key: string): Promise<boolean> {
     // In a transaction callback reads see the batch's own writes: two deliveries of
-    // one key in the same batch are told apart, and eviction finds the oldest.
+    // one key in the same batch are told apart, and eviction finds the oldest. Its
+    // writes settle with the transaction, which is awaited (hence `void` on each).
     const first = await this.seen.transaction(() => {
       if (this.seen.get(key) !== undefined) return false;
       const n = this.nextSeen++;
-      this.seen.put(key, n);
-      this.seenOrder.put(n, key);
+      void this.seen.put(key, n);
+      void this.seenOrder.put(n, key);
       this.seenCount++;
       if (this.seenCount > this.maxSeen) {
         // Collected first: no removals under an open cursor.
         const oldest = [...this.seenOrder.getRange({ limit: this.seenCount - this.maxSeen })];
         for (const { key: n, value: k } of oldest) {
-          this.seenOrder.remove(n);
-          this.seen.remove(k);
+          void this.seenOrder.remove(n);
+          void this.seen.remove(k);
           this.seenCount--;
         }
       }

@@ -6,7 +6,8 @@ export { Names } from './infra/subjects.js';
 export { AdminErrorCode } from './admin/http.js';
 export type { CellInit, CellStatus, FromCell, ToCell } from './supervisor/messages.js';
 export { ChunkedDecoder, HttpError, type ChunkedLimits } from './transport/chunked.js';
-export { parseHead, PATH_DOWN, PATH_UP, PATH_WS, STREAM_HEADER } from './transport/web-listener.js';
+export { PATH_DOWN, PATH_UP, PATH_WS, STREAM_HEADER } from './transport/web-listener.js';
+export { parseHead } from './transport/http-head.js';
 export { WS_CLOSE_CODED } from './transport/web-transports.js';
 /** Delivery proofs (docs/protocol.md §5.6): for tools that stand in for recipients, e.g. a feedback benchmark on its own cluster. */
 export { DeliveryProofs } from './core/proofs.js';

@@ -50,8 +50,9 @@ function classify(err: unknown): AdminError | undefined {
       case ErrorCode.STORAGE_UNAVAILABLE:
       case ErrorCode.BUSY:
         return new AdminError(503, AdminErrorCode.UNAVAILABLE, err.message);
+      default:
+        return undefined;
     }
-    return undefined;
   }
   const e = err as Error;
   if (/timeout|no ?responders|closed|connection|jetstream|503/i.test(`${e?.name} ${e?.message}`)) return new AdminError(503, AdminErrorCode.UNAVAILABLE, `NATS is not answering now: ${e.message}`);

@@ -141,18 +141,18 @@ export class TrackingStore {
         const gone = this.evictArchived(acct, Number.NEGATIVE_INFINITY, this.cfg.maxBytes - n);
         this.onEvict(gone);
         if (acct.bytes + n > this.cfg.maxBytes) {
-          if (gone > 0) this.meta.put(ACCT, acct); // what was evicted stays evicted
+          if (gone > 0) void this.meta.put(ACCT, acct); // what was evicted stays evicted
           return 'full';
         }
       }
-      this.rec.put(key, { r, a: 0, n });
-      this.out.put([r.at, r.u, r.eid], 1);
-      this.usr.put([r.u, r.c, r.at, r.eid], 1);
-      this.ucmp.put([r.c, r.at, r.u, r.eid], 1);
+      void this.rec.put(key, { r, a: 0, n });
+      void this.out.put([r.at, r.u, r.eid], 1);
+      void this.usr.put([r.u, r.c, r.at, r.eid], 1);
+      void this.ucmp.put([r.c, r.at, r.u, r.eid], 1);
       acct.records++;
       acct.bytes += n;
       acct.unarchived++;
-      this.meta.put(ACCT, acct);
+      void this.meta.put(ACCT, acct);
       return 'stored';
     });
     if (result === 'full') throw new TrackingFullError('the tracking store is full until the archive catches up: send it again later');
@@ -185,14 +185,14 @@ export class TrackingStore {
         const s = this.rec.get([u, eid]);
         if (!s || s.a === 1) continue;
         const { r } = s;
-        this.rec.put([u, eid], { ...s, a: 1 });
-        this.out.remove([r.at, u, eid]);
-        this.ucmp.remove([r.c, r.at, u, eid]);
-        this.arc.put([r.at, u, eid], 1);
+        void this.rec.put([u, eid], { ...s, a: 1 });
+        void this.out.remove([r.at, u, eid]);
+        void this.ucmp.remove([r.c, r.at, u, eid]);
+        void this.arc.put([r.at, u, eid], 1);
         acct.unarchived--;
         changed++;
       }
-      if (changed > 0) this.meta.put(ACCT, acct);
+      if (changed > 0) void this.meta.put(ACCT, acct);
       return changed;
     });
   }
@@ -212,7 +212,7 @@ export class TrackingStore {
     return this.rec.transaction(() => {
       const acct = this.acct();
       const gone = this.evictArchived(acct, cutoff, this.cfg.maxBytes);
-      if (gone > 0) this.meta.put(ACCT, acct);
+      if (gone > 0) void this.meta.put(ACCT, acct);
       this.onEvict(gone);
       return gone;
     });
@@ -290,6 +290,8 @@ export class TrackingStore {
   }
 
   // ---- inside a write transaction ----------------------------------------------
+  // (A put or remove in a transaction callback is part of that transaction: its promise
+  // settles with the transaction's, which callers await; hence `void` on each.)
 
   private acct(): Accounting {
     return { ...emptyAcct(), ...this.meta.get(ACCT) };
@@ -306,10 +308,10 @@ export class TrackingStore {
     for (const [at, u, eid] of oldest) {
       if (at >= cutoff && acct.bytes <= budget) break;
       const s = this.rec.get([u, eid]);
-      this.arc.remove([at, u, eid]);
+      void this.arc.remove([at, u, eid]);
       if (s) {
-        this.rec.remove([u, eid]);
-        this.usr.remove([u, s.r.c, at, eid]);
+        void this.rec.remove([u, eid]);
+        void this.usr.remove([u, s.r.c, at, eid]);
         acct.records--;
         acct.bytes -= s.n;
       }

@@ -370,7 +370,8 @@ export class Custody implements CustodyPort {
         this.wakes.delete(user);
         if (w.again) this.wake(user);
         else if (retry && w.attempt < WAKE_RETRIES) setTimeout(() => this.wake(user, w.attempt + 1), WAKE_RETRY_MS).unref();
-      });
+      })
+      .catch((err: unknown) => this.ctx.log('mailbox wake failed', err));
   }
 
   // ---- settling -----------------------------------------------------------------

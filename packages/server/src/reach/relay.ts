@@ -114,7 +114,7 @@ export class RelayCoordinator implements RelayPort, ReachEvents {
     const peers = [...new Map(a.peers.filter((p) => !(p.user === s.user && p.device === s.device)).map((p) => [`${p.user}/${p.device}`, p])).values()];
     if (peers.length > 0) await this.reach.addConsents(reporter, peers, now + CONSENT_TTL_MS, now);
     const tiers = await Promise.all(peers.map((p) => this.consent(p, reporter, now)));
-    await Promise.all(peers.map((p, i) => (tiers[i] === undefined ? undefined : this.reach.addRelayer(p, reporter, now + ttlMs, tiers[i]!, cfg.maxRelayersPerTarget, now))));
+    await Promise.all(peers.flatMap((p, i) => (tiers[i] === undefined ? [] : [this.reach.addRelayer(p, reporter, now + ttlMs, tiers[i]!, cfg.maxRelayersPerTarget, now)])));
     this.ctx.metrics.reachReports.inc({ result: 'ok' });
     return { ttlMs };
   }

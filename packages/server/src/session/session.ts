@@ -2,14 +2,13 @@ import {
   checkFinish, decodeClientHandshake, decodeClientMessage, ErrorCode, isSystemName, pack, ProtocolError, readHello, readResume, unpack, writeWelcome,
   type ClientMessage, type ErrorCode as Code, type Registration, type SecureChannel, type ServerMessage,
 } from '@gravitas/protocol';
-import type { NodeConfig } from '../config/index.js';
 import type { CellContext } from '../core/context.js';
 import { toClient, type ChatItem, type Item } from '../core/envelope.js';
 import type { StoredRef } from '../core/ports.js';
 import type { BudgetKind, Delivery, DeviceSession, DrainState } from '../core/session.js';
 import type { Transport } from '../core/transport.js';
-import { TokenBucket } from '../infra/rate.js';
 import type { SessionHost } from './host.js';
+import { SessionLimits } from './limits.js';
 
 type State = 'handshake' | 'working' | 'confirming' | 'open' | 'closed';
 
@@ -22,36 +21,6 @@ function proofKind(r: Registration | undefined): string {
   return r && 'credential' in r ? 'credential' : 'link';
 }
 
-type LimitKind = BudgetKind | 'control';
-type Limits = NodeConfig['limits'];
-
-/** Each kind's rate and burst settings (limits.*). */
-const LIMIT_SETTINGS: Record<LimitKind, readonly [keyof Limits, keyof Limits]> = {
-  msg: ['msgRatePerSec', 'msgBurst'],
-  fanout: ['fanoutRatePerSec', 'fanoutBurst'],
-  read: ['readRatePerSec', 'readBurst'],
-  req: ['requestRatePerSec', 'requestBurst'],
-  control: ['controlRatePerSec', 'controlBurst'],
-};
-
-/**
- * What a session may do how often (limits.*): a token bucket per kind of operation,
- * made on its first use (an idle session holds none of them; a full one starts full).
- */
-class SessionLimits {
-  private readonly buckets: Partial<Record<LimitKind, TokenBucket>> = {};
-
-  constructor(private readonly l: Limits) {}
-
-  take(kind: LimitKind, n: number, now: number): boolean {
-    let b = this.buckets[kind];
-    if (!b) {
-      const [rate, burst] = LIMIT_SETTINGS[kind];
-      b = this.buckets[kind] = new TokenBucket(this.l[rate] as number, this.l[burst] as number, now);
-    }
-    return b.take(n, now);
-  }
-}
 
 /**
  * The actor of one connected device. Frames are decoded as they arrive; the
@@ -282,6 +251,8 @@ export class Session implements DeviceSession {
         return this.send({ t: 'pong', n: m.n });
       case 'bye':
         return this.close();
+      case 'finish': // refused in onFrame after the handshake: never queued
+        return;
     }
   }
 
