@@ -22,15 +22,12 @@ export class SessionHub implements Hub {
     return [...this.sessions.values()];
   }
 
-  /** Adds `s`; returns the session of the same device it replaces here, if any. */
-  add(s: Session): Session | undefined {
-    const key = `${s.user}/${s.device}`;
-    const local = this.sessions.get(key);
-    this.sessions.set(key, s);
+  /** Adds `s` as its device's session here (an older one must have left first). */
+  add(s: Session): void {
+    this.sessions.set(`${s.user}/${s.device}`, s);
     let mine = this.byUser.get(s.user);
     if (!mine) this.byUser.set(s.user, (mine = new Set()));
     mine.add(s);
-    return local !== s ? local : undefined;
   }
 
   /** Removes `s` if it is the device's current session here; false if it was not. */

@@ -73,7 +73,10 @@ export class CellSessions implements SessionHost<Session> {
     s.epoch = epoch;
     s.registered = true;
     s.registeredAt = Date.now();
-    hub.add(s)?.bye(ErrorCode.SESSION_REPLACED, 'this device connected again elsewhere');
+    // The device's older session here ends first (and leaves the hub), then this one takes its place.
+    const local = hub.session(s.user, s.device);
+    if (local && local !== s) local.bye(ErrorCode.SESSION_REPLACED, 'this device connected again elsewhere');
+    hub.add(s);
     this.ctx.metrics.sessions.set(hub.count);
     this.w.placement.registered(s);
     if (replaced && replaced.cell !== this.ctx.cellId) this.ctx.bus.publish(replaced.cell, { k: 'kick', user: s.user, dev: s.device, ep: replaced.epoch });
