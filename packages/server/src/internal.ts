@@ -39,3 +39,6 @@ export { Expansion, type ProfileSource } from './engage/runner-expand.js';
 export { JobRun, Warnings } from './engage/runner-job.js';
 export { CampaignJobError, CampaignRecords, decodeLedger, encodeLedger, ledgerKey, type Ledger } from './engage/runner-ledger.js';
 export { markerKey, Sending, sentEventId, type SendDeps, type SendMetrics } from './engage/runner-send.js';
+export { SessionHub } from './cell/hub.js';
+export { CellSessions, type SessionWiring } from './cell/sessions.js';
+export { Revocations } from './session/revocations.js';
