@@ -47,11 +47,11 @@ module.exports = {
       to: { path: `${SERVER}(${FEATURES}|admin|cell|supervisor|node\\.ts|index\\.ts|internal\\.ts)` },
     },
     {
-      name: 'infra-not-to-core',
-      comment: 'infra/ has no feature knowledge, not even the shared vocabulary of core/.',
+      name: 'infra-at-the-bottom',
+      comment: 'infra/ has no feature knowledge, not even the shared vocabulary of core/ or the configuration: it takes what it needs as plain parameters.',
       severity: 'error',
       from: { path: `${SERVER}infra/` },
-      to: { path: `${SERVER}core/` },
+      to: { path: `${SERVER}(core|config)/` },
     },
     {
       name: 'protocol-placement-stand-alone',

@@ -15,4 +15,4 @@ export { HandshakeGuard } from './session/guard.js';
 export { canonicalIp, prefixOf, SourceResolver, type ClientSource } from './transport/source.js';
 export { proxyV1, proxyV2, readProxyHeader, type ProxyHeader } from './transport/proxy-protocol.js';
 export { SourceTable, SourceLimits, isRefusal, REFUSAL_SLACK, type SourceCharge, type SourceRefusal, type SourceLimitKind } from './transport/source-limits.js';
-export { fdNeed, fitFdBudget, softFileLimit } from './infra/fd-budget.js';
+export { fdNeed, fitFdBudget, softFileLimit } from './supervisor/fd-budget.js';

@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { NodeConfig } from './config/index.js';
 import { startAdmin, type AdminServer } from './admin/admin.js';
 import { Supervisor } from './supervisor/supervisor.js';
-import { fitFdBudget } from './infra/fd-budget.js';
+import { fitFdBudget } from './supervisor/fd-budget.js';
 
 export interface RunningNode {
   config: NodeConfig;
@@ -19,7 +19,7 @@ export interface RunningNode {
 
 /**
  * Starts a node: its cells and its admin HTTP server. Resolves once every cell listens.
- * Connection caps left at their defaults may be lowered to fit the fd limit (net/fd-budget.ts);
+ * Connection caps left at their defaults may be lowered to fit the fd limit (supervisor/fd-budget.ts);
  * explicit ones that do not fit make it throw ServerError FD_LIMIT before anything starts.
  */
 export async function startNode(config: NodeConfig, log: (msg: string) => void = (m) => process.stderr.write(`${m}\n`)): Promise<RunningNode> {

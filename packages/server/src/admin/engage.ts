@@ -3,7 +3,8 @@ import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { ErrorCode, pack, ProtocolError } from '@gravitas/protocol';
 import type { NodeConfig } from '../config/index.js';
-import { connectNats, openAccountsBucket, untilReady } from '../infra/nats.js';
+import { openAccountsBucket } from '../core/buckets.js';
+import { connectNats, untilReady } from '../infra/nats.js';
 import { API_TIMEOUT_MS } from '../infra/jetstream.js';
 import type { Invalidation } from '../core/envelope.js';
 import { Names } from '../infra/subjects.js';
@@ -78,7 +79,7 @@ export function createEngageApi(config: NodeConfig, log: (msg: string) => void):
   let closed = false;
 
   async function open(): Promise<EngageContext> {
-    const nc = await connectNats(config, `${config.nodeId}-admin`);
+    const nc = await connectNats(config.nats, `${config.nodeId}-admin`);
     try {
       const jsm = await jetstreamManager(nc, { timeout: API_TIMEOUT_MS });
       // Profiles changed here reach every cell's version cache like a cell's own change.

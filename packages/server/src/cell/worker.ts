@@ -16,7 +16,7 @@ const log = (msg: string, err?: unknown): void => {
 let natsUp = false;
 
 async function main(): Promise<void> {
-  const nc = await connectNats(init.config, `gravitas ${init.cellId}`);
+  const nc = await connectNats(init.config.nats, `gravitas ${init.cellId}`);
   natsUp = true;
   const cell = new Cell(init.config, init.cellId, init.index, nc, log, init.port, init.webPort);
   void (async () => {

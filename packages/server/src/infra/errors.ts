@@ -4,7 +4,7 @@ export const ServerErrorCode = {
   CONFIG_UNREADABLE: 'CONFIG_UNREADABLE',
   NATS_UNAVAILABLE: 'NATS_UNAVAILABLE',
   CELL_START_FAILED: 'CELL_START_FAILED',
-  /** The configured connection caps need more file descriptors than the process may open (net/fd-budget.ts). */
+  /** The configured connection caps need more file descriptors than the process may open (supervisor/fd-budget.ts). */
   FD_LIMIT: 'FD_LIMIT',
 } as const;
 export type ServerErrorCode = (typeof ServerErrorCode)[keyof typeof ServerErrorCode];

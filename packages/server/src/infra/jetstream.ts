@@ -4,7 +4,6 @@ import {
   type JetStreamClient, type JetStreamManager, type MsgRequest, type StoredMsg, type StreamConfig,
 } from '@nats-io/jetstream';
 import { ErrorCode, ProtocolError } from '@gravitas/protocol';
-import type { MailboxConfig } from '../config/index.js';
 import type { Names } from './subjects.js';
 
 /*
@@ -31,14 +30,15 @@ export type StreamSettings = Partial<StreamConfig> & { name: string };
  * manager, and the settings every stream of ours shares. `start` creates the
  * partitions or brings them to the current config, idempotently across cells.
  */
-export abstract class PartitionedStreams {
+export abstract class PartitionedStreams<C extends { readonly partitions: number } = { readonly partitions: number }> {
   protected readonly js: JetStreamClient;
   protected jsm!: JetStreamManager;
 
   constructor(
     readonly nc: NatsConnection,
     readonly names: Names,
-    readonly cfg: MailboxConfig,
+    /** The settings its kind of stream is configured by (mailbox.*: partitions, retention, size). */
+    readonly cfg: C,
     /** Copies of each stream (NodeConfig.replicas). */
     readonly replicas: number,
   ) {

@@ -1,4 +1,5 @@
 import { pack, unpack } from '@gravitas/protocol';
+import type { MailboxConfig } from '../config/index.js';
 import { decodeItem, type Item } from '../core/envelope.js';
 import {
   API_TIMEOUT_MS, DUPLICATE_WINDOW_MS, isNotFound, JS_MAX_PER_SUBJECT, jsCode, lastOn, NS_PER_MS, PartitionedStreams, publishFailure, scan, type StreamSettings,
@@ -20,7 +21,7 @@ const HARD_EXPIRY_GRACE_MS = 24 * 3600_000;
  * subjects in stream order (which is send order, hence order per conversation),
  * and each acknowledged item is deleted.
  */
-export class Mailbox extends PartitionedStreams implements MailboxPort {
+export class Mailbox extends PartitionedStreams<MailboxConfig> implements MailboxPort {
   protected streamConfig(k: number): StreamSettings {
     return {
       ...this.base(this.names.mailboxStream(k), this.names.mailboxStreamSubjects(k)),

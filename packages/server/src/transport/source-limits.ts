@@ -10,7 +10,11 @@ import type { ClientSource } from './source.js';
  * when its count drops to 0, so their size is bounded by what they count.
  */
 
-export { REFUSAL_SLACK } from '../infra/fd-budget.js';
+/**
+ * Connections a listener accepts beyond its cap so that they can be refused with a code
+ * rather than dropped; past cap + this, Node closes them at accept (server.maxConnections).
+ */
+export const REFUSAL_SLACK = 32;
 
 export type SourceLimitKind = 'connections' | 'handshakes' | 'streams';
 

@@ -1,5 +1,6 @@
 import { DeliverPolicy } from '@nats-io/jetstream';
 import { pack, unpack } from '@gravitas/protocol';
+import type { MailboxConfig } from '../../config/index.js';
 import { decodeItem, type ChatItem } from '../../core/envelope.js';
 import { API_TIMEOUT_MS, deadline, DUPLICATE_WINDOW_MS, lastOn, nextOn, NS_PER_MS, PartitionedStreams, publishFailure, scan, type StreamSettings } from '../../infra/jetstream.js';
 
@@ -14,7 +15,7 @@ export interface LogEntry { seq: number; item: ChatItem }
  * their cursors; nothing is deleted on acknowledgement, messages age out after
  * `mailbox.retentionMs`.
  */
-export class GroupLog extends PartitionedStreams {
+export class GroupLog extends PartitionedStreams<MailboxConfig> {
   protected streamConfig(k: number): StreamSettings {
     return {
       ...this.base(this.names.groupStream(k), this.names.groupStreamSubjects(k)),

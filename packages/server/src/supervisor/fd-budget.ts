@@ -1,12 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { isExplicit, type NodeConfig } from '../config/index.js';
-import { ServerError, ServerErrorCode } from './errors.js';
+import { ServerError, ServerErrorCode } from '../infra/errors.js';
+import { REFUSAL_SLACK } from '../transport/source-limits.js';
 
-/**
- * Connections a listener accepts beyond its cap so that they can be refused with a code
- * rather than dropped; past cap + this, Node closes them at accept (server.maxConnections).
- */
-export const REFUSAL_SLACK = 32;
 
 /*
  * The connection caps are promises only if the kernel can keep them: every
