@@ -385,7 +385,7 @@ t.test('limits: in-flight cap, an ending session hands its items back, the drain
   });
 
   t.test('the per-cell drain cap: at most 32 drains run at once on a cell, the next waits for a slot', async (t) => {
-    const CAP = 32; // cell.ts MAX_CONCURRENT_DRAINS, docs/custody.md "At most 32 drains run at once per cell"
+    const CAP = 32; // messaging/drain.ts MAX_CONCURRENT_DRAINS, docs/custody.md "At most 32 drains run at once per cell"
     const users = Array.from({ length: CAP + 1 }, (_, i) => `dc${i}`);
     const keys = new Map(users.map((u) => [u, generateKeyPair()]));
     for (const u of users) (await raw(t, env, u, 'd1', 1, { identity: keys.get(u)! })).close();
