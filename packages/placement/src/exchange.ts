@@ -27,6 +27,13 @@ export interface ExchangePlan {
   gain: number;
 }
 
+/** The mean load of the live cells (sessions per cell); 0 with none. */
+export function meanLoad(loads: ReadonlyMap<string, { load: number }>): number {
+  let total = 0;
+  for (const l of loads.values()) total += l.load;
+  return loads.size > 0 ? total / loads.size : 0;
+}
+
 /**
  * The most sessions a cell may hold: (1 + epsilon) × mean, and at least one above
  * the mean, so that a small cluster (a handful of sessions per cell) can move at all.

@@ -1,3 +1,3 @@
 export { DecayingTopK } from './sketch.js';
 export { CellTraffic, CELL_SPACE, MAX_SESSION, type Candidate, type SessionTraffic, type Spare } from './traffic.js';
-export { chooseHintCell, choosePartner, loadCap, planExchange, RateLimiter, type ExchangeParams, type ExchangePlan, type ExchangeSide } from './exchange.js';
+export { chooseHintCell, choosePartner, loadCap, meanLoad, planExchange, RateLimiter, type ExchangeParams, type ExchangePlan, type ExchangeSide } from './exchange.js';

@@ -1,5 +1,5 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
-import { chooseHintCell, choosePartner, CellTraffic, CELL_SPACE, loadCap, planExchange, RateLimiter, type ExchangeSide, type SessionTraffic } from '@gravitas/placement';
+import { chooseHintCell, choosePartner, CellTraffic, CELL_SPACE, loadCap, meanLoad, planExchange, RateLimiter, type ExchangeSide, type SessionTraffic } from '@gravitas/placement';
 import { isName, pack, unpack, type HintKeyPair } from '@gravitas/protocol';
 import type { CellContext } from '../core/context.js';
 import type { ChatItem } from '../core/envelope.js';
@@ -208,7 +208,7 @@ export class Gravity implements Placement, Pick<MessagingEvents, 'delivered'> {
   /** max/mean sessions over the live cells (1 = perfectly even). */
   balance(): number {
     const loads = this.loads();
-    const mean = Hints.mean(loads);
+    const mean = meanLoad(loads);
     let max = 0;
     for (const l of loads.values()) max = Math.max(max, l.load);
     return mean > 0 ? max / mean : 1;
@@ -238,7 +238,7 @@ export class Gravity implements Placement, Pick<MessagingEvents, 'delivered'> {
     const loads = this.loads();
     const preferred = locs.find((l) => l.device === item.fd)?.cell ?? locs[0]?.cell;
     if (preferred === undefined) return false;
-    const cap = loadCap(Hints.mean(loads), this.ctx.config.gravity.epsilon);
+    const cap = loadCap(meanLoad(loads), this.ctx.config.gravity.epsilon);
     // What the cell knows of this device's associates: the sender, its sending device first.
     const associates = locs.map((l) => ({ cell: l.cell, weight: l.device === item.fd ? 2 : 1 }));
     const target = chooseHintCell(preferred, associates, (c) => loads.get(c)?.load, cap);
@@ -289,7 +289,7 @@ export class Gravity implements Placement, Pick<MessagingEvents, 'delivered'> {
       const id = names.get(n);
       if (id !== undefined) cross.push([id, count]);
     }
-    const mean = Hints.mean(loads);
+    const mean = meanLoad(loads);
     const cap = loadCap(mean, this.ctx.config.gravity.epsilon);
     const partner = choosePartner(this.ctx.cellId, cross, (c) => loads.get(c)?.load, (c) => this.cooldown.get(c) === true, loads.keys(), mean, cap);
     if (!partner) return;
@@ -335,7 +335,7 @@ export class Gravity implements Placement, Pick<MessagingEvents, 'delivered'> {
         spares: sp.map((e, i) => ({ session: c.length + i, weight: e[2] })),
       });
       const plan = planExchange(side(req.c, req.sp, req.load), side(cands, spares, this.ctx.hub.count), {
-        mean: Hints.mean(loads),
+        mean: meanLoad(loads),
         epsilon: g.epsilon,
         maxMoves: g.maxMovesPerExchange,
         minGain: g.minGain,

@@ -51,10 +51,4 @@ export class Hints implements HintSigner {
     const web = this.webOf(cellId);
     return signHint({ cell: cellId, addr, ...(web && { web }), user, device, issuedAt: now, expiresAt: now + ttlMs }, this.keys.secretKey);
   }
-
-  static mean(loads: Map<string, { load: number }>): number {
-    let total = 0;
-    for (const l of loads.values()) total += l.load;
-    return loads.size > 0 ? total / loads.size : 0;
-  }
 }

@@ -1,5 +1,5 @@
 import { Kvm, type KV } from '@nats-io/kv';
-import { loadCap } from '@gravitas/placement';
+import { loadCap, meanLoad } from '@gravitas/placement';
 import { ErrorCode, ProtocolError, signWake, type RequestArgs } from '@gravitas/protocol';
 import type { CellContext } from '../core/context.js';
 import type { CellLoad, DeviceLocation, DeviceRoster, DirectoryPort, HintSigner, ReachEvents, RelayPort, SocialGraph, SocialRecord } from '../core/ports.js';
@@ -47,13 +47,6 @@ function socialTier(targetUser: string, relayerUser: string, social: SocialRecor
 }
 
 interface Candidate { relayer: Relayer; loc: DeviceLocation; tier: number; recent: number; cellLoad: number }
-
-/** The mean load of the live cells (as gravitation computes it, cluster/gravity.ts). */
-function meanLoad(loads: Map<string, CellLoad>): number {
-  let total = 0;
-  for (const l of loads.values()) total += l.load;
-  return loads.size > 0 ? total / loads.size : 0;
-}
 
 /** What the relay asks of the other features and of the cell. */
 export interface RelayPorts {
