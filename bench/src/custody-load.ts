@@ -4,7 +4,7 @@ import {
   MergeableHistogram, ST,
   type ConnectResult, type GenCommand, type GenReply, type GenUser, type Percentiles, type ProgressResult, type RunCmd, type RunSummary, type StepReport, type Who,
 } from './custody-types.js';
-import { procCpuSeconds, sleep, type Child, type Resources } from './procs.js';
+import { procCpuSeconds, procSyscalls, sleep, type Child, type Resources } from './procs.js';
 
 /*
  * The parent's side of the custody benchmark's load generators: spawns generator processes
@@ -305,18 +305,27 @@ export class Load {
    * One step on every generator at once. `rateOf(k)` is generator k's share of an open-loop
    * rate. Returns the run summaries and the CPU cores each process used meanwhile.
    */
-  async run(cmd: Omit<RunCmd, 'k' | 'senders' | 'rate'> & { senders: Who; rate: number }, share: (k: number) => number): Promise<{ runs: RunSummary[]; cores: Record<string, number> }> {
+  async run(cmd: Omit<RunCmd, 'k' | 'senders' | 'rate'> & { senders: Who; rate: number }, share: (k: number) => number): Promise<{ runs: RunSummary[]; cores: Record<string, number>; cost: StepCost }> {
     const parts = this.byGen(cmd.senders);
     const pids: Record<string, number | undefined> = { ...this.pids };
     this.gens.forEach((g, k) => (pids[`gen${k}`] = g.pid));
     const cpu0 = readCpu(pids);
+    const sys0 = readSyscalls(pids);
     const t0 = performance.now();
     const runs = await Promise.all(this.gens.map((g, k) => g.call<RunSummary>({ ...cmd, k: 'run', senders: parts[k]!, rate: cmd.rate * share(k) })));
     const s = (performance.now() - t0) / 1000;
     const cpu1 = readCpu(pids);
+    const sys1 = readSyscalls(pids);
     const cores: Record<string, number> = {};
     for (const k of Object.keys(cpu1)) cores[k] = (cpu1[k]! - (cpu0[k] ?? 0)) / s;
-    return { runs, cores };
+    const sent = runs.reduce((a, r) => a + r.sent, 0);
+    const cost: StepCost = { sent, cpuUs: {}, writes: {}, reads: {} };
+    for (const k of Object.keys(cpu1)) cost.cpuUs[k] = sent ? ((cpu1[k]! - (cpu0[k] ?? 0)) * 1e6) / sent : NaN;
+    for (const k of Object.keys(sys1)) {
+      cost.writes[k] = sent ? (sys1[k]!.w - (sys0[k]?.w ?? 0)) / sent : NaN;
+      cost.reads[k] = sent ? (sys1[k]!.r - (sys0[k]?.r ?? 0)) / sent : NaN;
+    }
+    return { runs, cores, cost };
   }
 
   async progress(steps: number[]): Promise<{ appUnique: number; outstanding: number; lastAt: number; receipts: Record<string, number>; errors: Record<string, number>; moves: Record<string, number> }> {
@@ -369,6 +378,30 @@ export class Load {
   async stop(): Promise<void> {
     await Promise.all(this.gens.map((g) => g.child.stop(5000)));
   }
+}
+
+/**
+ * What each process spent per message sent in a step (warmup, measurement and settle together, so
+ * every message's work is in): CPU µs, and write and read system calls.
+ */
+export interface StepCost {
+  sent: number;
+  cpuUs: Record<string, number>;
+  writes: Record<string, number>;
+  reads: Record<string, number>;
+}
+
+export function readSyscalls(pids: Record<string, number | undefined>): Record<string, { r: number; w: number }> {
+  const out: Record<string, { r: number; w: number }> = {};
+  for (const [k, pid] of Object.entries(pids)) {
+    if (pid === undefined) continue;
+    try {
+      out[k] = procSyscalls(pid);
+    } catch {
+      // exited
+    }
+  }
+  return out;
 }
 
 export function readCpu(pids: Record<string, number | undefined>): Record<string, number> {

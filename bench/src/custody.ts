@@ -4,7 +4,7 @@ import type { GravitasClient, SendResult } from '@gravitas/client';
 import { pack } from '@gravitas/protocol';
 import { NatsServer } from '@gravitas/testkit';
 import { CEILING, measureJetStreamPublish, measureNatsPubSub, type JsPublishResult } from './ceilings.js';
-import { GenProcess, Load, mergeStep, readCpu, type StepResult } from './custody-load.js';
+import { GenProcess, Load, mergeStep, readCpu, type StepCost, type StepResult } from './custody-load.js';
 import { MergeableHistogram, messageId, mulberry32, messageText, ST, type GenUser, type Percentiles, type RunSummary } from './custody-types.js';
 import { connectPairs, PingPong, type Pair } from './pingpong.js';
 import {
@@ -45,6 +45,8 @@ const TARGET = {
   sustainedP99Ms: 100,
   p99At10kMs: 5,
   peakPerSec: 40_000,
+  /** Issue 17: all node processes plus nats-server, per delivered message. */
+  serverUsPerMsg: 60,
 };
 /** Reference points quoted in the issue (their own published setups, not measured here). */
 const REFERENCES = 'Socket.IO 4 + Redis adapter: 10,000 msg/s sustained (p99 36 ms); ejabberd 2-node: 7,500 (p99 12 ms)';
@@ -79,6 +81,13 @@ const fmtCounts = (r: Record<string, number>): string =>
   Object.entries(r)
     .map(([k, v]) => `${k}×${v}`)
     .join(' ');
+/** Server CPU per message: the node processes and nats-server (not the generators, not the parent). */
+const serverUs = (c: StepCost): number => Object.entries(c.cpuUs).reduce((a, [k, v]) => (k === 'nats' || k.startsWith('node') ? a + v : a), 0);
+const fmtCost = (c: StepCost): string =>
+  Object.keys(c.cpuUs)
+    .filter((k) => k !== 'parent')
+    .map((k) => `${k} ${fmt(c.cpuUs[k]!, 0)} µs ${fmt(c.writes[k] ?? NaN, 2)} w ${fmt(c.reads[k] ?? NaN, 2)} r`)
+    .join(', ');
 const fmtCores = (c: Record<string, number>): string =>
   Object.entries(c)
     .map(([k, v]) => `${k} ${v.toFixed(2)}`)
@@ -319,6 +328,8 @@ export interface LoadResult {
   connect: { connected: number; ms: number; perSec: number; errors: Record<string, number> };
   steps: StepResult[];
   collapsed: { step: number; reason: string } | undefined;
+  /** Per offered rate: what each process spent per message. */
+  costs: Map<number, StepCost>;
 }
 
 /** `k` distinct random contacts per user (directed: i sends to its contacts). */
@@ -358,11 +369,13 @@ async function loadPhase(
     await sleep(2000); // registrations' follow-up work (directory, presence, empty-mailbox checks) settles first
     const share = (k: number): number => users.filter((u) => placement.gen(u.i) === k).length / N;
     const steps: StepResult[] = [];
+    const costs = new Map<number, StepCost>();
     let collapsed: LoadResult['collapsed'];
     for (const rate of o.rates) {
       const step = o.nextStep();
       log(`load step ${step}: ${fmt(rate)} msg/s offered over ${N} users; warmup ${o.warmMs} ms, measure ${o.ms} ms`);
-      const { runs, cores } = await load.run({ step, mode: 'open', rate, window: 0, senders: 'all', warmupMs: o.warmMs, durationMs: o.ms, settleMs: o.settleMs }, share);
+      const { runs, cores, cost } = await load.run({ step, mode: 'open', rate, window: 0, senders: 'all', warmupMs: o.warmMs, durationMs: o.ms, settleMs: o.settleMs }, share);
+      costs.set(rate, cost);
       const accepted = runs.reduce((s, r) => s + r.accepted, 0);
       await load.awaitArrivals([step], accepted, o.settleMs, 3000);
       let r = mergeStep(step, `${fmt(rate)} msg/s`, rate, runs, (await load.collect([step], false))[0]!, cores);
@@ -379,6 +392,7 @@ async function loadPhase(
         `  achieved ${fmt(r.achievedPerSec)} msg/s (${fmt(r.stored)} stored); status ${pct(r.status)}; received ${pct(r.recv)}; ` +
           `lost ${r.lost}, duplicated ${r.duplicated}, unconfirmed ${r.unconfirmed}${Object.keys(r.failed).length ? `, failed ${fmtCounts(r.failed)}` : ''}; CPU cores: ${fmtCores(cores)}`,
       );
+      log(`  per message: ${fmtCost(cost)}`);
       if (r.achievedPerSec < 0.9 * rate) collapsed = { step, reason: `achieved ${fmt(r.achievedPerSec)} < 90% of ${fmt(rate)} offered` };
       else if (!(r.status.p99 <= o.collapseP99)) collapsed = { step, reason: `send→status p99 ${fmt(r.status.p99, 1)} ms > ${o.collapseP99} ms` };
       if (collapsed) {
@@ -386,7 +400,7 @@ async function loadPhase(
         break;
       }
     }
-    return { users: N, contacts: o.contacts, gens: gens.length, connect: { connected: c.connected, ms: c.ms, perSec: (c.connected * 1000) / c.ms, errors: c.errors }, steps, collapsed };
+    return { users: N, contacts: o.contacts, gens: gens.length, connect: { connected: c.connected, ms: c.ms, perSec: (c.connected * 1000) / c.ms, errors: c.errors }, steps, collapsed, costs };
   } finally {
     await load.stop();
   }
@@ -643,6 +657,8 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
           ...accountRows(id, r),
           { metric: `${id}.cpu`, value: Object.values(r.cores).reduce((a, b) => a + b, 0), unit: 'cores', note: fmtCores(r.cores) },
         );
+        const cost = r.offered === undefined ? undefined : loadRes.costs.get(r.offered);
+        if (cost) rows.push({ metric: `${id}.server_us_per_msg`, value: serverUs(cost), unit: 'µs', note: `${pass(serverUs(cost) <= TARGET.serverUsPerMsg, `≤ ${TARGET.serverUsPerMsg}`)}; nodes + nats-server CPU per message sent; ${fmtCost(cost)}` });
       }
       const ok = (r: StepResult): boolean => r.offered !== undefined && r.lost === 0 && r.achievedPerSec >= 0.95 * r.offered && Math.max(r.status.p99, r.recv.p99) < TARGET.sustainedP99Ms;
       const sustained = loadRes.steps.filter(ok).reduce((m, r) => Math.max(m, r.offered!), 0);

@@ -32,6 +32,12 @@ export function procCpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
 }
 
+/** Read- and write-family system calls a process made so far (/proc/<pid>/io syscr, syscw): a socket write each. */
+export function procSyscalls(pid: number): { r: number; w: number } {
+  const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+  return { r: Number(/^syscr:\s+(\d+)/m.exec(io)?.[1] ?? NaN), w: Number(/^syscw:\s+(\d+)/m.exec(io)?.[1] ?? NaN) };
+}
+
 /** VmRSS of a process in KiB. */
 export function procRssKiB(pid: number): number {
   const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
