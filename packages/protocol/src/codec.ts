@@ -27,3 +27,29 @@ export function unpack(bytes: Uint8Array): unknown {
   if (values.length !== 1) throw new DecodeError(ErrorCode.DECODE_FAILED, `expected one msgpack value, got ${values.length}`);
   return values[0];
 }
+
+/**
+ * One msgpack array of already packed values `parts[start..end)`: the bytes `pack(values)`
+ * would give, without packing anything twice (a batch of frames or envelopes).
+ */
+export function joinPacked(parts: readonly Uint8Array[], start = 0, end = parts.length): Buffer {
+  const n = end - start;
+  const head = n < 16 ? 1 : n < 0x10000 ? 3 : 5;
+  let size = head;
+  for (let i = start; i < end; i++) size += parts[i]!.length;
+  const out = Buffer.allocUnsafe(size);
+  if (head === 1) out[0] = 0x90 | n;
+  else if (head === 3) {
+    out[0] = 0xdc;
+    out.writeUInt16BE(n, 1);
+  } else {
+    out[0] = 0xdd;
+    out.writeUInt32BE(n, 1);
+  }
+  let off = head;
+  for (let i = start; i < end; i++) {
+    out.set(parts[i]!, off);
+    off += parts[i]!.length;
+  }
+  return out;
+}

@@ -9,6 +9,21 @@ export function encodeFrame(body: Uint8Array): Buffer {
   return out;
 }
 
+/** Several frame bodies as one buffer of length-prefixed frames: one socket write for all of them. */
+export function encodeFrames(bodies: readonly Uint8Array[]): Buffer {
+  if (bodies.length === 1) return encodeFrame(bodies[0]!);
+  let size = 0;
+  for (const b of bodies) size += FRAME_HEADER_BYTES + b.length;
+  const out = Buffer.allocUnsafe(size);
+  let off = 0;
+  for (const b of bodies) {
+    out.writeUInt32BE(b.length, off);
+    out.set(b, off + FRAME_HEADER_BYTES);
+    off += FRAME_HEADER_BYTES + b.length;
+  }
+  return out;
+}
+
 /**
  * Incremental length-prefixed frame decoder. It never holds more than one frame
  * plus one header: an oversized length prefix is rejected before any body byte

@@ -23,6 +23,7 @@ export type { Envelope, Invalidation, Item, ChatItem, ReceiptItem } from './core
 export { DeliveryProofs } from './core/proofs.js';
 export { CellMetrics } from './infra/metrics.js';
 export { Names } from './infra/subjects.js';
+export { TurnFlusher, type Flushable } from './infra/turn.js';
 export { casModify, casModifyRev, CAS_ATTEMPTS, isCasConflict } from './infra/kv.js';
 export { Custody, type CustodyPorts } from './messaging/custody.js';
 export { Routing, type RoutingPorts } from './messaging/routing.js';

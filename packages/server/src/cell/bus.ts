@@ -1,8 +1,9 @@
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { pack, unpack } from '@gravitas/protocol';
+import { joinPacked, pack, unpack } from '@gravitas/protocol';
 import type { Bus, Log } from '../core/context.js';
 import { decodeEnvelope, decodeInvalidation, type Envelope, type Invalidation } from '../core/envelope.js';
 import type { Names } from '../infra/subjects.js';
+import type { Flushable, TurnFlusher } from '../infra/turn.js';
 import type { GroupsPort, Placement, PresencePort, ProfilesPort, PushPort, RelayPort, SocialGraph } from '../core/ports.js';
 import type { MailboxDrains } from '../messaging/drain.js';
 import type { Routing } from '../messaging/routing.js';
@@ -15,46 +16,119 @@ export type EnvelopeHandlers = { [K in Envelope['k']]: (e: Extract<Envelope, { k
 /** The same for invalidations. */
 export type InvalidationHandlers = { [K in Invalidation['kind']]: (i: Invalidation & { kind: K }) => void };
 
+/** Envelopes to one cell per NATS message at most: well inside NATS's 1 MiB max_payload with 16 KiB texts. */
+const BATCH_MAX_ENVELOPES = 256;
+const BATCH_MAX_BYTES = 256 * 1024;
+
+/** The envelopes of this turn to one cell, published together at its end. */
+class Outgoing implements Flushable {
+  packed: Buffer[] = [];
+  bytes = 0;
+  queued = false;
+
+  constructor(private readonly send: (data: Uint8Array) => void) {}
+
+  flush(): void {
+    this.queued = false;
+    const parts = this.packed;
+    this.packed = [];
+    this.bytes = 0;
+    let start = 0;
+    let size = 0;
+    for (let i = 0; i < parts.length; i++) {
+      if (i > start && (i - start === BATCH_MAX_ENVELOPES || size + parts[i]!.length > BATCH_MAX_BYTES)) {
+        this.publish(parts, start, i);
+        start = i;
+        size = 0;
+      }
+      size += parts[i]!.length;
+    }
+    if (parts.length > start) this.publish(parts, start, parts.length);
+  }
+
+  private publish(parts: Buffer[], start: number, end: number): void {
+    this.send(end - start === 1 ? parts[start]! : joinPacked(parts, start, end));
+  }
+}
+
 /**
- * The cell's side of NATS messaging between cells: one publish per envelope to
- * a cell's inbox (or to every cell, for invalidations), and on receipt a
- * decode, a check and a call of the kind's handler. A malformed envelope is
- * logged and dropped; a malformed invalidation is dropped.
+ * The cell's side of NATS messaging between cells. Envelopes to a cell are
+ * collected during an event-loop turn and published at its end as one NATS
+ * message (a msgpack array; a lone envelope goes as itself): at load, one
+ * publish carries the acks and deliveries of many messages. On receipt each
+ * envelope is decoded, checked and handed to its kind's handler on its own — a
+ * malformed one is logged and dropped without its neighbours. Invalidations go
+ * at once, one publish each, to every cell.
  */
 export class CellBus implements Bus {
   private readonly subs: Subscription[] = [];
+  private readonly outgoing = new Map<string, Outgoing>();
 
-  constructor(private readonly nc: NatsConnection, private readonly names: Names, private readonly log: Log) {}
+  constructor(private readonly nc: NatsConnection, private readonly names: Names, private readonly log: Log, private readonly turn: Pick<TurnFlusher, 'mark'>) {}
 
   publish(cell: string, e: Envelope): void {
-    this.nc.publish(this.names.cellInbox(cell), pack(e));
+    let o = this.outgoing.get(cell);
+    if (!o) {
+      const subject = this.names.cellInbox(cell);
+      o = new Outgoing((data) => this.nc.publish(subject, data));
+      this.outgoing.set(cell, o);
+    }
+    o.packed.push(pack(e));
+    if (o.queued) return;
+    o.queued = true;
+    this.turn.mark(o);
   }
 
   invalidate(i: Invalidation): void {
     this.nc.publish(this.names.invalidations, pack(i));
   }
 
-  /** Subscribes to cell `cellId`'s inbox and to invalidations. */
-  listen(cellId: string, envelopes: EnvelopeHandlers, invalidations: InvalidationHandlers): void {
+  /**
+   * Subscribes to cell `cellId`'s inbox and to invalidations. Core NATS drops what a
+   * disconnected client missed, so after every reconnect `lost` is called: caches kept
+   * current by invalidations start again from the store.
+   */
+  listen(cellId: string, envelopes: EnvelopeHandlers, invalidations: InvalidationHandlers, lost: () => void): void {
     this.subs.push(
       this.nc.subscribe(this.names.cellInbox(cellId), { callback: (err, msg) => void (err || this.onEnvelope(msg.data, envelopes)) }),
       this.nc.subscribe(this.names.invalidations, { callback: (err, msg) => void (err || this.onInvalidation(msg.data, invalidations)) }),
     );
+    void (async () => {
+      for await (const st of this.nc.status()) if (st.type === 'reconnect') lost();
+    })().catch((err: unknown) => this.log('watching the NATS connection failed', err));
   }
 
   stop(): void {
+    for (const o of this.outgoing.values()) if (o.queued) o.flush(); // what this turn produced still goes
     for (const sub of this.subs) sub.unsubscribe();
   }
 
   private onEnvelope(data: Uint8Array, handlers: EnvelopeHandlers): void {
-    let e: Envelope;
+    let v: unknown;
     try {
-      e = decodeEnvelope(unpack(data));
+      v = unpack(data);
     } catch (err) {
       this.log('dropped a malformed cell envelope', err);
       return;
     }
-    (handlers[e.k] as (e: Envelope) => void)(e);
+    if (!Array.isArray(v)) return this.dispatch(v, handlers);
+    for (const one of v) this.dispatch(one, handlers);
+  }
+
+  private dispatch(v: unknown, handlers: EnvelopeHandlers): void {
+    let e: Envelope;
+    try {
+      e = decodeEnvelope(v);
+    } catch (err) {
+      this.log('dropped a malformed cell envelope', err);
+      return;
+    }
+    try {
+      (handlers[e.k] as (e: Envelope) => void)(e);
+    } catch (err) {
+      // One envelope's failure must not cost the others of its batch.
+      this.log(`handling a ${e.k} envelope failed`, err);
+    }
   }
 
   private onInvalidation(data: Uint8Array, handlers: InvalidationHandlers): void {
@@ -89,6 +163,11 @@ export function envelopeHandlers(p: {
     exp: (e) => p.placement.expect(e.user, e.dev),
     rly: (e) => p.relay.deliver(e.u, e.dev, e.tu, e.td, e.w),
   };
+}
+
+/** What is dropped when invalidations may have been lost (a NATS reconnect). */
+export function invalidationsLost(p: { accounts: Pick<Accounts, 'invalidateAll'> }): () => void {
+  return () => p.accounts.invalidateAll();
 }
 
 /** Who drops which cached record when another cell says it changed. */

@@ -2,6 +2,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import type { NodeConfig } from '../config/index.js';
 import type { CellMetrics } from '../infra/metrics.js';
 import type { Names } from '../infra/subjects.js';
+import type { TurnFlusher } from '../infra/turn.js';
 import type { Envelope, Invalidation } from './envelope.js';
 import type { DeviceSession } from './session.js';
 
@@ -40,4 +41,6 @@ export interface CellContext {
   readonly log: Log;
   readonly bus: Bus;
   readonly hub: Hub;
+  /** Batches flushed once at the end of this event-loop turn (a connection's frames, envelopes to a cell). */
+  readonly turn: Pick<TurnFlusher, 'mark'>;
 }

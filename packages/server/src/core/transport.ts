@@ -34,6 +34,8 @@ export interface Transport {
   /** Starts delivering events; called once, by the session. */
   bind(h: TransportHandlers): void;
   sendFrame(body: Uint8Array): void;
+  /** Several frames in order, handed to the kernel in one write where the transport can (a turn's output). */
+  sendFrames(bodies: readonly Uint8Array[]): void;
   /** Stop reading from the peer (TCP backpressure reaches it); resume undoes it. */
   pause(): void;
   resume(): void;

@@ -1,5 +1,5 @@
 import { createServer, type Server, type Socket } from 'node:net';
-import { encodeFrame, ErrorCode, FrameDecoder, pack, ProtocolError, type ErrorCode as Code } from '@gravitas/protocol';
+import { encodeFrame, encodeFrames, ErrorCode, FrameDecoder, pack, ProtocolError, type ErrorCode as Code } from '@gravitas/protocol';
 import type { NodeConfig } from '../config/index.js';
 import { readProxyHeader } from './proxy-protocol.js';
 import { isRefusal, REFUSAL_SLACK, type SourceCharge, type SourceLimits } from './source-limits.js';
@@ -134,6 +134,11 @@ export class TcpTransport implements Transport {
 
   sendFrame(body: Uint8Array): void {
     this.socket.write(encodeFrame(body));
+  }
+
+  sendFrames(bodies: readonly Uint8Array[]): void {
+    if (!this.socket.writable) return; // closed under us: what is left is custody's to store
+    this.socket.write(encodeFrames(bodies));
   }
 
   pause(): void {

@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
-import { ChannelError, encodeFrame, ErrorCode, FrameDecoder, FramingError, ProtocolError, type ErrorCode as Code } from '@gravitas/protocol';
+import { ChannelError, encodeFrame, encodeFrames, ErrorCode, FrameDecoder, FramingError, ProtocolError, type ErrorCode as Code } from '@gravitas/protocol';
 import type { ClientSource } from './source.js';
 import type { Transport, TransportHandlers } from '../core/transport.js';
 
@@ -45,6 +45,13 @@ export class WsTransport implements Transport {
 
   sendFrame(body: Uint8Array): void {
     this.ws.send(body, { binary: true });
+  }
+
+  /** One WebSocket message per frame (the format), written to the socket together: corked, one writev. */
+  sendFrames(bodies: readonly Uint8Array[]): void {
+    this.socket.cork();
+    for (const b of bodies) this.ws.send(b, { binary: true });
+    this.socket.uncork();
   }
 
   pause(): void {
@@ -158,12 +165,21 @@ export class HttpStreamTransport implements Transport {
     this.writeChunk(encodeFrame(body));
   }
 
+  /** One chunk holding every frame (the client reads frames across chunk boundaries anyway). */
+  sendFrames(bodies: readonly Uint8Array[]): void {
+    this.writeChunk(encodeFrames(bodies));
+  }
+
+  /** One HTTP chunk: size line, data, CRLF, in one write. */
   private writeChunk(data: Uint8Array): void {
     if (this.ended || this.closed) return;
     this.touch();
-    this.down.write(`${data.length.toString(16)}\r\n`);
-    this.down.write(data);
-    this.down.write('\r\n');
+    const down = this.down;
+    down.cork();
+    down.write(`${data.length.toString(16)}\r\n`);
+    down.write(data);
+    down.write('\r\n');
+    down.uncork();
   }
 
   /** An upstream request for this stream begins; false if one is already attached. */
