@@ -27,6 +27,12 @@ class FakeDirectory {
     this.at.set(user, [...others, { device, cell, node: 'n', epoch }]);
   }
 
+  /** As the real directory with a warm cache: at once; a failing one as a read that fails. */
+  locate(user: string): DeviceLocation[] | Promise<DeviceLocation[]> {
+    if (this.fail) return Promise.reject(new Error('directory unreachable'));
+    return this.at.get(user) ?? [];
+  }
+
   lookup(user: string, fresh = false): Promise<DeviceLocation[]> {
     if (fresh) this.fresh++;
     if (this.fail) return Promise.reject(new Error('directory unreachable'));
@@ -99,8 +105,9 @@ function rig(devices: Record<string, string[]>): Rig {
     events,
   });
   custody = new Custody(cell.ctx, {
-    accounts: () => ({ devices: (u: string) => Promise.resolve(devices[u] ?? []) }),
-    social: () => ({ refuses: () => Promise.resolve(false), prefs: () => Promise.reject(new Error('not used')) }),
+    // Device lists cached for some users only: both the synchronous path and the one that reads run.
+    accounts: () => ({ devices: (u: string) => Promise.resolve(devices[u] ?? []), cachedDevices: (u: string) => (u.startsWith('cold') ? undefined : (devices[u] ?? [])) }),
+    social: () => ({ refuses: () => Promise.resolve(false), refusesNow: () => false, prefs: () => Promise.reject(new Error('not used')) }),
     directory: () => directory,
     mailbox: () => mailbox,
     routing,
@@ -113,6 +120,20 @@ function rig(devices: Record<string, string[]>): Rig {
 }
 
 const send = (id: string, to: string, text = 'hi') => ({ t: 'send' as const, id, to, text });
+
+t.test('warm caches hand a message on synchronously; a cold device list is read first, then the same hand-off', async (t) => {
+  const r = rig({ alice: ['a1'], bob: ['b1'], coldcarol: ['c1'] });
+  const alice = r.hub.add(new FakeSession('alice', 'a1'));
+  r.directory.place('bob', 'b1', 'c9');
+  r.directory.place('coldcarol', 'c1', 'c9');
+  t.equal(r.custody.submit(alice, send('w1', 'bob')), undefined, 'no promise for a cached recipient');
+  t.same(r.bus.of('dlv').map((e) => e.cell), ['c9'], 'and it is on its way before submit returns');
+  const cold = r.custody.submit(alice, send('w2', 'coldcarol'));
+  t.ok(cold instanceof Promise, 'a recipient whose devices must be read: a promise');
+  t.equal(r.bus.of('dlv').length, 1, 'nothing sent before the read');
+  await cold;
+  t.same(r.bus.of('dlv').map((e) => e.cell), ['c9', 'c9'], 'sent once the devices are known');
+});
 
 t.test('a directory wrong twice: the item is looked up once more, then stored — and the sender hears `stored` once', async (t) => {
   const r = rig({ alice: ['a1'], bob: ['b1'] });

@@ -86,6 +86,7 @@ function rig(opts: { drainWindow?: number } = {}) {
     },
     accounts: {
       devices: async () => ['d'],
+      cachedDevices: () => ['d'],
       deviceList: async () => [{ device: 'b1', registeredAt: 0 }],
     },
     events: {

@@ -16,6 +16,7 @@ import { CellMetrics } from '../infra/metrics.js';
 import { openBuckets } from '../core/buckets.js';
 import { untilReady } from '../infra/nats.js';
 import { Names } from '../infra/subjects.js';
+import { TurnFlusher } from '../infra/turn.js';
 import { Custody } from '../messaging/custody.js';
 import { MailboxDrains } from '../messaging/drain.js';
 import { ExpirySweeper } from '../messaging/expiry.js';
@@ -32,7 +33,7 @@ import { Social } from '../social/contacts.js';
 import type { CellStatus } from '../supervisor/messages.js';
 import { Connections } from '../transport/connections.js';
 import { Listeners } from '../transport/listeners.js';
-import { CellBus, envelopeHandlers, invalidationHandlers } from './bus.js';
+import { CellBus, envelopeHandlers, invalidationHandlers, invalidationsLost } from './bus.js';
 import { SessionHub } from './hub.js';
 import { requestAreas, Requests } from './requests.js';
 import { CellSessions } from './sessions.js';
@@ -85,8 +86,9 @@ export class Cell {
   ) {
     this.metrics = new CellMetrics(cellId);
     const names = new Names(config.prefix, config.mailbox.partitions);
-    this.bus = new CellBus(nc, names, log);
-    const ctx = (this.ctx = { cellId, index, config, nc, names, metrics: this.metrics, log, bus: this.bus, hub: this.hub });
+    const turn = new TurnFlusher((err) => log('end-of-turn flush failed', err));
+    this.bus = new CellBus(nc, names, log, turn);
+    const ctx = (this.ctx = { cellId, index, config, nc, names, metrics: this.metrics, log, bus: this.bus, hub: this.hub, turn });
     this.connections = new Connections(ctx, (t) => new Session(this.sessions!, t));
     this.listeners = new Listeners(ctx, this.connections, { port: previousPort, webPort: previousWebPort });
     this.proofs = new DeliveryProofs(fromBase64Url(config.serverKey, 32));
@@ -154,6 +156,7 @@ export class Cell {
       this.cellId,
       envelopeHandlers({ routing, sessions: this.sessions, drains, groups, presence, placement: this.gravity, relay }),
       invalidationHandlers({ revocations: identity.revocations, accounts: identity.accounts, social, profiles, push, groups }),
+      invalidationsLost({ accounts: identity.accounts }),
     );
     await this.listeners.listen();
     const web = this.listeners.webAddress();

@@ -122,7 +122,7 @@ export class CellSessions implements SessionHost<Session> {
     );
   }
 
-  send1to1(s: Session, m: Send & { to: string }): Promise<void> {
+  send1to1(s: Session, m: Send & { to: string }): void | Promise<void> {
     return this.w.custody.submit(s, m);
   }
 

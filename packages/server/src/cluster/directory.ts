@@ -16,6 +16,12 @@ const CACHE_TTL_MS = 2000;
  * afresh and tells the new session to drain — it only takes the slower path.
  */
 const NEGATIVE_TTL_MS = 1000;
+/**
+ * For custody's deliveries (locate) a device's cached location is trusted for longer: a
+ * wrong one costs the cell it names answering "not here" and custody reading afresh,
+ * never a message. Reading every recipient again every 2 s was a KV get for half of all messages.
+ */
+const LOCATE_TTL_MS = 5 * 60_000;
 const CACHE_MAX = 100_000;
 const CAS_ATTEMPTS = 16;
 
@@ -95,7 +101,26 @@ export class Directory implements DirectoryPort {
     // A cached location on a cell that died since is stale: the device may have
     // registered again elsewhere, so read the entry instead of answering "offline".
     if (!fresh && hit && Date.now() - hit.at < (hit.locs.length > 0 ? CACHE_TTL_MS : NEGATIVE_TTL_MS) && hit.locs.every((l) => this.isLive(l.cell))) return hit.locs;
-    // A fresh read must start after the caller's call, so it cannot join one in flight.
+    return this.shared(user, fresh);
+  }
+
+  /**
+   * Where the `devices` of `user` are, for delivering to them: from the cache — at once, no
+   * promise — when it names each of them (trusted for LOCATE_TTL_MS: "not here" corrects
+   * it) or is young enough that the ones it does not name are offline (NEGATIVE_TTL_MS, as
+   * lookup); otherwise read.
+   */
+  locate(user: string, devices: readonly string[]): DeviceLocation[] | Promise<DeviceLocation[]> {
+    const hit = this.cache.get(user);
+    if (hit && hit.locs.every((l) => this.isLive(l.cell))) {
+      const age = Date.now() - hit.at;
+      if (age < NEGATIVE_TTL_MS || (age < LOCATE_TTL_MS && devices.every((d) => hit.locs.some((l) => l.device === d)))) return hit.locs;
+    }
+    return this.shared(user, false);
+  }
+
+  /** A read of `user`'s entry; concurrent ones share it unless `fresh` (which must start after the caller's call). */
+  private shared(user: string, fresh: boolean): Promise<DeviceLocation[]> {
     const running = fresh ? undefined : this.inFlight.get(user);
     if (running) return running;
     const read = this.read(user).finally(() => {

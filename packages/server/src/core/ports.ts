@@ -58,6 +58,8 @@ export interface RequestHandler {
 /** Which cell each device of a user is on (cluster/directory.ts). */
 export interface DirectoryPort {
   lookup(user: string, fresh?: boolean): Promise<DeviceLocation[]>;
+  /** Where these devices of `user` are, for a delivery: synchronously when the cache answers (directory.ts). */
+  locate(user: string, devices: readonly string[]): DeviceLocation[] | Promise<DeviceLocation[]>;
   register(user: string, device: string, cell: string, node: string): Promise<{ epoch: number; replaced?: DeviceLocation }>;
   unregister(user: string, device: string, epoch: number): Promise<void>;
   /** Every device entry of `user`, also those on cells not heard from lately (`live` false). */
@@ -96,6 +98,8 @@ export interface Placement extends HintSigner {
 /** A user's registered devices (session/accounts.ts). */
 export interface DeviceRoster {
   devices(user: string): Promise<string[]>;
+  /** `devices` from the cache, without I/O; undefined when that needs a read. */
+  cachedDevices(user: string): string[] | undefined;
   deviceList(user: string): Promise<Array<{ device: string; registeredAt: number }>>;
 }
 
@@ -105,6 +109,8 @@ export interface DeviceRoster {
 export interface SocialGraph extends RequestHandler {
   /** The recipient blocks the sender, or accepts messages from contacts only and the sender is not one. */
   refuses(recipient: string, sender: string): Promise<boolean>;
+  /** `refuses` answered from the cache, without I/O; undefined when that needs a read. */
+  refusesNow(recipient: string, sender: string): boolean | undefined;
   prefs(user: string): Promise<Prefs>;
   record(user: string): Promise<SocialRecord>;
   invalidate(user: string, d?: unknown): void;
@@ -143,7 +149,8 @@ export interface Drains {
 
 /** 1:1 messages and receipts under custody (messaging/custody.ts). */
 export interface CustodyPort {
-  submit(s: DeviceSession, m: Send & { to: string }): Promise<void>;
+  /** Synchronous (no promise) when every record it needs is cached. */
+  submit(s: DeviceSession, m: Send & { to: string }): void | Promise<void>;
   read(s: DeviceSession, m: Read): Promise<void>;
   /** An item the server itself sends (campaigns), settled through the returned promise. */
   submitSystem(item: ChatItem): Promise<Settlement>;

@@ -40,6 +40,11 @@ export class TtlCache<K, V> {
     this.weight -= e.w;
   }
 
+  clear(): void {
+    this.map.clear();
+    this.weight = 0;
+  }
+
   get size(): number {
     return this.map.size;
   }
@@ -78,6 +83,18 @@ export class ReadThrough<K, V> {
       });
     this.loading.set(k, l);
     return l.p;
+  }
+
+  /** The cached value, without reading (a caller with a synchronous fast path). */
+  peek(k: K): V | undefined {
+    return this.cache.get(k);
+  }
+
+  /** Every value may have changed unseen (invalidations were lost): forget them all, and the reads in flight. */
+  clear(): void {
+    for (const l of this.loading.values()) l.stale = true;
+    this.loading.clear();
+    this.cache.clear();
   }
 
   /** A value known from a write: cached, and any read in flight no longer counts. */

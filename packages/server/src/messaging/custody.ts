@@ -7,12 +7,13 @@ import { DeliveryProofs } from '../core/proofs.js';
 import type { DeviceSession } from '../core/session.js';
 import { TtlCache } from '../infra/ttl-cache.js';
 import type { Routing } from './routing.js';
+import { MailboxWakes } from './wakes.js';
 
 /** What custody works with besides the context (stores and services built at start, hence getters). */
 export interface CustodyPorts {
-  accounts: () => Pick<DeviceRoster, 'devices'>;
-  social: () => Pick<SocialGraph, 'refuses' | 'prefs'>;
-  directory: () => Pick<DirectoryPort, 'lookup' | 'invalidate' | 'entries'>;
+  accounts: () => Pick<DeviceRoster, 'devices' | 'cachedDevices'>;
+  social: () => Pick<SocialGraph, 'refuses' | 'refusesNow' | 'prefs'>;
+  directory: () => Pick<DirectoryPort, 'lookup' | 'locate' | 'invalidate' | 'entries'>;
   mailbox: () => Pick<MailboxPort, 'store' | 'remove'>;
   routing: Pick<Routing, 'toDevice'>;
   drains: Pick<Drains, 'poke'>;
@@ -57,13 +58,9 @@ const SETTLED_TTL_MS = 10 * 60_000;
 const LATE_MAX = 100_000;
 const LATE_TTL_MS = 10 * 60_000;
 
-/** Stores for one user within this delay share one wake-up lookup. */
-const WAKE_DELAY_MS = 100;
-/** A wake-up that could not reach every session is tried again this often, this many times. */
-const WAKE_RETRY_MS = 500;
-const WAKE_RETRIES = 60;
 
 const tkey = (user: string, device: string): string => `${user}/${device}`;
+const NO_DEVICES: readonly string[] = [];
 
 /** Ids of items the server creates (receipts, notices): time-ordered, unique, and in the system's `_` namespace no client id can enter. */
 export function serverItemId(prefix: string): string {
@@ -86,11 +83,12 @@ export class Custody implements CustodyPort {
   private readonly late = new TtlCache<string, StoredRef>(LATE_MAX, LATE_TTL_MS);
   /** Messages in flight per sending device (bounded by limits.maxInFlightPerSession). */
   private readonly inFlight = new Map<string, number>();
-  /** Users whose mailbox just got items: one directory read each wakes their drains. */
-  private readonly wakes = new Map<string, { running: boolean; again: boolean; attempt: number }>();
+  private readonly wakes: MailboxWakes;
   private sweeper: NodeJS.Timeout | undefined;
 
-  constructor(private readonly ctx: CellContext, private readonly ports: CustodyPorts) {}
+  constructor(private readonly ctx: CellContext, private readonly ports: CustodyPorts) {
+    this.wakes = new MailboxWakes(ctx, ports);
+  }
 
   start(): void {
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
@@ -103,22 +101,37 @@ export class Custody implements CustodyPort {
 
   // ---- accepting --------------------------------------------------------------
 
-  /** A chat message from a session, to a user. */
-  async submit(s: DeviceSession, m: Send & { to: string }): Promise<void> {
+  /**
+   * A chat message from a session, to a user. When the device lists, the block list and
+   * the recipient's location are cached — the common case — it runs to the hand-off
+   * synchronously: no promise for the message.
+   */
+  submit(s: DeviceSession, m: Send & { to: string }): void | Promise<void> {
     const key = `${s.user}/${s.device}/${m.id}`;
     if (this.pending.has(key)) return; // a re-send of a message still in flight: its status will come
     const done = this.settled.get(key);
     if (done) return s.send({ t: 'status', id: m.id, ...done });
-    const sender = tkey(s.user, s.device);
-    const inFlight = this.inFlight.get(sender) ?? 0;
+    const inFlight = this.inFlight.get(tkey(s.user, s.device)) ?? 0;
     if (inFlight >= this.ctx.config.limits.maxInFlightPerSession) return s.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.TOO_MANY_IN_FLIGHT });
-    const item: ChatItem = { k: 'm', id: m.id, from: s.user, fd: s.device, to: m.to, text: m.text, ts: Date.now() };
-    // Refusal and non-existence look the same to the sender: UNDELIVERABLE reveals nothing.
+    const accounts = this.ports.accounts();
+    const recipients = accounts.cachedDevices(m.to);
+    const own = m.to === s.user ? NO_DEVICES : accounts.cachedDevices(s.user);
+    const refused = this.ports.social().refusesNow(m.to, s.user);
+    if (recipients && own && refused !== undefined) return this.accept(s, m, key, recipients, own, refused);
+    return this.readAndAccept(s, m, key);
+  }
+
+  private async readAndAccept(s: DeviceSession, m: Send & { to: string }, key: string): Promise<void> {
     const [recipients, own, refused] = await Promise.all([
       this.ports.accounts().devices(m.to),
-      m.to === s.user ? Promise.resolve([]) : this.ports.accounts().devices(s.user),
+      m.to === s.user ? NO_DEVICES : this.ports.accounts().devices(s.user),
       this.ports.social().refuses(m.to, s.user),
     ]);
+    return this.accept(s, m, key, recipients, own, refused);
+  }
+
+  private accept(s: DeviceSession, m: Send & { to: string }, key: string, recipients: readonly string[], own: readonly string[], refused: boolean): void | Promise<void> {
+    // Refusal and non-existence look the same to the sender: UNDELIVERABLE reveals nothing.
     if (refused || recipients.length === 0) return this.answer(s, key, m.id, { s: 'failed', code: ErrorCode.UNDELIVERABLE });
     const targets: Array<[string, string]> = [];
     for (const d of recipients) if (!(m.to === s.user && d === s.device)) targets.push([m.to, d]);
@@ -126,13 +139,19 @@ export class Custody implements CustodyPort {
     if (targets.length === 0) return this.answer(s, key, m.id, { s: 'delivered' }); // a note to self, single device
     if (this.pending.has(key)) return; // re-sent while we were looking things up
     // What it costs is what it fans out to; not remembered as settled: the SDK sends it again later.
-    let ok = s.spend('fanout', targets.length);
-    if (typeof ok !== 'boolean') ok = await ok;
+    const ok = s.spend('fanout', targets.length);
+    if (typeof ok !== 'boolean') return ok.then((yes) => this.admit(s, m, key, targets, yes));
+    return this.admit(s, m, key, targets, ok);
+  }
+
+  private admit(s: DeviceSession, m: Send & { to: string }, key: string, targets: Array<[string, string]>, ok: boolean): void | Promise<void> {
     if (!ok) return s.refused('fanout', m.id);
     if (this.pending.has(key)) return;
     // Read again: an earlier message of this sender may have settled while we looked things up.
+    const sender = tkey(s.user, s.device);
     this.inFlight.set(sender, (this.inFlight.get(sender) ?? 0) + 1);
-    await this.take(key, item, { user: s.user, device: s.device }, targets);
+    const item: ChatItem = { k: 'm', id: m.id, from: s.user, fd: s.device, to: m.to, text: m.text, ts: Date.now() };
+    return this.take(key, item, { user: s.user, device: s.device }, targets);
   }
 
   /**
@@ -206,23 +225,44 @@ export class Custody implements CustodyPort {
     s.send({ t: 'status', id, ...st });
   }
 
-  private async take(key: string, item: Item, sender: Pending['sender'], targets: Array<[string, string]>, onSettled?: (st: Settlement) => void): Promise<void> {
+  /**
+   * Takes custody: locates every target device and hands the item on (live, or to the
+   * mailbox). Synchronous when the directory cache answers for every user.
+   */
+  private take(key: string, item: Item, sender: Pending['sender'], targets: Array<[string, string]>, onSettled?: (st: Settlement) => void): void | Promise<void> {
     const p: Pending = { key, item, sender, targets: new Map(), open: targets.length, stored: 0, deadline: Date.now() + this.ctx.config.limits.custodyWindowMs, failure: undefined, ...(onSettled && { onSettled }) };
-    for (const [user, device] of targets) p.targets.set(tkey(user, device), { user, device, loc: undefined, retried: false, state: 'live', ackedWhileStoring: false });
+    const byUser = new Map<string, string[]>();
+    for (const [user, device] of targets) {
+      p.targets.set(tkey(user, device), { user, device, loc: undefined, retried: false, state: 'live', ackedWhileStoring: false });
+      const ds = byUser.get(user);
+      if (ds) ds.push(device);
+      else byUser.set(user, [device]);
+    }
     this.pending.set(key, p);
-    const users = [...new Set(targets.map(([u]) => u))];
-    let located: DeviceLocation[][];
-    try {
-      located = await Promise.all(users.map((u) => this.ports.directory().lookup(u)));
-    } catch {
-      located = users.map(() => []); // directory unreachable: the mailbox is the safe path
-    }
-    for (const [i, user] of users.entries()) {
-      for (const loc of located[i]!) {
-        const t = p.targets.get(tkey(user, loc.device));
-        if (t) t.loc = loc;
+    let reads: Array<Promise<void>> | undefined;
+    for (const [user, devices] of byUser) {
+      let located: DeviceLocation[] | Promise<DeviceLocation[]>;
+      try {
+        located = this.ports.directory().locate(user, devices);
+      } catch {
+        continue; // directory unreachable: the mailbox is the safe path
       }
+      if (Array.isArray(located)) this.place(p, user, located);
+      else (reads ??= []).push(located.then((locs) => this.place(p, user, locs), () => undefined));
     }
+    if (!reads) return this.launch(p);
+    return Promise.all(reads).then(() => this.launch(p));
+  }
+
+  private place(p: Pending, user: string, locs: readonly DeviceLocation[]): void {
+    for (const loc of locs) {
+      const t = p.targets.get(tkey(user, loc.device));
+      if (t) t.loc = loc;
+    }
+  }
+
+  /** Each located target gets the item live, the others go to the mailbox. */
+  private launch(p: Pending): void {
     for (const t of p.targets.values()) {
       if (t.state !== 'live') continue; // the window passed while we looked (the sweep stored it)
       if (t.loc) this.dispatch(p, t);
@@ -334,44 +374,9 @@ export class Custody implements CustodyPort {
       );
   }
 
-  /**
-   * After a store, look the user up again: a device that registered while we
-   * decided it was offline may have drained already, so it is told to drain again.
-   * A lookup that starts after the store's ack closes that race; stores for one
-   * user within WAKE_DELAY_MS share one lookup (a burst to an offline user costs
-   * one read, not one per message).
-   */
-  wake(user: string, attempt = 0): void {
-    const w = this.wakes.get(user);
-    if (w) {
-      if (w.running) w.again = true; // started before this store: look once more after it
-      return;
-    }
-    this.wakes.set(user, { running: false, again: false, attempt });
-    setTimeout(() => this.runWake(user), WAKE_DELAY_MS).unref();
-  }
-
-  private runWake(user: string): void {
-    const w = this.wakes.get(user)!;
-    w.running = true;
-    this.ports
-      .directory()
-      .entries(user)
-      .then(
-        (entries) => {
-          for (const l of entries) if (l.live) this.ports.drains.poke(l, user);
-          // A session on a cell that missed heartbeats (NATS hiccup) may still be
-          // there: look again until the cell is back or long enough declared dead.
-          return entries.some((l) => !l.live);
-        },
-        () => true, // NATS away: try again, or the item would wait for the device's next connect
-      )
-      .then((retry) => {
-        this.wakes.delete(user);
-        if (w.again) this.wake(user);
-        else if (retry && w.attempt < WAKE_RETRIES) setTimeout(() => this.wake(user, w.attempt + 1), WAKE_RETRY_MS).unref();
-      })
-      .catch((err: unknown) => this.ctx.log('mailbox wake failed', err));
+  /** The user's mailbox has items: wake its sessions wherever they are (wakes.ts). */
+  wake(user: string): void {
+    this.wakes.wake(user);
   }
 
   // ---- settling -----------------------------------------------------------------

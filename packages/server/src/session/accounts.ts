@@ -32,8 +32,13 @@ export interface AccountRecord { readonly d: ReadonlyMap<string, DeviceEntry>; r
 const NO_ACCOUNT: AccountRecord = { d: new Map() };
 
 const KEY_CACHE_TTL_MS = 10 * 60_000;
-/** Device lists (fan-out) are also invalidated cluster-wide on every change; the TTL is the fallback. */
-const DEVICES_CACHE_TTL_MS = 5_000;
+/**
+ * Device lists (fan-out) are invalidated cluster-wide on every change, and all of them are
+ * dropped when invalidations may have been lost (a NATS reconnect): the TTL is only a backstop.
+ * Every message needs its recipient's and its sender's lists, so a short TTL meant a KV read
+ * for a sizeable share of all messages.
+ */
+const DEVICES_CACHE_TTL_MS = 10 * 60_000;
 const CACHE_MAX = 50_000;
 /** Failed registrations a source may make: a burst, then one per FAILURE_INTERVAL_MS (guessing a token or a credential is not worth it). */
 const FAILURE_BURST = 10;
@@ -280,6 +285,11 @@ export class Accounts {
     });
   }
 
+  /** The cached device list of `user`, if there is one (no I/O: the message path's fast case). */
+  cachedDevices(user: string): string[] | undefined {
+    return this.devicesOf.peek(user);
+  }
+
   /** Devices with their registration time, for `devices.list`. */
   async deviceList(user: string): Promise<Array<{ device: string; registeredAt: number }>> {
     return listDevices(await this.read(user));
@@ -315,6 +325,11 @@ export class Accounts {
 
   invalidate(user: string): void {
     this.devicesOf.invalidate(user);
+  }
+
+  /** Invalidations may have been lost: every device list is read again when next needed. */
+  invalidateAll(): void {
+    this.devicesOf.clear();
   }
 }
 

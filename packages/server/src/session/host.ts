@@ -32,7 +32,8 @@ export interface SessionHost<S extends DeviceSession = DeviceSession> {
   opened(s: S): Promise<void>;
   closed(s: S, wasOpen: boolean): void;
   // ---- traffic of an open session ----
-  send1to1(s: S, m: Send & { to: string }): Promise<void>;
+  /** Synchronous when custody had every record it needed cached (no promise per message). */
+  send1to1(s: S, m: Send & { to: string }): void | Promise<void>;
   sendGroup(s: S, m: Send): Promise<void>;
   read(s: S, m: Read): Promise<void>;
   typing(s: S, m: Typing): Promise<void>;

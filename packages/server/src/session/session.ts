@@ -9,6 +9,8 @@ import type { BudgetKind, Delivery, DeviceSession, DrainState } from '../core/se
 import type { Transport } from '../core/transport.js';
 import type { SessionHost } from './host.js';
 import { SessionLimits } from './limits.js';
+import { DrainWindow } from './window.js';
+import { FrameWriter } from './writer.js';
 
 type State = 'handshake' | 'working' | 'confirming' | 'open' | 'closed';
 
@@ -52,7 +54,8 @@ export class Session implements DeviceSession {
   readonly unacked = new Map<string, Delivery>();
   /** State of this device's mailbox drain (messaging/drain.ts). */
   readonly drain: DrainState = { running: false, again: false, next: 1, inFlight: 0, retryMs: 0, hinted: false };
-  private windowWaiters: Array<() => void> = [];
+  private readonly window: DrainWindow;
+  private readonly writer: FrameWriter;
   user = '';
   device = '';
   /** The registration of the device's key (accounts.ts): a revocation names it. */
@@ -70,12 +73,17 @@ export class Session implements DeviceSession {
     this.slot = ++sessionSeq;
     this.id = `${cell.cellId}-${this.slot.toString(36)}`;
     this.limits = new SessionLimits(cell.config.limits);
+    this.window = new DrainWindow(this.drain, () => this.transport.bufferedBytes, cell.config.limits.maxOutboundBytes / 2, () => this.state === 'closed');
+    this.writer = new FrameWriter(transport, cell.turn, (frames, buffered) => {
+      cell.metrics.framesOut.inc(frames);
+      host.noteOutbound(buffered);
+    });
     transport.setIdleTimeout(cell.config.limits.idleTimeoutMs, () => this.fail(new ProtocolError(ErrorCode.IDLE_TIMEOUT, 'no traffic within the idle timeout')));
     this.handshakeTimer = setTimeout(() => this.fail(new ProtocolError(ErrorCode.HANDSHAKE_TIMEOUT, 'handshake did not complete in time')), cell.config.limits.handshakeTimeoutMs);
     transport.bind({
       frame: (body) => this.onFrame(body),
       end: () => this.close(),
-      drain: () => this.wakeWindow(),
+      drain: () => this.window.wake(),
       error: (err) => this.fail(err),
       close: () => this.close(),
     });
@@ -154,7 +162,7 @@ export class Session implements DeviceSession {
       const res = writeWelcome(pending, { session: this.id, cell: this.ctx.cellId, node: this.ctx.config.nodeId, hk: this.host.hintPublicKey, ...(this.host.webAddress() && { wa: this.host.webAddress() }) }, ctx);
       this.user = pending.user;
       this.device = pending.device;
-      this.channel = res.channel;
+      this.channel = this.writer.channel = res.channel;
       this.expectedFinish = res.expectedFinish;
       this.state = 'confirming';
       this.writePlain(res.welcome);
@@ -170,66 +178,72 @@ export class Session implements DeviceSession {
       this.paused = true;
       this.transport.pause();
     }
-    if (!this.running) void this.run();
+    if (!this.running) this.run();
   }
 
-  private async run(): Promise<void> {
+  /**
+   * Handles queued commands in order. A command that completes synchronously (a cached
+   * send, an ack, a ping) costs no promise; one that waits resumes the loop when done.
+   */
+  private run(): void {
     this.running = true;
-    try {
-      while (this.inbox.length > 0 && this.state === 'open') {
-        const c = this.inbox.shift()!;
-        if (this.paused && this.inbox.length < this.ctx.config.limits.maxInboxDepth / 2) {
-          this.paused = false;
-          this.transport.resume();
-        }
-        await this.handle(c);
+    while (this.inbox.length > 0 && this.state === 'open') {
+      const c = this.inbox.shift()!;
+      if (this.paused && this.inbox.length < this.ctx.config.limits.maxInboxDepth / 2) {
+        this.paused = false;
+        this.transport.resume();
       }
-    } catch (err) {
-      this.fail(err);
-    } finally {
-      this.running = false;
+      let r: void | Promise<void>;
+      try {
+        r = this.handle(c);
+      } catch (err) {
+        this.running = false;
+        return this.fail(err);
+      }
+      if (r) {
+        r.then(this.resumeRun, this.failRun);
+        return;
+      }
     }
+    this.running = false;
   }
 
-  private async handle(c: Command): Promise<void> {
-    if (c.k === 'register') {
-      await this.host.opened(this);
-      return;
-    }
+  private readonly resumeRun = (): void => {
+    this.running = false;
+    this.run();
+  };
+
+  private readonly failRun = (err: unknown): void => {
+    this.running = false;
+    this.fail(err);
+  };
+
+  private handle(c: Command): void | Promise<void> {
+    if (c.k === 'register') return this.host.opened(this);
     const m = c.m;
     switch (m.t) {
       case 'send': {
         // Ids beginning with "_" are the system's (campaigns, notices): a client's can never meet one.
         if (isSystemName(m.id)) return this.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.BAD_MESSAGE });
-        // Awaited only when the account's share must be topped up from KV: no promise per message.
-        let ok = this.spend('msg', 1);
-        if (typeof ok !== 'boolean') ok = await ok;
-        if (!ok) return this.refused('msg', m.id);
-        this.ctx.metrics.messagesIn.inc();
-        try {
-          return await (m.g !== undefined ? this.host.sendGroup(this, m) : this.host.send1to1(this, m));
-        } catch (err) {
-          // NATS away or a store refused: this message failed (the SDK retries), the session lives on.
-          const pe = err instanceof ProtocolError ? err : undefined;
-          if (!pe) this.ctx.log('routing failed', err);
-          return this.send({ t: 'status', id: m.id, s: 'failed', code: pe?.code ?? ErrorCode.BUSY });
-        }
+        // A promise only when the account's share must be topped up from KV.
+        const ok = this.spend('msg', 1);
+        if (typeof ok !== 'boolean') return ok.then((yes) => this.route(m, yes));
+        return this.route(m, ok);
       }
       case 'ack': {
         const key = `${m.from}/${m.id}`;
         const d = this.unacked.get(key);
         if (d) {
           this.unacked.delete(key);
-          if (d.via === 'mbox') this.releaseWindow();
+          if (d.via === 'mbox') this.window.release();
           this.host.acked(this, d);
         }
         return;
       }
       case 'read': {
-        let ok = this.spend('read', 1);
-        if (typeof ok !== 'boolean') ok = await ok;
-        if (!ok) return this.refused('read', m.id);
-        return this.host.read(this, m);
+        const ok = this.spend('read', 1);
+        if (typeof ok !== 'boolean') return ok.then((yes) => (yes ? this.host.read(this, m) : this.refused('read', m.id)));
+        return ok ? this.host.read(this, m) : this.refused('read', m.id);
       }
       case 'typing':
         return this.host.typing(this, m);
@@ -237,13 +251,9 @@ export class Session implements DeviceSession {
         if (!this.limits.take('control', 1, Date.now())) return this.refused('control');
         return this.host.presence(this, m.s);
       case 'req': {
-        let ok = this.spend('req', 1);
-        if (typeof ok !== 'boolean') ok = await ok;
-        if (!ok) {
-          this.ctx.metrics.rateLimited.inc({ kind: 'req' });
-          return this.send({ t: 'res', rid: m.rid, ok: false, code: ErrorCode.RATE_LIMITED, message: 'too many requests; slow down' });
-        }
-        return this.host.request(this, m);
+        const ok = this.spend('req', 1);
+        if (typeof ok !== 'boolean') return ok.then((yes) => this.request(m, yes));
+        return this.request(m, ok);
       }
       case 'ping':
         // `ref` = the ping's number: the client's ping settles (refused) instead of waiting for a pong.
@@ -254,6 +264,32 @@ export class Session implements DeviceSession {
       case 'finish': // refused in onFrame after the handshake: never queued
         return;
     }
+  }
+
+  /** A message the budgets allowed (or not): to custody or the group; a failure fails this message only. */
+  private route(m: Extract<ClientMessage, { t: 'send' }>, ok: boolean): void | Promise<void> {
+    if (!ok) return this.refused('msg', m.id);
+    this.ctx.metrics.messagesIn.inc();
+    let r: void | Promise<void>;
+    try {
+      r = m.g !== undefined ? this.host.sendGroup(this, m) : this.host.send1to1(this, m as typeof m & { to: string });
+    } catch (err) {
+      return this.sendFailed(m.id, err);
+    }
+    if (r) return r.catch((err: unknown) => this.sendFailed(m.id, err));
+  }
+
+  /** NATS away or a store refused: this message failed (the SDK retries), the session lives on. */
+  private sendFailed(id: string, err: unknown): void {
+    const pe = err instanceof ProtocolError ? err : undefined;
+    if (!pe) this.ctx.log('routing failed', err);
+    this.send({ t: 'status', id, s: 'failed', code: pe?.code ?? ErrorCode.BUSY });
+  }
+
+  private request(m: Extract<ClientMessage, { t: 'req' }>, ok: boolean): void | Promise<void> {
+    if (ok) return this.host.request(this, m);
+    this.ctx.metrics.rateLimited.inc({ kind: 'req' });
+    this.send({ t: 'res', rid: m.rid, ok: false, code: ErrorCode.RATE_LIMITED, message: 'too many requests; slow down' });
   }
 
   /**
@@ -291,16 +327,13 @@ export class Session implements DeviceSession {
   private cutSlow(): void {
     if (this.state === 'closed') return;
     this.ctx.metrics.protocolErrors.inc({ code: ErrorCode.SLOW_CONSUMER });
-    if (this.channel) {
-      this.transport.sendFrame(this.channel.seal(pack({ t: 'error', code: ErrorCode.SLOW_CONSUMER, message: 'the connection is not reading what it is sent' })));
-      this.host.noteOutbound(this.transport.bufferedBytes);
-    }
+    this.writer.last({ t: 'error', code: ErrorCode.SLOW_CONSUMER, message: 'the connection is not reading what it is sent' });
     this.close(ErrorCode.SLOW_CONSUMER);
   }
 
-  /** Bytes written to this connection and not yet taken by the kernel. */
+  /** Bytes written to this connection and not yet taken by the kernel, and this turn's not yet written. */
   get outboundBytes(): number {
-    return this.transport.bufferedBytes;
+    return this.writer.backlog;
   }
 
   private track(d: Delivery): void {
@@ -309,13 +342,13 @@ export class Session implements DeviceSession {
     if (old?.via === 'mbox') {
       // Now also in flight live: the one ack must settle the live custody and delete
       // the mailbox copy, and the copy no longer holds a place in the drain window.
-      this.releaseWindow();
+      this.window.release();
       if (d.via === 'live') d.ref = old.ref;
     }
     if (this.unacked.size >= this.ctx.config.limits.maxInFlightPerSession * 4 && !old) {
       const [oldKey, old] = this.unacked.entries().next().value!;
       this.unacked.delete(oldKey);
-      if (old.via === 'mbox') this.releaseWindow();
+      if (old.via === 'mbox') this.window.release();
     }
     this.unacked.set(key, d);
     // The reader's delivery proof (proofs.ts), an HMAC per delivery: none on copies of its own messages, which it never marks read.
@@ -344,37 +377,18 @@ export class Session implements DeviceSession {
     return true;
   }
 
+  /** Resolves when the drain window has room (window.ts). */
+  windowFor(window: number): Promise<void> {
+    return this.window.wait(window);
+  }
+
   /**
-   * Resolves when fewer than `window` mailbox items are unacknowledged and the
-   * connection's unsent bytes are below half its limit (or the session ended): a
-   * drain of large messages to a slow but reading device waits for the socket
-   * instead of running into SLOW_CONSUMER.
+   * Every server frame goes through here, so a peer that sends without reading cannot grow
+   * our buffers either. Written with the rest of this turn's frames when the turn ends.
    */
-  async windowFor(window: number): Promise<void> {
-    const half = this.ctx.config.limits.maxOutboundBytes / 2;
-    while (this.state !== 'closed' && (this.drain.inFlight >= window || this.transport.bufferedBytes > half)) {
-      await new Promise<void>((resolve) => this.windowWaiters.push(resolve));
-    }
-  }
-
-  private releaseWindow(): void {
-    this.drain.inFlight--;
-    this.wakeWindow();
-  }
-
-  private wakeWindow(): void {
-    const waiters = this.windowWaiters;
-    this.windowWaiters = [];
-    for (const w of waiters) w();
-  }
-
-  /** Every server frame goes through here, so a peer that sends without reading cannot grow our buffers either. */
   send(m: ServerMessage): void {
     if (this.state === 'closed' || !this.channel) return;
-    if (this.transport.bufferedBytes > this.ctx.config.limits.maxOutboundBytes) return this.cutSlow();
-    this.transport.sendFrame(this.channel.seal(pack(m)));
-    this.ctx.metrics.framesOut.inc();
-    this.host.noteOutbound(this.transport.bufferedBytes);
+    if (!this.writer.write(m, this.ctx.config.limits.maxOutboundBytes)) this.cutSlow();
   }
 
   private writePlain(m: object): void {
@@ -408,12 +422,12 @@ export class Session implements DeviceSession {
   /** `code`: the error that ended the session, for transports that can say it in their close (WebSocket). */
   close(code?: Code): void {
     if (this.state === 'closed') return;
+    this.writer.flush(); // the last frames (a bye, an error, statuses) leave before the close
     const wasOpen = this.state === 'open';
     this.state = 'closed';
     clearTimeout(this.handshakeTimer);
     this.inbox.length = 0;
-    for (const w of this.windowWaiters) w();
-    this.windowWaiters = [];
+    this.window.wake();
     this.transport.end(code);
     // Give the last frame a moment to leave, then make sure the descriptor is freed.
     setTimeout(() => this.transport.destroy(), 1000).unref();

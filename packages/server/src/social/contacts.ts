@@ -180,9 +180,11 @@ export class Social implements SocialGraph {
     return (await this.record(user)).prefs;
   }
 
-  /** The record of `user` from the cache if it is there (no I/O). */
-  cached(user: string): SocialRecord | undefined {
-    return this.records.cache.get(user)?.rec;
+  /** `refuses` from the cache (no I/O), when the cached record is fresh enough for it; else undefined. */
+  refusesNow(recipient: string, sender: string): boolean | undefined {
+    if (recipient === sender) return false;
+    const hit = this.records.cache.get(recipient);
+    return hit && Date.now() - hit.checked < FRESH_MS ? hit.rec.blocked.has(sender) : undefined;
   }
 
   /** The record of `user` (defaults for a user who never changed anything), read through the cache. */
