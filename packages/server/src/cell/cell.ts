@@ -199,6 +199,7 @@ export class Cell {
   /** Scrape-time view of the largest connection backlog since the previous scrape (O(sessions), only when metrics are read). */
   sampleGauges(): void {
     this.metrics.outboundMax.set({ cell: this.cellId }, this.connections.outboundPeak());
+    this.metrics.custodyPendingMax.set({ cell: this.cellId }, this.custody.pendingPeak());
     this.metrics.sourceEntries.set(this.connections.sourceLimits.entries);
     if (this.membership) this.gravity.sampleGauges();
     this.intake.sampleGauges();

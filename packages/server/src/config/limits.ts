@@ -33,6 +33,10 @@ export interface Limits {
   accountRequestRatePerSec: number;
   maxInFlightPerSession: number;
   custodyWindowMs: number;
+  /** Messages a cell holds under custody at most: past it, new sends are refused with BUSY (the SDK backs off). */
+  maxPendingPerCell: number;
+  /** A cell whose event loop runs this late refuses new sends with BUSY until it catches up. */
+  maxLagMs: number;
   maxOutboundBytes: number;
   maxInboxDepth: number;
   maxDevicesPerUser: number;
@@ -62,6 +66,8 @@ export const DEFAULT_LIMITS: Limits = {
   accountRequestRatePerSec: 40,
   maxInFlightPerSession: 1024,
   custodyWindowMs: 3_000,
+  maxPendingPerCell: 50_000,
+  maxLagMs: 200,
   maxOutboundBytes: 4 * 1024 * 1024,
   maxInboxDepth: 256,
   maxDevicesPerUser: 8,
@@ -93,6 +99,8 @@ export function validateLimits(c: ConfigCheck): Limits {
     accountRequestRatePerSec: c.int('limits.accountRequestRatePerSec', L.accountRequestRatePerSec, 1, 10_000_000),
     maxInFlightPerSession: c.int('limits.maxInFlightPerSession', L.maxInFlightPerSession, 1, 100_000),
     custodyWindowMs: c.int('limits.custodyWindowMs', L.custodyWindowMs, 100, 600_000),
+    maxPendingPerCell: c.int('limits.maxPendingPerCell', L.maxPendingPerCell, 1, 10_000_000),
+    maxLagMs: c.int('limits.maxLagMs', L.maxLagMs, 10, 60_000),
     maxOutboundBytes: c.int('limits.maxOutboundBytes', L.maxOutboundBytes, 64 * 1024, 1024 ** 3),
     maxInboxDepth: c.int('limits.maxInboxDepth', L.maxInboxDepth, 1, 100_000),
     maxDevicesPerUser: c.int('limits.maxDevicesPerUser', L.maxDevicesPerUser, 1, 64),

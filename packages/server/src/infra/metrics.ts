@@ -92,6 +92,8 @@ export class CellMetrics {
   readonly pushSuppressed = new Counter({ name: 'gravitas_push_suppressed_total', help: 'Pushes not sent because the chat is muted (mutedPush: suppress)', labelNames: ['provider'] as const, registers: [this.registry] });
   readonly pushDropped = new Counter({ name: 'gravitas_push_dropped_total', help: 'Pushes dropped because the queue or the coalescing table was full', labelNames: ['provider'] as const, registers: [this.registry] });
   readonly pushDamped = new Counter({ name: 'gravitas_push_damped_total', help: 'Coalescing windows widened by rate damping', registers: [this.registry] });
+  readonly custodyPendingMax = new Gauge({ name: 'gravitas_custody_pending_max', help: 'Most messages held under custody at once since the previous scrape, per cell (bounded by limits.maxPendingPerCell)', labelNames: ['cell'] as const, registers: [this.registry] });
+  readonly shed = new Counter({ name: 'gravitas_shed_total', help: 'Sends refused with BUSY because the cell was overloaded (too much under custody, or its event loop late)', registers: [this.registry] });
   readonly pushUnreachable = new Counter({ name: 'gravitas_push_unreachable_total', help: 'Offline devices with no usable push target (none registered, or every attempt failed)', registers: [this.registry] });
 
   private readonly loop = monitorEventLoopDelay({ resolution: 10 });

@@ -51,6 +51,8 @@ interface Pending {
 export type { Settlement };
 
 const SWEEP_MS = 100;
+/** A sweep later than this counts as the cell's own lag: the window does not run meanwhile. */
+const LAG_GRACE_MS = 20;
 /** Final statuses remembered to answer re-sends without routing them again. */
 const SETTLED_MAX = 100_000;
 const SETTLED_TTL_MS = 10 * 60_000;
@@ -85,6 +87,17 @@ export class Custody implements CustodyPort {
   private readonly inFlight = new Map<string, number>();
   private readonly wakes: MailboxWakes;
   private sweeper: NodeJS.Timeout | undefined;
+  private lastSweep = Date.now();
+  /**
+   * How long this cell could not run (its sweeps came late): custody's clock is the wall
+   * clock minus this, so a window never expires because the cell itself fell behind —
+   * an online device that reads is not spilled to its mailbox by the server's own lag.
+   */
+  private lagCredit = 0;
+  /** Refusing new sends with BUSY: too much under custody, or the cell is running late. */
+  private shedding = false;
+  /** Most entries pending at once since pendingPeak() was last read. */
+  private peak = 0;
 
   constructor(private readonly ctx: CellContext, private readonly ports: CustodyPorts) {
     this.wakes = new MailboxWakes(ctx, ports);
@@ -113,6 +126,7 @@ export class Custody implements CustodyPort {
     if (done) return s.send({ t: 'status', id: m.id, ...done });
     const inFlight = this.inFlight.get(tkey(s.user, s.device)) ?? 0;
     if (inFlight >= this.ctx.config.limits.maxInFlightPerSession) return s.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.TOO_MANY_IN_FLIGHT });
+    if (this.shedding || this.pending.size >= this.ctx.config.limits.maxPendingPerCell) return this.shed(s, m.id);
     const accounts = this.ports.accounts();
     const recipients = accounts.cachedDevices(m.to);
     const own = m.to === s.user ? NO_DEVICES : accounts.cachedDevices(s.user);
@@ -147,6 +161,8 @@ export class Custody implements CustodyPort {
   private admit(s: DeviceSession, m: Send & { to: string }, key: string, targets: Array<[string, string]>, ok: boolean): void | Promise<void> {
     if (!ok) return s.refused('fanout', m.id);
     if (this.pending.has(key)) return;
+    // Checked again after any reads: the bound holds however many waited for a cold cache.
+    if (this.pending.size >= this.ctx.config.limits.maxPendingPerCell) return this.shed(s, m.id);
     // Read again: an earlier message of this sender may have settled while we looked things up.
     const sender = tkey(s.user, s.device);
     this.inFlight.set(sender, (this.inFlight.get(sender) ?? 0) + 1);
@@ -220,6 +236,24 @@ export class Custody implements CustodyPort {
     await this.take(`${by}/${byDevice}/${item.id}`, item, undefined, devices.map((d) => [to, d]));
   }
 
+  /** Overload: refused before any work, cheaply; the SDK sends it again after a backoff. */
+  private shed(s: DeviceSession, id: string): void {
+    this.ctx.metrics.shed.inc();
+    s.send({ t: 'status', id, s: 'failed', code: ErrorCode.BUSY });
+  }
+
+  /** Most messages held at once since the previous call (a scrape). */
+  pendingPeak(): number {
+    const p = Math.max(this.peak, this.pending.size);
+    this.peak = this.pending.size;
+    return p;
+  }
+
+  /** Custody's clock: the wall clock less the time the cell could not run. */
+  private now(): number {
+    return Date.now() - this.lagCredit;
+  }
+
   private answer(s: DeviceSession, key: string, id: string, st: { s: 'delivered' | 'stored' | 'failed'; code?: Code }): void {
     this.settled.set(key, st);
     s.send({ t: 'status', id, ...st });
@@ -230,7 +264,7 @@ export class Custody implements CustodyPort {
    * mailbox). Synchronous when the directory cache answers for every user.
    */
   private take(key: string, item: Item, sender: Pending['sender'], targets: Array<[string, string]>, onSettled?: (st: Settlement) => void): void | Promise<void> {
-    const p: Pending = { key, item, sender, targets: new Map(), open: targets.length, stored: 0, deadline: Date.now() + this.ctx.config.limits.custodyWindowMs, failure: undefined, ...(onSettled && { onSettled }) };
+    const p: Pending = { key, item, sender, targets: new Map(), open: targets.length, stored: 0, deadline: this.now() + this.ctx.config.limits.custodyWindowMs, failure: undefined, ...(onSettled && { onSettled }) };
     const byUser = new Map<string, string[]>();
     for (const [user, device] of targets) {
       p.targets.set(tkey(user, device), { user, device, loc: undefined, retried: false, state: 'live', ackedWhileStoring: false });
@@ -239,6 +273,7 @@ export class Custody implements CustodyPort {
       else byUser.set(user, [device]);
     }
     this.pending.set(key, p);
+    if (this.pending.size > this.peak) this.peak = this.pending.size;
     let reads: Array<Promise<void>> | undefined;
     for (const [user, devices] of byUser) {
       let located: DeviceLocation[] | Promise<DeviceLocation[]>;
@@ -400,9 +435,19 @@ export class Custody implements CustodyPort {
     this.ctx.hub.session(p.sender.user, p.sender.device)?.send({ t: 'status', id: p.item.id, ...st });
   }
 
-  /** Live targets past the window go to the mailbox. Pending entries are in deadline order. */
+  /**
+   * Live targets past the window go to the mailbox. Pending entries are in deadline order.
+   * A late sweep is the cell's own lag: it is credited to custody's clock, and until the
+   * cell runs on time again (and while too much is pending) new sends are refused.
+   */
   private sweep(): void {
-    const now = Date.now();
+    const wall = Date.now();
+    const late = wall - this.lastSweep - SWEEP_MS;
+    this.lastSweep = wall;
+    if (late > LAG_GRACE_MS) this.lagCredit += late;
+    const { maxLagMs, maxPendingPerCell } = this.ctx.config.limits;
+    this.shedding = late > maxLagMs || this.pending.size >= maxPendingPerCell;
+    const now = this.now();
     for (const p of this.pending.values()) {
       if (p.deadline === Number.POSITIVE_INFINITY) continue; // already swept, its stores are under way
       if (p.deadline > now) break;
