@@ -67,7 +67,7 @@ export const DEFAULT_LIMITS: Limits = {
   maxInFlightPerSession: 1024,
   custodyWindowMs: 3_000,
   maxPendingPerCell: 50_000,
-  maxLagMs: 200,
+  maxLagMs: 500,
   maxOutboundBytes: 4 * 1024 * 1024,
   maxInboxDepth: 256,
   maxDevicesPerUser: 8,
