@@ -226,7 +226,7 @@ class EjabberdCluster implements LocalEjabberd {
   }
 
   async restart(): Promise<void> {
-    await Promise.all(this.nodes.map((n) => n.proc?.stop(20_000)));
+    await Promise.all(this.nodes.map(async (n) => n.proc?.stop(20_000)));
     // Together: each node's Mnesia waits for the other's tables.
     await Promise.all(this.nodes.map((n) => this.launch(n)));
   }
@@ -245,7 +245,7 @@ class EjabberdCluster implements LocalEjabberd {
   }
 
   async stop(): Promise<void> {
-    await Promise.all(this.nodes.map((n) => n.proc?.stop(10_000)));
+    await Promise.all(this.nodes.map(async (n) => n.proc?.stop(10_000)));
     await this.epmd?.stop(2000);
     if (this.stopped) return;
     this.stopped = true;

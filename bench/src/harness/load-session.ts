@@ -9,7 +9,7 @@ import { deliveryId, deviceBase, ledgerChunks } from './ledger.js';
 import { HostSampler, SelfMonitor } from './monitor.js';
 import { tally } from './result.js';
 import type { Population } from './population.js';
-import { diurnalFactor, scenarioTotalMs, type Scenario } from './scenario.js';
+import { diurnalFactor, scenarioTotalMs, stepAt, type Scenario } from './scenario.js';
 import {
   ActiveSet, exponential, expectedDirect, groupDevices, localMemberships, localUsers, offlineMeans, recipientOf, stream, STREAM, TimerQueue, tracksDeliveries,
 } from './workload.js';
@@ -32,6 +32,8 @@ const enum Act {
   GoOnline = 3,
   Reconnect = 4,
   Storm = 5,
+  /** The closed-loop step begins: every active user sends its first `inFlight` messages. */
+  ClosedLoop = 6,
 }
 
 const enum Dev {
@@ -118,6 +120,9 @@ export class LoadSession {
   /** Per tracked send awaiting its outcome: deliveries it owes, its target (user v, or −(group + 1)) and the sending device (global number). */
   private readonly pending = new Map<number, { expected: number; to: number; from: number }>();
   private ref = 0;
+  /** Closed loop: the sending slot of each message on its way, and when the step ends (run time). */
+  private readonly closedSender = new Map<number, number>();
+  private closedUntil = 0;
   // ---- the delivery ledger (ledger.ts): accepted sends, and what arrived here, by id ----
   /** Global device numbers: user u's device k is devBase[u] + k. */
   private readonly devBase: Int32Array;
@@ -163,7 +168,7 @@ export class LoadSession {
     this.pop = o.population;
     this.driver = o.driver;
     this.offset = o.clockOffsetMs;
-    this.track = tracksDeliveries(o.driver.capabilities);
+    this.track = tracksDeliveries(o.driver.capabilities, this.s);
     this.totalMs = scenarioTotalMs(this.s);
     this.tagPrefix = `${o.runTag}.`;
     this.sendTag = `${this.tagPrefix}${o.index}.`;
@@ -339,7 +344,12 @@ export class LoadSession {
     s.behaviours.reconnectStorms.forEach((st, i) => this.timers.push(st.atMs, Act.Storm, i));
     const m = s.behaviours.messages;
     const perUser = m.perUserPerMinute / 60;
-    if (perUser > 0) this.pacer = new Pacer((at) => this.active.size * perUser * diurnalFactor(m.diurnal, at - t0), t0, MAX_BACKLOG, this.rand.send());
+    if (m.steps) {
+      // This generator's share of each step's offered rate; nothing in the ramp-up or the closed-loop step.
+      const share = this.users.length / s.users;
+      this.pacer = new Pacer((at) => (stepAt(s, at - t0)?.rate ?? 0) * share, t0, MAX_BACKLOG, this.rand.send());
+      if (m.steps.closedLoop) this.timers.push(s.rampUpMs + m.steps.rates.length * (m.steps.warmupMs + m.steps.holdMs), Act.ClosedLoop, 0);
+    } else if (perUser > 0) this.pacer = new Pacer((at) => this.active.size * perUser * diurnalFactor(m.diurnal, at - t0), t0, MAX_BACKLOG, this.rand.send());
     const pres = s.behaviours.presence.changesPerUserPerMinute / 60;
     if (pres > 0) this.presencePacer = new Pacer(() => this.active.size * pres, t0, MAX_BACKLOG, this.rand.presence());
     this.nextIntervalAt = t0 + s.intervalMs;
@@ -390,6 +400,8 @@ export class LoadSession {
         return this.requestConnect(arg);
       case Act.Storm:
         return this.storm(arg, at);
+      case Act.ClosedLoop:
+        return this.startClosedLoop();
     }
   }
 
@@ -500,6 +512,7 @@ export class LoadSession {
         }
         this.receivedTotal++;
         if (this.track) this.noteArrival(b.tag, di);
+        if (this.closedUntil > 0 && b.tag.startsWith(this.sendTag)) this.onClosedArrival(b.tag);
         if (b.intendedMs < this.liveSince[di]!) {
           this.c.catchup++;
           this.catchupLatency.add(at - b.intendedMs);
@@ -534,12 +547,34 @@ export class LoadSession {
     };
   }
 
-  private sendOne(intended: number, now: number): void {
+  /** Closed loop: each active user's first messages; every arrival sends the next (onClosedArrival). */
+  private startClosedLoop(): void {
+    const n = this.s.behaviours.messages.steps?.closedLoop?.inFlight ?? 0;
+    this.closedUntil = this.s.rampUpMs + this.s.durationMs;
+    const now = this.clock();
+    for (let slot = 0; slot < this.users.length; slot++) {
+      if (!this.active.has(slot)) continue;
+      for (let i = 0; i < n; i++) this.sendOne(now, now, slot);
+    }
+  }
+
+  /** A closed-loop message of this generator arrived: its sender sends the next, while the step lasts. */
+  private onClosedArrival(tag: string): void {
+    const rest = tag.slice(this.sendTag.length);
+    const ref = parseInt(rest, 36);
+    const slot = this.closedSender.get(ref);
+    if (slot === undefined) return;
+    this.closedSender.delete(ref);
+    const now = this.clock();
+    if (now - this.t0 < this.closedUntil && this.phase === 'run') this.sendOne(now, now, slot);
+  }
+
+  private sendOne(intended: number, now: number, closedSlot = -1): void {
     const rand = this.rand.send;
-    let slot = -1;
+    let slot = closedSlot;
     let gi = -1;
     const ms = this.memberships;
-    if (ms.slot.length > 0 && this.s.behaviours.groups.share > 0 && rand() < this.s.behaviours.groups.share) {
+    if (slot < 0 && ms.slot.length > 0 && this.s.behaviours.groups.share > 0 && rand() < this.s.behaviours.groups.share) {
       // A member of a group, among the active ones (a few tries: most users are active).
       for (let tries = 0; tries < 8; tries++) {
         const k = Math.floor(rand() * ms.slot.length);
@@ -556,6 +591,7 @@ export class LoadSession {
     const nd = this.nDev[slot]!;
     const di = this.firstDev[slot]! + (nd > 1 ? Math.floor(rand() * nd) : 0);
     const ref = ++this.ref;
+    if (closedSlot >= 0) this.closedSender.set(ref, closedSlot);
     const body = encodeBody(intended, this.sendTag + ref.toString(36), this.s.behaviours.messages.bodyBytes);
     let expected: number;
     if (gi >= 0) {
@@ -606,6 +642,7 @@ export class LoadSession {
       expected: this.expectedTotal,
       receivedTotal: this.receivedTotal,
       pending: this.pending.size,
+      lastRef: this.ref,
       errors: this.errors,
       self: this.self.sample(skipped - this.skippedReported),
       host: { name: this.hostName, sample: this.host.sample() },
