@@ -69,6 +69,9 @@ const DONE_TIMEOUT_MS = 120_000;
 const GENERATOR_SILENCE_MS = 20_000;
 /** Longest drain however steadily deliveries still arrive (at least 4 × the stall time). */
 const DRAIN_CAP_MS = 600_000;
+/** Intervals a generator's report may be late before the interval is built without it (step sweeps: more). */
+const LATE_INTERVALS = 3;
+const LATE_STEPS = 60;
 /** Time between the start command and t0, so that every generator has it before t0. */
 const START_LEAD_MS = 1500;
 
@@ -675,13 +678,15 @@ class Run {
     return { tracked, expected: a.expected, received: a.received, missing: a.missing, unexpected: a.unexpected, repeats: a.repeats, drainMs, complete: complete && a.missing === 0 };
   }
 
-  /** Interval `assembled + 1` can be built: every generator reported it, or the laggards are 3 intervals late. */
+  /** Interval `assembled + 1` can be built: every generator reported it, or the laggards are 3 intervals late (60 in a step sweep). */
   private assembleReady(): boolean {
     const k = this.assembled + 1;
     if (!this.runnerSamples.has(k)) return false;
     const got = this.intervals.get(k)?.size ?? 0;
     if (got >= this.gens.size) return true;
-    return nowMs() > this.t0 + (k + 3) * this.s.intervalMs;
+    // Step sweeps summarise each step from its intervals: wait longer for a lagging generator's
+    // report (its counts would otherwise go to the totals only and the step would look idle).
+    return nowMs() > this.t0 + (k + (this.s.behaviours.messages.steps ? LATE_STEPS : LATE_INTERVALS)) * this.s.intervalMs;
   }
 
   private assemble(): IntervalSample {
