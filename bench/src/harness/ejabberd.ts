@@ -172,9 +172,9 @@ class EjabberdCluster implements LocalEjabberd {
       await writeFile(node.config, ejabberdConfig({ domain: this.domain, port }));
       this.nodes.push(node);
     }
-    await this.launch(this.nodes[0]!);
+    // Every node up on its own, then each joins the first (join_cluster replaces its fresh database).
+    await Promise.all(this.nodes.map((n) => this.launch(n)));
     for (const n of this.nodes.slice(1)) {
-      await this.launch(n);
       await this.ctl(n, ['join_cluster', this.nodes[0]!.name]);
       await this.ready(n);
     }

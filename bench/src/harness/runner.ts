@@ -122,23 +122,39 @@ export async function runScenario(o: RunOptions): Promise<RunOutput & { runs: Ru
     targets = o.targets.map((n) => byName.get(n)!);
   }
   const runs: RunOutput[] = [];
+  const failed: Array<{ target: string; error: string }> = [];
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   for (const t of targets) {
     const one = targets.length > 1;
     const name = targetName(t);
     const json = o.json !== undefined ? (one ? o.json.replace(/(\.json)?$/, `-${name}.json`) : o.json) : join(OUT_DIR, `${scenario.name}-${stamp}${one ? `-${name}` : ''}.json`);
     const html = o.html !== undefined ? (one ? o.html.replace(/(\.html)?$/, `-${name}.html`) : o.html) : undefined;
-    runs.push(await runOne({ ...scenario, target: t, targets: [t] }, { text, format }, { ...o, json, ...(html !== undefined && { html }) }));
+    const go = runOne({ ...scenario, target: t, targets: [t] }, { text, format }, { ...o, json, ...(html !== undefined && { html }) });
+    if (!one) {
+      runs.push(await go);
+      continue;
+    }
+    // One target failing (a generator that died, a server that would not start) does not lose the others' results.
+    try {
+      runs.push(await go);
+    } catch (e) {
+      if (e instanceof ScenarioError) throw e;
+      const msg = `${e instanceof HarnessError ? `${e.code}: ` : ''}${(e as Error).message.split('\n')[0]}`;
+      (o.log ?? ((m: string) => void process.stderr.write(`${m}\n`)))(`${name}: the run failed (${msg}); going on with the next target`);
+      failed.push({ target: name, error: msg });
+    }
   }
+  if (runs.length === 0) throw new HarnessError('GENERATOR_FAILED', `every target failed: ${failed.map((f) => `${f.target}: ${f.error}`).join('; ')}`);
   const first = runs[0]!;
-  if (runs.length < 2) return { ...first, runs };
-  const rows = runs.map((r) => ({ target: targetName(r.result.scenario.target), description: r.result.target, steps: r.result.steps }));
+  if (targets.length < 2) return { ...first, runs };
+  const rows: Array<{ target: string; description: string; steps: RunResult['steps']; error?: string }> = runs.map((r) => ({ target: targetName(r.result.scenario.target), description: r.result.target, steps: r.result.steps }));
+  for (const f of failed) rows.push({ target: f.target, description: `failed: ${f.error}`, steps: undefined, error: f.error });
   const tableText = comparisonTable(rows);
   const base = (o.json ?? join(OUT_DIR, `${scenario.name}-${stamp}.json`)).replace(/\.json$/, '');
   const cj = `${base}-compare.json`;
   const md = `${base}-compare.md`;
   await writeFile(cj, JSON.stringify({ scenario: scenario.name, startedAt: first.result.startedAt, pinned: o.pin === true || scenario.pin, runs: rows.map((r, i) => ({ ...r, json: runs[i]!.json })) }, null, 2));
-  await writeFile(md, `# ${scenario.name}: comparison\n\n${tableText}\n${rows.map((r) => `## ${r.target} — ${r.description}\n\n${r.steps ? stepsTable(r.steps) : 'no steps\n'}`).join('\n')}`);
+  await writeFile(md, `# ${scenario.name}: comparison${o.pin === true || scenario.pin ? ' (pinned)' : ''}\n\n${tableText}\n${rows.map((r) => `## ${r.target} — ${r.description}\n\n${r.steps ? stepsTable(r.steps) : r.error ? `the run failed: ${r.error}\n` : 'no steps\n'}`).join('\n')}`);
   return { ...first, runs, comparison: { table: tableText, json: cj, md } };
 }
 

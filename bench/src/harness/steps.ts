@@ -112,10 +112,11 @@ export function stepsTable(r: StepsResult): string {
 }
 
 /** The comparison across targets, in the shape of issue 17's table. */
-export function comparisonTable(runs: ReadonlyArray<{ target: string; steps: StepsResult | undefined }>): string {
+export function comparisonTable(runs: ReadonlyArray<{ target: string; steps: StepsResult | undefined; error?: string }>): string {
   const head = ['target', 'highest rate with p99 < 100 ms, nothing lost', 'server CPU per message there', 'closed-loop peak', 'past the knee'];
-  const rows = runs.map(({ target, steps }) => {
-    if (!steps) return [target, '–', '–', '–', '–'];
+  const rows = runs.map((run) => {
+    const { target, steps } = run;
+    if (!steps) return [target, run.error !== undefined ? `run failed: ${run.error}` : '–', '–', '–', '–'];
     const b = steps.best;
     return [
       target,
