@@ -43,6 +43,9 @@ if [ "${1:-}" = "--test" ]; then
   fi
   apt_install chromium chromium "the browser tests"
   apt_install prosody prosody "the load harness's XMPP driver test"
+  # The peers of the efficiency comparison (issue 17); the tests start private nodes, never the Debian services.
+  apt_install ejabberdctl ejabberd "the load harness's ejabberd peer test"
+  apt_install redis-server redis-server "the load harness's Socket.IO + Redis peer test"
 fi
 
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

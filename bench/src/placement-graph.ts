@@ -227,3 +227,52 @@ export function sampleContact(g: SocialGraph, u: number, rand: Rand): number {
   if (hi === lo) return -1;
   return g.adj[pickWeighted(g.cumWeight, lo, hi, rand() * g.cumWeight[hi - 1]!)]!;
 }
+
+/**
+ * Communities of `community` consecutive ids (the last one may be smaller); each user gets
+ * `inside` distinct contacts drawn uniformly from its own community (itself excluded; all of them
+ * when the community is smaller) and `outside` drawn uniformly from everyone else (repeats
+ * allowed, as the comparison's workload has it). Contacts are directed (whom the user writes to)
+ * and weigh 1 each.
+ */
+export function consecutiveCommunityGraph(users: number, community: number, inside: number, outside: number, seed: number): SocialGraph {
+  const rand = mulberry32(seed >>> 0);
+  const offsets = new Int32Array(users + 1);
+  const adj: number[] = [];
+  const comm = new Int32Array(users);
+  let cross = 0;
+  for (let u = 0; u < users; u++) {
+    const c = Math.floor(u / community);
+    comm[u] = c;
+    const lo = c * community;
+    const hi = Math.min(users, lo + community);
+    const pool: number[] = [];
+    for (let v = lo; v < hi; v++) if (v !== u) pool.push(v);
+    // Partial Fisher–Yates: `inside` distinct members.
+    const k = Math.min(inside, pool.length);
+    for (let i = 0; i < k; i++) {
+      const j = i + Math.floor(rand() * (pool.length - i));
+      const t = pool[i]!;
+      pool[i] = pool[j]!;
+      pool[j] = t;
+      adj.push(pool[i]!);
+    }
+    for (let i = 0; i < outside; i++) {
+      const w = Math.floor(rand() * (users - 1));
+      const v = w >= u ? w + 1 : w;
+      adj.push(v);
+      if (Math.floor(v / community) !== c) cross++;
+    }
+    offsets[u + 1] = adj.length;
+  }
+  const weight = new Float32Array(adj.length).fill(1);
+  const cumWeight = new Float32Array(adj.length);
+  const strength = new Float32Array(users);
+  for (let u = 0; u < users; u++) {
+    let s = 0;
+    for (let i = offsets[u]!; i < offsets[u + 1]!; i++) cumWeight[i] = ++s;
+    strength[u] = s;
+  }
+  const share = adj.length > 0 ? cross / adj.length : 0;
+  return { users, offsets, adj: Int32Array.from(adj), weight, cumWeight, strength, community: comm, communities: Math.ceil(users / community), crossEdges: share, crossWeight: share };
+}

@@ -199,7 +199,7 @@ t.test('the command line: a bad scenario file exits 2 with every problem named',
   t.equal(code, 2);
   t.match(err, /SCENARIO_INVALID/);
   t.match(err, /users: must be an integer/);
-  t.match(err, /target\.driver: must be "gravitas" or "xmpp"/);
+  t.match(err, /target\.driver: must be "gravitas", "xmpp" or "socketio"/);
   await writeFile(join(dir, 'empty.yaml'), '');
   const usage = spawn(process.execPath, [BENCH_MAIN, 'run'], { stdio: ['ignore', 'ignore', 'pipe'] });
   let uerr = '';

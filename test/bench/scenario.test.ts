@@ -3,7 +3,12 @@ import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HARNESS_ERROR_CODES, ScenarioError } from '../../bench/src/harness/errors.js';
-import { diurnalFactor, loadScenario, offeredRate, parseScenario, validateScenario, type Scenario } from '../../bench/src/harness/scenario.js';
+import { diurnalFactor, loadScenario, offeredRate, parseScenario, stepAt, stepsTotalMs, targetName, validateScenario, type Scenario } from '../../bench/src/harness/scenario.js';
+import { consecutiveCommunityGraph } from '../../bench/src/placement-graph.js';
+import { encodeHistogram, LatencyRecorder } from '../../bench/src/harness/latency.js';
+import { deliveryId, missingAndRepeated, sendOf } from '../../bench/src/harness/ledger.js';
+import type { IntervalSample } from '../../bench/src/harness/result.js';
+import { comparisonTable, summarizeSteps } from '../../bench/src/harness/steps.js';
 
 const SCENARIOS = fileURLToPath(new URL('../../bench/scenarios/', import.meta.url));
 const DOC = fileURLToPath(new URL('../../docs/benchmarking.md', import.meta.url));
@@ -68,7 +73,7 @@ t.test('every problem is listed at once, not just the first', async (t) => {
   t.match(got.join('\n'), /^name: /m);
   t.match(got.join('\n'), /^users: /m);
   t.match(got.join('\n'), /^duration: /m);
-  t.match(got.join('\n'), /^target\.driver: must be "gravitas" or "xmpp", got "irc"/m);
+  t.match(got.join('\n'), /^target\.driver: must be "gravitas", "xmpp" or "socketio", got "irc"/m);
   t.match(got.join('\n'), /^graph\.mu: /m);
   try {
     validateScenario(raw, 'bad.yaml');
@@ -89,7 +94,7 @@ t.test('cross-field rules', async (t) => {
   t.same(issues(t, { ...base(), behaviours: { campaigns: [{ at: '20s', audience: 1 }] } }), ['behaviours.campaigns[0].at: must be before the end of the run (rampUp + duration = 10 s), got 20 s']);
   t.match(issues(t, { ...base(), users: 40_000, generators: { count: 2, maxConnections: 15_000 } }), [/^generators: 2 generator\(s\) × 15000 connections cannot hold 40000 devices .* ≥ 3$/]);
   t.match(issues(t, { ...base(), generators: { maxConnections: 20_000 } }), [/^generators\.maxConnections: must be an integer in \[1, 19000\]/]);
-  t.same(issues(t, { ...base(), target: { driver: 'xmpp', local: { nodes: 1 } } }), ['target.local.nodes: unknown key; allowed: server', 'target.local.server: must be "prosody" (the server the harness can start), got nothing']);
+  t.same(issues(t, { ...base(), target: { driver: 'xmpp', local: { nodes: 1 } } }), ['target.local.server: must be "prosody" or "ejabberd" (the servers the harness can start), got nothing']);
   t.same(issues(t, { ...base(), target: { driver: 'xmpp', remote: { addresses: ['a:1'] } } }), ['target.remote: is for driver "gravitas"']);
   t.same(issues(t, { ...base(), target: { driver: 'xmpp', local: { server: 'prosody' }, port: 5333 } }), ['target.port: comes from the local server: give either local or host/port/domain']);
   t.same(issues(t, { ...base(), target: { driver: 'gravitas', local: {}, muc: 'x' } }), ['target.muc: is for driver "xmpp"']);
@@ -134,4 +139,125 @@ t.test('the diurnal curve and the offered rate', async (t) => {
 t.test('every harness error code is documented in docs/benchmarking.md', async (t) => {
   const doc = await readFile(DOC, 'utf8');
   for (const code of HARNESS_ERROR_CODES) t.ok(doc.includes(`\`${code}\``), `${code} documented`);
+});
+
+t.test('peer targets: ejabberd, Socket.IO, and a list of targets', async (t) => {
+  const ej = validateScenario({ ...base(), target: { driver: 'xmpp', local: { server: 'ejabberd', nodes: 2 } } });
+  t.same(ej.target, { driver: 'xmpp', local: { server: 'ejabberd', nodes: 2 }, host: '127.0.0.1', port: 5222, domain: 'localhost', muc: 'conference.localhost', register: true });
+  t.same(ej.targets, [ej.target], 'one target is a list of one');
+  t.same(validateScenario({ ...base(), target: { driver: 'xmpp', local: { server: 'ejabberd' } } }).target, { driver: 'xmpp', local: { server: 'ejabberd', nodes: 1 }, host: '127.0.0.1', port: 5222, domain: 'localhost', muc: 'conference.localhost', register: true }, 'one node by default');
+  t.same(validateScenario({ ...base(), target: { driver: 'socketio', local: { processes: 3 } } }).target, { driver: 'socketio', local: { processes: 3 } });
+  t.same(validateScenario({ ...base(), target: { driver: 'socketio' } }).target, { driver: 'socketio', local: { processes: 2 } }, 'two processes by default');
+  t.same(issues(t, { ...base(), target: { driver: 'xmpp', local: { server: 'ejabberd', nodes: 0 } } }), ['target.local.nodes: must be an integer in [1, 8], got 0']);
+  t.same(issues(t, { ...base(), target: { driver: 'xmpp', local: { server: 'prosody', nodes: 2 } } }), ['target.local.nodes: is for server "ejabberd" (the harness starts one prosody)']);
+  t.same(issues(t, { ...base(), target: { driver: 'socketio', local: { processes: 'two' } } }), ['target.local.processes: must be an integer in [1, 16], got "two"']);
+  t.same(issues(t, { ...base(), target: { driver: 'socketio', host: 'x', local: { proceses: 2 } } }), [
+    'target.host: is not for driver "socketio" (the harness starts the peer: give local)',
+    'target.local.proceses: unknown key (did you mean "processes"?); allowed: processes',
+  ]);
+  t.same(issues(t, { ...base(), target: { driver: 'socketio' }, behaviours: { groups: { share: 0.5, count: 2, size: { min: 2, max: 5 } } } }), ['behaviours.groups.share: must be 0 with driver "socketio" (the Socket.IO peer has no groups)']);
+
+  const list = validateScenario({ ...base(), target: undefined, targets: [{ driver: 'gravitas' }, { driver: 'xmpp', local: { server: 'ejabberd', nodes: 2 } }, { driver: 'socketio' }] });
+  t.same(list.targets.map(targetName), ['gravitas', 'ejabberd', 'socketio']);
+  t.equal(list.target, list.targets[0], 'target is the first of targets');
+  t.same(issues(t, { ...base(), targets: [{ driver: 'socketio' }] }), ['targets: give either target or targets, not both']);
+  t.same(issues(t, { ...base(), target: undefined, targets: [] }), ['targets: must list at least one target']);
+  t.same(issues(t, { ...base(), target: undefined, targets: [{ driver: 'socketio' }, { driver: 'socketio', local: { processes: 1 } }] }), ['targets[1]: "socketio" is listed twice (targets are told apart by name)']);
+  t.same(issues(t, { ...base(), target: undefined, targets: [{ driver: 'gravitas' }, { driver: 'xmpp', local: { server: 'openfire' } }] }), ['targets[1].local.server: must be "prosody" or "ejabberd" (the servers the harness can start), got "openfire"']);
+  t.same(issues(t, { ...base(), pin: 'yes' }), ['pin: must be true or false, got "yes"']);
+  t.equal(validateScenario({ ...base(), pin: true }).pin, true);
+});
+
+t.test('step sweeps and the consecutive-community graph', async (t) => {
+  const steps = { rates: [100, 200], warmup: '1s', hold: '2s', closedLoop: { inFlight: 2 } };
+  const s = validateScenario({ ...base(), duration: undefined, rampUp: 2, graph: { consecutive: { community: 50, inside: 16, outside: 4 } }, behaviours: { messages: { steps } } });
+  t.same(s.behaviours.messages.steps, { rates: [100, 200], warmupMs: 1000, holdMs: 2000, closedLoop: { inFlight: 2 } });
+  t.equal(s.durationMs, 9000, 'the duration is the steps: 3 × (1 + 2) s');
+  t.equal(stepsTotalMs(s.behaviours.messages.steps!), 9000);
+  t.same(s.graph.consecutive, { community: 50, inside: 16, outside: 4 });
+  t.equal(stepAt(s, 1999), undefined, 'nothing in the ramp-up');
+  t.same(stepAt(s, 2000), { index: 0, rate: 100, closed: false, measured: false }, 'the first warmup');
+  t.same(stepAt(s, 3000), { index: 0, rate: 100, closed: false, measured: true }, 'the first hold');
+  t.same(stepAt(s, 6000), { index: 1, rate: 200, closed: false, measured: true });
+  t.same(stepAt(s, 9000), { index: 2, rate: 0, closed: true, measured: true }, 'the closed-loop step');
+  t.equal(stepAt(s, 11_000), undefined, 'after the last step');
+
+  const b = { ...base(), rampUp: 2 };
+  t.same(issues(t, { ...b, duration: 5, behaviours: { messages: { steps } } }), ['duration: must be the steps\' total (9 s: 3 steps × (warmup + hold)) or left out, got 5 s']);
+  t.same(issues(t, { ...b, behaviours: { messages: { perUserPerMinute: 5, steps: { rates: [1], hold: 1 } } } }), [
+    'behaviours.messages.perUserPerMinute: is not used with steps (the steps give the offered rates): leave it out',
+    'duration: must be the steps\' total (4 s: 1 steps × (warmup + hold)) or left out, got 10 s',
+  ]);
+  t.same(issues(t, { ...b, duration: undefined, behaviours: { messages: { steps: { rates: [100, -1] } } } }), ['behaviours.messages.steps.rates[1]: must be a number in (0, 10000000] (msgs/s), got -1']);
+  t.same(issues(t, { ...base(), duration: undefined, behaviours: { messages: { steps: { rates: [100] } } } }), ['rampUp: is required with steps (every user connects before the first step)']);
+  t.same(issues(t, { ...b, duration: undefined, generators: { count: 2 }, behaviours: { messages: { steps } } }), [
+    'behaviours.messages.steps.closedLoop: needs generators.count 1 (a message\'s arrival frees its sender\'s slot, so sender and recipient must share a generator), got 2',
+  ]);
+  t.same(issues(t, { ...base(), graph: { mu: 0.1, consecutive: { community: 10, inside: 10, outside: 0 } } }), [
+    'graph.consecutive.inside: must be below community (10: contacts are distinct and never the user), got 10',
+    'graph.mu: is not used with graph.consecutive: leave it out',
+  ]);
+  t.same(issues(t, { ...base(), graph: { consecutive: { community: 500, inside: 0, outside: 0 } } }), [
+    'graph.consecutive.community: must not exceed users (100), got 500',
+    'graph.consecutive: must give each user at least one contact (inside + outside ≥ 1)',
+  ]);
+});
+
+// The comparison's pieces without processes: its graph, lost ids placed in their step, the table.
+
+t.test('communities of 50 consecutive ids: 16 distinct contacts inside, 4 uniform', async (t) => {
+  const g = consecutiveCommunityGraph(2000, 50, 16, 4, 17);
+  let inside = 0;
+  for (let u = 0; u < 2000; u++) {
+    const row = Array.from(g.adj.subarray(g.offsets[u]!, g.offsets[u + 1]!));
+    if (row.length !== 20) t.fail(`user ${u}: ${row.length} contacts, not 20`);
+    const own = row.slice(0, 16);
+    if (!own.every((v) => Math.floor(v / 50) === Math.floor(u / 50) && v !== u) || new Set(own).size !== 16) t.fail(`user ${u}: 16 distinct others of its community`);
+    if (row.includes(u)) t.fail(`user ${u} is its own contact`);
+    inside += row.filter((v) => Math.floor(v / 50) === Math.floor(u / 50)).length;
+  }
+  t.equal(g.adj.length, 40_000, '20 contacts each');
+  // 16 inside + 4 uniform of which ~49/1999 land inside too.
+  t.ok(Math.abs(inside / 2000 - (16 + 4 * 49 / 1999)) < 0.1, `inside contacts per user ≈ 16.1 (${(inside / 2000).toFixed(2)})`);
+  t.equal(g.communities, 40);
+  t.same(consecutiveCommunityGraph(2000, 50, 16, 4, 17).adj, g.adj, 'the same seed, the same graph');
+});
+
+t.test('lost and repeated ids, and the send they belong to', async (t) => {
+  const id = (ref: number, gen: number, dev: number): number => deliveryId(ref, gen, 2, dev, 10);
+  const owed = [id(1, 0, 3), id(2, 0, 4), id(3, 1, 5), id(4, 1, 6)];
+  const arrived = [id(1, 0, 3), id(3, 1, 5), id(3, 1, 5), id(9, 0, 9)];
+  const r = missingAndRepeated(owed, arrived);
+  t.same(r.missing.map((x) => sendOf(x, 2, 10)), [{ generator: 0, ref: 2 }, { generator: 1, ref: 4 }]);
+  t.same(r.repeated.map((x) => sendOf(x, 2, 10)), [{ generator: 1, ref: 3 }]);
+});
+
+t.test('each hold summarised, the best step, the knee and the closed loop', async (t) => {
+  const s = validateScenario({ name: 's', users: 10, rampUp: 1, interval: 1, behaviours: { messages: { steps: { rates: [100, 200], warmup: 1, hold: 2, closedLoop: { inFlight: 1 } } } }, target: { driver: 'socketio' } });
+  // 10 intervals: ramp 1, step 1 = 2..4 (hold 3, 4), step 2 = 5..7 (hold 6, 7), closed = 8..10 (hold 9, 10).
+  const hists = new Map<number, string[]>();
+  const intervals: IntervalSample[] = [];
+  const lastRef: number[] = [];
+  for (let k = 1; k <= 10; k++) {
+    const rec = new LatencyRecorder();
+    const lat = k <= 4 ? 5 : k <= 7 ? 300 : 20;
+    for (let i = 0; i < 100; i++) rec.record(0, lat);
+    hists.set(k, [encodeHistogram(rec.total)]);
+    const rate = k <= 1 ? 0 : k <= 4 ? 100 : k <= 7 ? 200 : 1000;
+    lastRef.push((lastRef.at(-1) ?? 0) + rate);
+    intervals.push({ t: k, phase: 'steady', sentPerSec: rate, receivedPerSec: rate, servers: { a: { cpu: 50, rssMiB: 1 }, b: { cpu: 30, rssMiB: 1 } }, generators: { gen0: { cpu: 20 } } } as unknown as IntervalSample);
+  }
+  // One message lost from step 2 (ref 600 was sent in interval 5), none elsewhere.
+  const lost = { missing: [deliveryId(600, 0, 1, 3, 10)], repeated: [] };
+  const r = summarizeSteps(s, intervals, { hists, lastRefs: new Map([[0, lastRef]]), lost, generators: 1, devices: 10 })!;
+  t.same(r.steps.map((x) => x.offered), [100, 200, null]);
+  t.same(r.steps.map((x) => x.missing), [0, 1, 0], 'the lost message in the step that sent it');
+  t.same(r.steps.map((x) => Math.round(x.latency.p99!)), [5, 300, 20], 'p99 of the holds (warmups left out)');
+  t.equal(r.steps[0]!.serverCpu, 80, 'servers summed');
+  t.equal(Math.round(r.steps[0]!.cpuPerMsgUs!), 8000, '0.8 core / 100 msgs/s = 8 ms each');
+  t.equal(r.best?.offered, 100);
+  t.equal(r.pastKnee?.offered, 200);
+  t.equal(r.closedLoop?.deliveredPerSec, 1000);
+  const table = comparisonTable([{ target: 'socketio', steps: r }, { target: 'none', steps: undefined }]);
+  t.match(table, /\| socketio \| 100 msgs\/s \(p99 5\.0 ms\) +\| 8,000 µs +\| 1,000 msgs\/s \(p99 20 ms\) \| 200 offered: 200 delivered\/s, p99 300 ms, 1 lost/);
 });

@@ -34,7 +34,8 @@ export const TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
 /** How a generator reaches the system under test (what the runner started, or the scenario's remote target). */
 export type DriverSpec =
   | { kind: 'gravitas'; addresses: string[]; serverPublicKey: string; registration: string }
-  | { kind: 'xmpp'; host: string; port: number; domain: string; muc: string; register: boolean };
+  | { kind: 'xmpp'; host: string; port: number; domain: string; muc: string; register: boolean; ports?: number[]; mechanism?: 'PLAIN' | 'SCRAM-SHA-1' }
+  | { kind: 'socketio'; urls: string[] };
 
 // ---------- runner → generator ----------
 
@@ -86,6 +87,8 @@ export interface GeneratorInterval {
   receivedTotal: number;
   /** Sends still waiting for their outcome (their owed deliveries are not in `expected` yet). */
   pending: number;
+  /** The last send ref the generator used by the end of the interval: places a lost message in its step. */
+  lastRef?: number;
   errors: Record<string, number>;
   self: GeneratorSample;
   host: { name: string; sample: ProcSample & { cores: number } };
@@ -168,7 +171,7 @@ export function decodeToGenerator(data: Uint8Array): ToGenerator {
       if (typeof src?.text !== 'string' || (src.format !== 'json' && src.format !== 'yaml')) invalid('setup.source must be {text, format}');
       if (typeof m['namespace'] !== 'string' || typeof m['runTag'] !== 'string') invalid('setup.namespace/runTag must be strings');
       const d = m['driver'] as { kind?: unknown } | undefined;
-      if (d?.kind !== 'gravitas' && d?.kind !== 'xmpp') invalid('setup.driver.kind must be gravitas or xmpp');
+      if (d?.kind !== 'gravitas' && d?.kind !== 'xmpp' && d?.kind !== 'socketio') invalid('setup.driver.kind must be gravitas, xmpp or socketio');
       break;
     }
     case 'createGroups':

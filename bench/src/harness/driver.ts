@@ -32,6 +32,8 @@ export interface DeviceRef {
    * the account's rather than the device's (an XMPP password).
    */
   userSecret: Uint8Array;
+  /** The user's index in the population: drivers of multi-node peers put user i on node i mod n. */
+  index?: number;
 }
 
 export interface Incoming {

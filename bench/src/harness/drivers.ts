@@ -1,6 +1,7 @@
 import type { DriverSpec } from './control.js';
 import type { Driver } from './driver.js';
 import { GravitasDriver } from './gravitas-driver.js';
+import { SocketIoDriver } from './socketio-driver.js';
 import { XmppDriver } from './xmpp-driver.js';
 
 /**
@@ -12,6 +13,8 @@ export function makeDriver(spec: DriverSpec, idPrefix: string, generator = 0): D
     case 'gravitas':
       return new GravitasDriver({ addresses: spec.addresses, serverPublicKey: new Uint8Array(Buffer.from(spec.serverPublicKey, 'base64url')), registration: spec.registration, idPrefix, spreadSources: { generator } });
     case 'xmpp':
-      return new XmppDriver({ host: spec.host, port: spec.port, domain: spec.domain, muc: spec.muc, register: spec.register, idPrefix });
+      return new XmppDriver({ host: spec.host, port: spec.port, domain: spec.domain, muc: spec.muc, register: spec.register, idPrefix, ...(spec.ports && { ports: spec.ports }), ...(spec.mechanism && { mechanism: spec.mechanism }) });
+    case 'socketio':
+      return new SocketIoDriver({ urls: spec.urls, idPrefix });
   }
 }

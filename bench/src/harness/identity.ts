@@ -30,5 +30,5 @@ export function userSecret(namespace: string, user: string): Uint8Array {
 export function deviceRef(namespace: string, userIndex: number, deviceIndex: number): DeviceRef {
   const user = userName(namespace, userIndex);
   const device = deviceName(deviceIndex);
-  return { user, device, secret: deviceSecret(namespace, user, device), userSecret: userSecret(namespace, user) };
+  return { user, device, secret: deviceSecret(namespace, user, device), userSecret: userSecret(namespace, user), index: userIndex };
 }

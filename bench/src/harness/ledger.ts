@@ -73,3 +73,24 @@ export function ledgerChunks(owed: readonly number[], arrived: readonly number[]
   if (out.length === 0) out.push({ owed: [], received: [] });
   return out;
 }
+
+/** The owed ids that never arrived, and every arrival beyond the first of an id (for placing them in time). */
+export function missingAndRepeated(owed: readonly number[], arrived: readonly number[]): { missing: number[]; repeated: number[] } {
+  const o = sortedUnique(owed);
+  const a = Float64Array.from(arrived).sort();
+  const missing: number[] = [];
+  const repeated: number[] = [];
+  for (let j = 1; j < a.length; j++) if (a[j] === a[j - 1]) repeated.push(a[j]!);
+  let j = 0;
+  for (let i = 0; i < o.length; i++) {
+    while (j < a.length && a[j]! < o[i]!) j++;
+    if (j >= a.length || a[j] !== o[i]) missing.push(o[i]!);
+  }
+  return { missing, repeated };
+}
+
+/** The sending generator and ref of a delivery id (deliveryId's inverse). */
+export function sendOf(id: number, generators: number, devices: number): { generator: number; ref: number } {
+  const x = Math.floor(id / devices);
+  return { generator: x % generators, ref: Math.floor(x / generators) };
+}

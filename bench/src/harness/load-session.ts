@@ -9,7 +9,7 @@ import { deliveryId, deviceBase, ledgerChunks } from './ledger.js';
 import { HostSampler, SelfMonitor } from './monitor.js';
 import { tally } from './result.js';
 import type { Population } from './population.js';
-import { diurnalFactor, scenarioTotalMs, type Scenario } from './scenario.js';
+import { diurnalFactor, scenarioTotalMs, stepAt, type Scenario } from './scenario.js';
 import {
   ActiveSet, exponential, expectedDirect, groupDevices, localMemberships, localUsers, offlineMeans, recipientOf, stream, STREAM, TimerQueue, tracksDeliveries,
 } from './workload.js';
@@ -32,6 +32,8 @@ const enum Act {
   GoOnline = 3,
   Reconnect = 4,
   Storm = 5,
+  /** The closed-loop step begins: every active user sends its first `inFlight` messages. */
+  ClosedLoop = 6,
 }
 
 const enum Dev {
@@ -52,6 +54,12 @@ const RETRY_MAX_MS = 10_000;
 const MAX_CONTACTS = 1000;
 /** Largest send backlog the pacer keeps after a stall; older sends are dropped and make the run generator-bound. */
 const MAX_BACKLOG = 50_000;
+/**
+ * Longest a tick spends sending what came due before it yields (ms): a backlog after a stall is
+ * worked off over several ticks, so heartbeats, reports and receives go on meanwhile (each send
+ * still carries its intended time: the lateness is measured, not hidden).
+ */
+const SEND_SLICE_MS = 20;
 
 export type SessionEmit = (m: Record<string, unknown> & { type: string }) => void;
 
@@ -118,6 +126,9 @@ export class LoadSession {
   /** Per tracked send awaiting its outcome: deliveries it owes, its target (user v, or −(group + 1)) and the sending device (global number). */
   private readonly pending = new Map<number, { expected: number; to: number; from: number }>();
   private ref = 0;
+  /** Closed loop: the sending slot of each message on its way, and when the step ends (run time). */
+  private readonly closedSender = new Map<number, number>();
+  private closedUntil = 0;
   // ---- the delivery ledger (ledger.ts): accepted sends, and what arrived here, by id ----
   /** Global device numbers: user u's device k is devBase[u] + k. */
   private readonly devBase: Int32Array;
@@ -143,6 +154,12 @@ export class LoadSession {
   private errors: Record<string, number> = {};
   /** The pacer's dropped sends already reported (it counts them for the whole run). */
   private skippedReported = 0;
+  /** Intended times that came due and wait to be sent (worked off SEND_SLICE_MS at a time). */
+  private dueTimes: number[] = [];
+  private dueHead = 0;
+  /** Sends dropped from that queue (backlog over MAX_BACKLOG, or still waiting when the run ended), and the pacer's own. */
+  private dueDropped = 0;
+  private pacerSkipped = 0;
   private expectedTotal = 0;
   private receivedTotal = 0;
   private readonly latency = new LatencyRecorder();
@@ -163,7 +180,7 @@ export class LoadSession {
     this.pop = o.population;
     this.driver = o.driver;
     this.offset = o.clockOffsetMs;
-    this.track = tracksDeliveries(o.driver.capabilities);
+    this.track = tracksDeliveries(o.driver.capabilities, this.s);
     this.totalMs = scenarioTotalMs(this.s);
     this.tagPrefix = `${o.runTag}.`;
     this.sendTag = `${this.tagPrefix}${o.index}.`;
@@ -339,7 +356,12 @@ export class LoadSession {
     s.behaviours.reconnectStorms.forEach((st, i) => this.timers.push(st.atMs, Act.Storm, i));
     const m = s.behaviours.messages;
     const perUser = m.perUserPerMinute / 60;
-    if (perUser > 0) this.pacer = new Pacer((at) => this.active.size * perUser * diurnalFactor(m.diurnal, at - t0), t0, MAX_BACKLOG, this.rand.send());
+    if (m.steps) {
+      // This generator's share of each step's offered rate; nothing in the ramp-up or the closed-loop step.
+      const share = this.users.length / s.users;
+      this.pacer = new Pacer((at) => (stepAt(s, at - t0)?.rate ?? 0) * share, t0, MAX_BACKLOG, this.rand.send());
+      if (m.steps.closedLoop) this.timers.push(s.rampUpMs + m.steps.rates.length * (m.steps.warmupMs + m.steps.holdMs), Act.ClosedLoop, 0);
+    } else if (perUser > 0) this.pacer = new Pacer((at) => this.active.size * perUser * diurnalFactor(m.diurnal, at - t0), t0, MAX_BACKLOG, this.rand.send());
     const pres = s.behaviours.presence.changesPerUserPerMinute / 60;
     if (pres > 0) this.presencePacer = new Pacer(() => this.active.size * pres, t0, MAX_BACKLOG, this.rand.presence());
     this.nextIntervalAt = t0 + s.intervalMs;
@@ -352,7 +374,8 @@ export class LoadSession {
   private schedule(): void {
     if (this.phase === 'stopped') return;
     const now = this.clock();
-    const next = Math.min(this.t0 + this.timers.next, this.pacer?.nextAt ?? Infinity, this.presencePacer?.nextAt ?? Infinity, this.nextIntervalAt);
+    const waiting = this.dueHead < this.dueTimes.length ? now : Infinity;
+    const next = Math.min(waiting, this.t0 + this.timers.next, this.pacer?.nextAt ?? Infinity, this.presencePacer?.nextAt ?? Infinity, this.nextIntervalAt);
     clearTimeout(this.timer);
     this.timer = setTimeout(this.tick, Math.max(0, Math.min(next - now, 1000)));
   }
@@ -366,7 +389,8 @@ export class LoadSession {
         this.act(this.popped.kind, this.popped.arg, at);
       }
       if (this.phase === 'run' && t >= this.totalMs) this.beginDrain();
-      if (this.pacer) for (const intended of this.pacer.due(now)) this.sendOne(intended, now);
+      if (this.pacer) for (const intended of this.pacer.due(now)) this.dueTimes.push(intended);
+      this.sendDue(now);
       if (this.presencePacer) for (let n = this.presencePacer.due(now).length; n > 0; n--) this.togglePresence();
       if (now >= this.nextIntervalAt) this.report();
     } catch (e) {
@@ -390,6 +414,8 @@ export class LoadSession {
         return this.requestConnect(arg);
       case Act.Storm:
         return this.storm(arg, at);
+      case Act.ClosedLoop:
+        return this.startClosedLoop();
     }
   }
 
@@ -500,6 +526,7 @@ export class LoadSession {
         }
         this.receivedTotal++;
         if (this.track) this.noteArrival(b.tag, di);
+        if (this.closedUntil > 0 && b.tag.startsWith(this.sendTag)) this.onClosedArrival(b.tag);
         if (b.intendedMs < this.liveSince[di]!) {
           this.c.catchup++;
           this.catchupLatency.add(at - b.intendedMs);
@@ -534,12 +561,34 @@ export class LoadSession {
     };
   }
 
-  private sendOne(intended: number, now: number): void {
+  /** Closed loop: each active user's first messages; every arrival sends the next (onClosedArrival). */
+  private startClosedLoop(): void {
+    const n = this.s.behaviours.messages.steps?.closedLoop?.inFlight ?? 0;
+    this.closedUntil = this.s.rampUpMs + this.s.durationMs;
+    const now = this.clock();
+    for (let slot = 0; slot < this.users.length; slot++) {
+      if (!this.active.has(slot)) continue;
+      for (let i = 0; i < n; i++) this.sendOne(now, now, slot);
+    }
+  }
+
+  /** A closed-loop message of this generator arrived: its sender sends the next, while the step lasts. */
+  private onClosedArrival(tag: string): void {
+    const rest = tag.slice(this.sendTag.length);
+    const ref = parseInt(rest, 36);
+    const slot = this.closedSender.get(ref);
+    if (slot === undefined) return;
+    this.closedSender.delete(ref);
+    const now = this.clock();
+    if (now - this.t0 < this.closedUntil && this.phase === 'run') this.sendOne(now, now, slot);
+  }
+
+  private sendOne(intended: number, now: number, closedSlot = -1): void {
     const rand = this.rand.send;
-    let slot = -1;
+    let slot = closedSlot;
     let gi = -1;
     const ms = this.memberships;
-    if (ms.slot.length > 0 && this.s.behaviours.groups.share > 0 && rand() < this.s.behaviours.groups.share) {
+    if (slot < 0 && ms.slot.length > 0 && this.s.behaviours.groups.share > 0 && rand() < this.s.behaviours.groups.share) {
       // A member of a group, among the active ones (a few tries: most users are active).
       for (let tries = 0; tries < 8; tries++) {
         const k = Math.floor(rand() * ms.slot.length);
@@ -556,6 +605,7 @@ export class LoadSession {
     const nd = this.nDev[slot]!;
     const di = this.firstDev[slot]! + (nd > 1 ? Math.floor(rand() * nd) : 0);
     const ref = ++this.ref;
+    if (closedSlot >= 0) this.closedSender.set(ref, closedSlot);
     const body = encodeBody(intended, this.sendTag + ref.toString(36), this.s.behaviours.messages.bodyBytes);
     let expected: number;
     if (gi >= 0) {
@@ -583,17 +633,44 @@ export class LoadSession {
     }
   }
 
+  /** Sends what came due, oldest first, for at most SEND_SLICE_MS; beyond MAX_BACKLOG waiting, the oldest are dropped. */
+  private sendDue(now: number): void {
+    const backlog = this.dueTimes.length - this.dueHead;
+    if (backlog > MAX_BACKLOG) {
+      this.dueDropped += backlog - MAX_BACKLOG;
+      this.dueHead += backlog - MAX_BACKLOG;
+    }
+    const end = performance.now() + SEND_SLICE_MS;
+    while (this.dueHead < this.dueTimes.length) {
+      this.sendOne(this.dueTimes[this.dueHead++]!, now);
+      if ((this.dueHead & 63) === 0 && performance.now() > end) break;
+    }
+    if (this.dueHead === this.dueTimes.length) {
+      this.dueTimes = [];
+      this.dueHead = 0;
+    } else if (this.dueHead > 4096) {
+      this.dueTimes = this.dueTimes.slice(this.dueHead);
+      this.dueHead = 0;
+    }
+  }
+
   /** End of the run: no new sends; everyone comes back online so that every mailbox drains. */
   private beginDrain(): void {
     this.phase = 'drain';
+    if (this.pacer) this.pacerSkipped = this.pacer.skipped;
+    // Sends still waiting were never made: dropped behind schedule.
+    this.dueDropped += this.dueTimes.length - this.dueHead;
+    this.dueTimes = [];
+    this.dueHead = 0;
     this.pacer = undefined;
     this.presencePacer = undefined;
     for (let slot = 0; slot < this.users.length; slot++) if (!this.wantOnline[slot]) this.online(slot, this.totalMs);
   }
 
   private report(): void {
-    // The pacer is gone after the run: nothing more is skipped then.
-    const skipped = this.pacer?.skipped ?? this.skippedReported;
+    // The pacer is gone after the run: its count stays where it was.
+    if (this.pacer) this.pacerSkipped = this.pacer.skipped;
+    const skipped = this.pacerSkipped + this.dueDropped;
     const interval: GeneratorInterval = {
       k: ++this.k,
       phase: this.phase === 'drain' ? 'drain' : 'run',
@@ -606,6 +683,7 @@ export class LoadSession {
       expected: this.expectedTotal,
       receivedTotal: this.receivedTotal,
       pending: this.pending.size,
+      lastRef: this.ref,
       errors: this.errors,
       self: this.self.sample(skipped - this.skippedReported),
       host: { name: this.hostName, sample: this.host.sample() },

@@ -1,5 +1,5 @@
 import { mulberry32 } from '../custody-types.js';
-import { generateGraph, type Rand, type SocialGraph } from '../placement-graph.js';
+import { consecutiveCommunityGraph, generateGraph, type Rand, type SocialGraph } from '../placement-graph.js';
 import type { PowerLaw, Scenario } from './scenario.js';
 
 /*
@@ -22,7 +22,8 @@ const GROUP_STREAM = 0x9e3779b9;
 const DEVICE_STREAM = 0x85ebca6b;
 
 export function buildPopulation(s: Scenario): Population {
-  const graph = generateGraph({
+  const cons = s.graph.consecutive;
+  const graph = cons ? consecutiveCommunityGraph(s.users, cons.community, cons.inside, cons.outside, s.seed) : generateGraph({
     users: s.users,
     mu: s.graph.mu,
     seed: s.seed,

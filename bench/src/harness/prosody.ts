@@ -197,7 +197,7 @@ function readTail(file: string, max = 16 * 1024): string {
  * Whether `port` answers an XMPP stream header for `domain` with stream features: proves that
  * *this* Prosody listens there (not something else that took the port).
  */
-function answersXmpp(port: number, domain: string, timeoutMs = 2000): Promise<boolean> {
+export function answersXmpp(port: number, domain: string, timeoutMs = 2000): Promise<boolean> {
   return new Promise((resolve) => {
     let got = '';
     let done = false;

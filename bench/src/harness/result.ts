@@ -180,7 +180,37 @@ export interface RunResult {
   capacity: Capacity | null;
   /** Where the limit was, in sentences: generators, a host out of CPU, a pinned process, a backlog… */
   bottlenecks: string[];
+  /** Step sweeps (behaviours.messages.steps): each step's hold, and the comparison's figures. */
+  steps?: StepsResult;
   notes: string[];
+}
+
+/** One step's hold (its warmup left out). */
+export interface StepSummary {
+  index: number;
+  /** Offered msgs/s, or null for the closed-loop step. */
+  offered: number | null;
+  sentPerSec: number;
+  deliveredPerSec: number;
+  latency: LatencyJson;
+  /** Deliveries owed by this step's sends that never arrived, and arrivals beyond the first (by id); null when not tracked. */
+  missing: number | null;
+  repeats: number | null;
+  /** Server processes' CPU summed, % of one core (mean over the hold). */
+  serverCpu: number;
+  /** Server CPU per delivered message, µs. */
+  cpuPerMsgUs: number | null;
+  /** Busiest generator's CPU, % of one core (mean over the hold). */
+  generatorCpu: number;
+}
+
+export interface StepsResult {
+  steps: StepSummary[];
+  /** The highest open-loop step with p99 < 100 ms and nothing lost. */
+  best: StepSummary | null;
+  /** The first open-loop step above `best` (or the first of all when none was good). */
+  pastKnee: StepSummary | null;
+  closedLoop: StepSummary | null;
 }
 
 /** Adds `n` to `counts[key]`: errors and outcomes are counted by code everywhere in a run. */

@@ -4,6 +4,7 @@ import { HarnessError, ScenarioError } from './errors.js';
 import { fmt, renderHtmlReport } from './html.js';
 import { bottlenecks, capacity, judge, RESULT_FORMAT, type RunResult } from './result.js';
 import { runScenario, type RunOptions } from './runner.js';
+import { stepsTable } from './steps.js';
 
 /*
  * `gravitas bench run FILE` / `npm run bench -- run FILE` (or just `npm run bench -- FILE`): parses
@@ -25,6 +26,9 @@ options:
                            same NS reuses them on a long-lived cluster (default: fresh per run)
   --drain S                after the run, how long to wait for owed deliveries once none arrive any
                            more (default max(30, 5 intervals); 10 min at most in all, or 4 × S)
+  --targets A,B,…          run only these of the scenario's targets (gravitas, ejabberd, prosody,
+                           xmpp, socketio), one after the other, with one comparison table
+  --pin                    servers under taskset -c 0, generators and runner under taskset -c 1
 
   gravitas bench generator --control URL    a generator that serves runners until stopped
   gravitas bench report RESULT.json [--html FILE]
@@ -44,6 +48,8 @@ export async function runCommand(argv: readonly string[], out: NodeJS.WritableSt
         'external-generators': { type: 'boolean' },
         namespace: { type: 'string' },
         drain: { type: 'string' },
+        targets: { type: 'string' },
+        pin: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -63,15 +69,22 @@ export async function runCommand(argv: readonly string[], out: NodeJS.WritableSt
       ...(values['external-generators'] && { externalGenerators: true }),
       ...(values.namespace !== undefined && { namespace: values.namespace }),
       ...(drain !== undefined && { drainTimeoutMs: drain * 1000 }),
+      ...(values.targets !== undefined && { targets: values.targets.split(',').map((x) => x.trim()).filter(Boolean) }),
+      ...(values.pin && { pin: true }),
     };
   } catch (e) {
     process.stderr.write(`error: ${(e as Error).message}\n\n${RUN_USAGE}\n`);
     return 2;
   }
   try {
-    const { result, json, html } = await runScenario(o);
-    out.write(summary(result));
-    out.write(`\nresult: ${json}\nreport: ${html}\n`);
+    const { runs, comparison } = await runScenario(o);
+    for (const { result, json, html } of runs) {
+      if (runs.length > 1) out.write(`\n== ${result.target} ==\n`);
+      out.write(summary(result));
+      if (result.steps) out.write(`\nsteps (holds only):\n${stepsTable(result.steps)}`);
+      out.write(`\nresult: ${json}\nreport: ${html}\n`);
+    }
+    if (comparison) out.write(`\n== comparison ==\n${comparison.table}\ncomparison: ${comparison.md}\n`);
     return 0;
   } catch (e) {
     if (e instanceof ScenarioError) {

@@ -22,6 +22,10 @@ import { parseScenario, scenarioTotalMs, type Scenario } from './scenario.js';
 import { MetricsSampler } from './scrape.js';
 import { startTarget, type StartedTarget } from './target.js';
 import { campaignAudience, tracksDeliveries } from './workload.js';
+import { missingAndRepeated } from './ledger.js';
+import { pinProcesses } from './pin.js';
+import { comparisonTable, stepsTable, summarizeSteps } from './steps.js';
+import { targetName, type Target } from './scenario.js';
 import { nowMs } from './driver.js';
 
 /*
@@ -50,6 +54,10 @@ export interface RunOptions {
   namespace?: string;
   /** After the run, how long to wait for owed deliveries once none arrive any more (default max(30 s, 5 intervals)). */
   drainTimeoutMs?: number;
+  /** Run only these of the scenario's targets, by name (targetName), in this order; default all. */
+  targets?: string[];
+  /** Servers on core 0, generators and runner on core 1 (taskset); the scenario's `pin` sets it too. */
+  pin?: boolean;
   progress?: ProgressStream;
   log?: (msg: string) => void;
 }
@@ -61,6 +69,9 @@ const DONE_TIMEOUT_MS = 120_000;
 const GENERATOR_SILENCE_MS = 20_000;
 /** Longest drain however steadily deliveries still arrive (at least 4 × the stall time). */
 const DRAIN_CAP_MS = 600_000;
+/** Intervals a generator's report may be late before the interval is built without it (step sweeps: more). */
+const LATE_INTERVALS = 3;
+const LATE_STEPS = 60;
 /** Time between the start command and t0, so that every generator has it before t0. */
 const START_LEAD_MS = 1500;
 
@@ -90,8 +101,64 @@ interface RunnerSample {
 }
 
 
-export async function runScenario(o: RunOptions): Promise<{ result: RunResult; json: string; html: string }> {
-  const log = o.log ?? ((m: string) => void process.stderr.write(`${m}\n`));
+export interface RunOutput {
+  result: RunResult;
+  json: string;
+  html: string;
+}
+
+/**
+ * Runs the scenario against each of its targets in turn (or those `o.targets` names), each with
+ * its own processes stopped before the next starts; with several, the comparison table is
+ * printed by the CLI and written next to the results (`<name>-<time>-compare.json` and `.md`).
+ */
+export async function runScenario(o: RunOptions): Promise<RunOutput & { runs: RunOutput[]; comparison?: { table: string; json: string; md: string } }> {
+  const { scenario, text, format } = await readScenario(o);
+  let targets: Target[] = scenario.targets;
+  if (o.targets) {
+    const byName = new Map(scenario.targets.map((t) => [targetName(t), t]));
+    const unknown = o.targets.filter((n) => !byName.has(n));
+    if (unknown.length > 0) throw new ScenarioError('SCENARIO_INVALID', o.file, [`--targets: ${unknown.join(', ')} not among the scenario's targets (${[...byName.keys()].join(', ')})`]);
+    targets = o.targets.map((n) => byName.get(n)!);
+  }
+  const runs: RunOutput[] = [];
+  const failed: Array<{ target: string; error: string }> = [];
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  for (const t of targets) {
+    const one = targets.length > 1;
+    const name = targetName(t);
+    const json = o.json !== undefined ? (one ? o.json.replace(/(\.json)?$/, `-${name}.json`) : o.json) : join(OUT_DIR, `${scenario.name}-${stamp}${one ? `-${name}` : ''}.json`);
+    const html = o.html !== undefined ? (one ? o.html.replace(/(\.html)?$/, `-${name}.html`) : o.html) : undefined;
+    const go = runOne({ ...scenario, target: t, targets: [t] }, { text, format }, { ...o, json, ...(html !== undefined && { html }) });
+    if (!one) {
+      runs.push(await go);
+      continue;
+    }
+    // One target failing (a generator that died, a server that would not start) does not lose the others' results.
+    try {
+      runs.push(await go);
+    } catch (e) {
+      if (e instanceof ScenarioError) throw e;
+      const msg = `${e instanceof HarnessError ? `${e.code}: ` : ''}${(e as Error).message.split('\n')[0]}`;
+      (o.log ?? ((m: string) => void process.stderr.write(`${m}\n`)))(`${name}: the run failed (${msg}); going on with the next target`);
+      failed.push({ target: name, error: msg });
+    }
+  }
+  if (runs.length === 0) throw new HarnessError('GENERATOR_FAILED', `every target failed: ${failed.map((f) => `${f.target}: ${f.error}`).join('; ')}`);
+  const first = runs[0]!;
+  if (targets.length < 2) return { ...first, runs };
+  const rows: Array<{ target: string; description: string; steps: RunResult['steps']; error?: string }> = runs.map((r) => ({ target: targetName(r.result.scenario.target), description: r.result.target, steps: r.result.steps }));
+  for (const f of failed) rows.push({ target: f.target, description: `failed: ${f.error}`, steps: undefined, error: f.error });
+  const tableText = comparisonTable(rows);
+  const base = (o.json ?? join(OUT_DIR, `${scenario.name}-${stamp}.json`)).replace(/\.json$/, '');
+  const cj = `${base}-compare.json`;
+  const md = `${base}-compare.md`;
+  await writeFile(cj, JSON.stringify({ scenario: scenario.name, startedAt: first.result.startedAt, pinned: o.pin === true || scenario.pin, runs: rows.map((r, i) => ({ ...r, json: runs[i]!.json })) }, null, 2));
+  await writeFile(md, `# ${scenario.name}: comparison${o.pin === true || scenario.pin ? ' (pinned)' : ''}\n\n${tableText}\n${rows.map((r) => `## ${r.target} — ${r.description}\n\n${r.steps ? stepsTable(r.steps) : r.error ? `the run failed: ${r.error}\n` : 'no steps\n'}`).join('\n')}`);
+  return { ...first, runs, comparison: { table: tableText, json: cj, md } };
+}
+
+async function readScenario(o: RunOptions): Promise<{ scenario: Scenario; text: string; format: 'json' | 'yaml' }> {
   let text: string;
   try {
     text = await readFile(o.file, 'utf8');
@@ -100,6 +167,12 @@ export async function runScenario(o: RunOptions): Promise<{ result: RunResult; j
   }
   const format = extname(o.file).toLowerCase() === '.json' ? 'json' : 'yaml';
   const scenario = parseScenario(text, format, o.file);
+  return { scenario, text, format };
+}
+
+async function runOne(scenario: Scenario, source: { text: string; format: 'json' | 'yaml' }, o: RunOptions): Promise<RunOutput> {
+  const { text, format } = source;
+  const log = o.log ?? ((m: string) => void process.stderr.write(`${m}\n`));
   if (o.namespace !== undefined && !NAMESPACE_PATTERN.test(o.namespace)) throw new HarnessError('SCENARIO_INVALID', `--namespace must match ${NAMESPACE_PATTERN.source}, got ${JSON.stringify(o.namespace)}`);
   const res = new Resources();
   const run = new Run(scenario, { text, format }, o, res, log);
@@ -127,6 +200,10 @@ class Run {
   private readonly owedIds: number[] = [];
   private readonly arrivedIds: number[] = [];
   private readonly notes: string[] = [];
+  /** Step sweeps: each interval's latency histograms, and each generator's last send ref per interval. */
+  private readonly stepHists = new Map<number, string[]>();
+  private readonly lastRefs = new Map<number, number[]>();
+  private lost: { missing: number[]; repeated: number[] } | null = null;
   private nc!: NatsConnection;
   private target!: StartedTarget;
   private pop!: Population;
@@ -156,8 +233,9 @@ class Run {
     const startedAt = new Date().toISOString();
     this.log(`run ${this.run}: scenario ${s.name}, ${s.users.toLocaleString('en-US')} users, namespace ${this.namespace}`);
     const controlUrl = await this.control();
-    this.target = await startTarget(s, this.res, this.log);
+    this.target = await startTarget(s.target, this.res, this.log);
     this.log(`target: ${this.target.description}`);
+    this.pinServers();
     this.pop = buildPopulation(s);
     await this.recruit(controlUrl);
 
@@ -179,6 +257,10 @@ class Run {
       return this.all((g) => g.provisioned !== undefined);
     });
     const provisionMs = performance.now() - provisionT;
+    if (this.target.afterProvision) {
+      await this.target.afterProvision();
+      this.pinServers();
+    }
     const setupErrors: Record<string, number> = {};
     for (const g of this.gens.values()) for (const [k, n] of Object.entries(g.provisioned!.errors)) tally(setupErrors, `provision:${k}`, n);
     const unprovisioned = Object.values(setupErrors).reduce((a, b) => a + b, 0);
@@ -209,6 +291,18 @@ class Run {
     await writeFile(json, JSON.stringify(result, null, 2));
     await writeFile(html, renderHtmlReport(result));
     return { result, json, html };
+  }
+
+  private get pinned(): boolean {
+    return this.o.pin === true || this.s.pin;
+  }
+
+  /** --pin: the target's processes on core 0, this runner (and what it starts later) on core 1. */
+  private pinServers(): void {
+    if (!this.pinned) return;
+    pinProcesses(Object.values(this.target.pids), 0);
+    pinProcesses([process.pid], 1);
+    this.log('pinned: servers on cpu 0, runner and generators on cpu 1');
   }
 
   // ---------- control plane ----------
@@ -363,6 +457,7 @@ class Run {
           if (!this.failure && !this.finished) this.abort(new HarnessError('GENERATOR_FAILED', `generator process gen${i} exited (${code ?? sig}):\n${child.tail()}`));
         });
         await ready;
+        if (this.pinned) pinProcesses([child.pid], 1);
       }
     } else this.log(`waiting for ${want} generator(s) on ${controlUrl} (start them with: gravitas bench generator --control ${controlUrl})`);
     const hellos = new Map<string, Extract<FromGenerator, { type: 'hello' }>>();
@@ -566,7 +661,7 @@ class Run {
 
   /** Whether lost deliveries can be counted: every generator's driver says what the server accepted and keeps. */
   private tracked(): boolean {
-    return this.all((g) => g.ready !== undefined && tracksDeliveries(g.ready.capabilities));
+    return this.all((g) => g.ready !== undefined && tracksDeliveries(g.ready.capabilities, this.s));
   }
 
   private owed(): { expected: number; received: number; pending: number; campaignReceived: number } {
@@ -595,16 +690,19 @@ class Run {
       return { tracked, expected: owed.expected, received: owed.received, missing: Math.max(0, owed.expected - owed.received), unexpected: 0, repeats: 0, drainMs, complete: false };
     }
     const a = accountDeliveries(this.owedIds, this.arrivedIds);
+    if (this.s.behaviours.messages.steps) this.lost = missingAndRepeated(this.owedIds, this.arrivedIds);
     return { tracked, expected: a.expected, received: a.received, missing: a.missing, unexpected: a.unexpected, repeats: a.repeats, drainMs, complete: complete && a.missing === 0 };
   }
 
-  /** Interval `assembled + 1` can be built: every generator reported it, or the laggards are 3 intervals late. */
+  /** Interval `assembled + 1` can be built: every generator reported it, or the laggards are 3 intervals late (60 in a step sweep). */
   private assembleReady(): boolean {
     const k = this.assembled + 1;
     if (!this.runnerSamples.has(k)) return false;
     const got = this.intervals.get(k)?.size ?? 0;
     if (got >= this.gens.size) return true;
-    return nowMs() > this.t0 + (k + 3) * this.s.intervalMs;
+    // Step sweeps summarise each step from its intervals: wait longer for a lagging generator's
+    // report (its counts would otherwise go to the totals only and the step would look idle).
+    return nowMs() > this.t0 + (k + (this.s.behaviours.messages.steps ? LATE_STEPS : LATE_INTERVALS)) * this.s.intervalMs;
   }
 
   private assemble(): IntervalSample {
@@ -630,6 +728,17 @@ class Run {
     const add = { sent: sum((g) => g.sent), accepted: sum((g) => g.accepted), failed: sum((g) => g.failed), received: sum((g) => g.received), catchup: sum((g) => g.catchup), campaign: sum((g) => g.campaign), presence: sum((g) => g.presence), stray: sum((g) => g.stray) };
     this.addCounts(add);
     const latency = latencyJson(percentiles(mergeEncoded([...per.values()].map((g) => g.latency))));
+    if (s.behaviours.messages.steps) {
+      this.stepHists.set(k, [...per.values()].map((g) => g.latency));
+      for (const [id, g] of per) {
+        const idx = this.gens.get(id)!.index;
+        const marks = this.lastRefs.get(idx) ?? [];
+        // A missing report: the ref stays where it was.
+        while (marks.length < k - 1) marks.push(marks.at(-1) ?? 0);
+        marks[k - 1] = g.lastRef ?? marks.at(-1) ?? 0;
+        this.lastRefs.set(idx, marks);
+      }
+    }
     const lag = percentiles(mergeEncoded([...per.values()].map((g) => g.sendLag)));
     const ct = percentiles(mergeEncoded([...per.values()].map((g) => g.connectTime)));
     const t = +((k * s.intervalMs) / 1000).toFixed(3);
@@ -654,6 +763,13 @@ class Run {
       generators,
       hosts,
     };
+  }
+
+  private stepsResult(generators: number): { steps?: RunResult['steps'] } {
+    const devices = this.pop.devices.reduce((a, b) => a + b, 0);
+    const steps = summarizeSteps(this.s, this.samples, { hists: this.stepHists, lastRefs: this.lastRefs, lost: this.lost, generators, devices });
+    if (steps && this.target.driver.kind === 'socketio') this.notes.push('Socket.IO delivers at most once with no acknowledgement to the sender: two frames per message (send, delivery) where Gravitas moves four (message, ack, status, delivery) and encrypts them.');
+    return steps ? { steps } : {};
   }
 
   private addCounts(c: Pick<GeneratorInterval, 'sent' | 'accepted' | 'failed' | 'received' | 'catchup' | 'campaign' | 'presence' | 'stray'>): void {
@@ -718,6 +834,7 @@ class Run {
       ...partial,
       capacity: capacity(this.samples),
       bottlenecks: bottlenecks(partial),
+      ...this.stepsResult(generators.length),
       notes: this.notes,
     };
   }

@@ -47,12 +47,27 @@ export interface Campaign {
   ratePerSec: number;
 }
 
+/**
+ * A step sweep of offered rates (issue 17's comparison): after the ramp-up, each rate in turn for
+ * `warmupMs + holdMs` (only the hold is measured), then optionally a closed-loop step of the same
+ * length in which every connected user keeps `inFlight` messages on their way (the next leaves
+ * when one arrives). It replaces perUserPerMinute and the diurnal curve.
+ */
+export interface Steps {
+  /** Offered msgs/s of the whole population, one per step. */
+  rates: number[];
+  warmupMs: number;
+  holdMs: number;
+  closedLoop?: { inFlight: number };
+}
+
 export interface Behaviours {
   messages: {
     /** Messages a user sends per minute at the curve's peak. */
     perUserPerMinute: number;
     bodyBytes: number;
     diurnal: Diurnal;
+    steps?: Steps;
   };
   groups: {
     /** Share of messages sent to a group rather than to one contact. */
@@ -95,8 +110,11 @@ export interface GravitasRemoteTarget {
 
 export interface XmppTarget {
   driver: 'xmpp';
-  /** Start a private server for the run (Debian's prosody); host, port and domain are then its own. */
-  local?: { server: 'prosody' };
+  /**
+   * Start a private server for the run (Debian's prosody, or an ejabberd of `nodes` BEAM nodes
+   * in one cluster); host, port and domain are then its own.
+   */
+  local?: { server: 'prosody' } | { server: 'ejabberd'; nodes: number };
   host: string;
   port: number;
   domain: string;
@@ -106,7 +124,19 @@ export interface XmppTarget {
   register: boolean;
 }
 
-export type Target = GravitasLocalTarget | GravitasRemoteTarget | XmppTarget;
+/** The Socket.IO peer: `processes` Socket.IO servers on one Redis, started for the run. */
+export interface SocketIoTarget {
+  driver: 'socketio';
+  local: { processes: number };
+}
+
+export type Target = GravitasLocalTarget | GravitasRemoteTarget | XmppTarget | SocketIoTarget;
+
+/** A target's short name (`--targets`, the comparison table): gravitas, ejabberd, prosody, xmpp, socketio. */
+export function targetName(t: Target): string {
+  if (t.driver === 'xmpp') return t.local?.server ?? 'xmpp';
+  return t.driver;
+}
 
 export interface Scenario {
   name: string;
@@ -120,6 +150,12 @@ export interface Scenario {
     mu: number;
     communities: PowerLaw;
     degree: PowerLaw;
+    /**
+     * Instead of the LFR-like graph (mu, communities, degree): communities of `community`
+     * consecutive ids, each user with `inside` distinct contacts from its own community and
+     * `outside` drawn uniformly from everyone (the workload of issue 17's comparison).
+     */
+    consecutive?: { community: number; inside: number; outside: number };
   };
   behaviours: Behaviours;
   /** Users connect spread over this time at the start; messaging starts as they connect. */
@@ -136,7 +172,12 @@ export interface Scenario {
     /** A generator over either threshold in an interval is flagged saturated. */
     saturation: { cpu: number; loopLagMs: number };
   };
+  /** The first of `targets` (a scenario names one target, or a list of them). */
   target: Target;
+  /** Every target the scenario runs against, in turn (`target` alone: just it). */
+  targets: Target[];
+  /** Servers under `taskset -c 0`, generators under `taskset -c 1` (the CLI's --pin sets it too). */
+  pin: boolean;
 }
 
 /** Node settings a local target's harness owns: a scenario's `target.local.config` may not set them. */
@@ -327,23 +368,36 @@ const join = (path: string, key: string | number): string => (typeof key === 'nu
 /** Turns a parsed file into a Scenario with every default filled in, or throws ScenarioError (SCENARIO_INVALID). */
 export function validateScenario(raw: unknown, file?: string): Scenario {
   const c = new Checker();
-  const top = c.obj(raw, '', ['name', 'description', 'seed', 'users', 'devicesPerUser', 'graph', 'behaviours', 'rampUp', 'duration', 'interval', 'metrics', 'generators', 'target'], false);
+  const top = c.obj(raw, '', ['name', 'description', 'seed', 'users', 'devicesPerUser', 'graph', 'behaviours', 'rampUp', 'duration', 'interval', 'metrics', 'generators', 'target', 'targets', 'pin'], false);
   if (!isObj(raw)) throw new ScenarioError('SCENARIO_INVALID', file, [`the file must hold an object (a mapping of keys), got ${show(raw)}`]);
 
   const users = c.num(top, 'users', '', { int: true, min: 2, max: 10_000_000 });
   const rampUpMs = c.duration(top, 'rampUp', '', 0, true);
-  const durationMs = c.duration(top, 'duration', '');
+  const b = c.obj(top['behaviours'], 'behaviours', ['messages', 'groups', 'presence', 'reconnectStorms', 'offline', 'campaigns']);
+  const m = c.obj(b['messages'], 'behaviours.messages', ['perUserPerMinute', 'bodyBytes', 'diurnal', 'steps']);
+  const steps = m['steps'] === undefined ? undefined : stepsOf(c, m, top);
+  // With steps, the duration is theirs: given, it must match.
+  const durationMs = steps ? c.duration(top, 'duration', '', stepsTotalMs(steps)) : c.duration(top, 'duration', '');
+  if (steps && Number.isFinite(durationMs) && durationMs !== stepsTotalMs(steps)) c.fail('duration', `must be the steps' total (${stepsTotalMs(steps) / 1000} s: ${steps.rates.length + (steps.closedLoop ? 1 : 0)} steps × (warmup + hold)) or left out, got ${durationMs / 1000} s`);
   const totalMs = rampUpMs + durationMs;
 
-  const g = c.obj(top['graph'], 'graph', ['mu', 'communities', 'degree']);
+  const g = c.obj(top['graph'], 'graph', ['mu', 'communities', 'degree', 'consecutive']);
   const graph: Scenario['graph'] = {
     mu: c.num(g, 'mu', 'graph', { min: 0, max: 0.99 }, 0.2),
     communities: c.powerLaw(g['communities'], 'graph.communities', { min: 10, max: 2000, exponent: 2 }, { int: true, min: 2 }),
     degree: c.powerLaw(g['degree'], 'graph.degree', { min: 4, max: 1000, exponent: 2.5 }, { int: true, min: 1 }),
   };
+  if (g['consecutive'] !== undefined) {
+    const p = 'graph.consecutive';
+    const o = c.obj(g['consecutive'], p, ['community', 'inside', 'outside'], false);
+    const cons = { community: c.num(o, 'community', p, { int: true, min: 2 }), inside: c.num(o, 'inside', p, { int: true, min: 0 }), outside: c.num(o, 'outside', p, { int: true, min: 0 }) };
+    if (cons.inside >= cons.community) c.fail(join(p, 'inside'), `must be below community (${cons.community}: contacts are distinct and never the user), got ${cons.inside}`);
+    if (Number.isFinite(users) && cons.community > users) c.fail(join(p, 'community'), `must not exceed users (${users}), got ${cons.community}`);
+    if (cons.inside + cons.outside === 0) c.fail(p, 'must give each user at least one contact (inside + outside ≥ 1)');
+    for (const k of ['mu', 'communities', 'degree']) if (g[k] !== undefined) c.fail(join('graph', k), 'is not used with graph.consecutive: leave it out');
+    graph.consecutive = cons;
+  }
 
-  const b = c.obj(top['behaviours'], 'behaviours', ['messages', 'groups', 'presence', 'reconnectStorms', 'offline', 'campaigns']);
-  const m = c.obj(b['messages'], 'behaviours.messages', ['perUserPerMinute', 'bodyBytes', 'diurnal']);
   const gr = c.obj(b['groups'], 'behaviours.groups', ['share', 'count', 'size']);
   const pr = c.obj(b['presence'], 'behaviours.presence', ['changesPerUserPerMinute']);
   const off = c.obj(b['offline'], 'behaviours.offline', ['share', 'meanDuration']);
@@ -355,6 +409,7 @@ export function validateScenario(raw: unknown, file?: string): Scenario {
       perUserPerMinute: c.num(m, 'perUserPerMinute', 'behaviours.messages', { min: 0, max: 60_000 }, 1),
       bodyBytes: c.num(m, 'bodyBytes', 'behaviours.messages', { int: true, min: 0, max: 60_000 }, 100),
       diurnal: diurnal(c, m['diurnal'], 'behaviours.messages.diurnal', totalMs),
+      ...(steps && { steps }),
     },
     groups: {
       share: c.num(gr, 'share', 'behaviours.groups', { min: 0, max: 1 }, 0),
@@ -419,12 +474,16 @@ export function validateScenario(raw: unknown, file?: string): Scenario {
     intervalMs: c.duration(top, 'interval', '', 1000),
     metrics,
     generators,
-    target: target(c, top['target']),
+    ...targets(c, top),
+    pin: pinOf(c, top['pin']),
   };
-  if (behaviours.campaigns.length > 0) {
-    const t = scenario.target;
-    if (t.driver !== 'gravitas') c.fail('behaviours.campaigns', `need driver "gravitas" (campaigns are a Gravitas feature), got driver "${t.driver}"`);
-    else if ('remote' in t && t.remote.admin === undefined) c.fail('behaviours.campaigns', 'need target.remote.admin (url and token) to create campaigns on a remote cluster');
+  if (steps?.closedLoop && generators.count !== 1) c.fail('behaviours.messages.steps.closedLoop', `needs generators.count 1 (a message's arrival frees its sender's slot, so sender and recipient must share a generator), got ${generators.count}`);
+  for (const t of scenario.targets) {
+    if (behaviours.campaigns.length > 0) {
+      if (t.driver !== 'gravitas') c.fail('behaviours.campaigns', `need driver "gravitas" (campaigns are a Gravitas feature), got driver "${t.driver}"`);
+      else if ('remote' in t && t.remote.admin === undefined) c.fail('behaviours.campaigns', 'need target.remote.admin (url and token) to create campaigns on a remote cluster');
+    }
+    if (t.driver === 'socketio' && behaviours.groups.share > 0) c.fail('behaviours.groups.share', 'must be 0 with driver "socketio" (the Socket.IO peer has no groups)');
   }
   if (scenario.intervalMs > durationMs) c.fail('interval', `must not exceed duration (${durationMs / 1000} s), got ${scenario.intervalMs / 1000} s`);
   if (c.issues.length > 0) throw new ScenarioError('SCENARIO_INVALID', file, c.issues);
@@ -451,74 +510,106 @@ function diurnal(c: Checker, v: unknown, path: string, totalMs: number): Diurnal
   return { curve, dayLengthMs: c.duration(o, 'dayLength', path, dflt), startHour: c.num(o, 'startHour', path, { min: 0, max: 24 }, 0) };
 }
 
-function target(c: Checker, v: unknown): Target {
-  const o = c.obj(v, 'target', ['driver', 'local', 'remote', 'host', 'port', 'domain', 'muc', 'register'], false);
+function pinOf(c: Checker, v: unknown): boolean {
+  if (v !== undefined && typeof v !== 'boolean') c.fail('pin', `must be true or false, got ${show(v)}`);
+  return v === true;
+}
+
+/** `target` (one) or `targets` (a list, run in turn), not both. */
+function targets(c: Checker, top: Obj): { target: Target; targets: Target[] } {
+  if (top['targets'] === undefined) {
+    const t = target(c, top['target'], 'target');
+    return { target: t, targets: [t] };
+  }
+  if (top['target'] !== undefined) c.fail('targets', 'give either target or targets, not both');
+  const list = c.list(top['targets'], 'targets');
+  if (list.length === 0 && Array.isArray(top['targets'])) c.fail('targets', 'must list at least one target');
+  const ts = list.map((v, i) => target(c, v, join('targets', i)));
+  const names = ts.map(targetName);
+  names.forEach((n, i) => {
+    if (names.indexOf(n) !== i) c.fail(join('targets', i), `${show(n)} is listed twice (targets are told apart by name)`);
+  });
+  return { target: ts[0] ?? { driver: 'gravitas', local: { nodes: 1, cellsPerNode: 1 } }, targets: ts };
+}
+
+function target(c: Checker, v: unknown, at: string): Target {
+  const o = c.obj(v, at, ['driver', 'local', 'remote', 'host', 'port', 'domain', 'muc', 'register'], false);
   const driver = o['driver'];
   // Already reported as missing or not an object: no second message about its driver.
   if (!isObj(v)) return { driver: 'gravitas', local: { nodes: 1, cellsPerNode: 1 } };
+  if (driver === 'socketio') {
+    for (const k of ['remote', 'host', 'port', 'domain', 'muc', 'register']) if (o[k] !== undefined) c.fail(join(at, k), 'is not for driver "socketio" (the harness starts the peer: give local)');
+    const l = c.obj(o['local'], join(at, 'local'), ['processes']);
+    return { driver, local: { processes: c.num(l, 'processes', join(at, 'local'), { int: true, min: 1, max: 16 }, 2) } };
+  }
   if (driver === 'xmpp') {
-    if (o['remote'] !== undefined) c.fail('target.remote', 'is for driver "gravitas"');
+    if (o['remote'] !== undefined) c.fail(join(at, 'remote'), 'is for driver "gravitas"');
     let local: XmppTarget['local'];
     if (o['local'] !== undefined) {
-      const l = c.obj(o['local'], 'target.local', ['server'], false);
-      if (l['server'] !== 'prosody') c.fail('target.local.server', `must be "prosody" (the server the harness can start), got ${show(l['server'])}`);
-      for (const k of ['host', 'port', 'domain', 'muc']) if (o[k] !== undefined) c.fail(join('target', k), 'comes from the local server: give either local or host/port/domain');
-      local = { server: 'prosody' };
+      const l = c.obj(o['local'], join(at, 'local'), ['server', 'nodes'], false);
+      const server = l['server'];
+      if (server === 'ejabberd') local = { server, nodes: c.num(l, 'nodes', join(at, 'local'), { int: true, min: 1, max: 8 }, 1) };
+      else {
+        if (server !== 'prosody') c.fail(join(at, 'local.server'), `must be "prosody" or "ejabberd" (the servers the harness can start), got ${show(server)}`);
+        else if (l['nodes'] !== undefined) c.fail(join(at, 'local.nodes'), 'is for server "ejabberd" (the harness starts one prosody)');
+        local = { server: 'prosody' };
+      }
+      for (const k of ['host', 'port', 'domain', 'muc']) if (o[k] !== undefined) c.fail(join(at, k), 'comes from the local server: give either local or host/port/domain');
     }
-    const domain = c.str(o, 'domain', 'target', 'localhost', /^[a-z0-9.-]+$/);
+    const domain = c.str(o, 'domain', at, 'localhost', /^[a-z0-9.-]+$/);
     const register = o['register'] ?? true;
-    if (typeof register !== 'boolean') c.fail('target.register', `must be true or false, got ${show(register)}`);
+    if (typeof register !== 'boolean') c.fail(`${at}.register`, `must be true or false, got ${show(register)}`);
     return {
       driver,
       ...(local && { local }),
-      host: c.str(o, 'host', 'target', '127.0.0.1'),
-      port: c.num(o, 'port', 'target', { int: true, min: 1, max: 65535 }, 5222),
+      host: c.str(o, 'host', at, '127.0.0.1'),
+      port: c.num(o, 'port', at, { int: true, min: 1, max: 65535 }, 5222),
       domain,
-      muc: c.str(o, 'muc', 'target', `conference.${domain}`, /^[a-z0-9.-]+$/),
+      muc: c.str(o, 'muc', at, `conference.${domain}`, /^[a-z0-9.-]+$/),
       register: register === true,
     };
   }
   if (driver !== 'gravitas') {
-    c.fail('target.driver', `must be "gravitas" or "xmpp", got ${show(driver)}`);
+    c.fail(`${at}.driver`, `must be "gravitas", "xmpp" or "socketio", got ${show(driver)}`);
     return { driver: 'gravitas', local: { nodes: 1, cellsPerNode: 1 } };
   }
-  for (const k of ['host', 'port', 'domain', 'muc', 'register']) if (o[k] !== undefined) c.fail(join('target', k), 'is for driver "xmpp"');
+  for (const k of ['host', 'port', 'domain', 'muc', 'register']) if (o[k] !== undefined) c.fail(join(at, k), 'is for driver "xmpp"');
   if (o['remote'] !== undefined) {
-    if (o['local'] !== undefined) c.fail('target', 'give either local or remote, not both');
-    const r = c.obj(o['remote'], 'target.remote', ['addresses', 'serverPublicKey', 'admin', 'metrics'], false);
-    const addresses = c.list(r['addresses'], 'target.remote.addresses');
-    if (addresses.length === 0) c.fail('target.remote.addresses', 'must list at least one host:port');
+    if (o['local'] !== undefined) c.fail(at, 'give either local or remote, not both');
+    const r = c.obj(o['remote'], `${at}.remote`, ['addresses', 'serverPublicKey', 'admin', 'metrics'], false);
+    const addresses = c.list(r['addresses'], `${at}.remote.addresses`);
+    if (addresses.length === 0) c.fail(`${at}.remote.addresses`, 'must list at least one host:port');
     addresses.forEach((a, i) => {
-      if (typeof a !== 'string' || !/^[^\s:]+:\d{1,5}$/.test(a)) c.fail(join('target.remote.addresses', i), `must be "host:port", got ${show(a)}`);
+      if (typeof a !== 'string' || !/^[^\s:]+:\d{1,5}$/.test(a)) c.fail(join(`${at}.remote.addresses`, i), `must be "host:port", got ${show(a)}`);
     });
-    const metrics = c.list(r['metrics'], 'target.remote.metrics');
+    const metrics = c.list(r['metrics'], `${at}.remote.metrics`);
     metrics.forEach((u, i) => {
-      if (typeof u !== 'string' || !/^https?:\/\/\S+$/.test(u)) c.fail(join('target.remote.metrics', i), `must be an http(s) URL, got ${show(u)}`);
+      if (typeof u !== 'string' || !/^https?:\/\/\S+$/.test(u)) c.fail(join(`${at}.remote.metrics`, i), `must be an http(s) URL, got ${show(u)}`);
     });
     let admin: GravitasRemoteTarget['remote']['admin'];
     if (r['admin'] !== undefined) {
-      const a = c.obj(r['admin'], 'target.remote.admin', ['url', 'token'], false);
-      admin = { url: c.str(a, 'url', 'target.remote.admin', undefined, /^https?:\/\/\S+$/), token: c.str(a, 'token', 'target.remote.admin') };
+      const a = c.obj(r['admin'], `${at}.remote.admin`, ['url', 'token'], false);
+      admin = { url: c.str(a, 'url', `${at}.remote.admin`, undefined, /^https?:\/\/\S+$/), token: c.str(a, 'token', `${at}.remote.admin`) };
     }
     return {
       driver,
       remote: {
         addresses: addresses as string[],
-        serverPublicKey: c.str(r, 'serverPublicKey', 'target.remote', undefined, /^[A-Za-z0-9_-]{43}$/),
+        serverPublicKey: c.str(r, 'serverPublicKey', `${at}.remote`, undefined, /^[A-Za-z0-9_-]{43}$/),
         ...(admin && { admin }),
         metrics: metrics as string[],
       },
     };
   }
-  const l = c.obj(o['local'], 'target.local', ['nodes', 'cellsPerNode', 'config']);
+  const l = c.obj(o['local'], `${at}.local`, ['nodes', 'cellsPerNode', 'config']);
   const config = l['config'];
-  if (config !== undefined && !isObj(config)) c.fail('target.local.config', `must be an object of node settings, got ${show(config)}`);
-  if (isObj(config)) for (const k of HARNESS_NODE_KEYS) if (k in config) c.fail(join('target.local.config', k), 'is set by the harness (nodes and cells come from nodes and cellsPerNode)');
+  if (config !== undefined && !isObj(config)) c.fail(`${at}.local.config`, `must be an object of node settings, got ${show(config)}`);
+  if (isObj(config)) for (const k of HARNESS_NODE_KEYS) if (k in config) c.fail(join(`${at}.local.config`, k), 'is set by the harness (nodes and cells come from nodes and cellsPerNode)');
   return {
     driver,
     local: {
-      nodes: c.num(l, 'nodes', 'target.local', { int: true, min: 1, max: 16 }, 2),
-      cellsPerNode: c.num(l, 'cellsPerNode', 'target.local', { int: true, min: 1, max: 16 }, 1),
+      nodes: c.num(l, 'nodes', `${at}.local`, { int: true, min: 1, max: 16 }, 2),
+      cellsPerNode: c.num(l, 'cellsPerNode', `${at}.local`, { int: true, min: 1, max: 16 }, 1),
       ...(isObj(config) && { config }),
     },
   };
@@ -543,3 +634,56 @@ export function diurnalFactor(d: Diurnal, tMs: number): number {
 /** Messages per second the whole population offers at `tMs` when `connected` users are online. */
 export const offeredRate = (s: Scenario, tMs: number, connected: number): number =>
   (connected * s.behaviours.messages.perUserPerMinute * diurnalFactor(s.behaviours.messages.diurnal, tMs)) / 60;
+
+// ---------- step sweeps ----------
+
+/** `behaviours.messages.steps`; perUserPerMinute and diurnal are the open-loop alternative, not combined with it. */
+function stepsOf(c: Checker, m: Obj, top: Obj): Steps {
+  const path = 'behaviours.messages.steps';
+  for (const k of ['perUserPerMinute', 'diurnal']) if (m[k] !== undefined) c.fail(join('behaviours.messages', k), 'is not used with steps (the steps give the offered rates): leave it out');
+  const o = c.obj(m['steps'], path, ['rates', 'warmup', 'hold', 'closedLoop'], false);
+  const rates = c.list(o['rates'], join(path, 'rates'));
+  if (rates.length === 0 && o['closedLoop'] === undefined) c.fail(join(path, 'rates'), 'must list at least one rate (msgs/s), or give closedLoop');
+  rates.forEach((r, i) => {
+    if (typeof r !== 'number' || !Number.isFinite(r) || r <= 0 || r > 10_000_000) c.fail(join(join(path, 'rates'), i), `must be a number in (0, 10000000] (msgs/s), got ${show(r)}`);
+  });
+  let closedLoop: Steps['closedLoop'];
+  if (o['closedLoop'] !== undefined) {
+    const cl = c.obj(o['closedLoop'], join(path, 'closedLoop'), ['inFlight'], false);
+    closedLoop = { inFlight: c.num(cl, 'inFlight', join(path, 'closedLoop'), { int: true, min: 1, max: 1000 }, 2) };
+  }
+  if (top['rampUp'] === undefined) c.fail('rampUp', 'is required with steps (every user connects before the first step)');
+  return {
+    rates: rates.filter((r): r is number => typeof r === 'number'),
+    warmupMs: c.duration(o, 'warmup', path, 3000, true),
+    holdMs: c.duration(o, 'hold', path, 20_000),
+    ...(closedLoop && { closedLoop }),
+  };
+}
+
+/** Length of all the steps (the run's duration after the ramp-up). */
+export const stepsTotalMs = (st: Steps): number => (st.rates.length + (st.closedLoop ? 1 : 0)) * (st.warmupMs + st.holdMs);
+
+export interface StepAt {
+  /** 0-based step; rates.length is the closed-loop step. */
+  index: number;
+  /** Offered msgs/s of the whole population (0 in the closed-loop step). */
+  rate: number;
+  closed: boolean;
+  /** In the step's hold (measured), not its warmup. */
+  measured: boolean;
+}
+
+/** The step at `tMs` since t0 (undefined in the ramp-up and after the last step). */
+export function stepAt(s: Scenario, tMs: number): StepAt | undefined {
+  const st = s.behaviours.messages.steps;
+  if (!st) return undefined;
+  const x = tMs - s.rampUpMs;
+  if (x < 0) return undefined;
+  const len = st.warmupMs + st.holdMs;
+  const index = Math.floor(x / len);
+  const n = st.rates.length + (st.closedLoop ? 1 : 0);
+  if (index >= n) return undefined;
+  const closed = index >= st.rates.length;
+  return { index, rate: closed ? 0 : st.rates[index]!, closed, measured: x - index * len >= st.warmupMs };
+}

@@ -3,8 +3,10 @@ import { NatsServer } from '@gravitas/testkit';
 import { clusterKeys, startGravitasNode, type Resources } from '../procs.js';
 import type { DriverSpec } from './control.js';
 import { HarnessError } from './errors.js';
+import { startEjabberd } from './ejabberd.js';
 import { startProsody } from './prosody.js';
-import type { Scenario } from './scenario.js';
+import type { Target } from './scenario.js';
+import { startSocketIo } from './socketio-peer.js';
 
 /*
  * The system under test of a run: started here for a `local` target (a private nats-server with
@@ -17,8 +19,10 @@ export interface StartedTarget {
   /** For the report's header, e.g. "gravitas: 2 local nodes × 1 cell". */
   description: string;
   driver: DriverSpec;
-  /** Processes on this host, by name, sampled from /proc each interval. */
+  /** Processes on this host, by name, sampled from /proc each interval (read after afterProvision: a restart changes them). */
   pids: Record<string, number>;
+  /** After the accounts are registered, before the run (ejabberd: restart the nodes so registration memory is not counted). */
+  afterProvision?: () => Promise<void>;
   /** Gravitas nodes' /metrics: locality (and CPU/memory for remote nodes). */
   metrics: string[];
   /** Remote nodes' CPU and memory come from their /metrics rather than /proc. */
@@ -27,8 +31,32 @@ export interface StartedTarget {
   admin?: { url: string; token: string };
 }
 
-export async function startTarget(s: Scenario, res: Resources, log: (m: string) => void): Promise<StartedTarget> {
-  const t = s.target;
+export async function startTarget(t: Target, res: Resources, log: (m: string) => void): Promise<StartedTarget> {
+  if (t.driver === 'socketio') {
+    log(`starting redis-server and ${t.local.processes} Socket.IO server process(es)…`);
+    const p = await startSocketIo({ processes: t.local.processes });
+    res.deferLast(() => p.stop());
+    return { description: `socketio: ${t.local.processes} local Socket.IO 4.8 process(es) + redis (redis-adapter)`, driver: { kind: 'socketio', urls: p.urls }, pids: p.pids(), metrics: [], remoteProcs: false };
+  }
+  if (t.driver === 'xmpp' && t.local?.server === 'ejabberd') {
+    const nodes = t.local.nodes;
+    log(`starting a private ejabberd of ${nodes} node(s)…`);
+    const e = await startEjabberd({ nodes });
+    res.deferLast(() => e.stop());
+    const started: StartedTarget = {
+      description: `xmpp: a local ejabberd 23.01, ${nodes} node(s) (${e.domain})`,
+      driver: { kind: 'xmpp', host: e.host, port: e.ports[0]!, ports: e.ports, domain: e.domain, muc: `conference.${e.domain}`, register: true, mechanism: 'SCRAM-SHA-1' },
+      pids: e.pids(),
+      metrics: [],
+      remoteProcs: false,
+      afterProvision: async () => {
+        log('restarting the ejabberd node(s): registration-time memory is not measured…');
+        await e.restart();
+        started.pids = e.pids();
+      },
+    };
+    return started;
+  }
   if (t.driver === 'xmpp') {
     if (!t.local) {
       return { description: `xmpp: ${t.host}:${t.port} (${t.domain})`, driver: { kind: 'xmpp', host: t.host, port: t.port, domain: t.domain, muc: t.muc, register: t.register }, pids: {}, metrics: [], remoteProcs: false };
@@ -56,6 +84,7 @@ export async function startTarget(s: Scenario, res: Resources, log: (m: string) 
     };
   }
   const { nodes, cellsPerNode } = t.local;
+  const config = t.local.config;
   log(`starting nats-server (JetStream) and ${nodes} node(s) × ${cellsPerNode} cell(s)…`);
   let nats: NatsServer;
   try {
@@ -71,7 +100,7 @@ export async function startTarget(s: Scenario, res: Resources, log: (m: string) 
     Array.from({ length: nodes }, (_, i) =>
       startGravitasNode(res, dir, `node${i + 1}`, nats.url, keys, {
         // The default per-source caps unless the scenario sets its own: generators spread their sources (sources.ts).
-        config: { network: {}, ...t.local.config, cells: cellsPerNode, admin: { host: '127.0.0.1', port: 0, token } },
+        config: { network: {}, ...config, cells: cellsPerNode, admin: { host: '127.0.0.1', port: 0, token } },
         readyTimeoutMs: 120_000,
       }).catch((e: Error) => {
         throw new HarnessError('TARGET_UNAVAILABLE', `node${i + 1} did not start: ${e.message}`, { cause: e });

@@ -185,7 +185,15 @@ export function groupDevices(pop: Population): Int32Array {
 }
 
 /** Whether lost messages can be counted: the server says what it accepted and keeps it for offline devices. */
-export const tracksDeliveries = (caps: DriverCapabilities): boolean => caps.acceptance && caps.offlineDelivery.direct && caps.offlineDelivery.groups;
+export function tracksDeliveries(caps: DriverCapabilities, s?: Scenario): boolean {
+  if (caps.acceptance && caps.offlineDelivery.direct && caps.offlineDelivery.groups) return true;
+  // Without acceptance a send's outcome is its write; it still owes exactly one delivery per
+  // recipient device when every recipient stays connected: 1:1 messages only, one device per
+  // user, no offline periods or storms, and no sends before every user connected (steps).
+  if (!s) return false;
+  const b = s.behaviours;
+  return !caps.ownDeviceCopies && b.messages.steps !== undefined && b.groups.share === 0 && b.offline.share === 0 && b.reconnectStorms.length === 0 && s.devicesPerUser === 1;
+}
 
 /** Which users a campaign reaches: a seeded choice of ⌈audience × users⌉, the same in the runner and in every re-run. */
 export function campaignAudience(s: Scenario, campaign: number): Int32Array {

@@ -6,6 +6,7 @@ import {
   admitToOutbox, DriverError, OUTBOX_MAX, RecentIds,
   type DeviceEvents, type DeviceRef, type Driver, type DriverCapabilities, type DriverDevice,
 } from './driver.js';
+import { installFastScram } from './scram.js';
 
 /*
  * The XMPP driver: one c2s connection per device, through xmpp.js (@xmpp/client: stream
@@ -48,7 +49,9 @@ import {
  * xmpp.js's SCRAM-SHA-1 runs PBKDF2 as thousands of async WebCrypto calls: ~0.25 s of CPU per
  * login at Prosody's 10,000 iterations, which would make the generator the bottleneck of a
  * reconnect storm. PLAIN (over loopback or a trusted network; the server still hashes) is the
- * default; `mechanism: 'SCRAM-SHA-1'` is there for servers that refuse PLAIN without TLS.
+ * default; `mechanism: 'SCRAM-SHA-1'` is there for servers that refuse PLAIN without TLS and for
+ * ejabberd with SCRAM storage (PLAIN would make it run PBKDF2 in every session process): it runs
+ * with node:crypto's PBKDF2 and the salted password kept per account (scram.ts).
  */
 
 // ---------- the part of xmpp.js used here ----------
@@ -144,6 +147,11 @@ export interface XmppDriverOptions {
   /** Where the c2s listener is (the server's own host name is `domain`). */
   host: string;
   port: number;
+  /**
+   * c2s ports of the nodes of a cluster on `host`: user i (DeviceRef.index) connects to
+   * ports[i mod n], as users spread over a cluster's nodes (default: [port]).
+   */
+  ports?: number[];
   /** The XMPP domain: JIDs are <user>@<domain>. */
   domain: string;
   /** The multi-user chat service that holds the groups' rooms (e.g. conference.<domain>). */
@@ -311,7 +319,7 @@ class XmppDevice implements DriverDevice {
 
   private dial(x: XmppClient): void {
     // The same client again after a loss: its stream management state makes it resume.
-    x.connect(this.drv.service)
+    x.connect(this.drv.serviceOf(this.ref))
       .then(() => {
         if (x !== this.client || this.state !== CONNECTING) return;
         x.socket?.setNoDelay(true);
@@ -685,6 +693,7 @@ export class XmppDriver implements Driver {
   readonly name = 'xmpp';
   readonly capabilities: DriverCapabilities = { acceptance: false, ownDeviceCopies: false, offlineDelivery: { direct: true, groups: false } };
   readonly service: string;
+  private readonly services: string[];
   readonly domain: string;
   readonly muc: string;
   readonly idPrefix: string;
@@ -707,6 +716,7 @@ export class XmppDriver implements Driver {
     if (!o.domain || !o.muc) throw new RangeError('XmppDriver needs a domain and a muc service');
     const host = o.host.includes(':') && !o.host.startsWith('[') ? `[${o.host}]` : o.host;
     this.service = `xmpp://${host}:${o.port}`;
+    this.services = (o.ports && o.ports.length > 0 ? o.ports : [o.port]).map((p) => `xmpp://${host}:${p}`);
     this.domain = o.domain;
     this.muc = o.muc;
     this.idPrefix = o.idPrefix ?? randomBytes(6).toString('base64url');
@@ -714,6 +724,7 @@ export class XmppDriver implements Driver {
     this.connectTimeoutMs = o.connectTimeoutMs ?? 10_000;
     this.dedupWindow = Math.max(0, Math.floor(o.dedupWindow ?? 64));
     this.mechanism = o.mechanism ?? 'PLAIN';
+    if (this.mechanism === 'SCRAM-SHA-1') installFastScram();
     const keepalive = o.keepaliveMs ?? 60_000;
     if (keepalive > 0) {
       this.sweeper = setInterval(() => this.sweep(), keepalive / 2);
@@ -738,11 +749,16 @@ export class XmppDriver implements Driver {
     return group.includes('@') ? group : `${group}@${this.muc}`;
   }
 
+  /** The service (node) of `d`'s user: by its index when the driver knows several nodes. */
+  serviceOf(d: DeviceRef): string {
+    return d.index === undefined ? this.service : this.services[d.index % this.services.length]!;
+  }
+
   /** An xmpp.js client for `d` (no reconnect of its own, no periodic <r/>), wired to `dev` if it is a device's. */
   newClient(d: DeviceRef, register: boolean, dev: XmppDevice | undefined): XmppClient {
     const password = xmppPassword(d);
     const x = xmppClient({
-      service: this.service,
+      service: this.serviceOf(d),
       domain: this.domain,
       resource: d.device,
       credentials: async (authenticate, mechanisms) => {
