@@ -1,5 +1,6 @@
 export * from './errors.js';
 export * from './limits.js';
+export * from './caps.js';
 export * from './framing.js';
 export * from './codec.js';
 export * from './messages.js';
