@@ -13,3 +13,4 @@ export * from './handshake.js';
 export { bad, bytes, int, isName, isObj, isSystemName, name, obj, str, SYSTEM_PREFIX, type Obj } from './validate.js';
 export * from './requests.js';
 export * from './push.js';
+export * from './batch.js';
