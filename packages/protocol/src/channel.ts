@@ -12,9 +12,25 @@ const AEAD_NONCE_BYTES = 12;
  */
 export type ChannelCipher = 'xsalsa20poly1305' | 'chacha20poly1305';
 
+const TWO_32 = 2 ** 32;
+
+/** The counter as u64 big-endian at `at` (counters stay below 2^48: two u32 writes, no BigInt per frame). */
+function writeCounter(out: Uint8Array, at: number, counter: number): void {
+  const hi = Math.floor(counter / TWO_32);
+  const lo = counter >>> 0;
+  out[at] = hi >>> 24;
+  out[at + 1] = hi >>> 16;
+  out[at + 2] = hi >>> 8;
+  out[at + 3] = hi;
+  out[at + 4] = lo >>> 24;
+  out[at + 5] = lo >>> 16;
+  out[at + 6] = lo >>> 8;
+  out[at + 7] = lo;
+}
+
 function nonceFor(counter: number, bytes: number): Uint8Array {
   const n = new Uint8Array(bytes);
-  new DataView(n.buffer).setBigUint64(bytes - COUNTER_BYTES, BigInt(counter));
+  writeCounter(n, bytes - COUNTER_BYTES, counter);
   return n;
 }
 
@@ -59,7 +75,7 @@ export class SecureChannel {
     if (this.sendCounter >= MAX_FRAME_COUNTER) throw new ChannelError(ErrorCode.NONCE_REUSE, 'send counter exhausted: reconnect to rekey');
     const counter = this.sendCounter++;
     const out = Buffer.allocUnsafe(head + COUNTER_BYTES + plain.length + MAC_BYTES);
-    out.writeBigUInt64BE(BigInt(counter), head);
+    writeCounter(out, head, counter);
     if (this.cipher === 'chacha20poly1305') chachaSeal(this.sendKey, nonceFor(counter, AEAD_NONCE_BYTES), plain, out, head + COUNTER_BYTES);
     else out.set(seal(plain, nonceFor(counter, NONCE_BYTES), this.sendKey), head + COUNTER_BYTES);
     return out;
@@ -67,8 +83,7 @@ export class SecureChannel {
 
   open(body: Uint8Array): Uint8Array {
     if (body.length < COUNTER_BYTES + MAC_BYTES) throw new ChannelError(ErrorCode.DECRYPT_FAILED, 'sealed frame too short');
-    const view = new DataView(body.buffer, body.byteOffset, body.length);
-    const counter = Number(view.getBigUint64(0));
+    const counter = (body[0]! * 2 ** 24 + body[1]! * 2 ** 16 + body[2]! * 2 ** 8 + body[3]!) * TWO_32 + (body[4]! * 2 ** 24 + body[5]! * 2 ** 16 + body[6]! * 2 ** 8 + body[7]!);
     if (counter < this.recvCounter) throw new ChannelError(ErrorCode.NONCE_REUSE, `frame counter ${counter} was already used`);
     if (counter > this.recvCounter) throw new ChannelError(ErrorCode.NONCE_GAP, `frame counter ${counter} skips ahead of ${this.recvCounter}`);
     const sealed = body.subarray(COUNTER_BYTES);
