@@ -11,7 +11,7 @@ import type { FrameConnection } from '@gravitas/client';
 
 const key1 = new Uint8Array(32).fill(7);
 const key2 = new Uint8Array(32).fill(9);
-const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
+const turn = (): Promise<void> => new Promise((r) => setImmediate(r)); // after the writer's microtask
 
 function pair(batch: boolean): { w: FrameWriter; sent: Buffer[]; server: SecureChannel } {
   const sent: Buffer[] = [];
