@@ -1,8 +1,7 @@
 /*
- * What the SDK sends on one session, written once per event-loop turn: with the `batch`
- * capability every message of a turn (acks above all: a batch of deliveries is answered by as
- * many acks) goes out in one sealed frame and one socket write; without it, one frame per
- * message as before.
+ * What the SDK sends on one session: with the `batch` capability every message written in one
+ * callback (acks above all: a read of many deliveries is answered by as many acks) goes out in
+ * one sealed frame and one socket write; without it, one frame per message as before.
  */
 import { batchBytes, MAX_BATCH_MESSAGES, pack, packBatch, type SecureChannel } from '@gravitas/protocol';
 import type { FrameConnection } from './transport.js';
