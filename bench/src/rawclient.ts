@@ -1,7 +1,7 @@
 import { connect, type Socket } from 'node:net';
 import { ackFor } from '@gravitas/client/internal';
 import {
-  ClientHandshake, decodeServerHandshake, decodeServerMessage, encodeFrame, FrameDecoder, nativeSuite, pack, unpack,
+  Capability, ClientHandshake, decodeServerHandshake, decodeServerMessage, encodeFrame, FrameDecoder, nativeSuite, pack, unpack,
   type DhKey, type DhSuite, type KeyPair, type ResumptionState, type SecureChannel, type ServerMessage, type WelcomePayload,
 } from '@gravitas/protocol';
 
@@ -41,8 +41,12 @@ export function cachingSuite(): DhSuite {
   };
 }
 
+/** What the raw load clients ask for: the transport cipher, not batches (they read one message per frame). */
+export const RAW_CAPABILITIES: readonly string[] = [Capability.AEAD_CHACHA20POLY1305];
+
 export function newHandshake(serverPublicKey: Uint8Array, id: Identity, suite: DhSuite, resume?: ResumptionState): ClientHandshake {
-  return new ClientHandshake({ serverPublicKey, identity: id.keys, user: id.user, device: id.device, registration: '', suite, ...(resume && { resume }) });
+  // Not `batch`: these clients read one message per frame (decodeServerMessage).
+  return new ClientHandshake({ serverPublicKey, identity: id.keys, user: id.user, device: id.device, registration: '', suite, offer: { capabilities: RAW_CAPABILITIES }, ...(resume && { resume }) });
 }
 
 export type HandshakeOutcome =
