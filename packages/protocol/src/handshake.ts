@@ -155,6 +155,7 @@ export class ClientHandshake {
     this.opts = opts;
     this.suite = opts.suite ?? nativeSuite;
     const o = opts.offer === false ? undefined : { vs: [...(opts.offer?.versions ?? PROTOCOL_VERSIONS)], caps: [...(opts.offer?.capabilities ?? CAPABILITIES)] };
+    if (o && (o.vs.length === 0 || o.vs.some((x) => !Number.isInteger(x) || x < 0 || x > 255))) throw new TypeError('offer at least one protocol version, each 0..255');
     this.offer = o;
     const v = o ? Math.max(...o.vs) : 1;
     const fields = o ? { vs: o.vs, caps: o.caps } : {};
