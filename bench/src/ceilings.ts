@@ -9,11 +9,13 @@ import { DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageTyp
 import { pack, unpack } from 'msgpackr';
 import nacl from 'tweetnacl';
 import { ed25519Sign } from '@gravitas/protocol';
+import { aeadRows, aeadTable, measureAeads, type AeadResult } from './aead.js';
 import { LatencyHistogram, type LatencySummary } from './histogram.js';
-import { makeResult, type BenchOptions, type BenchResult, type Row } from './report.js';
+import { makeResult, UsageError, type BenchOptions, type BenchResult, type Row } from './report.js';
 
 export const name = 'ceilings';
-export const description = 'raw ceilings: NATS pub/sub + request/reply, JetStream acked publishes, secretbox, X25519 and Ed25519 (tweetnacl vs native), msgpackr';
+export const description = 'raw ceilings: NATS pub/sub + request/reply, JetStream acked publishes, secretbox, X25519 and Ed25519 (tweetnacl vs native), msgpackr, transport AEADs (native vs JS)';
+export const flags = { only: '"aead": only the transport-cipher table (no nats-server, no DH or signatures)' } as const;
 
 /** Metric names of the ceiling rows, for other benchmarks' `ceiling` column. */
 export const CEILING = {
@@ -459,6 +461,7 @@ export interface Ceilings {
   x25519: X25519Result;
   ed25519: Ed25519Result;
   msgpack: { perSec: number; encodedBytes: number };
+  aead: AeadResult[];
 }
 
 /** Measures every ceiling sequentially (each for `durationMs`); one nats-server is shared. */
@@ -477,7 +480,8 @@ export async function measureCeilings(durationMs: number, natsUrl?: string): Pro
   const ed25519 = measureEd25519(durationMs);
   log(CEILING.msgpack);
   const msgpack = measureMsgpack(durationMs);
-  return { natsPubSub: nats.pubsub, natsReqRep: nats.reqrep, jsPublish: nats.jsPublish, secretbox, x25519, ed25519, msgpack };
+  const aead = measureAeads(aeadMs(durationMs), log);
+  return { natsPubSub: nats.pubsub, natsReqRep: nats.reqrep, jsPublish: nats.jsPublish, secretbox, x25519, ed25519, msgpack, aead };
 }
 
 /** Rows for a JetStream publish ceiling: rate, then ack latency p50/p99. */
@@ -513,11 +517,23 @@ export function ceilingRows(c: Ceilings): Row[] {
     { metric: CEILING.ed25519VerifyNacl, value: c.ed25519.naclVerify, unit: 'op/s' },
     { metric: CEILING.ed25519VerifyNative, value: c.ed25519.nativeVerify, unit: 'op/s', note: 'node:crypto, KeyObject imported once' },
     { metric: CEILING.msgpack, value: c.msgpack.perSec, unit: 'op/s', note: `${c.msgpack.encodedBytes} B encoded` },
+    ...aeadRows(c.aead),
   ];
 }
 
+/** 21 AEAD cells (7 ciphers × 3 sizes): each gets a third of --duration, at most a second. */
+const aeadMs = (durationMs: number): number => Math.min(1000, durationMs / 3);
+
 export async function run(opts: BenchOptions): Promise<BenchResult> {
   const startedAt = new Date();
+  const only = opts.flags['only'];
+  if (only !== undefined && only !== 'aead') throw new UsageError(`--only takes "aead", got ${String(only)}`);
+  if (only === 'aead') {
+    const aead = measureAeads(aeadMs(opts.durationMs), log);
+    process.stdout.write(`${aeadTable(aead)}\n`);
+    return makeResult(name, startedAt, { durationMs: opts.durationMs, only }, aeadRows(aead), { aead });
+  }
   const c = await measureCeilings(opts.durationMs);
+  process.stdout.write(`${aeadTable(c.aead)}\n`);
   return makeResult(name, startedAt, { durationMs: opts.durationMs, payloadBytes: PAYLOAD_BYTES, reqWindow: REQ_WINDOW }, ceilingRows(c), c);
 }

@@ -10,7 +10,7 @@ import {
   type ConnectResult, type GenRequest, type GenUser, type ProgressResult, type RunCmd, type RunSummary, type SetupCmd, type StepReport, type Who,
 } from './custody-types.js';
 import { nativeKeyPair } from './procs.js';
-import { cachingSuite, handshake, newHandshake, parseTarget, sealedWriter, type HandshakeOutcome, type SealedWriter, type Target } from './rawclient.js';
+import { cachingSuite, handshake, newHandshake, parseTarget, type HandshakeOutcome, type SealedWriter, type Target } from './rawclient.js';
 
 /*
  * Load-generator process of the custody benchmark (started by custody-load.ts with an IPC
@@ -123,7 +123,7 @@ class Generator {
 
   /** Makes `conn` (just opened, `o`) the user's connection. */
   private use(u: User, conn: Conn, socket: Socket, o: Extract<HandshakeOutcome, { ok: true }>): SealedWriter {
-    const write = sealedWriter(socket, o.channel);
+    const write = o.write; // the session's one writer: batches what a callback writes
     conn.socket = socket;
     conn.write = write;
     u.conn = conn;

@@ -29,6 +29,7 @@ export const flags = {
   idle: 'idle sessions for the memory measurement (default 3000)',
   'idle-gc': 'force a full GC (inspector) in the measured process before each RSS reading: 1 (default) or 0 = settle only',
   'ceiling-duration': 'seconds per ceiling measurement (default 2)',
+  'sdk-caps': 'protocol capabilities the SDK clients ask for: "all" (default), "none" (as before negotiation: secretbox, one frame per message) or a comma list',
 } as const;
 
 /** Targets from the issue. */
@@ -243,11 +244,13 @@ export class PingPong {
 }
 
 /** `n` SDK client pairs: A on `n1`, B on `n2` (any server speaking the client protocol), connected, B first. */
-export async function connectPairs(res: Resources, n1: Pick<GravitasNode, 'clientAddress'>, n2: Pick<GravitasNode, 'clientAddress'>, keys: ClusterKeys, n: number): Promise<Pair[]> {
+export async function connectPairs(
+  res: Resources, n1: Pick<GravitasNode, 'clientAddress'>, n2: Pick<GravitasNode, 'clientAddress'>, keys: ClusterKeys, n: number, capabilities?: readonly string[],
+): Promise<Pair[]> {
   const clients: GravitasClient[] = [];
   res.defer(async () => void (await Promise.all(clients.map((c) => c.close().catch(() => undefined)))));
   const mk = (server: string, user: string): GravitasClient => {
-    const c = new GravitasClient({ servers: [server], serverPublicKey: keys.server.publicKey, identity: nativeKeyPair(), user, device: 'd', registration: '', reconnect: false });
+    const c = new GravitasClient({ servers: [server], serverPublicKey: keys.server.publicKey, identity: nativeKeyPair(), user, device: 'd', registration: '', reconnect: false, ...(capabilities && { capabilities }) });
     c.on('error', (e) => log(`client ${user}: ${e.message}`));
     clients.push(c);
     return c;
@@ -433,9 +436,11 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
   const nIdle = posInt(opts, 'idle', 3000, 15_000);
   const ceilMs = posNum(opts, 'ceiling-duration', 2) * 1000;
   const idleGc = numFlag(opts, 'idle-gc', 1) !== 0;
+  const capsFlag = opts.flags['sdk-caps'];
+  const sdkCaps = capsFlag === undefined || capsFlag === 'all' ? undefined : capsFlag === true || capsFlag === 'none' ? [] : capsFlag.split(',');
   const ms = opts.durationMs;
   const warmMs = Math.min(2000, ms / 5);
-  const params = { durationMs: ms, warmupMs: warmMs, pairs: nPairs, window, rate: rateFlag ?? 'half of closed-loop', handshakeMs: hsMs, hsWorkers, hsConcurrency, hsIdentities, idle: nIdle, idleGc, ceilingMs: ceilMs, textBytes: TEXT.length, limits: BENCH_LIMITS };
+  const params = { sdkCaps: sdkCaps ?? 'all', durationMs: ms, warmupMs: warmMs, pairs: nPairs, window, rate: rateFlag ?? 'half of closed-loop', handshakeMs: hsMs, hsWorkers, hsConcurrency, hsIdentities, idle: nIdle, idleGc, ceilingMs: ceilMs, textBytes: TEXT.length, limits: BENCH_LIMITS };
 
   const res = new Resources();
   try {
@@ -459,7 +464,7 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
 
     // ---- ping-pong ----
     log(`pingpong: connecting ${nPairs} pairs`);
-    const pairs = await connectPairs(res, n1, n2, keys, nPairs);
+    const pairs = await connectPairs(res, n1, n2, keys, nPairs, sdkCaps);
     const pp = new PingPong(pairs);
     await pp.probe();
     log(`pingpong closed loop: warmup ${warmMs} ms, measure ${ms} ms, window ${window}`);

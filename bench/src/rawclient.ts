@@ -1,7 +1,7 @@
 import { connect, type Socket } from 'node:net';
-import { ackFor } from '@gravitas/client/internal';
+import { ackFor, FrameWriter } from '@gravitas/client/internal';
 import {
-  ClientHandshake, decodeServerHandshake, decodeServerMessage, encodeFrame, FrameDecoder, nativeSuite, pack, unpack,
+  Capability, ClientHandshake, decodeServerFrame, decodeServerHandshake, encodeFrame, FrameDecoder, nativeSuite, pack, ProtocolError, unpack,
   type DhKey, type DhSuite, type KeyPair, type ResumptionState, type SecureChannel, type ServerMessage, type WelcomePayload,
 } from '@gravitas/protocol';
 
@@ -41,12 +41,15 @@ export function cachingSuite(): DhSuite {
   };
 }
 
+/** What the raw load clients ask for: what the SDK asks for, the transport cipher and batches. */
+export const RAW_CAPABILITIES: readonly string[] = [Capability.AEAD_CHACHA20POLY1305, Capability.BATCH];
+
 export function newHandshake(serverPublicKey: Uint8Array, id: Identity, suite: DhSuite, resume?: ResumptionState): ClientHandshake {
-  return new ClientHandshake({ serverPublicKey, identity: id.keys, user: id.user, device: id.device, registration: '', suite, ...(resume && { resume }) });
+  return new ClientHandshake({ serverPublicKey, identity: id.keys, user: id.user, device: id.device, registration: '', suite, offer: { capabilities: RAW_CAPABILITIES }, ...(resume && { resume }) });
 }
 
 export type HandshakeOutcome =
-  | { ok: true; ms: number; resumption: ResumptionState | undefined; socket: Socket | undefined; channel: SecureChannel; welcome: WelcomePayload }
+  | { ok: true; ms: number; resumption: ResumptionState | undefined; socket: Socket | undefined; channel: SecureChannel; welcome: WelcomePayload; write: SealedWriter }
   | { ok: false; ms: number; code: string };
 
 export interface Target {
@@ -57,8 +60,12 @@ export interface Target {
 /** Writes one sealed message on an open session. */
 export type SealedWriter = (m: object) => void;
 
-export function sealedWriter(socket: Socket, channel: SecureChannel): SealedWriter {
-  return (m) => void socket.write(encodeFrame(channel.seal(pack(m))));
+/** With `batch`, what one callback writes goes out as one frame (the SDK's FrameWriter); else a frame per message. */
+export function sealedWriter(socket: Socket, channel: SecureChannel, batch = false): SealedWriter {
+  if (!batch) return (m) => void socket.write(encodeFrame(channel.seal(pack(m))));
+  const conn = { kind: 'tcp' as const, send: (b: Uint8Array) => void socket.write(encodeFrame(b)), get bufferedBytes() { return socket.writableLength; }, close: () => socket.end(), destroy: () => socket.destroy() };
+  const w = new FrameWriter(conn, channel, true);
+  return (m) => w.write(m);
 }
 
 /**
@@ -69,6 +76,14 @@ export function sealedWriter(socket: Socket, channel: SecureChannel): SealedWrit
 export interface SessionHooks {
   onMessage(m: ServerMessage, write: SealedWriter): void;
   onClose?(): void;
+}
+
+/** The messages of a sealed frame's plaintext: one, or a batch's (a bad element is a broken client here). */
+function messagesOf(plain: Uint8Array, batch: boolean): ServerMessage[] {
+  return decodeServerFrame(plain, batch).map((m) => {
+    if (m instanceof ProtocolError) throw m;
+    return m;
+  });
 }
 
 export function parseTarget(addr: string): Target {
@@ -88,6 +103,7 @@ export function handshake(target: Target, hs: ClientHandshake, keepOpen = false,
     const decoder = new FrameDecoder();
     let channel: SecureChannel | undefined;
     let write: SealedWriter | undefined;
+    let batch = false;
     let resumption: ResumptionState | undefined;
     let welcome: WelcomePayload | undefined;
     let done = false;
@@ -121,7 +137,7 @@ export function handshake(target: Target, hs: ClientHandshake, keepOpen = false,
         decoder.push(chunk, (body) => {
           if (done) {
             // An open session kept by the caller.
-            if (ok && keepOpen && channel) other(decodeServerMessage(unpack(channel.open(body))));
+            if (ok && keepOpen && channel) for (const m of messagesOf(channel.open(body), batch)) other(m);
             return;
           }
           if (!channel) {
@@ -130,18 +146,24 @@ export function handshake(target: Target, hs: ClientHandshake, keepOpen = false,
             if (m.t === 'cookie') return void socket.write(encodeFrame(pack(hs.hello(m.c))));
             const r = hs.complete(m);
             channel = r.channel;
-            write = sealedWriter(socket, channel);
+            batch = r.negotiated.caps.has(Capability.BATCH);
+            write = sealedWriter(socket, channel, batch);
             resumption = r.resumption;
             welcome = r.welcome;
             socket.write(Buffer.concat([encodeFrame(channel.seal(pack(r.finish))), encodeFrame(channel.seal(pack({ t: 'ping', n: 1 })))]));
             return;
           }
-          const m = decodeServerMessage(unpack(channel.open(body)));
-          if (m.t === 'pong') return finish({ ok: true, ms: performance.now() - t0, resumption, socket: keepOpen ? socket : undefined, channel, welcome: welcome! });
-          if (m.t === 'error' || m.t === 'bye') return fail(m.code ?? m.t);
-          // Registered already (the ping queues behind the registration): a mailbox drain, a
-          // receipt or a presence update may overtake the pong.
-          other(m);
+          for (const m of messagesOf(channel.open(body), batch)) {
+            if (done) {
+              if (ok && keepOpen) other(m); // after the pong, in the same batched frame
+              continue;
+            }
+            if (m.t === 'pong') finish({ ok: true, ms: performance.now() - t0, resumption, socket: keepOpen ? socket : undefined, channel, welcome: welcome!, write: write! });
+            else if (m.t === 'error' || m.t === 'bye') fail(m.code ?? m.t);
+            // Registered already (the ping queues behind the registration): a mailbox drain, a
+            // receipt or a presence update may overtake the pong.
+            else other(m);
+          }
         });
       } catch (e) {
         if (!done) return fail((e as { code?: string }).code ?? 'CLIENT_ERROR');

@@ -8,6 +8,7 @@ import nacl from 'tweetnacl';
 import { browserPrimitives as browserPrims, nodePrimitives as nodePrims } from '@gravitas/protocol/internal';
 import { naclSuite } from '@gravitas/protocol';
 import { bundleForBrowser, chromiumMissing, launchChromium, NODE_STUBS, SDK_ENTRY } from '../fixtures/browser.js';
+import type { ChannelVectors } from '../fixtures/channel-vectors.js';
 import { hex, type Vectors } from '../fixtures/handshake-vectors.js';
 
 /*
@@ -18,8 +19,11 @@ import { hex, type Vectors } from '../fixtures/handshake-vectors.js';
  */
 
 const V = JSON.parse(readFileSync(new URL('../vectors/handshake.json', import.meta.url), 'utf8')) as Vectors;
+const C = JSON.parse(readFileSync(new URL('../vectors/channel.json', import.meta.url), 'utf8')) as ChannelVectors;
 const ENTRY = fileURLToPath(new URL('../fixtures/browser-vectors-entry.ts', import.meta.url));
-type Run = (v: Vectors) => { suite: string; full: unknown; resumed: unknown; sha256: string; hkdf: string; b64: string; back: string; randomLength: number };
+type Run = (v: Vectors, c: ChannelVectors) => {
+  suite: string; full: unknown; resumed: unknown; sha256: string; hkdf: string; b64: string; back: string; randomLength: number; channel: Array<{ frame: string; opened: string }>;
+};
 
 /** What the test page's global scope holds. */
 interface Page { runVectors?: Run; navigator: { userAgent: string } }
@@ -59,6 +63,7 @@ t.test('a browser bundle of the protocol reproduces the handshake vectors', asyn
   const meta = await bundleForBrowser(ENTRY, out);
   const inputs = Object.keys(meta.inputs);
   t.ok(inputs.some((f) => f.endsWith('protocol/dist/primitives.browser.js')), 'the browser primitives went in');
+  t.ok(inputs.some((f) => f.includes('node_modules/@noble/ciphers/')), '@noble/ciphers went in');
   t.notOk(inputs.some((f) => f.endsWith('protocol/dist/primitives.js')), 'the node:crypto primitives stayed out');
   t.notOk(inputs.some((f) => f.startsWith('node:') || f.startsWith('node-stub:')), 'no Node built-in, not even a stub');
   t.notMatch(readFileSync(out, 'utf8'), /node:crypto/, 'the bundle never names node:crypto');
@@ -73,11 +78,12 @@ t.test('a browser bundle of the protocol reproduces the handshake vectors', asyn
     t.equal(r.b64, nodePrims.toBase64Url(ikm), 'base64url as Buffer');
     t.equal(r.back, hex(ikm), 'base64url round trip');
     t.equal(r.randomLength, 70_000, 'random');
+    t.strictSame(r.channel, C.frames.map((f) => ({ frame: f.frame, opened: f.plaintext })), 'sealed frames (test/vectors/channel.json), both ciphers');
   };
 
   await t.test('in Node, run as the browser bundle', async (t) => {
     const { runVectors } = (await import(pathToFileURL(out).href)) as { runVectors: Run };
-    check(t, runVectors(V));
+    check(t, runVectors(V, C));
   });
 
   await t.test('in headless Chromium', { skip: chromiumMissing() }, async (t) => {
@@ -94,7 +100,7 @@ t.test('a browser bundle of the protocol reproduces the handshake vectors', asyn
     await page.goto('http://vectors.test/');
     // Functions given to evaluate run in the page: only inline casts, no closures.
     await page.waitForFunction(() => (globalThis as unknown as Page).runVectors !== undefined);
-    check(t, await page.evaluate((v) => (globalThis as unknown as Page).runVectors!(v), V));
+    check(t, await page.evaluate(([v, c]) => (globalThis as unknown as Page).runVectors!(v, c), [V, C] as const));
     t.match(await page.evaluate(() => (globalThis as unknown as Page).navigator.userAgent), /Chrome/, 'it was Chromium');
   });
 });

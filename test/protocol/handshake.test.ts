@@ -1,8 +1,8 @@
 import t, { type Test } from 'tap';
 import {
-  checkFinish, ClientHandshake, decodeClientHandshake, decodeClientMessage, decodeServerHandshake, decodeServerMessage, ErrorCode, generateKeyPair,
+  CAPABILITIES, checkFinish, ClientHandshake, decodeClientHandshake, decodeClientMessage, decodeServerHandshake, decodeServerMessage, ErrorCode, generateKeyPair,
   HandshakeError, HELLO_MAX_SKEW_MS, naclSuite, nativeSuite, pack, PROTOCOL_VERSION, ProtocolError, random, readHello, readResume, unpack, writeWelcome,
-  type ClientHandshakeResult, type DhSuite, type Hello, type KeyPair, type PendingHandshake, type Resume, type ResumptionState, type ServerHandshakeContext,
+  type ClientHandshakeOptions, type ClientHandshakeResult, type DhSuite, type Hello, type KeyPair, type PendingHandshake, type Resume, type ResumptionState, type ServerHandshakeContext,
   type SecureChannel, type ServerHandshakeResult, type TicketKeyring, type Welcome,
 } from '@gravitas/protocol';
 
@@ -51,6 +51,7 @@ interface ClientSetup {
   resume?: ResumptionState;
   serverPublicKey?: Uint8Array;
   registration?: string;
+  offer?: ClientHandshakeOptions['offer'];
 }
 
 function client(o: ClientSetup = {}): ClientHandshake {
@@ -62,6 +63,7 @@ function client(o: ClientSetup = {}): ClientHandshake {
     ...(o.registration !== undefined && { registration: o.registration }),
     ...(o.resume && { resume: o.resume }),
     ...(o.suite && { suite: o.suite }),
+    ...(o.offer !== undefined && { offer: o.offer }),
     now: () => o.now ?? NOW,
   });
 }
@@ -137,7 +139,7 @@ for (const cs of SUITES) {
       t.equal(hex(r.pending.clientStatic), hex(ALICE.publicKey), 'the server learns the client static key');
       t.equal(hex(r.pending.clientEphemeral), hex(r.first.e));
       t.equal(r.pending.ticket, undefined);
-      t.strictSame(r.result.welcome, { ...INFO, serverTime: NOW, resumed: false, ticket: r.result.welcome.ticket, ticketExpires: NOW + LIFETIME });
+      t.strictSame(r.result.welcome, { ...INFO, serverTime: NOW, resumed: false, ticket: r.result.welcome.ticket, ticketExpires: NOW + LIFETIME, ver: 1, caps: [...CAPABILITIES] });
       t.equal(r.result.resumption?.expiresAt, NOW + LIFETIME);
       t.equal(hex(r.result.finish.h), hex(r.server.expectedFinish), 'both sides end with the same transcript hash');
       confirm(t, r);
@@ -275,12 +277,16 @@ t.test('claiming a static key without its secret: HANDSHAKE_FAILED', async (t) =
 
 t.test('version downgrade or upgrade: UNSUPPORTED_VERSION, before any DH', async (t) => {
   t.equal(PROTOCOL_VERSION, 1);
-  const hello = wireFirst(client()) as Hello;
-  const resume = wireFirst(client({ resume: resumption(run()) })) as Resume;
+  // A first flight without an offer (as before negotiation) and one offering only `v`.
+  const hello = wireFirst(client({ offer: false })) as Hello;
+  const resume = wireFirst(client({ resume: resumption(run()), offer: false })) as Resume;
   for (const v of [0, 2, 255]) {
-    t.equal(codeOf(() => readHello({ ...hello, v }, serverCtx())), ErrorCode.UNSUPPORTED_VERSION, `hello v=${v}`);
-    t.equal(codeOf(() => readResume({ ...resume, v }, serverCtx())), ErrorCode.UNSUPPORTED_VERSION, `resume v=${v}`);
-    t.equal(codeOf(() => readHello({ ...hello, v, e: new Uint8Array(32) }, serverCtx())), ErrorCode.UNSUPPORTED_VERSION, `v=${v} is checked before the (low-order) key`);
+    for (const vs of [undefined, [v]]) {
+      const what = vs ? ' offered alone' : '';
+      t.equal(codeOf(() => readHello({ ...hello, v, ...(vs && { vs }) }, serverCtx())), ErrorCode.UNSUPPORTED_VERSION, `hello v=${v}${what}`);
+      t.equal(codeOf(() => readResume({ ...resume, v, ...(vs && { vs }) }, serverCtx())), ErrorCode.UNSUPPORTED_VERSION, `resume v=${v}${what}`);
+      t.equal(codeOf(() => readHello({ ...hello, v, ...(vs && { vs }), e: new Uint8Array(32) }, serverCtx())), ErrorCode.UNSUPPORTED_VERSION, `v=${v}${what} is checked before the (low-order) key`);
+    }
   }
 });
 

@@ -207,8 +207,11 @@ t.test('more handshake failures', async (t) => {
   });
   t.test('another protocol version: UNSUPPORTED_VERSION', async (t) => {
     const conn = await open(t);
-    conn.sendPlain({ ...new ClientHandshake(fresh()).hello(), v: 2 });
+    conn.sendPlain({ ...new ClientHandshake(fresh({ offer: false })).hello(), v: 2 }); // as a client from before negotiation would
     await expectPlainError(t, conn, ErrorCode.UNSUPPORTED_VERSION);
+    const offered = await open(t);
+    offered.sendPlain({ ...new ClientHandshake(fresh()).hello(), v: 2, vs: [2] }); // an offer with no version in common
+    await expectPlainError(t, offered, ErrorCode.UNSUPPORTED_VERSION);
   });
   t.test('a frame before the welcome: UNEXPECTED_MESSAGE', async (t) => {
     const conn = await open(t);

@@ -1,6 +1,6 @@
 import { failureCode, RetryQueue, sendFrame, statusVerdict, type Retrying } from '@gravitas/client/internal';
 import {
-  ClientHandshake, ErrorCode, MAX_TEXT_LENGTH, nativeSuite, NO_RECONNECT_CODES, RETRYABLE_SEND_CODES, TICKET_REFUSED_CODES, verifyHint,
+  Capability, ClientHandshake, ErrorCode, MAX_TEXT_LENGTH, nativeSuite, NO_RECONNECT_CODES, RETRYABLE_SEND_CODES, TICKET_REFUSED_CODES, verifyHint,
   type DhKey, type DhSuite, type KeyPair, type RequestArgs, type RequestOp, type ResumptionState,
 } from '@gravitas/protocol';
 import {
@@ -178,7 +178,8 @@ export class GravitasDevice implements DriverDevice, ConnDevice {
       identity = { secretKey: this.ref.secret, publicKey: stat.publicKey };
       suite = { name: 'native', generate: () => nativeSuite.generate(), fromSecret: () => stat };
     }
-    return new ClientHandshake({ serverPublicKey: d.serverPublicKey, identity, user: this.ref.user, device: this.ref.device, registration: d.registration, suite, ...(resume && { resume }) });
+    // Not `batch`: gravitas-conn.ts reads one message per frame.
+    return new ClientHandshake({ serverPublicKey: d.serverPublicKey, identity, user: this.ref.user, device: this.ref.device, registration: d.registration, suite, offer: { capabilities: [Capability.AEAD_CHACHA20POLY1305] }, ...(resume && { resume }) });
   }
 
   /** A ticket went out on the wire: never again. */

@@ -158,6 +158,11 @@ export class GravitasClient extends EventEmitter<ClientEvents> {
     return this.conn.channel !== undefined;
   }
 
+  /** The protocol capabilities the current session negotiated (docs/protocol.md 4.7); none while offline. */
+  get capabilities(): ReadonlySet<string> {
+    return this.conn.caps;
+  }
+
   /** The transport of the current connection (or of the last one that worked). */
   get transport(): TransportKind | undefined {
     return this.conn.working;

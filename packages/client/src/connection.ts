@@ -6,7 +6,7 @@
  * sealed frame, and says when the session is lost and when it is over for good.
  */
 import {
-  ClientHandshake, decodeServerHandshake, NO_RECONNECT_CODES, pack, ProtocolError, RemoteError, TICKET_REFUSED_CODES, unpack,
+  Capability, ClientHandshake, decodeServerHandshake, NO_CAPABILITIES, NO_RECONNECT_CODES, pack, ProtocolError, RemoteError, TICKET_REFUSED_CODES, unpack,
   type Bye, type ConnectHint, type ResumptionState, type SecureChannel, type WelcomePayload,
 } from '@gravitas/protocol';
 import { ClientError, ClientErrorCode } from './errors.js';
@@ -15,6 +15,7 @@ import {
 } from './transport.js';
 import type { Emit } from './private.js';
 import type { ClientOptions } from './types.js';
+import { FrameWriter } from './writer.js';
 
 /** What the connection asks of the client that owns it. */
 export interface ConnectionOwner {
@@ -63,6 +64,12 @@ export class Connection {
   hint: ConnectHint | undefined;
   /** The cell of a connection that was lost: the first reconnect tries it. */
   private rejoin: Endpoint | undefined;
+  /** The capabilities the current session negotiated (docs/protocol.md 4.7). */
+  caps: ReadonlySet<string> = NO_CAPABILITIES;
+  /** What the current session sends, once per turn. */
+  private writer: FrameWriter | undefined;
+  /** Sessions (by channel) that negotiated batches: their frames may hold several messages. */
+  private readonly batching = new WeakSet<SecureChannel>();
 
   constructor(
     private readonly options: ClientOptions,
@@ -166,6 +173,7 @@ export class Connection {
       device: o.device,
       ...(o.registration !== undefined && { registration: o.registration }),
       ...(resume && { resume }),
+      ...(o.capabilities && { offer: { capabilities: o.capabilities } }),
     });
     const timeoutMs = o.connectTimeoutMs ?? 10_000;
     return new Promise((resolve, reject) => {
@@ -192,6 +200,10 @@ export class Connection {
             conn!.send(channel.seal(pack(r.finish)));
             clearTimeout(timer);
             done = true;
+            this.writer?.flush(); // what the session this one replaces (a move) still had to send
+            this.writer = new FrameWriter(conn!, channel, r.negotiated.caps.has(Capability.BATCH));
+            if (this.writer.batch) this.batching.add(channel);
+            this.caps = r.negotiated.caps;
             this.socket = conn;
             this.channel = channel;
             this.server = name;
@@ -244,8 +256,11 @@ export class Connection {
     this.gone = undefined;
     clearInterval(this.keepalive);
     this.owner.sessionLost();
+    this.writer?.drop();
+    this.writer = undefined;
     this.socket = undefined;
     this.channel = undefined;
+    this.caps = NO_CAPABILITIES;
     this.rejoin = this.endpoint;
     this.owner.emit('disconnected', err);
     if (this.closed || this.options.reconnect === false) return this.owner.ended();
@@ -269,10 +284,15 @@ export class Connection {
     }, delay);
   }
 
-  /** Seals and sends one message on the current session; throws NOT_CONNECTED without one. */
+  /** Sends one message on the current session (with `batch`: in this turn's frame); throws NOT_CONNECTED without one. */
   write(m: object): void {
-    if (!this.socket || !this.channel) throw new ClientError(ClientErrorCode.NOT_CONNECTED, 'not connected');
-    this.socket.send(this.channel.seal(pack(m)));
+    if (!this.socket || !this.channel || !this.writer) throw new ClientError(ClientErrorCode.NOT_CONNECTED, 'not connected');
+    this.writer.write(m);
+  }
+
+  /** Whether frames on `channel` may be batches (its session negotiated `batch`). */
+  batches(channel: SecureChannel): boolean {
+    return this.batching.has(channel);
   }
 
   /** A session a move replaced: goodbye, then the close (cut after a second). */
@@ -306,6 +326,7 @@ export class Connection {
     if (socket && this.channel) {
       try {
         this.write({ t: 'bye' });
+        this.writer?.flush();
       } catch {
         // already gone
       }

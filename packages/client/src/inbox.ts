@@ -3,7 +3,7 @@
  * concerns (outbox, round trips, moves, mutes), and the items custody delivers — messages
  * and receipts — shown at most once (by their key in the store) and acknowledged.
  */
-import { DELIVERY_PROOF_BYTES, decodeServerMessage, RemoteError, unpack, type SecureChannel, type ServerMessage } from '@gravitas/protocol';
+import { DELIVERY_PROOF_BYTES, decodeServerFrame, ProtocolError, RemoteError, type SecureChannel, type ServerMessage } from '@gravitas/protocol';
 import type { Connection } from './connection.js';
 import { seenKey } from './custody.js';
 import { ClientError, ClientErrorCode } from './errors.js';
@@ -85,8 +85,19 @@ export class Inbox {
     return this.inbound;
   }
 
+  /** A sealed frame: one message, or a batch whose bad elements are reported one by one ('error') while the others go through. */
   frame(channel: SecureChannel, body: Buffer): void {
-    const m: ServerMessage = decodeServerMessage(unpack(channel.open(body)));
+    const items = decodeServerFrame(channel.open(body), this.parts.conn.batches(channel));
+    if (items.length === 1 && items[0] instanceof ProtocolError) throw items[0]; // one message: as before batches
+    const refused: ProtocolError[] = [];
+    for (const m of items) {
+      if (m instanceof ProtocolError) refused.push(m);
+      else this.dispatch(channel, m);
+    }
+    for (const err of refused) this.ports.emit('error', err); // after the others: a throwing listener stops none of them
+  }
+
+  private dispatch(channel: SecureChannel, m: ServerMessage): void {
     const { emit } = this.ports;
     switch (m.t) {
       case 'msg':

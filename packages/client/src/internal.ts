@@ -6,8 +6,10 @@
  *   - custody.ts: the device side of custody, one implementation for the SDK and for the
  *     load generators (bench/src/custody-gen.ts, bench/src/harness/gravitas-driver.ts);
  *   - storeOf(client): a client's store, for fixtures that watch what reaches its
- *     de-duplication (test/fixtures/wire.ts).
+ *     de-duplication (test/fixtures/wire.ts);
+ *   - FrameWriter: what a session sends per turn (batched frames), for its unit test.
  */
 export * from './custody.js';
 export { storeOf } from './private.js';
 export type { ClientStore } from './store.js';
+export { BATCH_TARGET_BYTES, FrameWriter } from './writer.js';

@@ -85,6 +85,12 @@ export interface ClientOptions {
   maxOutbox?: number;
   /** Campaign feedback events queued until the server takes them (default 10,000). */
   maxFeedback?: number;
+  /**
+   * Protocol capabilities to ask the server for (docs/protocol.md 4.7); default: all this SDK
+   * implements (`CAPABILITIES`: batched frames, ChaCha20-Poly1305). What the server does not
+   * grant is simply not used.
+   */
+  capabilities?: readonly string[];
   /** Ping interval that keeps an idle session under the server's idle timeout (default 30 s; 0 = off). */
   keepaliveMs?: number;
   /**

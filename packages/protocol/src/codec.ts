@@ -30,21 +30,22 @@ export function unpack(bytes: Uint8Array): unknown {
 
 /**
  * One msgpack array of already packed values `parts[start..end)`: the bytes `pack(values)`
- * would give, without packing anything twice (a batch of frames or envelopes).
+ * would give, without packing anything twice (a batch of frames, a batch of envelopes).
  */
-export function joinPacked(parts: readonly Uint8Array[], start = 0, end = parts.length): Buffer {
+export function joinPacked(parts: readonly Uint8Array[], start = 0, end = parts.length): Uint8Array {
   const n = end - start;
   const head = n < 16 ? 1 : n < 0x10000 ? 3 : 5;
   let size = head;
   for (let i = start; i < end; i++) size += parts[i]!.length;
-  const out = Buffer.allocUnsafe(size);
+  const out = new Uint8Array(size);
   if (head === 1) out[0] = 0x90 | n;
   else if (head === 3) {
     out[0] = 0xdc;
-    out.writeUInt16BE(n, 1);
+    out[1] = n >> 8;
+    out[2] = n & 0xff;
   } else {
     out[0] = 0xdd;
-    out.writeUInt32BE(n, 1);
+    new DataView(out.buffer).setUint32(1, n);
   }
   let off = head;
   for (let i = start; i < end; i++) {

@@ -10,7 +10,7 @@ import { decodeBase64Url } from './primitives.js';
  */
 
 export { KEY_BYTES, naclSuite, type DhKey, type DhSuite } from './dh.js';
-export { ed25519Sign, hkdf, nativeSuite, random, sha256, toBase64Url } from './primitives.js';
+export { chachaOpen, chachaSeal, ed25519Sign, hkdf, nativeSuite, random, sha256, toBase64Url } from './primitives.js';
 
 export const NONCE_BYTES = 24;
 export const MAC_BYTES = 16;

@@ -1,5 +1,6 @@
 export * from './errors.js';
 export * from './limits.js';
+export * from './caps.js';
 export * from './framing.js';
 export * from './codec.js';
 export * from './messages.js';
@@ -12,3 +13,4 @@ export * from './handshake.js';
 export { bad, bytes, int, isName, isObj, isSystemName, name, obj, str, SYSTEM_PREFIX, type Obj } from './validate.js';
 export * from './requests.js';
 export * from './push.js';
+export * from './batch.js';

@@ -1,3 +1,4 @@
+import { CAPABILITY_NAME, MAX_OFFERED_CAPABILITIES, MAX_OFFERED_VERSIONS } from './caps.js';
 import { DecodeError, ErrorCode, isErrorCode, type ErrorCode as Code } from './errors.js';
 import { DELIVERY_PROOF_BYTES, MAX_CREDENTIAL_LENGTH, MAX_ID_LENGTH, MAX_LINK_APPROVAL_BYTES, MAX_TEXT_LENGTH } from './limits.js';
 import { MAX_WAKE_BYTES } from './wake.js';
@@ -10,10 +11,15 @@ import { bad, bytes, int, name, obj, oneOf, optBytes, optStr, str, type Obj } fr
 
 // ---- handshake (plaintext) ------------------------------------------------------
 
+/**
+ * The negotiation offer of a first flight (caps.ts): the versions the client speaks (`v` among
+ * them) and the capabilities it asks for. Both absent: a client from before negotiation.
+ */
+export interface OfferFields { vs?: number[]; caps?: string[] }
 /** Client → server: first flight of a full handshake (Noise IK shape). */
-export interface Hello { t: 'hello'; v: number; e: Uint8Array; s: Uint8Array; p: Uint8Array; cookie?: Uint8Array }
+export interface Hello extends OfferFields { t: 'hello'; v: number; e: Uint8Array; s: Uint8Array; p: Uint8Array; cookie?: Uint8Array }
 /** Client → server: first flight of a resumption with a ticket. */
-export interface Resume { t: 'resume'; v: number; e: Uint8Array; tk: Uint8Array; p: Uint8Array; cookie?: Uint8Array }
+export interface Resume extends OfferFields { t: 'resume'; v: number; e: Uint8Array; tk: Uint8Array; p: Uint8Array; cookie?: Uint8Array }
 /** Server → client: prove your address first (sent under handshake load). */
 export interface Cookie { t: 'cookie'; c: Uint8Array }
 /** Server → client: second flight; `p` is sealed. */
@@ -42,6 +48,9 @@ export interface WelcomePayload {
   hk?: Uint8Array;
   /** This cell's web listener, host:port (WebSocket and chunked HTTP, docs/transports.md). */
   wa?: string;
+  /** The server's choice when the first flight made an offer (caps.ts): the version and the capabilities granted. */
+  ver?: number;
+  caps?: string[];
 }
 
 // ---- sealed, client → server ---------------------------------------------------
@@ -145,13 +154,31 @@ function errorMsg(o: Obj): ErrorMsg {
   return { t: 'error', code: code(o, 'code'), message: str(o, 'message', 1024), ...(ref !== undefined && { ref }) };
 }
 
+function list<T>(o: Obj, field: string, max: number, item: (x: unknown) => x is T, what: string): T[] | undefined {
+  const v = o[field];
+  if (v === undefined) return undefined;
+  if (!Array.isArray(v) || v.length > max || !v.every(item)) bad(field, `must be a list of at most ${max} ${what}`);
+  return v;
+}
+
+const isVersion = (x: unknown): x is number => typeof x === 'number' && Number.isInteger(x) && x >= 0 && x <= 255;
+const isCapName = (x: unknown): x is string => typeof x === 'string' && CAPABILITY_NAME.test(x);
+
+function offerFields(o: Obj, v: number): OfferFields {
+  const vs = list(o, 'vs', MAX_OFFERED_VERSIONS, isVersion, 'versions 0..255');
+  const caps = list(o, 'caps', MAX_OFFERED_CAPABILITIES, isCapName, 'capability names');
+  if (vs && !vs.includes(v)) bad('vs', 'must include "v"');
+  return { ...(vs && { vs }), ...(caps && { caps }) };
+}
+
 /** Server side: the first frame of a connection. */
 export function decodeClientHandshake(v: unknown): Hello | Resume {
   const o = obj(v);
   const t = typeOf(o);
   if (t !== 'hello' && t !== 'resume') return unknownType(t);
   const cookie = optBytes(o, 'cookie', 16, 64);
-  const base = { v: int(o, 'v', 0, 255), e: bytes(o, 'e', KEY), p: bytes(o, 'p', 16, 8192), ...(cookie && { cookie }) };
+  const ver = int(o, 'v', 0, 255);
+  const base = { v: ver, e: bytes(o, 'e', KEY), p: bytes(o, 'p', 16, 8192), ...(cookie && { cookie }), ...offerFields(o, ver) };
   if (t === 'hello') return { t, ...base, s: bytes(o, 's', KEY + 16) };
   return { t, ...base, tk: bytes(o, 'tk', 32, 1024) };
 }
@@ -189,6 +216,8 @@ export function decodeWelcomePayload(v: unknown): WelcomePayload {
     ...(ticket && { ticket, ticketExpires: int(o, 'ticketExpires') }),
     ...(o.hk !== undefined && { hk: bytes(o, 'hk', 32) }),
     ...(o.wa !== undefined && { wa: str(o, 'wa', 300, 3) }),
+    ...(o.ver !== undefined && { ver: int(o, 'ver', 0, 255) }),
+    ...(o.caps !== undefined && { caps: list(o, 'caps', MAX_OFFERED_CAPABILITIES, isCapName, 'capability names')! }),
   };
 }
 

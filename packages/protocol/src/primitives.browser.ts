@@ -1,3 +1,4 @@
+import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
 import { hkdf as nobleHkdf } from '@noble/hashes/hkdf.js';
 import { sha256 as nobleSha256 } from '@noble/hashes/sha2.js';
 import nacl from 'tweetnacl';
@@ -5,8 +6,8 @@ import { naclSuite, type DhSuite } from './dh.js';
 
 /*
  * Browser variant of primitives.ts, chosen by bundlers through the "browser" field
- * of package.json: @noble/hashes for SHA-256 and HKDF (WebCrypto's are async, the
- * handshake is not), crypto.getRandomValues, atob/btoa. Same exports, same bytes
+ * of package.json: @noble/hashes for SHA-256 and HKDF and @noble/ciphers for
+ * ChaCha20-Poly1305 (WebCrypto's are async, the handshake and SecureChannel are not), crypto.getRandomValues, atob/btoa. Same exports, same bytes
  * (test/protocol/primitives.test.ts compares the two).
  */
 
@@ -53,4 +54,19 @@ export function decodeBase64Url(s: string): Uint8Array {
 /** Ed25519 signing: tweetnacl itself (the Node variant gives the same bytes natively). */
 export function ed25519Sign(message: Uint8Array, secretKey: Uint8Array): Uint8Array {
   return nacl.sign.detached(message, secretKey);
+}
+
+/** ChaCha20-Poly1305 (RFC 8439) from @noble/ciphers: the same bytes as OpenSSL's (test/vectors/channel.json). */
+export function chachaSeal(key: Uint8Array, nonce: Uint8Array, plain: Uint8Array, out: Uint8Array, at: number): void {
+  out.set(chacha20poly1305(key, nonce).encrypt(plain), at);
+}
+
+/** Opens ciphertext || tag; null when authentication fails. */
+export function chachaOpen(key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array): Uint8Array | null {
+  if (sealed.length < 16) return null;
+  try {
+    return chacha20poly1305(key, nonce).decrypt(sealed);
+  } catch {
+    return null;
+  }
 }

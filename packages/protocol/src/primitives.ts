@@ -1,9 +1,9 @@
-import { createHash, createPrivateKey, createPublicKey, diffieHellman, hkdfSync, randomBytes, sign, type KeyObject } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createPrivateKey, createPublicKey, diffieHellman, hkdfSync, randomBytes, sign, type KeyObject } from 'node:crypto';
 import { badKey, isZero, KEY_BYTES, type DhKey, type DhSuite } from './dh.js';
 
 /*
  * The primitives that come from node:crypto: SHA-256, HKDF-SHA256, randomness,
- * base64url, the native X25519 suite and Ed25519 signing. A browser bundle gets
+ * base64url, the native X25519 suite, Ed25519 signing and ChaCha20-Poly1305. A browser bundle gets
  * primitives.browser.ts instead (package.json "browser" field), with the same
  * exports and byte-identical results (test/protocol/primitives.test.ts).
  */
@@ -93,4 +93,33 @@ export function ed25519Sign(message: Uint8Array, secretKey: Uint8Array): Uint8Ar
     signingKeys.set(id, key);
   }
   return new Uint8Array(sign(null, message, key));
+}
+
+const TAG_BYTES = 16;
+
+/**
+ * ChaCha20-Poly1305 (RFC 8439), 32-byte key, 12-byte nonce, no associated data: `plain` sealed
+ * into `out` at `at` as ciphertext || 16-byte tag. OpenSSL's, one cipher object per frame
+ * (node:crypto cannot change the nonce of one): `npm run bench -- ceilings --only aead`.
+ */
+export function chachaSeal(key: Uint8Array, nonce: Uint8Array, plain: Uint8Array, out: Uint8Array, at: number): void {
+  const c = createCipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAG_BYTES });
+  const ct = c.update(plain);
+  out.set(ct, at);
+  c.final();
+  out.set(c.getAuthTag(), at + ct.length);
+}
+
+/** Opens ciphertext || tag; null when authentication fails. */
+export function chachaOpen(key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array): Uint8Array | null {
+  if (sealed.length < TAG_BYTES) return null;
+  const d = createDecipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAG_BYTES });
+  d.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
+  const plain = d.update(sealed.subarray(0, sealed.length - TAG_BYTES));
+  try {
+    d.final();
+  } catch {
+    return null;
+  }
+  return plain;
 }

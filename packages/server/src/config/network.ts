@@ -1,3 +1,4 @@
+import { CAPABILITIES } from '@gravitas/protocol';
 import { parseCidr } from '../infra/addresses.js';
 import type { ConfigCheck } from './check.js';
 
@@ -18,6 +19,8 @@ export interface NetworkConfig {
   /** Chunked-HTTP downstreams waiting for their first upstream per source, and per prefix. */
   maxPendingStreamsPerSource: number;
   maxPendingStreamsPerPrefix: number;
+  /** Protocol capabilities this cell grants a client that asks (docs/protocol.md 4.7): by default all it implements. */
+  capabilities: string[];
 }
 
 export const DEFAULT_NETWORK: NetworkConfig = {
@@ -29,6 +32,7 @@ export const DEFAULT_NETWORK: NetworkConfig = {
   maxHandshakesPerPrefix: 256,
   maxPendingStreamsPerSource: 8,
   maxPendingStreamsPerPrefix: 64,
+  capabilities: [...CAPABILITIES],
 };
 
 export function validateNetwork(c: ConfigCheck): NetworkConfig {
@@ -48,6 +52,7 @@ export function validateNetwork(c: ConfigCheck): NetworkConfig {
     maxHandshakesPerPrefix: c.int('network.maxHandshakesPerPrefix', N.maxHandshakesPerPrefix, 1, 100_000),
     maxPendingStreamsPerSource: c.int('network.maxPendingStreamsPerSource', N.maxPendingStreamsPerSource, 1, 1_000_000),
     maxPendingStreamsPerPrefix: c.int('network.maxPendingStreamsPerPrefix', N.maxPendingStreamsPerPrefix, 1, 1_000_000),
+    capabilities: c.strings('network.capabilities', N.capabilities, (cs) => cs.every((x) => CAPABILITIES.includes(x)), `must be a list of protocol capabilities out of ${CAPABILITIES.join(', ')}`, N.capabilities),
   };
   for (const k of ['Connections', 'Handshakes', 'PendingStreams'] as const) {
     if (network[`max${k}PerPrefix`] < network[`max${k}PerSource`]) c.fail(`network.max${k}PerPrefix`, `must be at least network.max${k}PerSource (${network[`max${k}PerSource`]}): a prefix holds its sources`);

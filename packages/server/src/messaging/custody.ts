@@ -7,6 +7,7 @@ import { DeliveryProofs } from '../core/proofs.js';
 import type { DeviceSession } from '../core/session.js';
 import { TtlCache } from '../infra/ttl-cache.js';
 import type { Routing } from './routing.js';
+import { CustodyPace, SWEEP_MS } from './pace.js';
 import { MailboxWakes } from './wakes.js';
 
 /** What custody works with besides the context (stores and services built at start, hence getters). */
@@ -50,9 +51,6 @@ interface Pending {
 
 export type { Settlement };
 
-const SWEEP_MS = 100;
-/** A sweep later than this counts as the cell's own lag: the window does not run meanwhile. */
-const LAG_GRACE_MS = 20;
 /** Final statuses remembered to answer re-sends without routing them again. */
 const SETTLED_MAX = 100_000;
 const SETTLED_TTL_MS = 10 * 60_000;
@@ -87,20 +85,11 @@ export class Custody implements CustodyPort {
   private readonly inFlight = new Map<string, number>();
   private readonly wakes: MailboxWakes;
   private sweeper: NodeJS.Timeout | undefined;
-  private lastSweep = Date.now();
-  /**
-   * How long this cell could not run (its sweeps came late): custody's clock is the wall
-   * clock minus this, so a window never expires because the cell itself fell behind —
-   * an online device that reads is not spilled to its mailbox by the server's own lag.
-   */
-  private lagCredit = 0;
-  /** Refusing new sends with BUSY: too much under custody, or the cell is running late. */
-  private shedding = false;
-  /** Most entries pending at once since pendingPeak() was last read. */
-  private peak = 0;
+  private readonly pace: CustodyPace;
 
   constructor(private readonly ctx: CellContext, private readonly ports: CustodyPorts) {
     this.wakes = new MailboxWakes(ctx, ports);
+    this.pace = new CustodyPace(ctx.config.limits);
   }
 
   start(): void {
@@ -126,7 +115,7 @@ export class Custody implements CustodyPort {
     if (done) return s.send({ t: 'status', id: m.id, ...done });
     const inFlight = this.inFlight.get(tkey(s.user, s.device)) ?? 0;
     if (inFlight >= this.ctx.config.limits.maxInFlightPerSession) return s.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.TOO_MANY_IN_FLIGHT });
-    if (this.shedding || this.pending.size >= this.ctx.config.limits.maxPendingPerCell) return this.shed(s, m.id);
+    if (!this.pace.admits(this.pending.size)) return this.shed(s, m.id);
     const accounts = this.ports.accounts();
     const recipients = accounts.cachedDevices(m.to);
     const own = m.to === s.user ? NO_DEVICES : accounts.cachedDevices(s.user);
@@ -244,14 +233,7 @@ export class Custody implements CustodyPort {
 
   /** Most messages held at once since the previous call (a scrape). */
   pendingPeak(): number {
-    const p = Math.max(this.peak, this.pending.size);
-    this.peak = this.pending.size;
-    return p;
-  }
-
-  /** Custody's clock: the wall clock less the time the cell could not run. */
-  private now(): number {
-    return Date.now() - this.lagCredit;
+    return this.pace.peak(this.pending.size);
   }
 
   private answer(s: DeviceSession, key: string, id: string, st: { s: 'delivered' | 'stored' | 'failed'; code?: Code }): void {
@@ -264,7 +246,7 @@ export class Custody implements CustodyPort {
    * mailbox). Synchronous when the directory cache answers for every user.
    */
   private take(key: string, item: Item, sender: Pending['sender'], targets: Array<[string, string]>, onSettled?: (st: Settlement) => void): void | Promise<void> {
-    const p: Pending = { key, item, sender, targets: new Map(), open: targets.length, stored: 0, deadline: this.now() + this.ctx.config.limits.custodyWindowMs, failure: undefined, ...(onSettled && { onSettled }) };
+    const p: Pending = { key, item, sender, targets: new Map(), open: targets.length, stored: 0, deadline: this.pace.now() + this.ctx.config.limits.custodyWindowMs, failure: undefined, ...(onSettled && { onSettled }) };
     const byUser = new Map<string, string[]>();
     for (const [user, device] of targets) {
       p.targets.set(tkey(user, device), { user, device, loc: undefined, retried: false, state: 'live', ackedWhileStoring: false });
@@ -273,7 +255,7 @@ export class Custody implements CustodyPort {
       else byUser.set(user, [device]);
     }
     this.pending.set(key, p);
-    if (this.pending.size > this.peak) this.peak = this.pending.size;
+    this.pace.holding(this.pending.size);
     let reads: Array<Promise<void>> | undefined;
     for (const [user, devices] of byUser) {
       let located: DeviceLocation[] | Promise<DeviceLocation[]>;
@@ -435,19 +417,10 @@ export class Custody implements CustodyPort {
     this.ctx.hub.session(p.sender.user, p.sender.device)?.send({ t: 'status', id: p.item.id, ...st });
   }
 
-  /**
-   * Live targets past the window go to the mailbox. Pending entries are in deadline order.
-   * A late sweep is the cell's own lag: it is credited to custody's clock, and until the
-   * cell runs on time again (and while too much is pending) new sends are refused.
-   */
+  /** Live targets past the window (custody's clock, pace.ts) go to the mailbox. Pending entries are in deadline order. */
   private sweep(): void {
-    const wall = Date.now();
-    const late = wall - this.lastSweep - SWEEP_MS;
-    this.lastSweep = wall;
-    if (late > LAG_GRACE_MS) this.lagCredit += late;
-    const { maxLagMs, maxPendingPerCell } = this.ctx.config.limits;
-    this.shedding = late > maxLagMs || this.pending.size >= maxPendingPerCell;
-    const now = this.now();
+    this.pace.swept(this.pending.size);
+    const now = this.pace.now();
     for (const p of this.pending.values()) {
       if (p.deadline === Number.POSITIVE_INFINITY) continue; // already swept, its stores are under way
       if (p.deadline > now) break;

@@ -34,6 +34,7 @@ export class Identity implements Pick<SessionHost, 'handshake' | 'guard' | 'acco
       ticketLifetimeMs: config.ticketLifetimeMs,
       suite: nativeSuite,
       now: Date.now,
+      capabilities: config.network.capabilities,
     };
     this.revocations = new Revocations(ctx, () => this.accounts);
   }

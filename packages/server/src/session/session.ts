@@ -1,5 +1,5 @@
 import {
-  checkFinish, decodeClientHandshake, decodeClientMessage, ErrorCode, isSystemName, pack, ProtocolError, readHello, readResume, unpack, writeWelcome,
+  Capability, checkFinish, decodeClientFrame, decodeClientHandshake, decodeClientMessage, ErrorCode, isSystemName, NO_CAPABILITIES, pack, ProtocolError, readHello, readResume, unpack, writeWelcome,
   type ClientMessage, type ErrorCode as Code, type Registration, type SecureChannel, type ServerMessage,
 } from '@gravitas/protocol';
 import type { CellContext } from '../core/context.js';
@@ -65,6 +65,11 @@ export class Session implements DeviceSession {
   registeredAt = 0;
   /** Told to move to another cell (a connect hint): not moved again meanwhile. */
   moving = false;
+  private negotiated: ReadonlySet<string> = NO_CAPABILITIES;
+  /** The capabilities the handshake negotiated (`Capability`, protocol caps.ts); none before the welcome. */
+  get caps(): ReadonlySet<string> {
+    return this.negotiated;
+  }
 
   private readonly ctx: CellContext;
 
@@ -114,19 +119,15 @@ export class Session implements DeviceSession {
         this.enqueue({ k: 'register' });
         return;
       }
-      case 'open': {
-        const plain = this.channel!.open(body);
-        let m: ClientMessage;
-        try {
-          m = decodeClientMessage(unpack(plain));
-        } catch (err) {
-          // An authentic frame with a bad message: report it, keep the session.
-          if (err instanceof ProtocolError && !err.fatal) return this.sendError(err.code, err.message);
-          throw err;
+      case 'open':
+        // One message, or a batch: each bad message is reported on its own, the session and the others go on.
+        for (const m of decodeClientFrame(this.channel!.open(body), this.negotiated.has(Capability.BATCH))) {
+          if (m instanceof ProtocolError) {
+            if (m.fatal) throw m;
+            this.sendError(m.code, m.message);
+          } else if (m.t === 'finish') throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, 'finish after the handshake');
+          else this.enqueue({ k: 'client', m });
         }
-        if (m.t === 'finish') throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, 'finish after the handshake');
-        this.enqueue({ k: 'client', m });
-      }
     }
   }
 
@@ -163,6 +164,8 @@ export class Session implements DeviceSession {
       this.user = pending.user;
       this.device = pending.device;
       this.channel = this.writer.channel = res.channel;
+      this.negotiated = res.negotiated.caps;
+      this.writer.batch = this.negotiated.has(Capability.BATCH);
       this.expectedFinish = res.expectedFinish;
       this.state = 'confirming';
       this.writePlain(res.welcome);

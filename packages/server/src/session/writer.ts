@@ -1,6 +1,9 @@
-import { pack, type SecureChannel, type ServerMessage } from '@gravitas/protocol';
+import { batchBytes, MAX_BATCH_MESSAGES, pack, packBatch, type SecureChannel, type ServerMessage } from '@gravitas/protocol';
 import type { Transport } from '../core/transport.js';
 import type { Flushable, TurnFlusher } from '../infra/turn.js';
+
+/** A batched frame's plaintext stays under this: half the SDK's 64 KiB frame limit, room for the seal. */
+const BATCH_MAX_BYTES = 32 * 1024;
 
 /**
  * A session's frames out. Each message is packed when sent; at the end of the
@@ -8,7 +11,9 @@ import type { Flushable, TurnFlusher } from '../infra/turn.js';
  * order and handed to the transport together: one write, one system call, per
  * connection per turn instead of one per frame. The limit on unsent bytes
  * counts only what the connection has not taken: a burst within one turn is
- * written early rather than mistaken for a reader that stopped.
+ * written early rather than mistaken for a reader that stopped. With the `batch`
+ * capability the turn's messages share frames (≤ 256 messages, ≤ 32 KiB each): one
+ * seal and one frame for many messages.
  */
 export class FrameWriter implements Flushable {
   private parts: Buffer[] = [];
@@ -16,6 +21,8 @@ export class FrameWriter implements Flushable {
   private queued = false;
   /** Set once the handshake gave the session its keys. */
   channel: SecureChannel | undefined;
+  /** The session negotiated `batch`: a frame may carry many messages. */
+  batch = false;
 
   constructor(
     private readonly transport: Transport,
@@ -51,7 +58,7 @@ export class FrameWriter implements Flushable {
     if (parts.length === 0 || !channel) return;
     this.parts = [];
     this.bytes = 0;
-    const frames = parts.map((p) => channel.seal(p));
+    const frames = this.batch ? sealBatches(channel, parts) : parts.map((p) => channel.seal(p));
     this.transport.sendFrames(frames);
     this.wrote(frames.length, this.transport.bufferedBytes);
   }
@@ -64,4 +71,22 @@ export class FrameWriter implements Flushable {
     this.transport.sendFrame(this.channel.seal(pack(m)));
     this.wrote(1, this.transport.bufferedBytes);
   }
+}
+
+/** The turn's messages in as few sealed frames as the batch bounds allow, in order. */
+function sealBatches(channel: SecureChannel, parts: readonly Uint8Array[]): Uint8Array[] {
+  const frames: Uint8Array[] = [];
+  let start = 0;
+  let bytes = 0;
+  for (let i = 0; i < parts.length; i++) {
+    const n = parts[i]!.length;
+    if (i > start && (i - start === MAX_BATCH_MESSAGES || batchBytes(i - start + 1, bytes + n) > BATCH_MAX_BYTES)) {
+      frames.push(channel.seal(packBatch(parts, start, i)));
+      start = i;
+      bytes = 0;
+    }
+    bytes += n;
+  }
+  frames.push(channel.seal(packBatch(parts, start, parts.length)));
+  return frames;
 }

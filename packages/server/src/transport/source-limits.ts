@@ -95,7 +95,7 @@ export class SourceLimits {
   readonly streams: SourceTable;
 
   constructor(
-    n: Omit<NetworkConfig, 'trustedProxies'>,
+    n: Omit<NetworkConfig, 'trustedProxies' | 'capabilities'>,
     private readonly refused: (r: SourceRefusal) => void = () => undefined,
   ) {
     this.connections = new SourceTable('connections', { perSource: n.maxConnectionsPerSource, perPrefix: n.maxConnectionsPerPrefix });
