@@ -391,12 +391,13 @@ export interface StepCost {
   reads: Record<string, number>;
 }
 
-export function readSyscalls(pids: Record<string, number | undefined>): Record<string, { r: number; w: number }> {
-  const out: Record<string, { r: number; w: number }> = {};
+/** `read(pid)` for every process still there (one that exited is left out). */
+function readEach<T>(pids: Record<string, number | undefined>, read: (pid: number) => T): Record<string, T> {
+  const out: Record<string, T> = {};
   for (const [k, pid] of Object.entries(pids)) {
     if (pid === undefined) continue;
     try {
-      out[k] = procSyscalls(pid);
+      out[k] = read(pid);
     } catch {
       // exited
     }
@@ -404,16 +405,11 @@ export function readSyscalls(pids: Record<string, number | undefined>): Record<s
   return out;
 }
 
+export function readSyscalls(pids: Record<string, number | undefined>): Record<string, { r: number; w: number }> {
+  return readEach(pids, procSyscalls);
+}
+
 export function readCpu(pids: Record<string, number | undefined>): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [k, pid] of Object.entries(pids)) {
-    if (pid === undefined) continue;
-    try {
-      out[k] = procCpuSeconds(pid);
-    } catch {
-      // exited
-    }
-  }
-  return out;
+  return readEach(pids, procCpuSeconds);
 }
 

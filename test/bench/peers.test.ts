@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { trackChild } from '@gravitas/testkit';
 import { pinProcesses } from '../../bench/src/harness/pin.js';
-import type { ProgressStream } from '../../bench/src/harness/progress.js';
+import { Capture } from './capture.js';
 import { runScenario } from '../../bench/src/harness/runner.js';
 
 /*
@@ -35,14 +35,6 @@ targets:
   - { driver: socketio, local: { processes: 2 } }
 `;
 
-class Capture implements ProgressStream {
-  text = '';
-  isTTY = false;
-  write(s: string): boolean {
-    this.text += s;
-    return true;
-  }
-}
 
 t.test('ejabberd (2 nodes) and Socket.IO + Redis (2 processes): every message exactly once', { skip: !EJABBERD ? 'ejabberd is not installed' : !REDIS ? 'redis-server is not installed' : false }, async (t) => {
   const dir = t.testdir({ 'peers.yaml': SCENARIO });

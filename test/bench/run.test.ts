@@ -7,7 +7,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { check, NatsServer, trackChild } from '@gravitas/testkit';
 import { runScenario } from '../../bench/src/harness/runner.js';
 import type { RunResult } from '../../bench/src/harness/result.js';
-import type { ProgressStream } from '../../bench/src/harness/progress.js';
+import { Capture } from './capture.js';
 import { chromiumMissing, launchChromium } from '../fixtures/browser.js';
 import { plotView } from '../fixtures/report-page.js';
 
@@ -42,14 +42,6 @@ generators: { count: 2, maxConnections: 100 }
 target: { driver: gravitas, local: { nodes: 1, cellsPerNode: 2 } }
 `;
 
-class Capture implements ProgressStream {
-  text = '';
-  isTTY = false;
-  write(s: string): boolean {
-    this.text += s;
-    return true;
-  }
-}
 
 t.test('a short run against a private cluster: every behaviour, every message accounted for', async (t) => {
   const dir = t.testdir({ 'e2e.yaml': SCENARIO });
