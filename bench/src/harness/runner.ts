@@ -153,7 +153,7 @@ export async function runScenario(o: RunOptions): Promise<RunOutput & { runs: Ru
   const base = (o.json ?? join(OUT_DIR, `${scenario.name}-${stamp}.json`)).replace(/\.json$/, '');
   const cj = `${base}-compare.json`;
   const md = `${base}-compare.md`;
-  await writeFile(cj, JSON.stringify({ scenario: scenario.name, startedAt: first.result.startedAt, pinned: o.pin === true || scenario.pin, runs: rows.map((r, i) => ({ ...r, json: runs[i]!.json })) }, null, 2));
+  await writeFile(cj, JSON.stringify({ scenario: scenario.name, startedAt: first.result.startedAt, pinned: o.pin === true || scenario.pin, runs: rows.map((r, i) => ({ ...r, json: runs[i]?.json })) }, null, 2));
   await writeFile(md, `# ${scenario.name}: comparison${o.pin === true || scenario.pin ? ' (pinned)' : ''}\n\n${tableText}\n${rows.map((r) => `## ${r.target} — ${r.description}\n\n${r.steps ? stepsTable(r.steps) : r.error ? `the run failed: ${r.error}\n` : 'no steps\n'}`).join('\n')}`);
   return { ...first, runs, comparison: { table: tableText, json: cj, md } };
 }
