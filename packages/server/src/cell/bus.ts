@@ -83,19 +83,12 @@ export class CellBus implements Bus {
     this.nc.publish(this.names.invalidations, pack(i));
   }
 
-  /**
-   * Subscribes to cell `cellId`'s inbox and to invalidations. Core NATS drops what a
-   * disconnected client missed, so after every reconnect `lost` is called: caches kept
-   * current by invalidations start again from the store.
-   */
-  listen(cellId: string, envelopes: EnvelopeHandlers, invalidations: InvalidationHandlers, lost: () => void): void {
+  /** Subscribes to cell `cellId`'s inbox and to invalidations (after a reconnect the cell drops what they keep current: Cell.natsReconnected). */
+  listen(cellId: string, envelopes: EnvelopeHandlers, invalidations: InvalidationHandlers): void {
     this.subs.push(
       this.nc.subscribe(this.names.cellInbox(cellId), { callback: (err, msg) => void (err || this.onEnvelope(msg.data, envelopes)) }),
       this.nc.subscribe(this.names.invalidations, { callback: (err, msg) => void (err || this.onInvalidation(msg.data, invalidations)) }),
     );
-    void (async () => {
-      for await (const st of this.nc.status()) if (st.type === 'reconnect') lost();
-    })().catch((err: unknown) => this.log('watching the NATS connection failed', err));
   }
 
   stop(): void {
@@ -163,11 +156,6 @@ export function envelopeHandlers(p: {
     exp: (e) => p.placement.expect(e.user, e.dev),
     rly: (e) => p.relay.deliver(e.u, e.dev, e.tu, e.td, e.w),
   };
-}
-
-/** What is dropped when invalidations may have been lost (a NATS reconnect). */
-export function invalidationsLost(p: { accounts: Pick<Accounts, 'invalidateAll'> }): () => void {
-  return () => p.accounts.invalidateAll();
 }
 
 /** Who drops which cached record when another cell says it changed. */

@@ -33,7 +33,7 @@ import { Social } from '../social/contacts.js';
 import type { CellStatus } from '../supervisor/messages.js';
 import { Connections } from '../transport/connections.js';
 import { Listeners } from '../transport/listeners.js';
-import { CellBus, envelopeHandlers, invalidationHandlers, invalidationsLost } from './bus.js';
+import { CellBus, envelopeHandlers, invalidationHandlers } from './bus.js';
 import { SessionHub } from './hub.js';
 import { requestAreas, Requests } from './requests.js';
 import { CellSessions } from './sessions.js';
@@ -156,7 +156,6 @@ export class Cell {
       this.cellId,
       envelopeHandlers({ routing, sessions: this.sessions, drains, groups, presence, placement: this.gravity, relay }),
       invalidationHandlers({ revocations: identity.revocations, accounts: identity.accounts, social, profiles, push, groups }),
-      invalidationsLost({ accounts: identity.accounts }),
     );
     await this.listeners.listen();
     const web = this.listeners.webAddress();
@@ -217,12 +216,15 @@ export class Cell {
     };
   }
 
-  /** After NATS comes back: wake-ups may have been lost, and revocations missed (drain.ts, revocations.ts). */
-  redrainAll(): void {
+  /**
+   * NATS came back. Core NATS dropped what was published meanwhile: wake-ups may have been
+   * lost (every session drains again), revocations missed (every session is checked again),
+   * and invalidations missed (the caches they keep current start again from the store).
+   */
+  natsReconnected(): void {
+    this.metrics.natsReconnects.inc();
+    this.identity.accounts.invalidateAll();
     this.drains.redrainAll(this.hub.all());
-  }
-
-  recheckSessions(): void {
     this.identity.revocations.recheck(this.hub.all());
   }
 

@@ -24,9 +24,7 @@ async function main(): Promise<void> {
       if (s.type === 'disconnect') natsUp = false;
       else if (s.type === 'reconnect') {
         natsUp = true;
-        cell.metrics.natsReconnects.inc();
-        cell.redrainAll();
-        cell.recheckSessions();
+        cell.natsReconnected();
       }
     }
   })();
