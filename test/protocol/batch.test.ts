@@ -1,6 +1,6 @@
 import t from 'tap';
 import {
-  batchBytes, decodeClientFrame, decodeServerFrame, DecodeError, ErrorCode, MAX_BATCH_MESSAGES, pack, packBatch, ProtocolError,
+  batchBytes, batchFull, batchRuns, decodeClientFrame, decodeServerFrame, DecodeError, ErrorCode, MAX_BATCH_MESSAGES, pack, packBatch, ProtocolError,
 } from '@gravitas/protocol';
 
 /* Batches (capability `batch`, docs/protocol.md 6.1): the frame-level decoders and packBatch. */
@@ -49,4 +49,15 @@ t.test('packBatch gives the bytes of packing the array', async (t) => {
   t.equal(batchBytes(1, one.length), one.length);
   t.throws(() => packBatch([]), RangeError);
   t.throws(() => packBatch(Array.from({ length: 257 }, () => one)), RangeError);
+});
+
+t.test('batchRuns: consecutive runs within the item and byte bounds; a part too large to share runs alone', async (t) => {
+  const parts = [10, 10, 10, 50, 10, 10, 10, 10].map((n) => new Uint8Array(n));
+  const runs: Array<[number, number]> = [];
+  batchRuns(parts, 40, (s, e) => runs.push([s, e]), 3);
+  t.same(runs, [[0, 3], [3, 4], [4, 7], [7, 8]], '3 at most, 40 bytes at most (the 50-byte part alone)');
+  const one: Array<[number, number]> = [];
+  batchRuns(parts.slice(0, 2), 1024, (s, e) => one.push([s, e]));
+  t.same(one, [[0, 2]], 'everything in one run when it fits');
+  t.notOk(batchFull(0, 0, 5000, 10), 'the first part of a batch always fits');
 });

@@ -3,7 +3,7 @@
  * callback (acks above all: a read of many deliveries is answered by as many acks) goes out in
  * one sealed frame and one socket write; without it, one frame per message as before.
  */
-import { batchBytes, MAX_BATCH_MESSAGES, pack, packBatch, type SecureChannel } from '@gravitas/protocol';
+import { batchFull, pack, packBatch, type SecureChannel } from '@gravitas/protocol';
 import type { FrameConnection } from './transport.js';
 
 /**
@@ -36,7 +36,7 @@ export class FrameWriter {
   write(m: object): void {
     const p = pack(m);
     if (!this.batch) return this.socket.send(this.channel.seal(p));
-    if (this.parts.length >= MAX_BATCH_MESSAGES || (this.parts.length > 0 && batchBytes(this.parts.length + 1, this.bytes + p.length) > BATCH_TARGET_BYTES)) this.flush();
+    if (batchFull(this.parts.length, this.bytes, p.length, BATCH_TARGET_BYTES)) this.flush();
     this.parts.push(p);
     this.bytes += p.length;
     if (this.scheduled) return;

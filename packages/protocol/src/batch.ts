@@ -64,3 +64,28 @@ export function packBatch(parts: readonly Uint8Array[], start = 0, end = parts.l
 export function batchBytes(count: number, bytes: number): number {
   return (count === 1 ? 0 : count < 16 ? 1 : 3) + bytes;
 }
+
+/**
+ * Whether a part of `next` bytes must open a new batch after `count` parts of `bytes` bytes
+ * together: at most `maxItems` parts and a plaintext of at most `maxBytes` (a part too large to
+ * share is a batch of its own).
+ */
+export function batchFull(count: number, bytes: number, next: number, maxBytes: number, maxItems = MAX_BATCH_MESSAGES): boolean {
+  return count > 0 && (count >= maxItems || batchBytes(count + 1, bytes + next) > maxBytes);
+}
+
+/** Splits packed `parts` into consecutive batches within `batchFull`'s bounds: `emit(start, end)` for each, in order. */
+export function batchRuns(parts: readonly Uint8Array[], maxBytes: number, emit: (start: number, end: number) => void, maxItems = MAX_BATCH_MESSAGES): void {
+  let start = 0;
+  let bytes = 0;
+  for (let i = 0; i < parts.length; i++) {
+    const n = parts[i]!.length;
+    if (batchFull(i - start, bytes, n, maxBytes, maxItems)) {
+      emit(start, i);
+      start = i;
+      bytes = 0;
+    }
+    bytes += n;
+  }
+  if (parts.length > start) emit(start, parts.length);
+}

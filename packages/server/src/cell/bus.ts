@@ -1,5 +1,5 @@
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { joinPacked, pack, unpack } from '@gravitas/protocol';
+import { batchRuns, joinPacked, pack, unpack } from '@gravitas/protocol';
 import type { Bus, Log } from '../core/context.js';
 import { decodeEnvelope, decodeInvalidation, type Envelope, type Invalidation } from '../core/envelope.js';
 import type { Names } from '../infra/subjects.js';
@@ -23,7 +23,6 @@ const BATCH_MAX_BYTES = 256 * 1024;
 /** The envelopes of this turn to one cell, published together at its end. */
 class Outgoing implements Flushable {
   packed: Buffer[] = [];
-  bytes = 0;
   queued = false;
 
   constructor(private readonly send: (data: Uint8Array) => void) {}
@@ -32,22 +31,7 @@ class Outgoing implements Flushable {
     this.queued = false;
     const parts = this.packed;
     this.packed = [];
-    this.bytes = 0;
-    let start = 0;
-    let size = 0;
-    for (let i = 0; i < parts.length; i++) {
-      if (i > start && (i - start === BATCH_MAX_ENVELOPES || size + parts[i]!.length > BATCH_MAX_BYTES)) {
-        this.publish(parts, start, i);
-        start = i;
-        size = 0;
-      }
-      size += parts[i]!.length;
-    }
-    if (parts.length > start) this.publish(parts, start, parts.length);
-  }
-
-  private publish(parts: Buffer[], start: number, end: number): void {
-    this.send(end - start === 1 ? parts[start]! : joinPacked(parts, start, end));
+    batchRuns(parts, BATCH_MAX_BYTES, (start, end) => this.send(end - start === 1 ? parts[start]! : joinPacked(parts, start, end)), BATCH_MAX_ENVELOPES);
   }
 }
 

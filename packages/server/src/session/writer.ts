@@ -1,4 +1,4 @@
-import { batchBytes, MAX_BATCH_MESSAGES, pack, packBatch, type SecureChannel, type ServerMessage } from '@gravitas/protocol';
+import { batchRuns, pack, packBatch, type SecureChannel, type ServerMessage } from '@gravitas/protocol';
 import type { Transport } from '../core/transport.js';
 import type { Flushable, TurnFlusher } from '../infra/turn.js';
 
@@ -76,17 +76,6 @@ export class FrameWriter implements Flushable {
 /** The turn's messages in as few sealed frames as the batch bounds allow, in order. */
 function sealBatches(channel: SecureChannel, parts: readonly Uint8Array[]): Uint8Array[] {
   const frames: Uint8Array[] = [];
-  let start = 0;
-  let bytes = 0;
-  for (let i = 0; i < parts.length; i++) {
-    const n = parts[i]!.length;
-    if (i > start && (i - start === MAX_BATCH_MESSAGES || batchBytes(i - start + 1, bytes + n) > BATCH_MAX_BYTES)) {
-      frames.push(channel.seal(packBatch(parts, start, i)));
-      start = i;
-      bytes = 0;
-    }
-    bytes += n;
-  }
-  frames.push(channel.seal(packBatch(parts, start, parts.length)));
+  batchRuns(parts, BATCH_MAX_BYTES, (start, end) => frames.push(channel.seal(packBatch(parts, start, end))));
   return frames;
 }
