@@ -389,6 +389,8 @@ export interface StepCost {
   cpuUs: Record<string, number>;
   writes: Record<string, number>;
   reads: Record<string, number>;
+  /** Per message sent: messages clients published to nats-server (envelopes, KV and JetStream requests, heartbeats). */
+  natsMsgs?: number;
 }
 
 /** `read(pid)` for every process still there (one that exited is left out). */

@@ -84,10 +84,18 @@ const fmtCounts = (r: Record<string, number>): string =>
 /** Server CPU per message: the node processes and nats-server (not the generators, not the parent). */
 const serverUs = (c: StepCost): number => Object.entries(c.cpuUs).reduce((a, [k, v]) => (k === 'nats' || k.startsWith('node') ? a + v : a), 0);
 const fmtCost = (c: StepCost): string =>
-  Object.keys(c.cpuUs)
+  `${Object.keys(c.cpuUs)
     .filter((k) => k !== 'parent')
     .map((k) => `${k} ${fmt(c.cpuUs[k]!, 0)} µs ${fmt(c.writes[k] ?? NaN, 2)} w ${fmt(c.reads[k] ?? NaN, 2)} r`)
-    .join(', ');
+    .join(', ')}; NATS messages published ${fmt(c.natsMsgs ?? NaN, 2)}`;
+
+/**
+ * Messages clients published to nats-server so far — envelopes, KV and JetStream requests, heartbeats
+ * — from its monitoring endpoint (`/varz` in_msgs): no subscriber is added to the run.
+ */
+async function natsPublished(nats: Pick<NatsServer, 'monitor'>): Promise<number> {
+  return (await nats.monitor<{ in_msgs?: number }>('/varz')).in_msgs ?? NaN;
+}
 const fmtCores = (c: Record<string, number>): string =>
   Object.entries(c)
     .map(([k, v]) => `${k} ${v.toFixed(2)}`)
@@ -352,6 +360,7 @@ async function loadPhase(
   keys: ClusterKeys,
   o: { users: number; contacts: number; rates: number[]; gens: number; warmMs: number; ms: number; settleMs: number; collapseP99: number; textBytes: number; seed: number; nextStep: () => number },
   pids: Record<string, number | undefined>,
+  nats: Pick<NatsServer, 'monitor'>,
 ): Promise<LoadResult> {
   const N = o.users;
   const gens = await Promise.all(range(o.gens).map((k) => GenProcess.start(res, `gen-load-${k}`)));
@@ -374,7 +383,9 @@ async function loadPhase(
     for (const rate of o.rates) {
       const step = o.nextStep();
       log(`load step ${step}: ${fmt(rate)} msg/s offered over ${N} users; warmup ${o.warmMs} ms, measure ${o.ms} ms`);
+      const published0 = await natsPublished(nats);
       const { runs, cores, cost } = await load.run({ step, mode: 'open', rate, window: 0, senders: 'all', warmupMs: o.warmMs, durationMs: o.ms, settleMs: o.settleMs }, share);
+      cost.natsMsgs = cost.sent ? ((await natsPublished(nats)) - published0) / cost.sent : NaN;
       costs.set(rate, cost);
       const accepted = runs.reduce((s, r) => s + r.accepted, 0);
       await load.awaitArrivals([step], accepted, o.settleMs, 3000);
@@ -536,7 +547,7 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
         offline = await offlinePhase(res, n1!, n2!, keys, { senders: offSenders, window: offWindow, rates: offRates, gens: nGens, warmMs, ms, settleMs, textBytes, seed, nextStep }, pids);
       }
       if (phases.has('load')) {
-        loadRes = await loadPhase(res, nodes, keys, { users: nUsers, contacts: nContacts, rates, gens: nGens, warmMs, ms, settleMs, collapseP99, textBytes, seed, nextStep }, pids);
+        loadRes = await loadPhase(res, nodes, keys, { users: nUsers, contacts: nContacts, rates, gens: nGens, warmMs, ms, settleMs, collapseP99, textBytes, seed, nextStep }, pids, nats);
       }
     }
 
