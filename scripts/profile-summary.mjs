@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Summarises V8 .cpuprofile files (node --cpu-prof): self time by function and by area
 // (socket writes, NATS client, crypto, msgpack, GC, …), as shares of the busy (non-idle) time.
-//   node scripts/profile-summary.mjs [--top N] [--by-file] [--after S] [--until S] [--timeline] FILE_OR_DIR...
-// --after/--until keep the samples from S seconds after each profile's start (skip connects and
+//   node scripts/profile-summary.mjs [--top N] [--by-file] [--after S] [--until S] [--timeline] [--inclusive] FILE_OR_DIR...
+// --inclusive adds the time spent under each of Gravitas' own functions, callees included (what a
+// handshake or a send costs whole, not only its own lines). --after/--until keep the samples from S seconds after each profile's start (skip connects and
 // warmup); --timeline prints busy ms per second, to find where the measured step is.
 // Several files are summed (e.g. both cells of a run). docs/performance.md shows how to take them.
 import { readdirSync, readFileSync, statSync } from 'node:fs';
@@ -14,6 +15,7 @@ let byFile = false;
 let after = 0;
 let until = Infinity;
 let timeline = false;
+let inclusive = false;
 const inputs = [];
 for (let i = 0; i < args.length; i++) {
   if (args[i] === '--top') top = Number(args[++i]);
@@ -21,6 +23,7 @@ for (let i = 0; i < args.length; i++) {
   else if (args[i] === '--after') after = Number(args[++i]) * 1e6;
   else if (args[i] === '--until') until = Number(args[++i]) * 1e6;
   else if (args[i] === '--timeline') timeline = true;
+  else if (args[i] === '--inclusive') inclusive = true;
   else inputs.push(args[i]);
 }
 if (inputs.length === 0) {
@@ -46,12 +49,16 @@ const AREAS = [
 ];
 
 const self = new Map(); // key → µs
+const under = new Map(); // key → µs with callees (--inclusive), Gravitas' functions only
+const OWN = /packages\/(server|protocol|placement|client)\//;
 const areas = new Map();
 let total = 0;
 let idle = 0;
 for (const f of files) {
   const p = JSON.parse(readFileSync(f, 'utf8'));
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  const parent = new Map();
+  for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   const dt = new Map();
   const idleId = p.nodes.find((n) => n.callFrame.functionName === '(idle)')?.id;
   const secs = [];
@@ -74,12 +81,26 @@ for (const f of files) {
       continue;
     }
     total += us;
-    const short = url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/packages\//, '').replace(/^file:\/\/.*\/bench\//, 'bench/');
-    const key = byFile ? short || name : `${name} ${short}:${cf.lineNumber + 1}`;
+    const key = keyOf(cf);
     self.set(key, (self.get(key) ?? 0) + us);
     const area = AREAS.find(([, m]) => m(name, url))[0];
     areas.set(area, (areas.get(area) ?? 0) + us);
+    if (!inclusive) continue;
+    // Each of Gravitas' functions on this sample's stack once (recursion counted once).
+    const seen = new Set();
+    for (let n = node; n; n = byId.get(parent.get(n.id))) {
+      if (!OWN.test(n.callFrame.url || '')) continue;
+      const k = keyOf(n.callFrame);
+      if (seen.has(k)) continue;
+      seen.add(k);
+      under.set(k, (under.get(k) ?? 0) + us);
+    }
   }
+}
+function keyOf(cf) {
+  const name = cf.functionName || '(anonymous)';
+  const short = (cf.url || '').replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/packages\//, '').replace(/^file:\/\/.*\/bench\//, 'bench/');
+  return byFile ? short || name : `${name} ${short}:${cf.lineNumber + 1}`;
 }
 const pct = (us) => `${((100 * us) / total).toFixed(1).padStart(5)} %`;
 console.log(`${files.length} profile(s): busy ${(total / 1e6).toFixed(2)} s, idle ${(idle / 1e6).toFixed(2)} s`);
@@ -87,3 +108,7 @@ console.log('\nby area');
 for (const [a, us] of [...areas].sort((x, y) => y[1] - x[1])) console.log(`  ${pct(us)}  ${a}`);
 console.log(`\ntop ${top} by self time`);
 for (const [k, us] of [...self].sort((x, y) => y[1] - x[1]).slice(0, top)) console.log(`  ${pct(us)}  ${k}`);
+if (inclusive) {
+  console.log(`\ntop ${top} of Gravitas' functions by time with callees`);
+  for (const [k, us] of [...under].sort((x, y) => y[1] - x[1]).slice(0, top)) console.log(`  ${pct(us)}  ${k}`);
+}

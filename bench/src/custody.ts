@@ -5,7 +5,8 @@ import { pack } from '@gravitas/protocol';
 import { NatsServer } from '@gravitas/testkit';
 import { CEILING, measureJetStreamPublish, measureNatsPubSub, type JsPublishResult } from './ceilings.js';
 import { GenProcess, Load, mergeStep, readCpu, type StepCost, type StepResult } from './custody-load.js';
-import { MergeableHistogram, messageId, mulberry32, messageText, ST, type GenUser, type Percentiles, type RunSummary } from './custody-types.js';
+import { OVERLOAD_TARGET, overloadPhase, sustains, type OverloadResult } from './custody-overload.js';
+import { fmt, MergeableHistogram, messageId, mulberry32, messageText, ST, type GenUser, type Percentiles, type RunSummary } from './custody-types.js';
 import { connectPairs, PingPong, type Pair } from './pingpong.js';
 import {
   cellStatus, clusterKeys, log, Resources, sleep, spawnNode, startGravitasNode, waitFor, BENCH_LIMITS, type ClusterKeys, type GravitasNode,
@@ -34,6 +35,9 @@ export const flags = {
   'js-window': 'JetStream ceiling: publishes in flight (default 256)',
   'text-bytes': 'message text size in bytes (default 100)',
   seed: 'PRNG seed for contacts and recipients (default 1)',
+  overload: 'load: after the sweep, hold this rate (msgs/s; "auto" = the sweep\'s highest sustained rate) for --overload-steady-s seconds, then offer twice it for --overload-s seconds (issue 17\'s overload test)',
+  'overload-s': 'load: seconds of the 2× overload (default 30)',
+  'overload-steady-s': 'load: seconds at the sustained rate before the overload, long enough for bounded caches to fill (default 90)',
 } as const;
 
 /** Targets from the issue. */
@@ -74,7 +78,6 @@ const rateItem = (s: string): number | undefined => {
   return Number.isFinite(n) && n > 0 ? n : undefined;
 };
 const range = (n: number, from = 0): number[] => Array.from({ length: n }, (_, i) => from + i);
-const fmt = (n: number, d = 0): string => (Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d }) : String(n));
 const pct = (p: Percentiles): string => `p50 ${fmt(p.p50, 2)} / p90 ${fmt(p.p90, 2)} / p99 ${fmt(p.p99, 2)} / max ${fmt(p.max, 1)} ms`;
 const pass = (ok: boolean, target: string): string => `target ${target}: ${ok ? 'PASS' : 'FAIL'}`;
 const fmtCounts = (r: Record<string, number>): string =>
@@ -338,6 +341,7 @@ export interface LoadResult {
   collapsed: { step: number; reason: string } | undefined;
   /** Per offered rate: what each process spent per message. */
   costs: Map<number, StepCost>;
+  overload?: OverloadResult;
 }
 
 /** `k` distinct random contacts per user (directed: i sends to its contacts). */
@@ -358,7 +362,10 @@ async function loadPhase(
   res: Resources,
   nodes: [GravitasNode, GravitasNode],
   keys: ClusterKeys,
-  o: { users: number; contacts: number; rates: number[]; gens: number; warmMs: number; ms: number; settleMs: number; collapseP99: number; textBytes: number; seed: number; nextStep: () => number },
+  o: {
+    users: number; contacts: number; rates: number[]; gens: number; warmMs: number; ms: number; settleMs: number; collapseP99: number; textBytes: number; seed: number; nextStep: () => number;
+    overload: number | 'auto' | undefined; overloadS: number; overloadSteadyS: number;
+  },
   pids: Record<string, number | undefined>,
   nats: Pick<NatsServer, 'monitor'>,
 ): Promise<LoadResult> {
@@ -411,7 +418,13 @@ async function loadPhase(
         break;
       }
     }
-    return { users: N, contacts: o.contacts, gens: gens.length, connect: { connected: c.connected, ms: c.ms, perSec: (c.connected * 1000) / c.ms, errors: c.errors }, steps, collapsed, costs };
+    let overload: OverloadResult | undefined;
+    if (o.overload !== undefined) {
+      const sustained = o.overload === 'auto' ? steps.filter((r) => sustains(r, TARGET.sustainedP99Ms)).reduce((m, r) => Math.max(m, r.offered!), 0) : o.overload;
+      if (sustained > 0) overload = await overloadPhase(load, share, { sustained, seconds: o.overloadS, steadyS: o.overloadSteadyS, settleMs: o.settleMs, nextStep: o.nextStep });
+      else log('overload: skipped, no step of the sweep was sustained');
+    }
+    return { users: N, contacts: o.contacts, gens: gens.length, connect: { connected: c.connected, ms: c.ms, perSec: (c.connected * 1000) / c.ms, errors: c.errors }, steps, collapsed, costs, overload };
   } finally {
     await load.stop();
   }
@@ -484,6 +497,10 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
   const jsWindow = posInt(opts, 'js-window', 256, 100_000);
   const textBytes = posInt(opts, 'text-bytes', 100, 4000);
   const seed = posInt(opts, 'seed', 1, 2 ** 31);
+  const overloadFlag = opts.flags['overload'];
+  const overload = overloadFlag === undefined ? undefined : overloadFlag === 'auto' ? 'auto' : posInt(opts, 'overload', 1, 1_000_000);
+  const overloadS = posInt(opts, 'overload-s', 30, 3600);
+  const overloadSteadyS = posInt(opts, 'overload-steady-s', 90, 3600);
   const ms = opts.durationMs;
   let stepSeq = 0;
   const nextStep = (): number => ++stepSeq;
@@ -491,7 +508,7 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
   const itemBytes = pack({ k: 'm', id: messageId(12, 1999, 99_999), from: 'u1jk', fd: 'd', to: 'u1jl', text: messageText(Date.now(), true, textBytes), ts: Date.now() }).length;
   const params = {
     durationMs: ms, warmupMs: warmMs, phases: [...phases], pairs: nPairs, window, offlineSenders: offSenders, offlineWindow: offWindow, offlineRates: offRates,
-    users: nUsers, contacts: nContacts, rates, gens: nGens, collapseP99Ms: collapseP99, settleMs, ceilingMs: ceilMs, jsWindow, textBytes, itemBytes, seed,
+    users: nUsers, contacts: nContacts, rates, gens: nGens, collapseP99Ms: collapseP99, settleMs, ceilingMs: ceilMs, jsWindow, textBytes, itemBytes, seed, overload, overloadS, overloadSteadyS,
     limits: BENCH_LIMITS, nodes: '2 gravitas node processes, 1 cell each',
   };
 
@@ -547,7 +564,7 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
         offline = await offlinePhase(res, n1!, n2!, keys, { senders: offSenders, window: offWindow, rates: offRates, gens: nGens, warmMs, ms, settleMs, textBytes, seed, nextStep }, pids);
       }
       if (phases.has('load')) {
-        loadRes = await loadPhase(res, nodes, keys, { users: nUsers, contacts: nContacts, rates, gens: nGens, warmMs, ms, settleMs, collapseP99, textBytes, seed, nextStep }, pids, nats);
+        loadRes = await loadPhase(res, nodes, keys, { users: nUsers, contacts: nContacts, rates, gens: nGens, warmMs, ms, settleMs, collapseP99, textBytes, seed, nextStep, overload, overloadS, overloadSteadyS }, pids, nats);
       }
     }
 
@@ -671,8 +688,7 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
         const cost = r.offered === undefined ? undefined : loadRes.costs.get(r.offered);
         if (cost) rows.push({ metric: `${id}.server_us_per_msg`, value: serverUs(cost), unit: 'µs', note: `${pass(serverUs(cost) <= TARGET.serverUsPerMsg, `≤ ${TARGET.serverUsPerMsg}`)}; nodes + nats-server CPU per message sent; ${fmtCost(cost)}` });
       }
-      const ok = (r: StepResult): boolean => r.offered !== undefined && r.lost === 0 && r.achievedPerSec >= 0.95 * r.offered && Math.max(r.status.p99, r.recv.p99) < TARGET.sustainedP99Ms;
-      const sustained = loadRes.steps.filter(ok).reduce((m, r) => Math.max(m, r.offered!), 0);
+      const sustained = loadRes.steps.filter((r) => sustains(r, TARGET.sustainedP99Ms)).reduce((m, r) => Math.max(m, r.offered!), 0);
       const at10k = loadRes.steps.find((r) => r.offered === 10_000);
       const peak = loadRes.steps.reduce((m, r) => Math.max(m, r.achievedPerSec), 0);
       const lostAll = loadRes.steps.reduce((s, r) => s + r.lost, 0);
@@ -705,6 +721,7 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
           note: `over every step, overload included (duplicated ${dupAll}); ${target({ name: 'overload never loses', target: '0 lost at every step', measured: lostAll, unit: 'msgs', met: lostAll === 0 })}`,
         },
       );
+      if (loadRes.overload) rows.push(...overloadRows(loadRes.overload, target));
     }
 
     hostLoad.atEnd = loadavg()[0]!;
@@ -728,4 +745,38 @@ export async function run(opts: BenchOptions): Promise<BenchResult> {
     log('stopping child processes');
     await res.close();
   }
+}
+
+/** The overload test's rows: each of the issue's overload targets against what the run measured. */
+function overloadRows(ov: OverloadResult, target: (t: Target) => string): Row[] {
+  const share = ov.minDeliveredPerSec / ov.sustained;
+  const growth = ov.rssPeakMiB / ov.steady.rssMiB;
+  const r = ov.step;
+  const busy = r.failed['BUSY'] ?? 0;
+  return [
+    {
+      metric: 'load.overload.delivered_min',
+      value: ov.minDeliveredPerSec,
+      unit: 'msg/s',
+      note: `lowest delivered msgs/s over any half second of ${ov.seconds} s at ${fmt(ov.offered)} offered (2× the sustained ${fmt(ov.sustained)}); mean ${fmt(ov.meanDeliveredPerSec)}; ${target({ name: 'overload delivered', target: `≥ ${OVERLOAD_TARGET.deliveredShare} × sustained`, measured: share, unit: '× sustained', met: share >= OVERLOAD_TARGET.deliveredShare })}`,
+    },
+    {
+      metric: 'load.overload.rss_growth',
+      value: growth,
+      unit: '×',
+      note: `server RSS (nodes + nats-server) peak ${fmt(ov.rssPeakMiB)} MiB against ${fmt(ov.steady.rssMiB)} MiB at the sustained rate; ${target({ name: 'overload memory', target: `≤ ${OVERLOAD_TARGET.rssGrowth} × steady`, measured: growth, unit: '×', met: growth <= OVERLOAD_TARGET.rssGrowth })}`,
+    },
+    {
+      metric: 'load.overload.spilled',
+      value: r.stored,
+      unit: 'msgs',
+      note: `messages stored for online, reading recipients (every recipient here is); refused BUSY ${fmt(busy)} (retried by the generator), lost ${r.lost}, duplicated ${r.duplicated}; ${target({ name: 'no spills from server lag', target: '0', measured: r.stored, unit: 'msgs', met: r.stored === 0 && r.lost === 0 })}`,
+    },
+    {
+      metric: 'load.overload.recovery_s',
+      value: ov.recoveryS ?? NaN,
+      unit: 's',
+      note: `from the end of the overload until the servers' CPU was within 0.05 cores of idle (${fmt(ov.idleCores, 2)} cores); ${target({ name: 'back to idle', target: `≤ ${OVERLOAD_TARGET.recoveryS} s`, measured: ov.recoveryS, unit: 's', met: ov.recoveryS !== undefined && ov.recoveryS <= OVERLOAD_TARGET.recoveryS })}`,
+    },
+  ];
 }
