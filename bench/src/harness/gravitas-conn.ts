@@ -1,7 +1,7 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import { ackFor } from '@gravitas/client/internal';
 import {
-  ClientHandshake, decodeServerHandshake, decodeServerMessage, DEFAULT_MAX_FRAME_BYTES, encodeFrame, ErrorCode, pack, unpack,
+  Capability, ClientHandshake, decodeServerFrame, decodeServerHandshake, DEFAULT_MAX_FRAME_BYTES, encodeFrame, ErrorCode, pack, ProtocolError, unpack,
   type RequestOp, type ResumptionState, type Response, type SecureChannel, type ServerMessage,
 } from '@gravitas/protocol';
 import { parseTarget } from '../rawclient.js';
@@ -133,6 +133,8 @@ export class Conn {
   state = CONNECTING;
   readonly socket: ConnSocket;
   ch: SecureChannel | undefined;
+  /** Whether the session negotiated `batch` (frames from the server may hold several messages). */
+  private batch = false;
   /** Bytes of a frame not yet whole. */
   private partial: Buffer | undefined;
   private hs: ClientHandshake | undefined;
@@ -239,6 +241,7 @@ export class Conn {
     const r = hs.complete(m);
     this.hs = undefined;
     this.ch = r.channel;
+    this.batch = r.negotiated.caps.has(Capability.BATCH);
     const w = r.welcome;
     const t = r.resumption;
     // Copies: the ticket is a view of the whole welcome payload.
@@ -251,7 +254,11 @@ export class Conn {
 
   /** A ChannelError or DecodeError carries the protocol's code (DECRYPT_FAILED, NONCE_GAP, BAD_MESSAGE…): the connection ends with it. */
   private sealed(ch: SecureChannel, body: Buffer): void {
-    this.dispatch(decodeServerMessage(unpack(ch.open(body))));
+    // With `batch` the server may pack a turn's messages for this connection into one frame.
+    for (const m of decodeServerFrame(ch.open(body), this.batch)) {
+      if (m instanceof ProtocolError) throw m;
+      this.dispatch(m);
+    }
   }
 
   private dispatch(m: ServerMessage): void {

@@ -178,8 +178,8 @@ export class GravitasDevice implements DriverDevice, ConnDevice {
       identity = { secretKey: this.ref.secret, publicKey: stat.publicKey };
       suite = { name: 'native', generate: () => nativeSuite.generate(), fromSecret: () => stat };
     }
-    // Not `batch`: gravitas-conn.ts reads one message per frame.
-    return new ClientHandshake({ serverPublicKey: d.serverPublicKey, identity, user: this.ref.user, device: this.ref.device, registration: d.registration, suite, offer: { capabilities: [Capability.AEAD_CHACHA20POLY1305] }, ...(resume && { resume }) });
+    // `batch`: the server may send a turn's messages in one frame (gravitas-conn.ts reads both); this side sends one per frame.
+    return new ClientHandshake({ serverPublicKey: d.serverPublicKey, identity, user: this.ref.user, device: this.ref.device, registration: d.registration, suite, offer: { capabilities: [Capability.AEAD_CHACHA20POLY1305, Capability.BATCH] }, ...(resume && { resume }) });
   }
 
   /** A ticket went out on the wire: never again. */
