@@ -87,3 +87,25 @@ t.test("the cell's own lag does not run out a custody window: a node stopped for
   await verifyExactlyOnce(t, traffic, receivers, SENDERS * 100);
   t.equal(await counter(n, 'gravitas_mailbox_stores_total'), 0, 'no mailbox stores: the window does not count time the cell could not run');
 });
+
+t.test('a cell that sheds sheds group sends too: BUSY while custody is full, sent again by the SDK once it is not', async (t) => {
+  // One message under custody at most, and a window long enough that only an ack frees it.
+  const { node: n, pk } = await node(t, { maxPendingPerCell: 1, custodyWindowMs: 60_000 });
+  const servers = [n.clientAddresses[0]!];
+  const alice = await connectClient(t, { user: 'alice', servers, serverPublicKey: pk });
+  const bob = await connectClient(t, { user: 'bob', servers, serverPublicKey: pk, autoAck: false });
+  const carol = await connectClient(t, { user: 'carol', servers, serverPublicKey: pk });
+  const { g } = await alice.client.createGroup('busy', ['carol']);
+  await carol.client.acceptInvite(g);
+  // bob reads without acknowledging: alice's message holds the cell's one custody slot.
+  const held = alice.client.send('bob', 'held');
+  const m = await bob.received((x) => x.text === 'held');
+  const shed0 = await counter(n, 'gravitas_shed_total');
+  const group = alice.client.sendToGroup(g, 'to the group');
+  await check('the group send refused with BUSY', async () => (await counter(n, 'gravitas_shed_total')) > shed0, { timeout: 10_000, interval: 20 });
+  t.notOk(carol.inbox.some((x) => x.text === 'to the group'), 'nothing reached the group while the cell shed');
+  bob.client.ack(m.id, m.from);
+  t.equal((await held).status, 'delivered', 'the held message is delivered once acknowledged');
+  t.match(await group, { status: 'stored' }, 'the SDK sent the group message again after its backoff: the group log holds it');
+  await carol.received((x) => x.text === 'to the group');
+});

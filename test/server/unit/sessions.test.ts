@@ -48,7 +48,7 @@ function rig(t: Test) {
     placement: { registered: note('placement+'), detached: note('placement-'), hintPublicKey: new Uint8Array(32) },
     drains: { drain: note('drain'), forget: note('forget drain') } as unknown as SessionWiring['drains'],
     routing: { sessionGone: note('gone') } as unknown as SessionWiring['routing'],
-    custody: { submit: async () => undefined, read: async () => undefined },
+    custody: { submit: async () => undefined, read: async () => undefined, shedsNow: () => false },
     groups: { send: async () => undefined, catchUp: note('catch up'), detached: note('groups-') },
     presence: { online: note('online'), offline: note('offline'), set: () => undefined, typing: async () => undefined },
     request: async () => undefined,

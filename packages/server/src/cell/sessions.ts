@@ -21,7 +21,7 @@ export interface SessionWiring {
   placement: Pick<Placement, 'registered' | 'detached' | 'hintPublicKey'>;
   drains: MailboxDrains;
   routing: Routing;
-  custody: Pick<CustodyPort, 'submit' | 'read'>;
+  custody: Pick<CustodyPort, 'submit' | 'read' | 'shedsNow'>;
   groups: Pick<GroupsPort, 'send' | 'catchUp' | 'detached'>;
   presence: Pick<PresencePort, 'online' | 'offline' | 'set' | 'typing'>;
   request(s: Session, m: Request): Promise<void>;
@@ -126,7 +126,9 @@ export class CellSessions implements SessionHost<Session> {
     return this.w.custody.submit(s, m);
   }
 
-  sendGroup(s: Session, m: Send): Promise<void> {
+  sendGroup(s: Session, m: Send): void | Promise<void> {
+    // A cell that sheds 1:1 sends sheds group sends too: the same BUSY, before any work.
+    if (this.w.custody.shedsNow(s, m.id)) return;
     return this.w.groups.send(s, m);
   }
 

@@ -152,6 +152,8 @@ export interface CustodyPort {
   /** Synchronous (no promise) when every record it needs is cached. */
   submit(s: DeviceSession, m: Send & { to: string }): void | Promise<void>;
   read(s: DeviceSession, m: Read): Promise<void>;
+  /** Overload: true when the cell refuses new sends now, after telling the sender BUSY (group sends ask before their own path). */
+  shedsNow(s: DeviceSession, id: string): boolean;
   /** An item the server itself sends (campaigns), settled through the returned promise. */
   submitSystem(item: ChatItem): Promise<Settlement>;
   notice(user: string, except: string | undefined, n: Notice): Promise<void>;

@@ -115,7 +115,7 @@ export class Custody implements CustodyPort {
     if (done) return s.send({ t: 'status', id: m.id, ...done });
     const inFlight = this.inFlight.get(tkey(s.user, s.device)) ?? 0;
     if (inFlight >= this.ctx.config.limits.maxInFlightPerSession) return s.send({ t: 'status', id: m.id, s: 'failed', code: ErrorCode.TOO_MANY_IN_FLIGHT });
-    if (!this.pace.admits(this.pending.size)) return this.shed(s, m.id);
+    if (this.shedsNow(s, m.id)) return;
     const accounts = this.ports.accounts();
     const recipients = accounts.cachedDevices(m.to);
     const own = m.to === s.user ? NO_DEVICES : accounts.cachedDevices(s.user);
@@ -225,7 +225,16 @@ export class Custody implements CustodyPort {
     await this.take(`${by}/${byDevice}/${item.id}`, item, undefined, devices.map((d) => [to, d]));
   }
 
-  /** Overload: refused before any work, cheaply; the SDK sends it again after a backoff. */
+  /**
+   * Overload: whether the cell refuses new sends now (1:1 and group alike); if so the sender got
+   * BUSY, before any work, and the SDK sends it again after a backoff.
+   */
+  shedsNow(s: DeviceSession, id: string): boolean {
+    if (this.pace.admits(this.pending.size)) return false;
+    this.shed(s, id);
+    return true;
+  }
+
   private shed(s: DeviceSession, id: string): void {
     this.ctx.metrics.shed.inc();
     s.send({ t: 'status', id, s: 'failed', code: ErrorCode.BUSY });

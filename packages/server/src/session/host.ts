@@ -34,7 +34,7 @@ export interface SessionHost<S extends DeviceSession = DeviceSession> {
   // ---- traffic of an open session ----
   /** Synchronous when custody had every record it needed cached (no promise per message). */
   send1to1(s: S, m: Send & { to: string }): void | Promise<void>;
-  sendGroup(s: S, m: Send): Promise<void>;
+  sendGroup(s: S, m: Send): void | Promise<void>;
   read(s: S, m: Read): Promise<void>;
   typing(s: S, m: Typing): Promise<void>;
   presence(s: S, state: Exclude<PresenceState, 'offline'>): void;
