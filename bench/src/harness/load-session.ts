@@ -129,6 +129,17 @@ export class LoadSession {
   /** Closed loop: the sending slot of each message on its way, and when the step ends (run time). */
   private readonly closedSender = new Map<number, number>();
   private closedUntil = 0;
+  /**
+   * Closed loop: the senders whose message arrived and who send next, with the arrival time (the
+   * next send's intended time), worked off by the tick under the same SEND_SLICE_MS as the open
+   * loop's due sends. Never sent from the receive callback itself: there a saturated generator
+   * would answer every arrival with a write within the same I/O phase and never get back to its
+   * timers (heartbeats, reports), for as long as arrivals keep coming. At most one entry per
+   * closed-loop message in flight (users × inFlight).
+   */
+  private closedSlots: number[] = [];
+  private closedAt: number[] = [];
+  private closedHead = 0;
   // ---- the delivery ledger (ledger.ts): accepted sends, and what arrived here, by id ----
   /** Global device numbers: user u's device k is devBase[u] + k. */
   private readonly devBase: Int32Array;
@@ -374,7 +385,7 @@ export class LoadSession {
   private schedule(): void {
     if (this.phase === 'stopped') return;
     const now = this.clock();
-    const waiting = this.dueHead < this.dueTimes.length ? now : Infinity;
+    const waiting = this.dueHead < this.dueTimes.length || this.closedHead < this.closedSlots.length ? now : Infinity;
     const next = Math.min(waiting, this.t0 + this.timers.next, this.pacer?.nextAt ?? Infinity, this.presencePacer?.nextAt ?? Infinity, this.nextIntervalAt);
     clearTimeout(this.timer);
     this.timer = setTimeout(this.tick, Math.max(0, Math.min(next - now, 1000)));
@@ -565,11 +576,22 @@ export class LoadSession {
   private startClosedLoop(): void {
     const n = this.s.behaviours.messages.steps?.closedLoop?.inFlight ?? 0;
     this.closedUntil = this.s.rampUpMs + this.s.durationMs;
+    // The open-loop steps are over: what they left unsent was never made (dropped behind schedule),
+    // rather than sent into the closed loop's measurement.
+    this.dropDue();
     const now = this.clock();
     for (let slot = 0; slot < this.users.length; slot++) {
       if (!this.active.has(slot)) continue;
-      for (let i = 0; i < n; i++) this.sendOne(now, now, slot);
+      for (let i = 0; i < n; i++) this.queueClosed(slot, now);
     }
+  }
+
+  /** A closed-loop sender sends next (on the next tick, not from the caller). */
+  private queueClosed(slot: number, at: number): void {
+    this.closedSlots.push(slot);
+    this.closedAt.push(at);
+    // From empty: the tick is asleep until its next timed action; wake it now.
+    if (this.closedSlots.length - this.closedHead === 1 && this.phase === 'run') this.schedule();
   }
 
   /** A closed-loop message of this generator arrived: its sender sends the next, while the step lasts. */
@@ -580,7 +602,7 @@ export class LoadSession {
     if (slot === undefined) return;
     this.closedSender.delete(ref);
     const now = this.clock();
-    if (now - this.t0 < this.closedUntil && this.phase === 'run') this.sendOne(now, now, slot);
+    if (now - this.t0 < this.closedUntil && this.phase === 'run') this.queueClosed(slot, now);
   }
 
   private sendOne(intended: number, now: number, closedSlot = -1): void {
@@ -652,6 +674,29 @@ export class LoadSession {
       this.dueTimes = this.dueTimes.slice(this.dueHead);
       this.dueHead = 0;
     }
+    if (this.closedHead >= this.closedSlots.length) return;
+    const open = now - this.t0 < this.closedUntil && this.phase === 'run';
+    while (this.closedHead < this.closedSlots.length) {
+      const i = this.closedHead++;
+      if (open) this.sendOne(this.closedAt[i]!, now, this.closedSlots[i]!);
+      if ((this.closedHead & 63) === 0 && performance.now() > end) break;
+    }
+    if (this.closedHead === this.closedSlots.length) {
+      this.closedSlots = [];
+      this.closedAt = [];
+      this.closedHead = 0;
+    } else if (this.closedHead > 4096) {
+      this.closedSlots = this.closedSlots.slice(this.closedHead);
+      this.closedAt = this.closedAt.slice(this.closedHead);
+      this.closedHead = 0;
+    }
+  }
+
+  /** The open loop's sends still waiting are dropped behind schedule. */
+  private dropDue(): void {
+    this.dueDropped += this.dueTimes.length - this.dueHead;
+    this.dueTimes = [];
+    this.dueHead = 0;
   }
 
   /** End of the run: no new sends; everyone comes back online so that every mailbox drains. */
@@ -659,9 +704,10 @@ export class LoadSession {
     this.phase = 'drain';
     if (this.pacer) this.pacerSkipped = this.pacer.skipped;
     // Sends still waiting were never made: dropped behind schedule.
-    this.dueDropped += this.dueTimes.length - this.dueHead;
-    this.dueTimes = [];
-    this.dueHead = 0;
+    this.dropDue();
+    this.closedSlots = [];
+    this.closedAt = [];
+    this.closedHead = 0;
     this.pacer = undefined;
     this.presencePacer = undefined;
     for (let slot = 0; slot < this.users.length; slot++) if (!this.wantOnline[slot]) this.online(slot, this.totalMs);

@@ -58,6 +58,8 @@ export interface RunOptions {
   targets?: string[];
   /** Servers on core 0, generators and runner on core 1 (taskset); the scenario's `pin` sets it too. */
   pin?: boolean;
+  /** A generator silent (no beat, no report) this long is taken for dead (default GENERATOR_SILENCE_MS; tests shorten it). */
+  generatorSilenceMs?: number;
   progress?: ProgressStream;
   log?: (msg: string) => void;
 }
@@ -400,8 +402,9 @@ class Run {
 
   private watch(): void {
     for (const g of this.gens.values()) {
-      if (g.done || performance.now() - g.lastBeat < GENERATOR_SILENCE_MS) continue;
-      this.abort(new HarnessError('GENERATOR_FAILED', `gen${g.index} on ${g.host} (${g.id}) fell silent for ${GENERATOR_SILENCE_MS / 1000} s`));
+      const silence = this.o.generatorSilenceMs ?? GENERATOR_SILENCE_MS;
+      if (g.done || performance.now() - g.lastBeat < silence) continue;
+      this.abort(new HarnessError('GENERATOR_FAILED', `gen${g.index} on ${g.host} (${g.id}) fell silent for ${silence / 1000} s`));
     }
     this.wake?.();
   }
