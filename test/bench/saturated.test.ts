@@ -7,12 +7,14 @@ import { runScenario } from '../../bench/src/harness/runner.js';
 /*
  * A generator driven far past what it can send, against a real local Socket.IO target (two
  * processes on a private redis-server), pinned as `--pin` pins the comparison: an open-loop step
- * offered at many times what one generator process sends, then a closed loop with 16,000 messages
+ * offered at many times what one generator process sends, then a closed loop with 64,000 messages
  * in flight over 2,000 connections (more than libuv takes from one poll, 1,024, so arrivals keep
  * its I/O phase going). A saturated generator must keep reporting and shed what it cannot send:
  * the run completes, generator-bound with the dropped sends counted, and goes on to the closed
  * loop, rather than aborting with GENERATOR_FAILED because the generator fell silent. The silence
- * limit is shortened so that a generator that stops beating is caught within the test.
+ * limit is shortened so that a generator that stops beating is caught within the test. With 8 in
+ * flight per user the old generator's block stayed under 3 s on a quiet host (the test passed
+ * without the fix); with 32 it fell silent in every run, and the fixed one in none.
  */
 
 const REDIS = existsSync('/usr/bin/redis-server');
@@ -27,7 +29,7 @@ graph: { consecutive: { community: 50, inside: 8, outside: 2 } }
 behaviours:
   messages:
     bodyBytes: 100
-    steps: { rates: [50000], warmup: 0s, hold: 4s, closedLoop: { inFlight: 8 } }
+    steps: { rates: [50000], warmup: 0s, hold: 4s, closedLoop: { inFlight: 32 } }
 rampUp: 3s
 interval: 1s
 generators: { count: 1, maxConnections: 2000 }
