@@ -14,7 +14,7 @@ import { runScenario } from '../../bench/src/harness/runner.js';
  * loop, rather than aborting with GENERATOR_FAILED because the generator fell silent. The silence
  * limit is shortened so that a generator that stops beating is caught within the test. With 8 in
  * flight per user the old generator's block stayed under 3 s on a quiet host (the test passed
- * without the fix); with 32 it fell silent in every run, and the fixed one in none.
+ * without the fix); with 32 it fell silent in both runs without the fix, and in neither with it.
  */
 
 const REDIS = existsSync('/usr/bin/redis-server');
