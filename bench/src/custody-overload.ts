@@ -149,10 +149,9 @@ export async function overloadPhase(
   const origin = performance.now();
   const sampler = new Sampler(load, step, origin);
   const run = load.run({ step, mode: 'open', rate: offered, window: 0, senders: 'all', warmupMs: 0, durationMs: o.seconds * 1000, settleMs: o.settleMs }, share);
-  const ran = run.then((r) => r);
   // Sample through the schedule and the settle, then on until idle (or the wait runs out).
-  await sampler.during(ran);
-  const { runs, cores } = await ran;
+  await sampler.during(run);
+  const { runs, cores } = await run;
   let recoveryS: number | undefined;
   const recoveryEnd = origin + o.seconds * 1000 + RECOVERY_WAIT_MS;
   for (;;) {
@@ -192,7 +191,7 @@ export async function overloadPhase(
   }
   log(
     `  overload: delivered min ${fmt(result.minDeliveredPerSec)} / mean ${fmt(result.meanDeliveredPerSec)} msg/s (sustained ${fmt(o.sustained)}); RSS ${fmt(steady.rssMiB)} → peak ${fmt(result.rssPeakMiB)} MiB; ` +
-      `send→status p99 ${fmt(r.status.p99)} ms; stored ${r.stored}, failed ${JSON.stringify(r.failed)}, lost ${r.lost}; idle again ${recoveryS === undefined ? `not within ${RECOVERY_WAIT_MS / 1000} s` : `${fmt(recoveryS, 1)} s`} after the load stopped`,
+      `send→status p99 ${fmt(r.status.p99)} ms; stored ${r.stored}, refused BUSY ${r.retryCodes['BUSY'] ?? 0} (sent again), failed ${JSON.stringify(r.failed)}, lost ${r.lost}; idle again ${recoveryS === undefined ? `not within ${RECOVERY_WAIT_MS / 1000} s` : `${fmt(recoveryS, 1)} s`} after the load stopped`,
   );
   return result;
 }

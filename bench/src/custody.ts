@@ -752,7 +752,8 @@ function overloadRows(ov: OverloadResult, target: (t: Target) => string): Row[] 
   const share = ov.minDeliveredPerSec / ov.sustained;
   const growth = ov.rssPeakMiB / ov.steady.rssMiB;
   const r = ov.step;
-  const busy = r.failed['BUSY'] ?? 0;
+  // BUSY is retryable: the generator sends again, so refusals are counted among the retries, not the failures.
+  const busy = r.retryCodes['BUSY'] ?? 0;
   return [
     {
       metric: 'load.overload.delivered_min',

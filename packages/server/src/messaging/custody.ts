@@ -150,8 +150,8 @@ export class Custody implements CustodyPort {
   private admit(s: DeviceSession, m: Send & { to: string }, key: string, targets: Array<[string, string]>, ok: boolean): void | Promise<void> {
     if (!ok) return s.refused('fanout', m.id);
     if (this.pending.has(key)) return;
-    // Checked again after any reads: the bound holds however many waited for a cold cache.
-    if (this.pending.size >= this.ctx.config.limits.maxPendingPerCell) return this.shed(s, m.id);
+    // Asked again after any reads: the bound holds however many waited for a cold cache.
+    if (this.shedsNow(s, m.id)) return;
     // Read again: an earlier message of this sender may have settled while we looked things up.
     const sender = tkey(s.user, s.device);
     this.inFlight.set(sender, (this.inFlight.get(sender) ?? 0) + 1);
@@ -231,13 +231,9 @@ export class Custody implements CustodyPort {
    */
   shedsNow(s: DeviceSession, id: string): boolean {
     if (this.pace.admits(this.pending.size)) return false;
-    this.shed(s, id);
-    return true;
-  }
-
-  private shed(s: DeviceSession, id: string): void {
     this.ctx.metrics.shed.inc();
     s.send({ t: 'status', id, s: 'failed', code: ErrorCode.BUSY });
+    return true;
   }
 
   /** Most messages held at once since the previous call (a scrape). */
