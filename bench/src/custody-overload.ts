@@ -14,7 +14,7 @@ import { log, procRssKiB, sleep } from './procs.js';
 /** Targets from the issue. */
 export const OVERLOAD_TARGET = { deliveredShare: 0.9, rssGrowth: 1.25, recoveryS: 10 };
 /** Server CPU within this of its idle level counts as idle again (cores). */
-const IDLE_MARGIN = 0.05;
+export const IDLE_MARGIN = 0.05;
 const SAMPLE_MS = 500;
 /** After the overload schedule ends, how long to wait for the servers to become idle. */
 const RECOVERY_WAIT_MS = 60_000;
@@ -46,8 +46,13 @@ export interface OverloadResult {
 }
 
 /** Whether a sweep step counts as sustained: p99 under `p99Ms` (status and arrival), nothing lost, ≥ 95% achieved. */
-export function sustains(r: StepResult, p99Ms: number): boolean {
+function sustains(r: StepResult, p99Ms: number): boolean {
   return r.offered !== undefined && r.lost === 0 && r.achievedPerSec >= 0.95 * r.offered && Math.max(r.status.p99, r.recv.p99) < p99Ms;
+}
+
+/** The highest offered rate of a sweep that was sustained (0: none was). */
+export function sustainedRate(steps: readonly StepResult[], p99Ms: number): number {
+  return steps.filter((r) => sustains(r, p99Ms)).reduce((m, r) => Math.max(m, r.offered!), 0);
 }
 
 const isServer = (k: string): boolean => k === 'nats' || k.startsWith('node');
